@@ -1,0 +1,55 @@
+# flotilla: see README.md. Every target works on a clean clone as root on Debian 12.
+GO        ?= go
+VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -s -w -X main.version=$(VERSION)
+BIN       := bin/flotilla
+FUZZTIME  ?= 15s
+export CGO_ENABLED=0
+
+.PHONY: build build-all test test-unit fuzz lint bench bench-distribution demo demo-down package clean
+
+build:
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/flotilla
+
+build-all:
+	GOOS=linux GOARCH=amd64 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/flotilla-linux-amd64 ./cmd/flotilla
+	GOOS=linux GOARCH=arm64 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/flotilla-linux-arm64 ./cmd/flotilla
+
+# test runs every test (unit, integration, e2e where the machine allows) and a short fuzz run.
+test: build lint
+	FLOTILLA_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 25m ./...
+	$(MAKE) fuzz
+
+test-unit:
+	$(GO) test -count=1 -short ./...
+
+fuzz:
+	@for t in $$(grep -rl --include='*_test.go' '^func Fuzz' . | xargs -r -n1 dirname | sort -u); do \
+	  for f in $$(grep -h '^func Fuzz' $$t/*_test.go | sed 's/func \(Fuzz[A-Za-z0-9_]*\).*/\1/'); do \
+	    echo "fuzz $$t $$f ($(FUZZTIME))"; \
+	    $(GO) test -run='^$$' -fuzz="^$$f$$" -fuzztime=$(FUZZTIME) $$t || exit 1; \
+	  done; \
+	done
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null; find . -name '*.go' -newer go.mod -not -path './.git/*' 2>/dev/null) | sort -u); \
+	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+bench: build
+	FLOTILLA_BIN=$(CURDIR)/$(BIN) $(GO) test -run='^$$' -bench=. -benchtime=20x ./...
+
+bench-distribution: build
+	FLOTILLA_BIN=$(CURDIR)/$(BIN) $(GO) test -run='^TestDistributionBenchmark$$' -v -timeout 60m ./bench/
+
+demo: build
+	./e2e/demo.sh
+
+demo-down:
+	./e2e/demo.sh down
+
+package: build-all
+	$(GO) run ./packaging/cmd/mkdeb -version $(VERSION) -out bin/
+
+clean:
+	rm -rf bin/

@@ -1,0 +1,111 @@
+// Command flotilla is the one binary: controller, agent, image tools and CLI.
+//
+// Each subsystem registers its commands from its own file with addCommand, so
+// the files stay independent; commands parse flags and call packages, nothing more.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+)
+
+// version is set at link time: -ldflags "-X main.version=…".
+var version = "dev"
+
+// commandFactories collects the subcommands registered by each file's init.
+var commandFactories []func() *cobra.Command
+
+// addCommand registers a subcommand constructor; call it from init().
+func addCommand(f func() *cobra.Command) { commandFactories = append(commandFactories, f) }
+
+// exitError carries a specific process exit code out of a command.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string {
+	if e.err == nil {
+		return fmt.Sprintf("exit status %d", e.code)
+	}
+	return e.err.Error()
+}
+func (e *exitError) Unwrap() error { return e.err }
+
+var (
+	logLevel  string
+	logFormat string
+)
+
+func newRootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "flotilla",
+		Short: "Deliver a whole distributed application to a fleet as one cluster image",
+		Long: `flotilla builds a multi-node application into one OCI cluster image and rolls it
+onto a fleet of hosts through agents that take orders from a controller over NATS.`,
+		Example: `  flotilla build -t registry.local/etcd-cluster:3.4 examples/etcd
+  flotilla controller --with-local-agent
+  flotilla token create --ttl 2h
+  flotilla apply -f Clusterfile`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			return setupLogging(logLevel, logFormat)
+		},
+	}
+	root.PersistentFlags().StringVar(&logLevel, "log-level", envOr("FLOTILLA_LOG_LEVEL", "info"), "log level: debug, info, warn, error")
+	root.PersistentFlags().StringVar(&logFormat, "log-format", envOr("FLOTILLA_LOG_FORMAT", "text"), "log format: text or json")
+	for _, f := range commandFactories {
+		root.AddCommand(f())
+	}
+	return root
+}
+
+func setupLogging(level, format string) error {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, opts)))
+	case "json":
+		slog.SetDefault(slog.New(slog.NewJSONHandler(os.Stderr, opts)))
+	default:
+		return fmt.Errorf("--log-format %q: want text or json", format)
+	}
+	return nil
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	err := newRootCmd().ExecuteContext(ctx)
+	if err == nil {
+		return
+	}
+	var ee *exitError
+	if errors.As(err, &ee) {
+		if ee.err != nil {
+			fmt.Fprintln(os.Stderr, "error:", ee.err)
+		}
+		os.Exit(ee.code)
+	}
+	fmt.Fprintln(os.Stderr, "error:", err)
+	os.Exit(1)
+}
