@@ -55,6 +55,11 @@ type Plan struct {
 	History []HistoryEntry `json:"history,omitempty"`
 }
 
+// Seq orders layers, templates and steps together: a step depends on every layer and
+// template with a smaller Seq (as a Dockerfile instruction depends on those above it),
+// so an upgrade that changes one layer re-runs only the steps declared after it.
+// A derived image keeps its base image's Seq values and continues after the largest.
+
 // Layer is one OCI layer of the image and the role that needs it.
 type Layer struct {
 	Digest      string `json:"digest"` // sha256:… of the blob as stored (manifest digest)
@@ -62,6 +67,7 @@ type Layer struct {
 	Size        int64  `json:"size"`   // bytes of the blob
 	Role        string `json:"role"`   // RoleAll or a role name
 	Instruction string `json:"instruction,omitempty"`
+	Seq         int    `json:"seq"` // position in the instruction sequence (base image first)
 }
 
 // Template is a file rendered with Go templates over node, cluster and env facts.
@@ -70,6 +76,7 @@ type Template struct {
 	Path    string `json:"path"` // absolute destination path on the node
 	Mode    uint32 `json:"mode"` // permission bits, e.g. 0644
 	Content string `json:"content"`
+	Seq     int    `json:"seq"` // position in the instruction sequence (base image first)
 }
 
 // Step is one run-time action.
@@ -79,6 +86,7 @@ type Step struct {
 	Command string `json:"command"`           // shell command for run, unit name for service
 	Line    int    `json:"line,omitempty"`    // Kubefile line, for error messages
 	Timeout string `json:"timeout,omitempty"` // Go duration; empty means the Clusterfile default
+	Seq     int    `json:"seq"`               // position in the instruction sequence (base image first)
 }
 
 // HistoryEntry is one build instruction as written, for `inspect`.
