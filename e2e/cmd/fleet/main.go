@@ -1,0 +1,166 @@
+// Command fleet drives the sandbox fleet by hand: boot nodes, run commands in
+// them, kill, reboot, partition and tear them down (see package e2e/fleet).
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/flotilla-dev/flotilla/e2e/fleet"
+)
+
+const usage = `usage: go run ./e2e/cmd/fleet [flags] COMMAND [ARGS]
+
+Commands:
+  up                     boot the fleet (removes leftovers of the same name first)
+  down                   stop every node and remove everything (also after a crash)
+  status [-o json]       list nodes, IPs, PIDs and state
+  exec NODE CMD [ARG…]   run a command inside a node (stdin/stdout attached)
+  kill|start|stop|reboot NODE
+  partition|heal NODE    take the node's link down / up
+  host-ip                print the host side of the bridge (where a controller listens)
+
+Examples:
+  sudo go run ./e2e/cmd/fleet -n 5 up
+  sudo go run ./e2e/cmd/fleet exec node1 systemctl status
+  sudo go run ./e2e/cmd/fleet partition node3
+  sudo go run ./e2e/cmd/fleet down
+
+Flags:
+`
+
+type binds map[string]string
+
+func (b binds) String() string { return fmt.Sprint(map[string]string(b)) }
+func (b binds) Set(v string) error {
+	host, node, ok := strings.Cut(v, ":")
+	if !ok || host == "" || node == "" {
+		return fmt.Errorf("want HOSTPATH:NODEPATH, got %q", v)
+	}
+	b[host] = node
+	return nil
+}
+
+func main() {
+	var (
+		o      = fleet.Options{BindRO: binds{}}
+		output string
+	)
+	flag.StringVar(&o.Name, "name", "flotilla", "fleet name: prefixes bridge, netns and state dir")
+	flag.StringVar(&o.Subnet, "subnet", "10.77.0.0/24", "bridge subnet; the host gets the first address")
+	flag.IntVar(&o.N, "n", 5, "number of nodes (up)")
+	flag.StringVar(&o.Bridge, "bridge", "", "bridge name (default NAME0)")
+	flag.Var(binds(o.BindRO), "bind-ro", "HOSTPATH:NODEPATH read-only in every node (repeatable)")
+	flag.StringVar(&output, "o", "text", "status output: text or json")
+	flag.Usage = func() { fmt.Fprint(os.Stderr, usage); flag.PrintDefaults() }
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, o, output, flag.Args()); err != nil {
+		fmt.Fprintln(os.Stderr, "error:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, o fleet.Options, output string, args []string) error {
+	if len(args) == 0 {
+		flag.Usage()
+		return errors.New("no command given")
+	}
+	cmd, args := args[0], args[1:]
+	switch cmd {
+	case "up":
+		o.BootTimeout = 90 * time.Second
+		f, err := fleet.New(ctx, o)
+		if err != nil {
+			return err
+		}
+		return status(f, output)
+	case "down":
+		return fleet.Cleanup(o.Name)
+	}
+	f, err := fleet.Open(o.Name)
+	if err != nil {
+		return err
+	}
+	node := func() (string, error) {
+		if len(args) < 1 {
+			return "", fmt.Errorf("%s needs a node name", cmd)
+		}
+		return args[0], nil
+	}
+	switch cmd {
+	case "status":
+		return status(f, output)
+	case "host-ip":
+		fmt.Println(f.HostIP())
+		return nil
+	case "exec":
+		if len(args) < 2 {
+			return errors.New("exec needs a node and a command")
+		}
+		c, err := f.Command(ctx, args[0], args[1:]...)
+		if err != nil {
+			return err
+		}
+		c.Stdin, c.Stdout, c.Stderr = os.Stdin, os.Stdout, os.Stderr
+		return c.Run()
+	}
+	n, err := node()
+	if err != nil {
+		return err
+	}
+	switch cmd {
+	case "kill":
+		return f.Kill(n)
+	case "start":
+		return f.Start(ctx, n)
+	case "stop":
+		return f.Stop(ctx, n)
+	case "reboot":
+		return f.Reboot(ctx, n)
+	case "partition":
+		return f.Partition(n)
+	case "heal":
+		return f.Heal(n)
+	}
+	return fmt.Errorf("unknown command %q (see -h)", cmd)
+}
+
+type nodeStatus struct {
+	Name  string `json:"name"`
+	IP    string `json:"ip"`
+	PID   int    `json:"pid,omitempty"`
+	State string `json:"state"`
+}
+
+func status(f *fleet.Fleet, output string) error {
+	var rows []nodeStatus
+	for _, n := range f.Nodes() {
+		s := nodeStatus{Name: n.Name, IP: n.IP.String(), State: "stopped"}
+		if pid, err := f.PID(n.Name); err == nil {
+			s.PID, s.State = pid, "running"
+		}
+		rows = append(rows, s)
+	}
+	if output == "json" {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(map[string]any{"name": f.Name(), "hostIP": f.HostIP().String(), "bridge": f.Bridge(), "nodes": rows})
+	}
+	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(w, "fleet %s: host %s on %s\nNODE\tIP\tPID\tSTATE\n", f.Name(), f.HostIP(), f.Bridge())
+	for _, r := range rows {
+		fmt.Fprintf(w, "%s\t%s\t%d\t%s\n", r.Name, r.IP, r.PID, r.State)
+	}
+	return w.Flush()
+}

@@ -1,0 +1,214 @@
+package fleet_test
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flotilla-dev/flotilla/e2e/fleet"
+	"github.com/flotilla-dev/flotilla/e2e/fleet/fleettest"
+	"github.com/vishvananda/netlink"
+)
+
+// The fleet package's own tests use 10.77.10.0/26 and names starting "fltef".
+const testSubnet = "10.77.10.0/26"
+
+func TestFleetLifecycle(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	f := fleettest.New(t, fleet.Options{Name: "fltef", Subnet: testSubnet, N: 3})
+	nodes := f.Nodes()
+	if len(nodes) != 3 || nodes[0].IP != netip.MustParseAddr("10.77.10.2") || f.HostIP() != netip.MustParseAddr("10.77.10.1") {
+		t.Fatalf("unexpected layout: host %s nodes %+v", f.HostIP(), nodes)
+	}
+
+	ping := func(node string, to netip.Addr) error {
+		_, err := f.Exec(ctx, node, "ping", "-c1", "-W2", to.String())
+		return err
+	}
+	ids := map[string]bool{}
+	for _, n := range nodes {
+		if err := ping(n.Name, f.HostIP()); err != nil {
+			t.Errorf("%s cannot reach the host bridge: %v", n.Name, err)
+		}
+		for _, o := range nodes {
+			if o.Name != n.Name {
+				if err := ping(n.Name, o.IP); err != nil {
+					t.Errorf("%s cannot reach %s: %v", n.Name, o.Name, err)
+				}
+			}
+		}
+		out, err := f.Exec(ctx, n.Name, "sh", "-c", "hostname; cat /etc/machine-id")
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.Fields(string(out))
+		if len(lines) != 2 || lines[0] != n.Name {
+			t.Errorf("%s: hostname/machine-id = %q", n.Name, out)
+		} else {
+			ids[lines[1]] = true
+		}
+	}
+	if len(ids) != 3 {
+		t.Errorf("machine-ids are not distinct: %v", ids)
+	}
+	firstPID, err := f.PID("node1")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("KillStart", func(t *testing.T) {
+		if err := f.Kill("node2"); err != nil {
+			t.Fatal(err)
+		}
+		if f.Running("node2") {
+			t.Fatal("node2 still has processes after Kill")
+		}
+		if err := f.Start(ctx, "node2"); err != nil {
+			t.Fatal(err)
+		}
+		if err := ping("node2", f.HostIP()); err != nil {
+			t.Errorf("node2 after restart: %v", err)
+		}
+	})
+	t.Run("Reboot", func(t *testing.T) {
+		if _, err := f.Exec(ctx, "node3", "sh", "-c", "echo kept >/root/marker"); err != nil {
+			t.Fatal(err)
+		}
+		before, _ := f.PID("node3")
+		if err := f.Reboot(ctx, "node3"); err != nil {
+			t.Fatal(err)
+		}
+		after, _ := f.PID("node3")
+		if after == before || after == 0 {
+			t.Errorf("PID %d -> %d: no new boot", before, after)
+		}
+		out, err := f.Exec(ctx, "node3", "cat", "/root/marker")
+		if err != nil || strings.TrimSpace(string(out)) != "kept" {
+			t.Errorf("disk state lost across reboot: %q %v", out, err)
+		}
+	})
+	t.Run("PartitionHeal", func(t *testing.T) {
+		if err := f.Partition("node1"); err != nil {
+			t.Fatal(err)
+		}
+		if err := ping("node1", f.HostIP()); err == nil {
+			t.Error("partitioned node1 still reaches the host")
+		}
+		if err := ping("node2", nodes[0].IP); err == nil {
+			t.Error("node2 still reaches partitioned node1")
+		}
+		if err := f.Heal("node1"); err != nil {
+			t.Fatal(err)
+		}
+		var err error
+		for range 20 { // the bridge port needs a moment to forward again
+			if err = ping("node1", f.HostIP()); err == nil {
+				break
+			}
+		}
+		if err != nil {
+			t.Errorf("healed node1 cannot reach the host: %v", err)
+		}
+	})
+	t.Run("StopStart", func(t *testing.T) {
+		if err := f.Stop(ctx, "node1"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.PID("node1"); err == nil {
+			t.Fatal("node1 still has a systemd after Stop")
+		}
+		if err := f.Start(ctx, "node1"); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	assertGone(t, "fltef", "fltef0", firstPID)
+}
+
+// A run that crashed before Close leaves a fleet behind; Cleanup by name removes it.
+func TestCleanupLeftovers(t *testing.T) {
+	fleettest.Require(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	f, err := fleet.New(ctx, fleet.Options{Name: "fltefc", Subnet: "10.77.10.32/28", N: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = f.Close() })
+	pid, err := f.PID("node1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fleet.Cleanup("fltefc"); err != nil {
+		t.Fatal(err)
+	}
+	assertGone(t, "fltefc", "fltefc0", pid)
+}
+
+func assertGone(t *testing.T, name, bridge string, pid int) {
+	t.Helper()
+	for _, pattern := range []string{
+		"/run/netns/" + name + "-*",
+		"/sys/fs/cgroup/*/" + name + "-*",
+		"/run/systemd/nspawn/propagate/" + name + "-*",
+		filepath.Join(fleet.DefaultStateRoot, name),
+	} {
+		if m, _ := filepath.Glob(pattern); len(m) > 0 {
+			t.Errorf("left behind: %v", m)
+		}
+	}
+	links, _ := netlink.LinkList()
+	for _, l := range links {
+		if n := l.Attrs().Name; n == bridge || strings.HasPrefix(n, name+"v") {
+			t.Errorf("link %s left behind", n)
+		}
+	}
+	mounts, _ := os.ReadFile("/proc/self/mountinfo")
+	if strings.Contains(string(mounts), filepath.Join(fleet.DefaultStateRoot, name)+"/") {
+		t.Errorf("mounts left behind under %s", filepath.Join(fleet.DefaultStateRoot, name))
+	}
+	// The node's PID 1 is reaped by its parent a moment after it dies.
+	for i := 0; ; i++ {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err != nil {
+			break
+		}
+		if i == 100 {
+			t.Errorf("node systemd (pid %d) still alive", pid)
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestOptionsValidation(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		o    fleet.Options
+		want string
+	}{
+		{"bad name", fleet.Options{Name: "Bad-Name", Subnet: testSubnet, N: 1}, "want 1 to 10"},
+		{"long name", fleet.Options{Name: "abcdefghijk", Subnet: testSubnet, N: 1}, "want 1 to 10"},
+		{"bad subnet", fleet.Options{Name: "x", Subnet: "10.77.10.0", N: 1}, "subnet"},
+		{"too many nodes", fleet.Options{Name: "x", Subnet: "10.77.10.0/29", N: 6}, "no room for 6 nodes"},
+		{"ipv6", fleet.Options{Name: "x", Subnet: "fd00::/64", N: 1}, "IPv4"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := fleet.New(context.Background(), tc.o)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want error containing %q", err, tc.want)
+			}
+		})
+	}
+}

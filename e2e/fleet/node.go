@@ -1,0 +1,357 @@
+package fleet
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+const (
+	cgroupUnified = "/sys/fs/cgroup/unified"
+	cgroupSystemd = "/sys/fs/cgroup/systemd"
+	nodePath      = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+)
+
+// supervisor is the detached shell that owns a node: it moves itself into the
+// node's cgroups (so nodes do not share one cgroup and collide), then boots
+// nspawn again whenever the node reboots (nspawn exits with 133).
+const supervisor = `echo $$ >"$CG_SYSTEMD/cgroup.procs" && echo $$ >"$CG_UNIFIED/cgroup.procs" || { echo "flotilla-e2e: cannot join cgroups $CG_SYSTEMD $CG_UNIFIED" >&2; exit 97; }
+while :; do
+	"$@"
+	rc=$?
+	echo "flotilla-e2e: systemd-nspawn exited with $rc at $(date -u +%H:%M:%S)" >&2
+	[ "$rc" = 133 ] || exit "$rc"
+done`
+
+// prepareRoot gives the node its own identity in the upper dir and mounts the
+// overlay, unless it is mounted already (a restart after Kill or Stop).
+func (f *Fleet) prepareRoot(n Node) error {
+	dir := f.nodeDir(n.Name)
+	upper, work, merged := filepath.Join(dir, "upper"), filepath.Join(dir, "work"), filepath.Join(dir, "merged")
+	if isOverlay(merged) {
+		return nil
+	}
+	for _, d := range []string{filepath.Join(upper, "etc"), work, merged} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return fmt.Errorf("node %s: %w", n.Name, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(upper, "etc", "machine-id")); os.IsNotExist(err) {
+		id := make([]byte, 16)
+		_, _ = rand.Read(id)
+		if err := os.WriteFile(filepath.Join(upper, "etc", "machine-id"), []byte(hex.EncodeToString(id)+"\n"), 0o444); err != nil {
+			return fmt.Errorf("node %s: machine-id: %w", n.Name, err)
+		}
+	}
+	var hosts strings.Builder
+	hosts.WriteString("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+	for _, o := range f.nodes {
+		fmt.Fprintf(&hosts, "%s\t%s\n", o.IP, o.Name)
+	}
+	files := map[string]string{"hostname": n.Name + "\n", "hosts": hosts.String()}
+	for name, content := range files {
+		if err := os.WriteFile(filepath.Join(upper, "etc", name), []byte(content), 0o644); err != nil {
+			return fmt.Errorf("node %s: /etc/%s: %w", n.Name, name, err)
+		}
+	}
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", f.opts.RootFS, upper, work)
+	if err := unix.Mount("overlay", merged, "overlay", 0, opts); err != nil {
+		return fmt.Errorf("node %s: mount overlay on %s: %w", n.Name, merged, err)
+	}
+	return nil
+}
+
+func isOverlay(path string) bool {
+	var st unix.Statfs_t
+	return unix.Statfs(path, &st) == nil && st.Type == unix.OVERLAYFS_SUPER_MAGIC
+}
+
+// launch starts the node's supervisor shell, detached from this process.
+func (f *Fleet) launch(n Node) error {
+	u := f.unit(n)
+	cgs, cgu := filepath.Join(cgroupSystemd, u), filepath.Join(cgroupUnified, u)
+	for _, cg := range []string{cgs, cgu} {
+		// Subgroups of an earlier boot would confuse nspawn's --keep-unit.
+		removeCgroupTree(cg, false)
+		if err := os.MkdirAll(cg, 0o755); err != nil {
+			return fmt.Errorf("node %s: cgroup: %w", n.Name, err)
+		}
+	}
+	args := []string{"-c", supervisor, "sh",
+		"/usr/bin/systemd-nspawn", "-q", "-D", f.Root(n.Name), "-b",
+		"--network-namespace-path=/run/netns/" + u,
+		"--register=no", "--keep-unit", "--console=pipe", "-M", u,
+	}
+	args = append(args, bindArgs("--bind-ro=", f.opts.BindRO)...)
+	args = append(args, bindArgs("--bind=", f.opts.Bind)...)
+	logf, err := os.OpenFile(f.ConsoleLog(n.Name), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("node %s: console log: %w", n.Name, err)
+	}
+	defer logf.Close()
+	cmd := exec.Command("/bin/sh", args...)
+	cmd.Env = []string{nodePath, "CG_SYSTEMD=" + cgs, "CG_UNIFIED=" + cgu}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("node %s: start systemd-nspawn: %w", n.Name, err)
+	}
+	// Reap it if it ends while we live; otherwise init inherits it.
+	go func() { _ = cmd.Wait() }()
+	return nil
+}
+
+func bindArgs(flag string, m map[string]string) []string {
+	var out []string
+	for host, node := range m {
+		out = append(out, flag+host+":"+node)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// PID is the host PID of the node's systemd (PID 1 inside the node).
+func (f *Fleet) PID(node string) (int, error) {
+	n, err := f.node(node)
+	if err != nil {
+		return 0, err
+	}
+	for _, pid := range cgroupProcs(filepath.Join(cgroupUnified, f.unit(n))) {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if fields := strings.Fields(line); len(fields) >= 3 && fields[0] == "NSpid:" && fields[len(fields)-1] == "1" {
+				return pid, nil
+			}
+		}
+	}
+	return 0, fmt.Errorf("node %s is not running (no systemd in cgroup %s)", node, f.unit(n))
+}
+
+// Running reports whether any process of the node is alive.
+func (f *Fleet) Running(node string) bool {
+	n, err := f.node(node)
+	return err == nil && len(cgroupProcs(filepath.Join(cgroupUnified, f.unit(n)))) > 0
+}
+
+// Command returns a command that runs argv inside the node (all its
+// namespaces, its root), with a plain PATH.
+func (f *Fleet) Command(ctx context.Context, node string, argv ...string) (*exec.Cmd, error) {
+	pid, err := f.PID(node)
+	if err != nil {
+		return nil, err
+	}
+	args := append([]string{"-t", fmt.Sprint(pid), "-a", "--"}, argv...)
+	cmd := exec.CommandContext(ctx, "/usr/bin/nsenter", args...)
+	cmd.Env = []string{nodePath, "LANG=C.UTF-8", "HOME=/root"}
+	return cmd, nil
+}
+
+// Exec runs argv inside the node and returns its combined output. A non-zero
+// exit is an error that carries the output.
+func (f *Fleet) Exec(ctx context.Context, node string, argv ...string) ([]byte, error) {
+	cmd, err := f.Command(ctx, node, argv...)
+	if err != nil {
+		return nil, err
+	}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return out, fmt.Errorf("node %s: %s: %w: %s", node, strings.Join(argv, " "), err, bytes.TrimSpace(out))
+	}
+	return out, nil
+}
+
+// WaitRunning waits (at most Options.BootTimeout) until the node's systemd
+// says running or degraded.
+func (f *Fleet) WaitRunning(ctx context.Context, node string) error {
+	ctx, cancel := context.WithTimeout(ctx, f.opts.BootTimeout)
+	defer cancel()
+	state := "not started"
+	for {
+		if pid, err := f.PID(node); err == nil {
+			cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
+			out, _ := f.execPID(cctx, pid, "systemctl", "is-system-running")
+			ccancel()
+			state = strings.TrimSpace(string(out))
+			if state == "running" || state == "degraded" {
+				return nil
+			}
+		} else if !f.Running(node) {
+			state = "not running"
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("node %s: systemd not running after %s (state %q): %w; console: %s",
+				node, f.opts.BootTimeout, state, ctx.Err(), tail(f.ConsoleLog(node), 10))
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func (f *Fleet) execPID(ctx context.Context, pid int, argv ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, "/usr/bin/nsenter", append([]string{"-t", fmt.Sprint(pid), "-a", "--"}, argv...)...)
+	cmd.Env = []string{nodePath}
+	return cmd.CombinedOutput()
+}
+
+// Start boots a stopped or killed node and waits until it is running.
+func (f *Fleet) Start(ctx context.Context, node string) error {
+	n, err := f.node(node)
+	if err != nil {
+		return err
+	}
+	if f.Running(node) {
+		return fmt.Errorf("node %s is already running", node)
+	}
+	if err := f.prepareRoot(n); err != nil {
+		return err
+	}
+	if err := f.launch(n); err != nil {
+		return err
+	}
+	return f.WaitRunning(ctx, node)
+}
+
+// Stop powers the node off cleanly (systemctl poweroff) and waits until all its
+// processes are gone; after 30 s it kills what is left.
+func (f *Fleet) Stop(ctx context.Context, node string) error {
+	pid, err := f.PID(node)
+	if err != nil {
+		return err
+	}
+	_, _ = f.execPID(ctx, pid, "systemctl", "poweroff", "--no-block")
+	if f.waitGone(ctx, node, 30*time.Second) == nil {
+		return nil
+	}
+	f.log.Warn("node did not power off in time; killing it", "node", node)
+	return f.Kill(node)
+}
+
+// Kill is a power cut: every process of the node dies at once (cgroup.kill).
+func (f *Fleet) Kill(node string) error {
+	n, err := f.node(node)
+	if err != nil {
+		return err
+	}
+	if err := killCgroup(filepath.Join(cgroupUnified, f.unit(n))); err != nil {
+		return fmt.Errorf("node %s: %w", node, err)
+	}
+	return f.waitGone(context.Background(), node, 10*time.Second)
+}
+
+// Reboot reboots the node from inside (systemctl reboot) and waits until its new
+// systemd is running. The node's PID (and D-Bus socket path) change.
+func (f *Fleet) Reboot(ctx context.Context, node string) error {
+	old, err := f.PID(node)
+	if err != nil {
+		return err
+	}
+	_, _ = f.execPID(ctx, old, "systemctl", "reboot", "--no-block")
+	deadline := time.Now().Add(f.opts.BootTimeout)
+	for {
+		if pid, err := f.PID(node); err == nil && pid != old {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("node %s: no new boot within %s after reboot; console: %s", node, f.opts.BootTimeout, tail(f.ConsoleLog(node), 10))
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("node %s: reboot: %w", node, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return f.WaitRunning(ctx, node)
+}
+
+func (f *Fleet) waitGone(ctx context.Context, node string, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for f.Running(node) {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("node %s: processes still alive after %s: %w", node, timeout, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// cgroupProcs lists the PIDs in a cgroup and all its descendants.
+func cgroupProcs(dir string) []int {
+	var pids []int
+	_ = filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() || d.Name() != "cgroup.procs" {
+			return nil
+		}
+		b, _ := os.ReadFile(path)
+		for _, f := range strings.Fields(string(b)) {
+			var pid int
+			if _, err := fmt.Sscan(f, &pid); err == nil {
+				pids = append(pids, pid)
+			}
+		}
+		return nil
+	})
+	return pids
+}
+
+func killCgroup(dir string) error {
+	if _, err := os.Stat(dir); os.IsNotExist(err) {
+		return nil
+	}
+	if err := os.WriteFile(filepath.Join(dir, "cgroup.kill"), []byte("1"), 0o200); err != nil {
+		// Kernels before 5.14 have no cgroup.kill: signal each process.
+		for _, pid := range cgroupProcs(dir) {
+			_ = unix.Kill(pid, unix.SIGKILL)
+		}
+		if len(cgroupProcs(dir)) > 0 {
+			return fmt.Errorf("kill cgroup %s: %w", dir, err)
+		}
+	}
+	return nil
+}
+
+// removeCgroupTree removes a cgroup's descendants, and the cgroup itself when self is set.
+func removeCgroupTree(dir string, self bool) error {
+	var dirs []string
+	_ = filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err == nil && d.IsDir() && (self || path != dir) {
+			dirs = append(dirs, path)
+		}
+		return nil
+	})
+	var errs []error
+	for i := len(dirs) - 1; i >= 0; i-- {
+		if err := unix.Rmdir(dirs[i]); err != nil && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("rmdir %s: %w", dirs[i], err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func tail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "(no console log)"
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, " | ")
+}
