@@ -97,6 +97,7 @@ type Config struct {
 	Mode     uint32 // 0: keep the template's mode, else 0644
 	Template bool   // render Content with the node's template data
 	Line     int    // line of the document, for errors
+	RoleLine int    // line of spec.role, for errors
 }
 
 // nameRe is what a role, cluster or config name may look like.

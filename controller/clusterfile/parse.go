@@ -288,7 +288,7 @@ func (p *parser) config(n *yaml.Node) Config {
 				c.Content = v.Value
 			},
 			"role": func(v *yaml.Node, f string) {
-				c.Role = p.str(v, f)
+				c.Role, c.RoleLine = p.str(v, f), v.Line
 				if c.Role != "" && !roleRe.MatchString(c.Role) {
 					p.errf(v, f, "%q is not a valid role name", c.Role)
 				}

@@ -1,0 +1,374 @@
+package planner
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/flotilla-dev/flotilla/bundle/plan"
+	"github.com/flotilla-dev/flotilla/controller/clusterfile"
+)
+
+// Plan computes the per-node plans of one apply. It fails before anything runs on an
+// unknown role, a host entry that matches no agent, an agent matched twice, a bad step
+// timeout or a template that does not render (the error names the file and the key).
+func Plan(in Input) (*ClusterPlan, error) {
+	if in.File == nil {
+		return nil, errors.New("plan: no Clusterfile")
+	}
+	if in.Image == nil {
+		return nil, fmt.Errorf("plan: image %s has no plan: is it a flotilla cluster image?", in.File.Cluster.Image)
+	}
+	c := &in.File.Cluster
+	if c.File() == "" {
+		c.SetFile(in.File.Path)
+	}
+	if err := c.ValidateRoles(in.Image.Roles); err != nil {
+		return nil, err
+	}
+	if err := validateConfigs(in.File, in.Image.Roles); err != nil {
+		return nil, err
+	}
+	members, err := selectHosts(c, in.Agents)
+	if err != nil {
+		return nil, err
+	}
+
+	out := &ClusterPlan{Cluster: c.Name, Image: c.Image, ImageDigest: in.ImageDigest, VIP: c.VIP, Rollout: c.Rollout}
+	facts := ClusterFacts{Name: c.Name, VIP: c.VIP, Image: c.Image}
+	master0 := -1
+	for i, m := range members {
+		if slices.Contains(m.host.Roles, plan.RoleMaster) {
+			if master0 < 0 {
+				master0 = i
+			}
+			facts.Masters = append(facts.Masters, m.ip)
+		}
+		if slices.Contains(m.host.Roles, plan.RoleNode) {
+			facts.Nodes = append(facts.Nodes, m.ip)
+		}
+	}
+	out.Masters = facts.Masters
+
+	order := phaseOrder(in.Image.Roles)
+	byPhase := map[string][]NodePlan{}
+	var errs []error
+	selected := map[string]bool{}
+	for i, m := range members {
+		selected[m.agent.Name] = true
+		phase := phaseOf(m.host.Roles, i == master0, in.Image.Roles)
+		index := len(byPhase[phase])
+		if phase == plan.RoleMaster {
+			index += len(byPhase[plan.RoleMaster0])
+		}
+		np, err := nodePlan(in, c, m, facts, i == master0, index)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("node %s: %w", m.agent.Name, err))
+			continue
+		}
+		byPhase[phase] = append(byPhase[phase], *np)
+		if i == master0 && in.Image.Cmd != nil {
+			hc, err := renderStep(in.Image.Cmd, c, np.Env, dataFor(np, m, facts), nil, nil)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("node %s: CMD: %w", m.agent.Name, err))
+			} else {
+				hc.Reason = "health check after every phase"
+				out.HealthCheck = hc
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	total := len(members)
+	for _, ph := range order {
+		if nodes := byPhase[ph]; len(nodes) > 0 {
+			out.Phases = append(out.Phases, Phase{Name: ph, Parallelism: c.Rollout.ParallelismFor(ph, total), Nodes: nodes})
+		}
+	}
+	if removed := removals(in, selected, order); len(removed) > 0 {
+		out.Phases = append(out.Phases, Phase{Name: PhaseRemove, Parallelism: c.Rollout.ParallelismFor(PhaseRemove, total), Nodes: removed})
+	}
+	return out, nil
+}
+
+// phaseOrder is master0, master, node, then the image's custom roles in its order.
+func phaseOrder(imageRoles []string) []string {
+	out := []string{plan.RoleMaster0, plan.RoleMaster, plan.RoleNode}
+	for _, r := range imageRoles {
+		if !slices.Contains(out, r) && r != plan.RoleAll {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// phaseOf puts a node in the earliest phase among its roles.
+func phaseOf(roles []string, isMaster0 bool, imageRoles []string) string {
+	if isMaster0 {
+		return plan.RoleMaster0
+	}
+	for _, ph := range phaseOrder(imageRoles)[1:] {
+		if slices.Contains(roles, ph) {
+			return ph
+		}
+	}
+	return roles[0] // unreachable after ValidateRoles
+}
+
+func validateConfigs(f *clusterfile.File, imageRoles []string) error {
+	var errs []error
+	for _, cfg := range f.Configs {
+		if cfg.Role == "" || cfg.Role == plan.RoleMaster0 || cfg.Role == plan.RoleMaster || cfg.Role == plan.RoleNode || slices.Contains(imageRoles, cfg.Role) {
+			continue
+		}
+		declared := []string{plan.RoleMaster, plan.RoleNode}
+		for _, r := range phaseOrder(imageRoles)[3:] {
+			declared = append(declared, r)
+		}
+		errs = append(errs, &clusterfile.FieldError{File: f.Path, Line: cfg.RoleLine, Field: "spec.role",
+			Msg: fmt.Sprintf("Config %q: unknown role %q (the image declares: %s)", cfg.Name, cfg.Role, strings.Join(declared, ", "))})
+	}
+	return errors.Join(errs...)
+}
+
+func dataFor(np *NodePlan, m member, facts ClusterFacts) *Data {
+	ips := make([]string, len(m.agent.IPs))
+	for i, ip := range m.agent.IPs {
+		ips[i] = ip.String()
+	}
+	return &Data{
+		Node: NodeFacts{Name: m.agent.Name, IP: m.ip, IPs: ips, Index: np.Index, Arch: m.agent.Arch,
+			Labels: nonNil(m.agent.Labels), Roles: np.Roles},
+		Cluster: facts,
+		Env:     np.Env,
+		VIP:     facts.VIP,
+	}
+}
+
+func nonNil(m map[string]string) map[string]string {
+	if m == nil {
+		return map[string]string{}
+	}
+	return m
+}
+
+// nodePlan renders one selected node's layers, files and steps and compares them with
+// what the node applied.
+func nodePlan(in Input, c *clusterfile.Cluster, m member, facts ClusterFacts, isMaster0 bool, index int) (*NodePlan, error) {
+	img := in.Image
+	roles := slices.Clone(m.host.Roles)
+	np := &NodePlan{Node: m.agent.Name, IP: m.ip, Online: m.agent.Online, Roles: roles, Master0: isMaster0, Index: index,
+		Env: mergeEnv(img.Env, c.Env, m.host.Env)}
+	applied, known := in.Applied[m.agent.Name]
+	data := dataFor(np, m, facts)
+
+	maxLayerSeq := 0
+	for _, l := range img.LayersFor(roles, isMaster0) {
+		np.Layers = append(np.Layers, Layer{Digest: l.Digest, DiffID: l.DiffID, Size: l.Size, Role: l.Role, Seq: l.Seq,
+			Skip: slices.Contains(applied.Layers, l.Digest)})
+		maxLayerSeq = max(maxLayerSeq, l.Seq)
+	}
+
+	overrides := map[string]clusterfile.Config{}
+	for _, cfg := range in.File.Configs {
+		if cfg.Role == "" || plan.RoleMatches(cfg.Role, roles, isMaster0) {
+			overrides[cfg.Path] = cfg
+		}
+	}
+	for _, t := range img.TemplatesFor(roles, isMaster0) {
+		f := File{Path: t.Path, Mode: t.Mode, Seq: t.Seq, Source: "template"}
+		src, tmpl := t.Content, true
+		if cfg, ok := overrides[t.Path]; ok {
+			delete(overrides, t.Path)
+			src, tmpl, f.Source = cfg.Content, cfg.Template, "config/"+cfg.Name
+			if cfg.Mode != 0 {
+				f.Mode = cfg.Mode
+			}
+		}
+		if err := fill(&f, src, tmpl, data); err != nil {
+			return nil, err
+		}
+		np.Files = append(np.Files, f)
+	}
+	for _, path := range sortedKeys(overrides) {
+		cfg := overrides[path]
+		f := File{Path: path, Mode: cfg.Mode, Seq: maxLayerSeq, Source: "config/" + cfg.Name}
+		if f.Mode == 0 {
+			f.Mode = 0o644
+		}
+		if err := fill(&f, cfg.Content, cfg.Template, data); err != nil {
+			return nil, err
+		}
+		np.Files = append(np.Files, f)
+	}
+	for i := range np.Files {
+		np.Files[i].Skip = fileApplied(applied.Files, np.Files[i])
+	}
+
+	var services []string
+	for _, s := range img.StepsFor(roles, isMaster0) {
+		st, err := renderStep(&s, c, np.Env, data, np.Layers, np.Files)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case slices.Contains(applied.Steps, st.Digest):
+			st.Skip, st.Reason = true, "applied "+short(st.Digest)
+		case !known:
+			st.Reason = "new node"
+		default:
+			st.Reason = "not applied with these inputs"
+		}
+		if st.Kind == plan.KindService {
+			services = append(services, st.Command)
+		}
+		np.Steps = append(np.Steps, *st)
+	}
+
+	np.Undo = undoFor(applied, services, np.Files, np.Layers)
+	np.Action = ActionNoop
+	switch {
+	case !known:
+		np.Action = ActionCreate
+	case np.hasWork():
+		np.Action = ActionUpdate
+	}
+	return np, nil
+}
+
+func (n *NodePlan) hasWork() bool {
+	if len(n.Undo) > 0 {
+		return true
+	}
+	for _, l := range n.Layers {
+		if !l.Skip {
+			return true
+		}
+	}
+	for _, f := range n.Files {
+		if !f.Skip {
+			return true
+		}
+	}
+	for _, s := range n.Steps {
+		if !s.Skip {
+			return true
+		}
+	}
+	return false
+}
+
+func fill(f *File, src string, tmpl bool, data *Data) error {
+	b := []byte(src)
+	if tmpl {
+		var err error
+		if b, err = render(f.Path, src, data); err != nil {
+			return err
+		}
+	}
+	f.Content, f.Digest = b, sha(b)
+	return nil
+}
+
+func fileApplied(applied []AppliedFile, f File) bool {
+	for _, a := range applied {
+		if a.Path == f.Path {
+			return a.Digest == f.Digest && (a.Mode == 0 || a.Mode == f.Mode)
+		}
+	}
+	return false
+}
+
+// renderStep renders a step's command and computes its digest over what precedes it.
+func renderStep(s *plan.Step, c *clusterfile.Cluster, env map[string]string, data *Data, layers []Layer, files []File) (*Step, error) {
+	name := fmt.Sprintf("step %s %s (Kubefile line %d)", strings.ToUpper(s.Kind), s.Command, s.Line)
+	cmd := s.Command
+	if strings.Contains(cmd, "{{") {
+		b, err := render(name, cmd, data)
+		if err != nil {
+			return nil, err
+		}
+		cmd = string(b)
+	}
+	timeout := c.Rollout.StepTimeout
+	if s.Timeout != "" {
+		d, err := time.ParseDuration(s.Timeout)
+		if err != nil || d <= 0 {
+			return nil, fmt.Errorf("%s: timeout %q is not a positive duration", name, s.Timeout)
+		}
+		timeout = d
+	}
+	st := &Step{Kind: s.Kind, Command: cmd, Role: s.Role, Line: s.Line, Seq: s.Seq, Timeout: timeout, Env: env}
+	st.Digest = stepDigest(st, layers, files)
+	return st, nil
+}
+
+// undoFor lists what a kept node no longer needs: services (reverse start order), then
+// rendered files, then layers.
+func undoFor(a Applied, services []string, files []File, layers []Layer) []Undo {
+	var out []Undo
+	for i := len(a.Services) - 1; i >= 0; i-- {
+		if !slices.Contains(services, a.Services[i]) {
+			out = append(out, Undo{Kind: UndoStopService, Target: a.Services[i]})
+		}
+	}
+	for i := len(a.Files) - 1; i >= 0; i-- {
+		if !slices.ContainsFunc(files, func(f File) bool { return f.Path == a.Files[i].Path }) {
+			out = append(out, Undo{Kind: UndoRemoveFile, Target: a.Files[i].Path})
+		}
+	}
+	for i := len(a.Layers) - 1; i >= 0; i-- {
+		if !slices.ContainsFunc(layers, func(l Layer) bool { return l.Digest == a.Layers[i] }) {
+			out = append(out, Undo{Kind: UndoRemoveLayer, Target: a.Layers[i]})
+		}
+	}
+	return out
+}
+
+// removals plans the nodes that applied this cluster but are no longer selected, last
+// phase first (custom roles, nodes, then masters), then by name.
+func removals(in Input, selected map[string]bool, order []string) []NodePlan {
+	agents := map[string]Agent{}
+	for _, a := range in.Agents {
+		agents[a.Name] = a
+	}
+	var out []NodePlan
+	for _, name := range sortedKeys(in.Applied) {
+		if selected[name] {
+			continue
+		}
+		a := in.Applied[name]
+		np := NodePlan{Node: name, Roles: a.Roles, Action: ActionRemove, Undo: undoFor(a, nil, nil, nil)}
+		if ag, ok := agents[name]; ok {
+			np.Online = ag.Online
+			if len(ag.IPs) > 0 {
+				np.IP = ag.IPs[0].String()
+			}
+		}
+		out = append(out, np)
+	}
+	rank := func(roles []string) int {
+		r := -1
+		for i, ph := range order {
+			if slices.Contains(roles, ph) {
+				r = max(r, i)
+			}
+		}
+		return r
+	}
+	sort.SliceStable(out, func(i, j int) bool { return rank(out[i].Roles) > rank(out[j].Roles) })
+	return out
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}

@@ -1,0 +1,117 @@
+package planner
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+)
+
+// WriteJSON writes the plan as indented JSON (rendered contents and env are left out:
+// they may hold secrets).
+func (p *ClusterPlan) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(p); err != nil {
+		return fmt.Errorf("write plan as JSON: %w", err)
+	}
+	return nil
+}
+
+// WriteText writes a summary table (one row per node) followed by each changed node's
+// work in run order: `+` to fetch or place, `>` to run, `=` skipped, `-` to undo.
+func (p *ClusterPlan) WriteText(w io.Writer) error {
+	fmt.Fprintf(w, "cluster %s: image %s", p.Cluster, p.Image)
+	if p.ImageDigest != "" {
+		fmt.Fprintf(w, " (%s)", short(p.ImageDigest))
+	}
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PHASE\tNODE\tIP\tROLES\tACTION\tFETCH\tFILES\tRUN\tSKIP\tUNDO")
+	for _, ph := range p.Phases {
+		for _, n := range ph.Nodes {
+			var fetch, files, run, skip int
+			for _, l := range n.Layers {
+				if !l.Skip {
+					fetch++
+				}
+			}
+			for _, f := range n.Files {
+				if !f.Skip {
+					files++
+				}
+			}
+			for _, s := range n.Steps {
+				if s.Skip {
+					skip++
+				} else {
+					run++
+				}
+			}
+			ip := n.IP
+			if !n.Online {
+				ip += " (offline)"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\n", ph.Name, n.Node, strings.TrimSpace(ip),
+				strings.Join(n.Roles, ","), n.Action, fetch, files, run, skip, len(n.Undo))
+		}
+	}
+	if err := tw.Flush(); err != nil {
+		return fmt.Errorf("write plan: %w", err)
+	}
+	for _, n := range p.Nodes() {
+		if n.Action == ActionNoop {
+			continue
+		}
+		fmt.Fprintf(w, "\n%s (%s):\n", n.Node, n.Action)
+		for _, u := range n.Undo {
+			if u.Kind != UndoRemoveLayer {
+				fmt.Fprintf(w, "  - %s %s\n", u.Kind, u.Target)
+			}
+		}
+		for _, it := range n.Ordered() {
+			switch {
+			case it.Layer != nil:
+				mark := "+"
+				if it.Layer.Skip {
+					mark = "="
+				}
+				fmt.Fprintf(w, "  %s layer %s (%s, role %s)\n", mark, short(it.Layer.Digest), size(it.Layer.Size), it.Layer.Role)
+			case it.File != nil:
+				mark := "+"
+				if it.File.Skip {
+					mark = "="
+				}
+				fmt.Fprintf(w, "  %s file %s %04o (%s, %s)\n", mark, it.File.Path, it.File.Mode, it.File.Source, short(it.File.Digest))
+			default:
+				mark := ">"
+				if it.Step.Skip {
+					mark = "="
+				}
+				fmt.Fprintf(w, "  %s %s %s (role %s; %s)\n", mark, it.Step.Kind, it.Step.Command, it.Step.Role, it.Step.Reason)
+			}
+		}
+		for _, u := range n.Undo {
+			if u.Kind == UndoRemoveLayer {
+				fmt.Fprintf(w, "  - %s %s\n", u.Kind, short(u.Target))
+			}
+		}
+	}
+	if p.HealthCheck != nil {
+		fmt.Fprintf(w, "\nhealth check on master0 after every phase: %s\n", p.HealthCheck.Command)
+	}
+	return nil
+}
+
+func size(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}

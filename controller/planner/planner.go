@@ -1,0 +1,237 @@
+// Package planner turns a Clusterfile, a cluster image's plan and what each node reports
+// it has applied into per-node plans grouped in phases; it is pure (no I/O).
+//
+// A node's work is ordered by the image's Seq: layers, rendered files and steps
+// interleave as their instructions do in the Kubefile (at an equal Seq: layer, then file,
+// then step). A step's digest covers its kind, rendered command, role, rendered env and
+// the digest of every layer and file with a smaller Seq that the node gets, so a step
+// runs again exactly when something it may depend on changed, and is skipped when the
+// node already applied that digest.
+//
+// A Config document's file replaces the image's template at the same path (keeping its
+// Seq); one that overrides a file from a layer gets the Seq of the node's last layer, so
+// it is placed after every layer and before the steps declared after the last layer.
+package planner
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+	"time"
+
+	"github.com/flotilla-dev/flotilla/bundle/plan"
+	"github.com/flotilla-dev/flotilla/controller/clusterfile"
+)
+
+// Agent is what the inventory knows of one agent.
+type Agent struct {
+	Name   string
+	IPs    []netip.Addr
+	Arch   string
+	Labels map[string]string
+	Online bool
+}
+
+// Applied is what one node reports it has applied for one cluster.
+type Applied struct {
+	Image    string        // image digest of the last completed apply ("" if none)
+	Roles    []string      // roles it was applied with
+	Layers   []string      // digests of the layers present
+	Steps    []string      // digests of the steps that succeeded
+	Files    []AppliedFile // rendered files placed (templates and Configs)
+	Services []string      // units started, in start order
+}
+
+// AppliedFile is one rendered file a node placed.
+type AppliedFile struct {
+	Path   string `json:"path"`
+	Digest string `json:"digest"`         // sha256:… of the content
+	Mode   uint32 `json:"mode,omitempty"` // 0: unknown
+}
+
+// Input is everything the planner reads.
+type Input struct {
+	File        *clusterfile.File
+	Image       *plan.Plan
+	ImageDigest string             // digest of the image (manifest or index)
+	Agents      []Agent            // the inventory
+	Applied     map[string]Applied // per node name, for this cluster (nodes no longer listed are removed)
+}
+
+// Action says what a node's plan does overall.
+type Action string
+
+// Node actions.
+const (
+	ActionCreate Action = "create" // the node has nothing of this cluster yet
+	ActionUpdate Action = "update" // some layers, files, steps or undos to do
+	ActionNoop   Action = "noop"   // everything is applied already
+	ActionRemove Action = "remove" // the node left the Clusterfile: undo everything
+)
+
+// PhaseRemove is the name of the last phase, holding the nodes that left the cluster.
+const PhaseRemove = "remove"
+
+// ClusterPlan is the per-node work of one apply, in phases.
+type ClusterPlan struct {
+	Cluster     string              `json:"cluster"`
+	Image       string              `json:"image"`
+	ImageDigest string              `json:"imageDigest"`
+	VIP         string              `json:"vip,omitempty"`
+	Masters     []string            `json:"masters,omitempty"` // IPs, master0 first
+	Phases      []Phase             `json:"phases"`            // run order; PhaseRemove last
+	HealthCheck *Step               `json:"healthCheck,omitempty"`
+	Rollout     clusterfile.Rollout `json:"-"`
+}
+
+// Phase is a group of nodes run with a barrier after it.
+type Phase struct {
+	Name        string     `json:"name"` // master0, master, node, a custom role, or remove
+	Parallelism int        `json:"parallelism"`
+	Nodes       []NodePlan `json:"nodes"`
+}
+
+// NodePlan is one node's work.
+type NodePlan struct {
+	Node    string            `json:"node"`
+	IP      string            `json:"ip,omitempty"`
+	Online  bool              `json:"online"`
+	Roles   []string          `json:"roles"`
+	Master0 bool              `json:"master0,omitempty"`
+	Index   int               `json:"index"` // position among the nodes of its phase (masters: master0 is 0)
+	Action  Action            `json:"action"`
+	Env     map[string]string `json:"-"` // merged env; may hold secrets, so never printed
+	Layers  []Layer           `json:"layers,omitempty"`
+	Files   []File            `json:"files,omitempty"`
+	Steps   []Step            `json:"steps,omitempty"`
+	Undo    []Undo            `json:"undo,omitempty"`
+}
+
+// Layer is one image layer a node needs.
+type Layer struct {
+	Digest string `json:"digest"`
+	DiffID string `json:"diffID"`
+	Size   int64  `json:"size"`
+	Role   string `json:"role"`
+	Seq    int    `json:"seq"`
+	Skip   bool   `json:"skip,omitempty"` // already present on the node
+}
+
+// File is one rendered file to place.
+type File struct {
+	Path    string `json:"path"`
+	Mode    uint32 `json:"mode"`
+	Content []byte `json:"-"` // rendered; may hold secrets, so never printed
+	Digest  string `json:"digest"`
+	Seq     int    `json:"seq"`
+	Source  string `json:"source"`         // "template" or "config/<name>"
+	Skip    bool   `json:"skip,omitempty"` // the node has this content at this path already
+}
+
+// Step is one rendered run-time step.
+type Step struct {
+	Kind    string            `json:"kind"` // plan.KindRun or plan.KindService
+	Command string            `json:"command"`
+	Role    string            `json:"role"`
+	Line    int               `json:"line,omitempty"` // Kubefile line
+	Seq     int               `json:"seq"`
+	Timeout time.Duration     `json:"timeout"`
+	Env     map[string]string `json:"-"`
+	Digest  string            `json:"digest"`
+	Skip    bool              `json:"skip,omitempty"`
+	Reason  string            `json:"reason"` // why it runs or why it is skipped
+}
+
+// UndoKind is what an Undo does.
+type UndoKind string
+
+// Undo kinds, in the order they appear in NodePlan.Undo.
+const (
+	UndoStopService UndoKind = "stop-service" // stop and disable the unit
+	UndoRemoveFile  UndoKind = "remove-file"  // remove a rendered file
+	UndoRemoveLayer UndoKind = "remove-layer" // remove the files a layer placed, except paths a present layer also placed
+)
+
+// Undo is one thing to take back on a node: services no longer wanted (reverse start
+// order), rendered files no longer wanted, and layers no longer needed. Services and
+// files are undone before the node's new work; layers after it, so that an upgrade never
+// leaves a node without the files both versions share.
+type Undo struct {
+	Kind   UndoKind `json:"kind"`
+	Target string   `json:"target"` // unit name, file path or layer digest
+}
+
+// Item is one entry of a node's work in run order (exactly one field set).
+type Item struct {
+	Seq   int
+	Layer *Layer
+	File  *File
+	Step  *Step
+}
+
+// Ordered returns the node's layers, files and steps merged in run order.
+func (n *NodePlan) Ordered() []Item {
+	var out []Item
+	for i := range n.Layers {
+		out = append(out, Item{Seq: n.Layers[i].Seq, Layer: &n.Layers[i]})
+	}
+	for i := range n.Files {
+		out = append(out, Item{Seq: n.Files[i].Seq, File: &n.Files[i]})
+	}
+	for i := range n.Steps {
+		out = append(out, Item{Seq: n.Steps[i].Seq, Step: &n.Steps[i]})
+	}
+	rank := func(it Item) int {
+		switch {
+		case it.Layer != nil:
+			return 0
+		case it.File != nil:
+			return 1
+		}
+		return 2
+	}
+	sort.SliceStable(out, func(i, j int) bool {
+		if out[i].Seq != out[j].Seq {
+			return out[i].Seq < out[j].Seq
+		}
+		return rank(out[i]) < rank(out[j])
+	})
+	return out
+}
+
+// Nodes returns every node plan in run order.
+func (p *ClusterPlan) Nodes() []*NodePlan {
+	var out []*NodePlan
+	for i := range p.Phases {
+		for j := range p.Phases[i].Nodes {
+			out = append(out, &p.Phases[i].Nodes[j])
+		}
+	}
+	return out
+}
+
+// Node returns the plan of the named node, or nil.
+func (p *ClusterPlan) Node(name string) *NodePlan {
+	for _, n := range p.Nodes() {
+		if n.Node == name {
+			return n
+		}
+	}
+	return nil
+}
+
+// Changed reports whether applying the plan would do anything.
+func (p *ClusterPlan) Changed() bool {
+	for _, n := range p.Nodes() {
+		if n.Action != ActionNoop {
+			return true
+		}
+	}
+	return false
+}
+
+func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }
+
+type netipAddr = netip.Addr
+
+func parseIP(s string) (netip.Addr, error) { return netip.ParseAddr(s) }
