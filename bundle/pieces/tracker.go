@@ -18,6 +18,8 @@ type Announcement struct {
 	Peer   Peer     `json:"peer"`
 	Digest v1.Hash  `json:"digest"`
 	Have   Bitfield `json:"have"`
+	// Complete says the peer holds the whole verified blob.
+	Complete bool `json:"complete,omitempty"`
 }
 
 // PeerState is what the tracker knows of one peer for one blob. Peers comes
