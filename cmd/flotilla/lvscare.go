@@ -41,7 +41,7 @@ SIGTERM leaves the rules in place so traffic keeps flowing across a restart;
   # what the cluster image's unit runs
   flotilla lvscare --config /etc/flotilla/lvscare.yaml --metrics-listen 127.0.0.1:9273
 
-  # remove the table (or IPVS services) and the lvscare0 dummy link
+  # remove the nftables table (or IPVS services) and the VIP routes or addresses
   flotilla lvscare --clean`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -92,7 +92,7 @@ SIGTERM leaves the rules in place so traffic keeps flowing across a restart;
 				if err := lvscare.Clean(cmd.Context(), cfg.Dataplane, log); err != nil {
 					return err
 				}
-				log.Info("removed lvscare's rules and dummy link", "dataplane", cfg.Dataplane)
+				log.Info("removed lvscare's rules and VIP routes", "dataplane", cfg.Dataplane)
 				return nil
 			}
 			// Validate everything before the dataplane is opened: bad input changes nothing.

@@ -269,5 +269,5 @@ func (l dummyLink) Addrs() ([]netip.Addr, error) {
 	return out, nil
 }
 
-func (l dummyLink) Ensure(vips []netip.Addr) error { return vip.Ensure(l.name, vip.Address, vips) }
-func (l dummyLink) Remove() error                  { return vip.Remove(l.name) }
+func (l dummyLink) Ensure(vips []netip.Addr) error { return vip.EnsureAddrs(l.name, vips) }
+func (l dummyLink) Remove() error                  { return vip.RemoveLink(l.name) }

@@ -21,10 +21,15 @@ import (
 // DefaultTable is the name of the table lvscare owns (family ip).
 const DefaultTable = "flotilla-lvscare"
 
+// MasqueradeMark is the packet-mark bit the endpoint chains set so that the
+// postrouting chain masquerades exactly lvscare's connections. It is clear of the
+// bits kube-proxy (0x4000, 0x8000) and Calico (0xffff0000) use.
+const MasqueradeMark = 0x00200000
+
 // Names of the fixed objects in the table; the layout follows kube-proxy's nftables mode.
 const (
 	serviceMap     = "service-ips" // ipv4_addr . inet_proto . inet_service : verdict
-	vipSet         = "vips"        // original destinations whose connections are masqueraded
+	vipSet         = "vips"        // the VIP addresses, for operators and other rules to match
 	servicesChain  = "services"
 	preroutingName = "nat-prerouting"
 	outputName     = "nat-output"
@@ -34,7 +39,6 @@ const (
 // Options configure the dataplane.
 type Options struct {
 	Table string // default DefaultTable
-	Link  string // dummy link carrying the VIP routes; default vip.DefaultLink
 	Log   *slog.Logger
 }
 
@@ -54,9 +58,6 @@ var _ dataplane.Dataplane = (*Dataplane)(nil)
 func New(opts Options) *Dataplane {
 	if opts.Table == "" {
 		opts.Table = DefaultTable
-	}
-	if opts.Link == "" {
-		opts.Link = vip.DefaultLink
 	}
 	if opts.Log == nil {
 		opts.Log = slog.Default()
@@ -111,7 +112,7 @@ func (d *Dataplane) Reconcile(ctx context.Context, services []dataplane.Service)
 	for _, s := range services {
 		vips = append(vips, s.VIP.Addr())
 	}
-	if err := vip.Ensure(d.opts.Link, vip.Route, vips); err != nil {
+	if err := vip.EnsureRoutes(vips); err != nil {
 		return false, err
 	}
 	c, err := nftables.New()
@@ -136,7 +137,7 @@ func (d *Dataplane) Reconcile(ctx context.Context, services []dataplane.Service)
 	return true, nil
 }
 
-// Clean implements dataplane.Dataplane: it deletes the table and the dummy link.
+// Clean implements dataplane.Dataplane: it deletes the table and the VIP routes.
 func (d *Dataplane) Clean(ctx context.Context) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -152,7 +153,7 @@ func (d *Dataplane) Clean(ctx context.Context) error {
 		return fmt.Errorf("delete nftables table ip %s: %w", d.opts.Table, err)
 	}
 	d.written = false
-	return vip.Remove(d.opts.Link)
+	return vip.RemoveRoutes()
 }
 
 func (d *Dataplane) write(c *nftables.Conn, services []dataplane.Service) error {
@@ -172,11 +173,12 @@ func (d *Dataplane) write(c *nftables.Conn, services []dataplane.Service) error 
 // program queues the whole table content on c; nothing reaches the kernel before Flush.
 func program(c *nftables.Conn, t *nftables.Table, services []dataplane.Service) error {
 	svcMap := &nftables.Set{
-		Table: t, Name: serviceMap, IsMap: true,
+		Table: t, Name: serviceMap, IsMap: true, Concatenation: true,
 		KeyType:  nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService),
 		DataType: nftables.TypeVerdict,
 	}
 	vips := &nftables.Set{Table: t, Name: vipSet, KeyType: nftables.TypeIPAddr}
+	mark := binaryutil.NativeEndian.PutUint32(MasqueradeMark)
 	var mapElems, vipElems []nftables.SetElement
 	seenVIP := map[netip.Addr]bool{}
 	for _, s := range services {
@@ -234,12 +236,13 @@ func program(c *nftables.Conn, t *nftables.Table, services []dataplane.Service) 
 			&expr.Verdict{Kind: expr.VerdictJump, Chain: servicesChain},
 		}})
 	}
-	// Masquerade every connection whose original destination was a VIP: the backend
-	// then answers this node, which undoes the DNAT, whatever the client's route.
+	// Masquerade every connection an endpoint chain marked: the backend then answers
+	// this node, which undoes the DNAT, whatever the client's route.
 	post := c.AddChain(&nftables.Chain{Name: postroutingNme, Table: t, Type: nftables.ChainTypeNAT, Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource, Policy: &accept})
 	c.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: []expr.Any{
-		&expr.Ct{Register: 1, Key: expr.CtKeyDST, Direction: 0},
-		&expr.Lookup{SourceRegister: 1, SetName: vipSet, SetID: vips.ID},
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mark, Xor: []byte{0, 0, 0, 0}},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0, 0, 0, 0}},
 		&expr.Masq{},
 	}})
 	return nil
@@ -255,6 +258,8 @@ func programService(c *nftables.Conn, t *nftables.Table, svc *nftables.Chain, s 
 		}})
 		return nil
 	}
+	mark := binaryutil.NativeEndian.PutUint32(MasqueradeMark)
+	notMark := binaryutil.NativeEndian.PutUint32(^uint32(MasqueradeMark))
 	eps := &nftables.Set{Table: t, Anonymous: true, Constant: true, IsMap: true, KeyType: nftables.TypeInteger, DataType: nftables.TypeVerdict}
 	var elems []nftables.SetElement
 	for i, b := range s.Backends {
@@ -262,6 +267,10 @@ func programService(c *nftables.Conn, t *nftables.Table, svc *nftables.Chain, s 
 		ep := c.AddChain(&nftables.Chain{Name: name, Table: t})
 		port := binaryutil.BigEndian.PutUint16(b.Port())
 		c.AddRule(&nftables.Rule{Table: t, Chain: ep, Exprs: []expr.Any{
+			// meta mark set meta mark | MasqueradeMark
+			&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: notMark, Xor: mark},
+			&expr.Meta{Key: expr.MetaKeyMARK, Register: 1, SourceRegister: true},
 			&expr.Immediate{Register: 1, Data: b.Addr().AsSlice()},
 			&expr.Immediate{Register: 2, Data: port},
 			&expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegProtoMin: 2, Specified: true},
@@ -294,4 +303,3 @@ func serviceChain(v netip.AddrPort) string { return fmt.Sprintf("svc-%s-tcp-%d",
 func endpointChain(v, b netip.AddrPort) string {
 	return fmt.Sprintf("ep-%s-tcp-%d-%s-%d", v.Addr(), v.Port(), b.Addr(), b.Port())
 }
-

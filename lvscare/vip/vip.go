@@ -1,5 +1,5 @@
 // Package vip gives the kernel what it needs to accept traffic for a virtual IP:
-// a dummy interface carrying a host route (nftables) or the address itself (IPVS).
+// a host route over loopback (nftables) or the address on a dummy interface (IPVS).
 package vip
 
 import (
@@ -15,21 +15,85 @@ import (
 // DefaultLink is the dummy interface lvscare owns.
 const DefaultLink = "lvscare0"
 
-// Mode says how the VIP is attached to the dummy interface.
-type Mode int
+// RouteProtocol marks the routes lvscare adds (see /etc/iproute2/rt_protos), so it
+// can find and remove its own routes and no others.
+const RouteProtocol = 249
 
-const (
-	// Route adds "VIP/32 dev lvscare0": connect() to the VIP succeeds even on a
-	// host with no default route, and the host does not answer ARP for the VIP.
-	// The output-hook DNAT then re-routes the packet to the chosen backend.
-	Route Mode = iota
-	// Address adds VIP/32 as a local address, which IPVS needs to see the traffic.
-	Address
-)
+// EnsureRoutes makes lvscare's host routes exactly "VIP/32 dev lo proto 249", one per VIP.
+// connect() to a VIP needs some route before the output hook's DNAT can run; a
+// unicast route over loopback keeps the node's own address as source (no local
+// address, so the node never answers ARP for the VIP), and after DNAT the kernel
+// re-routes the packet to the chosen backend. It needs no dummy-link driver.
+func EnsureRoutes(vips []netip.Addr) error {
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		return fmt.Errorf("look up loopback: %w", err)
+	}
+	want := map[netip.Addr]bool{}
+	for _, a := range vips {
+		want[a] = true
+	}
+	have := map[netip.Addr]bool{}
+	routes, err := ownRoutes()
+	if err != nil {
+		return err
+	}
+	for _, r := range routes {
+		a, _ := netip.AddrFromSlice(r.Dst.IP)
+		ones, bits := r.Dst.Mask.Size()
+		if want[a.Unmap()] && ones == bits && r.LinkIndex == lo.Attrs().Index {
+			have[a.Unmap()] = true
+			continue
+		}
+		if err := netlink.RouteDel(&r); err != nil {
+			return fmt.Errorf("remove stale route %s: %w", r.Dst, err)
+		}
+	}
+	for a := range want {
+		if have[a] {
+			continue
+		}
+		r := &netlink.Route{LinkIndex: lo.Attrs().Index, Dst: hostNet(a), Scope: netlink.SCOPE_LINK, Protocol: RouteProtocol}
+		if err := netlink.RouteReplace(r); err != nil {
+			return fmt.Errorf("add route %s dev lo: %w", a, err)
+		}
+	}
+	return nil
+}
 
-// Ensure creates the dummy link if needed, brings it up and makes its routes
-// (or addresses) exactly the given VIPs, removing any it no longer wants.
-func Ensure(link string, mode Mode, vips []netip.Addr) error {
+// RemoveRoutes deletes every route lvscare added.
+func RemoveRoutes() error {
+	routes, err := ownRoutes()
+	if err != nil {
+		return err
+	}
+	for _, r := range routes {
+		if err := netlink.RouteDel(&r); err != nil {
+			return fmt.Errorf("remove route %s: %w", r.Dst, err)
+		}
+	}
+	return nil
+}
+
+func ownRoutes() ([]netlink.Route, error) {
+	var out []netlink.Route
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		routes, err := netlink.RouteListFiltered(fam, &netlink.Route{Protocol: RouteProtocol}, netlink.RT_FILTER_PROTOCOL)
+		if err != nil {
+			return nil, fmt.Errorf("list routes: %w", err)
+		}
+		for _, r := range routes {
+			if r.Dst != nil {
+				out = append(out, r)
+			}
+		}
+	}
+	return out, nil
+}
+
+// EnsureAddrs creates the dummy link if needed, brings it up and makes its
+// addresses exactly the given VIPs: IPVS only sees traffic to local addresses.
+func EnsureAddrs(link string, vips []netip.Addr) error {
 	l, err := netlink.LinkByName(link)
 	if err != nil {
 		var nf netlink.LinkNotFoundError
@@ -39,7 +103,7 @@ func Ensure(link string, mode Mode, vips []netip.Addr) error {
 		attrs := netlink.NewLinkAttrs()
 		attrs.Name = link
 		if err := netlink.LinkAdd(&netlink.Dummy{LinkAttrs: attrs}); err != nil && !errors.Is(err, unix.EEXIST) {
-			return fmt.Errorf("create dummy link %s: %w", link, err)
+			return fmt.Errorf("create dummy link %s (is the dummy driver available?): %w", link, err)
 		}
 		if l, err = netlink.LinkByName(link); err != nil {
 			return fmt.Errorf("look up link %s after creating it: %w", link, err)
@@ -57,13 +121,7 @@ func Ensure(link string, mode Mode, vips []netip.Addr) error {
 	for _, a := range vips {
 		want[a] = true
 	}
-	switch mode {
-	case Route:
-		return ensureRoutes(l, want)
-	case Address:
-		return ensureAddrs(l, want)
-	}
-	return fmt.Errorf("unknown vip mode %d", mode)
+	return ensureAddrs(l, want)
 }
 
 func hostNet(a netip.Addr) *net.IPNet {
@@ -72,38 +130,6 @@ func hostNet(a netip.Addr) *net.IPNet {
 		bits = 128
 	}
 	return &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(bits, bits)}
-}
-
-func ensureRoutes(l netlink.Link, want map[netip.Addr]bool) error {
-	routes, err := netlink.RouteList(l, netlink.FAMILY_ALL)
-	if err != nil {
-		return fmt.Errorf("list routes on %s: %w", l.Attrs().Name, err)
-	}
-	have := map[netip.Addr]bool{}
-	for _, r := range routes {
-		if r.Dst == nil {
-			continue
-		}
-		a, ok := netip.AddrFromSlice(r.Dst.IP)
-		ones, bits := r.Dst.Mask.Size()
-		if ok && ones == bits && want[a.Unmap()] {
-			have[a.Unmap()] = true
-			continue
-		}
-		if err := netlink.RouteDel(&r); err != nil {
-			return fmt.Errorf("remove stale route %s dev %s: %w", r.Dst, l.Attrs().Name, err)
-		}
-	}
-	for a := range want {
-		if have[a] {
-			continue
-		}
-		r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: hostNet(a), Scope: netlink.SCOPE_LINK}
-		if err := netlink.RouteReplace(r); err != nil {
-			return fmt.Errorf("add route %s dev %s: %w", a, l.Attrs().Name, err)
-		}
-	}
-	return nil
 }
 
 func ensureAddrs(l netlink.Link, want map[netip.Addr]bool) error {
@@ -133,9 +159,9 @@ func ensureAddrs(l netlink.Link, want map[netip.Addr]bool) error {
 	return nil
 }
 
-// Remove deletes the dummy link, and with it every route and address on it.
+// RemoveLink deletes the dummy link, and with it every route and address on it.
 // A missing link is not an error.
-func Remove(link string) error {
+func RemoveLink(link string) error {
 	l, err := netlink.LinkByName(link)
 	if err != nil {
 		var nf netlink.LinkNotFoundError
