@@ -88,12 +88,7 @@ func New(ctx context.Context, o Options) (*Manager, error) {
 	}
 	if o.BusSocket == "" {
 		o.BusSocket = filepath.Join(root, "run/dbus/system_bus_socket")
-		// Minimal hosts may have no dbus-daemon: talk to systemd's private socket.
-		if _, err := os.Stat(o.BusSocket); err != nil {
-			o.BusSocket = filepath.Join(root, "run/systemd/private")
-		}
 	}
-	private := strings.HasSuffix(o.BusSocket, "/run/systemd/private")
 	if o.UnitDir == "" {
 		o.UnitDir = filepath.Join(root, "etc/systemd/system")
 	}
@@ -117,9 +112,6 @@ func New(ctx context.Context, o Options) (*Manager, error) {
 			c.Close()
 			return nil, err
 		}
-		if private {
-			return c, nil // systemd's private socket is peer-to-peer: no bus, no Hello
-		}
 		if err := c.Hello(); err != nil {
 			c.Close()
 			return nil, err
@@ -127,7 +119,7 @@ func New(ctx context.Context, o Options) (*Manager, error) {
 		return c, nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("connect to systemd over D-Bus at %s: %w (is dbus running?)", o.BusSocket, err)
+		return nil, fmt.Errorf("connect to systemd over D-Bus at %s: %w (is dbus installed and running? apt-get install dbus)", o.BusSocket, err)
 	}
 	return &Manager{conn: conn, opts: o}, nil
 }

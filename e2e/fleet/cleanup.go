@@ -89,7 +89,7 @@ func cleanup(root, name, bridge string) error {
 		}
 	}
 	vethRE := regexp.MustCompile("^" + regexp.QuoteMeta(name) + `v[0-9]+$`)
-	links, err := netlink.LinkList()
+	links, err := listLinks()
 	if err != nil {
 		errs = append(errs, fmt.Errorf("list links: %w", err))
 	}
@@ -114,6 +114,22 @@ func cleanup(root, name, bridge string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// listLinks retries a link dump that other processes' link changes interrupted.
+func listLinks() ([]netlink.Link, error) {
+	var (
+		links []netlink.Link
+		err   error
+	)
+	for range 10 {
+		links, err = netlink.LinkList()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return links, err
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return links, err
 }
 
 // mountsUnder lists mount points at or below dir, deepest first.

@@ -2,6 +2,7 @@ package fleet_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -169,7 +170,10 @@ func assertGone(t *testing.T, name, bridge string, pid int) {
 			t.Errorf("left behind: %v", m)
 		}
 	}
-	links, _ := netlink.LinkList()
+	links, err := netlink.LinkList()
+	for i := 0; errors.Is(err, netlink.ErrDumpInterrupted) && i < 10; i++ {
+		links, err = netlink.LinkList()
+	}
 	for _, l := range links {
 		if n := l.Attrs().Name; n == bridge || strings.HasPrefix(n, name+"v") {
 			t.Errorf("link %s left behind", n)
