@@ -158,6 +158,8 @@ func (f *Fleet) Command(ctx context.Context, node string, argv ...string) (*exec
 	args := append([]string{"-t", fmt.Sprint(pid), "-a", "--"}, argv...)
 	cmd := exec.CommandContext(ctx, "/usr/bin/nsenter", args...)
 	cmd.Env = []string{nodePath, "LANG=C.UTF-8", "HOME=/root"}
+	// Its own process group: a `kill 0` inside the node must not reach the caller.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	return cmd, nil
 }
 
