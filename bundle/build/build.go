@@ -1,0 +1,494 @@
+// Package build turns a Kubefile and its context directory into a cluster image in the
+// local store: reproducible OCI layers, a layer cache, and the plan in the config.
+package build
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/flotilla-dev/flotilla/bundle/kubefile"
+	"github.com/flotilla-dev/flotilla/bundle/plan"
+	"github.com/flotilla-dev/flotilla/bundle/progress"
+	"github.com/flotilla-dev/flotilla/bundle/store"
+)
+
+// Options configures one build.
+type Options struct {
+	ContextDir string            // build context; COPY reads only under it
+	Kubefile   string            // path of the Kubefile; default <ContextDir>/Kubefile
+	Tags       []string          // names to give the result (none: untagged)
+	BuildArgs  map[string]string // --build-arg values for ARG
+	Platforms  []v1.Platform     // empty: the host's; more than one gives an OCI index
+	NoCache    bool              // run build-time RUN again even when cached
+	// Epoch is the time written into layers and config (SOURCE_DATE_EPOCH); zero is 1970.
+	Epoch time.Time
+	// FetchBase pulls a FROM image missing from the store; nil makes that an error.
+	FetchBase func(ctx context.Context, ref string) error
+	// RunOutput receives the output of build-time RUN; nil discards it.
+	RunOutput io.Writer
+	// RunTimeout bounds each build-time RUN; zero means 30 minutes.
+	RunTimeout time.Duration
+	Progress   progress.Reporter
+}
+
+// Result describes the built image.
+type Result struct {
+	Descriptor v1.Descriptor         // manifest (one platform) or index (several)
+	Plans      map[string]*plan.Plan // by platform string
+	Images     map[string]v1.Hash    // manifest digest by platform string
+	Layers     int                   // layers in the image(s)
+	NewBlobs   int                   // blobs this build added to the store
+}
+
+// Build parses the Kubefile, builds the image for every platform, and commits it to st
+// under opts.Tags. A build that fails leaves the store unchanged.
+func Build(ctx context.Context, st *store.Store, opts Options) (*Result, error) {
+	if opts.ContextDir == "" {
+		return nil, errors.New("build: no context directory given")
+	}
+	ctxDir, err := filepath.Abs(opts.ContextDir)
+	if err == nil {
+		ctxDir, err = filepath.EvalSymlinks(ctxDir)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("build context %s: %w", opts.ContextDir, err)
+	}
+	kfPath := opts.Kubefile
+	if kfPath == "" {
+		kfPath = filepath.Join(opts.ContextDir, "Kubefile")
+	}
+	f, err := os.Open(kfPath)
+	if err != nil {
+		return nil, fmt.Errorf("open Kubefile: %w (pass -f FILE, or put a Kubefile in %s)", err, opts.ContextDir)
+	}
+	kf, err := kubefile.Parse(kfPath, f)
+	f.Close()
+	if err != nil {
+		return nil, err
+	}
+	for _, t := range opts.Tags {
+		if _, err := store.NormalizeName(t); err != nil {
+			return nil, fmt.Errorf("-t %s: %w", t, err)
+		}
+	}
+	platforms := opts.Platforms
+	if len(platforms) == 0 {
+		platforms = []v1.Platform{store.HostPlatform()}
+	}
+	if opts.Epoch.IsZero() {
+		opts.Epoch = time.Unix(0, 0).UTC()
+	}
+	tx, err := st.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer tx.Abort()
+
+	res := &Result{Plans: map[string]*plan.Plan{}, Images: map[string]v1.Hash{}}
+	var adds []mutate.IndexAddendum
+	var last v1.Image
+	for _, p := range platforms {
+		b := &builder{opts: opts, st: st, tx: tx, kf: kf, ctxDir: ctxDir, platform: p, mtime: opts.Epoch}
+		img, pl, err := b.run(ctx)
+		if err != nil {
+			return nil, err
+		}
+		digest, err := img.Digest()
+		if err != nil {
+			return nil, err
+		}
+		res.Plans[p.String()] = pl
+		res.Images[p.String()] = digest
+		res.Layers += len(pl.Layers)
+		pp := p
+		adds = append(adds, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: &pp}})
+		last = img
+	}
+	var desc v1.Descriptor
+	if len(platforms) == 1 {
+		desc, err = tx.PutImage(ctx, last, nil)
+		if err == nil {
+			desc.Platform = &platforms[0]
+		}
+	} else {
+		idx := mutate.AppendManifests(mutate.IndexMediaType(empty.Index, types.OCIImageIndex), adds...)
+		desc, err = tx.PutIndex(ctx, idx, nil)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("write image: %w", err)
+	}
+	res.NewBlobs = tx.Staged()
+	tags := map[string]v1.Descriptor{}
+	for _, t := range opts.Tags {
+		tags[t] = desc
+	}
+	if len(tags) == 0 {
+		tags[""] = desc
+	}
+	if err := tx.Commit(ctx, tags); err != nil {
+		return nil, err
+	}
+	if err := st.RecordBuild(ctx, opts.ContextDir, desc); err != nil {
+		slog.Warn("could not record the build context", "dir", opts.ContextDir, "err", err)
+	}
+	res.Descriptor = desc
+	return res, nil
+}
+
+// builder builds one platform.
+type builder struct {
+	opts     Options
+	st       *store.Store
+	tx       *store.Txn
+	kf       *kubefile.Kubefile
+	ctxDir   string
+	platform v1.Platform
+	mtime    time.Time
+
+	seq        int
+	vars       map[string]string // ARG and ENV values for expansion
+	argSet     map[string]bool
+	envKeys    []string // ENV names in order
+	plan       *plan.Plan
+	base       v1.Image
+	layers     []v1.Layer
+	cfgHistory []v1.History
+	labels     map[string]string
+}
+
+func (b *builder) errf(in kubefile.Instruction, format string, a ...any) error {
+	return fmt.Errorf("%s:%d: %s: %s", b.kf.File, in.Line, in.Command, fmt.Sprintf(format, a...))
+}
+
+func (b *builder) run(ctx context.Context) (v1.Image, *plan.Plan, error) {
+	b.vars = map[string]string{}
+	b.argSet = map[string]bool{}
+	b.labels = map[string]string{}
+	b.plan = &plan.Plan{SchemaVersion: plan.SchemaVersion, Env: map[string]string{}, Labels: map[string]string{}}
+	b.seq = 1
+	for _, in := range b.kf.Instructions {
+		if err := ctx.Err(); err != nil {
+			return nil, nil, err
+		}
+		if err := b.step(ctx, in); err != nil {
+			return nil, nil, err
+		}
+		b.seq++
+	}
+	for k := range b.opts.BuildArgs {
+		if !b.argSet[k] {
+			slog.Warn("build argument not declared by any ARG", "arg", k, "kubefile", b.kf.File)
+		}
+	}
+	img, err := b.image()
+	return img, b.plan, err
+}
+
+func (b *builder) expand(in kubefile.Instruction, s string) (string, error) {
+	out, err := kubefile.Expand(s, b.vars)
+	if err != nil {
+		return "", b.errf(in, "%v", err)
+	}
+	return out, nil
+}
+
+func (b *builder) addRole(r string) {
+	for _, have := range b.plan.Roles {
+		if have == r {
+			return
+		}
+	}
+	b.plan.Roles = append(b.plan.Roles, r)
+}
+
+func (b *builder) record(in kubefile.Instruction, layer string) {
+	b.plan.History = append(b.plan.History, plan.HistoryEntry{Instruction: in.Original, Layer: layer})
+	b.cfgHistory = append(b.cfgHistory, v1.History{Created: v1.Time{Time: b.mtime}, CreatedBy: in.Original, Comment: "flotilla", EmptyLayer: layer == ""})
+}
+
+func (b *builder) step(ctx context.Context, in kubefile.Instruction) error {
+	switch in.Command {
+	case kubefile.From:
+		ref, err := b.expand(in, in.Args[0])
+		if err != nil {
+			return err
+		}
+		if ref != "scratch" {
+			if err := b.from(ctx, in, ref); err != nil {
+				return err
+			}
+		}
+		b.record(in, "")
+	case kubefile.Arg:
+		kv := in.Pairs[0]
+		b.argSet[kv.Key] = true
+		if v, ok := b.opts.BuildArgs[kv.Key]; ok {
+			b.vars[kv.Key] = v
+		} else if kv.Set {
+			v, err := b.expand(in, kv.Value)
+			if err != nil {
+				return err
+			}
+			b.vars[kv.Key] = v
+		}
+	case kubefile.Env:
+		for _, kv := range in.Pairs {
+			v, err := b.expand(in, kv.Value)
+			if err != nil {
+				return err
+			}
+			if _, seen := b.plan.Env[kv.Key]; !seen {
+				b.envKeys = append(b.envKeys, kv.Key)
+			}
+			b.plan.Env[kv.Key], b.vars[kv.Key] = v, v
+		}
+		b.record(in, "")
+	case kubefile.Label:
+		for _, kv := range in.Pairs {
+			v, err := b.expand(in, kv.Value)
+			if err != nil {
+				return err
+			}
+			b.plan.Labels[kv.Key], b.labels[kv.Key] = v, v
+		}
+		b.record(in, "")
+	case kubefile.Copy, kubefile.Add:
+		return b.copy(in)
+	case kubefile.Run:
+		if in.Role != "" {
+			b.addRole(in.Role)
+			b.plan.Steps = append(b.plan.Steps, plan.Step{Role: in.Role, Kind: plan.KindRun, Command: in.Args[0], Line: in.Line, Seq: b.seq})
+			b.record(in, "")
+			return nil
+		}
+		return b.buildRun(ctx, in)
+	case kubefile.Service:
+		b.addRole(in.Role)
+		b.plan.Steps = append(b.plan.Steps, plan.Step{Role: in.Role, Kind: plan.KindService, Command: in.Args[0], Line: in.Line, Seq: b.seq})
+		b.record(in, "")
+	case kubefile.Cmd:
+		b.plan.Cmd = &plan.Step{Role: plan.RoleMaster0, Kind: plan.KindRun, Command: in.Args[0], Line: in.Line, Seq: b.seq}
+		b.record(in, "")
+	case kubefile.Image:
+		for _, a := range in.Args {
+			ref, err := b.expand(in, a)
+			if err != nil {
+				return err
+			}
+			if _, err := name.ParseReference(ref); err != nil {
+				return b.errf(in, "invalid container image reference %q: %v", ref, err)
+			}
+			if !contains(b.plan.Images, ref) {
+				b.plan.Images = append(b.plan.Images, ref)
+			}
+		}
+		b.record(in, "")
+	default:
+		return b.errf(in, "not supported by this builder")
+	}
+	return nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func (b *builder) copy(in kubefile.Instruction) error {
+	args := make([]string, len(in.Args))
+	for i, a := range in.Args {
+		v, err := b.expand(in, a)
+		if err != nil {
+			return err
+		}
+		args[i] = v
+	}
+	role := in.Role
+	if role == "" {
+		role = plan.RoleAll
+	} else {
+		b.addRole(role)
+	}
+	res, err := b.collectCopy(in, args[:len(args)-1], args[len(args)-1])
+	if err != nil {
+		return err
+	}
+	b.plan.Templates = append(b.plan.Templates, res.templates...)
+	if len(res.entries) == 0 {
+		b.record(in, "")
+		return nil
+	}
+	return b.addLayer(in, role, res.entries)
+}
+
+func (b *builder) addLayer(in kubefile.Instruction, role string, entries []entry) error {
+	layer, info, err := b.makeLayer(entries)
+	if err != nil {
+		return b.errf(in, "%v", err)
+	}
+	b.layers = append(b.layers, layer)
+	b.plan.Layers = append(b.plan.Layers, plan.Layer{Digest: info.Digest, DiffID: info.DiffID, Size: info.Size, Role: role, Instruction: in.Original, Seq: b.seq})
+	b.record(in, info.Digest)
+	return nil
+}
+
+// image assembles the OCI image: base layers, new layers, config with the plan label.
+func (b *builder) image() (v1.Image, error) {
+	img := b.base
+	if img == nil {
+		img = mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.OCIManifestSchema1), types.OCIConfigJSON)
+	}
+	adds := make([]mutate.Addendum, len(b.layers))
+	for i, l := range b.layers {
+		adds[i] = mutate.Addendum{Layer: l, MediaType: types.OCILayer}
+	}
+	img, err := mutate.Append(img, adds...)
+	if err != nil {
+		return nil, fmt.Errorf("assemble image: %w", err)
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return nil, fmt.Errorf("assemble image: %w", err)
+	}
+	cfg := cf.DeepCopy()
+	cfg.Architecture, cfg.OS, cfg.Variant = b.platform.Architecture, b.platform.OS, b.platform.Variant
+	cfg.Created = v1.Time{Time: b.mtime}
+	// mutate.Append added one history entry per layer; ours describe every instruction.
+	cfg.History = append(cfg.History[:len(cfg.History)-len(adds)], b.cfgHistory...)
+	// Inherited ENV first (sorted), then this Kubefile's in declaration order.
+	var keys []string
+	for k := range b.plan.Env {
+		if !contains(b.envKeys, k) {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	env := make([]string, 0, len(b.plan.Env))
+	for _, k := range append(keys, b.envKeys...) {
+		env = append(env, k+"="+b.plan.Env[k])
+	}
+	cfg.Config.Env = env
+	labels := map[string]string{}
+	for k, v := range cfg.Config.Labels {
+		labels[k] = v
+	}
+	for k, v := range b.labels {
+		labels[k] = v
+	}
+	enc, err := b.plan.Encode()
+	if err != nil {
+		return nil, err
+	}
+	labels[plan.LabelKey] = enc
+	cfg.Config.Labels = labels
+	return mutate.ConfigFile(img, cfg)
+}
+
+// from makes the base image's layers, history and plan this image's start.
+func (b *builder) from(ctx context.Context, in kubefile.Instruction, ref string) error {
+	p := b.platform
+	img, _, err := b.st.ResolvePlatform(ref, &p)
+	if errors.Is(err, store.ErrNotFound) && b.opts.FetchBase != nil {
+		if ferr := b.opts.FetchBase(ctx, ref); ferr != nil {
+			return b.errf(in, "base image %s: %v", ref, ferr)
+		}
+		img, _, err = b.st.ResolvePlatform(ref, &p)
+	}
+	if err != nil {
+		return b.errf(in, "base image %s: %v (pull or build it first)", ref, err)
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return b.errf(in, "base image %s: %v", ref, err)
+	}
+	layers, err := img.Layers()
+	if err != nil {
+		return b.errf(in, "base image %s: %v", ref, err)
+	}
+	base, err := store.Plan(img)
+	if err != nil {
+		// A plain OCI image: its layers go to every role.
+		base = &plan.Plan{SchemaVersion: plan.SchemaVersion}
+		for i, l := range layers {
+			d, _ := l.Digest()
+			id, _ := l.DiffID()
+			sz, _ := l.Size()
+			base.Layers = append(base.Layers, plan.Layer{Digest: d.String(), DiffID: id.String(), Size: sz, Role: plan.RoleAll, Instruction: fmt.Sprintf("FROM %s (layer %d)", ref, i+1)})
+		}
+	}
+	if len(base.Layers) != len(layers) {
+		return b.errf(in, "base image %s: its plan names %d layers but the image has %d", ref, len(base.Layers), len(layers))
+	}
+	b.base = img
+	b.plan.Env, b.plan.Labels = orEmpty(base.Env), orEmpty(base.Labels)
+	for k, v := range base.Env {
+		b.vars[k] = v
+	}
+	for k, v := range cf.Config.Labels {
+		if k != plan.LabelKey {
+			b.labels[k] = v
+		}
+	}
+	b.plan.Roles = append(b.plan.Roles, base.Roles...)
+	b.plan.Layers = append(b.plan.Layers, base.Layers...)
+	b.plan.Templates = append(b.plan.Templates, base.Templates...)
+	b.plan.Steps = append(b.plan.Steps, base.Steps...)
+	b.plan.Cmd = base.Cmd
+	b.plan.Images = append(b.plan.Images, base.Images...)
+	b.plan.History = append(b.plan.History, base.History...)
+	maxSeq := 0
+	for _, l := range base.Layers {
+		maxSeq = max(maxSeq, l.Seq)
+	}
+	for _, t := range base.Templates {
+		maxSeq = max(maxSeq, t.Seq)
+	}
+	for _, s := range base.Steps {
+		maxSeq = max(maxSeq, s.Seq)
+	}
+	b.seq = max(b.seq, maxSeq+1)
+	return nil
+}
+
+func orEmpty(m map[string]string) map[string]string {
+	out := make(map[string]string, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+// ParsePlatforms parses "linux/amd64,linux/arm64/v8".
+func ParsePlatforms(s string) ([]v1.Platform, error) {
+	var out []v1.Platform
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		p, err := v1.ParsePlatform(f)
+		if err != nil || p.OS == "" || p.Architecture == "" {
+			return nil, fmt.Errorf("--platform %q: want os/arch[/variant], e.g. linux/amd64", f)
+		}
+		out = append(out, *p)
+	}
+	return out, nil
+}

@@ -1,0 +1,216 @@
+package build
+
+import (
+	"archive/tar"
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+
+	"github.com/flotilla-dev/flotilla/bundle/kubefile"
+	"github.com/flotilla-dev/flotilla/bundle/plan"
+)
+
+// maxTemplate bounds one template's size: templates travel inside the image config.
+const maxTemplate = 256 << 10
+
+// copyResult is what one COPY/ADD produces: layer entries and templates.
+type copyResult struct {
+	entries   []entry
+	templates []plan.Template
+}
+
+// collectCopy resolves the sources of a COPY/ADD inside the build context.
+// Layers carry directory entries only for empty directories: the unpacker creates
+// missing parents (0755), and directories that exist on the node keep their modes.
+func (b *builder) collectCopy(in kubefile.Instruction, srcs []string, dest string) (*copyResult, error) {
+	destDir := strings.HasSuffix(dest, "/") || len(srcs) > 1
+	dest = path.Clean(dest)
+	if !path.IsAbs(dest) {
+		return nil, b.errf(in, "destination %q must be an absolute path on the node", dest)
+	}
+	byName := map[string]entry{}
+	res := &copyResult{}
+	add := func(e entry) {
+		if in.HasChmod {
+			e.mode = int64(in.Chmod)
+		}
+		byName[e.name] = e
+	}
+	addFile := func(src string, fi fs.FileInfo, target string, targetIsDir bool) error {
+		name := fi.Name()
+		if strings.HasSuffix(name, ".tmpl") {
+			p := target
+			if targetIsDir {
+				p = path.Join(target, strings.TrimSuffix(name, ".tmpl"))
+			}
+			if fi.Size() > maxTemplate {
+				return b.errf(in, "template %s is %d bytes; templates are limited to %d", src, fi.Size(), maxTemplate)
+			}
+			content, err := os.ReadFile(src)
+			if err != nil {
+				return b.errf(in, "read template: %v", err)
+			}
+			mode := uint32(fi.Mode().Perm())
+			if in.HasChmod {
+				mode = in.Chmod
+			}
+			role := in.Role
+			if role == "" {
+				role = plan.RoleAll
+			}
+			res.templates = append(res.templates, plan.Template{Role: role, Path: p, Mode: mode, Content: string(content), Seq: b.seq})
+			return nil
+		}
+		p := target
+		if targetIsDir {
+			p = path.Join(target, name)
+		}
+		add(entry{name: strings.TrimPrefix(p, "/"), typ: tar.TypeReg, mode: fileMode(fi.Mode()), size: fi.Size(), src: src})
+		return nil
+	}
+	for _, src := range srcs {
+		matches, err := b.resolveSource(in, src)
+		if err != nil {
+			return nil, err
+		}
+		if len(matches) > 1 {
+			destDir = true
+		}
+		for _, m := range matches {
+			fi, err := os.Stat(m)
+			if err != nil {
+				return nil, b.errf(in, "%s: %v", src, err)
+			}
+			if !fi.IsDir() {
+				if !fi.Mode().IsRegular() {
+					return nil, b.errf(in, "%s is not a regular file, directory or symlink", src)
+				}
+				if err := addFile(m, fi, dest, destDir); err != nil {
+					return nil, err
+				}
+				continue
+			}
+			err = filepath.WalkDir(m, func(p string, d fs.DirEntry, err error) error {
+				if err != nil {
+					return err
+				}
+				if p == m {
+					return nil
+				}
+				rel, _ := filepath.Rel(m, p)
+				target := path.Join(dest, filepath.ToSlash(rel))
+				fi, err := d.Info()
+				if err != nil {
+					return err
+				}
+				switch {
+				case fi.Mode()&fs.ModeSymlink != 0:
+					link, err := os.Readlink(p)
+					if err != nil {
+						return err
+					}
+					add(entry{name: strings.TrimPrefix(target, "/"), typ: tar.TypeSymlink, mode: 0o777, link: link})
+				case fi.IsDir():
+					if ents, err := os.ReadDir(p); err != nil || len(ents) > 0 {
+						return err // only empty directories get an entry (see collectCopy)
+					}
+					add(entry{name: strings.TrimPrefix(target, "/"), typ: tar.TypeDir, mode: fileMode(fi.Mode())})
+				case fi.Mode().IsRegular():
+					return addFile(p, fi, path.Dir(target), true)
+				default:
+					return fmt.Errorf("%s: not a regular file, directory or symlink", p)
+				}
+				return nil
+			})
+			if err != nil {
+				return nil, b.errf(in, "%s: %v", src, err)
+			}
+		}
+	}
+	for _, e := range byName {
+		res.entries = append(res.entries, e)
+	}
+	return res, nil
+}
+
+// resolveSource returns the absolute paths a COPY source names (globs expanded),
+// refusing anything outside the build context, through symlinks too.
+func (b *builder) resolveSource(in kubefile.Instruction, src string) ([]string, error) {
+	clean := filepath.Clean(strings.TrimPrefix(filepath.FromSlash(src), "/"))
+	if clean == ".." || strings.HasPrefix(clean, ".."+string(filepath.Separator)) {
+		return nil, b.errf(in, "%s is outside the build context %s: COPY can only read files under it", src, b.opts.ContextDir)
+	}
+	abs := filepath.Join(b.ctxDir, clean)
+	matches := []string{abs}
+	if strings.ContainsAny(clean, "*?[") {
+		var err error
+		if matches, err = filepath.Glob(abs); err != nil {
+			return nil, b.errf(in, "pattern %s: %v", src, err)
+		}
+		if len(matches) == 0 {
+			return nil, b.errf(in, "%s matches no file in the build context %s", src, b.opts.ContextDir)
+		}
+	}
+	out := make([]string, 0, len(matches))
+	for _, m := range matches {
+		real, err := filepath.EvalSymlinks(m)
+		if err != nil {
+			if os.IsNotExist(err) {
+				return nil, b.errf(in, "%s: no such file in the build context %s", src, b.opts.ContextDir)
+			}
+			return nil, b.errf(in, "%s: %v", src, err)
+		}
+		rel, err := filepath.Rel(b.ctxDir, real)
+		if err != nil || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
+			return nil, b.errf(in, "%s resolves to %s, outside the build context %s: COPY can only read files under it", src, real, b.opts.ContextDir)
+		}
+		out = append(out, real)
+	}
+	return out, nil
+}
+
+// collectWorkspace lists what a build-time RUN wrote: files and symlinks, plus
+// directories only when empty (a directory entry would reset an existing node
+// directory's mode).
+func collectWorkspace(dir string) ([]entry, error) {
+	var out []entry
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if p == dir {
+			return nil
+		}
+		rel, _ := filepath.Rel(dir, p)
+		name := filepath.ToSlash(rel)
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		switch {
+		case fi.Mode()&fs.ModeSymlink != 0:
+			link, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
+			out = append(out, entry{name: name, typ: tar.TypeSymlink, mode: 0o777, link: link})
+		case fi.IsDir():
+			ents, err := os.ReadDir(p)
+			if err != nil {
+				return err
+			}
+			if len(ents) == 0 {
+				out = append(out, entry{name: name, typ: tar.TypeDir, mode: fileMode(fi.Mode())})
+			}
+		case fi.Mode().IsRegular():
+			out = append(out, entry{name: name, typ: tar.TypeReg, mode: fileMode(fi.Mode()), size: fi.Size(), src: p})
+		default:
+			return fmt.Errorf("workspace %s: %s is not a regular file, directory or symlink", dir, name)
+		}
+		return nil
+	})
+	return out, err
+}

@@ -1,0 +1,194 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/spf13/cobra"
+
+	"github.com/flotilla-dev/flotilla/bundle/plan"
+	"github.com/flotilla-dev/flotilla/bundle/store"
+)
+
+func init() { addCommand(newInspectCmd) }
+
+// inspectOutput is `flotilla inspect -o json`.
+type inspectOutput struct {
+	Name      string          `json:"name,omitempty"`
+	Digest    string          `json:"digest"`    // what the name points at
+	Manifest  string          `json:"manifest"`  // the platform image shown
+	Platform  string          `json:"platform"`  // of the image shown
+	Platforms []string        `json:"platforms"` // all platforms of the image
+	Created   string          `json:"created,omitempty"`
+	Plan      *plan.Plan      `json:"plan"`
+	Config    *v1.ConfigFile  `json:"config,omitempty"`
+	Manifests []v1.Descriptor `json:"manifests,omitempty"`
+}
+
+func newInspectCmd() *cobra.Command {
+	var storeDir, output, platform string
+	cmd := &cobra.Command{
+		Use:   "inspect IMAGE|DIR",
+		Short: "Show a cluster image's plan: roles, steps, layers per role, templates, carried images",
+		Long: `inspect shows what a cluster image does at rollout: its roles, the steps of each role,
+the layers each role fetches (with sizes), the templates rendered per node and the
+container images it carries. IMAGE is a name or digest; DIR is a build context, meaning
+the image last built from it.`,
+		Example: "  flotilla inspect examples/hello\n  flotilla inspect registry.local/etcd-cluster:3.4 -o json\n  flotilla inspect app:1 --platform linux/arm64",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkOutput(output); err != nil {
+				return err
+			}
+			st, err := openStore(storeDir)
+			if err != nil {
+				return err
+			}
+			d, err := lookupImage(st, args[0])
+			if err != nil {
+				return err
+			}
+			var plat *v1.Platform
+			if platform != "" {
+				if plat, err = v1.ParsePlatform(platform); err != nil {
+					return fmt.Errorf("--platform %q: %w", platform, err)
+				}
+			}
+			img, mdigest, err := st.ResolvePlatform(d.Digest.String(), plat)
+			if err != nil {
+				return err
+			}
+			cf, err := img.ConfigFile()
+			if err != nil {
+				return err
+			}
+			p, err := store.Plan(img)
+			if err != nil {
+				return err
+			}
+			out := inspectOutput{Name: nameOf(st, args[0], d), Digest: d.Digest.String(), Manifest: mdigest.String(), Platform: cf.OS + "/" + cf.Architecture + variant(cf.Variant), Plan: p, Created: cf.Created.UTC().Format("2006-01-02T15:04:05Z")}
+			out.Platforms = describe(st, store.Entry{Descriptor: d}).Platforms
+			if output == "json" {
+				out.Config = cf
+				return writeJSON(cmd.OutOrStdout(), out)
+			}
+			return printInspect(cmd.OutOrStdout(), out)
+		},
+	}
+	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	cmd.Flags().StringVar(&platform, "platform", "", "platform of a multi-arch image to show (default: this machine's)")
+	addStoreFlag(cmd, &storeDir)
+	return cmd
+}
+
+func nameOf(st *store.Store, arg string, d v1.Descriptor) string {
+	entries, _ := st.List()
+	var names []string
+	for _, e := range entries {
+		if e.Descriptor.Digest == d.Digest && e.Name != "" {
+			names = append(names, e.Name)
+		}
+	}
+	return strings.Join(names, ", ")
+}
+
+func printInspect(w io.Writer, o inspectOutput) error {
+	p := o.Plan
+	fmt.Fprintf(w, "Name:      %s\nDigest:    %s\nPlatform:  %s (image has %s)\nManifest:  %s\n", orNone(o.Name), o.Digest, o.Platform, join(o.Platforms), o.Manifest)
+	if len(p.Labels) > 0 {
+		fmt.Fprintln(w, "Labels:")
+		for _, k := range sortedKeys(p.Labels) {
+			fmt.Fprintf(w, "  %s=%s\n", k, p.Labels[k])
+		}
+	}
+	if len(p.Env) > 0 {
+		fmt.Fprintln(w, "Env defaults:")
+		for _, k := range sortedKeys(p.Env) {
+			fmt.Fprintf(w, "  %s=%s\n", k, p.Env[k])
+		}
+	}
+	roles := append([]string{plan.RoleAll}, p.Roles...)
+	fmt.Fprintf(w, "Roles:     %s\n", join(p.Roles))
+	for i, r := range roles {
+		if i > 0 && r == plan.RoleAll {
+			continue
+		}
+		var layers []plan.Layer
+		var steps []plan.Step
+		var tmpls []plan.Template
+		for _, l := range p.Layers {
+			if l.Role == r {
+				layers = append(layers, l)
+			}
+		}
+		for _, s := range p.Steps {
+			if s.Role == r {
+				steps = append(steps, s)
+			}
+		}
+		for _, t := range p.Templates {
+			if t.Role == r {
+				tmpls = append(tmpls, t)
+			}
+		}
+		if len(layers)+len(steps)+len(tmpls) == 0 {
+			continue
+		}
+		var total int64
+		for _, l := range layers {
+			total += l.Size
+		}
+		fmt.Fprintf(w, "\nRole %s: %d layers (%s), %d templates, %d steps\n", r, len(layers), humanSize(total), len(tmpls), len(steps))
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		for _, l := range layers {
+			fmt.Fprintf(tw, "  layer\t%s\t%s\t%s\n", shortDigestStr(l.Digest), humanSize(l.Size), l.Instruction)
+		}
+		for _, t := range tmpls {
+			fmt.Fprintf(tw, "  template\t%s\t%04o\t%d bytes\n", t.Path, t.Mode, len(t.Content))
+		}
+		for _, s := range steps {
+			fmt.Fprintf(tw, "  %s\t%s\t(line %d)\t\n", s.Kind, s.Command, s.Line)
+		}
+		tw.Flush()
+	}
+	if p.Cmd != nil {
+		fmt.Fprintf(w, "\nCmd (on %s after every phase): %s\n", p.Cmd.Role, p.Cmd.Command)
+	}
+	if len(p.Images) > 0 {
+		fmt.Fprintln(w, "\nCarried container images:")
+		for _, i := range p.Images {
+			fmt.Fprintf(w, "  %s\n", i)
+		}
+	}
+	if len(p.History) > 0 {
+		fmt.Fprintln(w, "\nHistory:")
+		for _, h := range p.History {
+			fmt.Fprintf(w, "  %-19s %s\n", shortDigestStr(h.Layer), h.Instruction)
+		}
+	}
+	return nil
+}
+
+func shortDigestStr(s string) string {
+	if s == "" {
+		return "-"
+	}
+	h, err := v1.NewHash(s)
+	if err != nil {
+		return s
+	}
+	return shortDigest(h)
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
