@@ -54,7 +54,7 @@ func (r *run) worker(ctx context.Context, cancel context.CancelCauseFunc) {
 			}
 			continue
 		}
-		data, release, err := r.f.getPiece(ctx, j.peer.Peer, r.list, j.piece, j.ahead)
+		data, release, err := r.f.getPiece(ctx, j.from, r.list, j.piece, j.ahead)
 		if err == nil {
 			err = r.p.WritePiece(j.piece, data) // verifies before writing
 			release()
@@ -80,9 +80,9 @@ func (r *run) worker(ctx context.Context, cancel context.CancelCauseFunc) {
 		r.mu.Unlock()
 		switch {
 		case dropped:
-			r.f.log.Warn("dropped peer for this blob: it served a wrong piece", "digest", r.list.Digest, "peer", j.peer.ID, "addr", j.peer.Addr, "err", err)
+			r.f.log.Warn("dropped peer for this blob: it served a wrong piece", "digest", r.list.Digest, "peer", j.from.ID, "addr", j.from.Addr, "err", err)
 		case err != nil:
-			r.f.log.Debug("piece failed; asking another peer", "digest", r.list.Digest, "piece", j.piece, "peer", j.peer.ID, "err", err)
+			r.f.log.Debug("piece failed; asking another peer", "digest", r.list.Digest, "piece", j.piece, "peer", j.from.ID, "err", err)
 		default:
 			select {
 			case r.announceC <- struct{}{}:

@@ -40,7 +40,8 @@ type peer struct {
 
 type job struct {
 	piece int
-	peer  *peer
+	peer  *peer       // touch only under the run's lock
+	from  pieces.Peer // copy of peer's identity, for use outside the lock
 	ahead bool // ask the peer to wait for the piece: it is upstream in the pipeline
 }
 
@@ -93,6 +94,7 @@ func (s *swarm) next(now time.Time) (job, bool) {
 		if j, ok := s.source(i, self, now); ok {
 			s.fetching[i] = true
 			j.peer.inflight++
+			j.from = j.peer.Peer
 			return j, true
 		}
 	}
