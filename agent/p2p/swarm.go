@@ -42,7 +42,7 @@ type job struct {
 	piece int
 	peer  *peer       // touch only under the run's lock
 	from  pieces.Peer // copy of peer's identity, for use outside the lock
-	ahead bool // ask the peer to wait for the piece: it is upstream in the pipeline
+	ahead bool        // ask the peer to wait for the piece: it is upstream in the pipeline
 }
 
 func newSwarm(list pieces.PieceList, have pieces.Bitfield, selfID string, allow func(pieces.Peer) bool, perPeer int) *swarm {
