@@ -74,15 +74,22 @@ var Defaults = HealthConfig{Protocol: "http", Path: "/healthz", Interval: Durati
 
 // LoadConfig reads a YAML (or JSON) config file; unknown fields are errors.
 func LoadConfig(path string) (Config, error) {
-	var c Config
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return c, fmt.Errorf("read lvscare config: %w", err)
+		return Config{}, fmt.Errorf("read lvscare config: %w", err)
 	}
-	if err := yaml.UnmarshalStrict(b, &c); err != nil {
+	c, err := ParseConfig(b)
+	if err != nil {
 		return c, fmt.Errorf("%s: %w", path, err)
 	}
 	return c, nil
+}
+
+// ParseConfig parses YAML (or JSON) config bytes; unknown fields are errors.
+func ParseConfig(b []byte) (Config, error) {
+	var c Config
+	err := yaml.UnmarshalStrict(b, &c)
+	return c, err
 }
 
 // WithDefaults fills unset health fields and the dataplane from Defaults.

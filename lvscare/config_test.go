@@ -129,3 +129,31 @@ func TestMetricsText(t *testing.T) {
 		}
 	}
 }
+
+// FuzzParseConfig: no config file, however broken, panics the parser or the validator,
+// and whatever validates has only well-formed, distinct addresses.
+func FuzzParseConfig(f *testing.F) {
+	f.Add([]byte("services:\n  - vip: 10.103.97.2:2379\n    backends: [10.0.0.11:2379, 10.0.0.12:2379]\nhealth: {protocol: tcp, interval: 2s}\n"))
+	f.Add([]byte(`{"services":[{"vip":"[fd00::2]:80","backends":["[fd00::3]:80"]}],"dataplane":"ipvs"}`))
+	f.Add([]byte("health: {interval: 1}\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := ParseConfig(b)
+		if err != nil {
+			return
+		}
+		svcs, err := c.WithDefaults().Validate()
+		if err != nil {
+			return
+		}
+		for _, s := range svcs {
+			if !s.VIP.IsValid() || s.VIP.Port() == 0 || len(s.Backends) == 0 {
+				t.Fatalf("validated a bad service %+v", s)
+			}
+			for _, bk := range s.Backends {
+				if bk.Addr() == s.VIP.Addr() || bk.Port() == 0 {
+					t.Fatalf("validated backend %s of %s", bk, s.VIP)
+				}
+			}
+		}
+	})
+}
