@@ -16,6 +16,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/flotilla-dev/flotilla/lvscare/dataplane"
+	"github.com/flotilla-dev/flotilla/lvscare/nftables"
 	"github.com/flotilla-dev/flotilla/lvscare/vip"
 )
 
@@ -37,6 +38,13 @@ type Link interface {
 	Remove() error
 }
 
+// Masquerader marks connections to the VIPs and masquerades them on the way out
+// (nftables.Masquerade); tests give a fake.
+type Masquerader interface {
+	Ensure(vips []netip.Addr) error
+	Remove() error
+}
+
 // Supported reports whether this kernel has IPVS. moby/ipvs.New succeeds even
 // without it, so ask the generic netlink controller for the IPVS family instead.
 func Supported() error {
@@ -53,30 +61,39 @@ func Supported() error {
 type Dataplane struct {
 	h    Handle
 	link Link
+	masq Masquerader
 	log  *slog.Logger
 	mu   sync.Mutex
 }
 
 var _ dataplane.Dataplane = (*Dataplane)(nil)
 
+// conntrackSysctl makes IPVS keep conntrack entries, which masquerading needs.
+const conntrackSysctl = "/proc/sys/net/ipv4/vs/conntrack"
+
 // New opens IPVS in the current network namespace, after checking that the kernel has it.
+// Like kube-proxy's IPVS mode, the VIPs are local addresses on a dummy link (so
+// IPVS sees forwarded traffic too) and an nftables table masquerades VIP traffic.
 func New(log *slog.Logger) (*Dataplane, error) {
 	if err := Supported(); err != nil {
 		return nil, err
+	}
+	if err := os.WriteFile(conntrackSysctl, []byte("1"), 0o644); err != nil {
+		return nil, fmt.Errorf("enable IPVS conntrack for masquerading: %w", err)
 	}
 	h, err := mobyipvs.New("")
 	if err != nil {
 		return nil, fmt.Errorf("open IPVS netlink: %w", err)
 	}
-	return NewWith(h, dummyLink{name: vip.DefaultLink}, log), nil
+	return NewWith(h, dummyLink{name: vip.DefaultLink}, nftables.NewMasquerade(""), log), nil
 }
 
-// NewWith builds a dataplane over any Handle and Link.
-func NewWith(h Handle, link Link, log *slog.Logger) *Dataplane {
+// NewWith builds a dataplane over any Handle, Link and Masquerader.
+func NewWith(h Handle, link Link, masq Masquerader, log *slog.Logger) *Dataplane {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Dataplane{h: h, link: link, log: log}
+	return &Dataplane{h: h, link: link, masq: masq, log: log}
 }
 
 // Name implements dataplane.Dataplane.
@@ -137,6 +154,9 @@ func (d *Dataplane) Reconcile(ctx context.Context, services []dataplane.Service)
 		vips = append(vips, s.VIP.Addr())
 	}
 	if err := d.link.Ensure(vips); err != nil {
+		return false, err
+	}
+	if err := d.masq.Ensure(vips); err != nil {
 		return false, err
 	}
 	have, err := d.h.GetServices()
@@ -239,6 +259,9 @@ func (d *Dataplane) Clean(ctx context.Context) error {
 		}
 	}
 	if err := d.link.Remove(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := d.masq.Remove(); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)

@@ -112,6 +112,14 @@ func (f *fakeHandle) backends(t *testing.T, vip string) []string {
 	return out
 }
 
+type fakeMasq struct {
+	vips    []netip.Addr
+	removed bool
+}
+
+func (m *fakeMasq) Ensure(v []netip.Addr) error { m.vips = slices.Clone(v); return nil }
+func (m *fakeMasq) Remove() error               { m.vips, m.removed = nil, true; return nil }
+
 type fakeLink struct {
 	addrs   []netip.Addr
 	removed bool
@@ -212,10 +220,14 @@ func TestReconcile(t *testing.T) {
 			if tt.prepare != nil {
 				tt.prepare(h, l)
 			}
-			d := NewWith(h, l, nil)
+			m := &fakeMasq{}
+			d := NewWith(h, l, m, nil)
 			changed, err := d.Reconcile(context.Background(), tt.want)
 			if err != nil {
 				t.Fatal(err)
+			}
+			if !slices.Equal(m.vips, l.addrs) {
+				t.Errorf("masqueraded VIPs %v, want the link's %v", m.vips, l.addrs)
 			}
 			if changed != tt.wantChanged {
 				t.Errorf("changed = %v, want %v", changed, tt.wantChanged)
@@ -231,8 +243,8 @@ func TestReconcile(t *testing.T) {
 }
 
 func TestReconcileErrorsAndClean(t *testing.T) {
-	h, l := newFakeHandle(), &fakeLink{}
-	d := NewWith(h, l, nil)
+	h, l, m := newFakeHandle(), &fakeLink{}, &fakeMasq{}
+	d := NewWith(h, l, m, nil)
 	h.fail = errors.New("netlink gone")
 	if _, err := d.Reconcile(context.Background(), []dataplane.Service{svc("10.103.97.2:2379", "10.0.0.11:2379")}); err == nil {
 		t.Fatal("want the handle's error")
@@ -245,8 +257,8 @@ func TestReconcileErrorsAndClean(t *testing.T) {
 	if err := d.Clean(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if len(h.svcs) != 1 || !l.removed {
-		t.Errorf("after Clean: services %v, link removed %v; want only the foreign service and no link", h.svcs, l.removed)
+	if len(h.svcs) != 1 || !l.removed || !m.removed {
+		t.Errorf("after Clean: services %v, link removed %v, masquerade removed %v; want only the foreign service left", h.svcs, l.removed, m.removed)
 	}
 }
 
