@@ -100,7 +100,9 @@ func TestReconcileNoticesEveryKindOfDrift(t *testing.T) {
 		}
 		return changed
 	}
-	nft := func(args ...string) string { return sh(t, "ip", append([]string{"netns", "exec", ns, "nft"}, args...)...) }
+	nft := func(args ...string) string {
+		return sh(t, "ip", append([]string{"netns", "exec", ns, "nft"}, args...)...)
+	}
 	if !reconcile() {
 		t.Fatal("first reconcile changed nothing")
 	}
