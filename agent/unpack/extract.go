@@ -23,6 +23,7 @@ type placer struct {
 	root    *os.Root
 	isSlash bool // the root is "/": absolute symlinks in it point inside
 	owners  bool
+	noSync  bool
 	records []Record
 	index   map[string]int // path -> position in records
 }
@@ -64,6 +65,7 @@ func extract(ctx context.Context, blob io.Reader, digest, root string, o options
 	if err != nil {
 		return nil, err
 	}
+	p.noSync = o.noSync
 	defer p.root.Close()
 	if o.maxBytes > 0 {
 		r = &limitReader{r: r, left: o.maxBytes}
@@ -226,7 +228,7 @@ func (p *placer) writeFile(name string, mode fs.FileMode, r io.Reader, hdr *tar.
 	}
 	h := sha256.New()
 	_, err = io.Copy(io.MultiWriter(f, h), r)
-	if err == nil {
+	if err == nil && !p.noSync {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {

@@ -67,6 +67,7 @@ type options struct {
 	tempDir  string
 	maxBytes int64
 	owners   bool
+	noSync   bool // tests only: skip fsync before rename
 }
 
 // WithTempDir spools blobs in dir instead of the system temporary directory.
@@ -77,6 +78,9 @@ func WithMaxBytes(n int64) Option { return func(o *options) { o.maxBytes = n } }
 
 // WithOwners sets whether entries keep their uid and gid (default: only when running as root).
 func WithOwners(keep bool) Option { return func(o *options) { o.owners = keep } }
+
+// withoutSync skips the fsync before each rename (for the fuzz test's throughput).
+func withoutSync() Option { return func(o *options) { o.noSync = true } }
 
 func newOptions(opts []Option) options {
 	o := options{owners: os.Geteuid() == 0}
