@@ -101,8 +101,9 @@ func Build(ctx context.Context, st *store.Store, opts Options) (*Result, error) 
 	res := &Result{Plans: map[string]*plan.Plan{}, Images: map[string]v1.Hash{}}
 	var adds []mutate.IndexAddendum
 	var last v1.Image
+	pending := map[string]any{}
 	for _, p := range platforms {
-		b := &builder{opts: opts, st: st, tx: tx, kf: kf, ctxDir: ctxDir, platform: p, mtime: opts.Epoch}
+		b := &builder{opts: opts, st: st, tx: tx, kf: kf, ctxDir: ctxDir, platform: p, mtime: opts.Epoch, pending: pending}
 		img, pl, err := b.run(ctx)
 		if err != nil {
 			return nil, err
@@ -142,6 +143,11 @@ func Build(ctx context.Context, st *store.Store, opts Options) (*Result, error) 
 	if err := tx.Commit(ctx, tags); err != nil {
 		return nil, err
 	}
+	for k, v := range pending {
+		if err := st.CachePut(k, v); err != nil {
+			slog.Warn("could not write the layer cache", "err", err)
+		}
+	}
 	if err := st.RecordBuild(ctx, opts.ContextDir, desc); err != nil {
 		slog.Warn("could not record the build context", "dir", opts.ContextDir, "err", err)
 	}
@@ -158,6 +164,9 @@ type builder struct {
 	ctxDir   string
 	platform v1.Platform
 	mtime    time.Time
+	// pending cache entries, written only once the build is committed so a failed
+	// build leaves the store unchanged.
+	pending map[string]any
 
 	seq        int
 	vars       map[string]string // ARG and ENV values for expansion

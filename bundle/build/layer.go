@@ -135,9 +135,7 @@ func (b *builder) makeLayer(entries []entry) (v1.Layer, layerInfo, error) {
 		return nil, layerInfo{}, err
 	}
 	info = layerInfo{DiffID: diffID.String(), Digest: digest.String(), Size: size}
-	if err := b.st.CachePut(key, info); err != nil {
-		return nil, layerInfo{}, fmt.Errorf("layer cache: %w", err)
-	}
+	b.pending[key] = info
 	l, err := b.tx.Layer(digest, diffID, size, types.OCILayer)
 	return l, info, err
 }

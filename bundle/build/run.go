@@ -73,14 +73,16 @@ func (b *builder) buildRun(ctx context.Context, in kubefile.Instruction) error {
 	}
 	if len(entries) == 0 {
 		b.record(in, "")
-		return b.st.CachePut(key, runInfo{Empty: true})
+		b.pending[key] = runInfo{Empty: true}
+		return nil
 	}
 	n := len(b.plan.Layers)
 	if err := b.addLayer(in, plan.RoleAll, entries); err != nil {
 		return err
 	}
 	l := b.plan.Layers[n]
-	return b.st.CachePut(key, runInfo{Layer: layerInfo{DiffID: l.DiffID, Digest: l.Digest, Size: l.Size}})
+	b.pending[key] = runInfo{Layer: layerInfo{DiffID: l.DiffID, Digest: l.Digest, Size: l.Size}}
+	return nil
 }
 
 // runEnv is the ARG and ENV values plus the target platform, sorted.

@@ -136,7 +136,7 @@ func (s *Store) OpenBlob(h v1.Hash) (io.ReadCloser, int64, error) {
 
 // Image returns the image whose manifest has digest h.
 func (s *Store) Image(h v1.Hash) (v1.Image, error) {
-	img, err := s.layout.Image(h)
+	img, err := newStoreImage(s, h)
 	if err != nil {
 		return nil, fmt.Errorf("image %s: %w", h, err)
 	}
