@@ -160,10 +160,14 @@ func nonNil(m map[string]string) map[string]string {
 // what the node applied.
 func nodePlan(in Input, c *clusterfile.Cluster, m member, facts ClusterFacts, isMaster0 bool, index int) (*NodePlan, error) {
 	img := in.Image
+	if p, ok := in.ImageByArch[m.agent.Arch]; ok && p != nil {
+		img = p
+	}
 	roles := slices.Clone(m.host.Roles)
 	np := &NodePlan{Node: m.agent.Name, IP: m.ip, Online: m.agent.Online, Roles: roles, Master0: isMaster0, Index: index,
 		Env: mergeEnv(img.Env, c.Env, m.host.Env)}
 	applied, known := in.Applied[m.agent.Name]
+	np.FromImage = applied.Image
 	data := dataFor(np, m, facts)
 
 	maxLayerSeq := 0
@@ -221,7 +225,7 @@ func nodePlan(in Input, c *clusterfile.Cluster, m member, facts ClusterFacts, is
 		case !known:
 			st.Reason = "new node"
 		default:
-			st.Reason = "not applied with these inputs"
+			st.Reason = changedBefore(st.Seq, np.Layers, np.Files)
 		}
 		if st.Kind == plan.KindService {
 			services = append(services, st.Command)
@@ -238,6 +242,23 @@ func nodePlan(in Input, c *clusterfile.Cluster, m member, facts ClusterFacts, is
 		np.Action = ActionUpdate
 	}
 	return np, nil
+}
+
+// changedBefore explains why a known node runs a step again: the last changed input
+// before it, or the step itself (command, env or role) changed.
+func changedBefore(seq int, layers []Layer, files []File) string {
+	reason, at := "step or its env changed", -1
+	for _, l := range layers {
+		if !l.Skip && l.Seq < seq && l.Seq > at {
+			reason, at = "layer "+short(l.Digest)+" changed", l.Seq
+		}
+	}
+	for _, f := range files {
+		if !f.Skip && f.Seq < seq && f.Seq >= at {
+			reason, at = f.Path+" changed", f.Seq
+		}
+	}
+	return reason
 }
 
 func (n *NodePlan) hasWork() bool {
@@ -342,7 +363,7 @@ func removals(in Input, selected map[string]bool, order []string) []NodePlan {
 			continue
 		}
 		a := in.Applied[name]
-		np := NodePlan{Node: name, Roles: a.Roles, Action: ActionRemove, Undo: undoFor(a, nil, nil, nil)}
+		np := NodePlan{Node: name, Roles: a.Roles, Action: ActionRemove, FromImage: a.Image, Undo: undoFor(a, nil, nil, nil)}
 		if ag, ok := agents[name]; ok {
 			np.Online = ag.Online
 			if len(ag.IPs) > 0 {

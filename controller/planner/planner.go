@@ -53,7 +53,11 @@ type AppliedFile struct {
 type Input struct {
 	File        *clusterfile.File
 	Image       *plan.Plan
-	ImageDigest string             // digest of the image (manifest or index)
+	ImageDigest string // digest of the image (manifest or index)
+	// ImageByArch optionally holds the plan of each platform of a multi-arch image, by
+	// GOARCH ("amd64", "arm64"); a node whose Arch is listed uses it (its layers differ),
+	// others use Image. Roles and phases always come from Image.
+	ImageByArch map[string]*plan.Plan
 	Agents      []Agent            // the inventory
 	Applied     map[string]Applied // per node name, for this cluster (nodes no longer listed are removed)
 }
@@ -93,18 +97,20 @@ type Phase struct {
 
 // NodePlan is one node's work.
 type NodePlan struct {
-	Node    string            `json:"node"`
-	IP      string            `json:"ip,omitempty"`
-	Online  bool              `json:"online"`
-	Roles   []string          `json:"roles"`
-	Master0 bool              `json:"master0,omitempty"`
-	Index   int               `json:"index"` // position among the nodes of its phase (masters: master0 is 0)
-	Action  Action            `json:"action"`
-	Env     map[string]string `json:"-"` // merged env; may hold secrets, so never printed
-	Layers  []Layer           `json:"layers,omitempty"`
-	Files   []File            `json:"files,omitempty"`
-	Steps   []Step            `json:"steps,omitempty"`
-	Undo    []Undo            `json:"undo,omitempty"`
+	Node    string   `json:"node"`
+	IP      string   `json:"ip,omitempty"`
+	Online  bool     `json:"online"`
+	Roles   []string `json:"roles"`
+	Master0 bool     `json:"master0,omitempty"`
+	Index   int      `json:"index"` // position among the nodes of its phase (masters: master0 is 0)
+	Action  Action   `json:"action"`
+	// FromImage is the image digest the node last applied ("" if none), to show drift.
+	FromImage string            `json:"fromImage,omitempty"`
+	Env       map[string]string `json:"-"` // merged env; may hold secrets, so never printed
+	Layers    []Layer           `json:"layers,omitempty"`
+	Files     []File            `json:"files,omitempty"`
+	Steps     []Step            `json:"steps,omitempty"`
+	Undo      []Undo            `json:"undo,omitempty"`
 }
 
 // Layer is one image layer a node needs.

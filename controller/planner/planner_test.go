@@ -242,7 +242,7 @@ func TestScaleUp(t *testing.T) {
 		if len(layersToFetch(m2)) != 0 || m2.Files[0].Skip || !strings.Contains(string(m2.Files[0].Content), "10.0.0.14") {
 			t.Errorf("m2: fetch %v, file %+v %q", layersToFetch(m2), m2.Files[0], m2.Files[0].Content)
 		}
-		if m2.Steps[0].Skip != true || m2.Steps[1].Reason != "not applied with these inputs" {
+		if m2.Steps[0].Skip != true || m2.Steps[1].Reason != "/etc/etcd/etcd.conf changed" {
 			t.Errorf("m2 steps: %+v", m2.Steps)
 		}
 	})
@@ -287,11 +287,26 @@ func TestUpgradeOneLayer(t *testing.T) {
 		t.Fatalf("\n got %q\nwant %q", got, want)
 	}
 	n1 := p.Node("n1")
+	if n1.Steps[0].Reason != "layer 555555555555 changed" {
+		t.Errorf("n1 lvscare.service reason %q", n1.Steps[0].Reason)
+	}
+	if n1.FromImage != "sha256:aaaa" {
+		t.Errorf("n1 FromImage %q", n1.FromImage)
+	}
 	if got := layersToFetch(n1); !slices.Equal(got, []string{"5"}) {
 		t.Errorf("n1 fetches %v, want only the new layer", got)
 	}
 	if !slices.Equal(n1.Undo, []Undo{{UndoRemoveLayer, lLvscare}}) || !n1.Files[0].Skip {
 		t.Errorf("n1 undo %v, file skip %v", n1.Undo, n1.Files[0].Skip)
+	}
+}
+
+func TestMultiArch(t *testing.T) {
+	arm := testImage()
+	arm.Layers[0].Digest = lNginx[:len(lNginx)-1] + "9" // the arm64 build of the common layer
+	p := mustPlan(t, Input{File: cf(t, threeTwo), Image: testImage(), ImageByArch: map[string]*plan.Plan{"arm64": arm}, Agents: agents(3)})
+	if m1, n1 := p.Node("m1"), p.Node("n1"); m1.Layers[0].Digest != lBin || n1.Layers[0].Digest != arm.Layers[0].Digest {
+		t.Errorf("amd64 m1 gets %s, arm64 n1 gets %s", m1.Layers[0].Digest, n1.Layers[0].Digest)
 	}
 }
 
