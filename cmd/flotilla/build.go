@@ -33,10 +33,10 @@ An unchanged rebuild reuses every layer and writes nothing.`,
   flotilla build -t app:1 --platform linux/amd64,linux/arm64 .`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := checkOutput(output); err != nil {
+			if err := imgCheckOutput(output); err != nil {
 				return err
 			}
-			st, err := openStore(storeDir)
+			st, err := openImageStore(storeDir)
 			if err != nil {
 				return err
 			}
@@ -59,7 +59,7 @@ An unchanged rebuild reuses every layer and writes nothing.`,
 				ContextDir: args[0], Kubefile: file, Tags: tags, BuildArgs: ba, Platforms: plats,
 				NoCache: noCache, RunOutput: os.Stderr,
 				FetchBase: func(ctx context.Context, ref string) error {
-					_, err := registry.Pull(ctx, st, ref, registry.Options{Insecure: insecure, Progress: progressFor(quiet)})
+					_, err := registry.Pull(ctx, st, ref, registry.Options{Insecure: insecure, Progress: imgProgress(quiet)})
 					return err
 				},
 			}
@@ -79,7 +79,7 @@ An unchanged rebuild reuses every layer and writes nothing.`,
 				return err
 			}
 			if output == "json" {
-				return writeJSON(cmd.OutOrStdout(), map[string]any{
+				return imgWriteJSON(cmd.OutOrStdout(), map[string]any{
 					"digest": res.Descriptor.Digest.String(), "mediaType": res.Descriptor.MediaType,
 					"tags": tags, "images": res.Images, "newBlobs": res.NewBlobs, "seconds": time.Since(start).Seconds(),
 				})
@@ -101,6 +101,6 @@ An unchanged rebuild reuses every layer and writes nothing.`,
 	f.BoolVarP(&quiet, "quiet", "q", false, "no progress and no RUN output")
 	f.BoolVar(&insecure, "insecure", false, "pull a missing base image over plain HTTP")
 	f.StringVarP(&output, "output", "o", "text", "output format: text or json")
-	addStoreFlag(cmd, &storeDir)
+	addImageStoreFlag(cmd, &storeDir)
 	return cmd
 }

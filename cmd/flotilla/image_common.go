@@ -14,39 +14,39 @@ import (
 	"github.com/flotilla-dev/flotilla/bundle/store"
 )
 
-// addStoreFlag adds --store to an image command.
-func addStoreFlag(cmd *cobra.Command, dir *string) {
+// addImageStoreFlag adds --store to an image command.
+func addImageStoreFlag(cmd *cobra.Command, dir *string) {
 	cmd.Flags().StringVar(dir, "store", "", "image store directory (default $"+store.EnvStore+", /var/lib/flotilla/images as root, else $XDG_DATA_HOME/flotilla/images)")
 }
 
-func openStore(dir string) (*store.Store, error) {
+func openImageStore(dir string) (*store.Store, error) {
 	return store.Open(dir)
 }
 
-// progressFor draws bars on a terminal stderr and logs lines otherwise; --quiet hides both.
-func progressFor(quiet bool) progress.Reporter {
+// imgProgress draws bars on a terminal stderr and logs lines otherwise; --quiet hides both.
+func imgProgress(quiet bool) progress.Reporter {
 	if quiet {
 		return progress.Nop()
 	}
 	return progress.New(os.Stderr)
 }
 
-func checkOutput(o string) error {
+func imgCheckOutput(o string) error {
 	if o != "" && o != "json" && o != "text" {
 		return fmt.Errorf("-o %q: want text or json", o)
 	}
 	return nil
 }
 
-func writeJSON(w io.Writer, v any) error {
+func imgWriteJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
 }
 
-// lookupImage finds what an argument names: an image name or digest, or a build
+// lookupStoreImage finds what an argument names: an image name or digest, or a build
 // context directory (the image last built from it).
-func lookupImage(st *store.Store, arg string) (v1.Descriptor, error) {
+func lookupStoreImage(st *store.Store, arg string) (v1.Descriptor, error) {
 	d, err := st.Get(arg)
 	if err == nil {
 		return d, nil
@@ -57,14 +57,14 @@ func lookupImage(st *store.Store, arg string) (v1.Descriptor, error) {
 	return d, err
 }
 
-func shortDigest(h v1.Hash) string {
+func imgShortDigest(h v1.Hash) string {
 	if len(h.Hex) < 12 {
 		return h.String()
 	}
 	return h.Algorithm + ":" + h.Hex[:12]
 }
 
-func humanSize(n int64) string {
+func imgSize(n int64) string {
 	const unit = 1024
 	if n < unit {
 		return fmt.Sprintf("%d B", n)
@@ -77,7 +77,7 @@ func humanSize(n int64) string {
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
-func orNone(s string) string {
+func imgOrNone(s string) string {
 	if strings.TrimSpace(s) == "" {
 		return "<none>"
 	}

@@ -34,10 +34,10 @@ func newImagesCmd() *cobra.Command {
 		Example: "  flotilla images\n  flotilla images -o json",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := checkOutput(output); err != nil {
+			if err := imgCheckOutput(output); err != nil {
 				return err
 			}
-			st, err := openStore(storeDir)
+			st, err := openImageStore(storeDir)
 			if err != nil {
 				return err
 			}
@@ -47,25 +47,25 @@ func newImagesCmd() *cobra.Command {
 			}
 			rows := make([]imageRow, 0, len(entries))
 			for _, e := range entries {
-				rows = append(rows, describe(st, e))
+				rows = append(rows, describeImage(st, e))
 			}
 			if output == "json" {
-				return writeJSON(cmd.OutOrStdout(), rows)
+				return imgWriteJSON(cmd.OutOrStdout(), rows)
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tDIGEST\tPLATFORMS\tSIZE\tROLES")
 			for _, r := range rows {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", orNone(r.Name), r.Digest[:min(len(r.Digest), 19)], join(r.Platforms), humanSize(r.Size), join(r.Roles))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", imgOrNone(r.Name), r.Digest[:min(len(r.Digest), 19)], imgJoin(r.Platforms), imgSize(r.Size), imgJoin(r.Roles))
 			}
 			return tw.Flush()
 		},
 	}
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
-	addStoreFlag(cmd, &storeDir)
+	addImageStoreFlag(cmd, &storeDir)
 	return cmd
 }
 
-func join(s []string) string {
+func imgJoin(s []string) string {
 	if len(s) == 0 {
 		return "-"
 	}
@@ -77,7 +77,7 @@ func join(s []string) string {
 }
 
 // describe sums the unique blobs of an entry and reads its platforms and roles.
-func describe(st *store.Store, e store.Entry) imageRow {
+func describeImage(st *store.Store, e store.Entry) imageRow {
 	r := imageRow{Name: e.Name, Digest: e.Descriptor.Digest.String(), MediaType: string(e.Descriptor.MediaType)}
 	seen := map[v1.Hash]bool{}
 	add := func(d v1.Descriptor) {
@@ -112,7 +112,7 @@ func describe(st *store.Store, e store.Entry) imageRow {
 			add(l)
 		}
 		if cf, err := img.ConfigFile(); err == nil {
-			r.Platforms = append(r.Platforms, cf.OS+"/"+cf.Architecture+variant(cf.Variant))
+			r.Platforms = append(r.Platforms, cf.OS+"/"+cf.Architecture+imgVariant(cf.Variant))
 		}
 		if p, err := store.Plan(img); err == nil && len(r.Roles) == 0 {
 			r.Roles = p.Roles
@@ -121,7 +121,7 @@ func describe(st *store.Store, e store.Entry) imageRow {
 	return r
 }
 
-func variant(v string) string {
+func imgVariant(v string) string {
 	if v == "" {
 		return ""
 	}
@@ -136,18 +136,18 @@ func newTagCmd() *cobra.Command {
 		Example: "  flotilla tag hello:1 registry.local/hello:1",
 		Args:    cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			st, err := openStore(storeDir)
+			st, err := openImageStore(storeDir)
 			if err != nil {
 				return err
 			}
-			d, err := lookupImage(st, args[0])
+			d, err := lookupStoreImage(st, args[0])
 			if err != nil {
 				return err
 			}
 			return st.Tag(cmd.Context(), args[1], d)
 		},
 	}
-	addStoreFlag(cmd, &storeDir)
+	addImageStoreFlag(cmd, &storeDir)
 	return cmd
 }
 
@@ -160,7 +160,7 @@ func newRmiCmd() *cobra.Command {
 the blobs no remaining image references. With no IMAGE and --prune it only collects.`,
 		Example: "  flotilla rmi hello:1\n  flotilla rmi sha256:3f2a1b\n  flotilla rmi --prune",
 		RunE: func(cmd *cobra.Command, args []string) error {
-			st, err := openStore(storeDir)
+			st, err := openImageStore(storeDir)
 			if err != nil {
 				return err
 			}
@@ -174,18 +174,18 @@ the blobs no remaining image references. With no IMAGE and --prune it only colle
 					return err
 				}
 				for _, e := range removed {
-					fmt.Fprintf(cmd.OutOrStdout(), "untagged %s %s\n", orNone(e.Name), e.Descriptor.Digest)
+					fmt.Fprintf(cmd.OutOrStdout(), "untagged %s %s\n", imgOrNone(e.Name), e.Descriptor.Digest)
 				}
 			}
 			res, err := st.GC(cmd.Context())
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "deleted %d blobs, freed %s\n", res.Blobs, humanSize(res.Bytes))
+			fmt.Fprintf(cmd.OutOrStdout(), "deleted %d blobs, freed %s\n", res.Blobs, imgSize(res.Bytes))
 			return nil
 		},
 	}
 	cmd.Flags().Bool("prune", false, "only garbage-collect unreferenced blobs")
-	addStoreFlag(cmd, &storeDir)
+	addImageStoreFlag(cmd, &storeDir)
 	return cmd
 }

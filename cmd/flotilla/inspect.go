@@ -41,14 +41,14 @@ the image last built from it.`,
 		Example: "  flotilla inspect examples/hello\n  flotilla inspect registry.local/etcd-cluster:3.4 -o json\n  flotilla inspect app:1 --platform linux/arm64",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := checkOutput(output); err != nil {
+			if err := imgCheckOutput(output); err != nil {
 				return err
 			}
-			st, err := openStore(storeDir)
+			st, err := openImageStore(storeDir)
 			if err != nil {
 				return err
 			}
-			d, err := lookupImage(st, args[0])
+			d, err := lookupStoreImage(st, args[0])
 			if err != nil {
 				return err
 			}
@@ -70,22 +70,22 @@ the image last built from it.`,
 			if err != nil {
 				return err
 			}
-			out := inspectOutput{Name: nameOf(st, args[0], d), Digest: d.Digest.String(), Manifest: mdigest.String(), Platform: cf.OS + "/" + cf.Architecture + variant(cf.Variant), Plan: p, Created: cf.Created.UTC().Format("2006-01-02T15:04:05Z")}
-			out.Platforms = describe(st, store.Entry{Descriptor: d}).Platforms
+			out := inspectOutput{Name: imgNamesOf(st, args[0], d), Digest: d.Digest.String(), Manifest: mdigest.String(), Platform: cf.OS + "/" + cf.Architecture + imgVariant(cf.Variant), Plan: p, Created: cf.Created.UTC().Format("2006-01-02T15:04:05Z")}
+			out.Platforms = describeImage(st, store.Entry{Descriptor: d}).Platforms
 			if output == "json" {
 				out.Config = cf
-				return writeJSON(cmd.OutOrStdout(), out)
+				return imgWriteJSON(cmd.OutOrStdout(), out)
 			}
-			return printInspect(cmd.OutOrStdout(), out)
+			return printImageInspect(cmd.OutOrStdout(), out)
 		},
 	}
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
 	cmd.Flags().StringVar(&platform, "platform", "", "platform of a multi-arch image to show (default: this machine's)")
-	addStoreFlag(cmd, &storeDir)
+	addImageStoreFlag(cmd, &storeDir)
 	return cmd
 }
 
-func nameOf(st *store.Store, arg string, d v1.Descriptor) string {
+func imgNamesOf(st *store.Store, arg string, d v1.Descriptor) string {
 	entries, _ := st.List()
 	var names []string
 	for _, e := range entries {
@@ -96,23 +96,23 @@ func nameOf(st *store.Store, arg string, d v1.Descriptor) string {
 	return strings.Join(names, ", ")
 }
 
-func printInspect(w io.Writer, o inspectOutput) error {
+func printImageInspect(w io.Writer, o inspectOutput) error {
 	p := o.Plan
-	fmt.Fprintf(w, "Name:      %s\nDigest:    %s\nPlatform:  %s (image has %s)\nManifest:  %s\n", orNone(o.Name), o.Digest, o.Platform, join(o.Platforms), o.Manifest)
+	fmt.Fprintf(w, "Name:      %s\nDigest:    %s\nPlatform:  %s (image has %s)\nManifest:  %s\n", imgOrNone(o.Name), o.Digest, o.Platform, imgJoin(o.Platforms), o.Manifest)
 	if len(p.Labels) > 0 {
 		fmt.Fprintln(w, "Labels:")
-		for _, k := range sortedKeys(p.Labels) {
+		for _, k := range imgSortedKeys(p.Labels) {
 			fmt.Fprintf(w, "  %s=%s\n", k, p.Labels[k])
 		}
 	}
 	if len(p.Env) > 0 {
 		fmt.Fprintln(w, "Env defaults:")
-		for _, k := range sortedKeys(p.Env) {
+		for _, k := range imgSortedKeys(p.Env) {
 			fmt.Fprintf(w, "  %s=%s\n", k, p.Env[k])
 		}
 	}
 	roles := append([]string{plan.RoleAll}, p.Roles...)
-	fmt.Fprintf(w, "Roles:     %s\n", join(p.Roles))
+	fmt.Fprintf(w, "Roles:     %s\n", imgJoin(p.Roles))
 	for i, r := range roles {
 		if i > 0 && r == plan.RoleAll {
 			continue
@@ -142,10 +142,10 @@ func printInspect(w io.Writer, o inspectOutput) error {
 		for _, l := range layers {
 			total += l.Size
 		}
-		fmt.Fprintf(w, "\nRole %s: %d layers (%s), %d templates, %d steps\n", r, len(layers), humanSize(total), len(tmpls), len(steps))
+		fmt.Fprintf(w, "\nRole %s: %d layers (%s), %d templates, %d steps\n", r, len(layers), imgSize(total), len(tmpls), len(steps))
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		for _, l := range layers {
-			fmt.Fprintf(tw, "  layer\t%s\t%s\t%s\n", shortDigestStr(l.Digest), humanSize(l.Size), l.Instruction)
+			fmt.Fprintf(tw, "  layer\t%s\t%s\t%s\n", imgShortDigestStr(l.Digest), imgSize(l.Size), l.Instruction)
 		}
 		for _, t := range tmpls {
 			fmt.Fprintf(tw, "  template\t%s\t%04o\t%d bytes\n", t.Path, t.Mode, len(t.Content))
@@ -167,13 +167,13 @@ func printInspect(w io.Writer, o inspectOutput) error {
 	if len(p.History) > 0 {
 		fmt.Fprintln(w, "\nHistory:")
 		for _, h := range p.History {
-			fmt.Fprintf(w, "  %-19s %s\n", shortDigestStr(h.Layer), h.Instruction)
+			fmt.Fprintf(w, "  %-19s %s\n", imgShortDigestStr(h.Layer), h.Instruction)
 		}
 	}
 	return nil
 }
 
-func shortDigestStr(s string) string {
+func imgShortDigestStr(s string) string {
 	if s == "" {
 		return "-"
 	}
@@ -181,10 +181,10 @@ func shortDigestStr(s string) string {
 	if err != nil {
 		return s
 	}
-	return shortDigest(h)
+	return imgShortDigest(h)
 }
 
-func sortedKeys(m map[string]string) []string {
+func imgSortedKeys(m map[string]string) []string {
 	keys := make([]string, 0, len(m))
 	for k := range m {
 		keys = append(keys, k)

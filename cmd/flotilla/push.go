@@ -31,7 +31,7 @@ config file (flotilla login, docker login).`,
 		Example: "  flotilla push registry.local/etcd-cluster:3.4\n  flotilla push hello:1 127.0.0.1:5000/hello:1 --insecure",
 		Args:    cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			st, err := openStore(storeDir)
+			st, err := openImageStore(storeDir)
 			if err != nil {
 				return err
 			}
@@ -40,7 +40,7 @@ config file (flotilla login, docker login).`,
 				dest = args[1]
 			}
 			start := time.Now()
-			d, err := registry.Push(cmd.Context(), st, args[0], dest, registry.Options{Insecure: insecure, Progress: progressFor(quiet)})
+			d, err := registry.Push(cmd.Context(), st, args[0], dest, registry.Options{Insecure: insecure, Progress: imgProgress(quiet)})
 			if err != nil {
 				return err
 			}
@@ -53,7 +53,7 @@ config file (flotilla login, docker login).`,
 	}
 	cmd.Flags().BoolVar(&insecure, "insecure", false, "use plain HTTP (for a registry without TLS)")
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress")
-	addStoreFlag(cmd, &storeDir)
+	addImageStoreFlag(cmd, &storeDir)
 	return cmd
 }
 
@@ -68,12 +68,12 @@ the local store; a failed pull leaves the store unchanged.`,
 		Example: "  flotilla pull registry.local/etcd-cluster:3.4\n  flotilla pull 127.0.0.1:5000/hello:1 --insecure",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			st, err := openStore(storeDir)
+			st, err := openImageStore(storeDir)
 			if err != nil {
 				return err
 			}
 			start := time.Now()
-			d, err := registry.Pull(cmd.Context(), st, args[0], registry.Options{Insecure: insecure, Progress: progressFor(quiet)})
+			d, err := registry.Pull(cmd.Context(), st, args[0], registry.Options{Insecure: insecure, Progress: imgProgress(quiet)})
 			if err != nil {
 				return err
 			}
@@ -83,7 +83,7 @@ the local store; a failed pull leaves the store unchanged.`,
 	}
 	cmd.Flags().BoolVar(&insecure, "insecure", false, "use plain HTTP (for a registry without TLS)")
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress")
-	addStoreFlag(cmd, &storeDir)
+	addImageStoreFlag(cmd, &storeDir)
 	return cmd
 }
 
