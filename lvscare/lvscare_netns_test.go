@@ -112,8 +112,10 @@ func TestNftablesInNamespaces(t *testing.T) {
 				out, err := tryRun("ip", "netns", "exec", l.client, "nft", "list", "table", "ip", "flotilla-lvscare")
 				return err == nil && strings.Contains(out, "dnat to") && strings.Contains(out, "vmap @service-ips")
 			})
-			if !ok || took > interval+500*time.Millisecond {
-				t.Errorf("after nft %v: rules back after %s (ok=%v), want within one interval (%s)", how, took, ok, interval)
+			// lvscare checks at every tick, so the rules are back one interval after the
+			// edit at worst; the extra second absorbs a CI machine shared with other tests.
+			if !ok || took > interval+time.Second {
+				t.Errorf("after nft %v: rules back after %s (ok=%v), want within one interval (%s) plus 1s of slack", how, took, ok, interval)
 			}
 			t.Logf("MEASURED nft %s -> rules re-created: %s", strings.Join(how, " "), took.Round(time.Millisecond))
 			if got := l.spread(t, l.client, 30); len(got) != 3 {
@@ -134,7 +136,9 @@ func TestNftablesInNamespaces(t *testing.T) {
 			if err == nil || !errors.Is(err, syscall.ECONNREFUSED) {
 				t.Errorf("request with all backends down: err=%v, want connection refused", err)
 			}
-			if took > 200*time.Millisecond {
+			// ECONNREFUSED already proves a reset rather than a hang (a hang ends in the
+			// client's 1s timeout); the bound only catches a refusal that came late.
+			if took > 900*time.Millisecond {
 				t.Errorf("refusal took %s, want it at once", took)
 			}
 		}
