@@ -138,7 +138,10 @@ func (p *placer) entry(hdr *tar.Header, name string, r io.Reader) error {
 		if err := p.mkdirs(name, mode); err != nil {
 			return err
 		}
-		return p.chown(name, hdr)
+		if i, ok := p.index[name]; ok && p.records[i].Created {
+			return p.chown(name, hdr) // never re-own a directory that was already there (/etc)
+		}
+		return nil
 	case tar.TypeReg, tar.TypeRegA:
 		if err := p.mkdirs(path.Dir(name), 0o755); err != nil {
 			return err

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 
 	"github.com/klauspost/compress/gzip"
@@ -287,6 +288,31 @@ func TestReplaceExistingOutsideLink(t *testing.T) {
 	s.checkContained(t)
 	if fi, err := os.Lstat(filepath.Join(s.root, "f")); err != nil || !fi.Mode().IsRegular() {
 		t.Fatalf("f is not a regular file now: %v %v", fi, err)
+	}
+}
+
+func TestExistingDirKeepsOwnerAndMode(t *testing.T) {
+	s := newSandbox(t)
+	etc := filepath.Join(s.root, "etc")
+	os.Mkdir(etc, 0o750)
+	var b bytes.Buffer
+	tw := tar.NewWriter(&b)
+	tw.WriteHeader(&tar.Header{Name: "etc/", Typeflag: tar.TypeDir, Mode: 0o777, Uid: 4242, Gid: 4242})
+	tw.WriteHeader(&tar.Header{Name: "etc/new/", Typeflag: tar.TypeDir, Mode: 0o700, Uid: 4242, Gid: 4242})
+	tw.Close()
+	blob := b.Bytes()
+	if _, err := Unpack(context.Background(), bytes.NewReader(blob), digestOf(blob), s.root, WithOwners(true)); err != nil {
+		t.Fatal(err)
+	}
+	fi, _ := os.Stat(etc)
+	if fi.Mode().Perm() != 0o750 || fi.Sys().(*syscall.Stat_t).Uid == 4242 {
+		t.Errorf("existing etc changed: %v uid %d", fi.Mode(), fi.Sys().(*syscall.Stat_t).Uid)
+	}
+	if os.Geteuid() == 0 {
+		fi, _ := os.Stat(filepath.Join(etc, "new"))
+		if fi.Mode().Perm() != 0o700 || fi.Sys().(*syscall.Stat_t).Uid != 4242 {
+			t.Errorf("created etc/new: %v uid %d, want 0700 owned by 4242", fi.Mode(), fi.Sys().(*syscall.Stat_t).Uid)
+		}
 	}
 }
 
