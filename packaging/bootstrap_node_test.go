@@ -234,4 +234,27 @@ func TestBootstrapScriptOnNodes(t *testing.T) {
 		}
 		assertClean(t, f, "node2")
 	})
+
+	t.Run("Uninstall", func(t *testing.T) {
+		pid, err := f.PID("node1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		o := packaging.UninstallOptions{Root: fmt.Sprintf("/proc/%d/root", pid)}
+		removed, err := packaging.Uninstall(ctx, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := []string{packaging.UnitPath, packaging.BinPath, packaging.ConfigDir, packaging.DefaultDataDir}
+		if strings.Join(removed, " ") != strings.Join(want, " ") {
+			t.Errorf("removed %v, want %v", removed, want)
+		}
+		assertClean(t, f, "node1")
+		if ps, _ := run("node1", "ps -eo args"); strings.Contains(ps, "sleep infinity") {
+			t.Errorf("agent still running after uninstall:\n%s", ps)
+		}
+		if removed, err := packaging.Uninstall(ctx, o); err != nil || len(removed) != 0 {
+			t.Errorf("second uninstall: %v %v", removed, err)
+		}
+	})
 }
