@@ -1,0 +1,316 @@
+// Package agent is the node daemon: it joins the controller with a token,
+// registers its facts, heartbeats, verifies and runs signed tasks step by step
+// through pluggable executors, streams their output back and remembers which
+// step digests it already applied.
+//
+// Step kinds are pluggable: Options.Executors maps protocol.Step.Kind to an
+// Executor (DefaultExecutors has "exec"); a later package adds its kinds by
+// adding entries before calling New. Executors report through StepContext
+// (Output, LineWriter, Progress) and signal exit codes with *ExitError.
+package agent
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/flotilla-dev/flotilla/protocol"
+	"github.com/nats-io/nats.go"
+)
+
+// Options configure an Agent.
+type Options struct {
+	// Controller is the HTTPS join address (https://HOST:9443); only needed to join.
+	Controller string
+	// Token, CAHash or CAFile authenticate the first join; later starts use the
+	// credentials kept in DataDir.
+	Token, CAHash, CAFile string
+	// Credentials, when set, skip the join (an agent inside the controller process).
+	Credentials *protocol.Credentials
+	// Name defaults to the host name.
+	Name   string
+	Labels map[string]string
+	// Root is where steps place files (default "/"); DataDir holds the agent's state
+	// (default /var/lib/flotilla-agent).
+	Root, DataDir string
+	// HeartbeatInterval defaults to 5s.
+	HeartbeatInterval time.Duration
+	// Executors by step kind; nil means DefaultExecutors().
+	Executors map[string]Executor
+	Version   string
+	Logger    *slog.Logger
+}
+
+// Agent is one node's daemon.
+type Agent struct {
+	opts    Options
+	log     *slog.Logger
+	creds   *protocol.Credentials
+	facts   protocol.Facts
+	applied *appliedState
+	verify  *protocol.Verifier
+
+	nc *nats.Conn
+
+	mu         sync.Mutex
+	running    map[string]context.CancelFunc
+	registered bool
+	lastHB     time.Time
+	seqMu      sync.Mutex
+	wg         sync.WaitGroup
+	regKick    chan struct{}
+}
+
+// New checks options, joins the controller when the data dir has no
+// credentials yet, and loads local state. Run connects and serves.
+func New(ctx context.Context, opts Options) (*Agent, error) {
+	if opts.DataDir == "" {
+		opts.DataDir = "/var/lib/flotilla-agent"
+	}
+	if opts.Root == "" {
+		opts.Root = "/"
+	}
+	if opts.HeartbeatInterval <= 0 {
+		opts.HeartbeatInterval = 5 * time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Executors == nil {
+		opts.Executors = DefaultExecutors()
+	}
+	if opts.Name == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return nil, fmt.Errorf("no --name and no host name: %w", err)
+		}
+		opts.Name = h
+	}
+	if err := protocol.ValidateNodeName(opts.Name); err != nil {
+		return nil, fmt.Errorf("--name: %w", err)
+	}
+	root, err := filepath.Abs(opts.Root)
+	if err != nil {
+		return nil, fmt.Errorf("--root: %w", err)
+	}
+	opts.Root = root
+	if err := os.MkdirAll(opts.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("--data-dir %s: %w", opts.DataDir, err)
+	}
+	a := &Agent{opts: opts, log: opts.Logger.With("node", opts.Name), running: map[string]context.CancelFunc{}, regKick: make(chan struct{}, 1)}
+	a.facts = CollectFacts(opts.Version, opts.Labels)
+	if a.applied, err = loadApplied(opts.DataDir); err != nil {
+		return nil, err
+	}
+	if err := a.loadOrJoin(ctx); err != nil {
+		return nil, err
+	}
+	a.verify = protocol.NewVerifier(ed25519.PublicKey(a.creds.SigningKey), opts.Name, a.loadSeq())
+	return a, nil
+}
+
+func (a *Agent) loadOrJoin(ctx context.Context) error {
+	if a.opts.Credentials != nil {
+		a.creds = a.opts.Credentials
+		return saveCredentials(a.opts.DataDir, a.creds)
+	}
+	cr, err := loadCredentials(a.opts.DataDir)
+	if err == nil {
+		if cr.Node != a.opts.Name {
+			return fmt.Errorf("data dir %s belongs to node %q, not %q: use another --data-dir or --name %s", a.opts.DataDir, cr.Node, a.opts.Name, cr.Node)
+		}
+		a.creds = cr
+		return nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	base, err := NormalizeControllerURL(a.opts.Controller)
+	if err != nil {
+		return err
+	}
+	cr, err = join(ctx, base, a.opts.Token, a.opts.CAHash, a.opts.CAFile, a.opts.Name, a.facts)
+	if err != nil {
+		return err
+	}
+	if err := saveCredentials(a.opts.DataDir, cr); err != nil {
+		return err
+	}
+	a.log.Info("joined controller", "controller", base)
+	a.creds = cr
+	return nil
+}
+
+func (a *Agent) loadSeq() uint64 {
+	data, err := os.ReadFile(filepath.Join(a.opts.DataDir, fileSeq))
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.ParseUint(strings.TrimSpace(string(data)), 10, 64)
+	return n
+}
+
+// Name is the node's name.
+func (a *Agent) Name() string { return a.opts.Name }
+
+// Run connects to NATS (retrying with jittered backoff), registers, heartbeats
+// and runs tasks until ctx ends.
+func (a *Agent) Run(ctx context.Context) error {
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(a.creds.CAPEM) {
+		return errors.New("credentials: no CA certificate")
+	}
+	nc, err := nats.Connect(strings.Join(a.creds.NATSURLs, ","),
+		nats.UserInfo(a.creds.User, a.creds.Password),
+		nats.Secure(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}),
+		nats.Name("flotilla-agent "+a.opts.Name),
+		nats.CustomInboxPrefix(protocol.InboxPrefix(a.opts.Name)),
+		nats.RetryOnFailedConnect(true),
+		nats.MaxReconnects(-1),
+		nats.CustomReconnectDelay(backoff),
+		nats.ReconnectBufSize(8<<20),
+		nats.PingInterval(5*time.Second),
+		nats.MaxPingsOutstanding(2),
+		nats.ConnectHandler(func(*nats.Conn) { a.log.Info("connected", "url", a.creds.NATSURLs); a.kickRegister() }),
+		nats.ReconnectHandler(func(*nats.Conn) { a.log.Info("reconnected"); a.kickRegister() }),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			a.log.Warn("disconnected from controller", "err", err)
+			a.setRegistered(false)
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { a.log.Warn("NATS error", "err", err) }),
+	)
+	if err != nil {
+		return fmt.Errorf("connect to %v: %w", a.creds.NATSURLs, err)
+	}
+	a.nc = nc
+	defer nc.Close()
+	if _, err := nc.Subscribe(protocol.TaskSubject(a.opts.Name), a.onTask); err != nil {
+		return fmt.Errorf("subscribe tasks: %w", err)
+	}
+	if _, err := nc.Subscribe(protocol.CancelSubject(a.opts.Name), a.onCancel); err != nil {
+		return fmt.Errorf("subscribe cancels: %w", err)
+	}
+	if nc.IsConnected() {
+		a.kickRegister()
+	}
+	a.writeStatus()
+	tick := time.NewTicker(a.opts.HeartbeatInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			a.stopAll()
+			a.writeStatus()
+			return nil
+		case <-a.regKick:
+			a.register(ctx)
+		case <-tick.C:
+			if !a.isRegistered() && nc.IsConnected() {
+				a.register(ctx)
+			}
+			a.heartbeat()
+		}
+	}
+}
+
+// backoff is exponential from 100ms to 5s with ±50% jitter.
+func backoff(attempts int) time.Duration {
+	d := 100 * time.Millisecond << min(attempts, 6)
+	if d > 5*time.Second {
+		d = 5 * time.Second
+	}
+	return d/2 + rand.N(d)
+}
+
+func (a *Agent) kickRegister() {
+	select {
+	case a.regKick <- struct{}{}:
+	default:
+	}
+}
+
+func (a *Agent) register(ctx context.Context) {
+	data, _ := protocol.Encode(protocol.Register{Name: a.opts.Name, Facts: a.facts, HeartbeatInterval: a.opts.HeartbeatInterval})
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	m, err := a.nc.RequestWithContext(rctx, protocol.RegisterSubject(a.opts.Name), data)
+	if err != nil {
+		a.log.Warn("register", "err", err)
+		return
+	}
+	var r protocol.RegisterReply
+	if err := protocol.Decode(m.Data, &r); err != nil || !r.OK {
+		a.log.Error("controller refused registration", "err", err, "reason", r.Error)
+		return
+	}
+	a.setRegistered(true)
+	a.log.Info("registered")
+	a.heartbeat()
+}
+
+func (a *Agent) heartbeat() {
+	a.mu.Lock()
+	running := len(a.running)
+	a.mu.Unlock()
+	data, _ := protocol.Encode(protocol.Heartbeat{Name: a.opts.Name, Time: time.Now().UTC(), Interval: a.opts.HeartbeatInterval, Running: running})
+	if a.nc.IsConnected() {
+		if err := a.nc.Publish(protocol.HeartbeatSubject(a.opts.Name), data); err == nil {
+			a.mu.Lock()
+			a.lastHB = time.Now().UTC()
+			a.mu.Unlock()
+		}
+	}
+	a.writeStatus()
+}
+
+func (a *Agent) setRegistered(v bool) {
+	a.mu.Lock()
+	a.registered = v
+	a.mu.Unlock()
+	a.writeStatus()
+}
+
+func (a *Agent) isRegistered() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.registered
+}
+
+func (a *Agent) writeStatus() {
+	a.mu.Lock()
+	st := Status{Name: a.opts.Name, Registered: a.registered, Controller: strings.Join(a.creds.NATSURLs, ","),
+		LastHeartbeat: a.lastHB, Running: len(a.running), HeartbeatInterval: a.opts.HeartbeatInterval, PID: os.Getpid(), Updated: time.Now().UTC()}
+	a.mu.Unlock()
+	st.Connected = a.nc != nil && a.nc.IsConnected()
+	st.Registered = st.Registered && st.Connected
+	data, _ := protocolJSON(st)
+	if err := writeFileAtomic(filepath.Join(a.opts.DataDir, fileStatus), data, 0o644); err != nil {
+		a.log.Warn("write status", "err", err)
+	}
+}
+
+func (a *Agent) stopAll() {
+	a.mu.Lock()
+	for _, cancel := range a.running {
+		cancel()
+	}
+	a.mu.Unlock()
+	done := make(chan struct{})
+	go func() { a.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		a.log.Warn("tasks still running at shutdown")
+	}
+}

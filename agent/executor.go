@@ -1,0 +1,195 @@
+package agent
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"sort"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/flotilla-dev/flotilla/protocol"
+)
+
+// Executor runs one kind of step. Register more kinds in Options.Executors
+// (key = protocol.Step.Kind); DefaultExecutors gives the built-in ones.
+type Executor interface {
+	Execute(ctx context.Context, sc *StepContext) error
+}
+
+// ExecutorFunc adapts a function to Executor.
+type ExecutorFunc func(ctx context.Context, sc *StepContext) error
+
+// Execute calls f.
+func (f ExecutorFunc) Execute(ctx context.Context, sc *StepContext) error { return f(ctx, sc) }
+
+// ExitError reports a step's non-zero exit code; other errors count as code 1.
+type ExitError struct {
+	Code int
+	Err  error
+}
+
+func (e *ExitError) Error() string {
+	if e.Err != nil {
+		return fmt.Sprintf("exit code %d: %v", e.Code, e.Err)
+	}
+	return fmt.Sprintf("exit code %d", e.Code)
+}
+func (e *ExitError) Unwrap() error { return e.Err }
+
+// StepContext is what an executor gets: the step, where to work and how to report.
+type StepContext struct {
+	Task  *protocol.Task
+	Step  *protocol.Step
+	Index int
+	// Root is where files get placed (--root, default "/"); also $FLOTILLA_ROOT.
+	Root string
+	// DataDir is the agent's own state directory.
+	DataDir string
+	// Env is the step's environment: the agent's, then FLOTILLA_* and the step's Env.
+	Env []string
+
+	emit func(protocol.Event)
+}
+
+// Output reports one line of output ("stdout" or "stderr").
+func (sc *StepContext) Output(stream, line string) {
+	sc.emit(protocol.Event{Type: protocol.EventOutput, Stream: stream, Line: line})
+}
+
+// Progress reports how far the step is.
+func (sc *StepContext) Progress(done, total int64, message string) {
+	sc.emit(protocol.Event{Type: protocol.EventProgress, Progress: &protocol.Progress{Done: done, Total: total, Message: message}})
+}
+
+// LineWriter returns a writer that reports each complete line as output on stream.
+// Close flushes a last unterminated line.
+func (sc *StepContext) LineWriter(stream string) io.WriteCloser {
+	pr, pw := io.Pipe()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s := bufio.NewScanner(pr)
+		s.Buffer(make([]byte, 64<<10), maxLine)
+		for s.Scan() {
+			sc.Output(stream, s.Text())
+		}
+		if s.Err() != nil {
+			sc.Output(stream, "[output line longer than 256 KiB: rest of the stream dropped]")
+			_, _ = io.Copy(io.Discard, pr)
+		}
+	}()
+	return &lineWriter{pw: pw, done: done}
+}
+
+const maxLine = 256 << 10
+
+type lineWriter struct {
+	pw   *io.PipeWriter
+	done chan struct{}
+	once sync.Once
+}
+
+func (w *lineWriter) Write(p []byte) (int, error) { return w.pw.Write(p) }
+func (w *lineWriter) Close() error {
+	w.once.Do(func() { _ = w.pw.Close(); <-w.done })
+	return nil
+}
+
+var (
+	registryMu sync.Mutex
+	registry   = map[string]Executor{"exec": ExecutorFunc(execStep)}
+)
+
+// RegisterExecutor adds a step kind to DefaultExecutors; call it from init() in
+// the file or package that implements the kind. A later call replaces an earlier one.
+func RegisterExecutor(kind string, e Executor) {
+	registryMu.Lock()
+	defer registryMu.Unlock()
+	registry[kind] = e
+}
+
+// DefaultExecutors returns a copy of the registered step kinds. Built in:
+// "exec" runs Command (argv) or Shell (with /bin/sh -c) with Root as working directory.
+func DefaultExecutors() map[string]Executor {
+	registryMu.Lock()
+	defer registryMu.Unlock()
+	out := make(map[string]Executor, len(registry))
+	for k, e := range registry {
+		out[k] = e
+	}
+	return out
+}
+
+func execStep(ctx context.Context, sc *StepContext) error {
+	var cmd *exec.Cmd
+	switch {
+	case len(sc.Step.Command) > 0:
+		cmd = exec.Command(sc.Step.Command[0], sc.Step.Command[1:]...)
+	case sc.Step.Shell != "":
+		cmd = exec.Command("/bin/sh", "-c", sc.Step.Shell)
+	default:
+		return errors.New("exec step has neither command nor shell")
+	}
+	cmd.Env = sc.Env
+	cmd.Dir = sc.Root
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// A background child holding stdout open must not keep the step running.
+	cmd.WaitDelay = 2 * time.Second
+	stdout, stderr := sc.LineWriter("stdout"), sc.LineWriter("stderr")
+	cmd.Stdout, cmd.Stderr = stdout, stderr
+	if err := cmd.Start(); err != nil {
+		stdout.Close()
+		stderr.Close()
+		return &ExitError{Code: 127, Err: err}
+	}
+	waitErr := make(chan error, 1)
+	go func() { waitErr <- cmd.Wait() }()
+	var err error
+	select {
+	case err = <-waitErr:
+	case <-ctx.Done():
+		// Stop the whole process group: TERM, then KILL after a grace period.
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+		select {
+		case err = <-waitErr:
+		case <-time.After(3 * time.Second):
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			err = <-waitErr
+		}
+	}
+	stdout.Close()
+	stderr.Close()
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code := ee.ExitCode()
+		if code < 0 {
+			code = 128 + int(syscall.SIGKILL)
+		}
+		return &ExitError{Code: code}
+	}
+	return err
+}
+
+// stepEnv builds the environment of a step, sorted for reproducibility.
+func stepEnv(root, dataDir string, t *protocol.Task, s *protocol.Step) []string {
+	env := os.Environ()
+	env = append(env, "FLOTILLA_ROOT="+root, "FLOTILLA_DATA_DIR="+dataDir, "FLOTILLA_NODE="+t.Node, "FLOTILLA_TASK="+t.ID)
+	keys := make([]string, 0, len(s.Env))
+	for k := range s.Env {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		env = append(env, k+"="+s.Env[k])
+	}
+	return env
+}

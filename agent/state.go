@@ -1,0 +1,133 @@
+package agent
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+)
+
+// Files in the agent's data dir.
+const (
+	fileCredentials = "credentials.json"
+	fileApplied     = "applied.json"
+	fileStatus      = "status.json"
+	fileSeq         = "seq"
+)
+
+// Status is what `flotilla agent status` reads from <data-dir>/status.json.
+type Status struct {
+	Name          string    `json:"name"`
+	Registered    bool      `json:"registered"`
+	Connected     bool      `json:"connected"`
+	Controller    string    `json:"controller"`
+	LastHeartbeat time.Time `json:"lastHeartbeat,omitempty"`
+	Running       int       `json:"running"`
+	// HeartbeatInterval tells readers how stale Updated may get while the agent lives.
+	HeartbeatInterval time.Duration `json:"heartbeatInterval"`
+	PID               int           `json:"pid"`
+	Updated           time.Time     `json:"updated"`
+}
+
+// ReadStatus reads <dataDir>/status.json.
+func ReadStatus(dataDir string) (*Status, error) {
+	data, err := os.ReadFile(filepath.Join(dataDir, fileStatus))
+	if err != nil {
+		return nil, fmt.Errorf("agent status: %w (is an agent running with --data-dir %s?)", err, dataDir)
+	}
+	var st Status
+	if err := json.Unmarshal(data, &st); err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(dataDir, fileStatus), err)
+	}
+	return &st, nil
+}
+
+// AppliedStep records one step digest applied successfully.
+type AppliedStep struct {
+	Task    string    `json:"task"`
+	Step    string    `json:"step,omitempty"`
+	Applied time.Time `json:"applied"`
+}
+
+// appliedState is the set of digests this node applied, persisted atomically.
+type appliedState struct {
+	path string
+	mu   sync.Mutex
+	m    map[string]AppliedStep
+}
+
+func loadApplied(dataDir string) (*appliedState, error) {
+	a := &appliedState{path: filepath.Join(dataDir, fileApplied), m: map[string]AppliedStep{}}
+	data, err := os.ReadFile(a.path)
+	if errors.Is(err, os.ErrNotExist) {
+		return a, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read applied state: %w", err)
+	}
+	if err := json.Unmarshal(data, &a.m); err != nil {
+		return nil, fmt.Errorf("%s: %w (move it away to start over)", a.path, err)
+	}
+	return a, nil
+}
+
+func (a *appliedState) has(digest string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	_, ok := a.m[digest]
+	return ok
+}
+
+func (a *appliedState) add(digest string, s AppliedStep) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.m[digest] = s
+	data, err := json.MarshalIndent(a.m, "", " ")
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(a.path, data, 0o600)
+}
+
+// Forget removes a digest (for undo steps of later issues).
+func (a *appliedState) forget(digest string) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	delete(a.m, digest)
+	data, err := json.MarshalIndent(a.m, "", " ")
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(a.path, data, 0o600)
+}
+
+// writeFileAtomic writes data beside path, syncs and renames it into place.
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := f.Chmod(mode); err != nil {
+		f.Close()
+		return fmt.Errorf("chmod %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("sync %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return fmt.Errorf("rename into %s: %w", path, err)
+	}
+	return nil
+}

@@ -1,0 +1,131 @@
+package main
+
+import (
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/flotilla-dev/flotilla/protocol"
+	"github.com/spf13/cobra"
+)
+
+func init() { addCommand(newTokenCmd) }
+
+func newTokenCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "token",
+		Short: "Create, list and revoke join tokens",
+		Example: `  flotilla token create --ttl 2h
+  flotilla token list
+  flotilla token revoke 1a2b3c4d`,
+	}
+	cmd.AddCommand(newTokenCreateCmd(), newTokenListCmd(), newTokenRevokeCmd())
+	return cmd
+}
+
+func newTokenCreateCmd() *cobra.Command {
+	var (
+		conn   cliConnFlags
+		req    protocol.TokenCreate
+		output string
+	)
+	cmd := &cobra.Command{
+		Use:   "create",
+		Short: "Create a join token and print the one-liner that bootstraps a node with it",
+		Example: `  flotilla token create --ttl 24h
+  flotilla token create --ttl 2h --description "rack r7" -o json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			nc, err := conn.connect()
+			if err != nil {
+				return err
+			}
+			defer nc.Close()
+			var ti protocol.TokenInfo
+			if err := adminCall(cmd.Context(), nc, protocol.AdminTokenCreate, req, &ti, 15*time.Second, nil); err != nil {
+				return err
+			}
+			if output == "json" {
+				return cliWriteJSON(cmd, ti)
+			}
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "token:   %s\nexpires: %s\nCA hash: %s\n\nOn each node, as root:\n  %s\n\nor with the binary already there:\n  flotilla agent --controller %s --token %s --ca-hash %s\n",
+				ti.Token, ti.Expires.Local().Format(time.RFC3339), ti.CAHash, ti.Bootstrap, ti.JoinURL, ti.Token, ti.CAHash)
+			return nil
+		},
+	}
+	conn.register(cmd)
+	cmd.Flags().DurationVar(&req.TTL, "ttl", 24*time.Hour, "how long the token can be used to join")
+	cmd.Flags().StringVar(&req.Description, "description", "", "a note shown by `token list`")
+	cmd.Flags().StringVarP(&output, "output", "o", "text", "output: text or json")
+	return cmd
+}
+
+func newTokenListCmd() *cobra.Command {
+	var (
+		conn   cliConnFlags
+		output string
+	)
+	cmd := &cobra.Command{
+		Use:     "list",
+		Short:   "List join tokens (their secrets are never shown again)",
+		Example: "  flotilla token list\n  flotilla token list -o json",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			nc, err := conn.connect()
+			if err != nil {
+				return err
+			}
+			defer nc.Close()
+			var list []protocol.TokenInfo
+			if err := adminCall(cmd.Context(), nc, protocol.AdminTokenList, nil, &list, 15*time.Second, nil); err != nil {
+				return err
+			}
+			if output == "json" {
+				if list == nil {
+					list = []protocol.TokenInfo{}
+				}
+				return cliWriteJSON(cmd, list)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tEXPIRES\tSTATE\tUSES\tDESCRIPTION")
+			for _, t := range list {
+				state := "valid"
+				if !time.Now().Before(t.Expires) {
+					state = "expired"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", t.ID, t.Expires.Local().Format(time.RFC3339), state, t.Uses, t.Description)
+			}
+			return tw.Flush()
+		},
+	}
+	conn.register(cmd)
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "output: table or json")
+	return cmd
+}
+
+func newTokenRevokeCmd() *cobra.Command {
+	var conn cliConnFlags
+	cmd := &cobra.Command{
+		Use:     "revoke ID…",
+		Short:   "Revoke join tokens; nodes that already joined keep working",
+		Example: "  flotilla token revoke 1a2b3c4d",
+		Args:    cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			nc, err := conn.connect()
+			if err != nil {
+				return err
+			}
+			defer nc.Close()
+			for _, id := range args {
+				if err := adminCall(cmd.Context(), nc, protocol.AdminTokenRevoke, protocol.TokenRevoke{ID: id}, nil, 15*time.Second, nil); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "revoked %s\n", id)
+			}
+			return nil
+		},
+	}
+	conn.register(cmd)
+	return cmd
+}

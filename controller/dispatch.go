@@ -1,0 +1,164 @@
+package controller
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/flotilla-dev/flotilla/protocol"
+	"github.com/nats-io/nats.go"
+)
+
+// ErrNodeOffline means no agent of that name is connected.
+var ErrNodeOffline = errors.New("node is not connected")
+
+// TaskRun follows one dispatched task until its result.
+type TaskRun struct {
+	Task *protocol.Task
+
+	c      *Controller
+	sub    *nats.Subscription
+	done   chan struct{}
+	once   sync.Once
+	result *protocol.TaskResult
+	err    error
+}
+
+// NewTaskID returns a random task id.
+func NewTaskID() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// Dispatch signs t (filling ID, Seq, Issued and Expires when empty) and sends
+// it to t.Node. onEvent, if not nil, is called in order for every event of
+// the task, from one goroutine. It fails fast with ErrNodeOffline when no agent
+// of that name is connected, or with the agent's reason when it refuses the task.
+func (c *Controller) Dispatch(ctx context.Context, t *protocol.Task, onEvent func(protocol.Event)) (*TaskRun, error) {
+	if t.ID == "" {
+		t.ID = NewTaskID()
+	}
+	now := time.Now().UTC()
+	t.Issued = now
+	if t.Expires.IsZero() {
+		t.Expires = now.Add(c.opts.TaskTTL)
+	}
+	if err := t.Validate(); err != nil {
+		return nil, err
+	}
+	run := &TaskRun{Task: t, c: c, done: make(chan struct{})}
+	sub, err := c.nc.Subscribe(protocol.EventsSubject(t.Node, t.ID), func(m *nats.Msg) {
+		var ev protocol.Event
+		if err := protocol.Decode(m.Data, &ev); err != nil {
+			c.log.Warn("dropping malformed event", "node", t.Node, "task", t.ID, "err", err)
+			return
+		}
+		if onEvent != nil {
+			onEvent(ev)
+		}
+		if ev.Type == protocol.EventTaskResult && ev.Final != nil {
+			run.finish(ev.Final, nil)
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("subscribe to events of task %s on %s: %w", t.ID, t.Node, err)
+	}
+	run.sub = sub
+	ack, err := c.sendSigned(ctx, t.Node, protocol.TaskSubject(t.Node), protocol.TypeTask, func(seq uint64) any { t.Seq = seq; return t })
+	if err == nil && !ack.Accepted {
+		err = fmt.Errorf("node %s refused task %s: %s", t.Node, t.ID, ack.Error)
+	}
+	if err != nil {
+		_ = sub.Unsubscribe()
+		return nil, err
+	}
+	return run, nil
+}
+
+// sendSigned assigns a sequence number, signs and publishes under one lock so
+// that a node receives sequence numbers in increasing order, then waits for the ack.
+func (c *Controller) sendSigned(ctx context.Context, node, subject, typ string, msg func(seq uint64) any) (*protocol.TaskAck, error) {
+	inbox := c.nc.NewInbox()
+	replies, err := c.nc.SubscribeSync(inbox)
+	if err != nil {
+		return nil, err
+	}
+	defer replies.Unsubscribe()
+	c.signMu.Lock()
+	seq, err := c.seq.take(ctx)
+	if err != nil {
+		c.signMu.Unlock()
+		return nil, err
+	}
+	data, err := protocol.Sign(c.pki.signing, typ, msg(seq))
+	if err == nil {
+		err = c.nc.PublishRequest(subject, inbox, data)
+	}
+	c.signMu.Unlock()
+	if err != nil {
+		return nil, fmt.Errorf("send %s to %s: %w", typ, node, err)
+	}
+	actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	m, err := replies.NextMsgWithContext(actx)
+	if err != nil {
+		return nil, fmt.Errorf("node %s did not acknowledge the %s: %w", node, typ, err)
+	}
+	if len(m.Data) == 0 && m.Header.Get("Status") == "503" {
+		return nil, fmt.Errorf("%w: %s", ErrNodeOffline, node)
+	}
+	var ack protocol.TaskAck
+	if err := protocol.Decode(m.Data, &ack); err != nil {
+		return nil, fmt.Errorf("node %s: %w", node, err)
+	}
+	return &ack, nil
+}
+
+func (r *TaskRun) finish(res *protocol.TaskResult, err error) {
+	r.once.Do(func() {
+		r.result, r.err = res, err
+		close(r.done)
+		_ = r.sub.Unsubscribe()
+	})
+}
+
+// Done is closed when the task result arrived or Wait gave up.
+func (r *TaskRun) Done() <-chan struct{} { return r.done }
+
+// Wait blocks until the task result, ctx's end (then it cancels the task on the
+// node), or the node going offline.
+func (r *TaskRun) Wait(ctx context.Context) (*protocol.TaskResult, error) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-r.done:
+			return r.result, r.err
+		case <-ctx.Done():
+			r.Cancel()
+			r.finish(nil, fmt.Errorf("task %s on %s: %w", r.Task.ID, r.Task.Node, ctx.Err()))
+		case <-tick.C:
+			if !r.c.inv.online(r.Task.Node) {
+				r.finish(nil, fmt.Errorf("task %s: %w: %s stopped sending heartbeats", r.Task.ID, ErrNodeOffline, r.Task.Node))
+			}
+		}
+	}
+}
+
+// Cancel asks the node to stop the task; the result still arrives as an event.
+func (r *TaskRun) Cancel() {
+	c := r.c
+	ctx, cancel := context.WithTimeout(c.ctx, 5*time.Second)
+	defer cancel()
+	_, err := c.sendSigned(ctx, r.Task.Node, protocol.CancelSubject(r.Task.Node), protocol.TypeCancel, func(seq uint64) any {
+		return &protocol.Cancel{TaskID: r.Task.ID, Node: r.Task.Node, Seq: seq, Expires: time.Now().Add(time.Minute)}
+	})
+	if err != nil {
+		c.log.Warn("cancel task", "node", r.Task.Node, "task", r.Task.ID, "err", err)
+	}
+}

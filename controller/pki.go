@@ -1,0 +1,242 @@
+package controller
+
+import (
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// Files in the controller's data dir.
+const (
+	fileCACert     = "ca.crt"
+	fileCAKey      = "ca.key"
+	fileSigningKey = "signing.key"
+	// FileAdminCreds is the admin credential file the CLI reads (mode 0600).
+	FileAdminCreds = "admin.creds"
+)
+
+// pki is the controller's CA, its serving certificate and its task-signing key.
+type pki struct {
+	caPEM   []byte
+	caCert  *x509.Certificate
+	caKey   *ecdsa.PrivateKey
+	server  tls.Certificate
+	signing ed25519.PrivateKey
+}
+
+// loadOrCreatePKI reads the CA and signing key from dir, creating them at first
+// start, and issues a fresh server certificate for hosts (IPs or names).
+func loadOrCreatePKI(dir string, hosts []string) (*pki, error) {
+	p := &pki{}
+	caPath, keyPath := filepath.Join(dir, fileCACert), filepath.Join(dir, fileCAKey)
+	if _, err := os.Stat(caPath); errors.Is(err, os.ErrNotExist) {
+		if err := createCA(caPath, keyPath); err != nil {
+			return nil, err
+		}
+	}
+	var err error
+	if p.caPEM, err = os.ReadFile(caPath); err != nil {
+		return nil, fmt.Errorf("read CA: %w", err)
+	}
+	blk, _ := pem.Decode(p.caPEM)
+	if blk == nil {
+		return nil, fmt.Errorf("%s: no PEM certificate", caPath)
+	}
+	if p.caCert, err = x509.ParseCertificate(blk.Bytes); err != nil {
+		return nil, fmt.Errorf("%s: %w", caPath, err)
+	}
+	keyPEM, err := os.ReadFile(keyPath)
+	if err != nil {
+		return nil, fmt.Errorf("read CA key: %w", err)
+	}
+	kb, _ := pem.Decode(keyPEM)
+	if kb == nil {
+		return nil, fmt.Errorf("%s: no PEM key", keyPath)
+	}
+	if p.caKey, err = x509.ParseECPrivateKey(kb.Bytes); err != nil {
+		return nil, fmt.Errorf("%s: %w", keyPath, err)
+	}
+	if p.server, err = p.issueServerCert(hosts); err != nil {
+		return nil, err
+	}
+	if p.signing, err = loadOrCreateSigningKey(filepath.Join(dir, fileSigningKey)); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+func createCA(certPath, keyPath string) error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	host, _ := os.Hostname()
+	tmpl := &x509.Certificate{
+		SerialNumber:          randSerial(),
+		Subject:               pkix.Name{CommonName: "flotilla CA " + host, Organization: []string{"flotilla"}},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().AddDate(10, 0, 0),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return fmt.Errorf("create CA: %w", err)
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return err
+	}
+	if err := writeFileAtomic(keyPath, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+		return err
+	}
+	return writeFileAtomic(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
+}
+
+func (p *pki) issueServerCert(hosts []string) (tls.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: randSerial(),
+		Subject:      pkix.Name{CommonName: "flotilla controller"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().AddDate(2, 0, 0),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	seen := map[string]bool{}
+	for _, h := range hosts {
+		if h == "" || seen[h] {
+			continue
+		}
+		seen[h] = true
+		if ip := net.ParseIP(h); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.caCert, &key.PublicKey, p.caKey)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("issue server certificate: %w", err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der, p.caCert.Raw}, PrivateKey: key}, nil
+}
+
+func loadOrCreateSigningKey(path string) (ed25519.PrivateKey, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		_, key, err := ed25519.GenerateKey(rand.Reader)
+		if err != nil {
+			return nil, err
+		}
+		der, err := x509.MarshalPKCS8PrivateKey(key)
+		if err != nil {
+			return nil, err
+		}
+		if err := writeFileAtomic(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+			return nil, err
+		}
+		return key, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read signing key: %w", err)
+	}
+	blk, _ := pem.Decode(data)
+	if blk == nil {
+		return nil, fmt.Errorf("%s: no PEM key", path)
+	}
+	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	ek, ok := k.(ed25519.PrivateKey)
+	if !ok {
+		return nil, fmt.Errorf("%s: not an ed25519 key", path)
+	}
+	return ek, nil
+}
+
+func (p *pki) certPool() *x509.CertPool {
+	pool := x509.NewCertPool()
+	pool.AddCert(p.caCert)
+	return pool
+}
+
+func randSerial() *big.Int {
+	n, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
+	return n
+}
+
+// writeFileAtomic writes data to a temporary file beside path, syncs it and renames it into place.
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := f.Chmod(mode); err != nil {
+		f.Close()
+		return fmt.Errorf("chmod %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("sync %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return fmt.Errorf("rename into %s: %w", path, err)
+	}
+	return nil
+}
+
+// localHosts lists names and addresses the server certificate must cover.
+func localHosts(extra ...string) []string {
+	hosts := append([]string{}, extra...)
+	hosts = append(hosts, "127.0.0.1", "::1", "localhost")
+	if h, err := os.Hostname(); err == nil {
+		hosts = append(hosts, h)
+	}
+	if addrs, err := net.InterfaceAddrs(); err == nil {
+		for _, a := range addrs {
+			if ipn, ok := a.(*net.IPNet); ok {
+				hosts = append(hosts, ipn.IP.String())
+			}
+		}
+	}
+	return hosts
+}
+
+// defaultAdvertise picks the first global unicast address of this host, or 127.0.0.1.
+func defaultAdvertise() string {
+	addrs, err := net.InterfaceAddrs()
+	if err == nil {
+		for _, a := range addrs {
+			if ipn, ok := a.(*net.IPNet); ok && ipn.IP.To4() != nil && ipn.IP.IsGlobalUnicast() {
+				return ipn.IP.String()
+			}
+		}
+	}
+	return "127.0.0.1"
+}

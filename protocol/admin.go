@@ -1,0 +1,99 @@
+package protocol
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// AdminRequest is what the CLI sends on flotilla.v1.admin.<name>. When Stream
+// is set, the controller publishes intermediate messages there (with header
+// HeaderStream) before replying; using the reply inbox as Stream keeps order.
+type AdminRequest struct {
+	Body   json.RawMessage `json:"body,omitempty"`
+	Stream string          `json:"stream,omitempty"`
+}
+
+// HeaderStream marks a message on an admin inbox as intermediate (not the reply).
+const HeaderStream = "Flotilla-Stream"
+
+// AdminReply is the controller's final answer to an AdminRequest.
+type AdminReply struct {
+	OK    bool            `json:"ok"`
+	Error string          `json:"error,omitempty"`
+	Body  json.RawMessage `json:"body,omitempty"`
+}
+
+// Admin request names.
+const (
+	AdminNodes       = "nodes"
+	AdminTokenCreate = "token.create"
+	AdminTokenList   = "token.list"
+	AdminTokenRevoke = "token.revoke"
+	AdminExec        = "exec"
+)
+
+// NodeInfo is one inventory entry as the CLI sees it.
+type NodeInfo struct {
+	Name              string            `json:"name"`
+	Online            bool              `json:"online"`
+	Facts             Facts             `json:"facts"`
+	Labels            map[string]string `json:"labels,omitempty"`
+	JoinedAt          time.Time         `json:"joinedAt"`
+	LastSeen          time.Time         `json:"lastSeen,omitempty"`
+	HeartbeatInterval time.Duration     `json:"heartbeatInterval,omitempty"`
+	PeerURL           string            `json:"peerURL,omitempty"`
+}
+
+// TokenCreate asks for a new join token.
+type TokenCreate struct {
+	TTL         time.Duration `json:"ttl"`
+	Description string        `json:"description,omitempty"`
+}
+
+// TokenInfo describes a join token; Secret is only set right after creation.
+type TokenInfo struct {
+	ID          string    `json:"id"`
+	Token       string    `json:"token,omitempty"`
+	Description string    `json:"description,omitempty"`
+	Created     time.Time `json:"created"`
+	Expires     time.Time `json:"expires"`
+	Uses        int       `json:"uses"`
+	// Set on create: what a node needs to join.
+	CAHash    string `json:"caHash,omitempty"`
+	JoinURL   string `json:"joinURL,omitempty"`
+	Bootstrap string `json:"bootstrap,omitempty"`
+}
+
+// TokenRevoke names the token to revoke (its ID or the whole token).
+type TokenRevoke struct {
+	ID string `json:"id"`
+}
+
+// Selector picks nodes: All, or any of Names, or every label in Labels.
+type Selector struct {
+	All    bool              `json:"all,omitempty"`
+	Names  []string          `json:"names,omitempty"`
+	Labels map[string]string `json:"labels,omitempty"`
+}
+
+// ExecRequest runs one command on the selected nodes at once.
+type ExecRequest struct {
+	Selector Selector      `json:"selector"`
+	Command  []string      `json:"command"`
+	Timeout  time.Duration `json:"timeout"`
+}
+
+// ExecNodeResult is one node's outcome in an ExecReply.
+type ExecNodeResult struct {
+	Node     string        `json:"node"`
+	OK       bool          `json:"ok"`
+	ExitCode int           `json:"exitCode"`
+	TimedOut bool          `json:"timedOut,omitempty"`
+	Error    string        `json:"error,omitempty"`
+	Duration time.Duration `json:"duration"`
+}
+
+// ExecReply summarises an exec; output lines arrive before it as Events on the stream.
+type ExecReply struct {
+	Results []ExecNodeResult `json:"results"`
+}
