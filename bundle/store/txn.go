@@ -144,11 +144,17 @@ func (t *Txn) PutBlob(want v1.Hash, size int64, r io.Reader) error {
 	if err != nil {
 		return err
 	}
-	if _, err := io.Copy(w, r); err != nil {
+	_, err = io.Copy(w, r)
+	got := v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(w.h.Sum(nil))}
+	if err != nil {
 		w.Abort()
+		// A verifying reader (go-containerregistry's remote layers) fails at the end of
+		// a blob whose content is wrong; report that as the mismatch it is.
+		if size >= 0 && w.n == size && got != want {
+			return fmt.Errorf("blob %s: %w", want, &DigestMismatchError{Want: want, Got: got})
+		}
 		return fmt.Errorf("blob %s: %w", want, err)
 	}
-	got := v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(w.h.Sum(nil))}
 	if got != want {
 		w.Abort()
 		return fmt.Errorf("blob %s: %w", want, &DigestMismatchError{Want: want, Got: got})
@@ -244,4 +250,13 @@ func (t *Txn) Staged() int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return len(t.staged)
+}
+
+// ReadBlob returns a staged or stored blob's bytes (for manifests and configs).
+func (t *Txn) ReadBlob(h v1.Hash) ([]byte, error) {
+	p, err := t.path(h)
+	if err != nil {
+		return nil, err
+	}
+	return os.ReadFile(p)
 }
