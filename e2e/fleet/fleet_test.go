@@ -22,7 +22,11 @@ const testSubnet = "10.77.10.0/26"
 func TestFleetLifecycle(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	f := fleettest.New(t, fleet.Options{Name: "fltef", Subnet: testSubnet, N: 3})
+	share := t.TempDir()
+	if err := os.WriteFile(filepath.Join(share, "hello"), []byte("from the host"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f := fleettest.New(t, fleet.Options{Name: "fltef", Subnet: testSubnet, N: 3, BindRO: map[string]string{share: "/opt/share"}})
 	nodes := f.Nodes()
 	if len(nodes) != 3 || nodes[0].IP != netip.MustParseAddr("10.77.10.2") || f.HostIP() != netip.MustParseAddr("10.77.10.1") {
 		t.Fatalf("unexpected layout: host %s nodes %+v", f.HostIP(), nodes)
@@ -57,6 +61,12 @@ func TestFleetLifecycle(t *testing.T) {
 	}
 	if len(ids) != 3 {
 		t.Errorf("machine-ids are not distinct: %v", ids)
+	}
+	if out, err := f.Exec(ctx, "node2", "cat", "/opt/share/hello"); err != nil || string(out) != "from the host" {
+		t.Errorf("BindRO: %q %v", out, err)
+	}
+	if _, err := f.Exec(ctx, "node2", "touch", "/opt/share/x"); err == nil {
+		t.Error("BindRO mount is writable")
 	}
 	firstPID, err := f.PID("node1")
 	if err != nil {
