@@ -207,7 +207,8 @@ func (es Errors) Unwrap() []error {
 	return out
 }
 
-// crossCheck validates what spans documents: Config paths and roles' syntax.
+// crossCheck validates what spans documents: two Configs may not override the same
+// file for the same role.
 func (p *parser) crossCheck(f *File) {
 	seen := map[string]int{}
 	for i, c := range f.Configs {

@@ -14,7 +14,6 @@
 package planner
 
 import (
-	"fmt"
 	"net/netip"
 	"sort"
 	"time"
@@ -235,9 +234,3 @@ func (p *ClusterPlan) Changed() bool {
 	}
 	return false
 }
-
-func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }
-
-type netipAddr = netip.Addr
-
-func parseIP(s string) (netip.Addr, error) { return netip.ParseAddr(s) }

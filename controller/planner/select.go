@@ -3,6 +3,7 @@ package planner
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"sort"
 	"strings"
@@ -75,13 +76,13 @@ func selectHosts(c *clusterfile.Cluster, agents []Agent) ([]member, error) {
 			case n.IsRange():
 				type hitIP struct {
 					a  Agent
-					ip string
+					ip netip.Addr
 				}
 				var hit []hitIP
 				for _, a := range agents {
 					for _, ip := range a.IPs {
-						if n.Matches("", []netipAddr{ip}) {
-							hit = append(hit, hitIP{a, ip.String()})
+						if n.Matches("", []netip.Addr{ip}) {
+							hit = append(hit, hitIP{a, ip})
 							break
 						}
 					}
@@ -89,13 +90,9 @@ func selectHosts(c *clusterfile.Cluster, agents []Agent) ([]member, error) {
 				if len(hit) == 0 {
 					fail(h.Line, nf, "range %s matches no agent (%s)", n.Raw, known())
 				}
-				sort.Slice(hit, func(x, y int) bool {
-					ax, _ := parseIP(hit[x].ip)
-					ay, _ := parseIP(hit[y].ip)
-					return ax.Less(ay)
-				})
+				sort.Slice(hit, func(x, y int) bool { return hit[x].ip.Less(hit[y].ip) })
 				for _, x := range hit {
-					add(x.a, x.ip, nf, h)
+					add(x.a, x.ip.String(), nf, h)
 				}
 			default:
 				var byName, byIP []Agent
