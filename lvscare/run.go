@@ -66,37 +66,52 @@ func (r *Runner) Run(ctx context.Context) error {
 		"timeout", r.cfg.Health.Timeout.Duration, "fall", r.cfg.Health.Fall, "rise", r.cfg.Health.Rise)
 	tick := time.NewTicker(r.cfg.Health.Interval.Duration)
 	defer tick.Stop()
-	first := true
-	for {
-		desired := r.checkRound(ctx)
-		if ctx.Err() != nil {
-			break
-		}
-		changed, err := r.dp.Reconcile(ctx, desired)
-		switch {
-		case err != nil && first:
-			r.metrics.ObserveReconcile("error")
+	// First round: check, then program; a failure here (privileges, kernel support) is fatal.
+	desired := r.checkRound(ctx)
+	if ctx.Err() == nil {
+		if err := r.reconcile(ctx, desired); err != nil {
 			return fmt.Errorf("program %s dataplane: %w", r.dp.Name(), err)
-		case err != nil:
-			r.metrics.ObserveReconcile("error")
-			r.log.Error("reconcile dataplane, retrying next interval", "dataplane", r.dp.Name(), "err", err)
-		case changed:
-			r.metrics.ObserveReconcile("changed")
-			r.log.Info("dataplane programmed", "dataplane", r.dp.Name(), "state", dataplane.String(desired))
-		default:
-			r.metrics.ObserveReconcile("unchanged")
 		}
-		first = false
+	}
+	for ctx.Err() == nil {
 		select {
 		case <-ctx.Done():
+			continue
 		case <-tick.C:
 		}
+		// Repair drift first, with the membership already known, so rules someone
+		// flushed are back one interval after the flush at worst, not one interval
+		// plus a slow check round. Then check, and apply any membership change at once.
+		_ = r.reconcile(ctx, desired)
+		next := r.checkRound(ctx)
 		if ctx.Err() != nil {
 			break
+		}
+		if !dataplane.Equal(dataplane.Normalize(next), dataplane.Normalize(desired)) {
+			desired = next
+			_ = r.reconcile(ctx, desired)
 		}
 	}
 	r.log.Info("lvscare stopping; rules stay in place (run with --clean to remove them)")
 	return nil
+}
+
+// reconcile applies desired once, logging and counting the outcome.
+func (r *Runner) reconcile(ctx context.Context, desired []dataplane.Service) error {
+	changed, err := r.dp.Reconcile(ctx, desired)
+	switch {
+	case err != nil:
+		r.metrics.ObserveReconcile("error")
+		if ctx.Err() == nil {
+			r.log.Error("reconcile dataplane, retrying next interval", "dataplane", r.dp.Name(), "err", err)
+		}
+	case changed:
+		r.metrics.ObserveReconcile("changed")
+		r.log.Info("dataplane programmed", "dataplane", r.dp.Name(), "state", dataplane.String(desired))
+	default:
+		r.metrics.ObserveReconcile("unchanged")
+	}
+	return err
 }
 
 // checkRound checks every backend of every service at once and returns the desired state.
