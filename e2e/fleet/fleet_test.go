@@ -74,11 +74,26 @@ func TestFleetLifecycle(t *testing.T) {
 	}
 
 	t.Run("KillStart", func(t *testing.T) {
+		// A command started in the node dies with it.
+		long, err := f.Command(ctx, "node2", "sleep", "600")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := long.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- long.Wait() }()
 		if err := f.Kill("node2"); err != nil {
 			t.Fatal(err)
 		}
 		if f.Running("node2") {
 			t.Fatal("node2 still has processes after Kill")
+		}
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Error("a command running in node2 survived Kill")
 		}
 		if err := f.Start(ctx, "node2"); err != nil {
 			t.Fatal(err)

@@ -83,8 +83,10 @@ func (f *Fleet) launch(n Node) error {
 	u := f.unit(n)
 	cgs, cgu := filepath.Join(cgroupSystemd, u), filepath.Join(cgroupUnified, u)
 	for _, cg := range []string{cgs, cgu} {
-		// Subgroups of an earlier boot would confuse nspawn's --keep-unit.
-		removeCgroupTree(cg, false)
+		// A fresh cgroup each boot: subgroups of an earlier boot would confuse
+		// nspawn's --keep-unit, and this kernel kills processes cloned into a
+		// cgroup that was once cgroup.kill'ed (its kill sequence differs).
+		_ = removeCgroupTree(cg, true)
 		if err := os.MkdirAll(cg, 0o755); err != nil {
 			return fmt.Errorf("node %s: cgroup: %w", n.Name, err)
 		}
@@ -155,11 +157,22 @@ func (f *Fleet) Command(ctx context.Context, node string, argv ...string) (*exec
 	if err != nil {
 		return nil, err
 	}
+	n, _ := f.node(node)
 	args := append([]string{"-t", fmt.Sprint(pid), "-a", "--"}, argv...)
 	cmd := exec.CommandContext(ctx, "/usr/bin/nsenter", args...)
 	cmd.Env = []string{nodePath, "LANG=C.UTF-8", "HOME=/root"}
 	// Its own process group: a `kill 0` inside the node must not reach the caller.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Born in the node's cgroup, so that Kill and Close end it with the node.
+	// The Cancel closure keeps the directory open as long as cmd lives; the
+	// os.File closes it when both are collected (Exec closes it right away).
+	if cg, err := os.Open(filepath.Join(cgroupUnified, f.unit(n))); err == nil {
+		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, int(cg.Fd())
+		cmd.Cancel = func() error {
+			_ = cg // referenced to keep it open
+			return cmd.Process.Kill()
+		}
+	}
 	return cmd, nil
 }
 
