@@ -25,8 +25,20 @@ type Runner struct {
 	log      *slog.Logger
 }
 
+// Option adjusts a Runner.
+type Option func(*Runner)
+
+// WithProber replaces the prober built from cfg.Health (tests, custom checks).
+func WithProber(p health.Prober) Option {
+	return func(r *Runner) {
+		for _, c := range r.checkers {
+			c.Prober = p
+		}
+	}
+}
+
 // NewRunner validates cfg (after WithDefaults) and binds it to a dataplane. It changes nothing.
-func NewRunner(cfg Config, dp dataplane.Dataplane, log *slog.Logger) (*Runner, error) {
+func NewRunner(cfg Config, dp dataplane.Dataplane, log *slog.Logger, opts ...Option) (*Runner, error) {
 	cfg = cfg.WithDefaults()
 	services, err := cfg.Validate()
 	if err != nil {
@@ -42,6 +54,9 @@ func NewRunner(cfg Config, dp dataplane.Dataplane, log *slog.Logger) (*Runner, e
 			return nil, err
 		}
 		r.checkers = append(r.checkers, &health.Checker{Prober: p, Timeout: cfg.Health.Timeout.Duration, Fall: cfg.Health.Fall, Rise: cfg.Health.Rise})
+	}
+	for _, o := range opts {
+		o(r)
 	}
 	return r, nil
 }
