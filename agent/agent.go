@@ -105,6 +105,9 @@ func New(ctx context.Context, opts Options) (*Agent, error) {
 		return nil, fmt.Errorf("--root: %w", err)
 	}
 	opts.Root = root
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return nil, fmt.Errorf("--root %s: %w", root, err)
+	}
 	if err := os.MkdirAll(opts.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("--data-dir %s: %w", opts.DataDir, err)
 	}

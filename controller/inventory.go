@@ -135,7 +135,8 @@ func (inv *inventory) onlineLocked(name string, now time.Time) bool {
 	if iv <= 0 {
 		iv = 5 * time.Second
 	}
-	return now.Sub(last) <= 3*iv
+	// Three missed heartbeats, plus slack for a loaded machine.
+	return now.Sub(last) <= 3*iv+500*time.Millisecond
 }
 
 // Online says whether the node has sent a heartbeat within three intervals.
