@@ -97,6 +97,7 @@ func Build(ctx context.Context, st *store.Store, opts Options) (*Result, error) 
 		return nil, err
 	}
 	defer tx.Abort()
+	defer progress.OrNop(opts.Progress).Wait()
 
 	res := &Result{Plans: map[string]*plan.Plan{}, Images: map[string]v1.Hash{}}
 	var adds []mutate.IndexAddendum
@@ -349,7 +350,11 @@ func (b *builder) copy(in kubefile.Instruction) error {
 }
 
 func (b *builder) addLayer(in kubefile.Instruction, role string, entries []entry) error {
-	layer, info, err := b.makeLayer(entries)
+	label := in.Original
+	if len(label) > 40 {
+		label = label[:37] + "..."
+	}
+	layer, info, err := b.makeLayer(label, entries)
 	if err != nil {
 		return b.errf(in, "%v", err)
 	}

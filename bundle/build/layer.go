@@ -15,6 +15,8 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/klauspost/compress/gzip"
+
+	"github.com/flotilla-dev/flotilla/bundle/progress"
 )
 
 // entry is one file, directory or symlink of a layer.
@@ -94,7 +96,7 @@ type layerInfo struct {
 
 // makeLayer returns the layer for entries: the diffID is computed first, and when the
 // cache knows a stored blob with that diffID nothing is compressed or written.
-func (b *builder) makeLayer(entries []entry) (v1.Layer, layerInfo, error) {
+func (b *builder) makeLayer(label string, entries []entry) (v1.Layer, layerInfo, error) {
 	h := sha256.New()
 	if err := writeTar(h, entries, b.mtime); err != nil {
 		return nil, layerInfo{}, err
@@ -118,7 +120,14 @@ func (b *builder) makeLayer(entries []entry) (v1.Layer, layerInfo, error) {
 		return nil, layerInfo{}, err
 	}
 	dh := sha256.New()
-	if err := writeTar(io.MultiWriter(zw, dh), entries, b.mtime); err != nil {
+	var total int64
+	for _, e := range entries {
+		total += e.size
+	}
+	bar := progress.OrNop(b.opts.Progress).Start(label, total)
+	err = writeTar(io.MultiWriter(zw, dh, progress.Writer(bar)), entries, b.mtime)
+	bar.Done(err)
+	if err != nil {
 		bw.Abort()
 		return nil, layerInfo{}, err
 	}

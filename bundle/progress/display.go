@@ -15,6 +15,9 @@ import (
 // New returns bars drawn on w when w is a terminal, plain log lines otherwise.
 func New(w io.Writer) Reporter {
 	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		if cols, _, err := term.GetSize(int(f.Fd())); err != nil || cols == 0 {
+			return &lines{} // a terminal without a size (some CI ptys) cannot show bars
+		}
 		return &bars{p: mpb.New(mpb.WithOutput(w), mpb.WithWidth(40), mpb.WithRefreshRate(150*time.Millisecond))}
 	}
 	return &lines{}

@@ -60,3 +60,10 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// Writer counts what is written to it onto b.
+func Writer(b Bar) io.Writer { return barWriter{b} }
+
+type barWriter struct{ b Bar }
+
+func (w barWriter) Write(p []byte) (int, error) { w.b.Add(int64(len(p))); return len(p), nil }

@@ -57,7 +57,7 @@ An unchanged rebuild reuses every layer and writes nothing.`,
 			}
 			opts := build.Options{
 				ContextDir: args[0], Kubefile: file, Tags: tags, BuildArgs: ba, Platforms: plats,
-				NoCache: noCache, RunOutput: os.Stderr,
+				NoCache: noCache, RunOutput: os.Stderr, Progress: imgProgress(quiet),
 				FetchBase: func(ctx context.Context, ref string) error {
 					_, err := registry.Pull(ctx, st, ref, registry.Options{Insecure: insecure, Progress: imgProgress(quiet)})
 					return err
