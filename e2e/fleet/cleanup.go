@@ -72,8 +72,17 @@ func cleanup(root, name, bridge string) error {
 			}
 		}
 	}
-	// 3. Mounts under the fleet's state dir, deepest first.
+	// 3. nspawn's lock files (named after the node root's device and inode,
+	// left behind when a node is killed), then the mounts under the fleet's
+	// state dir, deepest first.
 	dir := filepath.Join(root, name)
+	merged, _ := filepath.Glob(filepath.Join(dir, "nodes", "*", "merged"))
+	for _, m := range merged {
+		var st unix.Stat_t
+		if unix.Stat(m, &st) == nil {
+			_ = os.Remove(fmt.Sprintf("/run/systemd/nspawn/locks/inode-%d:%d", st.Dev, st.Ino))
+		}
+	}
 	for _, m := range mountsUnder(dir) {
 		if err := unix.Unmount(m, 0); err != nil {
 			if err2 := unix.Unmount(m, unix.MNT_DETACH); err2 != nil {
