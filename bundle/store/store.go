@@ -222,7 +222,10 @@ func (s *Store) Get(ref string) (v1.Descriptor, error) {
 		if len(digest) == 64 {
 			return s.describeBlob(v1.Hash{Algorithm: "sha256", Hex: digest})
 		}
-		return v1.Descriptor{}, fmt.Errorf("image %s: %w (flotilla images lists what it holds)", ref, ErrNotFound)
+		if strings.Contains(ref, ":") || strings.Contains(ref, "@") {
+			return v1.Descriptor{}, fmt.Errorf("image %s: %w (flotilla images lists what it holds)", ref, ErrNotFound)
+		}
+		// A bare hex word may also be a name ("cafe01"): look it up as one.
 	}
 	n, err := NormalizeName(ref)
 	if err != nil {
