@@ -28,6 +28,14 @@ type Options struct {
 	Transport http.RoundTripper // nil: http.DefaultTransport
 	Progress  progress.Reporter // nil: silent
 	Jobs      int               // parallel blob uploads; 0: 4
+	Timeout   time.Duration     // bound on a whole push or pull; 0: one hour
+}
+
+func (o Options) timeout() time.Duration {
+	if o.Timeout > 0 {
+		return o.Timeout
+	}
+	return time.Hour
 }
 
 func (o Options) nameOpts() []name.Option {
@@ -56,6 +64,8 @@ func (o Options) remoteOpts(ctx context.Context) []remote.Option {
 // Push uploads the image src names in st to the registry reference dest (src's name
 // when dest is empty). Blobs the registry already has are not uploaded again.
 func Push(ctx context.Context, st *store.Store, src, dest string, o Options) (v1.Descriptor, error) {
+	ctx, cancel := context.WithTimeout(ctx, o.timeout())
+	defer cancel()
 	desc, err := st.Get(src)
 	if err != nil {
 		return v1.Descriptor{}, err
@@ -107,6 +117,8 @@ func Push(ctx context.Context, st *store.Store, src, dest string, o Options) (v1
 // Pull downloads ref (every platform of a multi-arch image) into st and names it ref.
 // Every blob is verified against its digest; on any failure the store is unchanged.
 func Pull(ctx context.Context, st *store.Store, ref string, o Options) (v1.Descriptor, error) {
+	ctx, cancel := context.WithTimeout(ctx, o.timeout())
+	defer cancel()
 	r, err := name.ParseReference(ref, o.nameOpts()...)
 	if err != nil {
 		return v1.Descriptor{}, fmt.Errorf("pull %s: %w", ref, err)
