@@ -106,6 +106,9 @@ func (c *Controller) sendSigned(ctx context.Context, node, subject, typ string, 
 	actx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	m, err := replies.NextMsgWithContext(actx)
+	if errors.Is(err, nats.ErrNoResponders) {
+		return nil, fmt.Errorf("%w: %s", ErrNodeOffline, node)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("node %s did not acknowledge the %s: %w", node, typ, err)
 	}
@@ -130,8 +133,9 @@ func (r *TaskRun) finish(res *protocol.TaskResult, err error) {
 // Done is closed when the task result arrived or Wait gave up.
 func (r *TaskRun) Done() <-chan struct{} { return r.done }
 
-// Wait blocks until the task result, ctx's end (then it cancels the task on the
-// node), or the node going offline.
+// Wait blocks until the task result, ctx's end, or the node going offline.
+// When ctx ends first, Wait cancels the task on the node and waits up to 5s
+// for its (canceled) result, returning it together with ctx's error.
 func (r *TaskRun) Wait(ctx context.Context) (*protocol.TaskResult, error) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
@@ -140,8 +144,14 @@ func (r *TaskRun) Wait(ctx context.Context) (*protocol.TaskResult, error) {
 		case <-r.done:
 			return r.result, r.err
 		case <-ctx.Done():
+			err := fmt.Errorf("task %s on %s: %w", r.Task.ID, r.Task.Node, ctx.Err())
 			r.Cancel()
-			r.finish(nil, fmt.Errorf("task %s on %s: %w", r.Task.ID, r.Task.Node, ctx.Err()))
+			select {
+			case <-r.done:
+				return r.result, err
+			case <-time.After(5 * time.Second):
+				r.finish(nil, err)
+			}
 		case <-tick.C:
 			if !r.c.inv.online(r.Task.Node) {
 				r.finish(nil, fmt.Errorf("task %s: %w: %s stopped sending heartbeats", r.Task.ID, ErrNodeOffline, r.Task.Node))
