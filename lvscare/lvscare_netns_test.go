@@ -20,7 +20,7 @@ func TestNftablesInNamespaces(t *testing.T) {
 	l := newLab(t)
 	b1, b2, b3 := l.backends[0], l.backends[1], l.backends[2]
 	common := []string{"--vip", vip, "--health", "http", "--health-path", "/healthz",
-		"--interval", interval.String(), "--timeout", "500ms", "--fall", fmt.Sprint(fall), "--rise", fmt.Sprint(rise),
+		"--interval", interval.String(), "--timeout", "900ms", "--fall", fmt.Sprint(fall), "--rise", fmt.Sprint(rise),
 		"--dataplane", "nftables", "--log-level", "debug"}
 	// The VIP is inside the client's on-link subnet: until lvscare's route and rules
 	// exist, a SYN would wait for ARP, so wait for the table before the first request.
@@ -170,7 +170,7 @@ func TestNftablesInNamespaces(t *testing.T) {
 
 	t.Run("a backend dropped from the config gets no new connections", func(t *testing.T) {
 		cfg := filepath.Join(t.TempDir(), "lvscare.yaml")
-		body := fmt.Sprintf("services:\n  - vip: %s\n    backends: [%s, %s]\nhealth: {protocol: tcp, interval: %s, timeout: 500ms, fall: %d, rise: %d}\ndataplane: nftables\n",
+		body := fmt.Sprintf("services:\n  - vip: %s\n    backends: [%s, %s]\nhealth: {protocol: tcp, interval: %s, timeout: 900ms, fall: %d, rise: %d}\ndataplane: nftables\n",
 			vip, b1.addr, b3.addr, interval, fall, rise)
 		if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
 			t.Fatal(err)
