@@ -162,3 +162,62 @@ func TestLoginLogout(t *testing.T) {
 		t.Errorf("pull after logout should say to log in: %s", stderr)
 	}
 }
+
+// TestConcurrentCommands runs builds and garbage collection as separate processes on
+// one store at once: every build must survive and stay valid.
+func TestConcurrentCommands(t *testing.T) {
+	c := newCLI(t)
+	const n = 4
+	dirs := make([]string, n)
+	for i := range dirs {
+		dirs[i] = t.TempDir()
+		os.WriteFile(filepath.Join(dirs[i], "Kubefile"), []byte("FROM scratch\nCOPY f /opt/f\nRUN echo $RANDOM > $FLOTILLA_WORKSPACE/r\n"), 0o644)
+		os.WriteFile(filepath.Join(dirs[i], "f"), []byte(strings.Repeat(string(rune('a'+i)), 50000)), 0o644)
+	}
+	errs := make(chan error, 2*n)
+	for i := 0; i < n; i++ {
+		go func(i int) {
+			cmd := exec.Command(c.bin, "build", "-q", "-t", "conc:"+string(rune('a'+i)), dirs[i])
+			cmd.Env = c.env
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				err = &buildErr{err, string(out)}
+			}
+			errs <- err
+		}(i)
+		go func() {
+			cmd := exec.Command(c.bin, "rmi", "--prune")
+			cmd.Env = c.env
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				err = &buildErr{err, string(out)}
+			}
+			errs <- err
+		}()
+	}
+	for i := 0; i < 2*n; i++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.run(true, "rmi", "--prune")
+	for i := 0; i < n; i++ {
+		out, _ := c.run(true, "inspect", "-o", "json", "conc:"+string(rune('a'+i)))
+		var insp struct{ Plan plan.Plan }
+		if err := json.Unmarshal([]byte(out), &insp); err != nil || len(insp.Plan.Layers) != 2 {
+			t.Fatalf("conc:%c after concurrent builds and GC: %v %s", 'a'+i, err, out)
+		}
+		for _, l := range insp.Plan.Layers {
+			if _, err := os.Stat(filepath.Join(c.store, "blobs", "sha256", strings.TrimPrefix(l.Digest, "sha256:"))); err != nil {
+				t.Errorf("conc:%c lost layer %s: %v", 'a'+i, l.Digest, err)
+			}
+		}
+	}
+}
+
+type buildErr struct {
+	err error
+	out string
+}
+
+func (e *buildErr) Error() string { return e.err.Error() + ": " + e.out }
