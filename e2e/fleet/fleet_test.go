@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -239,5 +240,50 @@ func TestOptionsValidation(t *testing.T) {
 				t.Fatalf("got %v, want error containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// Past about 20 nodes systemd inside the nodes needs more inotify instances
+// than Debian's default 128: the fleet raises the limit and puts it back.
+func TestManyNodes(t *testing.T) {
+	fleettest.Require(t)
+	read := func() int {
+		b, err := os.ReadFile("/proc/sys/fs/inotify/max_user_instances")
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+		return n
+	}
+	before := read()
+	f := fleettest.New(t, fleet.Options{Name: "fltefm", Subnet: "10.77.10.32/27", N: 25})
+	if got := read(); got < 8192 {
+		t.Errorf("max_user_instances = %d while 25 nodes run", got)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := f.Exec(ctx, "node25", "ping", "-c1", "-W2", f.Nodes()[0].IP.String()); err != nil {
+		t.Error(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(); before < 8192 && got != before {
+		t.Errorf("max_user_instances = %d after Close, was %d", got, before)
+	}
+}
+
+// BenchmarkBoot5 is the demo's fleet: bridge, 5 netns, 5 overlays, 5 nspawn
+// boots until systemd is running, then everything removed again.
+func BenchmarkBoot5(b *testing.B) {
+	fleettest.Require(b)
+	for b.Loop() {
+		f, err := fleet.New(context.Background(), fleet.Options{Name: "fltefb", Subnet: "10.77.10.48/28", N: 5})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := f.Close(); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"strings"
 	"syscall"
@@ -21,7 +22,8 @@ import (
 const usage = `usage: go run ./e2e/cmd/fleet [flags] COMMAND [ARGS]
 
 Commands:
-  up                     boot the fleet (removes leftovers of the same name first)
+  up                     boot the fleet (removes leftovers of the same name first;
+                         builds the rootfs with e2e/rootfs.sh if it is missing)
   down                   stop every node and remove everything (also after a crash)
   status [-o json]       list nodes, IPs, PIDs and state
   exec NODE CMD [ARG…]   run a command inside a node (stdin/stdout attached)
@@ -80,6 +82,9 @@ func run(ctx context.Context, o fleet.Options, output string, args []string) err
 	switch cmd {
 	case "up":
 		o.BootTimeout = 90 * time.Second
+		if err := ensureRootFS(ctx); err != nil {
+			return err
+		}
 		f, err := fleet.New(ctx, o)
 		if err != nil {
 			return err
@@ -134,6 +139,24 @@ func run(ctx context.Context, o fleet.Options, output string, args []string) err
 		return f.Heal(n)
 	}
 	return fmt.Errorf("unknown command %q (see -h)", cmd)
+}
+
+// ensureRootFS builds the cached rootfs with e2e/rootfs.sh (once, about a
+// minute) when it is missing and the script is at hand.
+func ensureRootFS(ctx context.Context) error {
+	if fleet.CheckHost("") == nil {
+		return nil
+	}
+	script := "e2e/rootfs.sh"
+	if _, err := os.Stat(script); err != nil {
+		return fleet.CheckHost("")
+	}
+	cmd := exec.CommandContext(ctx, script, "ensure")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("%s ensure: %w", script, err)
+	}
+	return nil
 }
 
 type nodeStatus struct {
