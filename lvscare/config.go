@@ -32,6 +32,8 @@ type Config struct {
 type ServiceConfig struct {
 	VIP      string   `json:"vip"`
 	Backends []string `json:"backends"`
+	// FromFlags makes errors name --vip and --rs instead of the file's field paths.
+	FromFlags bool `json:"-"`
 }
 
 // HealthConfig says how backends are checked.
@@ -160,32 +162,38 @@ func (c Config) Validate() ([]Service, error) {
 	seen := map[netip.AddrPort]int{}
 	for i, sc := range c.Services {
 		field := fmt.Sprintf("services[%d]", i)
+		vipField := field + ".vip"
+		rsField := func(k int) string { return fmt.Sprintf("%s.backends[%d]", field, k) }
+		if sc.FromFlags {
+			vipField = "--vip"
+			rsField = func(k int) string { return fmt.Sprintf("--rs #%d", k+1) }
+		}
 		v, err := parseAddrPort(sc.VIP)
 		if err != nil {
-			return nil, fmt.Errorf("%s.vip: %w", field, err)
+			return nil, fmt.Errorf("%s: %w", vipField, err)
 		}
 		if j, dup := seen[v]; dup {
-			return nil, fmt.Errorf("%s.vip %s: already served by services[%d]", field, v, j)
+			return nil, fmt.Errorf("%s %s: already served by services[%d]", vipField, v, j)
 		}
 		seen[v] = i
 		if len(sc.Backends) == 0 {
-			return nil, fmt.Errorf("%s (vip %s): no backend: give at least one --rs IP:PORT", field, v)
+			return nil, fmt.Errorf("%s %s: no backend: give at least one --rs IP:PORT", vipField, v)
 		}
 		s := Service{VIP: v}
 		dup := map[netip.AddrPort]bool{}
 		for k, bs := range sc.Backends {
 			b, err := parseAddrPort(bs)
 			if err != nil {
-				return nil, fmt.Errorf("%s.backends[%d]: %w", field, k, err)
+				return nil, fmt.Errorf("%s: %w", rsField(k), err)
 			}
 			if b.Addr() == v.Addr() {
-				return nil, fmt.Errorf("%s.backends[%d] %s: the backend is the VIP itself; a VIP must be an address no backend uses", field, k, b)
+				return nil, fmt.Errorf("%s %s: the backend is the VIP itself; a VIP must be an address no backend uses", rsField(k), b)
 			}
 			if b.Addr().Is4() != v.Addr().Is4() {
-				return nil, fmt.Errorf("%s.backends[%d] %s: VIP %s is another IP family", field, k, b, v)
+				return nil, fmt.Errorf("%s %s: VIP %s is another IP family", rsField(k), b, v)
 			}
 			if dup[b] {
-				return nil, fmt.Errorf("%s.backends[%d] %s: listed twice", field, k, b)
+				return nil, fmt.Errorf("%s %s: listed twice", rsField(k), b)
 			}
 			dup[b] = true
 			s.Backends = append(s.Backends, b)

@@ -208,7 +208,7 @@ func TestNftablesInNamespaces(t *testing.T) {
 			want string
 		}{
 			{"malformed vip", []string{"--vip", "10.77.70.250", "--rs", b1.addr}, "is not IP:PORT"},
-			{"malformed backend", []string{"--vip", vip, "--rs", "10.77.70.11:http"}, "backends[0]"},
+			{"malformed backend", []string{"--vip", vip, "--rs", "10.77.70.11:http"}, `--rs #1: "10.77.70.11:http" is not IP:PORT`},
 			{"vip equal to a backend", []string{"--vip", vip, "--rs", b1.addr, "--rs", vip}, "the backend is the VIP itself"},
 			{"unknown dataplane", []string{"--vip", vip, "--rs", b1.addr, "--dataplane", "iptables"}, `dataplane "iptables"`},
 		}

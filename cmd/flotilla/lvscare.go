@@ -55,7 +55,7 @@ SIGTERM leaves the rules in place so traffic keeps flowing across a restart;
 			}
 			f := cmd.Flags()
 			if f.Changed("vip") || f.Changed("rs") {
-				cfg.Services = []lvscare.ServiceConfig{{VIP: vip, Backends: backends}}
+				cfg.Services = []lvscare.ServiceConfig{{VIP: vip, Backends: backends, FromFlags: true}}
 			}
 			if f.Changed("health") {
 				cfg.Health.Protocol = fl.Health.Protocol
