@@ -168,6 +168,10 @@ func execStep(ctx context.Context, sc *StepContext) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
+	if errors.Is(err, exec.ErrWaitDelay) {
+		// The command exited 0 but left a child holding its output open: that is its business.
+		return nil
+	}
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
 		code := ee.ExitCode()

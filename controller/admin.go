@@ -159,8 +159,11 @@ func (c *Controller) Select(sel protocol.Selector) ([]protocol.NodeInfo, error) 
 	default:
 		return nil, errors.New("no nodes selected: give --all, --node, --role or --selector")
 	}
+	if len(out) == 0 && len(all) == 0 {
+		return nil, errors.New("no node has joined yet: create a token with `flotilla token create` and start agents with it")
+	}
 	if len(out) == 0 {
-		return nil, fmt.Errorf("no node matches the selector %v: see `flotilla nodes`", sel.Labels)
+		return nil, fmt.Errorf("no node has the labels %s: see `flotilla nodes`", formatLabels(sel.Labels))
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, nil
@@ -228,4 +231,13 @@ func (c *Controller) execOne(ctx context.Context, n protocol.NodeInfo, req proto
 	}
 	res.OK, res.ExitCode, res.TimedOut, res.Error = tr.OK, tr.ExitCode, tr.TimedOut, tr.Error
 	return res
+}
+
+func formatLabels(l map[string]string) string {
+	parts := make([]string, 0, len(l))
+	for k, v := range l {
+		parts = append(parts, k+"="+v)
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ",")
 }

@@ -145,6 +145,10 @@ func (r *TaskRun) Wait(ctx context.Context) (*protocol.TaskResult, error) {
 			return r.result, r.err
 		case <-ctx.Done():
 			err := fmt.Errorf("task %s on %s: %w", r.Task.ID, r.Task.Node, ctx.Err())
+			if r.c.ctx.Err() != nil { // controller closing: nothing left to wait for
+				r.finish(nil, err)
+				continue
+			}
 			r.Cancel()
 			select {
 			case <-r.done:

@@ -1,0 +1,167 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/flotilla-dev/flotilla/protocol"
+)
+
+func TestNormalizeControllerURL(t *testing.T) {
+	for in, want := range map[string]string{
+		"10.0.0.1":                 "https://10.0.0.1:9443",
+		"10.0.0.1:9000":            "https://10.0.0.1:9000",
+		"https://ctl.example":      "https://ctl.example:9443",
+		"https://ctl.example:1/x/": "https://ctl.example:1",
+		"[::1]:9443":               "https://[::1]:9443",
+		"":                         "",
+		"tls://10.0.0.1:4222":      "",
+	} {
+		got, err := NormalizeControllerURL(in)
+		if (err != nil) != (want == "") || got != want {
+			t.Errorf("NormalizeControllerURL(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+}
+
+func TestAppliedStatePersists(t *testing.T) {
+	dir := t.TempDir()
+	a, err := loadApplied(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.has("sha256:1") {
+		t.Fatal("empty state has a digest")
+	}
+	if err := a.add("sha256:1", AppliedStep{Task: "t"}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := loadApplied(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !b.has("sha256:1") || b.has("sha256:2") {
+		t.Errorf("reloaded state: %+v", b.m)
+	}
+	if err := b.forget("sha256:1"); err != nil {
+		t.Fatal(err)
+	}
+	if c, _ := loadApplied(dir); c.has("sha256:1") {
+		t.Error("forgotten digest came back")
+	}
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if strings.Contains(e.Name(), ".tmp-") {
+			t.Errorf("temporary file left behind: %s", e.Name())
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, fileApplied), []byte("{broken"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := loadApplied(dir); err == nil || !strings.Contains(err.Error(), "applied.json") {
+		t.Errorf("broken applied.json: %v", err)
+	}
+}
+
+type lines struct {
+	mu sync.Mutex
+	l  []string
+}
+
+func (l *lines) emit(ev protocol.Event) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.l = append(l.l, ev.Stream+":"+ev.Line)
+}
+
+func TestExecStep(t *testing.T) {
+	cases := []struct {
+		name    string
+		step    protocol.Step
+		code    int
+		timeout time.Duration
+		want    []string
+	}{
+		{"argv", protocol.Step{Command: []string{"echo", "a b"}}, 0, 0, []string{"stdout:a b"}},
+		{"shell with both streams", protocol.Step{Shell: "echo out; echo err >&2; exit 3"}, 3, 0, []string{"stdout:out", "stderr:err"}},
+		{"env and root", protocol.Step{Shell: `echo "$FOO $FLOTILLA_ROOT"; pwd`, Env: map[string]string{"FOO": "bar"}}, 0, 0, nil},
+		{"missing binary", protocol.Step{Command: []string{"/nonexistent/bin"}}, 127, 0, nil},
+		{"timeout kills the group", protocol.Step{Shell: "sleep 30 & sleep 30"}, -1, 200 * time.Millisecond, nil},
+		{"background child keeps stdout", protocol.Step{Shell: "sleep 3 & echo started"}, 0, 0, []string{"stdout:started"}},
+	}
+	root := t.TempDir()
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			l := &lines{}
+			task := &protocol.Task{ID: "t", Node: "n"}
+			sc := &StepContext{Task: task, Step: &tc.step, Root: root, Env: stepEnv(root, root, task, &tc.step), emit: l.emit}
+			ctx := context.Background()
+			if tc.timeout > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, tc.timeout)
+				defer cancel()
+			}
+			start := time.Now()
+			err := execStep(ctx, sc)
+			if d := time.Since(start); d > 8*time.Second {
+				t.Errorf("took %s", d)
+			}
+			var ee *ExitError
+			switch {
+			case tc.code == -1:
+				if !errors.Is(err, context.DeadlineExceeded) {
+					t.Errorf("err = %v, want deadline exceeded", err)
+				}
+			case tc.code == 0 && err != nil:
+				t.Errorf("err = %v", err)
+			case tc.code != 0 && (!errors.As(err, &ee) || ee.Code != tc.code):
+				t.Errorf("err = %v, want exit code %d", err, tc.code)
+			}
+			if tc.name == "env and root" {
+				want := []string{"stdout:bar " + root, "stdout:" + root}
+				if strings.Join(l.l, "|") != strings.Join(want, "|") {
+					t.Errorf("lines %q, want %q", l.l, want)
+				}
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(strings.Join(l.l, "|"), w) {
+					t.Errorf("lines %q lack %q", l.l, w)
+				}
+			}
+		})
+	}
+}
+
+func TestRegisterExecutor(t *testing.T) {
+	RegisterExecutor("test-kind", ExecutorFunc(func(context.Context, *StepContext) error { return nil }))
+	ex := DefaultExecutors()
+	if ex["test-kind"] == nil || ex["exec"] == nil {
+		t.Fatalf("DefaultExecutors = %v", ex)
+	}
+	delete(ex, "exec")
+	if DefaultExecutors()["exec"] == nil {
+		t.Error("DefaultExecutors returned the registry itself")
+	}
+}
+
+func TestReadStatus(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := ReadStatus(dir); err == nil {
+		t.Fatal("no status file, no error")
+	}
+	st := Status{Name: "n", Registered: true, Connected: true, Updated: time.Now().UTC()}
+	data, _ := protocolJSON(st)
+	if err := writeFileAtomic(filepath.Join(dir, fileStatus), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got, err := ReadStatus(dir)
+	if err != nil || got.Name != "n" || !got.Registered {
+		t.Errorf("ReadStatus = %+v, %v", got, err)
+	}
+}
