@@ -53,6 +53,8 @@ func startController(t *testing.T, f *fleet.Fleet) *controller {
 		"--listen", net.JoinHostPort(c.host, "4222"), "--http-listen", net.JoinHostPort(c.host, "9443"),
 		"--advertise", c.host, "--log-level", "debug")
 	c.cmd.Stdout, c.cmd.Stderr = lf, lf
+	// Dies with the test binary even when a timeout kills it before Cleanup.
+	c.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	c.cmd.Env = append(os.Environ(), "FLOTILLA_CONTROLLER=", "FLOTILLA_CREDENTIALS=", "FLOTILLA_AGENT_DIR=")
 	if err := c.cmd.Start(); err != nil {
 		t.Fatal(err)
