@@ -49,6 +49,12 @@ func Clean(ctx context.Context, name string, log *slog.Logger) error {
 			errs = append(errs, fmt.Errorf("clean nftables: %w", err))
 		}
 	}
+	if name == "auto" && ipvs.Supported() != nil {
+		// No IPVS now, but an IPVS run may have left its masquerade table.
+		if err := nftables.NewMasquerade("").Remove(); err != nil {
+			errs = append(errs, fmt.Errorf("clean ipvs masquerade table: %w", err))
+		}
+	}
 	if name == "ipvs" || (name == "auto" && ipvs.Supported() == nil) {
 		dp, err := ipvs.New(log)
 		if err == nil {
