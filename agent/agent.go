@@ -50,6 +50,8 @@ type Options struct {
 	Executors map[string]Executor
 	Version   string
 	Logger    *slog.Logger
+	// PeerURL is where this agent serves blobs to peers, reported at registration.
+	PeerURL string
 }
 
 // Agent is one node's daemon.
@@ -244,7 +246,7 @@ func (a *Agent) kickRegister() {
 }
 
 func (a *Agent) register(ctx context.Context) {
-	data, _ := protocol.Encode(protocol.Register{Name: a.opts.Name, Facts: a.facts, HeartbeatInterval: a.opts.HeartbeatInterval})
+	data, _ := protocol.Encode(protocol.Register{Name: a.opts.Name, Facts: a.facts, HeartbeatInterval: a.opts.HeartbeatInterval, PeerURL: a.opts.PeerURL})
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	m, err := a.nc.RequestWithContext(rctx, protocol.RegisterSubject(a.opts.Name), data)

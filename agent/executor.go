@@ -54,7 +54,17 @@ type StepContext struct {
 	// Env is the step's environment: the agent's, then FLOTILLA_* and the step's Env.
 	Env []string
 
-	emit func(protocol.Event)
+	emit    func(protocol.Event)
+	request func(ctx context.Context, name string, data []byte) ([]byte, error)
+}
+
+// Request asks the controller something on this node's request subject name
+// (protocol.NodeRequestSubject), e.g. "peers", and returns the reply.
+func (sc *StepContext) Request(ctx context.Context, name string, data []byte) ([]byte, error) {
+	if sc.request == nil {
+		return nil, errors.New("no controller connection")
+	}
+	return sc.request(ctx, name, data)
 }
 
 // Output reports one line of output ("stdout" or "stderr").

@@ -162,7 +162,8 @@ func (a *Agent) runStep(ctx context.Context, em *emitter, t *protocol.Task, i in
 		emit: func(ev protocol.Event) {
 			ev.Step, ev.StepName = i, s.Name
 			em.emit(ev)
-		}}
+		},
+		request: a.request}
 	err := a.execute(sctx, sc)
 	var ee *ExitError
 	switch {
@@ -196,4 +197,12 @@ func (a *Agent) execute(ctx context.Context, sc *StepContext) (err error) {
 		}
 	}()
 	return a.opts.Executors[sc.Step.Kind].Execute(ctx, sc)
+}
+
+func (a *Agent) request(ctx context.Context, name string, data []byte) ([]byte, error) {
+	m, err := a.nc.RequestWithContext(ctx, protocol.NodeRequestSubject(a.opts.Name, name), data)
+	if err != nil {
+		return nil, fmt.Errorf("request %s from the controller: %w", name, err)
+	}
+	return m.Data, nil
 }

@@ -139,6 +139,7 @@ func (r *TaskRun) Done() <-chan struct{} { return r.done }
 func (r *TaskRun) Wait(ctx context.Context) (*protocol.TaskResult, error) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	missed := 0
 	for {
 		select {
 		case <-r.done:
@@ -157,7 +158,12 @@ func (r *TaskRun) Wait(ctx context.Context) (*protocol.TaskResult, error) {
 				r.finish(nil, err)
 			}
 		case <-tick.C:
-			if !r.c.inv.online(r.Task.Node) {
+			if r.c.inv.online(r.Task.Node) {
+				missed = 0
+				continue
+			}
+			// Two checks in a row, so that one late heartbeat on a busy host does not fail a task.
+			if missed++; missed >= 2 {
 				r.finish(nil, fmt.Errorf("task %s: %w: %s stopped sending heartbeats", r.Task.ID, ErrNodeOffline, r.Task.Node))
 			}
 		}

@@ -16,6 +16,7 @@ import (
 	"github.com/flotilla-dev/flotilla/agent"
 	"github.com/flotilla-dev/flotilla/controller"
 	"github.com/flotilla-dev/flotilla/protocol"
+	"github.com/nats-io/nats.go"
 )
 
 func quietLogger() *slog.Logger {
@@ -55,6 +56,13 @@ func startAgent(t *testing.T, c *controller.Controller, name, dir string) {
 		sc.Progress(2, 2, "done")
 		if string(sc.Step.Payload) == `"fail"` {
 			return &agent.ExitError{Code: 42}
+		}
+		if string(sc.Step.Payload) == `"ask"` {
+			reply, err := sc.Request(ctx, "echo", []byte("ping"))
+			if err != nil {
+				return err
+			}
+			sc.Output("stdout", "reply:"+string(reply))
 		}
 		if string(sc.Step.Payload) == `"panic"` {
 			panic("probe asked to panic")
@@ -189,6 +197,25 @@ func TestDispatch(t *testing.T) {
 			if res.OK || res.ExitCode != tc.exitCode || res.FailedStep != 0 || !strings.Contains(res.Error, tc.errLike) {
 				t.Errorf("payload %s: result %+v", tc.payload, res)
 			}
+		}
+	})
+
+	t.Run("executors can ask the controller on the node's request subject", func(t *testing.T) {
+		sub, err := c.Conn().Subscribe(protocol.AllNodeRequests("echo"), func(m *nats.Msg) {
+			node, _ := protocol.NodeFromSubject(m.Subject)
+			_ = m.Respond([]byte(node + ":" + string(m.Data)))
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sub.Unsubscribe()
+		res, evs := run(t, c, &protocol.Task{Node: "n1", Steps: []protocol.Step{{Kind: "probe", Payload: []byte(`"ask"`)}}})
+		found := false
+		for _, ev := range evs {
+			found = found || ev.Line == "reply:n1:ping"
+		}
+		if !res.OK || !found {
+			t.Errorf("result %+v, reply seen: %t", res, found)
 		}
 	})
 

@@ -67,6 +67,13 @@ func HeartbeatSubject(node string) string { return FromNode(node) + ".heartbeat"
 // EventsSubject is where a node publishes the events of one task.
 func EventsSubject(node, taskID string) string { return FromNode(node) + ".events." + taskID }
 
+// NodeRequestSubject is a node's request subject for name (e.g. "peers"): agents
+// may publish there; the component that answers subscribes to AllNodeRequests(name).
+func NodeRequestSubject(node, name string) string { return FromNode(node) + "." + name }
+
+// AllNodeRequests is the wildcard over every node's request subject name.
+func AllNodeRequests(name string) string { return Prefix + ".from.*." + name }
+
 // InboxPrefix is the node's reply-inbox prefix (nats.CustomInboxPrefix).
 func InboxPrefix(node string) string { return Prefix + ".inbox." + NodeToken(node) }
 

@@ -24,7 +24,7 @@ import (
 )
 
 // HeartbeatInterval is what agents started here use.
-const HeartbeatInterval = 250 * time.Millisecond
+const HeartbeatInterval = 500 * time.Millisecond
 
 // Fleet is one controller and its agents, all processes of the test.
 type Fleet struct {
