@@ -46,9 +46,9 @@ func (m *Masquerade) Ensure(vips []netip.Addr) error {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	c, err := nftables.New()
+	c, err := newConn()
 	if err != nil {
-		return fmt.Errorf("open nftables netlink: %w", err)
+		return err
 	}
 	want := layout{rules: map[string]int{preroutingName: 1, outputName: 1, postroutingNme: 1}, mapElems: -1, vipElems: len(vips)}
 	if m.written && slices.Equal(vips, m.applied) {
@@ -107,9 +107,9 @@ func (m *Masquerade) Ensure(vips []netip.Addr) error {
 func (m *Masquerade) Remove() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	c, err := nftables.New()
+	c, err := newConn()
 	if err != nil {
-		return fmt.Errorf("open nftables netlink: %w", err)
+		return err
 	}
 	t := &nftables.Table{Name: m.table, Family: nftables.TableFamilyIPv4}
 	c.AddTable(t)

@@ -70,9 +70,9 @@ func (d *Dataplane) Name() string { return "nftables" }
 
 // Supported reports whether the kernel accepts nftables netlink requests here.
 func Supported() error {
-	c, err := nftables.New()
+	c, err := newConn()
 	if err != nil {
-		return fmt.Errorf("open nftables netlink: %w", err)
+		return err
 	}
 	if _, err := c.ListTablesOfFamily(nftables.TableFamilyIPv4); err != nil {
 		return fmt.Errorf("list nftables tables: %w", err)
@@ -115,9 +115,9 @@ func (d *Dataplane) Reconcile(ctx context.Context, services []dataplane.Service)
 	if err := vip.EnsureRoutes(vips); err != nil {
 		return false, err
 	}
-	c, err := nftables.New()
+	c, err := newConn()
 	if err != nil {
-		return false, fmt.Errorf("open nftables netlink: %w", err)
+		return false, err
 	}
 	want := layoutOf(services)
 	if d.written && dataplane.Equal(services, d.applied) {
@@ -141,9 +141,9 @@ func (d *Dataplane) Reconcile(ctx context.Context, services []dataplane.Service)
 func (d *Dataplane) Clean(ctx context.Context) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	c, err := nftables.New()
+	c, err := newConn()
 	if err != nil {
-		return fmt.Errorf("open nftables netlink: %w", err)
+		return err
 	}
 	t := &nftables.Table{Name: d.opts.Table, Family: nftables.TableFamilyIPv4}
 	// Adding before deleting makes the delete succeed whether or not the table exists.
@@ -165,7 +165,7 @@ func (d *Dataplane) write(c *nftables.Conn, services []dataplane.Service) error 
 		return err
 	}
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("write nftables table ip %s (%s): %w", d.opts.Table, dataplane.String(services), err)
+		return fmt.Errorf("write nftables table ip %s (%d services, %d backends): %w", d.opts.Table, len(services), countBackends(services), err)
 	}
 	return nil
 }
@@ -302,4 +302,12 @@ func serviceChain(v netip.AddrPort) string { return fmt.Sprintf("svc-%s-tcp-%d",
 
 func endpointChain(v, b netip.AddrPort) string {
 	return fmt.Sprintf("ep-%s-tcp-%d-%s-%d", v.Addr(), v.Port(), b.Addr(), b.Port())
+}
+
+func countBackends(services []dataplane.Service) int {
+	n := 0
+	for _, s := range services {
+		n += len(s.Backends)
+	}
+	return n
 }

@@ -57,7 +57,7 @@ func sh(t *testing.T, name string, args ...string) string {
 }
 
 // in runs fn on a thread inside the namespace.
-func in(t *testing.T, ns string, fn func() error) error {
+func in(t testing.TB, ns string, fn func() error) error {
 	t.Helper()
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
@@ -181,5 +181,32 @@ func TestMasqueradeTable(t *testing.T) {
 	}
 	if err := NewMasquerade("").Ensure([]netip.Addr{netip.MustParseAddr("fd00::1")}); err == nil {
 		t.Error("IPv6 VIP: want an error")
+	}
+}
+
+// TestReconcileLargeTable: 250 VIPs of 3 backends go out in one batch of about 2,500
+// messages, past the kernel's default netlink buffers (EMSGSIZE before socketBuffer).
+func TestReconcileLargeTable(t *testing.T) {
+	ns := newNetns(t)
+	var svcs []dataplane.Service
+	for v := range 250 {
+		svcs = append(svcs, dataplane.Service{
+			VIP: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 77, 70, 1}), uint16(10000+v)),
+			Backends: []netip.AddrPort{
+				netip.MustParseAddrPort("10.77.70.11:8080"), netip.MustParseAddrPort("10.77.70.12:8080"), netip.MustParseAddrPort("10.77.70.13:8080"),
+			},
+		})
+	}
+	d := New(Options{})
+	if err := in(t, ns, func() error { _, err := d.Reconcile(context.Background(), svcs); return err }); err != nil {
+		t.Fatal(err)
+	}
+	var changed bool
+	if err := in(t, ns, func() (err error) { changed, err = d.Reconcile(context.Background(), svcs); return err }); err != nil || changed {
+		t.Fatalf("second reconcile: changed=%v err=%v; want an intact table", changed, err)
+	}
+	out := sh(t, "ip", "netns", "exec", ns, "nft", "list", "map", "ip", DefaultTable, serviceMap)
+	if n := strings.Count(out, "goto svc-"); n != 250 {
+		t.Errorf("service map has %d elements, want 250", n)
 	}
 }
