@@ -136,7 +136,12 @@ func (c *Controller) Select(sel protocol.Selector) ([]protocol.NodeInfo, error) 
 	case sel.All:
 		out = all
 	case len(sel.Names) > 0:
+		seen := map[string]bool{}
 		for _, name := range sel.Names {
+			if seen[name] {
+				continue
+			}
+			seen[name] = true
 			n, ok := byName[name]
 			if !ok {
 				return nil, fmt.Errorf("no node named %q: see `flotilla nodes`", name)

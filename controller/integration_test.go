@@ -161,6 +161,24 @@ func testBadInput(t *testing.T, f *controllertest.Fleet) {
 			t.Errorf("exit %d, output:\n%s", code, out)
 		}
 	})
+	t.Run("revoked token", func(t *testing.T) {
+		tok, _ := f.NewToken("1h")
+		id := strings.Split(tok, ".")[0]
+		list, _, code := f.CLI(ctx, "token", "list")
+		if code != 0 || !strings.Contains(list, id) {
+			t.Fatalf("token list (exit %d) lacks %s:\n%s", code, id, list)
+		}
+		if out, errOut, code := f.CLI(ctx, "token", "revoke", id); code != 0 {
+			t.Fatalf("revoke: exit %d %s %s", code, out, errOut)
+		}
+		out, code := join("bad4", tok)
+		if code == 0 || !strings.Contains(out, "unknown join token") {
+			t.Errorf("join with a revoked token: exit %d, output:\n%s", code, out)
+		}
+		if _, errOut, code := f.CLI(ctx, "token", "revoke", id); code == 0 || !strings.Contains(errOut, "token list") {
+			t.Errorf("revoking twice: exit %d: %s", code, errOut)
+		}
+	})
 	t.Run("wrong CA hash", func(t *testing.T) {
 		out, code := f.RunAgentOnce(ctx, "agent", "--controller", f.HTTPURL(), "--token", mustToken(f),
 			"--ca-hash", "sha256:"+strings.Repeat("0", 64), "--name", "bad3", "--data-dir", filepath.Join(f.Dir, "bad", "bad3"))

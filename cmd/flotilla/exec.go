@@ -144,7 +144,28 @@ node failed, timed out or was offline. --role R selects nodes labelled role=R.`,
 	f.StringVar(&selector, "selector", "", "nodes whose labels match k=v[,k2=v2]")
 	f.DurationVar(&timeout, "timeout", 30*time.Second, "per-node time limit; the command is killed after it")
 	f.StringVarP(&output, "output", "o", "text", "output: text or json")
+	_ = cmd.RegisterFlagCompletionFunc("node", func(cmd *cobra.Command, args []string, toComplete string) ([]string, cobra.ShellCompDirective) {
+		return completeNodeNames(cmd, &conn), cobra.ShellCompDirectiveNoFileComp
+	})
 	return cmd
+}
+
+// completeNodeNames asks the controller for node names; no controller, no suggestions.
+func completeNodeNames(cmd *cobra.Command, conn *cliConnFlags) []string {
+	nc, err := conn.connect()
+	if err != nil {
+		return nil
+	}
+	defer nc.Close()
+	var nodes []protocol.NodeInfo
+	if adminCall(cmd.Context(), nc, protocol.AdminNodes, nil, &nodes, 3*time.Second, nil) != nil {
+		return nil
+	}
+	names := make([]string, 0, len(nodes))
+	for _, n := range nodes {
+		names = append(names, n.Name)
+	}
+	return names
 }
 
 func printExecSummary(w io.Writer, results []protocol.ExecNodeResult, failed int) {
