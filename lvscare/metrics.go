@@ -61,13 +61,6 @@ func (m *Metrics) ObserveCheck(vip, backend string, ok, up, changed bool) {
 	}
 }
 
-// Forget drops a backend that left the configuration.
-func (m *Metrics) Forget(vip, backend string) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	delete(m.backends, backendKey{vip, backend})
-}
-
 // ObserveReconcile counts one reconcile by result: unchanged, changed or error.
 func (m *Metrics) ObserveReconcile(result string) {
 	m.mu.Lock()

@@ -26,12 +26,12 @@ func OpenDataplane(name string, log *slog.Logger) (dataplane.Dataplane, error) {
 		}
 		return nftables.New(nftables.Options{Log: log}), nil
 	case "auto":
-		if err := ipvs.Supported(); err == nil {
+		err := ipvs.Supported()
+		if err == nil {
 			log.Info("dataplane auto: kernel has IPVS, using it")
 			return ipvs.New(log)
-		} else {
-			log.Info("dataplane auto: using nftables", "ipvs", err)
 		}
+		log.Info("dataplane auto: using nftables", "ipvs", err)
 		if err := nftables.Supported(); err != nil {
 			return nil, fmt.Errorf("dataplane auto: neither IPVS nor nftables works here: %w", err)
 		}

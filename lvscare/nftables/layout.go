@@ -22,7 +22,7 @@ type layout struct {
 }
 
 func layoutOf(services []dataplane.Service) layout {
-	l := layout{rules: map[string]int{servicesChain: 1, preroutingName: 1, outputName: 1, postroutingNme: 1}}
+	l := layout{rules: map[string]int{servicesChain: 1, preroutingName: 1, outputName: 1, postroutingName: 1}}
 	vips := map[string]bool{}
 	for _, s := range services {
 		l.rules[serviceChain(s.VIP)] = 1

@@ -50,7 +50,7 @@ func (m *Masquerade) Ensure(vips []netip.Addr) error {
 	if err != nil {
 		return err
 	}
-	want := layout{rules: map[string]int{preroutingName: 1, outputName: 1, postroutingNme: 1}, mapElems: -1, vipElems: len(vips)}
+	want := layout{rules: map[string]int{preroutingName: 1, outputName: 1, postroutingName: 1}, mapElems: -1, vipElems: len(vips)}
 	if m.written && slices.Equal(vips, m.applied) {
 		have, err := readLayout(c, m.table)
 		if err != nil {
@@ -89,7 +89,7 @@ func (m *Masquerade) Ensure(vips []netip.Addr) error {
 			&expr.Meta{Key: expr.MetaKeyMARK, Register: 1, SourceRegister: true},
 		}})
 	}
-	post := c.AddChain(&nftables.Chain{Name: postroutingNme, Table: t, Type: nftables.ChainTypeNAT, Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource, Policy: &accept})
+	post := c.AddChain(&nftables.Chain{Name: postroutingName, Table: t, Type: nftables.ChainTypeNAT, Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource, Policy: &accept})
 	c.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
 		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mark, Xor: []byte{0, 0, 0, 0}},

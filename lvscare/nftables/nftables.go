@@ -28,12 +28,12 @@ const MasqueradeMark = 0x00200000
 
 // Names of the fixed objects in the table; the layout follows kube-proxy's nftables mode.
 const (
-	serviceMap     = "service-ips" // ipv4_addr . inet_proto . inet_service : verdict
-	vipSet         = "vips"        // the VIP addresses, for operators and other rules to match
-	servicesChain  = "services"
-	preroutingName = "nat-prerouting"
-	outputName     = "nat-output"
-	postroutingNme = "nat-postrouting"
+	serviceMap      = "service-ips" // ipv4_addr . inet_proto . inet_service : verdict
+	vipSet          = "vips"        // the VIP addresses, for operators and other rules to match
+	servicesChain   = "services"
+	preroutingName  = "nat-prerouting"
+	outputName      = "nat-output"
+	postroutingName = "nat-postrouting"
 )
 
 // Options configure the dataplane.
@@ -238,7 +238,7 @@ func program(c *nftables.Conn, t *nftables.Table, services []dataplane.Service) 
 	}
 	// Masquerade every connection an endpoint chain marked: the backend then answers
 	// this node, which undoes the DNAT, whatever the client's route.
-	post := c.AddChain(&nftables.Chain{Name: postroutingNme, Table: t, Type: nftables.ChainTypeNAT, Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource, Policy: &accept})
+	post := c.AddChain(&nftables.Chain{Name: postroutingName, Table: t, Type: nftables.ChainTypeNAT, Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource, Policy: &accept})
 	c.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
 		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mark, Xor: []byte{0, 0, 0, 0}},
