@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"log/slog"
 	"os"
@@ -312,5 +314,33 @@ func TestSequenceSurvivesRestart(t *testing.T) {
 		}
 		last = task.Seq
 		c.Close()
+	}
+}
+
+// TestRejoinReplacesCredentials: a node that joins again gets new credentials,
+// and a connection made with the old ones is closed and cannot come back.
+func TestRejoinReplacesCredentials(t *testing.T) {
+	c := startController(t, t.TempDir())
+	ctx := context.Background()
+	old, err := c.LocalAgentCredentials(ctx, "n9", protocol.Facts{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(old.CAPEM)
+	closed := make(chan struct{})
+	nc, err := nats.Connect(old.NATSURLs[0], nats.UserInfo(old.User, old.Password), nats.Secure(&tls.Config{RootCAs: pool}),
+		nats.MaxReconnects(2), nats.ReconnectWait(50*time.Millisecond), nats.ClosedHandler(func(*nats.Conn) { close(closed) }))
+	if err != nil {
+		t.Fatalf("old credentials before re-join: %v", err)
+	}
+	defer nc.Close()
+	if _, err := c.LocalAgentCredentials(ctx, "n9", protocol.Facts{}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("connection with the replaced credentials still open")
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/flotilla-dev/flotilla/protocol"
+	"github.com/nats-io/nats-server/v2/server"
 )
 
 func (c *Controller) startHTTP() error {
@@ -91,6 +92,9 @@ func (c *Controller) admitNode(ctx context.Context, name string, facts protocol.
 		return nil, err
 	}
 	c.auth.setAgent(name, rec.SecretHash)
+	if ok {
+		c.disconnectNode(name)
+	}
 	return &protocol.Credentials{
 		Node:       name,
 		NATSURLs:   []string{c.NATSURL()},
@@ -114,4 +118,19 @@ func (c *Controller) LocalAgentCredentials(ctx context.Context, name string, fac
 	}
 	cr.NATSURLs = []string{"tls://" + localNATSHostPort(c)}
 	return cr, nil
+}
+
+// disconnectNode closes the NATS connections of a node whose credentials were
+// replaced, so that an old agent of the same name stops receiving its tasks.
+func (c *Controller) disconnectNode(name string) {
+	cz, err := c.ns.Connz(&server.ConnzOptions{User: AgentUser(name), Limit: 1024})
+	if err != nil {
+		c.log.Warn("list connections of re-joined node", "node", name, "err", err)
+		return
+	}
+	for _, ci := range cz.Conns {
+		if err := c.ns.DisconnectClientByID(ci.Cid); err == nil {
+			c.log.Info("disconnected the previous agent of a re-joined node", "node", name, "cid", ci.Cid)
+		}
+	}
 }
