@@ -46,9 +46,8 @@ type Options struct {
 type Dataplane struct {
 	opts Options
 	mu   sync.Mutex
-	// applied is the last state written successfully; layout the object counts it implies.
+	// applied is the last state written successfully.
 	applied []dataplane.Service
-	layout  layout
 	written bool
 }
 
@@ -133,7 +132,7 @@ func (d *Dataplane) Reconcile(ctx context.Context, services []dataplane.Service)
 	if err := d.write(c, services); err != nil {
 		return false, err
 	}
-	d.applied, d.layout, d.written = services, want, true
+	d.applied, d.written = services, true
 	return true, nil
 }
 
