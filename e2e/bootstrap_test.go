@@ -3,155 +3,23 @@
 package e2e_test
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
-	"fmt"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/e2e/e2etest"
 	"github.com/flotilla-dev/flotilla/e2e/fleet"
 	"github.com/flotilla-dev/flotilla/e2e/fleet/fleettest"
-	"github.com/flotilla-dev/flotilla/internal/testbin"
 	"github.com/flotilla-dev/flotilla/packaging"
-	"github.com/flotilla-dev/flotilla/protocol"
 )
-
-// controller is a `flotilla controller` process listening on the fleet's bridge.
-type controller struct {
-	t       *testing.T
-	bin     string
-	dataDir string
-	host    string
-	log     string
-	cmd     *exec.Cmd
-	done    chan struct{}
-}
-
-func startController(t *testing.T, f *fleet.Fleet) *controller {
-	t.Helper()
-	bin, err := testbin.Path()
-	if err != nil {
-		t.Fatalf("flotilla binary: %v", err)
-	}
-	dir := t.TempDir()
-	c := &controller{t: t, bin: bin, dataDir: filepath.Join(dir, "controller"), host: f.HostIP().String(),
-		log: filepath.Join(dir, "controller.log"), done: make(chan struct{})}
-	lf, err := os.Create(c.log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.cmd = exec.Command(bin, "controller", "--data-dir", c.dataDir,
-		"--listen", net.JoinHostPort(c.host, "4222"), "--http-listen", net.JoinHostPort(c.host, "9443"),
-		"--advertise", c.host, "--log-level", "debug")
-	c.cmd.Stdout, c.cmd.Stderr = lf, lf
-	// Dies with the test binary even when a timeout kills it before Cleanup.
-	c.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	c.cmd.Env = append(os.Environ(), "FLOTILLA_CONTROLLER=", "FLOTILLA_CREDENTIALS=", "FLOTILLA_AGENT_DIR=")
-	if err := c.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = c.cmd.Wait(); lf.Close(); close(c.done) }()
-	t.Cleanup(func() {
-		_ = c.cmd.Process.Signal(syscall.SIGKILL)
-		<-c.done
-		if t.Failed() {
-			b, _ := os.ReadFile(c.log)
-			if len(b) > 6000 {
-				b = b[len(b)-6000:]
-			}
-			t.Logf("--- controller log (tail):\n%s", b)
-		}
-	})
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		if _, _, err := c.cli("nodes"); err == nil {
-			return c
-		}
-		select {
-		case <-c.done:
-			t.Fatalf("controller exited; log in %s", c.log)
-		case <-time.After(200 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("controller not answering after 60s")
-		}
-	}
-}
-
-func (c *controller) cli(args ...string) (string, string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, c.bin, append(args, "--data-dir", c.dataDir)...)
-	cmd.Env = append(os.Environ(), "FLOTILLA_CONTROLLER=", "FLOTILLA_CREDENTIALS=")
-	var o, e bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &o, &e
-	err := cmd.Run()
-	return o.String(), e.String(), err
-}
-
-func (c *controller) token(ttl string) protocol.TokenInfo {
-	c.t.Helper()
-	out, errOut, err := c.cli("token", "create", "--ttl", ttl, "-o", "json")
-	if err != nil {
-		c.t.Fatalf("token create: %v: %s", err, errOut)
-	}
-	var ti protocol.TokenInfo
-	if err := json.Unmarshal([]byte(out), &ti); err != nil {
-		c.t.Fatalf("token create -o json: %v: %q", err, out)
-	}
-	if !strings.Contains(ti.Bootstrap, "/bootstrap.sh | sh -s -- --token") {
-		c.t.Fatalf("token create printed no one-liner: %+v", ti)
-	}
-	return ti
-}
-
-func (c *controller) online(names ...string) (map[string]bool, error) {
-	out, errOut, err := c.cli("nodes", "-o", "json")
-	if err != nil {
-		return nil, fmt.Errorf("nodes: %v: %s", err, errOut)
-	}
-	var nodes []protocol.NodeInfo
-	if err := json.Unmarshal([]byte(out), &nodes); err != nil {
-		return nil, err
-	}
-	st := map[string]bool{}
-	for _, n := range nodes {
-		st[n.Name] = n.Online
-	}
-	return st, nil
-}
-
-func (c *controller) waitOnline(timeout time.Duration, names ...string) {
-	c.t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		st, err := c.online()
-		ok := err == nil
-		for _, n := range names {
-			ok = ok && st[n]
-		}
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			c.t.Fatalf("nodes %v not all online after %s: %v %v", names, timeout, st, err)
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
-}
 
 func TestBootstrapOneLiner(t *testing.T) {
 	f := fleettest.New(t, fleet.Options{Name: "flteb", Subnet: "10.77.10.192/27", N: 6})
-	c := startController(t, f)
+	c := e2etest.StartController(t, f)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	run := func(node, cmd string) (string, error) {
@@ -162,28 +30,21 @@ func TestBootstrapOneLiner(t *testing.T) {
 		out, _ := f.Exec(ctx, node, "systemctl", "show", "-p", prop, "--value", packaging.UnitName)
 		return strings.TrimSpace(string(out))
 	}
-	ti := c.token("1h")
+	ti := c.Token("1h")
 	joined := []string{"node1", "node2", "node3", "node4", "node5"}
 
 	t.Run("FiveNodesJoin", func(t *testing.T) {
 		start := time.Now()
-		var wg sync.WaitGroup
-		errs := make([]error, len(joined))
-		outs := make([]string, len(joined))
-		for i, n := range joined {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				outs[i], errs[i] = run(n, ti.Bootstrap)
-			}()
+		outs, err := e2etest.Bootstrap(ctx, f, ti.Bootstrap, joined...)
+		if err != nil {
+			t.Fatalf("%v\n%v", err, outs)
 		}
-		wg.Wait()
-		for i, n := range joined {
-			if errs[i] != nil || !strings.Contains(outs[i], "node registered") {
-				t.Fatalf("%s: %v\n%s", n, errs[i], outs[i])
+		for _, n := range joined {
+			if !strings.Contains(outs[n], "node registered") {
+				t.Errorf("%s: no success message:\n%s", n, outs[n])
 			}
 		}
-		c.waitOnline(30*time.Second, joined...)
+		c.WaitOnline(30*time.Second, joined...)
 		t.Logf("5 nodes bootstrapped with the one-liner and online in %s", time.Since(start).Round(time.Millisecond))
 		if out, err := run("node1", ti.Bootstrap); err != nil || !strings.Contains(out, "nothing changed") {
 			t.Errorf("second run on node1: %v\n%s", err, out)
@@ -191,7 +52,7 @@ func TestBootstrapOneLiner(t *testing.T) {
 	})
 
 	t.Run("ExpiredTokenLeavesNodeClean", func(t *testing.T) {
-		short := c.token("1s")
+		short := c.Token("1s")
 		time.Sleep(1500 * time.Millisecond)
 		out, err := run("node6", short.Bootstrap+" --timeout 60")
 		if err == nil || !strings.Contains(out, "expired") || !strings.Contains(out, "undid the changes") {
@@ -199,7 +60,7 @@ func TestBootstrapOneLiner(t *testing.T) {
 		}
 		t.Logf("bootstrap with an expired token:\n%s", out)
 		assertClean(t, f, "node6")
-		if st, _ := c.online(); st["node6"] {
+		if st, _ := c.Online(ctx); st["node6"] {
 			t.Error("node6 joined with an expired token")
 		}
 	})
@@ -226,7 +87,7 @@ func TestBootstrapOneLiner(t *testing.T) {
 			}
 			time.Sleep(250 * time.Millisecond)
 		}
-		c.waitOnline(30*time.Second, "node2")
+		c.WaitOnline(30*time.Second, "node2")
 	})
 
 	t.Run("Uninstall", func(t *testing.T) {
@@ -235,7 +96,7 @@ func TestBootstrapOneLiner(t *testing.T) {
 			t.Fatalf("%v\n%s", err, out)
 		}
 		assertClean(t, f, "node3")
-		if out, err := run("node3", "/bin/sh -c 'command -v flotilla || echo gone'"); err != nil || strings.TrimSpace(out) != "gone" {
+		if out, err := run("node3", "command -v flotilla || echo gone"); err != nil || strings.TrimSpace(out) != "gone" {
 			t.Errorf("flotilla still on PATH: %q %v", out, err)
 		}
 	})
@@ -255,5 +116,24 @@ func assertClean(t *testing.T, f *fleet.Fleet, node string) {
 	out, _ := f.Exec(ctx, node, "systemctl", "show", "-p", "LoadState,ActiveState", packaging.UnitName)
 	if !strings.Contains(string(out), "LoadState=not-found") || !strings.Contains(string(out), "ActiveState=inactive") {
 		t.Errorf("%s: unit still known to systemd: %s", node, out)
+	}
+}
+
+// The harness the other e2e scenarios build on: fleet, controller, every node
+// joined; a command then runs on every node through the controller.
+func TestEnvExecOnNodes(t *testing.T) {
+	env := e2etest.Start(t, fleet.Options{Name: "fltee", Subnet: "10.77.10.224/28", N: 2})
+	out, _, err := env.Controller.CLI(context.Background(), "exec", "--all", "--", "cat", "/etc/machine-id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"node1", "node2"} {
+		id, err := os.ReadFile(filepath.Join(env.Fleet.Root(n), "etc/machine-id"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(out, strings.TrimSpace(string(id))) {
+			t.Errorf("exec --all did not run on %s (machine-id %s):\n%s", n, id, out)
+		}
 	}
 }
