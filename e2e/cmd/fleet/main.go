@@ -3,15 +3,18 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -27,6 +30,8 @@ Commands:
   down                   stop every node and remove everything (also after a crash)
   status [-o json]       list nodes, IPs, PIDs and state
   exec NODE CMD [ARG…]   run a command inside a node (stdin/stdout attached)
+  exec-all CMD [ARG…]    run a command in every node at once, output prefixed by node;
+                         fails if it fails anywhere
   kill|start|stop|reboot NODE
   partition|heal NODE    take the node's link down / up
   host-ip                print the host side of the bridge (where a controller listens)
@@ -34,6 +39,7 @@ Commands:
 Examples:
   sudo go run ./e2e/cmd/fleet -n 5 up
   sudo go run ./e2e/cmd/fleet exec node1 systemctl status
+  sudo go run ./e2e/cmd/fleet exec-all sh -c "curl -fsSLk https://10.77.0.1:9443/bootstrap.sh | sh -s -- --token T --ca-hash sha256:H"
   sudo go run ./e2e/cmd/fleet partition node3
   sudo go run ./e2e/cmd/fleet down
 
@@ -119,6 +125,11 @@ func run(ctx context.Context, o fleet.Options, output string, args []string) err
 		}
 		c.Stdin, c.Stdout, c.Stderr = os.Stdin, os.Stdout, os.Stderr
 		return c.Run()
+	case "exec-all":
+		if len(args) < 1 {
+			return errors.New("exec-all needs a command")
+		}
+		return execAll(ctx, f, args)
 	}
 	n, err := node()
 	if err != nil {
@@ -139,6 +150,53 @@ func run(ctx context.Context, o fleet.Options, output string, args []string) err
 		return f.Heal(n)
 	}
 	return fmt.Errorf("unknown command %q (see -h)", cmd)
+}
+
+// execAll runs argv in every node at once and prefixes each output line with
+// the node's name.
+func execAll(ctx context.Context, f *fleet.Fleet, argv []string) error {
+	var (
+		mu     sync.Mutex
+		wg     sync.WaitGroup
+		failed []string
+	)
+	width := 0
+	for _, n := range f.Nodes() {
+		width = max(width, len(n.Name))
+	}
+	for _, n := range f.Nodes() {
+		c, err := f.Command(ctx, n.Name, argv...)
+		if err != nil {
+			return err
+		}
+		pr, pw := io.Pipe()
+		c.Stdout, c.Stderr = pw, pw
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			sc := bufio.NewScanner(pr)
+			for sc.Scan() {
+				mu.Lock()
+				fmt.Printf("%-*s | %s\n", width, n.Name, sc.Text())
+				mu.Unlock()
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			err := c.Run()
+			pw.Close()
+			if err != nil {
+				mu.Lock()
+				failed = append(failed, fmt.Sprintf("%s (%v)", n.Name, err))
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if len(failed) > 0 {
+		return fmt.Errorf("failed on %s", strings.Join(failed, ", "))
+	}
+	return nil
 }
 
 // ensureRootFS builds the cached rootfs with e2e/rootfs.sh (once, about a
