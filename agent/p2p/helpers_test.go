@@ -125,7 +125,7 @@ func (c *cluster) seed(blob []byte) (*node, pieces.PieceList) {
 	if err := os.WriteFile(src, blob, 0o644); err != nil {
 		c.t.Fatal(err)
 	}
-	list, err := n.store.Add(context.Background(), src)
+	list, err := n.store.Add(context.Background(), src, 0)
 	if err != nil {
 		c.t.Fatal(err)
 	}

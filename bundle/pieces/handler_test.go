@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
+	"log"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -30,6 +31,7 @@ func mtlsServer(t *testing.T, s *Store) (*httptest.Server, *http.Client, *pieces
 		t.Fatal(err)
 	}
 	srv := httptest.NewUnstartedServer(NewHandler(s))
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // refused handshakes are the point of some tests
 	srv.TLS = srvTLS
 	srv.StartTLS()
 	t.Cleanup(srv.Close)

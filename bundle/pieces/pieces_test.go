@@ -13,9 +13,11 @@ func TestChoosePieceSize(t *testing.T) {
 	for _, tc := range []struct {
 		size, want int64
 	}{
-		{0, 1 << 20},
-		{10, 1 << 20},
-		{128 << 20, 1 << 20},
+		{0, 256 << 10},
+		{10, 256 << 10},
+		{128 << 20, 256 << 10},
+		{256 << 20, 256 << 10},
+		{256<<20 + 1, 512 << 10},
 		{1 << 30, 1 << 20},
 		{1<<30 + 1, 2 << 20},
 		{4 << 30, 4 << 20},
@@ -39,7 +41,7 @@ func randomBlob(t testing.TB, n int) []byte {
 
 func TestComputeAndVerify(t *testing.T) {
 	blob := randomBlob(t, 2<<20+5)
-	l, err := Compute(bytes.NewReader(blob), int64(len(blob)))
+	l, err := ComputeWithPieceSize(bytes.NewReader(blob), int64(len(blob)), 1<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,6 +61,9 @@ func TestComputeAndVerify(t *testing.T) {
 	}
 	if _, err := Compute(bytes.NewReader(blob[:10]), int64(len(blob))); err == nil {
 		t.Fatal("compute over a short reader: no error")
+	}
+	if d, err := Compute(bytes.NewReader(blob), int64(len(blob))); err != nil || d.Digest != l.Digest || d.PieceSize != MinPieceSize {
+		t.Fatalf("Compute with the chosen piece size: %v, digest %s piece size %d", err, d.Digest, d.PieceSize)
 	}
 }
 
@@ -113,7 +118,7 @@ func TestBitfield(t *testing.T) {
 func newTestBlob(t *testing.T, n int) ([]byte, PieceList) {
 	t.Helper()
 	blob := randomBlob(t, n)
-	l, err := Compute(bytes.NewReader(blob), int64(n))
+	l, err := ComputeWithPieceSize(bytes.NewReader(blob), int64(n), 1<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,7 +242,7 @@ func TestStoreAdd(t *testing.T) {
 	os.WriteFile(src, blob, 0o644)
 	s, _ := OpenStore(t.TempDir())
 	defer s.Close()
-	l, err := s.Add(t.Context(), src)
+	l, err := s.Add(t.Context(), src, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

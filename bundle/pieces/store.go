@@ -81,9 +81,10 @@ func (s *Store) notify() {
 }
 
 // Add imports the complete file at path (a seed): it computes the piece
-// list, links or copies the file into the store, and returns the list.
-func (s *Store) Add(ctx context.Context, path string) (PieceList, error) {
-	list, err := ComputeFile(path)
+// list (pieceSize 0: ChoosePieceSize), links or copies the file into the
+// store, and returns the list.
+func (s *Store) Add(ctx context.Context, path string, pieceSize int64) (PieceList, error) {
+	list, err := ComputeFile(path, pieceSize)
 	if err != nil {
 		return PieceList{}, err
 	}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime/pprof"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -32,18 +33,48 @@ func newBlobCmd() *cobra.Command {
   flotilla blob serve --dir /tmp/seed --listen 10.0.0.1:7443 --tracker-listen 10.0.0.1:7444 --seed layer.tar --ca ca.pem --cert c.pem --key k.pem
   flotilla blob fetch --list pieces.json --tracker https://10.0.0.1:7444 --dir /tmp/n1 --listen 10.0.0.11:7443 --id n1 --ca ca.pem --cert n.pem --key nk.pem`,
 	}
+	var cpuProfile string
+	var stopProfile func()
+	cmd.PersistentFlags().StringVar(&cpuProfile, "cpuprofile", "", "write a Go CPU profile to this file (benchmark analysis)")
+	cmd.PersistentPreRunE = func(c *cobra.Command, args []string) error {
+		if err := setupLogging(logLevel, logFormat); err != nil {
+			return err
+		}
+		if cpuProfile == "" {
+			return nil
+		}
+		f, err := os.Create(cpuProfile)
+		if err != nil {
+			return fmt.Errorf("--cpuprofile: %w", err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("--cpuprofile: %w", err)
+		}
+		stopProfile = func() { pprof.StopCPUProfile(); f.Close() }
+		return nil
+	}
+	cmd.PersistentPostRun = func(*cobra.Command, []string) {
+		if stopProfile != nil {
+			stopProfile()
+		}
+	}
 	cmd.AddCommand(newBlobPiecesCmd(), newBlobServeCmd(), newBlobFetchCmd())
 	return cmd
 }
 
 func newBlobPiecesCmd() *cobra.Command {
-	return &cobra.Command{
+	var pieceSize string
+	cmd := &cobra.Command{
 		Use:     "pieces FILE",
 		Short:   "Print the piece list (JSON) of a file",
 		Example: "  flotilla blob pieces layer.tar > pieces.json",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			l, err := pieces.ComputeFile(args[0])
+			ps, err := parsePieceSize(pieceSize)
+			if err != nil {
+				return err
+			}
+			l, err := pieces.ComputeFile(args[0], ps)
 			if err != nil {
 				return err
 			}
@@ -52,6 +83,19 @@ func newBlobPiecesCmd() *cobra.Command {
 			return enc.Encode(l)
 		},
 	}
+	cmd.Flags().StringVar(&pieceSize, "piece-size", "", "piece size, e.g. 256KiB (default: chosen by the blob's size)")
+	return cmd
+}
+
+func parsePieceSize(s string) (int64, error) {
+	if s == "" {
+		return 0, nil
+	}
+	v, err := pieces.ParseRate(s) // same units, read as bytes
+	if err != nil || v <= 0 || v > pieces.MaxPieceSize {
+		return 0, fmt.Errorf("--piece-size %q: want a size from 1B to 64MiB, e.g. 256KiB", s)
+	}
+	return v, nil
 }
 
 // blobPeerFlags are the flags every piece-serving process shares.
@@ -150,6 +194,7 @@ func newBlobServeCmd() *cobra.Command {
 		seeds         []string
 		trackerListen string
 		trackerURL    string
+		pieceSize     string
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -159,6 +204,10 @@ func newBlobServeCmd() *cobra.Command {
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
+			ps, err := parsePieceSize(pieceSize)
+			if err != nil {
+				return err
+			}
 			var tr p2p.Tracker
 			if trackerListen != "" {
 				t := tracker.New(tracker.DefaultTTL)
@@ -193,7 +242,7 @@ func newBlobServeCmd() *cobra.Command {
 			}
 			f := p2p.New(peer.store, tr, p2p.Options{Self: peer.self, Client: peer.client})
 			for _, s := range seeds {
-				list, err := peer.store.Add(ctx, s)
+				list, err := peer.store.Add(ctx, s, ps)
 				if err != nil {
 					return err
 				}
@@ -214,6 +263,7 @@ func newBlobServeCmd() *cobra.Command {
 	pf.register(cmd, "seed")
 	cmd.Flags().StringArrayVar(&seeds, "seed", nil, "file to add to the store and announce (repeatable)")
 	cmd.Flags().StringVar(&trackerListen, "tracker-listen", "", "also run the tracker on this address, host:port")
+	cmd.Flags().StringVar(&pieceSize, "piece-size", "", "piece size for --seed files, as for flotilla blob pieces (default: chosen by size)")
 	cmd.Flags().StringVar(&trackerURL, "tracker", "", "tracker to announce to, https://host:port (default: the one from --tracker-listen)")
 	return cmd
 }
