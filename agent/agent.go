@@ -145,7 +145,20 @@ func (a *Agent) loadOrJoin(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	cr, err = join(ctx, base, a.opts.Token, a.opts.CAHash, a.opts.CAFile, a.opts.Name, a.facts)
+	for attempt := 1; ; attempt++ {
+		cr, err = join(ctx, base, a.opts.Token, a.opts.CAHash, a.opts.CAFile, a.opts.Name, a.facts)
+		if !errors.Is(err, errUnreachable) {
+			break
+		}
+		// The controller may still be starting: retry network failures, not refusals.
+		wait := backoff(attempt)
+		a.log.Warn("join failed, retrying", "err", err, "in", wait.Round(time.Millisecond))
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("join %s: %w (last error: %v)", base, ctx.Err(), err)
+		case <-time.After(wait):
+		}
+	}
 	if err != nil {
 		return err
 	}

@@ -22,6 +22,9 @@ import (
 // ErrJoinRefused wraps the controller's reason for refusing a join.
 var ErrJoinRefused = errors.New("controller refused the join")
 
+// errUnreachable marks join failures worth retrying (network, not refusal).
+var errUnreachable = errors.New("controller unreachable")
+
 // NormalizeControllerURL turns HOST, HOST:PORT or https://HOST:PORT into the
 // controller's HTTPS base URL (default port 9443).
 func NormalizeControllerURL(s string) (string, error) {
@@ -67,7 +70,7 @@ func fetchCA(ctx context.Context, base, caHash, caFile string) ([]byte, error) {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+protocol.PathCACert, nil)
 	resp, err := cl.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("fetch CA from %s: %w", base, err)
+		return nil, fmt.Errorf("fetch CA from %s: %w: %w", base, errUnreachable, err)
 	}
 	defer resp.Body.Close()
 	pem, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
@@ -99,7 +102,7 @@ func join(ctx context.Context, base, token, caHash, caFile, name string, facts p
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := cl.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("join %s: %w", base, err)
+		return nil, fmt.Errorf("join %s: %w: %w", base, errUnreachable, err)
 	}
 	defer resp.Body.Close()
 	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
