@@ -40,7 +40,7 @@ bench: build
 	FLOTILLA_BIN=$(CURDIR)/$(BIN) $(GO) test -run='^$$' -bench=. -benchtime=20x ./...
 
 bench-distribution: build
-	FLOTILLA_BIN=$(CURDIR)/$(BIN) $(GO) test -run='^TestDistributionBenchmark$$' -v -timeout 60m ./bench/
+	FLOTILLA_BENCH=1 FLOTILLA_BIN=$(CURDIR)/$(BIN) $(GO) test -run='^TestDistributionBenchmark$$' -v -timeout 60m ./bench/
 
 demo: build
 	./e2e/demo.sh
