@@ -49,6 +49,7 @@ type result struct {
 	n      int
 	t      time.Duration
 	cpu    float64 // share of the machine's CPU busy during the run
+	load   string  // 1-minute load average when the run started (other work on the machine)
 }
 
 func TestDistributionBenchmark(t *testing.T) {
@@ -109,6 +110,7 @@ func TestDistributionBenchmark(t *testing.T) {
 	for _, n := range ns {
 		for _, m := range methods {
 			var r result
+			load := loadAvg()
 			cpu := cpuSampler()
 			switch m {
 			case "p2p", "seed-only":
@@ -118,7 +120,7 @@ func TestDistributionBenchmark(t *testing.T) {
 			default:
 				t.Fatalf("FLOTILLA_BENCH_METHODS: unknown method %q (want p2p, seed-only, scp)", m)
 			}
-			r.cpu = cpu()
+			r.cpu, r.load = cpu(), load
 			t.Logf("N=%2d %-9s T=%6.2fs  T/(S/B)=%.2f  CPU busy %.0f%%", n, m, r.t.Seconds(), r.t.Seconds()/ideal.Seconds(), r.cpu*100)
 			results = append(results, r)
 		}
@@ -505,6 +507,14 @@ func fileSHA256(t *testing.T, path string) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
+func loadAvg() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	if f := strings.Fields(string(b)); len(f) > 0 {
+		return f[0]
+	}
+	return "?"
+}
+
 // cpuSampler returns a func that reports the share of all CPUs busy since
 // cpuSampler was called (from /proc/stat).
 func cpuSampler() func() float64 {
@@ -553,12 +563,12 @@ func renderTable(rs []result, ns []int, methods []string, ideal time.Duration, s
 	}
 	fmt.Fprintf(&b, "Measured %s on %s: %d CPUs, %s memory, Linux %s, %s.\n", time.Now().UTC().Format("2006-01-02 15:04 UTC"), host, runtime.NumCPU(), mem, strings.TrimSpace(string(kernel)), runtime.Version())
 	fmt.Fprintf(&b, "Command: `make bench-distribution`. S = %d MiB (%d pieces of %d KiB), B = %d Mbit/s (tbf on every veth end), S/B = %.2f s.\n\n", sizeMiB, list.Count(), list.PieceSize>>10, linkMbit, ideal.Seconds())
-	b.WriteString("| method | N | T (s) | T / (S/B) | CPU busy |\n|---|---:|---:|---:|---:|\n")
+	b.WriteString("| method | N | T (s) | T / (S/B) | CPU busy | load before |\n|---|---:|---:|---:|---:|---:|\n")
 	for _, m := range methods {
 		for _, n := range ns {
 			for _, r := range rs {
 				if r.method == m && r.n == n {
-					fmt.Fprintf(&b, "| %s | %d | %.1f | %.2f | %.0f%% |\n", methodTitle[m], n, r.t.Seconds(), r.t.Seconds()/ideal.Seconds(), r.cpu*100)
+					fmt.Fprintf(&b, "| %s | %d | %.1f | %.2f | %.0f%% | %s |\n", methodTitle[m], n, r.t.Seconds(), r.t.Seconds()/ideal.Seconds(), r.cpu*100, r.load)
 				}
 			}
 		}
