@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -220,7 +222,9 @@ func (t *Txn) Commit(ctx context.Context, tags map[string]v1.Descriptor) error {
 	}
 	return t.s.updateIndex(ctx, func(im *v1.IndexManifest) (bool, error) {
 		changed := false
-		for n, d := range tags {
+		// Tags go in in name order so that the same load gives the same index.json.
+		for _, n := range slices.Sorted(maps.Keys(tags)) {
+			d := tags[n]
 			if n != "" {
 				var err error
 				if n, err = NormalizeName(n); err != nil {
