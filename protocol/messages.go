@@ -67,7 +67,10 @@ type Task struct {
 	Expires time.Time `json:"expires"`
 	// Image is the cluster image digest the task belongs to (empty for ad-hoc exec).
 	Image string `json:"image,omitempty"`
-	Steps []Step `json:"steps"`
+	// Cluster names the cluster a rollout task belongs to (empty for ad-hoc exec);
+	// an agent runs the tasks of one cluster one at a time, in arrival order.
+	Cluster string `json:"cluster,omitempty"`
+	Steps   []Step `json:"steps"`
 }
 
 // Validate checks the task's shape (not its signature).

@@ -1,0 +1,205 @@
+package protocol
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// Step kinds of a rollout task, each run by an agent executor. A rollout task carries
+// one node's layers, rendered files, run steps and services in run order (Task.Cluster
+// set), or the undo of some of them.
+const (
+	// KindLayer fetches one image layer (verified by digest) and unpacks it under the
+	// agent's root, recording what it placed. Payload: LayerPayload.
+	KindLayer = "layer"
+	// KindFile places one rendered file atomically under the root. Payload: FilePayload.
+	KindFile = "file"
+	// KindRun runs Step.Shell with /bin/sh -c, Step.Env and Step.Timeout, working
+	// directory the root, like "exec"; FLOTILLA_ROOT tells the script where files are.
+	KindRun = "run"
+	// KindService reloads systemd and enables, starts (or restarts when its unit file
+	// changed) and waits for a unit to be active. Payload: ServicePayload.
+	KindService = "service"
+	// KindUndo takes back something an earlier rollout did. Payload: UndoPayload.
+	KindUndo = "undo"
+)
+
+// LayerPayload is what a "layer" step fetches and unpacks.
+type LayerPayload struct {
+	Cluster string `json:"cluster"`
+	Digest  string `json:"digest"` // sha256:… of the blob as stored (compressed)
+	DiffID  string `json:"diffID,omitempty"`
+	Size    int64  `json:"size"`
+	// URL fetches the blob from the controller over HTTPS (the controller's CA),
+	// with header "Authorization: Bearer <Token>".
+	URL   string `json:"url"`
+	Token string `json:"token"`
+	// Pieces is the blob's piece list for peer-to-peer fetching (bundle/pieces JSON);
+	// empty: fetch from URL only.
+	Pieces json.RawMessage `json:"pieces,omitempty"`
+	// MaxDownload and MaxUpload cap this node's distribution traffic in bytes per
+	// second while the step runs (0: the agent's own limit, if any).
+	MaxDownload int64 `json:"maxDownload,omitempty"`
+	MaxUpload   int64 `json:"maxUpload,omitempty"`
+}
+
+// FilePayload is one rendered file a "file" step places.
+type FilePayload struct {
+	Cluster string `json:"cluster"`
+	Path    string `json:"path"` // absolute, clean; placed under the agent's root
+	Mode    uint32 `json:"mode"`
+	Content []byte `json:"content"`
+	Digest  string `json:"digest"` // sha256:… of Content; the agent checks it
+}
+
+// ServicePayload names the unit a "service" step starts.
+type ServicePayload struct {
+	Cluster string `json:"cluster"`
+	Unit    string `json:"unit"` // e.g. "etcd.service"; its file was placed by a layer or file step
+	// Restart is set when the unit's file or an input of the unit changed since the
+	// node last started it: restart instead of leaving a running unit alone.
+	Restart bool `json:"restart,omitempty"`
+}
+
+// Undo kinds (UndoPayload.Kind).
+const (
+	UndoStopService = "stop-service" // stop and disable Target (a unit); gone already is fine
+	UndoRemoveFile  = "remove-file"  // remove the rendered file at Target if it still has what was placed
+	UndoRemoveLayer = "remove-layer" // remove what layer Target placed, except paths another kept layer of the cluster placed
+	UndoForget      = "forget"       // forget Digests from the applied-steps state (a removed node that comes back runs them again)
+)
+
+// UndoPayload is one thing an "undo" step takes back.
+type UndoPayload struct {
+	Cluster string   `json:"cluster"`
+	Kind    string   `json:"kind"`
+	Target  string   `json:"target,omitempty"`
+	Digests []string `json:"digests,omitempty"`
+}
+
+// Admin request names of the rollout engine.
+const (
+	AdminPlan   = "rollout.plan"
+	AdminApply  = "rollout.apply"
+	AdminStatus = "rollout.status"
+	AdminDelete = "rollout.delete"
+)
+
+// ApplyRequest asks the controller to plan (DryRun) or apply a Clusterfile, or to
+// delete (undo on every node) the cluster it describes.
+type ApplyRequest struct {
+	// Clusterfile is the file's content; Path names it in errors (file:line).
+	Clusterfile []byte `json:"clusterfile"`
+	Path        string `json:"path"`
+	DryRun      bool   `json:"dryRun,omitempty"`
+	// Detach returns once the rollout started; it goes on in the controller.
+	Detach bool `json:"detach,omitempty"`
+}
+
+// RolloutEvent is streamed to the CLI while a rollout runs (AdminCall.Send).
+type RolloutEvent struct {
+	Time    time.Time `json:"time"`
+	Cluster string    `json:"cluster"`
+	Rollout string    `json:"rollout"` // rollout id
+	Type    string    `json:"type"`    // one of the RolloutEvent* constants
+	Phase   string    `json:"phase,omitempty"`
+	Node    string    `json:"node,omitempty"`
+	// Step is the 1-based index among the node's steps, Steps their count.
+	Step     int    `json:"step,omitempty"`
+	Steps    int    `json:"steps,omitempty"`
+	StepName string `json:"stepName,omitempty"`
+	Line     string `json:"line,omitempty"` // output line, or a message
+	// Bytes progress of a layer fetch.
+	Done  int64 `json:"done,omitempty"`
+	Total int64 `json:"total,omitempty"`
+	// Outcome is set on node.done.
+	Outcome *NodeOutcome `json:"outcome,omitempty"`
+}
+
+// Rollout event types.
+const (
+	RolloutEventStart     = "rollout.start"
+	RolloutEventPhase     = "phase.start"
+	RolloutEventNodeStart = "node.start"
+	RolloutEventStep      = "step.start"
+	RolloutEventOutput    = "step.output"
+	RolloutEventProgress  = "step.progress"
+	RolloutEventStepDone  = "step.done"
+	RolloutEventNodeDone  = "node.done"
+	RolloutEventRetry     = "node.retry"
+	RolloutEventPhaseDone = "phase.done"
+	RolloutEventHealth    = "health"
+	RolloutEventDone      = "rollout.done"
+)
+
+// Node outcome statuses.
+const (
+	NodeOK          = "ok"          // every step succeeded (or was already applied)
+	NodeNoop        = "noop"        // nothing to do
+	NodeFailed      = "failed"      // a step failed
+	NodeUnreachable = "unreachable" // offline past the timeout; nothing or part was done
+	NodeNotStarted  = "not-started" // onFailure halt stopped the rollout before this node
+)
+
+// NodeOutcome is how one node's part of a rollout ended.
+type NodeOutcome struct {
+	Node     string        `json:"node"`
+	Phase    string        `json:"phase"`
+	Action   string        `json:"action"` // planner action: create, update, noop, remove
+	Status   string        `json:"status"`
+	Ran      int           `json:"ran"`     // steps run
+	Skipped  int           `json:"skipped"` // steps skipped as already applied
+	Steps    int           `json:"steps"`
+	Attempts int           `json:"attempts,omitempty"`
+	Duration time.Duration `json:"duration"`
+	// On failure: which step, its exit code and the last lines of its output.
+	FailedStep string   `json:"failedStep,omitempty"`
+	ExitCode   int      `json:"exitCode,omitempty"`
+	Error      string   `json:"error,omitempty"`
+	LastOutput []string `json:"lastOutput,omitempty"`
+	// Downloaded bytes and the achieved rate (bytes/s) of its layer fetches.
+	Downloaded int64   `json:"downloaded,omitempty"`
+	Rate       float64 `json:"rate,omitempty"`
+}
+
+// ApplyResult is the final reply to AdminApply and AdminDelete.
+type ApplyResult struct {
+	Rollout     string        `json:"rollout"`
+	Cluster     string        `json:"cluster"`
+	Image       string        `json:"image"`
+	ImageDigest string        `json:"imageDigest"`
+	OK          bool          `json:"ok"`
+	Halted      bool          `json:"halted,omitempty"` // onFailure halt stopped it
+	Resumed     bool          `json:"resumed,omitempty"`
+	Duration    time.Duration `json:"duration"`
+	Nodes       []NodeOutcome `json:"nodes"`
+	Health      string        `json:"health,omitempty"` // the image's CMD output or error, if it has one
+}
+
+// StatusRequest asks for one cluster's status, or every cluster's when Cluster is "".
+type StatusRequest struct {
+	Cluster string `json:"cluster,omitempty"`
+}
+
+// ClusterStatus is what the controller knows of one cluster.
+type ClusterStatus struct {
+	Cluster     string       `json:"cluster"`
+	Image       string       `json:"image"`       // desired, from the last applied Clusterfile
+	ImageDigest string       `json:"imageDigest"` // desired
+	Rollout     string       `json:"rollout,omitempty"`
+	State       string       `json:"state"` // running, done, failed, halted, interrupted
+	Started     time.Time    `json:"started,omitempty"`
+	Finished    time.Time    `json:"finished,omitempty"`
+	Nodes       []NodeStatus `json:"nodes"`
+}
+
+// NodeStatus is one node of a cluster as the controller knows it.
+type NodeStatus struct {
+	Node    string   `json:"node"`
+	Roles   []string `json:"roles"`
+	Online  bool     `json:"online"`
+	Applied string   `json:"applied"` // image digest last applied completely ("" none)
+	// Drift is set when the node's applied image or work differs from the desired one.
+	Drift     bool   `json:"drift"`
+	LastError string `json:"lastError,omitempty"`
+}
