@@ -1,0 +1,196 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/flotilla-dev/flotilla/cmd/flotilla/internal/rolloutview"
+	"github.com/flotilla-dev/flotilla/controller/clusterfile"
+	"github.com/flotilla-dev/flotilla/protocol"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+)
+
+func init() { addCommand(newApplyCmd) }
+
+// rolloutFlags are the flags apply and delete share.
+type rolloutFlags struct {
+	conn    cliConnFlags
+	file    string
+	output  string
+	verbose bool
+	timeout time.Duration
+}
+
+func (f *rolloutFlags) register(cmd *cobra.Command) {
+	f.conn.register(cmd)
+	fl := cmd.Flags()
+	fl.StringVarP(&f.file, "file", "f", "", "the Clusterfile (required)")
+	fl.StringVarP(&f.output, "output", "o", "text", "output: text (live progress and a summary) or json (the result; progress goes to stderr)")
+	fl.BoolVarP(&f.verbose, "verbose", "v", false, "show every output line of every step (default: only the output of failing steps)")
+	fl.DurationVar(&f.timeout, "timeout", 2*time.Hour, "stop waiting for the result after this long (the rollout goes on in the controller)")
+	_ = cmd.MarkFlagFilename("file", "yaml", "yml")
+}
+
+func (f *rolloutFlags) check() error {
+	switch f.output {
+	case "text", "json":
+		return nil
+	}
+	return fmt.Errorf("-o %q: want text or json", f.output)
+}
+
+func newApplyCmd() *cobra.Command {
+	var (
+		f      rolloutFlags
+		dryRun bool
+		detach bool
+	)
+	cmd := &cobra.Command{
+		Use:   "apply -f Clusterfile [--dry-run] [--detach] [-o text|json]",
+		Short: "Roll a Clusterfile out to its hosts, showing each node's progress, and end with a summary",
+		Long: `Send the Clusterfile to the controller, which plans each node's work and runs it phase
+by phase: master0, the other masters, nodes, then custom roles. On a terminal each node
+gets a progress bar (phase, step i/n, the step, bytes and rate while a layer is fetched);
+otherwise one line is printed per step start and end, retry and phase, with the output
+of failing steps (-v: every output line). A summary table follows, with the failing
+step, exit code and last output lines of each failed node.
+
+Edit the Clusterfile and apply it again to scale up or down or to upgrade: only what
+changed runs. The exit code is 0 when every node is ok, 1 when any node failed, was
+unreachable or was not started. Ctrl-C stops watching, not the rollout: it goes on in
+the controller (see flotilla status).`,
+		Example: `  flotilla apply -f Clusterfile
+  flotilla apply -f Clusterfile --dry-run          # same as flotilla plan
+  flotilla apply -f Clusterfile -v                 # every output line of every step
+  flotilla apply -f Clusterfile --detach && flotilla status prod-etcd
+  flotilla apply -f Clusterfile -o json | jq '.nodes[] | select(.status != "ok")'`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if dryRun {
+				out := f.output
+				if out == "" {
+					out = "text"
+				}
+				return runPlan(cmd, &f.conn, f.file, out)
+			}
+			if err := f.check(); err != nil {
+				return err
+			}
+			req, cluster, err := readClusterfile(f.file)
+			if err != nil {
+				return err
+			}
+			req.Detach = detach
+			return runRollout(cmd, &f, protocol.AdminApply, req, cluster)
+		},
+	}
+	f.register(cmd)
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print the plan and change nothing (flotilla plan)")
+	cmd.Flags().BoolVar(&detach, "detach", false, "return once the rollout started; it goes on in the controller")
+	return cmd
+}
+
+// readClusterfile reads the Clusterfile at path into a request, and the cluster's name
+// if the file parses here (the controller validates it again and reports errors).
+func readClusterfile(path string) (protocol.ApplyRequest, string, error) {
+	if path == "" {
+		return protocol.ApplyRequest{}, "", errors.New("no Clusterfile: pass it with -f PATH")
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return protocol.ApplyRequest{}, "", fmt.Errorf("read Clusterfile: %w (check the path given with -f)", err)
+	}
+	name := ""
+	if cf, err := clusterfile.Parse(path, data); err == nil {
+		name = cf.Cluster.Name
+	}
+	return protocol.ApplyRequest{Clusterfile: data, Path: path}, name, nil
+}
+
+// runRollout sends an apply or delete request, shows the streamed events and the
+// summary, and turns failed nodes into a non-zero exit code.
+func runRollout(cmd *cobra.Command, f *rolloutFlags, name string, req protocol.ApplyRequest, cluster string) error {
+	nc, err := f.conn.connect()
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+
+	view := newRolloutRenderer(cmd, f.output, f.verbose)
+	onStream := func(data []byte) {
+		var ev protocol.RolloutEvent
+		if err := json.Unmarshal(data, &ev); err != nil {
+			slog.Debug("rollout event not understood", "err", err)
+			return
+		}
+		if cluster == "" {
+			cluster = ev.Cluster
+		}
+		view.Event(ev)
+	}
+	var res protocol.ApplyResult
+	err = adminCall(cmd.Context(), nc, name, req, &res, f.timeout, onStream)
+	view.Close()
+	follow := "flotilla status"
+	if cluster != "" {
+		follow += " " + cluster
+	}
+	switch {
+	case err != nil && cmd.Context().Err() != nil:
+		fmt.Fprintf(cmd.ErrOrStderr(), "\ninterrupted: the rollout goes on in the controller; follow it with: %s\n", follow)
+		return &exitError{code: 130}
+	case err != nil && errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("no result within --timeout %s: the rollout goes on in the controller; follow it with: %s", f.timeout, follow)
+	case err != nil:
+		return err
+	}
+	if res.Cluster != "" {
+		follow = "flotilla status " + res.Cluster
+	}
+	if f.output == "json" {
+		if res.Nodes == nil {
+			res.Nodes = []protocol.NodeOutcome{}
+		}
+		if err := cliWriteJSON(cmd, res); err != nil {
+			return err
+		}
+	} else if req.Detach {
+		fmt.Fprintf(cmd.OutOrStdout(), "rollout %s of cluster %s started in the controller; follow it with: %s\n", res.Rollout, res.Cluster, follow)
+		return nil
+	} else if err := rolloutview.WriteSummary(cmd.OutOrStdout(), &res); err != nil {
+		return err
+	}
+	if req.Detach {
+		return nil
+	}
+	if err := rolloutview.Err(&res); err != nil {
+		return &exitError{code: 1, err: err}
+	}
+	return nil
+}
+
+// newRolloutRenderer shows progress on stdout (stderr with -o json): bars on a
+// terminal, plain lines otherwise.
+func newRolloutRenderer(cmd *cobra.Command, output string, verbose bool) rolloutview.Renderer {
+	w := cmd.OutOrStdout()
+	if output == "json" {
+		w = cmd.ErrOrStderr()
+	}
+	opts := rolloutview.Options{Verbose: verbose}
+	if isTerminal(w) && os.Getenv("TERM") != "dumb" {
+		return rolloutview.NewBars(w, opts)
+	}
+	return rolloutview.NewPlain(w, opts)
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
