@@ -29,7 +29,7 @@ spec:
   image: hello:1.0
   hosts:
     - names: [n1, n2]
-      roles: [all]
+      roles: [node]
 `
 
 // scripted is a controller whose rollout handlers answer from the test.
