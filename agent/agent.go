@@ -72,6 +72,10 @@ type Agent struct {
 	seqMu      sync.Mutex
 	wg         sync.WaitGroup
 	regKick    chan struct{}
+	// clusterTail holds, per cluster, the channel the cluster's last queued
+	// task closes when it ends: tasks of one cluster run one at a time.
+	clusterMu   sync.Mutex
+	clusterTail map[string]chan struct{}
 }
 
 // New checks options, joins the controller when the data dir has no
@@ -113,11 +117,13 @@ func New(ctx context.Context, opts Options) (*Agent, error) {
 	if err := os.MkdirAll(opts.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("--data-dir %s: %w", opts.DataDir, err)
 	}
-	a := &Agent{opts: opts, log: opts.Logger.With("node", opts.Name), running: map[string]context.CancelFunc{}, regKick: make(chan struct{}, 1)}
+	a := &Agent{opts: opts, log: opts.Logger.With("node", opts.Name), running: map[string]context.CancelFunc{}, regKick: make(chan struct{}, 1),
+		clusterTail: map[string]chan struct{}{}}
 	a.facts = CollectFacts(opts.Version, opts.Labels)
 	if a.applied, err = loadApplied(opts.DataDir); err != nil {
 		return nil, err
 	}
+	registerApplied(opts.DataDir, a.applied)
 	if err := a.loadOrJoin(ctx); err != nil {
 		return nil, err
 	}
@@ -177,6 +183,28 @@ func (a *Agent) loadSeq() uint64 {
 	}
 	n, _ := strconv.ParseUint(strings.TrimSpace(string(data)), 10, 64)
 	return n
+}
+
+// CAPEM returns the controller CA that the agent of dataDir (StepContext.DataDir)
+// trusts, as kept by its join: executors verify the controller's HTTPS with it.
+func CAPEM(dataDir string) ([]byte, error) {
+	cr, err := loadCredentials(dataDir)
+	if err != nil {
+		return nil, fmt.Errorf("controller CA of the agent in %s: %w (has this agent joined?)", dataDir, err)
+	}
+	if len(cr.CAPEM) == 0 {
+		return nil, fmt.Errorf("controller CA of the agent in %s: %s has no caPEM", dataDir, filepath.Join(dataDir, fileCredentials))
+	}
+	return cr.CAPEM, nil
+}
+
+// NewStepContext builds a StepContext outside a running agent, for executor
+// tests and tools: events go to emit (nil drops them) and Request fails.
+func NewStepContext(t *protocol.Task, s *protocol.Step, root, dataDir string, emit func(protocol.Event)) *StepContext {
+	if emit == nil {
+		emit = func(protocol.Event) {}
+	}
+	return &StepContext{Task: t, Step: s, Root: root, DataDir: dataDir, Env: stepEnv(root, dataDir, t, s), emit: emit}
 }
 
 // Name is the node's name.

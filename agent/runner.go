@@ -65,6 +65,9 @@ func (a *Agent) onTask(m *nats.Msg) {
 	a.running[t.ID] = cancel
 	a.mu.Unlock()
 	ack(m, nil)
+	// Queue the task behind the cluster's previous one now, while messages are
+	// still handled one at a time, so that arrival order is run order.
+	prev, mine := a.queueCluster(t.Cluster)
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
@@ -74,8 +77,46 @@ func (a *Agent) onTask(m *nats.Msg) {
 			a.mu.Unlock()
 			cancel()
 		}()
+		defer a.dequeueCluster(t.Cluster, prev, mine)
+		if prev != nil {
+			select {
+			case <-prev:
+			case <-ctx.Done(): // runTask reports it canceled before its first step
+			}
+		}
 		a.runTask(ctx, t)
 	}()
+}
+
+// queueCluster returns the channel closed when the cluster's previous task
+// ended (nil: none or no cluster) and the one this task closes when it ends.
+func (a *Agent) queueCluster(cluster string) (prev <-chan struct{}, mine chan struct{}) {
+	if cluster == "" {
+		return nil, nil
+	}
+	a.clusterMu.Lock()
+	defer a.clusterMu.Unlock()
+	mine = make(chan struct{})
+	prev = a.clusterTail[cluster]
+	a.clusterTail[cluster] = mine
+	return prev, mine
+}
+
+// dequeueCluster lets the cluster's next task run. A task canceled while it
+// waited still waits for its predecessor first, so two never overlap.
+func (a *Agent) dequeueCluster(cluster string, prev <-chan struct{}, mine chan struct{}) {
+	if mine == nil {
+		return
+	}
+	if prev != nil {
+		<-prev
+	}
+	a.clusterMu.Lock()
+	if a.clusterTail[cluster] == mine {
+		delete(a.clusterTail, cluster)
+	}
+	a.clusterMu.Unlock()
+	close(mine)
 }
 
 func (a *Agent) onCancel(m *nats.Msg) {

@@ -92,16 +92,59 @@ func (a *appliedState) add(digest string, s AppliedStep) error {
 	return writeFileAtomic(a.path, data, 0o600)
 }
 
-// Forget removes a digest (for undo steps of later issues).
-func (a *appliedState) forget(digest string) error {
+// forget removes digests (undo steps) and persists the state if it changed.
+func (a *appliedState) forget(digests ...string) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	delete(a.m, digest)
+	n := len(a.m)
+	for _, d := range digests {
+		delete(a.m, d)
+	}
+	if len(a.m) == n {
+		return nil
+	}
 	data, err := json.MarshalIndent(a.m, "", " ")
 	if err != nil {
 		return err
 	}
 	return writeFileAtomic(a.path, data, 0o600)
+}
+
+// liveApplied maps the data dirs of agents started in this process to their
+// applied-steps state, so that ForgetSteps changes the state a running agent
+// holds rather than a file it would overwrite.
+var (
+	liveMu      sync.Mutex
+	liveApplied = map[string]*appliedState{}
+)
+
+func registerApplied(dataDir string, a *appliedState) {
+	if abs, err := filepath.Abs(dataDir); err == nil {
+		dataDir = abs
+	}
+	liveMu.Lock()
+	liveApplied[dataDir] = a
+	liveMu.Unlock()
+}
+
+// ForgetSteps drops step digests from the applied-steps state of the agent
+// whose data dir is dataDir (StepContext.DataDir), so that tasks carrying them
+// run those steps again. Without an agent of that data dir in this process it
+// edits <dataDir>/applied.json. Digests not recorded are fine.
+func ForgetSteps(dataDir string, digests ...string) error {
+	if abs, err := filepath.Abs(dataDir); err == nil {
+		dataDir = abs
+	}
+	liveMu.Lock()
+	a := liveApplied[dataDir]
+	liveMu.Unlock()
+	if a == nil {
+		var err error
+		if a, err = loadApplied(dataDir); err != nil {
+			return err
+		}
+	}
+	return a.forget(digests...)
 }
 
 // writeFileAtomic writes data beside path, syncs and renames it into place.
