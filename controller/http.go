@@ -13,6 +13,7 @@ import (
 
 	"github.com/flotilla-dev/flotilla/protocol"
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 )
 
 func (c *Controller) startHTTP() error {
@@ -30,9 +31,22 @@ func (c *Controller) startHTTP() error {
 		return fmt.Errorf("--http-listen %s: %w", c.opts.HTTPListen, err)
 	}
 	c.httpAddr = ln.Addr()
+	sub, err := c.nc.Subscribe(protocol.AllNodeRequests(protocol.RequestPeerCert), c.onPeerCert)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("subscribe peer certificate requests: %w", err)
+	}
+	c.subs = append(c.subs, sub)
+	if err := c.nc.Flush(); err != nil {
+		ln.Close()
+		return fmt.Errorf("subscribe peer certificate requests: %w", err)
+	}
 	c.http = &http.Server{
-		Handler:           mux,
-		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{c.pki.server}, MinVersion: tls.VersionTLS12},
+		Handler: mux,
+		// Agents present their peer certificate to reach the tracker and the seed
+		// (RequireAgentCert); joins, the CA and the bootstrap need none.
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{c.pki.server}, MinVersion: tls.VersionTLS12,
+			ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: c.pki.certPool()},
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          nil,
 	}
@@ -68,11 +82,21 @@ func (c *Controller) handleJoin(w http.ResponseWriter, r *http.Request) {
 		fail(http.StatusForbidden, err)
 		return
 	}
+	var peerCert []byte
+	if len(req.CSR) > 0 {
+		// Before admitting: a bad request must not cost the node its old credentials.
+		var err error
+		if peerCert, err = c.pki.signPeerCert(req.Name, req.CSR); err != nil {
+			fail(http.StatusBadRequest, err)
+			return
+		}
+	}
 	cr, err := c.admitNode(ctx, req.Name, req.Facts)
 	if err != nil {
 		fail(http.StatusInternalServerError, err)
 		return
 	}
+	cr.PeerCert = peerCert
 	c.log.Info("node joined", "node", req.Name, "remote", r.RemoteAddr)
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(cr)
@@ -133,4 +157,67 @@ func (c *Controller) disconnectNode(name string) {
 			c.log.Info("disconnected the previous agent of a re-joined node", "node", name, "cid", ci.Cid)
 		}
 	}
+}
+
+// onPeerCert signs a peer certificate for an agent that joined before it had
+// one, or renews it; NATS permissions guarantee the subject names the sender.
+func (c *Controller) onPeerCert(m *nats.Msg) {
+	var rep protocol.PeerCertReply
+	node, ok := protocol.NodeFromSubject(m.Subject)
+	var req protocol.PeerCertRequest
+	switch {
+	case !ok:
+		return
+	case protocol.Decode(m.Data, &req) != nil:
+		rep.Error = "peer certificate request: bad message"
+	default:
+		if _, known := c.inv.get(node); !known {
+			rep.Error = fmt.Sprintf("node %s is not in the inventory: join again with a token", node)
+			break
+		}
+		cert, err := c.pki.signPeerCert(node, req.CSR)
+		if err != nil {
+			rep.Error = err.Error()
+			break
+		}
+		rep.Cert = cert
+		c.log.Info("issued peer certificate", "node", node)
+	}
+	data, _ := protocol.Encode(rep)
+	_ = m.Respond(data)
+}
+
+type agentCtxKey struct{}
+
+// RequireAgentCert serves h only to clients that presented a valid peer
+// certificate of this cluster (an agent); others get 403 and nothing else.
+// AgentFromRequest tells h which node it is.
+func RequireAgentCert(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		node, ok := agentFromTLS(r.TLS)
+		if !ok {
+			http.Error(w, "this endpoint needs an agent's peer certificate (mutual TLS with the cluster CA)", http.StatusForbidden)
+			return
+		}
+		h.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), agentCtxKey{}, node)))
+	})
+}
+
+// AgentFromRequest returns the node whose peer certificate authenticated r
+// (inside a handler wrapped by RequireAgentCert).
+func AgentFromRequest(r *http.Request) (string, bool) {
+	node, ok := r.Context().Value(agentCtxKey{}).(string)
+	return node, ok
+}
+
+func agentFromTLS(cs *tls.ConnectionState) (string, bool) {
+	// VerifiedChains is only set when the chain verified against the CA.
+	if cs == nil || len(cs.VerifiedChains) == 0 || len(cs.VerifiedChains[0]) == 0 {
+		return "", false
+	}
+	leaf := cs.VerifiedChains[0][0]
+	if len(leaf.DNSNames) != 1 {
+		return "", false
+	}
+	return protocol.PeerCertNode(leaf.DNSNames[0])
 }

@@ -16,6 +16,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/flotilla-dev/flotilla/protocol"
 )
 
 // Files in the controller's data dir.
@@ -239,4 +241,40 @@ func defaultAdvertise() string {
 		}
 	}
 	return "127.0.0.1"
+}
+
+// peerCertValidity is how long an agent's peer certificate lasts; agents renew
+// it over NATS (protocol.RequestPeerCert) when a third of it is left.
+const peerCertValidity = 365 * 24 * time.Hour
+
+// signPeerCert issues node's peer certificate for the public key of csrPEM:
+// client and server use, one DNS name (protocol.PeerCertName) and no IP
+// address, so it proves "an agent of this cluster" to other agents and to the
+// tracker, but never passes as the controller's or any host's server certificate.
+func (p *pki) signPeerCert(node string, csrPEM []byte) ([]byte, error) {
+	blk, _ := pem.Decode(csrPEM)
+	if blk == nil || blk.Type != "CERTIFICATE REQUEST" {
+		return nil, fmt.Errorf("peer certificate for %s: no PEM certificate request", node)
+	}
+	csr, err := x509.ParseCertificateRequest(blk.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("peer certificate for %s: %w", node, err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, fmt.Errorf("peer certificate for %s: request not signed by its key: %w", node, err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: randSerial(),
+		Subject:      pkix.Name{CommonName: protocol.PeerCertName(node), Organization: []string{"flotilla agents"}},
+		DNSNames:     []string{protocol.PeerCertName(node)},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(peerCertValidity),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.caCert, csr.PublicKey, p.caKey)
+	if err != nil {
+		return nil, fmt.Errorf("peer certificate for %s: %w", node, err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), nil
 }

@@ -18,6 +18,8 @@ type JoinRequest struct {
 	Token string `json:"token"`
 	Name  string `json:"name"`
 	Facts Facts  `json:"facts"`
+	// CSR (PEM) asks for the node's peer certificate (PeerCertName) with the join.
+	CSR []byte `json:"csr,omitempty"`
 }
 
 // Credentials are what a node keeps after joining; with them it no longer needs a token.
@@ -32,6 +34,9 @@ type Credentials struct {
 	SigningKey []byte `json:"signingKey"`
 	// HTTPURL is the controller's HTTPS base (https://HOST:9443).
 	HTTPURL string `json:"httpURL,omitempty"`
+	// PeerCert (PEM) is the node's peer certificate, signed by the CA for the
+	// join request's CSR; the agent keeps it beside its key, not in this file.
+	PeerCert []byte `json:"peerCert,omitempty"`
 }
 
 // JoinError is the body of a refused join (HTTP 4xx/5xx).
