@@ -1,0 +1,151 @@
+package rollout
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/cavaliergopher/grab/v3"
+
+	"github.com/flotilla-dev/flotilla/agent"
+	"github.com/flotilla-dev/flotilla/protocol"
+)
+
+// FetchBlob downloads the blob of a layer step to dst (<DataDir>/blobs/sha256/<hex>.part).
+// It may resume from the bytes already at dst, reports sc.Progress(done, total, "fetch")
+// and must leave the whole blob at dst when it returns nil; the layer executor then
+// checks size and sha256 and only then moves dst into the cache (a mismatch deletes
+// dst). Calls for one digest never run at the same time in one process.
+//
+// The default is fetchHTTPS: GET p.URL from the controller over HTTPS (trusting only
+// the agent's CA) with "Authorization: Bearer p.Token". A peer-to-peer fetcher replaces
+// it from its own init(), falling back to fetchHTTPS through DefaultFetchBlob.
+var FetchBlob func(ctx context.Context, sc *agent.StepContext, p protocol.LayerPayload, dst string) error = DefaultFetchBlob
+
+// DefaultFetchBlob is the HTTPS fetch from the controller (FetchBlob's default).
+func DefaultFetchBlob(ctx context.Context, sc *agent.StepContext, p protocol.LayerPayload, dst string) error {
+	return fetchHTTPS(ctx, sc, p, dst)
+}
+
+// Fetch tuning (variables for tests).
+var (
+	progressEvery = 250 * time.Millisecond
+	// stallTimeout ends a download that received nothing for that long.
+	stallTimeout = 60 * time.Second
+)
+
+// HTTPClient returns an HTTPS client that trusts only the controller CA of the
+// agent whose data dir is dataDir.
+func HTTPClient(dataDir string) (*http.Client, error) {
+	caPEM, err := agent.CAPEM(dataDir)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, fmt.Errorf("controller CA of the agent in %s: no certificate in its PEM", dataDir)
+	}
+	return &http.Client{Transport: &http.Transport{
+		Proxy:                 nil, // the controller is reached directly, never through a proxy
+		TLSClientConfig:       &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
+		DisableCompression:    true, // blobs are served as stored
+		ResponseHeaderTimeout: 30 * time.Second,
+		TLSHandshakeTimeout:   15 * time.Second,
+		IdleConnTimeout:       90 * time.Second,
+	}}, nil
+}
+
+func fetchHTTPS(ctx context.Context, sc *agent.StepContext, p protocol.LayerPayload, dst string) error {
+	if p.URL == "" {
+		return errors.New("the step has no blob URL")
+	}
+	client, err := HTTPClient(sc.DataDir)
+	if err != nil {
+		return err
+	}
+	defer client.CloseIdleConnections()
+	req, err := grab.NewRequest(dst, p.URL)
+	if err != nil {
+		return fmt.Errorf("blob URL %q: %w", redactURL(p.URL), err)
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	req = req.WithContext(ctx)
+	req.HTTPRequest.Header.Set("Authorization", "Bearer "+p.Token)
+	req.NoCreateDirectories = true
+	req.IgnoreRemoteTime = true
+	if p.Size > 0 {
+		req.Size = p.Size
+	}
+	gc := grab.NewClient()
+	gc.HTTPClient = client
+	gc.UserAgent = "flotilla-agent"
+	resp := gc.Do(req)
+	total := func() int64 {
+		if p.Size > 0 {
+			return p.Size
+		}
+		return max(resp.Size(), 0)
+	}
+	tick := time.NewTicker(progressEvery)
+	defer tick.Stop()
+	last, lastChange := int64(-1), time.Now()
+wait:
+	for {
+		select {
+		case <-tick.C:
+			done := resp.BytesComplete()
+			if done != last {
+				sc.Progress(done, total(), "fetch")
+				last, lastChange = done, time.Now()
+			} else if time.Since(lastChange) > stallTimeout {
+				cancel(fmt.Errorf("no data for %s", stallTimeout))
+			}
+		case <-resp.Done:
+			break wait
+		}
+	}
+	if err := resp.Err(); err != nil {
+		if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) && !errors.Is(cause, context.DeadlineExceeded) {
+			return fmt.Errorf("GET %s: %w (%d bytes received)", redactURL(p.URL), cause, resp.BytesComplete())
+		}
+		return fmt.Errorf("GET %s: %w", redactURL(p.URL), explainFetch(err))
+	}
+	sc.Progress(resp.BytesComplete(), total(), "fetch")
+	return nil
+}
+
+// explainFetch says what an HTTP status from the controller means.
+func explainFetch(err error) error {
+	var sce grab.StatusCodeError
+	if !errors.As(err, &sce) {
+		if errors.Is(err, grab.ErrBadLength) {
+			return fmt.Errorf("%w: the server's size differs from the layer's", err)
+		}
+		return err
+	}
+	code := int(sce)
+	what := fmt.Sprintf("HTTP %d %s", code, http.StatusText(code))
+	switch code {
+	case http.StatusUnauthorized, http.StatusForbidden:
+		return fmt.Errorf("%s: the controller refused the layer token (it expires with the rollout: apply again)", what)
+	case http.StatusNotFound:
+		return fmt.Errorf("%s: the controller does not have this blob (was the image removed from its store?)", what)
+	}
+	return errors.New(what)
+}
+
+// redactURL drops a query (which may carry credentials) from a URL for messages.
+func redactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	u.RawQuery, u.User = "", nil
+	return u.String()
+}

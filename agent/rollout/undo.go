@@ -1,0 +1,226 @@
+package rollout
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/flotilla-dev/flotilla/agent"
+	"github.com/flotilla-dev/flotilla/agent/unpack"
+	"github.com/flotilla-dev/flotilla/protocol"
+	"github.com/flotilla-dev/flotilla/systemd"
+)
+
+func executeUndo(ctx context.Context, sc *agent.StepContext) error {
+	var p protocol.UndoPayload
+	if err := decodePayload(sc, &p); err != nil {
+		return err
+	}
+	if p.Kind == protocol.UndoForget {
+		if err := agent.ForgetSteps(sc.DataDir, p.Digests...); err != nil {
+			return fmt.Errorf("forget %d applied steps: %w", len(p.Digests), err)
+		}
+		sc.Output("stdout", fmt.Sprintf("forgot %d applied steps", len(p.Digests)))
+		return nil
+	}
+	dir, err := clusterDir(sc.DataDir, p.Cluster)
+	if err != nil {
+		return fmt.Errorf("undo %s %s: %w", p.Kind, p.Target, err)
+	}
+	if p.Target == "" {
+		return fmt.Errorf("undo %s step %q: no target", p.Kind, sc.Step.Name)
+	}
+	defer pruneClusterDir(dir)
+	switch p.Kind {
+	case protocol.UndoStopService:
+		return undoStopService(ctx, sc, dir, p.Target)
+	case protocol.UndoRemoveFile:
+		return undoRemoveFile(sc, dir, p.Target)
+	case protocol.UndoRemoveLayer:
+		return undoRemoveLayer(sc, dir, p.Target)
+	}
+	return fmt.Errorf("undo step %q: unknown kind %q (want %s, %s, %s or %s; upgrade the agent?)", sc.Step.Name, p.Kind,
+		protocol.UndoStopService, protocol.UndoRemoveFile, protocol.UndoRemoveLayer, protocol.UndoForget)
+}
+
+// undoStopService stops and disables a unit and forgets it was started. A unit
+// this agent has no record of is stopped too where systemd is at hand, and
+// skipped where it is not (nothing can have started it here).
+func undoStopService(ctx context.Context, sc *agent.StepContext, dir, unit string) error {
+	if err := validUnit(unit); err != nil {
+		return fmt.Errorf("undo stop-service: %w", err)
+	}
+	services, err := readServices(dir)
+	if err != nil {
+		return err
+	}
+	recorded := slices.ContainsFunc(services, func(r ServiceRecord) bool { return r.Unit == unit })
+	if err := needsHostRoot(sc, unit); err != nil {
+		if recorded {
+			return err
+		}
+		sc.Output("stdout", fmt.Sprintf("%s was not started here (--root %s): nothing to stop", unit, sc.Root))
+		return nil
+	}
+	m, err := connectSystemd(ctx, unit)
+	if errors.Is(err, systemd.ErrNoSystemd) && !recorded {
+		sc.Output("stdout", fmt.Sprintf("%s was not started here (no systemd): nothing to stop", unit))
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	if err := m.Stop(ctx, unit, stepTimeout(sc)); err != nil {
+		return fmt.Errorf("undo: stop %s: %w", unit, err)
+	}
+	if err := m.Disable(ctx, unit); err != nil {
+		return fmt.Errorf("undo: %w", err)
+	}
+	sc.Output("stdout", fmt.Sprintf("stopped and disabled %s", unit))
+	recordsMu.Lock()
+	defer recordsMu.Unlock()
+	if services, err = readServices(dir); err != nil {
+		return err
+	}
+	services = slices.DeleteFunc(services, func(r ServiceRecord) bool { return r.Unit == unit })
+	return writeOrRemove(servicesPath(dir), services, len(services) == 0)
+}
+
+// undoRemoveFile removes a rendered file if it still has what was placed.
+func undoRemoveFile(sc *agent.StepContext, dir, path string) error {
+	recordsMu.Lock()
+	defer recordsMu.Unlock()
+	files, err := readFiles(dir)
+	if err != nil {
+		return err
+	}
+	rec, ok := files[path]
+	if !ok {
+		sc.Output("stdout", fmt.Sprintf("%s: no record of placing it: nothing to remove", path))
+		return nil
+	}
+	kept, err := unpack.Remove(sc.Root, rec.Records)
+	reportKept(sc, kept, "it changed since flotilla placed it")
+	if err != nil {
+		return fmt.Errorf("undo: remove file %s under %s: %w", path, sc.Root, err)
+	}
+	if len(kept) == 0 {
+		sc.Output("stdout", fmt.Sprintf("removed %s", path))
+	}
+	delete(files, path)
+	return writeOrRemove(filesPath(dir), files, len(files) == 0)
+}
+
+// undoRemoveLayer removes what a layer placed, except the paths that another
+// layer of the cluster still recorded, or a rendered file, placed too.
+func undoRemoveLayer(sc *agent.StepContext, dir, digest string) error {
+	h, err := digestHex(digest)
+	if err != nil {
+		return fmt.Errorf("undo remove-layer: %w", err)
+	}
+	recordsMu.Lock()
+	defer recordsMu.Unlock()
+	recPath := layerRecordPath(dir, h)
+	var rec LayerRecord
+	found, err := readJSON(recPath, &rec)
+	if err != nil {
+		return err
+	}
+	if !found {
+		sc.Output("stdout", fmt.Sprintf("layer %s: no record of unpacking it: nothing to remove", short(digest)))
+		return gcBlob(sc.DataDir, h)
+	}
+	shared, err := pathsOfOthers(dir, h)
+	if err != nil {
+		return err
+	}
+	var own []unpack.Record
+	for _, r := range rec.Records {
+		if !shared[r.Path] {
+			own = append(own, r)
+		}
+	}
+	kept, err := unpack.Remove(sc.Root, own)
+	reportKept(sc, kept, "it changed since the layer placed it")
+	if err != nil {
+		return fmt.Errorf("undo: remove layer %s under %s: %w", digest, sc.Root, err)
+	}
+	sc.Output("stdout", fmt.Sprintf("layer %s: removed %d of its %d paths (%d shared with other layers or files, %d changed and kept)",
+		short(digest), len(own)-len(kept), len(rec.Records), len(rec.Records)-len(own), len(kept)))
+	if err := os.Remove(recPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("undo: remove layer record %s: %w", recPath, err)
+	}
+	return gcBlob(sc.DataDir, h)
+}
+
+// pathsOfOthers is every path the cluster's other layer records and rendered files placed.
+func pathsOfOthers(dir, exceptHex string) (map[string]bool, error) {
+	shared := map[string]bool{}
+	recs, _ := filepath.Glob(filepath.Join(dir, "layers", "*.json"))
+	for _, f := range recs {
+		if filepath.Base(f) == exceptHex+".json" {
+			continue
+		}
+		var other LayerRecord
+		if _, err := readJSON(f, &other); err != nil {
+			return nil, err
+		}
+		for _, r := range other.Records {
+			shared[r.Path] = true
+		}
+	}
+	files, err := readFiles(dir)
+	if err != nil {
+		return nil, err
+	}
+	for _, fr := range files {
+		for _, r := range fr.Records {
+			shared[r.Path] = true
+		}
+	}
+	return shared, nil
+}
+
+// gcBlob deletes a cached blob that no cluster's layer record names any more.
+func gcBlob(dataDir, h string) error {
+	unlock := lockBlob(h) // a layer step writes its record before it lets go
+	defer unlock()
+	users, _ := filepath.Glob(filepath.Join(dataDir, "clusters", "*", "layers", h+".json"))
+	if len(users) > 0 {
+		return nil
+	}
+	for _, p := range []string{blobPath(dataDir, h), blobPath(dataDir, h) + ".part"} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("undo: remove unused blob %s: %w", p, err)
+		}
+	}
+	return nil
+}
+
+func reportKept(sc *agent.StepContext, kept []string, why string) {
+	for _, k := range kept {
+		sc.Output("stderr", fmt.Sprintf("kept %s: %s (remove it by hand if it is not needed)", "/"+strings.TrimPrefix(k, "/"), why))
+	}
+}
+
+// writeOrRemove writes v to path, or removes path when empty says there is nothing left.
+func writeOrRemove(path string, v any, empty bool) error {
+	if !empty {
+		return writeJSON(path, v)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove %s: %w", path, err)
+	}
+	return nil
+}
+
+// pruneClusterDir removes the cluster's record directories once they are empty.
+func pruneClusterDir(dir string) {
+	_ = os.Remove(filepath.Join(dir, "layers"))
+	_ = os.Remove(dir)
+}
