@@ -184,13 +184,21 @@ func newRolloutRenderer(cmd *cobra.Command, output string, verbose bool) rollout
 		w = cmd.ErrOrStderr()
 	}
 	opts := rolloutview.Options{Verbose: verbose}
-	if isTerminal(w) && os.Getenv("TERM") != "dumb" {
+	if terminalWidth(w) >= 60 && os.Getenv("TERM") != "dumb" {
 		return rolloutview.NewBars(w, opts)
 	}
 	return rolloutview.NewPlain(w, opts)
 }
 
-func isTerminal(w io.Writer) bool {
+// terminalWidth is w's width in columns if it is a terminal, else 0.
+func terminalWidth(w io.Writer) int {
 	f, ok := w.(*os.File)
-	return ok && term.IsTerminal(int(f.Fd()))
+	if !ok || !term.IsTerminal(int(f.Fd())) {
+		return 0
+	}
+	cols, _, err := term.GetSize(int(f.Fd()))
+	if err != nil {
+		return 0
+	}
+	return cols
 }

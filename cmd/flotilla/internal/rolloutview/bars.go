@@ -120,7 +120,8 @@ func (b *Bars) update(n *nodeState, ev protocol.RolloutEvent) {
 				decor.Name(n.name, decor.WCSyncSpaceR),
 				decor.Any(load(&nb.phase), decor.WCSyncSpaceR),
 			),
-			mpb.AppendDecorators(decor.Any(load(&nb.status))),
+			// A minimum width keeps the bars one length while the texts change.
+			mpb.AppendDecorators(decor.Any(load(&nb.status), decor.WC{W: 48, C: decor.DindentRight})),
 		)
 		b.bars[n.name] = nb
 	}
