@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -117,7 +119,9 @@ func undoRemoveFile(sc *agent.StepContext, dir, path string) error {
 }
 
 // undoRemoveLayer removes what a layer placed, except the paths that another
-// layer of the cluster still recorded, or a rendered file, placed too.
+// layer of the cluster still recorded, or a rendered file, placed too. A
+// directory this layer created that another record shares passes its "created"
+// mark to that record, so that the last one to go removes it.
 func undoRemoveLayer(sc *agent.StepContext, dir, digest string) error {
 	h, err := digestHex(digest)
 	if err != nil {
@@ -135,15 +139,18 @@ func undoRemoveLayer(sc *agent.StepContext, dir, digest string) error {
 		sc.Output("stdout", fmt.Sprintf("layer %s: no record of unpacking it: nothing to remove", short(digest)))
 		return gcBlob(sc.DataDir, h)
 	}
-	shared, err := pathsOfOthers(dir, h)
+	others, err := loadOthers(dir, recPath)
 	if err != nil {
 		return err
 	}
 	var own []unpack.Record
 	for _, r := range rec.Records {
-		if !shared[r.Path] {
+		if !others.claim(r) {
 			own = append(own, r)
 		}
+	}
+	if err := others.save(dir); err != nil {
+		return fmt.Errorf("undo remove-layer %s: %w", digest, err)
 	}
 	kept, err := unpack.Remove(sc.Root, own)
 	reportKept(sc, kept, "it changed since the layer placed it")
@@ -158,32 +165,110 @@ func undoRemoveLayer(sc *agent.StepContext, dir, digest string) error {
 	return gcBlob(sc.DataDir, h)
 }
 
-// pathsOfOthers is every path the cluster's other layer records and rendered files placed.
-func pathsOfOthers(dir, exceptHex string) (map[string]bool, error) {
-	shared := map[string]bool{}
+// otherRecords are the cluster's records besides the layer being removed,
+// indexed by path.
+type otherRecords struct {
+	layers map[string]*LayerRecord // by record file
+	files  map[string]FileRecord
+	byPath map[string]holder
+	// inside maps each parent directory of a recorded path to that record.
+	inside      map[string]holder
+	dirtyLayers map[string]bool
+	dirtyFiles  bool
+}
+
+// holder is one record entry: layer record file (or files.json key) and index.
+type holder struct {
+	layer, file string
+	i           int
+}
+
+func loadOthers(dir, exceptPath string) (*otherRecords, error) {
+	o := &otherRecords{layers: map[string]*LayerRecord{}, byPath: map[string]holder{}, inside: map[string]holder{}, dirtyLayers: map[string]bool{}}
+	index := func(p string, h holder) {
+		if _, dup := o.byPath[p]; !dup {
+			o.byPath[p] = h
+		}
+		for d := path.Dir(p); d != "." && d != "/"; d = path.Dir(d) {
+			if _, dup := o.inside[d]; dup {
+				break
+			}
+			o.inside[d] = h
+		}
+	}
 	recs, _ := filepath.Glob(filepath.Join(dir, "layers", "*.json"))
 	for _, f := range recs {
-		if filepath.Base(f) == exceptHex+".json" {
+		if f == exceptPath {
 			continue
 		}
 		var other LayerRecord
 		if _, err := readJSON(f, &other); err != nil {
 			return nil, err
 		}
-		for _, r := range other.Records {
-			shared[r.Path] = true
+		o.layers[f] = &other
+		for i, r := range other.Records {
+			index(r.Path, holder{layer: f, i: i})
 		}
 	}
-	files, err := readFiles(dir)
-	if err != nil {
+	var err error
+	if o.files, err = readFiles(dir); err != nil {
 		return nil, err
 	}
-	for _, fr := range files {
-		for _, r := range fr.Records {
-			shared[r.Path] = true
+	for _, p := range slices.Sorted(maps.Keys(o.files)) {
+		for i, r := range o.files[p].Records {
+			index(r.Path, holder{file: p, i: i})
 		}
 	}
-	return shared, nil
+	return o, nil
+}
+
+// claim reports whether another record placed r's path too. A directory r
+// created passes to the record that has the same directory (marked created
+// there), or else to one that placed something inside it (added there).
+func (o *otherRecords) claim(r unpack.Record) bool {
+	h, ok := o.byPath[r.Path]
+	if !ok {
+		h, ok = o.inside[r.Path]
+		if !ok || r.Kind != unpack.KindDir || !r.Created {
+			return false
+		}
+		if h.layer != "" {
+			l := o.layers[h.layer]
+			l.Records = append(l.Records, r)
+			o.dirtyLayers[h.layer] = true
+		} else {
+			fr := o.files[h.file]
+			fr.Records = append(fr.Records, r)
+			o.files[h.file] = fr
+			o.dirtyFiles = true
+		}
+		return true
+	}
+	if r.Kind != unpack.KindDir || !r.Created {
+		return true
+	}
+	if h.layer != "" {
+		if rec := &o.layers[h.layer].Records[h.i]; !rec.Created {
+			rec.Created = true
+			o.dirtyLayers[h.layer] = true
+		}
+	} else if rec := &o.files[h.file].Records[h.i]; !rec.Created {
+		rec.Created = true
+		o.dirtyFiles = true
+	}
+	return true
+}
+
+func (o *otherRecords) save(dir string) error {
+	for f := range o.dirtyLayers {
+		if err := writeJSON(f, o.layers[f]); err != nil {
+			return err
+		}
+	}
+	if o.dirtyFiles {
+		return writeJSON(filesPath(dir), o.files)
+	}
+	return nil
 }
 
 // gcBlob deletes a cached blob that no cluster's layer record names any more.
