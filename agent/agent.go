@@ -50,8 +50,17 @@ type Options struct {
 	Executors map[string]Executor
 	Version   string
 	Logger    *slog.Logger
-	// PeerURL is where this agent serves blobs to peers, reported at registration.
+	// PeerURL is where this agent serves blobs to peers, reported at registration
+	// (default: the piece server's, see PeerListen).
 	PeerURL string
+	// PeerListen is the address of the piece server other agents fetch layer
+	// pieces from (mutual TLS with the cluster CA); "" serves none and only
+	// fetches. PeerAdvertise is the host peers reach it at (default: the
+	// listen host, or the address this host reaches the controller from).
+	PeerListen, PeerAdvertise string
+	// MaxUpload and MaxDownload cap layer distribution traffic in bytes per
+	// second (0: none); a rollout's spec.bandwidth can only lower them.
+	MaxUpload, MaxDownload int64
 }
 
 // Agent is one node's daemon.
@@ -152,7 +161,7 @@ func (a *Agent) loadOrJoin(ctx context.Context) error {
 		return err
 	}
 	for attempt := 1; ; attempt++ {
-		cr, err = join(ctx, base, a.opts.Token, a.opts.CAHash, a.opts.CAFile, a.opts.Name, a.facts)
+		cr, err = join(ctx, base, a.opts.Token, a.opts.CAHash, a.opts.CAFile, a.opts.Name, a.opts.DataDir, a.facts)
 		if !errors.Is(err, errUnreachable) {
 			break
 		}
@@ -250,6 +259,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if nc.IsConnected() {
 		a.kickRegister()
 	}
+	go a.runPeer(ctx)
 	a.writeStatus()
 	tick := time.NewTicker(a.opts.HeartbeatInterval)
 	defer tick.Stop()
@@ -287,7 +297,7 @@ func (a *Agent) kickRegister() {
 }
 
 func (a *Agent) register(ctx context.Context) {
-	data, _ := protocol.Encode(protocol.Register{Name: a.opts.Name, Facts: a.facts, HeartbeatInterval: a.opts.HeartbeatInterval, PeerURL: a.opts.PeerURL})
+	data, _ := protocol.Encode(protocol.Register{Name: a.opts.Name, Facts: a.facts, HeartbeatInterval: a.opts.HeartbeatInterval, PeerURL: a.peerURL()})
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	m, err := a.nc.RequestWithContext(rctx, protocol.RegisterSubject(a.opts.Name), data)

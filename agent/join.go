@@ -84,7 +84,7 @@ func fetchCA(ctx context.Context, base, caHash, caFile string) ([]byte, error) {
 }
 
 // join exchanges a token for credentials over HTTPS verified by the pinned CA.
-func join(ctx context.Context, base, token, caHash, caFile, name string, facts protocol.Facts) (*protocol.Credentials, error) {
+func join(ctx context.Context, base, token, caHash, caFile, name, dataDir string, facts protocol.Facts) (*protocol.Credentials, error) {
 	if token == "" {
 		return nil, errors.New("this agent has not joined yet: give --token (from `flotilla token create`)")
 	}
@@ -97,7 +97,12 @@ func join(ctx context.Context, base, token, caHash, caFile, name string, facts p
 		return nil, errors.New("controller CA: no certificate in PEM")
 	}
 	cl := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
-	body, _ := json.Marshal(protocol.JoinRequest{Token: token, Name: name, Facts: facts})
+	// The peer certificate comes with the credentials (an old controller ignores the CSR).
+	csr, err := peerCSR(dataDir, name)
+	if err != nil {
+		return nil, err
+	}
+	body, _ := json.Marshal(protocol.JoinRequest{Token: token, Name: name, Facts: facts, CSR: csr})
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, base+protocol.PathJoin, bytes.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := cl.Do(req)
@@ -119,6 +124,12 @@ func join(ctx context.Context, base, token, caHash, caFile, name string, facts p
 	}
 	if len(cr.NATSURLs) == 0 || cr.User == "" || len(cr.SigningKey) == 0 {
 		return nil, errors.New("join reply lacks NATS URL, user or signing key")
+	}
+	if len(cr.PeerCert) > 0 {
+		if err := savePeerCert(dataDir, cr.PeerCert); err != nil {
+			return nil, err
+		}
+		cr.PeerCert = nil // kept in its own file, renewed there
 	}
 	return &cr, nil
 }

@@ -1,0 +1,196 @@
+package tracker
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/flotilla-dev/flotilla/bundle/pieces"
+)
+
+// SeedID is the peer ID the controller's seed announces.
+const SeedID = "controller"
+
+// Seed is the controller's copy of the blobs it distributes, served piece by
+// piece as the first peer of every blob, and announced to the tracker.
+type Seed struct {
+	tr    *Tracker
+	store *pieces.Store
+	log   *slog.Logger
+
+	mu    sync.Mutex
+	addr  string
+	lists map[v1.Hash]pieces.PieceList
+	busy  map[v1.Hash]*sync.Mutex // one piece-list computation per blob
+}
+
+// NewSeed opens (creating it) the seed's piece store in dir; it announces to tr.
+func NewSeed(dir string, tr *Tracker, log *slog.Logger) (*Seed, error) {
+	st, err := pieces.OpenStore(dir)
+	if err != nil {
+		return nil, fmt.Errorf("seed store: %w", err)
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Seed{tr: tr, store: st, log: log, lists: map[v1.Hash]pieces.PieceList{}, busy: map[v1.Hash]*sync.Mutex{}}, nil
+}
+
+// SetAddr sets the base URL agents reach the seed's pieces at (the
+// controller's HTTPS URL, known once it listens) and announces what it holds.
+func (s *Seed) SetAddr(url string) {
+	s.mu.Lock()
+	s.addr = url
+	s.mu.Unlock()
+	s.announceAll()
+}
+
+// Add makes the blob d at path (the controller's image store) available to
+// agents and returns its piece list. The list is computed once per blob (the
+// file is read once) and kept with the blob, so a restarted controller does
+// not read it again; the file is hard-linked into the seed's store when the
+// file system allows, else copied.
+func (s *Seed) Add(ctx context.Context, d v1.Hash, path string) (pieces.PieceList, error) {
+	s.mu.Lock()
+	if l, ok := s.lists[d]; ok {
+		s.mu.Unlock()
+		return l, nil
+	}
+	m := s.busy[d]
+	if m == nil {
+		m = &sync.Mutex{}
+		s.busy[d] = m
+	}
+	s.mu.Unlock()
+	m.Lock()
+	defer m.Unlock()
+	s.mu.Lock()
+	l, ok := s.lists[d]
+	s.mu.Unlock()
+	if ok {
+		return l, nil
+	}
+	l, err := s.load(d)
+	if err != nil {
+		if l, err = s.store.Add(ctx, path, 0); err != nil {
+			return pieces.PieceList{}, fmt.Errorf("seed %s: %w", d, err)
+		}
+	}
+	if l.Digest != d {
+		return pieces.PieceList{}, fmt.Errorf("seed %s: %s hashes to %s", d, path, l.Digest)
+	}
+	s.mu.Lock()
+	s.lists[d] = l
+	s.mu.Unlock()
+	s.announce(l)
+	return l, nil
+}
+
+// load reads the piece list kept beside a blob the store holds complete
+// (the store's <digest>.pieces file).
+func (s *Seed) load(d v1.Hash) (pieces.PieceList, error) {
+	var l pieces.PieceList
+	if !s.store.Has(d) {
+		return l, os.ErrNotExist
+	}
+	data, err := os.ReadFile(filepath.Join(s.store.Dir(), d.String()+".pieces"))
+	if err != nil {
+		return l, err
+	}
+	if err := json.Unmarshal(data, &l); err != nil {
+		return l, err
+	}
+	if err := l.Validate(); err != nil || l.Digest != d {
+		return l, fmt.Errorf("seed %s: kept piece list does not fit", d)
+	}
+	if _, err := s.store.Open(l); err != nil {
+		return l, err
+	}
+	return l, nil
+}
+
+// Run re-announces the seeded blobs within the tracker's TTL until ctx ends.
+func (s *Seed) Run(ctx context.Context) {
+	t := time.NewTicker(s.tr.ttl / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.announceAll()
+		}
+	}
+}
+
+func (s *Seed) announceAll() {
+	s.mu.Lock()
+	ls := make([]pieces.PieceList, 0, len(s.lists))
+	for _, l := range s.lists {
+		ls = append(ls, l)
+	}
+	s.mu.Unlock()
+	for _, l := range ls {
+		s.announce(l)
+	}
+}
+
+func (s *Seed) announce(l pieces.PieceList) {
+	s.mu.Lock()
+	addr := s.addr
+	s.mu.Unlock()
+	if addr == "" {
+		return
+	}
+	err := s.tr.Announce(pieces.Announcement{Peer: pieces.Peer{ID: SeedID, Addr: addr}, Digest: l.Digest, Have: pieces.FullBitfield(l.Count()), Complete: true})
+	if err != nil {
+		s.log.Warn("seed: announce", "digest", l.Digest, "err", err)
+	}
+}
+
+// Withdraw stops announcing every blob (tests: a controller gone after
+// seeding) and forgets the seed in the tracker.
+func (s *Seed) Withdraw() {
+	s.mu.Lock()
+	s.addr = ""
+	s.mu.Unlock()
+	s.tr.Forget(SeedID)
+}
+
+// Handlers returns what the controller mounts on its HTTPS server: the
+// tracker (/v1/tracker/) and the seed's pieces (/v1/pieces/). Wrap them with
+// the controller's client-certificate check; identify names the agent of a
+// request, and an agent may only announce itself.
+func (s *Seed) Handlers(identify func(*http.Request) (string, bool)) map[string]http.Handler {
+	th := s.tr.Handler()
+	return map[string]http.Handler{
+		"/v1/tracker/": http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodPost {
+				body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxAnnounceBody))
+				if err != nil {
+					http.Error(w, "announcement: "+err.Error(), http.StatusBadRequest)
+					return
+				}
+				var a pieces.Announcement
+				node, ok := identify(r)
+				if json.Unmarshal(body, &a) == nil && (!ok || a.Peer.ID != node) {
+					http.Error(w, fmt.Sprintf("announcement for peer %q from node %q: an agent announces only itself", a.Peer.ID, node), http.StatusForbidden)
+					return
+				}
+				r.Body = io.NopCloser(bytes.NewReader(body))
+			}
+			th.ServeHTTP(w, r)
+		}),
+		"/v1/pieces/": pieces.NewHandler(s.store, pieces.WithLogger(s.log)),
+	}
+}
