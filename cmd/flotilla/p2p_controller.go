@@ -1,0 +1,41 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"path/filepath"
+
+	"github.com/flotilla-dev/flotilla/controller"
+	"github.com/flotilla-dev/flotilla/controller/tracker"
+)
+
+// p2pSeed is the controller's seed and tracker for peer-to-peer layer
+// distribution; nil when its store could not be opened (layers then come
+// from the controller's blob URL alone).
+var p2pSeed *tracker.Seed
+
+// The tracker and the seed's pieces go on the controller's HTTPS server,
+// for agents only (their peer certificate, mutual TLS).
+func init() {
+	controllerHandlers = append(controllerHandlers, func(dataDir string) map[string]http.Handler {
+		seed, err := tracker.NewSeed(filepath.Join(dataDir, "seed"), tracker.New(0), slog.Default().With("component", "seed"))
+		if err != nil {
+			slog.Error("peer-to-peer distribution off: layers come from the controller alone", "err", err)
+			return nil
+		}
+		p2pSeed = seed
+		out := map[string]http.Handler{}
+		for pattern, h := range seed.Handlers(controller.AgentFromRequest) {
+			out[pattern] = controller.RequireAgentCert(h)
+		}
+		return out
+	})
+	controllerHooks = append(controllerHooks, func(ctx context.Context, c *controller.Controller) error {
+		if p2pSeed != nil {
+			p2pSeed.SetAddr(c.HTTPURL())
+			go p2pSeed.Run(ctx)
+		}
+		return nil
+	})
+}
