@@ -1,0 +1,156 @@
+package rollout
+
+import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/flotilla-dev/flotilla/bundle/store"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+)
+
+// BlobPath is the HTTPS route agents fetch layer blobs from.
+const BlobPath = "/v1/blobs/"
+
+// BlobKeyFile is the file in the controller's data dir holding the HMAC key of blob tokens.
+const BlobKeyFile = "rollout-blob.key"
+
+// blobTokens creates and checks the bearer tokens of blob fetches: an HMAC over the
+// node, the blob digest and an expiry, so a token fetches one blob for a while only.
+type blobTokens struct{ key []byte }
+
+// loadBlobKey reads the key from dataDir, creating it once.
+func loadBlobKey(dataDir string) (*blobTokens, error) {
+	path := filepath.Join(dataDir, BlobKeyFile)
+	b, err := os.ReadFile(path)
+	if err == nil && len(b) == 64 {
+		key, err := hex.DecodeString(string(b))
+		if err == nil {
+			return &blobTokens{key: key}, nil
+		}
+	}
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("blob token key %s: %w", path, err)
+	}
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		return nil, fmt.Errorf("blob token key: %w", err)
+	}
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("blob token key: %w", err)
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(hex.EncodeToString(key)), 0o600); err != nil {
+		return nil, fmt.Errorf("blob token key %s: %w", path, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return nil, fmt.Errorf("blob token key %s: %w", path, err)
+	}
+	return &blobTokens{key: key}, nil
+}
+
+func (t *blobTokens) mac(node, digest string, exp int64) string {
+	m := hmac.New(sha256.New, t.key)
+	fmt.Fprintf(m, "flotilla-blob\x00%s\x00%s\x00%d", node, digest, exp)
+	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+}
+
+// create returns a token that lets node fetch digest until expires.
+func (t *blobTokens) create(node, digest string, expires time.Time) string {
+	exp := expires.Unix()
+	return "v1." + base64.RawURLEncoding.EncodeToString([]byte(node)) + "." + strconv.FormatInt(exp, 10) + "." + t.mac(node, digest, exp)
+}
+
+// check returns the node a valid token was made for, or why it is not valid.
+func (t *blobTokens) check(token, digest string, now time.Time) (string, error) {
+	if token == "" {
+		return "", errors.New("missing bearer token: the step's LayerPayload.Token goes in the Authorization header")
+	}
+	parts := strings.Split(token, ".")
+	if len(parts) != 4 || parts[0] != "v1" {
+		return "", errors.New("malformed token")
+	}
+	nodeB, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return "", errors.New("malformed token")
+	}
+	exp, err := strconv.ParseInt(parts[2], 10, 64)
+	if err != nil {
+		return "", errors.New("malformed token")
+	}
+	node := string(nodeB)
+	if !hmac.Equal([]byte(parts[3]), []byte(t.mac(node, digest, exp))) {
+		return "", fmt.Errorf("token of node %s is not valid for blob %s", node, digest)
+	}
+	if now.Unix() > exp {
+		return "", fmt.Errorf("token of node %s expired at %s: the rollout retries the step with a new one", node, time.Unix(exp, 0).UTC().Format(time.RFC3339))
+	}
+	return node, nil
+}
+
+// blobHandler serves GET /v1/blobs/{digest} from the store, with Range support so
+// agents resume interrupted downloads.
+type blobHandler struct {
+	tokens *blobTokens
+	store  *store.Store
+	log    *slog.Logger
+	now    func() time.Time
+}
+
+func (h *blobHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	digest := strings.TrimPrefix(r.URL.Path, BlobPath)
+	h2, err := v1.NewHash(digest)
+	if err != nil || h2.Algorithm != "sha256" {
+		http.Error(w, fmt.Sprintf("bad blob digest %q: want sha256:<64 hex>", digest), http.StatusBadRequest)
+		return
+	}
+	token, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	node, err := h.tokens.check(strings.TrimSpace(token), digest, h.now())
+	if err != nil {
+		h.log.Warn("blob fetch refused", "remote", r.RemoteAddr, "digest", digest, "err", err)
+		w.Header().Set("WWW-Authenticate", `Bearer realm="flotilla-blobs"`)
+		http.Error(w, "unauthorized: "+err.Error(), http.StatusUnauthorized)
+		return
+	}
+	path, err := h.store.BlobPath(h2)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		http.Error(w, fmt.Sprintf("blob %s is not in the controller's store: flotilla pull/load the image on the controller host", digest), http.StatusNotFound)
+		return
+	}
+	if err != nil {
+		http.Error(w, "open blob: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		http.Error(w, "stat blob: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	h.log.Debug("serving blob", "node", node, "digest", digest, "range", r.Header.Get("Range"))
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Docker-Content-Digest", digest)
+	w.Header().Set("ETag", `"`+digest+`"`)
+	http.ServeContent(w, r, "", st.ModTime(), f)
+}

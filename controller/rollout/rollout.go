@@ -1,0 +1,203 @@
+// Package rollout is the controller's rollout engine: it turns an applied Clusterfile
+// into per-node tasks run phase by phase (master0, masters, nodes, custom roles, then
+// the removal of nodes that left), keeps the desired and applied state in JetStream
+// KV so a restarted controller resumes an interrupted rollout, serves layer blobs to
+// agents over HTTPS, and answers the rollout.plan/apply/status/delete admin requests.
+package rollout
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/flotilla-dev/flotilla/bundle/store"
+	"github.com/flotilla-dev/flotilla/controller"
+	"github.com/flotilla-dev/flotilla/controller/clusterfile"
+	"github.com/flotilla-dev/flotilla/protocol"
+)
+
+// Fleet is what the engine needs from the control plane: the inventory and task
+// dispatch. The controller is the real one; unit tests give a fake.
+type Fleet interface {
+	Nodes(ctx context.Context) ([]protocol.NodeInfo, error)
+	// Dispatch sends a task; an error wrapping controller.ErrNodeOffline means the
+	// node is not connected (retried until Options.UnreachableTimeout).
+	Dispatch(ctx context.Context, t *protocol.Task, onEvent func(protocol.Event)) (TaskRun, error)
+}
+
+// TaskRun follows one dispatched task (controller.TaskRun).
+type TaskRun interface {
+	// Wait returns the task's result, or an error when the node went away before it.
+	Wait(ctx context.Context) (*protocol.TaskResult, error)
+}
+
+// LayerRequest is a layer step being built, for Options.DecorateLayer.
+type LayerRequest struct {
+	Cluster *clusterfile.Cluster
+	Node    string
+	Payload *protocol.LayerPayload
+}
+
+// Options tune an Engine. Zero values take the documented defaults.
+type Options struct {
+	// DataDir holds the blob token key (default: the controller's data dir).
+	DataDir string
+	// Fleet defaults to the controller.
+	Fleet Fleet
+	// UnreachableTimeout is how long a node may stay offline before it is reported
+	// unreachable (default 2m).
+	UnreachableTimeout time.Duration
+	// RetryBackoff is the first wait before a retry; it doubles up to MaxBackoff
+	// (defaults 1s and 10s).
+	RetryBackoff, MaxBackoff time.Duration
+	// TaskSlack is added to the sum of a task's step timeouts to bound the wait for its
+	// result (default 2m).
+	TaskSlack time.Duration
+	// BlobTokenTTL is how long a layer step's fetch token stays valid (default 24h).
+	BlobTokenTTL time.Duration
+	// BaseURL is the controller's HTTPS address in blob URLs (default ctrl.HTTPURL()).
+	BaseURL string
+	// DecorateLayer, if set, completes each layer step's payload before dispatch (for
+	// peer-to-peer: Pieces, MaxDownload, MaxUpload). An error fails the rollout's start.
+	DecorateLayer func(ctx context.Context, req LayerRequest) error
+	Logger        *slog.Logger
+}
+
+// Engine runs rollouts. Create it after the controller started.
+type Engine struct {
+	ctrl   *controller.Controller
+	store  *store.Store
+	opts   Options
+	fleet  Fleet
+	state  *state
+	tokens *blobTokens
+	log    *slog.Logger
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu     sync.Mutex
+	active map[string]*active // by cluster
+}
+
+// New opens the engine's state in the controller's JetStream and its blob token key.
+// st is the image store images are resolved in.
+func New(ctrl *controller.Controller, st *store.Store, opts Options) (*Engine, error) {
+	if ctrl == nil || st == nil {
+		return nil, errors.New("rollout engine: needs a started controller and an image store")
+	}
+	if opts.DataDir == "" {
+		opts.DataDir = filepath.Dir(ctrl.AdminCredsPath())
+	}
+	if opts.Fleet == nil {
+		opts.Fleet = controllerFleet{ctrl}
+	}
+	if opts.UnreachableTimeout <= 0 {
+		opts.UnreachableTimeout = 2 * time.Minute
+	}
+	if opts.RetryBackoff <= 0 {
+		opts.RetryBackoff = time.Second
+	}
+	if opts.MaxBackoff < opts.RetryBackoff {
+		opts.MaxBackoff = max(10*time.Second, opts.RetryBackoff)
+	}
+	if opts.TaskSlack <= 0 {
+		opts.TaskSlack = 2 * time.Minute
+	}
+	if opts.BlobTokenTTL <= 0 {
+		opts.BlobTokenTTL = 24 * time.Hour
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	js := ctrl.JetStream()
+	if js == nil {
+		return nil, errors.New("rollout engine: the controller is not started")
+	}
+	e := &Engine{ctrl: ctrl, store: st, opts: opts, fleet: opts.Fleet, log: opts.Logger.With("component", "rollout"),
+		active: map[string]*active{}}
+	var err error
+	if e.tokens, err = loadBlobKey(opts.DataDir); err != nil {
+		return nil, err
+	}
+	e.ctx, e.cancel = context.WithCancel(context.Background())
+	if e.state, err = openState(e.ctx, js); err != nil {
+		e.cancel()
+		return nil, err
+	}
+	return e, nil
+}
+
+// Register adds the rollout admin handlers (rollout.plan, apply, status, delete).
+func (e *Engine) Register() {
+	e.ctrl.HandleAdmin(protocol.AdminPlan, e.adminPlan)
+	e.ctrl.HandleAdmin(protocol.AdminApply, e.adminApply)
+	e.ctrl.HandleAdmin(protocol.AdminStatus, e.adminStatus)
+	e.ctrl.HandleAdmin(protocol.AdminDelete, e.adminDelete)
+}
+
+// BlobHandler serves GET /v1/blobs/{digest} (mount it at BlobPath on the controller's
+// HTTPS server).
+func (e *Engine) BlobHandler() http.Handler {
+	return &blobHandler{tokens: e.tokens, store: e.store, log: e.log, now: time.Now}
+}
+
+// Close stops running rollouts without recording an end: they stay "running" in KV
+// and the next engine's Resume continues them.
+func (e *Engine) Close() {
+	e.cancel()
+	e.wg.Wait()
+}
+
+// Resume restarts every rollout recorded as running (a controller that stopped in the
+// middle of one). It returns once they started.
+func (e *Engine) Resume(ctx context.Context) error {
+	names, err := e.state.clusterNames(ctx)
+	if err != nil {
+		return err
+	}
+	rnames, err := keys(ctx, e.state.rollouts)
+	if err != nil {
+		return err
+	}
+	seen := map[string]bool{}
+	var errs []error
+	for _, name := range append(names, rnames...) {
+		if seen[name] {
+			continue
+		}
+		seen[name] = true
+		rec, err := e.state.rollout(ctx, name)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if rec == nil || rec.State != StateRunning {
+			continue
+		}
+		if _, err := e.resume(ctx, rec); err != nil {
+			e.log.Error("resume rollout", "cluster", name, "rollout", rec.ID, "err", err)
+			errs = append(errs, fmt.Errorf("resume rollout %s of cluster %s: %w", rec.ID, name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// controllerFleet is the real Fleet.
+type controllerFleet struct{ c *controller.Controller }
+
+func (f controllerFleet) Nodes(ctx context.Context) ([]protocol.NodeInfo, error) { return f.c.Nodes(ctx) }
+
+func (f controllerFleet) Dispatch(ctx context.Context, t *protocol.Task, onEvent func(protocol.Event)) (TaskRun, error) {
+	r, err := f.c.Dispatch(ctx, t, onEvent)
+	if err != nil {
+		return nil, err
+	}
+	return r, nil
+}

@@ -1,0 +1,206 @@
+package rollout
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/flotilla-dev/flotilla/bundle/plan"
+	"github.com/flotilla-dev/flotilla/controller/planner"
+	"github.com/flotilla-dev/flotilla/protocol"
+)
+
+// nodeTask is one node's work as task steps, with what each step's success means for
+// the node's applied state.
+type nodeTask struct {
+	steps  []protocol.Step
+	record []func(a *planner.Applied) // per step: applied on success (run or skipped as done)
+	sizes  []int64                    // per step: bytes a layer step fetches (0 for others)
+	// planSteps are the step digests of the node's plan (skipped ones too): what the
+	// applied state keeps once the node completes.
+	planSteps map[string]bool
+}
+
+// LayerStepDigest is the applied-step digest of a layer step, so an agent that
+// unpacked the layer for this cluster skips it.
+func LayerStepDigest(cluster, digest string) string { return "layer:" + cluster + ":" + digest }
+
+// buildTask lists a node's steps in run order: undo of services and files no longer
+// wanted, then layers, files and run/service steps interleaved as the image orders
+// them, then the removal of layers no longer needed, then forgetting the step digests
+// that no longer belong to the node (so a node that gets them back runs them again).
+// File steps carry no digest: placing a file is idempotent, and a digest could not
+// tell an agent that a path's content changed back.
+func (r *rolloutRun) buildTask(ctx context.Context, np *planner.NodePlan, applied planner.Applied) (*nodeTask, error) {
+	cluster := r.plan.Cluster
+	nt := &nodeTask{planSteps: map[string]bool{}}
+	add := func(s protocol.Step, size int64, rec func(*planner.Applied)) {
+		if s.Timeout <= 0 {
+			s.Timeout = r.stepTimeout()
+		}
+		nt.steps = append(nt.steps, s)
+		nt.sizes = append(nt.sizes, size)
+		nt.record = append(nt.record, rec)
+	}
+	undo := func(u planner.Undo) {
+		p := protocol.UndoPayload{Cluster: cluster, Kind: string(u.Kind), Target: u.Target}
+		name := fmt.Sprintf("undo %s %s", u.Kind, u.Target)
+		if u.Kind == planner.UndoRemoveLayer {
+			name = fmt.Sprintf("undo remove-layer %s", shortDigest(u.Target))
+		}
+		add(protocol.Step{Name: name, Kind: protocol.KindUndo, Payload: mustJSON(p)}, 0, func(a *planner.Applied) {
+			switch u.Kind {
+			case planner.UndoStopService:
+				a.Services = slices.DeleteFunc(a.Services, func(s string) bool { return s == u.Target })
+			case planner.UndoRemoveFile:
+				a.Files = slices.DeleteFunc(a.Files, func(f planner.AppliedFile) bool { return f.Path == u.Target })
+			case planner.UndoRemoveLayer:
+				a.Layers = slices.DeleteFunc(a.Layers, func(l string) bool { return l == u.Target })
+			}
+		})
+	}
+
+	for _, u := range np.Undo {
+		if u.Kind != planner.UndoRemoveLayer {
+			undo(u)
+		}
+	}
+	for _, it := range np.Ordered() {
+		switch {
+		case it.Layer != nil:
+			l := *it.Layer
+			if l.Skip {
+				continue
+			}
+			p := protocol.LayerPayload{Cluster: cluster, Digest: l.Digest, DiffID: l.DiffID, Size: l.Size,
+				URL: r.e.blobURL(l.Digest), Token: r.e.tokens.create(np.Node, l.Digest, time.Now().Add(r.e.opts.BlobTokenTTL))}
+			if d := r.e.opts.DecorateLayer; d != nil {
+				if err := d(ctx, LayerRequest{Cluster: &r.cf.Cluster, Node: np.Node, Payload: &p}); err != nil {
+					return nil, fmt.Errorf("node %s: layer %s: %w", np.Node, l.Digest, err)
+				}
+			}
+			add(protocol.Step{Name: fmt.Sprintf("layer %s %s", shortDigest(l.Digest), humanSize(l.Size)), Kind: protocol.KindLayer,
+				Payload: mustJSON(p), Digest: LayerStepDigest(cluster, l.Digest)}, l.Size, func(a *planner.Applied) {
+				if !slices.Contains(a.Layers, l.Digest) {
+					a.Layers = append(a.Layers, l.Digest)
+				}
+			})
+		case it.File != nil:
+			f := *it.File
+			if f.Skip {
+				continue
+			}
+			p := protocol.FilePayload{Cluster: cluster, Path: f.Path, Mode: f.Mode, Content: f.Content, Digest: f.Digest}
+			add(protocol.Step{Name: "file " + f.Path, Kind: protocol.KindFile, Payload: mustJSON(p)}, 0, func(a *planner.Applied) {
+				af := planner.AppliedFile{Path: f.Path, Digest: f.Digest, Mode: f.Mode}
+				if i := slices.IndexFunc(a.Files, func(x planner.AppliedFile) bool { return x.Path == f.Path }); i >= 0 {
+					a.Files[i] = af
+				} else {
+					a.Files = append(a.Files, af)
+				}
+			})
+		default:
+			st := *it.Step
+			nt.planSteps[st.Digest] = true
+			if st.Skip {
+				continue
+			}
+			rec := func(a *planner.Applied) {
+				if !slices.Contains(a.Steps, st.Digest) {
+					a.Steps = append(a.Steps, st.Digest)
+				}
+			}
+			s := protocol.Step{Kind: protocol.KindRun, Shell: st.Command, Env: st.Env, Timeout: st.Timeout, Digest: st.Digest,
+				Name: "run: " + oneLine(st.Command, 60)}
+			if st.Kind == plan.KindService {
+				p := protocol.ServicePayload{Cluster: cluster, Unit: st.Command, Restart: slices.Contains(applied.Services, st.Command)}
+				s = protocol.Step{Kind: protocol.KindService, Payload: mustJSON(p), Env: st.Env, Timeout: st.Timeout, Digest: st.Digest,
+					Name: "service " + st.Command}
+				rec = func(a *planner.Applied) {
+					if !slices.Contains(a.Steps, st.Digest) {
+						a.Steps = append(a.Steps, st.Digest)
+					}
+					if !slices.Contains(a.Services, st.Command) {
+						a.Services = append(a.Services, st.Command)
+					}
+				}
+			}
+			add(s, 0, rec)
+		}
+	}
+	var forget []string
+	for _, u := range np.Undo {
+		if u.Kind == planner.UndoRemoveLayer {
+			undo(u)
+			forget = append(forget, LayerStepDigest(cluster, u.Target))
+		}
+	}
+	var stale []string
+	for _, d := range applied.Steps {
+		if !nt.planSteps[d] {
+			stale = append(stale, d)
+		}
+	}
+	if len(stale)+len(forget) > 0 {
+		forget = append(forget, stale...)
+		p := protocol.UndoPayload{Cluster: cluster, Kind: protocol.UndoForget, Digests: forget}
+		add(protocol.Step{Name: fmt.Sprintf("forget %d applied steps", len(forget)), Kind: protocol.KindUndo, Payload: mustJSON(p)}, 0,
+			func(a *planner.Applied) {
+				a.Steps = slices.DeleteFunc(a.Steps, func(d string) bool { return slices.Contains(stale, d) })
+			})
+	}
+	return nt, nil
+}
+
+func (r *rolloutRun) stepTimeout() time.Duration {
+	if t := r.plan.Rollout.StepTimeout; t > 0 {
+		return t
+	}
+	return 10 * time.Minute
+}
+
+func (e *Engine) blobURL(digest string) string {
+	base := e.opts.BaseURL
+	if base == "" {
+		base = e.ctrl.HTTPURL()
+	}
+	return strings.TrimSuffix(base, "/") + BlobPath + digest
+}
+
+func mustJSON(v any) json.RawMessage {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(fmt.Sprintf("encode %T: %v", v, err)) // only fixed protocol types, which always encode
+	}
+	return b
+}
+
+func shortDigest(d string) string {
+	if h, ok := strings.CutPrefix(d, "sha256:"); ok && len(h) > 12 {
+		return "sha256:" + h[:12] + "…"
+	}
+	return d
+}
+
+func oneLine(s string, n int) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len([]rune(s)) > n {
+		return string([]rune(s)[:n-1]) + "…"
+	}
+	return s
+}
+
+func humanSize(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}
