@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cavaliergopher/grab/v3"
+	"golang.org/x/time/rate"
 
 	"github.com/flotilla-dev/flotilla/agent"
 	"github.com/flotilla-dev/flotilla/protocol"
@@ -81,6 +82,11 @@ func fetchHTTPS(ctx context.Context, sc *agent.StepContext, p protocol.LayerPayl
 	req.IgnoreRemoteTime = true
 	if p.Size > 0 {
 		req.Size = p.Size
+	}
+	if p.MaxDownload > 0 {
+		burst := int(min(max(p.MaxDownload/10, 4<<10), 32<<10))
+		req.RateLimiter = rate.NewLimiter(rate.Limit(p.MaxDownload), burst)
+		req.BufferSize = min(32<<10, burst)
 	}
 	gc := grab.NewClient()
 	gc.HTTPClient = client

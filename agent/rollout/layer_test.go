@@ -1,13 +1,20 @@
 package rollout
 
 import (
+	"bytes"
+	"crypto/rand"
+	"encoding/pem"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/flotilla-dev/flotilla/agent/unpack"
 	"github.com/flotilla-dev/flotilla/protocol"
@@ -200,4 +207,94 @@ func TestLayerStepRefusesBadPayloads(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestLayerStalledDownloadFailsThenResumes(t *testing.T) {
+	oldStall, oldEvery := stallTimeout, progressEvery
+	stallTimeout, progressEvery = 300*time.Millisecond, 20*time.Millisecond
+	t.Cleanup(func() { stallTimeout, progressEvery = oldStall, oldEvery })
+
+	l := makeLayer(t, append(appLayer, "big="+strings.Repeat("x", 1<<20))...)
+	stall := make(chan struct{})
+	var stalled atomic.Bool
+	stalled.Store(true)
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !stalled.Load() {
+			http.ServeContent(w, r, "blob", time.Unix(1, 0), bytes.NewReader(l.blob))
+			return
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(l.blob)))
+		_, _ = w.Write(l.blob[:len(l.blob)/2])
+		w.(http.Flusher).Flush()
+		select { // then nothing, until the client gives up
+		case <-r.Context().Done():
+		case <-stall:
+		}
+	}))
+	t.Cleanup(func() { close(stall); srv.Close() })
+	n := newNode(t, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}))
+	p := protocol.LayerPayload{Cluster: "c1", Digest: l.digest, Size: int64(len(l.blob)), URL: srv.URL + "/b", Token: "t"}
+	_, err := n.run(protocol.KindLayer, p)
+	if err == nil || !strings.Contains(err.Error(), "no data for 300ms") {
+		t.Fatalf("stalled download: %v, want the stall error", err)
+	}
+	h := strings.TrimPrefix(l.digest, "sha256:")
+	fi, err := os.Stat(blobPath(n.dataDir, h) + ".part")
+	if err != nil || fi.Size() != int64(len(l.blob)/2) {
+		t.Fatalf("partial download: %v %v, want %d bytes kept for resuming", fi, err, len(l.blob)/2)
+	}
+	stalled.Store(false)
+	if _, err := n.run(protocol.KindLayer, p); err != nil {
+		t.Fatalf("resumed download: %v", err)
+	}
+	if got := readFile(t, filepath.Join(n.root, "big")); len(got) != 1<<20 {
+		t.Errorf("big has %d bytes", len(got))
+	}
+}
+
+func TestLayerDownloadLimit(t *testing.T) {
+	l := makeLayer(t, "random="+randomBytes(t, 200<<10))
+	srv := newBlobServer(t, l)
+	n := newNode(t, srv.caPEM())
+	p := srv.payload(l, "good")
+	p.MaxDownload = 400 << 10 // 200 KiB at 400 KiB/s (32 KiB burst): at least 0.4 s
+	start := time.Now()
+	if _, err := n.run(protocol.KindLayer, p); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d < 300*time.Millisecond {
+		t.Errorf("%d bytes limited to %d B/s took %s", len(l.blob), p.MaxDownload, d)
+	}
+}
+
+func TestLayerPartialUnpackIsRecordedForUndo(t *testing.T) {
+	l := makeLayer(t, "etc/", "etc/ok.conf=ok", "../evil=x")
+	srv := newBlobServer(t, l)
+	n := newNode(t, srv.caPEM())
+	_, err := n.run(protocol.KindLayer, srv.payload(l, "good"))
+	if err == nil || !strings.Contains(err.Error(), `"../evil"`) {
+		t.Fatalf("layer with ../evil: %v", err)
+	}
+	if exists(filepath.Join(filepath.Dir(n.root), "evil")) {
+		t.Fatal("../evil was written outside the root")
+	}
+	var rec LayerRecord
+	h := strings.TrimPrefix(l.digest, "sha256:")
+	if ok, err := readJSON(layerRecordPath(filepath.Join(n.dataDir, "clusters/c1"), h), &rec); !ok || err != nil || rec.Complete || len(rec.Records) == 0 {
+		t.Fatalf("record of the partial unpack: %+v %v %v, want incomplete with etc/ok.conf", rec, ok, err)
+	}
+	if _, err := n.run(protocol.KindUndo, undo(protocol.UndoRemoveLayer, l.digest)); err != nil {
+		t.Fatal(err)
+	}
+	if got := tree(t, n.root); len(got) != 0 {
+		t.Errorf("root after undoing the partial layer: %v", got)
+	}
+}
+
+func randomBytes(t *testing.T, n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

@@ -80,11 +80,19 @@ func needsHostRoot(sc *agent.StepContext, unit string) error {
 	return nil
 }
 
-func stepTimeout(sc *agent.StepContext) time.Duration {
+// stepTimeout is how long systemd gets: the step's timeout (default 90 s), less
+// a margin before the step's own deadline so that a unit that does not come up
+// is reported by systemd, with its journal lines, rather than as a bare timeout.
+func stepTimeout(ctx context.Context, sc *agent.StepContext) time.Duration {
+	timeout := defaultServiceTimeout
 	if sc.Step.Timeout > 0 {
-		return sc.Step.Timeout
+		timeout = sc.Step.Timeout
 	}
-	return defaultServiceTimeout
+	if deadline, ok := ctx.Deadline(); ok {
+		left := time.Until(deadline)
+		timeout = min(timeout, left-min(3*time.Second, left/10))
+	}
+	return max(timeout, time.Millisecond)
 }
 
 func connectSystemd(ctx context.Context, unit string) (unitManager, error) {
@@ -126,7 +134,7 @@ func executeService(ctx context.Context, sc *agent.StepContext) error {
 		return err
 	}
 	defer m.Close()
-	timeout := stepTimeout(sc)
+	timeout := stepTimeout(ctx, sc)
 	if err := m.Reload(ctx); err != nil {
 		return fmt.Errorf("service %s: %w", p.Unit, err)
 	}

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/agent"
 	"github.com/flotilla-dev/flotilla/protocol"
 	"github.com/flotilla-dev/flotilla/systemd"
 )
@@ -215,5 +216,28 @@ func TestServiceRealSystemd(t *testing.T) {
 	out, _ = exec.Command("systemctl", "is-active", unit).Output()
 	if s := strings.TrimSpace(string(out)); s == "active" {
 		t.Errorf("%s still active after undo", unit)
+	}
+}
+
+func TestServiceTimeoutLeavesRoomForTheJournal(t *testing.T) {
+	for _, tc := range []struct {
+		step, deadline time.Duration // 0: none
+		min, max       time.Duration
+	}{
+		{0, 0, 90 * time.Second, 90 * time.Second},
+		{5 * time.Second, 0, 5 * time.Second, 5 * time.Second},
+		{0, 10 * time.Second, 8500 * time.Millisecond, 9100 * time.Millisecond},
+		{60 * time.Second, 60 * time.Second, 56 * time.Second, 57100 * time.Millisecond},
+	} {
+		ctx := context.Background()
+		if tc.deadline > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, tc.deadline)
+			defer cancel()
+		}
+		sc := agent.NewStepContext(&protocol.Task{}, &protocol.Step{Timeout: tc.step}, "/", t.TempDir(), nil)
+		if got := stepTimeout(ctx, sc); got < tc.min || got > tc.max {
+			t.Errorf("step timeout %s, deadline in %s: systemd gets %s, want %s to %s", tc.step, tc.deadline, got, tc.min, tc.max)
+		}
 	}
 }

@@ -77,7 +77,7 @@ func undoStopService(ctx context.Context, sc *agent.StepContext, dir, unit strin
 		return err
 	}
 	defer m.Close()
-	if err := m.Stop(ctx, unit, stepTimeout(sc)); err != nil {
+	if err := m.Stop(ctx, unit, stepTimeout(ctx, sc)); err != nil {
 		return fmt.Errorf("undo: stop %s: %w", unit, err)
 	}
 	if err := m.Disable(ctx, unit); err != nil {
