@@ -192,7 +192,9 @@ func (e *Engine) Resume(ctx context.Context) error {
 // controllerFleet is the real Fleet.
 type controllerFleet struct{ c *controller.Controller }
 
-func (f controllerFleet) Nodes(ctx context.Context) ([]protocol.NodeInfo, error) { return f.c.Nodes(ctx) }
+func (f controllerFleet) Nodes(ctx context.Context) ([]protocol.NodeInfo, error) {
+	return f.c.Nodes(ctx)
+}
 
 func (f controllerFleet) Dispatch(ctx context.Context, t *protocol.Task, onEvent func(protocol.Event)) (TaskRun, error) {
 	r, err := f.c.Dispatch(ctx, t, onEvent)

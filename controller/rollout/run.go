@@ -54,10 +54,10 @@ type rolloutRun struct {
 	applied map[string]planner.Applied // at plan time
 	prev    map[string]protocol.NodeOutcome
 
-	mu       sync.Mutex
-	halted   bool
-	outcomes map[string]protocol.NodeOutcome
-	health   string
+	mu        sync.Mutex
+	halted    bool
+	outcomes  map[string]protocol.NodeOutcome
+	health    string
 	unhealthy bool
 }
 

@@ -1,0 +1,61 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync/atomic"
+
+	"github.com/flotilla-dev/flotilla/bundle/store"
+	"github.com/flotilla-dev/flotilla/controller"
+	"github.com/flotilla-dev/flotilla/controller/rollout"
+)
+
+// The rollout engine in `flotilla controller`: layer blobs on the HTTPS server (mounted
+// before start, served once the engine exists), the rollout admin handlers, and the
+// resume of rollouts a stopped controller left running. Images are resolved in the
+// controller host's store ($FLOTILLA_STORE, else the default store directory).
+
+// rolloutBlobs forwards to the engine's blob handler once it exists.
+var rolloutBlobs atomic.Pointer[http.Handler]
+
+func init() {
+	controllerHandlers = append(controllerHandlers, func(string) map[string]http.Handler {
+		return map[string]http.Handler{"GET " + rollout.BlobPath + "{digest}": http.HandlerFunc(serveRolloutBlob)}
+	})
+	controllerHooks = append(controllerHooks, startRolloutEngine)
+}
+
+func serveRolloutBlob(w http.ResponseWriter, r *http.Request) {
+	h := rolloutBlobs.Load()
+	if h == nil {
+		http.Error(w, "rollout engine not started yet: retry", http.StatusServiceUnavailable)
+		return
+	}
+	(*h).ServeHTTP(w, r)
+}
+
+func startRolloutEngine(ctx context.Context, c *controller.Controller) error {
+	st, err := store.Open(store.DefaultDir())
+	if err != nil {
+		return fmt.Errorf("rollout engine: image store: %w", err)
+	}
+	log := slog.Default().With("component", "rollout")
+	e, err := rollout.New(c, st, rollout.Options{Logger: log})
+	if err != nil {
+		return err
+	}
+	h := e.BlobHandler()
+	rolloutBlobs.Store(&h)
+	e.Register()
+	go func() {
+		<-ctx.Done()
+		e.Close()
+	}()
+	log.Info("rollout engine ready", "store", st.Dir())
+	if err := e.Resume(ctx); err != nil {
+		log.Error("resume interrupted rollouts", "err", err)
+	}
+	return nil
+}
