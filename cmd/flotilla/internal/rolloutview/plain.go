@@ -18,6 +18,9 @@ type Plain struct {
 	t    tracker
 }
 
+// skippedLine is the engine's step.done line for a step the agent had applied already.
+const skippedLine = "already applied"
+
 // NewPlain returns a plain-line renderer writing to w.
 func NewPlain(w io.Writer, opts Options) *Plain {
 	return &Plain{w: w, opts: opts, t: newTracker()}
@@ -43,7 +46,12 @@ func (p *Plain) Event(ev protocol.RolloutEvent) {
 	case protocol.RolloutEventHealth:
 		p.line(ev, "health check: "+ev.Line)
 	case protocol.RolloutEventDone:
-		p.line(ev, "rollout done"+suffix(ev.Line))
+		// The engine puts the rollout's end state (done, failed, halted) in Line.
+		msg := "rollout done"
+		if st := strings.TrimSpace(ev.Line); st != "" {
+			msg = "rollout " + st
+		}
+		p.line(ev, msg)
 	case protocol.RolloutEventNodeStart:
 		msg := n.name + ": start"
 		if n.steps > 0 {
@@ -60,7 +68,17 @@ func (p *Plain) Event(ev protocol.RolloutEvent) {
 			p.line(ev, n.name+" | "+ev.Line)
 		}
 	case protocol.RolloutEventStepDone:
-		msg := fmt.Sprintf("%s: %s done in %s", n.name, stepIndex(n.step, n.steps), Duration(ev.Time.Sub(n.started)))
+		// Line is empty for a step that ran, "already applied" for one the agent
+		// skipped, and the error for one that failed.
+		if ev.Line == skippedLine {
+			p.line(ev, fmt.Sprintf("%s: %s %s", n.name, stepIndex(n.step, n.steps), skippedLine))
+			break
+		}
+		verb := "done"
+		if ev.Line != "" {
+			verb = "ended"
+		}
+		msg := fmt.Sprintf("%s: %s %s in %s", n.name, stepIndex(n.step, n.steps), verb, Duration(ev.Time.Sub(n.started)))
 		if n.done > 0 {
 			msg += fmt.Sprintf(" (%s", Size(n.done))
 			if n.rate > 0 {

@@ -177,6 +177,25 @@ func TestPlain(t *testing.T) {
 			errWant: "1 of 1 nodes of cluster hello did not finish: n4 (unreachable)",
 		},
 		{
+			name: "skipped and failed step lines",
+			events: new(rec).start().phase("node").
+				add(protocol.RolloutEvent{Type: protocol.RolloutEventNodeStart, Node: "n6", Phase: "node", Steps: 2}).
+				add(protocol.RolloutEvent{Type: protocol.RolloutEventStep, Node: "n6", Step: 1, Steps: 2, StepName: "file /etc/a"}).
+				add(protocol.RolloutEvent{Type: protocol.RolloutEventStepDone, Node: "n6", Step: 1, Steps: 2, Line: "already applied"}).
+				add(protocol.RolloutEvent{Type: protocol.RolloutEventStep, Node: "n6", Step: 2, Steps: 2, StepName: "run: check"}).
+				add(protocol.RolloutEvent{Type: protocol.RolloutEventStepDone, Node: "n6", Step: 2, Steps: 2, Line: "exit status 2"}).
+				add(protocol.RolloutEvent{Type: protocol.RolloutEventDone, Line: "failed"}),
+			result: protocol.ApplyResult{Cluster: "hello", Nodes: []protocol.NodeOutcome{{Node: "n6", Status: protocol.NodeFailed, FailedStep: "run: check", ExitCode: 2}}},
+			want: []string{
+				"n6: [1/2] already applied",
+				"n6: [2/2] ended in 100ms: exit status 2",
+				"rollout failed",
+				`n6 failed at step "run: check" with exit code 2`,
+			},
+			notWant: []string{"[1/2] done", "rollout done"},
+			errWant: "1 of 1 nodes of cluster hello did not finish: n6 (failed)",
+		},
+		{
 			name: "retry after an agent died mid-step shows that step's output",
 			events: new(rec).start().phase("node").
 				add(protocol.RolloutEvent{Type: protocol.RolloutEventNodeStart, Node: "n5", Phase: "node", Steps: 1}).
