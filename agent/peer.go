@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -243,6 +245,7 @@ func (a *Agent) startPeer(ctx context.Context) error {
 		Self: self, Client: p.client, DownloadLimit: p.down, Logger: p.log, Progress: p.onProgress,
 	})
 	peers.Store(o.DataDir, p)
+	p.reseed(ctx)
 	go p.fetcher.Run(ctx)
 	go func() {
 		<-ctx.Done()
@@ -254,6 +257,36 @@ func (a *Agent) startPeer(ctx context.Context) error {
 		}
 	}()
 	return nil
+}
+
+// reseed announces the complete blobs the store kept from before a restart,
+// so this agent serves them again although no step fetches them any more.
+func (p *Peer) reseed(ctx context.Context) {
+	entries, err := os.ReadDir(p.store.Dir())
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		name, ok := strings.CutSuffix(e.Name(), ".pieces")
+		if !ok {
+			continue
+		}
+		d, err := v1.NewHash(name)
+		if err != nil || !p.store.Has(d) {
+			continue
+		}
+		var list pieces.PieceList
+		data, err := os.ReadFile(filepath.Join(p.store.Dir(), e.Name()))
+		if err == nil {
+			err = json.Unmarshal(data, &list)
+		}
+		if err == nil && list.Digest == d {
+			err = p.fetcher.Seed(ctx, list)
+		}
+		if err != nil {
+			p.log.Debug("not serving a kept blob", "digest", d, "err", err)
+		}
+	}
 }
 
 // listen starts the piece server and returns this peer's identity.

@@ -497,6 +497,18 @@ func TestLayerStepResumesAfterAgentRestart(t *testing.T) {
 	if total := e.seedHits.Load(); total > n+8 {
 		t.Errorf("the seed served %d requests for %d pieces (%d before the restart): the pieces on disk were fetched again", total, n, held)
 	}
+	// Restarted once more, n1 serves the layer it keeps without any step asking for it.
+	a1.stop()
+	e.tr.Forget("n1")
+	a1 = e.startAgent("n1", a1.dataDir)
+	waitFor(t, 10*time.Second, "n1 announcing the kept layer", func() bool {
+		for _, p := range e.tr.Peers(e.list.Digest) {
+			if p.ID == "n1" && p.Complete {
+				return true
+			}
+		}
+		return false
+	})
 }
 
 func TestLayerStepCompletesAfterControllerStops(t *testing.T) {
