@@ -6,7 +6,9 @@ import (
 	"net/http"
 	"path/filepath"
 
+	"github.com/flotilla-dev/flotilla/bundle/store"
 	"github.com/flotilla-dev/flotilla/controller"
+	"github.com/flotilla-dev/flotilla/controller/rollout"
 	"github.com/flotilla-dev/flotilla/controller/tracker"
 )
 
@@ -38,4 +40,13 @@ func init() {
 		}
 		return nil
 	})
+}
+
+// p2pDecorateLayer makes the rollout engine's layer steps peer-to-peer (nil:
+// the seed is off and layers come from the blob URL).
+func p2pDecorateLayer(st *store.Store) func(context.Context, rollout.LayerRequest) error {
+	if p2pSeed == nil {
+		return nil
+	}
+	return rollout.PeerToPeer(st, p2pSeed, slog.Default().With("component", "seed"))
 }

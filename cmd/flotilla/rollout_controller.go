@@ -42,7 +42,7 @@ func startRolloutEngine(ctx context.Context, c *controller.Controller) error {
 		return fmt.Errorf("rollout engine: image store: %w", err)
 	}
 	log := slog.Default().With("component", "rollout")
-	e, err := rollout.New(c, st, rollout.Options{Logger: log})
+	e, err := rollout.New(c, st, rollout.Options{Logger: log, DecorateLayer: p2pDecorateLayer(st)})
 	if err != nil {
 		return err
 	}
