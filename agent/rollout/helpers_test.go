@@ -58,14 +58,18 @@ func (e *events) progress() []protocol.Progress {
 
 // node is one agent's data dir and root, trusting the CA of a blob server.
 type node struct {
-	t       *testing.T
+	t       testing.TB
 	dataDir string
 	root    string
 }
 
 func newNode(t *testing.T, caPEM []byte) *node {
 	t.Helper()
-	dir := t.TempDir()
+	return newNodeIn(t, t.TempDir(), caPEM)
+}
+
+func newNodeIn(t testing.TB, dir string, caPEM []byte) *node {
+	t.Helper()
 	n := &node{t: t, dataDir: filepath.Join(dir, "data"), root: filepath.Join(dir, "root")}
 	for _, d := range []string{n.dataDir, n.root} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -146,7 +150,7 @@ type layer struct {
 }
 
 // makeLayer builds a layer; names ending in "/" are directories.
-func makeLayer(t *testing.T, entries ...string) layer {
+func makeLayer(t testing.TB, entries ...string) layer {
 	t.Helper()
 	var buf bytes.Buffer
 	gz := gzip.NewWriter(&buf)
@@ -190,7 +194,7 @@ type blobServer struct {
 	ranges []string
 }
 
-func newBlobServer(t *testing.T, layers ...layer) *blobServer {
+func newBlobServer(t testing.TB, layers ...layer) *blobServer {
 	b := &blobServer{blobs: map[string][]byte{}}
 	for _, l := range layers {
 		b.blobs[l.digest] = l.blob
