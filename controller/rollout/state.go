@@ -168,9 +168,6 @@ func keys(ctx context.Context, kv jetstream.KeyValue) ([]string, error) {
 	for k := range l.Keys() {
 		out = append(out, k)
 	}
-	if err := l.Stop(); err != nil && !errors.Is(err, jetstream.ErrNoKeysFound) {
-		return nil, fmt.Errorf("list %s: %w", kv.Bucket(), err)
-	}
 	sort.Strings(out)
 	return out, nil
 }

@@ -1,0 +1,161 @@
+package rollout
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flotilla-dev/flotilla/protocol"
+)
+
+// TestPhasesParallelismBarrier: master0, then the other master, then the nodes at most
+// two at a time; no node of a phase starts before the previous phase ended; a second
+// apply dispatches nothing.
+func TestPhasesParallelismBarrier(t *testing.T) {
+	names := []string{"m1", "m2", "n1", "n2", "n3", "n4", "n5"}
+	f := newFakeFleet(names...)
+	for _, n := range names {
+		f.set(n, func(n *fakeNode) { n.delay = 15 * time.Millisecond })
+	}
+	e := newEnv(t, f)
+	cf := clusterfileFor("c1", "test:1", names[:2], names[2:], "{parallelism: {master: 1, node: 2}, onFailure: halt}")
+	res := e.mustApply(cf)
+	if !res.OK || len(res.Nodes) != 7 {
+		t.Fatalf("apply: ok %t, nodes %s", res.OK, statuses(res))
+	}
+	phaseOf := map[string]int{"m1": 0, "m2": 1}
+	for _, n := range names[2:] {
+		phaseOf[n] = 2
+	}
+	f.mu.Lock()
+	spans := append([]span(nil), f.spans...)
+	maxRun := f.maxRun
+	f.mu.Unlock()
+	if len(spans) != 7 {
+		t.Fatalf("%d tasks dispatched, want 7", len(spans))
+	}
+	for _, a := range spans {
+		for _, b := range spans {
+			if phaseOf[a.node] < phaseOf[b.node] && !a.end.Before(b.start) && !a.end.Equal(b.start) {
+				t.Errorf("%s (phase %d) ended %s after %s (phase %d) started", a.node, phaseOf[a.node], a.end.Sub(b.start), b.node, phaseOf[b.node])
+			}
+		}
+	}
+	if maxRun != 2 {
+		t.Errorf("at most %d tasks ran at once, want 2 (node parallelism)", maxRun)
+	}
+	for _, n := range names {
+		if got := f.executed(n, "run: echo all"); got != 1 {
+			t.Errorf("%s ran 'echo all' %d times, want 1", n, got)
+		}
+	}
+	if got := f.executed("m1", "run: echo node"); got != 0 {
+		t.Errorf("master m1 ran the node step %d times", got)
+	}
+
+	res = e.mustApply(cf)
+	if !res.OK {
+		t.Fatalf("re-apply: %s", statuses(res))
+	}
+	for _, o := range res.Nodes {
+		if o.Status != protocol.NodeNoop || o.Ran != 0 {
+			t.Errorf("re-apply: %s status %s ran %d, want noop", o.Node, o.Status, o.Ran)
+		}
+	}
+	if n := f.taskCount(); n != 7 {
+		t.Errorf("re-apply dispatched %d tasks, want none", n-7)
+	}
+}
+
+// TestOnFailure: halt stops starting nodes after a failing step (reported with the
+// step, exit code and output), continue runs every other node.
+func TestOnFailure(t *testing.T) {
+	for _, tc := range []struct {
+		policy     string
+		wantStatus map[string]string
+		halted     bool
+	}{
+		{"halt", map[string]string{"m1": "ok", "n1": "ok", "n2": "failed", "n3": "not-started", "n4": "not-started"}, true},
+		{"continue", map[string]string{"m1": "ok", "n1": "ok", "n2": "failed", "n3": "ok", "n4": "ok"}, false},
+	} {
+		t.Run(tc.policy, func(t *testing.T) {
+			f := newFakeFleet("m1", "n1", "n2", "n3", "n4")
+			f.set("n2", func(n *fakeNode) { n.failStep = "echo node" })
+			e := newEnv(t, f)
+			res := e.mustApply(clusterfileFor("c1", "test:1", []string{"m1"}, []string{"n1", "n2", "n3", "n4"}, "{parallelism: {node: 1}, onFailure: "+tc.policy+"}"))
+			if res.OK || res.Halted != tc.halted {
+				t.Errorf("ok %t halted %t, want ok false halted %t", res.OK, res.Halted, tc.halted)
+			}
+			got := outcomes(res)
+			for node, want := range tc.wantStatus {
+				if got[node].Status != want {
+					t.Errorf("%s: status %q, want %q (%s)", node, got[node].Status, want, statuses(res))
+				}
+			}
+			o := got["n2"]
+			if o.FailedStep != "run: echo node" || o.ExitCode != 3 || len(o.LastOutput) == 0 || o.LastOutput[len(o.LastOutput)-1] != "boom" {
+				t.Errorf("failed outcome: step %q exit %d output %q", o.FailedStep, o.ExitCode, o.LastOutput)
+			}
+			if tc.halted && (f.taskCount() != 3 || f.executed("n3", "") != 0) {
+				t.Errorf("halt: %d tasks dispatched (want 3), n3 ran %d steps", f.taskCount(), f.executed("n3", ""))
+			}
+			st, err := e.eng.Status(context.Background(), "c1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			wantState := map[string]string{"halt": StateHalted, "continue": StateFailed}[tc.policy]
+			if st[0].State != wantState {
+				t.Errorf("status state %q, want %q", st[0].State, wantState)
+			}
+			for _, n := range st[0].Nodes {
+				if n.Node == "n2" && (!n.Drift || !strings.Contains(n.LastError, "echo node")) {
+					t.Errorf("status of n2: drift %t lastError %q", n.Drift, n.LastError)
+				}
+			}
+		})
+	}
+}
+
+// TestOfflineNodes: a node offline for a moment is retried and completes; one that
+// stays offline is reported unreachable after the timeout, never waited on forever.
+func TestOfflineNodes(t *testing.T) {
+	f := newFakeFleet("m1", "n1", "n2")
+	f.set("n1", func(n *fakeNode) { n.onlineAt = time.Now().Add(250 * time.Millisecond) })
+	f.set("n2", func(n *fakeNode) { n.online = false })
+	e := newEnv(t, f)
+	start := time.Now()
+	res := e.mustApply(clusterfileFor("c1", "test:1", []string{"m1"}, []string{"n1", "n2"}, "{parallelism: {node: 2}, onFailure: continue}"))
+	took := time.Since(start)
+	got := outcomes(res)
+	if got["n1"].Status != protocol.NodeOK || got["n1"].Attempts < 2 {
+		t.Errorf("n1: status %s after %d attempts, want ok after a retry", got["n1"].Status, got["n1"].Attempts)
+	}
+	if got["n2"].Status != protocol.NodeUnreachable || !strings.Contains(got["n2"].Error, "offline") {
+		t.Errorf("n2: status %s (%s), want unreachable", got["n2"].Status, got["n2"].Error)
+	}
+	if took > 10*time.Second {
+		t.Errorf("apply took %s with an unreachable timeout of %s", took, e.opts.UnreachableTimeout)
+	}
+}
+
+// TestLostTaskRetried: an agent that dies in the middle of a task is retried once it is
+// back; steps it finished before dying are skipped, not run twice.
+func TestLostTaskRetried(t *testing.T) {
+	f := newFakeFleet("m1")
+	f.set("m1", func(n *fakeNode) { n.dieAfter = 3; n.offlineAfter = 200 * time.Millisecond })
+	e := newEnv(t, f)
+	res := e.mustApply(clusterfileFor("c1", "test:1", []string{"m1"}, nil, "{retries: 2}"))
+	o := outcomes(res)["m1"]
+	if o.Status != protocol.NodeOK || o.Attempts < 2 {
+		t.Fatalf("m1: %s after %d attempts (%s), want ok after a retry", o.Status, o.Attempts, o.Error)
+	}
+	for step, want := range map[string]int{"layer": 2, "run: echo all": 1, "run: echo master": 1} {
+		if got := f.executed("m1", step); got != want {
+			t.Errorf("%q steps executed %d times, want %d (a step done before the agent died must be skipped)", step, got, want)
+		}
+	}
+	if got := f.executed("m1", "run:"); got != 2 {
+		t.Errorf("run steps executed %d times, want 2 (each once)", got)
+	}
+}
