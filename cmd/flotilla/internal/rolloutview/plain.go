@@ -16,6 +16,15 @@ type Plain struct {
 	w    io.Writer
 	opts Options
 	t    tracker
+	// held is each node's last step.done line, printed at that node's next event: the
+	// event does not say whether the step failed, but a node.done that follows it does.
+	held map[string]heldLine
+}
+
+// heldLine is a step.done line waiting for the node's next event.
+type heldLine struct {
+	ev           protocol.RolloutEvent
+	done, failed string
 }
 
 // skippedLine is the engine's step.done line for a step the agent had applied already.
@@ -23,15 +32,44 @@ const skippedLine = "already applied"
 
 // NewPlain returns a plain-line renderer writing to w.
 func NewPlain(w io.Writer, opts Options) *Plain {
-	return &Plain{w: w, opts: opts, t: newTracker()}
+	return &Plain{w: w, opts: opts, t: newTracker(), held: map[string]heldLine{}}
 }
 
-// Close does nothing: every line is written as its event arrives.
-func (p *Plain) Close() {}
+// Close prints the lines still held.
+func (p *Plain) Close() { p.releaseAll() }
+
+// release prints node's held step.done line, as failed when failed is set.
+func (p *Plain) release(node string, failed bool) {
+	h, ok := p.held[node]
+	if !ok {
+		return
+	}
+	delete(p.held, node)
+	if failed {
+		p.line(h.ev, h.failed)
+	} else {
+		p.line(h.ev, h.done)
+	}
+}
+
+func (p *Plain) releaseAll() {
+	for _, name := range p.t.order {
+		p.release(name, false)
+	}
+}
 
 // Event prints what ev says, if it is worth a line.
 func (p *Plain) Event(ev protocol.RolloutEvent) {
 	n := p.t.apply(ev)
+	if ev.Node == "" {
+		p.releaseAll()
+	} else if ev.Type == protocol.RolloutEventNodeDone && ev.Outcome != nil && ev.Outcome.Status == protocol.NodeFailed {
+		// The held step is the one the node failed at: its line, then its output.
+		p.release(ev.Node, true)
+		p.flushOutput(ev, n)
+	} else {
+		p.release(ev.Node, false)
+	}
 	switch ev.Type {
 	case protocol.RolloutEventStart:
 		msg := "rollout " + ev.Rollout
@@ -74,19 +112,22 @@ func (p *Plain) Event(ev protocol.RolloutEvent) {
 			p.line(ev, fmt.Sprintf("%s: %s %s", n.name, stepIndex(n.step, n.steps), skippedLine))
 			break
 		}
-		verb := "done"
-		if ev.Line != "" {
-			verb = "ended"
+		took := Duration(ev.Time.Sub(n.started))
+		head := n.name + ": " + stepIndex(n.step, n.steps)
+		if ev.Line != "" { // the step's error
+			p.flushOutput(ev, n)
+			p.line(ev, head+" failed after "+took+suffix(ev.Line))
+			break
 		}
-		msg := fmt.Sprintf("%s: %s %s in %s", n.name, stepIndex(n.step, n.steps), verb, Duration(ev.Time.Sub(n.started)))
+		done := head + " done in " + took
 		if n.done > 0 {
-			msg += fmt.Sprintf(" (%s", Size(n.done))
+			done += fmt.Sprintf(" (%s", Size(n.done))
 			if n.rate > 0 {
-				msg += fmt.Sprintf(" at %s/s", Size(int64(n.rate)))
+				done += fmt.Sprintf(" at %s/s", Size(int64(n.rate)))
 			}
-			msg += ")"
+			done += ")"
 		}
-		p.line(ev, msg+suffix(ev.Line))
+		p.held[n.name] = heldLine{ev: ev, done: done, failed: head + " failed after " + took}
 	case protocol.RolloutEventRetry:
 		p.flushOutput(ev, n)
 		msg := n.name + ": retry"
@@ -141,7 +182,16 @@ func outcomeText(o *protocol.NodeOutcome, n *nodeState) string {
 	if o.ExitCode != 0 {
 		msg += fmt.Sprintf(" (exit code %d)", o.ExitCode)
 	}
-	return msg + suffix(o.Error)
+	return msg + suffix(errorText(o))
+}
+
+// errorText is the outcome's error unless it only repeats the exit code.
+func errorText(o *protocol.NodeOutcome) string {
+	switch o.Error {
+	case fmt.Sprintf("exit code %d", o.ExitCode), fmt.Sprintf("exit status %d", o.ExitCode):
+		return ""
+	}
+	return o.Error
 }
 
 func stepIndex(i, n int) string {

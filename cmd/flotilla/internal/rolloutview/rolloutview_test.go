@@ -117,18 +117,21 @@ func TestPlain(t *testing.T) {
 			result: protocol.ApplyResult{Cluster: "hello", Nodes: []protocol.NodeOutcome{ok("n1", "master0"), failed}},
 			want: []string{
 				"n2: [3/3] run: flotilla-hello",
+				// The step.done line waits for node.done to learn the step failed.
+				"n2: [3/3] failed after 300ms\n",
 				"n2 | run: flotilla-hello: out A",
 				"n2 | run: flotilla-hello: out B",
-				"n2: FAILED at run: flotilla-hello (exit code 3): exit status 3",
+				"n2: FAILED at run: flotilla-hello (exit code 3)\n", // the error only repeats the code
+
 				"n2    node     create  failed  3    0        1s        run: flotilla-hello",
 				"2 nodes: 1 ok, 1 failed",
-				`n2 failed at step "run: flotilla-hello" with exit code 3: exit status 3`,
+				"n2 failed at step \"run: flotilla-hello\" with exit code 3\n",
 				"last 2 lines of its output:",
 				"  | boom 1",
 				"  | boom 2",
 			},
 			// Output of the steps that succeeded stays hidden.
-			notWant: []string{"n2 | layer sha256:ab12 2.0 MiB: out A", "n2 | file"},
+			notWant: []string{"n2 | layer sha256:ab12 2.0 MiB: out A", "n2 | file", "n2: [3/3] done"},
 			errWant: "1 of 2 nodes of cluster hello did not finish: n2 (failed)",
 		},
 		{
@@ -188,7 +191,7 @@ func TestPlain(t *testing.T) {
 			result: protocol.ApplyResult{Cluster: "hello", Nodes: []protocol.NodeOutcome{{Node: "n6", Status: protocol.NodeFailed, FailedStep: "run: check", ExitCode: 2}}},
 			want: []string{
 				"n6: [1/2] already applied",
-				"n6: [2/2] ended in 100ms: exit status 2",
+				"n6: [2/2] failed after 100ms: exit status 2",
 				"rollout failed",
 				`n6 failed at step "run: check" with exit code 2`,
 			},

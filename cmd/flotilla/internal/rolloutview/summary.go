@@ -107,8 +107,8 @@ func WriteSummary(w io.Writer, res *protocol.ApplyResult) error {
 			if o.ExitCode != 0 {
 				fmt.Fprintf(w, " with exit code %d", o.ExitCode)
 			}
-			if o.Error != "" {
-				fmt.Fprintf(w, ": %s", o.Error)
+			if e := errorText(&o); e != "" {
+				fmt.Fprintf(w, ": %s", e)
 			}
 			fmt.Fprintln(w)
 			if len(o.LastOutput) > 0 {
