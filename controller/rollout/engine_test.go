@@ -159,3 +159,134 @@ func TestLostTaskRetried(t *testing.T) {
 		t.Errorf("run steps executed %d times, want 2 (each once)", got)
 	}
 }
+
+// waitActive waits for the rollout of cluster running in eng to end.
+func waitActive(t *testing.T, eng *Engine, cluster string) *protocol.ApplyResult {
+	t.Helper()
+	eng.mu.Lock()
+	a := eng.active[cluster]
+	eng.mu.Unlock()
+	if a == nil {
+		t.Fatalf("no rollout of %s running", cluster)
+	}
+	select {
+	case <-a.done:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("rollout of %s still running after 60s", cluster)
+	}
+	if a.result == nil {
+		t.Fatalf("rollout of %s was interrupted", cluster)
+	}
+	return a.result
+}
+
+// TestResumeFromKV: an engine stopped in the middle of a rollout leaves it running in
+// KV; a new engine resumes it from there, and no step that succeeded runs twice.
+func TestResumeFromKV(t *testing.T) {
+	names := []string{"m1", "n1", "n2", "n3"}
+	f := newFakeFleet(names...)
+	for _, n := range names {
+		f.set(n, func(n *fakeNode) { n.delay = 40 * time.Millisecond })
+	}
+	e := newEnv(t, f)
+	cf := clusterfileFor("c1", "test:1", names[:1], names[1:], "{parallelism: {node: 1}}")
+	errc := make(chan error, 1)
+	go func() {
+		_, err := e.apply(cf)
+		errc <- err
+	}()
+	deadline := time.Now().Add(20 * time.Second)
+	for f.executed("n1", "run:") == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("n1 never started its run steps")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	e.eng.Close() // the controller "dies" in the middle of n1
+	if err := <-errc; err == nil || !strings.Contains(err.Error(), "interrupted") {
+		t.Errorf("apply of a stopped engine: %v, want an interrupted error", err)
+	}
+	eng2 := e.newEngine()
+	st, err := eng2.Status(context.Background(), "c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st[0].State != StateInterrupted {
+		t.Errorf("status after the stop: %q, want %q", st[0].State, StateInterrupted)
+	}
+	if err := eng2.Resume(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	res := waitActive(t, eng2, "c1")
+	if !res.OK || !res.Resumed {
+		t.Fatalf("resumed rollout: ok %t resumed %t: %s", res.OK, res.Resumed, statuses(res))
+	}
+	for _, n := range names {
+		for _, step := range []string{"run: echo all", "layer"} {
+			want := map[string]int{"run: echo all": 1, "layer": 1}[step]
+			if n == "m1" && step == "layer" {
+				want = 2 // all + master layers
+			}
+			if got := f.executed(n, step); got != want {
+				t.Errorf("%s: %q executed %d times, want %d", n, step, got, want)
+			}
+		}
+		if o := outcomes(res)[n]; o.Status != protocol.NodeOK {
+			t.Errorf("%s: %s, want ok (done before or after the restart)", n, o.Status)
+		}
+	}
+	st, err = eng2.Status(context.Background(), "c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st[0].State != StateDone {
+		t.Errorf("status after resume: %q", st[0].State)
+	}
+	for _, n := range st[0].Nodes {
+		if n.Drift || n.Applied != st[0].ImageDigest {
+			t.Errorf("%s: drift %t applied %q, want %q", n.Node, n.Drift, n.Applied, st[0].ImageDigest)
+		}
+	}
+}
+
+// TestConcurrentApply: the same Clusterfile attaches to the running rollout, another
+// one is refused while it runs.
+func TestConcurrentApply(t *testing.T) {
+	f := newFakeFleet("m1", "n1")
+	f.set("m1", func(n *fakeNode) { n.delay = 60 * time.Millisecond })
+	e := newEnv(t, f)
+	cf := clusterfileFor("c1", "test:1", []string{"m1"}, []string{"n1"}, "")
+	first := make(chan *protocol.ApplyResult, 1)
+	go func() {
+		res, _ := e.apply(cf)
+		first <- res
+	}()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		e.eng.mu.Lock()
+		running := e.eng.active["c1"] != nil
+		e.eng.mu.Unlock()
+		if running {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("rollout never started")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	_, err := e.apply(clusterfileFor("c1", "test:1", []string{"m1"}, nil, ""))
+	if err == nil || !strings.Contains(err.Error(), "is running") {
+		t.Errorf("another Clusterfile during a rollout: %v, want refused", err)
+	}
+	second, err := e.apply(cf)
+	if err != nil {
+		t.Fatalf("same Clusterfile during the rollout: %v", err)
+	}
+	res := <-first
+	if res == nil || second.Rollout != res.Rollout || !second.OK {
+		t.Errorf("attached apply: rollout %q ok %t, want the first's result (%v)", second.Rollout, second.OK, res)
+	}
+	if n := f.taskCount(); n != 2 {
+		t.Errorf("%d tasks dispatched, want 2 (one rollout)", n)
+	}
+}

@@ -231,3 +231,16 @@ func (f *fakeFleet) execute(n *fakeNode, t *protocol.Task, onEvent func(protocol
 	emit(protocol.Event{Type: protocol.EventTaskResult, Step: final.FailedStep, Final: &final})
 	run.res = &final
 }
+
+// executedPrefix returns how often node ran steps whose name starts with prefix.
+func (f *fakeFleet) executedPrefix(node, prefix string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	total := 0
+	for name, c := range f.execs[node] {
+		if strings.HasPrefix(name, prefix) {
+			total += c
+		}
+	}
+	return total
+}

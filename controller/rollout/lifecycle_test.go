@@ -1,0 +1,247 @@
+package rollout
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flotilla-dev/flotilla/protocol"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+)
+
+// TestScaleUpgradeDelete: scale down undoes the removed node and forgets it, scale up
+// only works on the new node, an upgrade of the masters' layer re-runs only what
+// depends on it, and delete undoes every node and the cluster's state.
+func TestScaleUpgradeDelete(t *testing.T) {
+	f := newFakeFleet("m1", "n1", "n2", "n3")
+	e := newEnv(t, f)
+	ctx := context.Background()
+	res := e.mustApply(clusterfileFor("c1", "test:1", []string{"m1"}, []string{"n1", "n2"}, ""))
+	if !res.OK {
+		t.Fatalf("apply: %s", statuses(res))
+	}
+
+	// scale down: n2 leaves
+	res = e.mustApply(clusterfileFor("c1", "test:1", []string{"m1"}, []string{"n1"}, ""))
+	got := outcomes(res)
+	if o := got["n2"]; !res.OK || o.Action != "remove" || o.Status != protocol.NodeOK {
+		t.Fatalf("scale down: %s", statuses(res))
+	}
+	for _, step := range []string{"undo remove-file /etc/t/app.conf", "undo remove-layer", "forget"} {
+		if f.executed("n2", step) == 0 {
+			t.Errorf("removed node n2 did not run %q", step)
+		}
+	}
+	if n := len(f.node("n2").applied); n != 0 {
+		t.Errorf("n2 still has %d applied digests after removal", n)
+	}
+	applied, err := e.eng.state.appliedOf(ctx, "c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := applied["n2"]; ok || len(applied) != 2 {
+		t.Errorf("applied state after scale down: %v", keysOf(applied))
+	}
+	for _, n := range []string{"m1", "n1"} {
+		if got[n].Status != protocol.NodeNoop {
+			t.Errorf("scale down: kept node %s is %s, want noop", n, got[n].Status)
+		}
+	}
+
+	// scale up: n3 joins
+	tasks := f.taskCount()
+	res = e.mustApply(clusterfileFor("c1", "test:1", []string{"m1"}, []string{"n1", "n3"}, ""))
+	got = outcomes(res)
+	if !res.OK || got["n3"].Action != "create" || got["n3"].Status != protocol.NodeOK || got["n1"].Status != protocol.NodeNoop {
+		t.Fatalf("scale up: %s", statuses(res))
+	}
+	if n := f.taskCount() - tasks; n != 1 {
+		t.Errorf("scale up dispatched %d tasks, want 1 (the new node)", n)
+	}
+
+	// upgrade: the masters' layer changes
+	files := map[string]string{}
+	for k, v := range testFiles {
+		files[k] = v
+	}
+	files["master.txt"] = "master v2\n"
+	buildImage(t, e.store, "test:2", testKubefile, files)
+	tasks = f.taskCount()
+	res = e.mustApply(clusterfileFor("c1", "test:2", []string{"m1"}, []string{"n1", "n3"}, ""))
+	got = outcomes(res)
+	if !res.OK || got["m1"].Status != protocol.NodeOK || got["n1"].Status != protocol.NodeNoop || got["n3"].Status != protocol.NodeNoop {
+		t.Fatalf("upgrade: %s", statuses(res))
+	}
+	if n := f.taskCount() - tasks; n != 1 {
+		t.Errorf("upgrade dispatched %d tasks, want 1 (m1 only)", n)
+	}
+	if f.executed("m1", "run: echo master") != 2 || f.executed("m1", "undo remove-layer") != 1 || f.executedPrefix("m1", "layer ") != 3 {
+		t.Errorf("upgrade on m1: echo master %d (want 2), undo remove-layer %d (want 1), layers %d (want 3 in all)",
+			f.executed("m1", "run: echo master"), f.executed("m1", "undo remove-layer"), f.executedPrefix("m1", "layer "))
+	}
+	st, err := e.eng.Status(ctx, "c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range st[0].Nodes {
+		if n.Drift || n.Applied != st[0].ImageDigest {
+			t.Errorf("after upgrade: %s drift %t applied %s want %s", n.Node, n.Drift, n.Applied, st[0].ImageDigest)
+		}
+	}
+	f.set("n1", func(n *fakeNode) { n.online = false })
+	st, err = e.eng.Status(ctx, "c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range st[0].Nodes {
+		if n.Drift != (n.Node == "n1") {
+			t.Errorf("with n1 offline: %s drift %t", n.Node, n.Drift)
+		}
+	}
+	f.set("n1", func(n *fakeNode) { n.online = true })
+
+	// delete
+	out, err := e.eng.adminDelete(ctx, call(t, protocol.AdminDelete, protocol.ApplyRequest{Clusterfile: []byte(clusterfileFor("c1", "test:2", []string{"m1"}, []string{"n1", "n3"}, "")), Path: "Clusterfile"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dres := out.(*protocol.ApplyResult)
+	if !dres.OK || len(dres.Nodes) != 3 {
+		t.Fatalf("delete: %s", statuses(dres))
+	}
+	for _, n := range []string{"m1", "n1", "n3"} {
+		if len(f.node(n).applied) != 0 {
+			t.Errorf("%s keeps %d applied digests after delete", n, len(f.node(n).applied))
+		}
+	}
+	if _, err := e.eng.Status(ctx, "c1"); err == nil || !strings.Contains(err.Error(), "not known") {
+		t.Errorf("status after delete: %v, want not known", err)
+	}
+	if applied, _ := e.eng.state.appliedOf(ctx, "c1"); len(applied) != 0 {
+		t.Errorf("applied state left after delete: %v", keysOf(applied))
+	}
+}
+
+func keysOf[V any](m map[string]V) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
+
+// TestBadInputsFailBeforeAnything: every validation error names the file:line or
+// field, and nothing is dispatched or stored.
+func TestBadInputsFailBeforeAnything(t *testing.T) {
+	f := newFakeFleet("m1", "n1")
+	e := newEnv(t, f)
+	buildImage(t, e.store, "badtmpl:1", "FROM scratch\nCOPY bad.conf.tmpl /etc/t/\nON all RUN true\n",
+		map[string]string{"bad.conf.tmpl": "x={{ .Env.MISSING_KEY }}\n"})
+	for _, tc := range []struct {
+		name, cf string
+		want     []string
+	}{
+		{"unknown role", strings.Replace(clusterfileFor("c1", "test:1", []string{"m1"}, nil, ""), "[master]", "[mastr]", 1),
+			[]string{"Clusterfile:", "spec.hosts[0].roles[0]", `unknown role "mastr"`}},
+		{"duplicate host", clusterfileFor("c1", "test:1", []string{"m1"}, []string{"m1"}, ""),
+			[]string{"Clusterfile:9", "spec.hosts[1].names[0]", "duplicate host"}},
+		{"host without agent", clusterfileFor("c1", "test:1", []string{"m1"}, []string{"ghost"}, ""),
+			[]string{"Clusterfile:", "spec.hosts[1].names[0]", "ghost matches no agent"}},
+		{"image missing", clusterfileFor("c1", "nope:9", []string{"m1"}, nil, ""),
+			[]string{"spec.image", "nope:9", "flotilla pull/load it on the controller host"}},
+		{"template unknown key", clusterfileFor("c1", "badtmpl:1", []string{"m1"}, nil, ""),
+			[]string{"/etc/t/bad.conf", "MISSING_KEY"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := e.apply(tc.cf)
+			if err == nil {
+				t.Fatal("apply succeeded")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not contain %q", err, w)
+				}
+			}
+			_, perr := e.eng.adminPlan(context.Background(), call(t, protocol.AdminPlan, protocol.ApplyRequest{Clusterfile: []byte(tc.cf), Path: "Clusterfile"}))
+			if perr == nil || perr.Error() != err.Error() {
+				t.Errorf("plan error %v, want the apply's", perr)
+			}
+		})
+	}
+	if n := f.taskCount(); n != 0 {
+		t.Errorf("%d tasks dispatched for bad inputs", n)
+	}
+	if names, _ := e.eng.state.clusterNames(context.Background()); len(names) != 0 {
+		t.Errorf("bad inputs stored clusters %v", names)
+	}
+}
+
+// TestBlobHandler: a token fetches its blob (with ranges, for resumed downloads);
+// a missing, malformed, foreign or expired token gets 401 with a reason.
+func TestBlobHandler(t *testing.T) {
+	e := newEnv(t, newFakeFleet())
+	img, _, err := e.store.Resolve("test:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	layers, err := img.Layers()
+	if err != nil || len(layers) < 2 {
+		t.Fatalf("layers of test:1: %d, %v", len(layers), err)
+	}
+	d0, _ := layers[0].Digest()
+	d1, _ := layers[1].Digest()
+	rc, err := layers[0].Compressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob, _ := io.ReadAll(rc)
+	rc.Close()
+	srv := httptest.NewServer(e.eng.BlobHandler())
+	defer srv.Close()
+	tok := func(node string, d v1.Hash, exp time.Duration) string {
+		return e.eng.tokens.create(node, d.String(), time.Now().Add(exp))
+	}
+	missing := v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("ab", 32)}
+	for _, tc := range []struct {
+		name   string
+		digest v1.Hash
+		auth   string
+		rng    string
+		code   int
+		body   string // expected body (prefix for errors)
+	}{
+		{"valid", d0, "Bearer " + tok("n1", d0, time.Hour), "", 200, string(blob)},
+		{"range", d0, "Bearer " + tok("n1", d0, time.Hour), "bytes=2-5", 206, string(blob[2:6])},
+		{"missing token", d0, "", "", 401, "unauthorized: missing bearer token"},
+		{"malformed", d0, "Bearer xyz", "", 401, "unauthorized: malformed token"},
+		{"other blob's token", d0, "Bearer " + tok("n1", d1, time.Hour), "", 401, "unauthorized: token of node n1 is not valid for blob"},
+		{"expired", d0, "Bearer " + tok("n1", d0, -time.Minute), "", 401, "unauthorized: token of node n1 expired"},
+		{"not in store", missing, "Bearer " + tok("n1", missing, time.Hour), "", 404, "blob sha256:abab"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, _ := http.NewRequest("GET", srv.URL+BlobPath+tc.digest.String(), nil)
+			if tc.auth != "" {
+				req.Header.Set("Authorization", tc.auth)
+			}
+			if tc.rng != "" {
+				req.Header.Set("Range", tc.rng)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != tc.code {
+				t.Fatalf("status %d, want %d: %s", resp.StatusCode, tc.code, b)
+			}
+			if tc.code < 300 && string(b) != tc.body || tc.code >= 300 && !strings.HasPrefix(string(b), tc.body) {
+				t.Errorf("body %q, want %q", b, tc.body)
+			}
+		})
+	}
+}
