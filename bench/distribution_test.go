@@ -62,7 +62,7 @@ func TestDistributionBenchmark(t *testing.T) {
 	ensureTools(t)
 	sizeMiB := envInt(t, "FLOTILLA_BENCH_SIZE_MIB", 128)
 	ns := envInts(t, "FLOTILLA_BENCH_NODES", "5,10,20")
-	methods := strings.Split(envOr("FLOTILLA_BENCH_METHODS", "p2p,seed-only,scp"), ",")
+	methods := strings.Split(envOr("FLOTILLA_BENCH_METHODS", "p2p,rollout,seed-only,scp"), ",")
 	maxN := 0
 	for _, n := range ns {
 		maxN = max(maxN, n)
@@ -102,9 +102,13 @@ func TestDistributionBenchmark(t *testing.T) {
 
 	var results []result
 	var sshKey string
+	var img rolloutImage
 	for _, m := range methods {
-		if m == "scp" {
+		switch m {
+		case "scp":
 			sshKey = startSSHDs(t, work, maxN)
+		case "rollout":
+			img = buildRolloutImage(t, work, stores, blob)
 		}
 	}
 	for _, n := range ns {
@@ -115,10 +119,12 @@ func TestDistributionBenchmark(t *testing.T) {
 			switch m {
 			case "p2p", "seed-only":
 				r = runFlotilla(t, bin, work, stores, blob, listFile, pieceSize, list, certs, n, m)
+			case "rollout":
+				r = runRollout(t, bin, work, stores, img, size, n)
 			case "scp":
 				r = runSCP(t, work, stores, blob, sshKey, n)
 			default:
-				t.Fatalf("FLOTILLA_BENCH_METHODS: unknown method %q (want p2p, seed-only, scp)", m)
+				t.Fatalf("FLOTILLA_BENCH_METHODS: unknown method %q (want p2p, rollout, seed-only, scp)", m)
 			}
 			r.cpu, r.load = cpu(), load
 			t.Logf("N=%2d %-9s T=%6.2fs  T/(S/B)=%.2f  CPU busy %.0f%%", n, m, r.t.Seconds(), r.t.Seconds()/ideal.Seconds(), r.cpu*100)
@@ -545,6 +551,7 @@ func cpuSampler() func() float64 {
 
 var methodTitle = map[string]string{
 	"p2p":       "flotilla, peer-to-peer",
+	"rollout":   "flotilla apply, peer-to-peer (controller, agents, whole rollout)",
 	"seed-only": "flotilla, peer-to-peer off (all from the controller)",
 	"scp":       "parallel scp from the controller (OpenSSH 9.2)",
 }

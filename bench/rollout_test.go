@@ -1,0 +1,146 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flotilla-dev/flotilla/bundle/build"
+	"github.com/flotilla-dev/flotilla/bundle/store"
+	"github.com/flotilla-dev/flotilla/protocol"
+)
+
+// The "rollout" method is the product path rather than the library's: a
+// `flotilla controller` on the controller host with the layer in an image in
+// its store, a `flotilla agent` on every host (its own piece server,
+// certificates from the join), and `flotilla apply` of a Clusterfile with
+// every host in one phase. T runs from the apply's start to its end, so it
+// includes planning, dispatch, the seed's piece list (computed at the first
+// rollout), the peer-to-peer fetch, the executor's digest check and the
+// unpack of the layer under each agent's root.
+
+// rolloutImage is the benchmark's image, built once into a store on tmpfs.
+type rolloutImage struct {
+	storeDir string
+	ref      string
+}
+
+func buildRolloutImage(t *testing.T, work, stores, blob string) rolloutImage {
+	t.Helper()
+	img := rolloutImage{storeDir: filepath.Join(stores, "image-store"), ref: "bench-layer:1"}
+	st, err := store.Open(img.storeDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctxDir := filepath.Join(work, "image")
+	os.MkdirAll(ctxDir, 0o755)
+	if err := os.Link(blob, filepath.Join(ctxDir, "layer")); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(ctxDir, "Kubefile"), []byte("FROM scratch\nCOPY layer /opt/bench/layer\n"), 0o644)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	if _, err := build.Build(ctx, st, build.Options{ContextDir: ctxDir, Tags: []string{img.ref}}); err != nil {
+		t.Fatalf("build the benchmark image: %v", err)
+	}
+	return img
+}
+
+// inSeedNS runs a flotilla CLI command on the controller host.
+func inSeedNS(ctx context.Context, bin string, args ...string) ([]byte, error) {
+	out, err := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", seedNS, bin}, args...)...).Output()
+	if ee, ok := err.(*exec.ExitError); ok {
+		err = fmt.Errorf("%w: %s", err, ee.Stderr)
+	}
+	return out, err
+}
+
+func runRollout(t *testing.T, bin, work, stores string, img rolloutImage, size int64, n int) result {
+	t.Helper()
+	logs := filepath.Join(envOr("FLOTILLA_BENCH_LOGS", filepath.Join(work, "logs")), fmt.Sprintf("rollout-%d", n))
+	os.MkdirAll(logs, 0o755)
+	dir := filepath.Join(stores, fmt.Sprintf("rollout-%d", n))
+	defer os.RemoveAll(dir)
+	logLevel := envOr("FLOTILLA_BENCH_LOG_LEVEL", "info")
+	ctlDir := filepath.Join(dir, "controller")
+	t.Setenv("FLOTILLA_STORE", img.storeDir) // the controller resolves the image there
+	ctl := startIn(t, seedNS, filepath.Join(logs, "controller.log"), nil, bin, "--log-level", logLevel, "controller",
+		"--data-dir", ctlDir, "--listen", seedIP+":4222", "--http-listen", seedIP+":9443", "--advertise", seedIP)
+	defer ctl.stop()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	var tok protocol.TokenInfo
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		out, err := inSeedNS(ctx, bin, "token", "create", "--data-dir", ctlDir, "--ttl", "1h", "-o", "json")
+		if err == nil && json.Unmarshal(out, &tok) == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("controller not ready after 30s: %v; see %s", err, logs)
+		}
+	}
+	var agents []*proc
+	for i := 1; i <= n; i++ {
+		ad := filepath.Join(dir, fmt.Sprintf("n%d", i))
+		agents = append(agents, startIn(t, nodeNS(i), filepath.Join(logs, fmt.Sprintf("n%d.log", i)), nil, bin, "--log-level", logLevel, "agent",
+			"--controller", "https://"+seedIP+":9443", "--token", tok.Token, "--ca-hash", tok.CAHash, "--name", fmt.Sprintf("n%d", i),
+			"--data-dir", ad, "--root", filepath.Join(ad, "root"), "--peer-listen", nodeIP(i)+":9444"))
+	}
+	defer func() {
+		for _, a := range agents {
+			a.stop()
+		}
+	}()
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		out, _ := inSeedNS(ctx, bin, "nodes", "--data-dir", ctlDir, "-o", "json")
+		var nodes []protocol.NodeInfo
+		ready := 0
+		if json.Unmarshal(out, &nodes) == nil {
+			for _, nd := range nodes {
+				if nd.Online && strings.HasSuffix(nd.PeerURL, ":9444") {
+					ready++
+				}
+			}
+		}
+		if ready == n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("rollout N=%d: %d of %d agents registered with a peer URL after 60s; see %s", n, ready, n, logs)
+		}
+	}
+
+	var names []string
+	for i := 1; i <= n; i++ {
+		names = append(names, fmt.Sprintf("n%d", i))
+	}
+	cf := filepath.Join(dir, "Clusterfile")
+	os.WriteFile(cf, []byte(fmt.Sprintf("apiVersion: flotilla.dev/v1\nkind: Cluster\nmetadata: {name: bench}\nspec:\n  image: %s\n"+
+		"  hosts:\n    - names: [%s]\n      roles: [node]\n  rollout:\n    parallelism: {node: %d}\n", img.ref, strings.Join(names, ", "), n)), 0o644)
+	start := time.Now()
+	out, err := inSeedNS(ctx, bin, "apply", "--data-dir", ctlDir, "-f", cf, "-o", "json")
+	T := time.Since(start)
+	var res protocol.ApplyResult
+	if err != nil || json.Unmarshal(out, &res) != nil || !res.OK {
+		t.Fatalf("rollout N=%d: apply: %v\n%s\nsee %s", n, err, out, logs)
+	}
+	var rates []string
+	for _, o := range res.Nodes {
+		rates = append(rates, fmt.Sprintf("%s %.1fMB/s", o.Node, o.Rate/1e6))
+	}
+	t.Logf("rollout N=%d: node rates %s", n, strings.Join(rates, ", "))
+	for i := 1; i <= n; i++ {
+		st, err := os.Stat(filepath.Join(dir, fmt.Sprintf("n%d", i), "root", "opt", "bench", "layer"))
+		if err != nil || st.Size() != size {
+			t.Fatalf("n%d: the layer's file is missing or has the wrong size after the apply: %v", i, err)
+		}
+	}
+	return result{method: "rollout", n: n, t: T}
+}
