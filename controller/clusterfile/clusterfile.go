@@ -259,7 +259,7 @@ func (c *Cluster) ValidateRoles(imageRoles []string) error {
 		}
 	}
 	for _, phase := range sortedKeys(c.Rollout.Parallelism) {
-		if phase != "master0" && !ok(phase) {
+		if phase != "" && phase != "master0" && !ok(phase) { // "": one number for every phase
 			errs = append(errs, &FieldError{File: c.file, Field: "spec.rollout.parallelism." + phase,
 				Msg: fmt.Sprintf("unknown phase %q (phases: master0, %s)", phase, list)})
 		}

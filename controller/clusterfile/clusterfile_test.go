@@ -147,3 +147,16 @@ func TestParseRate(t *testing.T) {
 		}
 	}
 }
+
+func TestValidateRolesOneParallelismForAll(t *testing.T) {
+	f, err := Parse("Clusterfile", []byte(head+"  hosts:\n    - {names: [a], roles: [master]}\n    - {names: [b], roles: [node]}\n  rollout: {parallelism: 4}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Cluster.ValidateRoles([]string{"all", "master", "node"}); err != nil {
+		t.Fatalf("parallelism: 4 (one number for every phase) refused: %v", err)
+	}
+	if got := f.Cluster.Rollout.ParallelismFor("node", 2); got != 4 {
+		t.Errorf("node parallelism = %d, want the single number 4", got)
+	}
+}
