@@ -1,0 +1,220 @@
+#!/bin/bash
+# demo.sh: flotilla's main job on one machine (make demo). Boots 5 systemd nodes
+# (e2e/fleet), starts a controller on their bridge, joins every node with the bootstrap
+# one-liner, builds examples/etcd, applies examples/etcd/Clusterfile (3 etcd masters,
+# 2 workers behind lvscare's VIP) with live progress, then proves the cluster works.
+#
+#   ./e2e/demo.sh          run the demo (root; Debian 12 with Go); leaves it running
+#   ./e2e/demo.sh down     tear everything down (make demo-down)
+#
+# Everything lives under $FLOTILLA_DEMO_DIR (default /var/lib/flotilla-demo): the
+# controller's data dir, its image store, its PID file and the logs. A failed or
+# interrupted run cleans up after itself; running it again starts from scratch.
+set -Eeuo pipefail
+
+cd "$(dirname "$0")/.."
+REPO=$PWD
+DIR=${FLOTILLA_DEMO_DIR:-/var/lib/flotilla-demo}
+LOGS=$DIR/logs
+FLEET_NAME=flotilla
+SUBNET=10.77.0.0/24
+NODES=5
+IMAGE=flotilla-examples/etcd:3.4
+CLUSTERFILE=$REPO/examples/etcd/Clusterfile
+VIP=10.77.0.100
+BIN=$REPO/bin/flotilla
+FLEET=$DIR/bin/fleet
+export FLOTILLA_STORE=$DIR/images
+# The CLI finds the controller through its data dir; ignore a user's own settings.
+export FLOTILLA_CONTROLLER= FLOTILLA_CREDENTIALS=
+CTL=(--data-dir "$DIR/controller")
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+note() { printf '    %s\n' "$*"; }
+die() {
+	echo "demo: $*" >&2
+	exit 1
+}
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+
+# down removes everything a demo run created; safe to run at any time.
+down() {
+	if [ -f "$DIR/controller.pid" ]; then
+		pid=$(cat "$DIR/controller.pid")
+		# Only our controller: the PID must still run our binary with our data dir.
+		if [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "--data-dir $DIR/controller"; then
+			kill "$pid" 2>/dev/null || true
+			for _ in $(seq 50); do
+				[ -d "/proc/$pid" ] || break
+				sleep 0.1
+			done
+			kill -9 "$pid" 2>/dev/null || true
+		fi
+		rm -f "$DIR/controller.pid"
+	fi
+	if [ -x "$FLEET" ]; then
+		"$FLEET" -name "$FLEET_NAME" down || true
+	elif command -v go >/dev/null; then
+		go run ./e2e/cmd/fleet -name "$FLEET_NAME" down || true
+	fi
+	rm -rf "$DIR/controller" "$DIR/images" "$DIR/controller.log"
+}
+
+if [ "${1:-}" = down ]; then
+	[ "$(id -u)" = 0 ] || die "must run as root (it removes network namespaces and containers)"
+	down
+	rm -rf "$DIR"
+	echo "demo: everything removed"
+	exit 0
+fi
+[ $# -eq 0 ] || die "usage: $0 [down]"
+[ "$(id -u)" = 0 ] || die "must run as root: the nodes are systemd-nspawn containers in network namespaces"
+command -v go >/dev/null || die "Go is not on PATH (needed to build flotilla)"
+
+cleanup_on_failure() {
+	rc=$?
+	trap - ERR INT TERM EXIT
+	if [ "$rc" -ne 0 ]; then
+		echo >&2
+		echo "demo: failed or interrupted (exit $rc); cleaning up. Logs: $LOGS" >&2
+		[ -f "$DIR/controller.log" ] && cp "$DIR/controller.log" "$LOGS/" 2>/dev/null
+		down >/dev/null 2>&1 || true
+	fi
+	exit "$rc"
+}
+trap cleanup_on_failure EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+T0=$(now)
+say "Preparing (leftovers of an earlier run are removed first)"
+down >/dev/null 2>&1 || true
+mkdir -p "$LOGS" "$DIR/bin"
+rm -f "$LOGS"/*
+
+missing=()
+command -v systemd-nspawn >/dev/null || missing+=(systemd-container)
+command -v debootstrap >/dev/null || missing+=(debootstrap)
+if [ ${#missing[@]} -gt 0 ]; then
+	note "installing ${missing[*]} with apt-get"
+	apt-get install -y "${missing[@]}" >"$LOGS/apt.log" 2>&1 ||
+		{ apt-get update >>"$LOGS/apt.log" 2>&1 && apt-get install -y "${missing[@]}" >>"$LOGS/apt.log" 2>&1; } ||
+		die "apt-get install ${missing[*]} failed; see $LOGS/apt.log"
+fi
+if ! apt-cache show etcd-server >/dev/null 2>&1; then
+	note "apt has no etcd-server in its lists: apt-get update"
+	apt-get update >>"$LOGS/apt.log" 2>&1 || die "apt-get update failed; see $LOGS/apt.log"
+fi
+
+if [ -z "${MAKELEVEL:-}" ] || [ ! -x "$BIN" ]; then
+	note "building bin/flotilla"
+	make -s build >"$LOGS/build.log" 2>&1 || die "building flotilla failed; see $LOGS/build.log"
+fi
+CGO_ENABLED=0 go build -o "$FLEET" ./e2e/cmd/fleet >>"$LOGS/build.log" 2>&1 || die "building the fleet tool failed; see $LOGS/build.log"
+note "flotilla $("$BIN" version 2>/dev/null | head -1)"
+
+say "Root filesystem of the nodes (debootstrap once, then cached)"
+./e2e/rootfs.sh ensure 2>&1 | tee "$LOGS/rootfs.log" | sed 's/^/    /'
+
+say "Booting $NODES nodes (systemd-nspawn, one network namespace each, bridge ${FLEET_NAME}0 on $SUBNET)"
+t=$(now)
+"$FLEET" -name "$FLEET_NAME" -subnet "$SUBNET" -n "$NODES" up >"$LOGS/fleet.log" 2>&1 || {
+	tail -20 "$LOGS/fleet.log" >&2
+	die "booting the fleet failed; see $LOGS/fleet.log"
+}
+sed 's/^/    /' "$LOGS/fleet.log" | grep -v '^    time=' || true
+BOOT_S=$(since "$t")
+HOST=$("$FLEET" -name "$FLEET_NAME" host-ip)
+note "booted in ${BOOT_S}s; the controller listens on $HOST"
+
+say "Starting the controller on $HOST (data dir $DIR/controller, image store $FLOTILLA_STORE)"
+mkdir -p "$DIR/controller"
+setsid "$BIN" controller --data-dir "$DIR/controller" \
+	--listen "$HOST:4222" --http-listen "$HOST:9443" --advertise "$HOST" \
+	>"$DIR/controller.log" 2>&1 </dev/null &
+echo $! >"$DIR/controller.pid"
+for i in $(seq 150); do
+	"$BIN" nodes "${CTL[@]}" >/dev/null 2>&1 && break
+	[ -d "/proc/$(cat "$DIR/controller.pid")" ] || { tail -20 "$DIR/controller.log" >&2; die "the controller exited"; }
+	[ "$i" -lt 150 ] || die "the controller does not answer after 30s; see $DIR/controller.log"
+	sleep 0.2
+done
+note "controller PID $(cat "$DIR/controller.pid"), log $DIR/controller.log"
+
+say "Building the cluster image $IMAGE from examples/etcd"
+t=$(now)
+"$BIN" build -t "$IMAGE" examples/etcd 2>&1 | tee "$LOGS/build-image.log" | grep -v '^time=' | sed 's/^/    /'
+note "built in $(since "$t")s"
+
+say "Joining every node with the bootstrap one-liner (flotilla token create)"
+"$BIN" token create "${CTL[@]}" --ttl 1h --description demo >"$LOGS/token.txt"
+ONELINER=$(grep -m1 -- '| sh -s -- --token' "$LOGS/token.txt" | sed 's/^ *//')
+[ -n "$ONELINER" ] || die "token create printed no one-liner; see $LOGS/token.txt"
+note "$(echo "$ONELINER" | sed 's/--token [^ ]*/--token <token>/')"
+t=$(now)
+"$FLEET" -name "$FLEET_NAME" exec-all sh -c "$ONELINER" >"$LOGS/bootstrap.log" 2>&1 || {
+	tail -30 "$LOGS/bootstrap.log" >&2
+	die "the one-liner failed on some node; see $LOGS/bootstrap.log"
+}
+grep -E 'registered|error' "$LOGS/bootstrap.log" | sed 's/^/    /' || true
+for i in $(seq 120); do
+	online=$("$BIN" nodes "${CTL[@]}" -o json 2>/dev/null | grep -o '"online": *true' | wc -l)
+	[ "$online" -ge "$NODES" ] && break
+	[ "$i" -lt 120 ] || die "only $online of $NODES nodes online after 60s"
+	sleep 0.5
+done
+BOOTSTRAP_S=$(since "$t")
+"$BIN" nodes "${CTL[@]}" | sed 's/^/    /'
+note "$NODES nodes joined and online in ${BOOTSTRAP_S}s"
+
+say "flotilla apply -f examples/etcd/Clusterfile"
+t=$(now)
+set +e
+"$BIN" apply "${CTL[@]}" -f "$CLUSTERFILE" 2>&1 | tee "$LOGS/apply.log"
+rc=${PIPESTATUS[0]}
+set -e
+APPLY_S=$(since "$t")
+[ "$rc" -eq 0 ] || die "flotilla apply failed (exit $rc); see $LOGS/apply.log and $DIR/controller.log"
+note "applied in ${APPLY_S}s"
+
+say "Proving it: write on one member, read on another, read through the VIP from a worker"
+ex() { "$FLEET" -name "$FLEET_NAME" exec "$@"; }
+VALUE="written on node1 at $(date -u +%H:%M:%S)"
+ex node1 /usr/local/bin/etcdctl --endpoints http://127.0.0.1:2379 put flotilla-demo "$VALUE" | sed 's/^/    node1$ etcdctl put flotilla-demo: /'
+GOT=$(ex node3 /usr/local/bin/etcdctl --endpoints http://127.0.0.1:2379 get --print-value-only flotilla-demo | tr -d '\r')
+note "node3\$ etcdctl get flotilla-demo: $GOT"
+[ "$GOT" = "$VALUE" ] || die "node3 read '$GOT', want '$VALUE'"
+ex node2 /usr/local/bin/etcdctl --endpoints http://127.0.0.1:2379 member list -w table | sed 's/^/    /'
+VIA_VIP=""
+for i in $(seq 30); do
+	VIA_VIP=$(ex node4 /usr/local/bin/etcdctl --dial-timeout 2s --endpoints "http://$VIP:2379" get --print-value-only flotilla-demo 2>/dev/null | tr -d '\r') && [ -n "$VIA_VIP" ] && break
+	sleep 1
+done
+note "node4\$ etcdctl --endpoints http://$VIP:2379 get flotilla-demo: $VIA_VIP"
+[ "$VIA_VIP" = "$VALUE" ] || die "node4 read '$VIA_VIP' through the VIP, want '$VALUE'; see 'journalctl -u flotilla-lvscare' on node4"
+ex node5 /usr/local/bin/etcdctl --endpoints "http://$VIP:2379" endpoint health 2>&1 | sed 's/^/    node5$ etcdctl --endpoints VIP endpoint health: /'
+
+say "Applying again: nothing left to do"
+t=$(now)
+"$BIN" apply "${CTL[@]}" -f "$CLUSTERFILE" >"$LOGS/apply-again.log" 2>&1 || die "second apply failed; see $LOGS/apply-again.log"
+REAPPLY_S=$(since "$t")
+tail -12 "$LOGS/apply-again.log" | sed 's/^/    /'
+
+cp "$DIR/controller.log" "$LOGS/controller.log"
+trap - EXIT
+cat <<EOF
+
+$(printf '\033[1m')flotilla demo: done in $(since "$T0")s$(printf '\033[0m')
+  boot of $NODES nodes        ${BOOT_S}s
+  bootstrap (one-liner)  ${BOOTSTRAP_S}s   (all $NODES joined and online)
+  apply of etcd          ${APPLY_S}s   (3 masters, 2 workers with lvscare on VIP $VIP)
+  apply again            ${REAPPLY_S}s   (nothing to do)
+  etcd: written on node1, read back on node3 and through the VIP on node4
+
+The cluster keeps running. Try:
+  $BIN status ${CTL[*]}
+  $FLEET exec node2 etcdctl member list
+  $FLEET exec node4 etcdctl --endpoints http://$VIP:2379 get flotilla-demo
+Logs: $LOGS   Tear down: make demo-down
+EOF
