@@ -61,7 +61,10 @@ func inSeedNS(ctx context.Context, bin string, args ...string) ([]byte, error) {
 	return out, err
 }
 
-func runRollout(t *testing.T, bin, work, stores string, img rolloutImage, size int64, n int) result {
+// runRollout returns two results: the whole apply ("rollout"), and the time
+// to the last host holding the verified layer ("rollout-fetch", from the
+// agents' "layer fetched peer-to-peer" log lines), before the unpack.
+func runRollout(t *testing.T, bin, work, stores string, img rolloutImage, size int64, n int) (apply, fetch result) {
 	t.Helper()
 	logs := filepath.Join(envOr("FLOTILLA_BENCH_LOGS", filepath.Join(work, "logs")), fmt.Sprintf("rollout-%d", n))
 	os.MkdirAll(logs, 0o755)
@@ -142,5 +145,29 @@ func runRollout(t *testing.T, bin, work, stores string, img rolloutImage, size i
 			t.Fatalf("n%d: the layer's file is missing or has the wrong size after the apply: %v", i, err)
 		}
 	}
-	return result{method: "rollout", n: n, t: T}
+	var lastFetch time.Duration
+	for i := 1; i <= n; i++ {
+		at, err := fetchedAt(filepath.Join(logs, fmt.Sprintf("n%d.log", i)))
+		if err != nil {
+			t.Fatalf("n%d: %v", i, err)
+		}
+		lastFetch = max(lastFetch, at.Sub(start))
+	}
+	return result{method: "rollout", n: n, t: T}, result{method: "rollout-fetch", n: n, t: lastFetch}
+}
+
+// fetchedAt is when an agent logged that it holds the verified layer.
+func fetchedAt(logFile string) (time.Time, error) {
+	b, err := os.ReadFile(logFile)
+	if err != nil {
+		return time.Time{}, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if !strings.Contains(line, `msg="layer fetched peer-to-peer"`) {
+			continue
+		}
+		ts, _, _ := strings.Cut(strings.TrimPrefix(line, "time="), " ")
+		return time.Parse(time.RFC3339Nano, ts)
+	}
+	return time.Time{}, fmt.Errorf("%s: no \"layer fetched peer-to-peer\" line (did the layer come from the blob URL?)", logFile)
 }

@@ -37,6 +37,7 @@ func fetchPeerToPeer(ctx context.Context, sc *agent.StepContext, p protocol.Laye
 	if peer == nil {
 		return DefaultFetchBlob(ctx, sc, p, dst)
 	}
+	start := time.Now()
 	path, err := peer.Fetch(ctx, list, agent.StepCaps{Upload: p.MaxUpload, Download: p.MaxDownload}, progressReporter(sc))
 	if err != nil {
 		if ctx.Err() != nil {
@@ -46,6 +47,9 @@ func fetchPeerToPeer(ctx context.Context, sc *agent.StepContext, p protocol.Laye
 		slog.Warn("peer-to-peer fetch failed; falling back to the controller", "digest", p.Digest, "err", err)
 		return DefaultFetchBlob(ctx, sc, p, dst)
 	}
+	el := time.Since(start)
+	slog.Info("layer fetched peer-to-peer", "node", sc.Task.Node, "digest", p.Digest, "bytes", list.Size,
+		"seconds", el.Seconds(), "MBps", float64(list.Size)/1e6/max(el.Seconds(), 1e-3))
 	// The store keeps its copy to serve peers; the cache gets a hard link (no
 	// second copy on disk) that the layer executor verifies and moves in place.
 	_ = os.Remove(dst)
