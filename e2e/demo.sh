@@ -189,6 +189,7 @@ set +e
 rc=${PIPESTATUS[0]}
 set -e
 APPLY_S=$(since "$t")
+[ "$rc" -ne 130 ] || exit 130 # Ctrl-C during the apply: clean up as interrupted
 [ "$rc" -eq 0 ] || die "flotilla apply failed (exit $rc); see $LOGS/apply.log and $DIR/controller.log"
 note "applied in ${APPLY_S}s"
 
