@@ -125,7 +125,7 @@ if [ -z "${MAKELEVEL:-}" ] || [ ! -x "$BIN" ]; then
 	make -s build >"$LOGS/build.log" 2>&1 || die "building flotilla failed; see $LOGS/build.log"
 fi
 CGO_ENABLED=0 go build -o "$FLEET" ./e2e/cmd/fleet >>"$LOGS/build.log" 2>&1 || die "building the fleet tool failed; see $LOGS/build.log"
-note "flotilla $("$BIN" version 2>/dev/null | head -1)"
+note "$("$BIN" version 2>/dev/null | head -1)"
 
 say "Root filesystem of the nodes (debootstrap once, then cached)"
 ./e2e/rootfs.sh ensure 2>&1 | tee "$LOGS/rootfs.log" | sed 's/^/    /'
