@@ -210,6 +210,27 @@ note "node4\$ etcdctl --endpoints http://$VIP:2379 get flotilla-demo: $VIA_VIP"
 [ "$VIA_VIP" = "$VALUE" ] || die "node4 read '$VIA_VIP' through the VIP, want '$VALUE'; see 'journalctl -u flotilla-lvscare' on node4"
 ex node5 /usr/local/bin/etcdctl --endpoints "http://$VIP:2379" endpoint health 2>&1 | sed 's/^/    node5$ etcdctl --endpoints VIP endpoint health: /'
 
+say "Failover: stop etcd on node1; lvscare on the workers drops it from the VIP"
+N1=$(ex node1 ip -4 -o addr show scope global | awk '{ sub(/\/.*/, "", $4); print $4; exit }')
+ex node1 systemctl stop flotilla-etcd.service
+t=$(now)
+for i in $(seq 60); do
+	ex node5 journalctl -u flotilla-lvscare.service --no-pager -o cat --since "-30s" 2>/dev/null | grep 'backend down' | grep -q "backend=$N1:2379" && break
+	[ "$i" -lt 60 ] || die "lvscare on node5 did not drop node1 ($N1) within 15s; see 'journalctl -u flotilla-lvscare' on node5"
+	sleep 0.25
+done
+FAILOVER_S=$(since "$t")
+note "node5 lvscare: backend $N1:2379 down, removed from the VIP ${FAILOVER_S}s after the stop"
+ok=0
+for i in $(seq 10); do
+	got=$(ex node5 /usr/local/bin/etcdctl --dial-timeout 2s --endpoints "http://$VIP:2379" get --print-value-only flotilla-demo 2>/dev/null | tr -d '\r') || true
+	[ "$got" = "$VALUE" ] && ok=$((ok + 1))
+done
+note "node5\$ etcdctl --endpoints http://$VIP:2379 get flotilla-demo, 10 times: $ok answered"
+[ "$ok" -eq 10 ] || die "only $ok of 10 reads through the VIP answered with node1's etcd stopped"
+ex node1 systemctl start flotilla-etcd.service
+note "node1: etcd started again (lvscare adds it back after 2 good health checks)"
+
 say "Applying again: nothing left to do"
 t=$(now)
 "$BIN" apply "${CTL[@]}" -f "$CLUSTERFILE" >"$LOGS/apply-again.log" 2>&1 || die "second apply failed; see $LOGS/apply-again.log"
@@ -226,6 +247,7 @@ $(printf '\033[1m')flotilla demo: done in $(since "$T0")s$(printf '\033[0m')
   apply of etcd          ${APPLY_S}s   (3 masters, 2 workers with lvscare on VIP $VIP)
   apply again            ${REAPPLY_S}s   (nothing to do)
   etcd: written on node1, read back on node3 and through the VIP on node4
+  failover               ${FAILOVER_S}s   (node1's etcd stopped until lvscare dropped it; then 10 of 10 reads via the VIP)
 
 The cluster keeps running. Try:
   $BIN status ${CTL[*]}
