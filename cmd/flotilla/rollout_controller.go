@@ -41,7 +41,7 @@ func startRolloutEngine(ctx context.Context, c *controller.Controller) error {
 	if err != nil {
 		return fmt.Errorf("rollout engine: image store: %w", err)
 	}
-	log := slog.Default().With("component", "rollout")
+	log := slog.Default()
 	e, err := rollout.New(c, st, rollout.Options{Logger: log, DecorateLayer: p2pDecorateLayer(st)})
 	if err != nil {
 		return err
@@ -53,7 +53,7 @@ func startRolloutEngine(ctx context.Context, c *controller.Controller) error {
 		<-ctx.Done()
 		e.Close()
 	}()
-	log.Info("rollout engine ready", "store", st.Dir())
+	log.Info("rollout engine ready", "component", "rollout", "store", st.Dir())
 	if err := e.Resume(ctx); err != nil {
 		log.Error("resume interrupted rollouts", "err", err)
 	}

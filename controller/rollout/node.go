@@ -138,11 +138,13 @@ func (r *rolloutRun) attempt(ctx context.Context, phase string, np *planner.Node
 		}
 		r.emit(base)
 	}
+	registered, stop := r.e.watchRegister(np.Node)
+	defer stop()
 	run, err := r.e.fleet.Dispatch(ctx, task, onEvent)
 	if err != nil {
 		return nil, false, err
 	}
-	res, err := r.e.wait(ctx, run, task)
+	res, err := r.e.wait(ctx, run, task, registered)
 	return res, true, err
 }
 
@@ -240,17 +242,25 @@ func stepInPlan(np *planner.NodePlan, digest string) bool {
 
 // dispatchWait sends one task and waits for its result (health checks).
 func (e *Engine) dispatchWait(ctx context.Context, t *protocol.Task, onEvent func(protocol.Event)) (*protocol.TaskResult, error) {
+	registered, stop := e.watchRegister(t.Node)
+	defer stop()
 	run, err := e.fleet.Dispatch(ctx, t, onEvent)
 	if err != nil {
 		return nil, err
 	}
-	return e.wait(ctx, run, t)
+	return e.wait(ctx, run, t, registered)
 }
 
+// errTaskLost means the node's agent registered again while the task ran: a restarted
+// agent forgets the tasks it had, so the task is sent again (the agent skips the steps
+// it finished; if it only reconnected, the new task waits for the old one).
+var errTaskLost = errors.New("the agent registered again while the task ran (restarted?): the task is lost")
+
 // wait waits for a task's result for at most the sum of its step timeouts plus
-// TaskSlack. When ctx ends (the engine stops) it returns at once and leaves the task
-// running on the node: the resumed rollout's agent skips what it finished.
-func (e *Engine) wait(ctx context.Context, run TaskRun, t *protocol.Task) (*protocol.TaskResult, error) {
+// TaskSlack, or until the node registers again. When ctx ends (the engine stops) it
+// returns at once and leaves the task running on the node: the resumed rollout's
+// agent skips what it finished.
+func (e *Engine) wait(ctx context.Context, run TaskRun, t *protocol.Task, registered <-chan struct{}) (*protocol.TaskResult, error) {
 	budget := e.opts.TaskSlack
 	for _, s := range t.Steps {
 		budget += s.Timeout
@@ -272,6 +282,8 @@ func (e *Engine) wait(ctx context.Context, run TaskRun, t *protocol.Task) (*prot
 			x.err = errors.New("no task result")
 		}
 		return x.res, x.err
+	case <-registered:
+		return nil, fmt.Errorf("task %s on %s: %w", t.ID, t.Node, errTaskLost)
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/flotilla-dev/flotilla/controller"
 	"github.com/flotilla-dev/flotilla/controller/clusterfile"
 	"github.com/flotilla-dev/flotilla/protocol"
+	"github.com/nats-io/nats.go"
 )
 
 // Fleet is what the engine needs from the control plane: the inventory and task
@@ -84,6 +85,14 @@ type Engine struct {
 
 	mu     sync.Mutex
 	active map[string]*active // by cluster
+
+	// watchers are told when a node registers again while one of its tasks runs: an
+	// agent that restarted lost the task (it may come back before its heartbeats are
+	// missed, so Wait alone would not notice).
+	watchMu   sync.Mutex
+	watchers  map[string]map[int]chan struct{}
+	watchNext int
+	regSub    *nats.Subscription
 }
 
 // New opens the engine's state in the controller's JetStream and its blob token key.
@@ -121,7 +130,7 @@ func New(ctrl *controller.Controller, st *store.Store, opts Options) (*Engine, e
 		return nil, errors.New("rollout engine: the controller is not started")
 	}
 	e := &Engine{ctrl: ctrl, store: st, opts: opts, fleet: opts.Fleet, log: opts.Logger.With("component", "rollout"),
-		active: map[string]*active{}}
+		active: map[string]*active{}, watchers: map[string]map[int]chan struct{}{}}
 	var err error
 	if e.tokens, err = loadBlobKey(opts.DataDir); err != nil {
 		return nil, err
@@ -131,7 +140,45 @@ func New(ctrl *controller.Controller, st *store.Store, opts Options) (*Engine, e
 		e.cancel()
 		return nil, err
 	}
+	if nc := ctrl.Conn(); nc != nil {
+		e.regSub, err = nc.Subscribe(protocol.AllRegister, func(m *nats.Msg) {
+			if node, ok := protocol.NodeFromSubject(m.Subject); ok {
+				e.nodeRegistered(node)
+			}
+		})
+		if err != nil {
+			e.cancel()
+			return nil, fmt.Errorf("rollout engine: watch node registrations: %w", err)
+		}
+	}
 	return e, nil
+}
+
+// watchRegister returns a channel closed when node registers again.
+func (e *Engine) watchRegister(node string) (<-chan struct{}, func()) {
+	e.watchMu.Lock()
+	defer e.watchMu.Unlock()
+	ch := make(chan struct{})
+	id := e.watchNext
+	e.watchNext++
+	if e.watchers[node] == nil {
+		e.watchers[node] = map[int]chan struct{}{}
+	}
+	e.watchers[node][id] = ch
+	return ch, func() {
+		e.watchMu.Lock()
+		defer e.watchMu.Unlock()
+		delete(e.watchers[node], id)
+	}
+}
+
+func (e *Engine) nodeRegistered(node string) {
+	e.watchMu.Lock()
+	defer e.watchMu.Unlock()
+	for id, ch := range e.watchers[node] {
+		close(ch)
+		delete(e.watchers[node], id)
+	}
 }
 
 // Register adds the rollout admin handlers (rollout.plan, apply, status, delete).
@@ -152,6 +199,9 @@ func (e *Engine) BlobHandler() http.Handler {
 // and the next engine's Resume continues them.
 func (e *Engine) Close() {
 	e.cancel()
+	if e.regSub != nil {
+		_ = e.regSub.Unsubscribe()
+	}
 	e.wg.Wait()
 }
 
