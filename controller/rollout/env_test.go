@@ -65,7 +65,7 @@ func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard
 // env is an in-process controller (for JetStream and admin handlers), an image
 // store with test:1 built, and a fake fleet behind the engine.
 type env struct {
-	t     *testing.T
+	t     testing.TB
 	ctrl  *controller.Controller
 	store *store.Store
 	fleet *fakeFleet
@@ -73,7 +73,7 @@ type env struct {
 	opts  Options
 }
 
-func newEnv(t *testing.T, fleet *fakeFleet) *env {
+func newEnv(t testing.TB, fleet *fakeFleet) *env {
 	t.Helper()
 	dir := t.TempDir()
 	c, err := controller.New(controller.Options{DataDir: filepath.Join(dir, "ctrl"), Listen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0",

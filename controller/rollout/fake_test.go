@@ -43,6 +43,8 @@ type fakeNode struct {
 	delay        time.Duration // per executed step
 	failStep     string        // a step whose name contains this fails with exit 3
 	dieAfter     int           // >0: the next task dies (agent gone) after this many steps
+	restartAfter int           // >0: the next task vanishes after this many steps (agent restarted): no result, ever
+	onRestart    func(node string)
 	offlineAfter time.Duration // how long it stays offline after dying
 	onlineAt     time.Time     // offline until then (zero: see online)
 }
@@ -146,18 +148,18 @@ func (f *fakeFleet) Dispatch(ctx context.Context, t *protocol.Task, onEvent func
 		f.mu.Unlock()
 		return nil, fmt.Errorf("%w: %s", controller.ErrNodeOffline, t.Node)
 	}
-	dieAfter := n.dieAfter
-	n.dieAfter = 0
+	dieAfter, restartAfter := n.dieAfter, n.restartAfter
+	n.dieAfter, n.restartAfter = 0, 0
 	f.mu.Unlock()
 	if t.ID == "" {
 		t.ID = controller.NewTaskID()
 	}
 	run := &fakeRun{done: make(chan struct{})}
-	go f.execute(n, t, onEvent, dieAfter, run)
+	go f.execute(n, t, onEvent, dieAfter, restartAfter, run)
 	return run, nil
 }
 
-func (f *fakeFleet) execute(n *fakeNode, t *protocol.Task, onEvent func(protocol.Event), dieAfter int, run *fakeRun) {
+func (f *fakeFleet) execute(n *fakeNode, t *protocol.Task, onEvent func(protocol.Event), dieAfter, restartAfter int, run *fakeRun) {
 	n.busy.Lock() // one task at a time per node, in arrival order (roughly)
 	defer n.busy.Unlock()
 	f.mu.Lock()
@@ -166,12 +168,15 @@ func (f *fakeFleet) execute(n *fakeNode, t *protocol.Task, onEvent func(protocol
 	idx := len(f.spans)
 	f.spans = append(f.spans, span{node: n.name, start: time.Now()})
 	f.mu.Unlock()
+	vanished := false
 	defer func() {
 		f.mu.Lock()
 		f.running--
 		f.spans[idx].end = time.Now()
 		f.mu.Unlock()
-		close(run.done)
+		if !vanished {
+			close(run.done)
+		}
 	}()
 	seq := uint64(0)
 	emit := func(ev protocol.Event) {
@@ -188,6 +193,13 @@ func (f *fakeFleet) execute(n *fakeNode, t *protocol.Task, onEvent func(protocol
 		if skip {
 			emit(protocol.Event{Type: protocol.EventStepResult, Step: i, StepName: s.Name, Result: &protocol.StepResult{Skipped: true}})
 			continue
+		}
+		if restartAfter > 0 && executed >= restartAfter {
+			vanished = true
+			if n.onRestart != nil {
+				go n.onRestart(n.name)
+			}
+			return
 		}
 		if dieAfter > 0 && executed >= dieAfter {
 			f.mu.Lock()

@@ -369,3 +369,48 @@ func TestFiveAgents(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkNoopReapply measures `flotilla apply` of examples/hello to five agent
+// processes when everything is applied already (CLI process and round trip included).
+func BenchmarkNoopReapply(b *testing.B) {
+	dir := b.TempDir()
+	b.Setenv(store.EnvStore, filepath.Join(dir, "store"))
+	st, err := store.Open(filepath.Join(dir, "store"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if _, err := build.Build(ctx, st, build.Options{ContextDir: filepath.Join("..", "..", "examples", "hello"), Tags: []string{"hello:1"}}); err != nil {
+		b.Fatal(err)
+	}
+	f := controllertest.Start(b)
+	names := []string{"a1", "a2", "a3", "a4", "a5"}
+	for _, n := range names {
+		f.StartAgent(n)
+	}
+	f.WaitOnline(60*time.Second, true, names...)
+	cf := filepath.Join(dir, "Clusterfile")
+	text := "apiVersion: flotilla.dev/v1\nkind: Cluster\nmetadata: {name: hello}\nspec:\n  image: hello:1\n  hosts:\n" +
+		"    - names: [a1]\n      roles: [master]\n    - names: [a2, a3, a4, a5]\n      roles: [node]\n"
+	if err := os.WriteFile(cf, []byte(text), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	apply := func() *protocol.ApplyResult {
+		out, errOut, code := f.CLI(context.Background(), "apply", "-f", cf, "-o", "json")
+		var res protocol.ApplyResult
+		if err := json.Unmarshal([]byte(out), &res); err != nil || !res.OK {
+			b.Fatalf("apply: exit %d %v\n%s\n%s", code, err, out, errOut)
+		}
+		return &res
+	}
+	apply()
+	for b.Loop() {
+		res := apply()
+		for _, o := range res.Nodes {
+			if o.Status != protocol.NodeNoop {
+				b.Fatalf("re-apply: %s is %s", o.Node, o.Status)
+			}
+		}
+	}
+}

@@ -53,8 +53,10 @@ func (r *rolloutRun) runNode(ctx context.Context, phase string, np *planner.Node
 	var offlineSince time.Time
 	lost := 0
 	for attempt := 1; ; attempt++ {
-		out.Attempts = attempt
 		res, dispatched, err := r.attempt(ctx, phase, np, nt, ns)
+		if dispatched {
+			out.Attempts++ // tasks the node accepted
+		}
 		if ctx.Err() != nil {
 			return out, true
 		}
@@ -81,7 +83,7 @@ func (r *rolloutRun) runNode(ctx context.Context, phase string, np *planner.Node
 			offlineSince = time.Time{}
 			if lost++; lost > r.retries() {
 				out.Status = protocol.NodeFailed
-				out.Error = fmt.Sprintf("gave up after %d attempts: %v", attempt, err)
+				out.Error = fmt.Sprintf("gave up after %d attempts: %v", out.Attempts, err)
 				return out, false
 			}
 			why = fmt.Sprintf("attempt %d lost: %v; retrying", attempt, err)
