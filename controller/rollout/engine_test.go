@@ -340,3 +340,47 @@ func BenchmarkNoopReapplyEngine(b *testing.B) {
 		b.Fatalf("no-op re-apply dispatched %d tasks", n-tasks)
 	}
 }
+
+// TestHealthCheck: the image's CMD runs on master0 after every phase that changed
+// something; a failing one halts the rollout under onFailure halt.
+func TestHealthCheck(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		fail     bool
+		wantRuns int
+		want     map[string]string
+	}{
+		{"healthy", false, 2, map[string]string{"m1": "ok", "n1": "ok", "n2": "ok"}},
+		{"unhealthy halts", true, 1, map[string]string{"m1": "ok", "n1": "not-started", "n2": "not-started"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFakeFleet("m1", "n1", "n2")
+			e := newEnv(t, f)
+			buildImage(t, e.store, "health:1", "FROM scratch\nCOPY all.txt /opt/t/\nON all RUN echo all\nON node RUN echo node\nCMD check-health --on {{ .Node.Name }}\n",
+				map[string]string{"all.txt": "x\n"})
+			if tc.fail {
+				f.set("m1", func(n *fakeNode) { n.failStep = "health" })
+			}
+			res := e.mustApply(clusterfileFor("c1", "health:1", []string{"m1"}, []string{"n1", "n2"}, ""))
+			if got := f.executed("m1", "health: check-health --on m1"); got != tc.wantRuns {
+				t.Errorf("health check ran %d times on m1, want %d", got, tc.wantRuns)
+			}
+			got := outcomes(res)
+			for n, want := range tc.want {
+				if got[n].Status != want {
+					t.Errorf("%s: %s, want %s", n, got[n].Status, want)
+				}
+			}
+			if res.OK == tc.fail || !strings.Contains(res.Health, "check-health") || strings.Contains(res.Health, "failed") != tc.fail {
+				t.Errorf("ok %t, health %q", res.OK, res.Health)
+			}
+			if tc.fail {
+				return
+			}
+			res = e.mustApply(clusterfileFor("c1", "health:1", []string{"m1"}, []string{"n1", "n2"}, ""))
+			if got := f.executed("m1", "health:"); got != tc.wantRuns {
+				t.Errorf("a no-op re-apply ran the health check (%d runs)", got-tc.wantRuns)
+			}
+		})
+	}
+}
