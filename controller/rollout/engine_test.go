@@ -94,6 +94,9 @@ func TestOnFailure(t *testing.T) {
 					t.Errorf("%s: status %q, want %q (%s)", node, got[node].Status, want, statuses(res))
 				}
 			}
+			if line := summary(StateHalted, res); !strings.Contains(line, `node n2 failed at step "run: echo node" (exit 3)`) {
+				t.Errorf("summary %q does not name the failing node and step", line)
+			}
 			o := got["n2"]
 			if o.FailedStep != "run: echo node" || o.ExitCode != 3 || len(o.LastOutput) == 0 || o.LastOutput[len(o.LastOutput)-1] != "boom" {
 				t.Errorf("failed outcome: step %q exit %d output %q", o.FailedStep, o.ExitCode, o.LastOutput)

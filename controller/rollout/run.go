@@ -2,6 +2,7 @@ package rollout
 
 import (
 	"context"
+	"strconv"
 	"sync"
 	"time"
 
@@ -276,8 +277,29 @@ func (r *rolloutRun) finish(ctx context.Context, d time.Duration) *protocol.Appl
 	} else if err := r.e.state.putRollout(ctx, &rec); err != nil {
 		r.e.log.Warn("record rollout end", "cluster", rec.Cluster, "err", err)
 	}
-	r.emit(protocol.RolloutEvent{Type: protocol.RolloutEventDone, Line: rec.State})
+	r.emit(protocol.RolloutEvent{Type: protocol.RolloutEventDone, Line: summary(rec.State, res)})
 	return res
+}
+
+// summary says how a rollout ended and, when it did not end well, which node and step
+// were the first to fail.
+func summary(state string, res *protocol.ApplyResult) string {
+	for _, o := range res.Nodes {
+		if o.Status != protocol.NodeFailed && o.Status != protocol.NodeUnreachable {
+			continue
+		}
+		s := state + ": node " + o.Node + " " + o.Status
+		if o.FailedStep != "" {
+			s += " at step " + strconv.Quote(o.FailedStep) + " (exit " + strconv.Itoa(o.ExitCode) + ")"
+		} else if o.Error != "" {
+			s += ": " + o.Error
+		}
+		return s
+	}
+	if state != StateDone && res.Health != "" {
+		return state + ": " + res.Health
+	}
+	return state
 }
 
 // tail keeps the last lines of a step's output.
