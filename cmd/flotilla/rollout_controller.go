@@ -10,6 +10,7 @@ import (
 	"github.com/flotilla-dev/flotilla/bundle/store"
 	"github.com/flotilla-dev/flotilla/controller"
 	"github.com/flotilla-dev/flotilla/controller/rollout"
+	"github.com/flotilla-dev/flotilla/protocol"
 )
 
 // The rollout engine in `flotilla controller`: layer blobs on the HTTPS server (mounted
@@ -39,7 +40,13 @@ func serveRolloutBlob(w http.ResponseWriter, r *http.Request) {
 func startRolloutEngine(ctx context.Context, c *controller.Controller) error {
 	st, err := store.Open(store.DefaultDir())
 	if err != nil {
-		return fmt.Errorf("rollout engine: image store: %w", err)
+		// The controller still serves joins and exec; rollouts say what is wrong.
+		err = fmt.Errorf("rollout engine unavailable: image store %s: %w (set %s to a store this user can write)", store.DefaultDir(), err, store.EnvStore)
+		slog.Error("rollout engine", "err", err)
+		for _, name := range []string{protocol.AdminPlan, protocol.AdminApply, protocol.AdminStatus, protocol.AdminDelete} {
+			c.HandleAdmin(name, func(context.Context, *controller.AdminCall) (any, error) { return nil, err })
+		}
+		return nil
 	}
 	log := slog.Default()
 	e, err := rollout.New(c, st, rollout.Options{Logger: log, DecorateLayer: p2pDecorateLayer(st)})

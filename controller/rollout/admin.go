@@ -269,6 +269,12 @@ func (e *Engine) start(ctx context.Context, kind string, cr *ClusterRecord, p *p
 	go func() {
 		defer e.wg.Done()
 		res := r.run(e.ctx)
+		if res != nil {
+			e.log.Info("rollout finished", "cluster", cr.Cluster, "rollout", rec.ID, "kind", kind, "ok", res.OK, "halted", res.Halted,
+				"duration", res.Duration, "summary", summary(rec.State, res))
+		} else {
+			e.log.Info("rollout interrupted: it resumes when the controller starts again", "cluster", cr.Cluster, "rollout", rec.ID)
+		}
 		e.mu.Lock()
 		delete(e.active, cr.Cluster)
 		e.mu.Unlock()

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/flotilla-dev/flotilla/bundle/store"
+	"github.com/flotilla-dev/flotilla/protocol"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
@@ -128,6 +129,11 @@ func (h *blobHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "unauthorized: "+err.Error(), http.StatusUnauthorized)
 		return
 	}
+	if certNode, ok := peerCertNode(r); ok && certNode != node {
+		h.log.Warn("blob fetch refused", "remote", r.RemoteAddr, "digest", digest, "certNode", certNode, "tokenNode", node)
+		http.Error(w, fmt.Sprintf("unauthorized: the token was made for node %s, the client certificate is node %s's", node, certNode), http.StatusUnauthorized)
+		return
+	}
 	path, err := h.store.BlobPath(h2)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
@@ -153,4 +159,14 @@ func (h *blobHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Docker-Content-Digest", digest)
 	w.Header().Set("ETag", `"`+digest+`"`)
 	http.ServeContent(w, r, "", st.ModTime(), f)
+}
+
+// peerCertNode returns the node named by a verified client (peer) certificate, if the
+// client presented one.
+func peerCertNode(r *http.Request) (string, bool) {
+	cs := r.TLS
+	if cs == nil || len(cs.VerifiedChains) == 0 || len(cs.VerifiedChains[0]) == 0 || len(cs.VerifiedChains[0][0].DNSNames) != 1 {
+		return "", false
+	}
+	return protocol.PeerCertNode(cs.VerifiedChains[0][0].DNSNames[0])
 }
