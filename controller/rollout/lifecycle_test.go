@@ -245,3 +245,30 @@ func TestBlobHandler(t *testing.T) {
 		})
 	}
 }
+
+// TestRemoveUnreachable: a removed node that is offline is reported unreachable after
+// the timeout without halting the other removals, and its removal is retried by the
+// next apply once it is back.
+func TestRemoveUnreachable(t *testing.T) {
+	f := newFakeFleet("m1", "n1", "n2", "n3")
+	e := newEnv(t, f)
+	e.mustApply(clusterfileFor("c1", "test:1", []string{"m1"}, []string{"n1", "n2", "n3"}, "{parallelism: 1}"))
+	f.set("n2", func(n *fakeNode) { n.online = false })
+	res := e.mustApply(clusterfileFor("c1", "test:1", []string{"m1"}, []string{"n1"}, "{parallelism: 1}"))
+	got := outcomes(res)
+	if res.OK || res.Halted || got["n2"].Status != protocol.NodeUnreachable || got["n3"].Status != protocol.NodeOK {
+		t.Fatalf("scale down with n2 offline: ok %t halted %t: %s", res.OK, res.Halted, statuses(res))
+	}
+	applied, err := e.eng.state.appliedOf(context.Background(), "c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := applied["n2"]; !ok {
+		t.Fatal("the unreachable removed node's applied state was dropped: its removal would never be retried")
+	}
+	f.set("n2", func(n *fakeNode) { n.online = true })
+	res = e.mustApply(clusterfileFor("c1", "test:1", []string{"m1"}, []string{"n1"}, "{parallelism: 1}"))
+	if o := outcomes(res)["n2"]; !res.OK || o.Action != "remove" || o.Status != protocol.NodeOK || len(f.node("n2").applied) != 0 {
+		t.Errorf("removal retried: %s; n2 keeps %d digests", statuses(res), len(f.node("n2").applied))
+	}
+}
