@@ -542,3 +542,20 @@ func TestLayerStepCompletesAfterControllerStops(t *testing.T) {
 		t.Errorf("n1 no longer holds the layer it served")
 	}
 }
+
+// TestLayerStepHonoursDownloadCap: the step's cap (spec.bandwidth) holds the
+// fetch to its rate. Only a lower bound on the time is asserted.
+func TestLayerStepHonoursDownloadCap(t *testing.T) {
+	e := newP2PEnv(t, 3<<20)
+	e.startAgent("n1", "")
+	capped := e.payload
+	capped.MaxDownload = 3 << 20 // bytes per second: the layer takes about 1 s
+	start := time.Now()
+	e.dispatch("n1", capped).wait(t, "n1")
+	if el := time.Since(start); el < 700*time.Millisecond {
+		t.Fatalf("a %d-byte layer capped at %d B/s took %v", len(e.blob), capped.MaxDownload, el)
+	}
+	if e.urlHits.Load() != 0 {
+		t.Fatal("the layer came from the blob URL, not peer-to-peer")
+	}
+}
