@@ -323,8 +323,12 @@ func (e *Engine) adminDelete(ctx context.Context, call *controller.AdminCall) (a
 	if err != nil {
 		return nil, err
 	}
-	if cr == nil {
-		cr = &ClusterRecord{Cluster: p.cf.Cluster.Name, Clusterfile: req.Clusterfile, Path: req.Path, Image: p.cf.Cluster.Image, ImageDigest: p.img.digest}
+	if cr == nil { // applied state without a desired one: keep what resuming the delete needs
+		cr = &ClusterRecord{Cluster: p.cf.Cluster.Name, Clusterfile: req.Clusterfile, Path: req.Path, Image: p.cf.Cluster.Image,
+			ImageDigest: p.img.digest, Updated: time.Now().UTC()}
+		if err := putJSON(ctx, e.state.clusters, cr.Cluster, cr); err != nil {
+			return nil, err
+		}
 	}
 	return e.startAndFollow(ctx, call, KindDelete, cr, p)
 }
