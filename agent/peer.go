@@ -21,6 +21,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -261,6 +262,9 @@ func (a *Agent) startPeer(ctx context.Context) error {
 
 // reseed announces the complete blobs the store kept from before a restart,
 // so this agent serves them again although no step fetches them any more.
+// A blob whose only link is the store's own was removed from the layer
+// executor's cache (an undone layer): it is deleted instead, so the store
+// never holds disk the node no longer uses.
 func (p *Peer) reseed(ctx context.Context) {
 	entries, err := os.ReadDir(p.store.Dir())
 	if err != nil {
@@ -274,6 +278,14 @@ func (p *Peer) reseed(ctx context.Context) {
 		d, err := v1.NewHash(name)
 		if err != nil || !p.store.Has(d) {
 			continue
+		}
+		if fi, err := os.Stat(p.store.Path(d)); err == nil {
+			if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink == 1 {
+				p.log.Info("dropping a blob no layer uses any more", "digest", d)
+				os.Remove(p.store.Path(d))
+				os.Remove(filepath.Join(p.store.Dir(), e.Name()))
+				continue
+			}
 		}
 		var list pieces.PieceList
 		data, err := os.ReadFile(filepath.Join(p.store.Dir(), e.Name()))

@@ -509,6 +509,19 @@ func TestLayerStepResumesAfterAgentRestart(t *testing.T) {
 		}
 		return false
 	})
+
+	// Once the layer executor's cache lets go of the blob (an undone layer),
+	// the next start drops the store's copy too.
+	a1.stop()
+	cached, _ := filepath.Glob(filepath.Join(a1.dataDir, "blobs", "sha256", e.list.Digest.Hex))
+	if len(cached) != 1 {
+		t.Fatalf("blob cache: %v, want the layer's blob", cached)
+	}
+	os.Remove(cached[0])
+	a1 = e.startAgent("n1", a1.dataDir)
+	if agent.PeerOf(a1.dataDir).Store().Has(e.list.Digest) {
+		t.Fatal("the piece store still holds a blob the cache no longer has")
+	}
 }
 
 func TestLayerStepCompletesAfterControllerStops(t *testing.T) {
