@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -43,7 +44,34 @@ func NewSeed(dir string, tr *Tracker, log *slog.Logger) (*Seed, error) {
 	if log == nil {
 		log = slog.Default()
 	}
+	dropUnlinked(st, log)
 	return &Seed{tr: tr, store: st, log: log, lists: map[v1.Hash]pieces.PieceList{}, busy: map[v1.Hash]*sync.Mutex{}}, nil
+}
+
+// dropUnlinked removes the blobs whose only link is the seed store's: the
+// image store no longer has them (its garbage collection), so no rollout will
+// ask for them. (Where the seed had to copy instead of link, the copy goes too
+// and is made again when a rollout needs it.)
+func dropUnlinked(st *pieces.Store, log *slog.Logger) {
+	entries, err := os.ReadDir(st.Dir())
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		d, err := v1.NewHash(e.Name())
+		if err != nil {
+			continue
+		}
+		fi, err := e.Info()
+		if err != nil {
+			continue
+		}
+		if sys, ok := fi.Sys().(*syscall.Stat_t); ok && sys.Nlink == 1 {
+			log.Info("seed: dropping a blob the image store no longer has", "digest", d)
+			os.Remove(st.Path(d))
+			os.Remove(filepath.Join(st.Dir(), d.String()+".pieces"))
+		}
+	}
 }
 
 // SetAddr sets the base URL agents reach the seed's pieces at (the

@@ -46,12 +46,20 @@ func TestSeedAddsOnceAndSurvivesRestart(t *testing.T) {
 	if len(ps) != 1 || ps[0].ID != SeedID || !ps[0].Complete || ps[0].Have.Count() != 3 {
 		t.Fatalf("tracker after Add: %+v", ps)
 	}
-	// A restarted controller finds the list beside the blob: the source is not read again.
-	os.Remove(src)
+	// A restarted controller finds the list beside the blob: the source is not
+	// read again (it moved; the image store still links the blob).
+	moved := src + ".moved"
+	os.Rename(src, moved)
 	s2, _ := NewSeed(dir, New(time.Minute), nil)
 	l2, err := s2.Add(ctx, d, src)
 	if err != nil || l2.Digest != d || len(l2.Hashes) != 3 || l2.Hashes[2] != l.Hashes[2] {
 		t.Fatalf("Add after restart: %v %+v", err, l2)
+	}
+	// Once the image store lets go of the blob, a restarted seed drops its link.
+	os.Remove(moved)
+	s3, _ := NewSeed(dir, New(time.Minute), nil)
+	if s3.store.Has(d) {
+		t.Fatal("the seed kept a blob whose source is gone")
 	}
 	// A blob that is not what its digest says is refused.
 	other := filepath.Join(t.TempDir(), "other")
