@@ -148,7 +148,8 @@ func execStep(ctx context.Context, sc *StepContext) error {
 	}
 	cmd.Env = sc.Env
 	cmd.Dir = sc.Root
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Pdeathsig: a step does not outlive an agent killed mid-step (the retry would run it twice).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	// A background child holding stdout open must not keep the step running.
 	cmd.WaitDelay = 2 * time.Second
 	stdout, stderr := sc.LineWriter("stdout"), sc.LineWriter("stderr")

@@ -66,6 +66,15 @@ func (r *rolloutRun) runNode(ctx context.Context, phase string, np *planner.Node
 			out.Status = protocol.NodeOK
 			r.completeNode(ctx, np, ns)
 			return out, false
+		case err == nil && res.Canceled && !res.TimedOut:
+			// Not canceled by us (ctx is live): the agent stopped the task itself, as it
+			// does when its node shuts down or reboots. Retry it like a lost attempt.
+			offlineSince = time.Time{}
+			if lost++; lost > r.retries() {
+				r.stepFailed(&out, nt, ns, res)
+				return out, false
+			}
+			why = fmt.Sprintf("attempt %d canceled on the node (agent stopped: shutdown or reboot?); retrying", attempt)
 		case err == nil:
 			r.stepFailed(&out, nt, ns, res)
 			return out, false
