@@ -248,6 +248,7 @@ func (a *Agent) startPeer(ctx context.Context) error {
 	peers.Store(o.DataDir, p)
 	p.reseed(ctx)
 	go p.fetcher.Run(ctx)
+	go a.keepPeerCert(ctx, p)
 	go func() {
 		<-ctx.Done()
 		peers.CompareAndDelete(o.DataDir, p)
@@ -470,6 +471,27 @@ func renewDue(c *tls.Certificate) bool {
 		}
 	}
 	return time.Until(leaf.NotAfter) < leaf.NotAfter.Sub(leaf.NotBefore)/3
+}
+
+// keepPeerCert renews the certificate of a long-running agent before it expires.
+func (a *Agent) keepPeerCert(ctx context.Context, p *Peer) {
+	t := time.NewTicker(12 * time.Hour)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if !renewDue(p.cert.Load()) {
+			continue
+		}
+		if err := a.renewPeerCert(ctx, p); err != nil {
+			p.log.Warn("renew peer certificate; trying again later", "err", err)
+		} else {
+			p.log.Info("renewed peer certificate")
+		}
+	}
 }
 
 // renewPeerCert asks the controller over NATS for a peer certificate (an
