@@ -1,7 +1,14 @@
 package agent
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"math/big"
 	"testing"
+	"time"
 
 	"golang.org/x/time/rate"
 )
@@ -52,5 +59,31 @@ func TestStepCapsLowerTheAgentsCaps(t *testing.T) {
 				t.Fatalf("after the steps: up %v down %v, want the flags' %v %v", p.up.Limit(), p.down.Limit(), wantUp, wantDn)
 			}
 		})
+	}
+}
+
+func TestRenewDue(t *testing.T) {
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	cert := func(age, left time.Duration) *tls.Certificate {
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now().Add(-age), NotAfter: time.Now().Add(left)}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &tls.Certificate{Certificate: [][]byte{der}}
+	}
+	day := 24 * time.Hour
+	for _, tc := range []struct {
+		age, left time.Duration
+		due       bool
+	}{
+		{day, 364 * day, false},
+		{200 * day, 165 * day, false},
+		{250 * day, 115 * day, true},
+		{400 * day, -35 * day, true},
+	} {
+		if got := renewDue(cert(tc.age, tc.left)); got != tc.due {
+			t.Errorf("age %v, %v left: due = %v, want %v", tc.age, tc.left, got, tc.due)
+		}
 	}
 }
