@@ -152,7 +152,7 @@ func TestApply(t *testing.T) {
 	})
 
 	// The remaining scenarios touch other nodes and clusters: the partition waits out
-	// the controller's unreachable timeout (2m), so the others run meanwhile.
+	// the controller's unreachable timeout (e2etest.UnreachableTimeout), so the others run meanwhile.
 	t.Run("Faults", func(t *testing.T) {
 		t.Run("PartitionedNodeReported", func(t *testing.T) {
 			t.Parallel()
@@ -172,10 +172,6 @@ func TestApply(t *testing.T) {
 			o := e2etest.Outcome(r.res, "node5")
 			t.Logf("apply with node5 cut off ended after %s: %+v", r.took.Round(time.Second), o)
 			if r.err == nil || o.Status != protocol.NodeUnreachable {
-				// Seen so far: "failed" after 3 lost attempts ("did not acknowledge the task"): the
-				// NATS server still holds the cut-off agent's subscription, so Dispatch times out
-				// instead of failing with controller.ErrNodeOffline, and the engine counts the
-				// attempts as lost instead of waiting for the unreachable timeout.
 				t.Fatalf("want node5 reported %s and a failing apply, got err=%v outcome=%+v\n%s", protocol.NodeUnreachable, r.err, o, r.progress)
 			}
 			if err := f.Heal("node5"); err != nil {

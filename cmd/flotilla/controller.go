@@ -12,6 +12,7 @@ import (
 	"github.com/flotilla-dev/flotilla/agent"
 	"github.com/flotilla-dev/flotilla/controller"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 // controllerHandlers lets other files mount HTTPS handlers (bootstrap script,
@@ -21,6 +22,10 @@ var controllerHandlers []func(dataDir string) map[string]http.Handler
 // controllerHooks run after the controller started (e.g. the rollout engine
 // registering admin handlers); append from init().
 var controllerHooks []func(ctx context.Context, c *controller.Controller) error
+
+// controllerFlags lets other files add flags to `flotilla controller` (the values
+// their hooks read); append from init().
+var controllerFlags []func(f *pflag.FlagSet)
 
 func init() { addCommand(newControllerCmd) }
 
@@ -79,6 +84,9 @@ Agents join over HTTPS (--http-listen) with a token and then talk NATS over TLS 
 		},
 	}
 	f := cmd.Flags()
+	for _, add := range controllerFlags {
+		add(f)
+	}
 	f.StringVar(&opts.DataDir, "data-dir", envOr("FLOTILLA_DATA_DIR", "/var/lib/flotilla"), "state: CA, keys, admin.creds, JetStream")
 	f.StringVar(&opts.Listen, "listen", "0.0.0.0:4222", "NATS (TLS) listen address")
 	f.StringVar(&opts.HTTPListen, "http-listen", "0.0.0.0:9443", "HTTPS listen address (join, CA, bootstrap)")

@@ -6,11 +6,13 @@ import (
 	"log/slog"
 	"net/http"
 	"sync/atomic"
+	"time"
 
 	"github.com/flotilla-dev/flotilla/bundle/store"
 	"github.com/flotilla-dev/flotilla/controller"
 	"github.com/flotilla-dev/flotilla/controller/rollout"
 	"github.com/flotilla-dev/flotilla/protocol"
+	"github.com/spf13/pflag"
 )
 
 // The rollout engine in `flotilla controller`: layer blobs on the HTTPS server (mounted
@@ -26,7 +28,14 @@ func init() {
 		return map[string]http.Handler{"GET " + rollout.BlobPath + "{digest}": http.HandlerFunc(serveRolloutBlob)}
 	})
 	controllerHooks = append(controllerHooks, startRolloutEngine)
+	controllerFlags = append(controllerFlags, func(f *pflag.FlagSet) {
+		f.DurationVar(&unreachableTimeout, "unreachable-timeout", 2*time.Minute,
+			"how long a rollout retries a node that is offline before it reports it unreachable and goes on")
+	})
 }
+
+// unreachableTimeout is `flotilla controller --unreachable-timeout`.
+var unreachableTimeout time.Duration
 
 func serveRolloutBlob(w http.ResponseWriter, r *http.Request) {
 	h := rolloutBlobs.Load()
@@ -49,7 +58,7 @@ func startRolloutEngine(ctx context.Context, c *controller.Controller) error {
 		return nil
 	}
 	log := slog.Default()
-	e, err := rollout.New(c, st, rollout.Options{Logger: log, DecorateLayer: p2pDecorateLayer(st)})
+	e, err := rollout.New(c, st, rollout.Options{Logger: log, UnreachableTimeout: unreachableTimeout, DecorateLayer: p2pDecorateLayer(st)})
 	if err != nil {
 		return err
 	}

@@ -35,6 +35,10 @@ type Controller struct {
 	done    chan struct{}
 }
 
+// UnreachableTimeout is the controllers' --unreachable-timeout: short, so that a test
+// with a node cut off does not wait the default two minutes.
+const UnreachableTimeout = 20 * time.Second
+
 // StartController starts a controller for the fleet, waits until the CLI gets
 // answers, and kills it in t.Cleanup (printing its log tail if the test failed).
 func StartController(t testing.TB, f *fleet.Fleet) *Controller {
@@ -52,7 +56,7 @@ func StartController(t testing.TB, f *fleet.Fleet) *Controller {
 	}
 	c.cmd = exec.Command(bin, "controller", "--data-dir", c.DataDir,
 		"--listen", net.JoinHostPort(c.Host, "4222"), "--http-listen", net.JoinHostPort(c.Host, "9443"),
-		"--advertise", c.Host, "--log-level", "debug")
+		"--advertise", c.Host, "--log-level", "debug", "--unreachable-timeout", UnreachableTimeout.String())
 	c.cmd.Stdout, c.cmd.Stderr = lf, lf
 	c.cmd.Env = append(os.Environ(), "FLOTILLA_CONTROLLER=", "FLOTILLA_CREDENTIALS=", "FLOTILLA_AGENT_DIR=")
 	// Dies with the test binary even when a timeout kills it before Cleanup.
