@@ -15,6 +15,7 @@ import (
 
 	"github.com/flotilla-dev/flotilla/agent"
 	"github.com/flotilla-dev/flotilla/agent/unpack"
+	"github.com/flotilla-dev/flotilla/internal/human"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
 
@@ -143,7 +144,7 @@ func ensureBlob(ctx context.Context, sc *agent.StepContext, p protocol.LayerPayl
 				return "", false, fmt.Errorf("layer %s: move into the blob cache: %w", p.Digest, err)
 			}
 			if p.Size > 0 {
-				sc.Output("stdout", fmt.Sprintf("layer %s: fetched %s in %s", short(p.Digest), humanBytes(p.Size), time.Since(start).Round(time.Millisecond)))
+				sc.Output("stdout", fmt.Sprintf("layer %s: fetched %s in %s", short(p.Digest), human.Bytes(p.Size), time.Since(start).Round(time.Millisecond)))
 			}
 			return cache, true, nil
 		}
@@ -213,16 +214,4 @@ func short(d string) string {
 		return d[:19]
 	}
 	return d
-}
-
-func humanBytes(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
 }

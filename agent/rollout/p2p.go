@@ -14,6 +14,7 @@ import (
 	"github.com/flotilla-dev/flotilla/agent"
 	"github.com/flotilla-dev/flotilla/agent/p2p"
 	"github.com/flotilla-dev/flotilla/bundle/pieces"
+	"github.com/flotilla-dev/flotilla/internal/human"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
 
@@ -87,9 +88,9 @@ func progressReporter(sc *agent.StepContext) func(p2p.Progress) {
 			return
 		}
 		last = time.Now()
-		msg := fmt.Sprintf("fetch %s/s from %d peers", humanBytes(int64(pr.Rate)), pr.Peers)
+		msg := fmt.Sprintf("fetch %s/s from %d peers", human.Bytes(int64(pr.Rate)), pr.Peers)
 		if pr.Done {
-			msg = fmt.Sprintf("fetched %s at %s/s", humanBytes(pr.Fetched), humanBytes(int64(pr.Rate)))
+			msg = fmt.Sprintf("fetched %s at %s/s", human.Bytes(pr.Fetched), human.Bytes(int64(pr.Rate)))
 		}
 		sc.Progress(pr.Held, pr.Total, msg)
 	}

@@ -6,6 +6,8 @@ import (
 	"io"
 	"strings"
 	"text/tabwriter"
+
+	"github.com/flotilla-dev/flotilla/internal/human"
 )
 
 // WriteJSON writes the plan as indented JSON (rendered contents and env are left out:
@@ -77,7 +79,7 @@ func (p *ClusterPlan) WriteText(w io.Writer) error {
 				if it.Layer.Skip {
 					mark = "="
 				}
-				fmt.Fprintf(w, "  %s layer %s (%s, role %s)\n", mark, short(it.Layer.Digest), size(it.Layer.Size), it.Layer.Role)
+				fmt.Fprintf(w, "  %s layer %s (%s, role %s)\n", mark, short(it.Layer.Digest), human.Bytes(it.Layer.Size), it.Layer.Role)
 			case it.File != nil:
 				mark := "+"
 				if it.File.Skip {
@@ -102,16 +104,4 @@ func (p *ClusterPlan) WriteText(w io.Writer) error {
 		fmt.Fprintf(w, "\nhealth check on master0 after every phase: %s\n", p.HealthCheck.Command)
 	}
 	return nil
-}
-
-func size(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
 }

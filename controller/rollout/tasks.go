@@ -10,6 +10,7 @@ import (
 
 	"github.com/flotilla-dev/flotilla/bundle/plan"
 	"github.com/flotilla-dev/flotilla/controller/planner"
+	"github.com/flotilla-dev/flotilla/internal/human"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
 
@@ -82,7 +83,7 @@ func (r *rolloutRun) buildTask(ctx context.Context, np *planner.NodePlan, applie
 					return nil, fmt.Errorf("node %s: layer %s: %w", np.Node, l.Digest, err)
 				}
 			}
-			add(protocol.Step{Name: fmt.Sprintf("layer %s %s", shortDigest(l.Digest), humanSize(l.Size)), Kind: protocol.KindLayer,
+			add(protocol.Step{Name: fmt.Sprintf("layer %s %s", shortDigest(l.Digest), human.Bytes(l.Size)), Kind: protocol.KindLayer,
 				Payload: mustJSON(p), Digest: LayerStepDigest(cluster, l.Digest)}, l.Size, func(a *planner.Applied) {
 				if !slices.Contains(a.Layers, l.Digest) {
 					a.Layers = append(a.Layers, l.Digest)
@@ -191,16 +192,4 @@ func oneLine(s string, n int) string {
 		return string([]rune(s)[:n-1]) + "…"
 	}
 	return s
-}
-
-func humanSize(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/internal/human"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
 
@@ -134,17 +135,7 @@ func ShortDigest(d string) string {
 }
 
 // Size formats a byte count with a binary unit.
-func Size(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
-}
+func Size(n int64) string { return human.Bytes(n) }
 
 // Duration rounds d for people: ms under a second, 0.1 s under a minute, else seconds.
 func Duration(d time.Duration) string {
