@@ -6,7 +6,7 @@ BIN       := bin/flotilla
 FUZZTIME  ?= 15s
 export CGO_ENABLED=0
 
-.PHONY: build build-all test test-unit fuzz lint bench bench-distribution demo demo-down package clean
+.PHONY: deps build build-all test test-unit fuzz lint bench bench-distribution demo demo-down package clean
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/flotilla
@@ -15,8 +15,12 @@ build-all:
 	GOOS=linux GOARCH=amd64 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/flotilla-linux-amd64 ./cmd/flotilla
 	GOOS=linux GOARCH=arm64 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/flotilla-linux-arm64 ./cmd/flotilla
 
+# deps installs what the tests need (Debian packages, the fleet's cached rootfs) when root.
+deps:
+	./.ci/deps.sh
+
 # test runs every test (unit, integration, e2e where the machine allows) and a short fuzz run.
-test: build lint
+test: deps build lint
 	FLOTILLA_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 25m ./...
 	$(MAKE) fuzz
 
