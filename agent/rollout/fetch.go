@@ -19,18 +19,21 @@ import (
 
 // FetchBlob downloads the blob of a layer step to dst (<DataDir>/blobs/sha256/<hex>.part).
 // It may resume from the bytes already at dst, reports sc.Progress(done, total, "fetch")
-// and must leave the whole blob at dst when it returns nil; the layer executor then
-// checks size and sha256 and only then moves dst into the cache (a mismatch deletes
-// dst). Calls for one digest never run at the same time in one process.
+// and must leave the whole blob at dst when it returns nil. verified says the fetcher
+// already checked the whole blob against p.Digest (the peer-to-peer fetcher does);
+// otherwise the layer executor checks size and sha256. Only then is dst moved into
+// the cache (a mismatch deletes dst). Calls for one digest never run at the same time
+// in one process.
 //
 // The default is fetchHTTPS: GET p.URL from the controller over HTTPS (trusting only
 // the agent's CA) with "Authorization: Bearer p.Token". A peer-to-peer fetcher replaces
 // it from its own init(), falling back to fetchHTTPS through DefaultFetchBlob.
-var FetchBlob func(ctx context.Context, sc *agent.StepContext, p protocol.LayerPayload, dst string) error = DefaultFetchBlob
+var FetchBlob func(ctx context.Context, sc *agent.StepContext, p protocol.LayerPayload, dst string) (verified bool, err error) = DefaultFetchBlob
 
-// DefaultFetchBlob is the HTTPS fetch from the controller (FetchBlob's default).
-func DefaultFetchBlob(ctx context.Context, sc *agent.StepContext, p protocol.LayerPayload, dst string) error {
-	return fetchHTTPS(ctx, sc, p, dst)
+// DefaultFetchBlob is the HTTPS fetch from the controller (FetchBlob's default); it
+// leaves the digest check to the layer executor.
+func DefaultFetchBlob(ctx context.Context, sc *agent.StepContext, p protocol.LayerPayload, dst string) (bool, error) {
+	return false, fetchHTTPS(ctx, sc, p, dst)
 }
 
 // Fetch tuning (variables for tests).

@@ -135,10 +135,13 @@ func ensureBlob(ctx context.Context, sc *agent.StepContext, p protocol.LayerPayl
 	}
 	for attempt := 0; ; attempt++ {
 		start := time.Now()
-		if err := FetchBlob(ctx, sc, p, part); err != nil {
+		verified, err := FetchBlob(ctx, sc, p, part)
+		if err != nil {
 			return "", false, fmt.Errorf("fetch layer %s: %w", p.Digest, err)
 		}
-		err := verifyBlob(part, p.Digest, h, p.Size)
+		if !verified {
+			err = verifyBlob(part, p.Digest, h, p.Size)
+		}
 		if err == nil {
 			if err := os.Rename(part, cache); err != nil {
 				return "", false, fmt.Errorf("layer %s: move into the blob cache: %w", p.Digest, err)

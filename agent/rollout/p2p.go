@@ -26,13 +26,15 @@ import (
 // comes from the controller's URL as before.
 func init() { FetchBlob = fetchPeerToPeer }
 
-func fetchPeerToPeer(ctx context.Context, sc *agent.StepContext, p protocol.LayerPayload, dst string) error {
+// fetchPeerToPeer returns verified: the peer store counts a blob only once it matched
+// its digest, so the layer executor need not hash it a second time.
+func fetchPeerToPeer(ctx context.Context, sc *agent.StepContext, p protocol.LayerPayload, dst string) (bool, error) {
 	if len(p.Pieces) == 0 {
 		return DefaultFetchBlob(ctx, sc, p, dst)
 	}
 	list, err := layerPieceList(p)
 	if err != nil {
-		return err // a signed task with a wrong list: the controller's bug, say so
+		return false, err // a signed task with a wrong list: the controller's bug, say so
 	}
 	peer := agent.PeerOf(sc.DataDir)
 	if peer == nil {
@@ -42,7 +44,7 @@ func fetchPeerToPeer(ctx context.Context, sc *agent.StepContext, p protocol.Laye
 	path, err := peer.Fetch(ctx, list, agent.StepCaps{Upload: p.MaxUpload, Download: p.MaxDownload}, progressReporter(sc))
 	if err != nil {
 		if ctx.Err() != nil {
-			return err
+			return false, err
 		}
 		sc.Output("stderr", fmt.Sprintf("peer-to-peer fetch of %s failed, fetching from the controller: %v", short(p.Digest), err))
 		slog.Warn("peer-to-peer fetch failed; falling back to the controller", "digest", p.Digest, "err", err)
@@ -52,12 +54,12 @@ func fetchPeerToPeer(ctx context.Context, sc *agent.StepContext, p protocol.Laye
 	slog.Info("layer fetched peer-to-peer", "node", sc.Task.Node, "digest", p.Digest, "bytes", list.Size,
 		"seconds", el.Seconds(), "MBps", float64(list.Size)/1e6/max(el.Seconds(), 1e-3))
 	// The store keeps its copy to serve peers; the cache gets a hard link (no
-	// second copy on disk) that the layer executor verifies and moves in place.
+	// second copy on disk) that the layer executor moves in place.
 	_ = os.Remove(dst)
 	if err := linkOrCopyFile(path, dst); err != nil {
-		return fmt.Errorf("layer %s: from the peer store to the blob cache: %w", p.Digest, err)
+		return false, fmt.Errorf("layer %s: from the peer store to the blob cache: %w", p.Digest, err)
 	}
-	return nil
+	return true, nil
 }
 
 // layerPieceList decodes the payload's piece list and checks it describes
