@@ -183,7 +183,7 @@ func TestServiceNeedsHostRootAndSystemd(t *testing.T) {
 func TestServiceRealSystemd(t *testing.T) {
 	out, _ := exec.Command("systemctl", "is-system-running").Output()
 	if state := strings.TrimSpace(string(out)); state != "running" && state != "degraded" {
-		t.Skipf("systemd is not running on this host (systemctl is-system-running: %q)", state)
+		t.Skipf("systemd is not running on this host (systemctl is-system-running: %q); the e2e tests (TestApply in ./e2e) run real units inside systemd-nspawn nodes", state)
 	}
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to install a unit")
