@@ -25,6 +25,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/internal/atomicfile"
 	"github.com/flotilla-dev/flotilla/protocol"
 	"github.com/nats-io/nats.go"
 )
@@ -351,7 +352,7 @@ func (a *Agent) writeStatus() {
 	st.Connected = a.nc != nil && a.nc.IsConnected()
 	st.Registered = st.Registered && st.Connected
 	data, _ := protocolJSON(st)
-	if err := writeFileAtomic(filepath.Join(a.opts.DataDir, fileStatus), data, 0o644); err != nil {
+	if err := atomicfile.Write(filepath.Join(a.opts.DataDir, fileStatus), data, 0o644); err != nil {
 		a.log.Warn("write status", "err", err)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/internal/atomicfile"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
 
@@ -157,7 +158,7 @@ func TestReadStatus(t *testing.T) {
 	}
 	st := Status{Name: "n", Registered: true, Connected: true, Updated: time.Now().UTC()}
 	data, _ := protocolJSON(st)
-	if err := writeFileAtomic(filepath.Join(dir, fileStatus), data, 0o644); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, fileStatus), data, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	got, err := ReadStatus(dir)

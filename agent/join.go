@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/internal/atomicfile"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
 
@@ -151,5 +152,5 @@ func saveCredentials(dataDir string, cr *protocol.Credentials) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(dataDir, fileCredentials), data, 0o600)
+	return atomicfile.Write(filepath.Join(dataDir, fileCredentials), data, 0o600)
 }

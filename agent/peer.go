@@ -29,6 +29,7 @@ import (
 
 	"github.com/flotilla-dev/flotilla/agent/p2p"
 	"github.com/flotilla-dev/flotilla/bundle/pieces"
+	"github.com/flotilla-dev/flotilla/internal/atomicfile"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
 
@@ -429,7 +430,7 @@ func peerKey(dataDir string) (*ecdsa.PrivateKey, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := writeFileAtomic(path, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+	if err := atomicfile.Write(path, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), 0o600); err != nil {
 		return nil, err
 	}
 	return k, nil
@@ -450,7 +451,7 @@ func peerCSR(dataDir, node string) ([]byte, error) {
 }
 
 func savePeerCert(dataDir string, certPEM []byte) error {
-	return writeFileAtomic(filepath.Join(dataDir, filePeerCert), certPEM, 0o644)
+	return atomicfile.Write(filepath.Join(dataDir, filePeerCert), certPEM, 0o644)
 }
 
 func loadPeerCert(dataDir string) (*tls.Certificate, error) {

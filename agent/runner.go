@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/internal/atomicfile"
 	"github.com/flotilla-dev/flotilla/protocol"
 	"github.com/nats-io/nats.go"
 )
@@ -32,7 +33,7 @@ func ack(m *nats.Msg, err error) {
 func (a *Agent) persistSeq() error {
 	a.seqMu.Lock()
 	defer a.seqMu.Unlock()
-	return writeFileAtomic(filepath.Join(a.opts.DataDir, fileSeq), []byte(strconv.FormatUint(a.verify.LastSeq(), 10)), 0o600)
+	return atomicfile.Write(filepath.Join(a.opts.DataDir, fileSeq), []byte(strconv.FormatUint(a.verify.LastSeq(), 10)), 0o600)
 }
 
 func (a *Agent) onTask(m *nats.Msg) {

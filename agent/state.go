@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/flotilla-dev/flotilla/internal/atomicfile"
 )
 
 // Files in the agent's data dir.
@@ -89,7 +91,7 @@ func (a *appliedState) add(digest string, s AppliedStep) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(a.path, data, 0o600)
+	return atomicfile.Write(a.path, data, 0o600)
 }
 
 // forget removes digests (undo steps) and persists the state if it changed.
@@ -107,7 +109,7 @@ func (a *appliedState) forget(digests ...string) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(a.path, data, 0o600)
+	return atomicfile.Write(a.path, data, 0o600)
 }
 
 // liveApplied maps the data dirs of agents started in this process to their
@@ -145,32 +147,4 @@ func ForgetSteps(dataDir string, digests ...string) error {
 		}
 	}
 	return a.forget(digests...)
-}
-
-// writeFileAtomic writes data beside path, syncs and renames it into place.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	defer os.Remove(f.Name())
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return fmt.Errorf("chmod %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("sync %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return fmt.Errorf("rename into %s: %w", path, err)
-	}
-	return nil
 }

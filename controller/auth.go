@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/internal/atomicfile"
 	"github.com/flotilla-dev/flotilla/protocol"
 	"github.com/nats-io/nats-server/v2/server"
 )
@@ -118,7 +119,7 @@ func (c *Controller) writeAdminCreds() error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(c.opts.DataDir, FileAdminCreds), data, 0o600)
+	return atomicfile.Write(filepath.Join(c.opts.DataDir, FileAdminCreds), data, 0o600)
 }
 
 func localNATSHostPort(c *Controller) string {

@@ -16,6 +16,8 @@ import (
 
 	sd "github.com/coreos/go-systemd/v22/dbus"
 	godbus "github.com/godbus/dbus/v5"
+
+	"github.com/flotilla-dev/flotilla/internal/atomicfile"
 )
 
 // ErrNoSystemd is returned by New on a host that was not booted with systemd.
@@ -149,12 +151,7 @@ func (m *Manager) Install(ctx context.Context, name string, content []byte) (boo
 	if err := os.MkdirAll(m.opts.UnitDir, 0o755); err != nil {
 		return false, fmt.Errorf("install unit %s: %w", name, err)
 	}
-	tmp := path + ".flotilla-tmp"
-	if err := os.WriteFile(tmp, content, 0o644); err != nil {
-		return false, fmt.Errorf("install unit %s: %w", name, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		_ = os.Remove(tmp)
+	if err := atomicfile.Write(path, content, 0o644); err != nil {
 		return false, fmt.Errorf("install unit %s: %w", name, err)
 	}
 	return true, m.Reload(ctx)

@@ -14,6 +14,8 @@ import (
 	"sync"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/flotilla-dev/flotilla/internal/atomicfile"
 )
 
 // Store keeps blobs on disk in one directory:
@@ -91,7 +93,7 @@ func (s *Store) Add(ctx context.Context, path string, pieceSize int64) (PieceLis
 	if err := ctx.Err(); err != nil {
 		return PieceList{}, err
 	}
-	if err := writeJSONAtomic(s.file(list.Digest, ".pieces"), list); err != nil {
+	if err := atomicfile.WriteJSON(s.file(list.Digest, ".pieces"), list, 0o644); err != nil {
 		return PieceList{}, fmt.Errorf("add %s: %w", path, err)
 	}
 	dst := s.Path(list.Digest)
@@ -164,7 +166,7 @@ func (s *Store) openLocked(list PieceList) (*Partial, error) {
 			return nil, fmt.Errorf("complete blob %s has %d bytes, piece list says %d", s.Path(list.Digest), st.Size(), list.Size)
 		}
 		p.f, p.complete, p.have = f, true, FullBitfield(list.Count())
-		return p, writeJSONAtomic(s.file(list.Digest, ".pieces"), list)
+		return p, atomicfile.WriteJSON(s.file(list.Digest, ".pieces"), list, 0o644)
 	}
 	// A partial left by a run with another piece list is useless: start over.
 	var old PieceList
@@ -174,7 +176,7 @@ func (s *Store) openLocked(list PieceList) (*Partial, error) {
 			os.Remove(s.file(list.Digest, ".have"))
 		}
 	}
-	if err := writeJSONAtomic(s.file(list.Digest, ".pieces"), list); err != nil {
+	if err := atomicfile.WriteJSON(s.file(list.Digest, ".pieces"), list, 0o644); err != nil {
 		return nil, err
 	}
 	f, err := os.OpenFile(s.file(list.Digest, ".partial"), os.O_RDWR|os.O_CREATE, 0o644)
@@ -370,18 +372,6 @@ func (p *Partial) close() error {
 		errs = append(errs, p.f.Close())
 	}
 	return errors.Join(errs...)
-}
-
-func writeJSONAtomic(path string, v any) error {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }
 
 func linkOrCopy(src, dst string) error {

@@ -15,6 +15,8 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/partial"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/flotilla-dev/flotilla/internal/atomicfile"
 )
 
 // lockTimeout bounds every wait for a store lock.
@@ -94,28 +96,7 @@ func (s *Store) updateIndex(ctx context.Context, fn func(*v1.IndexManifest) (boo
 	if err != nil {
 		return fmt.Errorf("encode index.json: %w", err)
 	}
-	return writeFileAtomic(s.indexPath(), b)
-}
-
-// writeFileAtomic writes to a temporary file in the same directory and renames it.
-func writeFileAtomic(path string, b []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path)+"-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Chmod(0o644); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
+	return atomicfile.Write(s.indexPath(), b, 0o644)
 }
 
 func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }

@@ -24,6 +24,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/flotilla-dev/flotilla/bundle/plan"
+	"github.com/flotilla-dev/flotilla/internal/atomicfile"
 )
 
 // EnvStore names the environment variable that overrides the default store directory.
@@ -74,7 +75,7 @@ func Open(dir string) (*Store, error) {
 	}
 	s := &Store{dir: abs, layout: layout.Path(abs)}
 	if _, err := os.Stat(filepath.Join(abs, "oci-layout")); errors.Is(err, os.ErrNotExist) {
-		if err := writeFileAtomic(filepath.Join(abs, "oci-layout"), []byte(`{"imageLayoutVersion":"1.0.0"}`)); err != nil {
+		if err := atomicfile.Write(filepath.Join(abs, "oci-layout"), []byte(`{"imageLayoutVersion":"1.0.0"}`), 0o644); err != nil {
 			return nil, fmt.Errorf("open store %s: %w", abs, err)
 		}
 	}

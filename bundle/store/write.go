@@ -13,6 +13,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/flotilla-dev/flotilla/bundle/progress"
+	"github.com/flotilla-dev/flotilla/internal/atomicfile"
 )
 
 // PutImage stages every blob of img the store lacks (layers, config, manifest), each
@@ -141,7 +142,7 @@ func (s *Store) CachePut(key string, v any) error {
 	if old, err := os.ReadFile(s.metaPath("cache", key)); err == nil && bytes.Equal(old, b) {
 		return nil
 	}
-	return writeFileAtomic(s.metaPath("cache", key), b)
+	return atomicfile.Write(s.metaPath("cache", key), b, 0o644)
 }
 
 // RecordBuild remembers that the build context dir last produced desc, so commands can
@@ -168,7 +169,7 @@ func (s *Store) RecordBuild(ctx context.Context, dir string, desc v1.Descriptor)
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(s.metaPath("builds.json"), b)
+	return atomicfile.Write(s.metaPath("builds.json"), b, 0o644)
 }
 
 // BuildOf returns the descriptor last built from context dir.

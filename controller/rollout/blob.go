@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/flotilla-dev/flotilla/bundle/store"
+	"github.com/flotilla-dev/flotilla/internal/atomicfile"
 	"github.com/flotilla-dev/flotilla/protocol"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
@@ -51,12 +52,8 @@ func loadBlobKey(dataDir string) (*blobTokens, error) {
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("blob token key: %w", err)
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(hex.EncodeToString(key)), 0o600); err != nil {
-		return nil, fmt.Errorf("blob token key %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return nil, fmt.Errorf("blob token key %s: %w", path, err)
+	if err := atomicfile.Write(path, []byte(hex.EncodeToString(key)), 0o600); err != nil {
+		return nil, fmt.Errorf("blob token key: %w", err)
 	}
 	return &blobTokens{key: key}, nil
 }
