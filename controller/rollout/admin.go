@@ -158,23 +158,21 @@ func (e *Engine) planFor(ctx context.Context, cf *clusterfile.File, img *image) 
 	return p, applied, nil
 }
 
+// adminPlan is adminApply with DryRun: the plan, nothing changed.
 func (e *Engine) adminPlan(ctx context.Context, call *controller.AdminCall) (any, error) {
-	var req protocol.ApplyRequest
-	if err := call.Decode(&req); err != nil {
-		return nil, err
-	}
-	p, err := e.prepare(ctx, req)
-	if err != nil {
-		return nil, err
-	}
-	return p.plan, nil
+	return e.apply(ctx, call, true)
 }
 
 func (e *Engine) adminApply(ctx context.Context, call *controller.AdminCall) (any, error) {
+	return e.apply(ctx, call, false)
+}
+
+func (e *Engine) apply(ctx context.Context, call *controller.AdminCall, dryRun bool) (any, error) {
 	var req protocol.ApplyRequest
 	if err := call.Decode(&req); err != nil {
 		return nil, err
 	}
+	req.DryRun = req.DryRun || dryRun
 	p, err := e.prepare(ctx, req)
 	if err != nil {
 		return nil, err
