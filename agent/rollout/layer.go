@@ -9,7 +9,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -40,18 +39,6 @@ func lockBlob(hexDigest string) func() {
 	return mu.Unlock
 }
 
-// digestHex checks "sha256:<64 hex>" and returns the lower-case hex.
-func digestHex(d string) (string, error) {
-	h, ok := strings.CutPrefix(d, "sha256:")
-	if !ok || len(h) != 64 {
-		return "", fmt.Errorf("digest %q is not sha256:<64 hex digits>", d)
-	}
-	if _, err := hex.DecodeString(h); err != nil {
-		return "", fmt.Errorf("digest %q is not sha256:<64 hex digits>", d)
-	}
-	return strings.ToLower(h), nil
-}
-
 // blobPath is where a verified blob is cached.
 func blobPath(dataDir, hexDigest string) string {
 	return filepath.Join(dataDir, "blobs", "sha256", hexDigest)
@@ -66,7 +53,7 @@ func executeLayer(ctx context.Context, sc *agent.StepContext) error {
 	if err := decodePayload(sc, &p); err != nil {
 		return err
 	}
-	h, err := digestHex(p.Digest)
+	h, err := unpack.DigestHex(p.Digest)
 	if err != nil {
 		return fmt.Errorf("layer step %q: %w", sc.Step.Name, err)
 	}

@@ -3,9 +3,7 @@ package rollout
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"sync"
@@ -56,7 +54,7 @@ func fetchPeerToPeer(ctx context.Context, sc *agent.StepContext, p protocol.Laye
 	// The store keeps its copy to serve peers; the cache gets a hard link (no
 	// second copy on disk) that the layer executor moves in place.
 	_ = os.Remove(dst)
-	if err := linkOrCopyFile(path, dst); err != nil {
+	if err := pieces.LinkOrCopy(path, dst); err != nil {
 		return false, fmt.Errorf("layer %s: from the peer store to the blob cache: %w", p.Digest, err)
 	}
 	return true, nil
@@ -96,24 +94,4 @@ func progressReporter(sc *agent.StepContext) func(p2p.Progress) {
 		}
 		sc.Progress(pr.Held, pr.Total, msg)
 	}
-}
-
-func linkOrCopyFile(src, dst string) error {
-	if err := os.Link(src, dst); err == nil {
-		return nil
-	}
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return errors.Join(err, os.Remove(dst))
-	}
-	return out.Close()
 }

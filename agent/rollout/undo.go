@@ -123,7 +123,7 @@ func undoRemoveFile(sc *agent.StepContext, dir, path string) error {
 // directory this layer created that another record shares passes its "created"
 // mark to that record, so that the last one to go removes it.
 func undoRemoveLayer(sc *agent.StepContext, dir, digest string) error {
-	h, err := digestHex(digest)
+	h, err := unpack.DigestHex(digest)
 	if err != nil {
 		return fmt.Errorf("undo remove-layer: %w", err)
 	}

@@ -95,7 +95,7 @@ func newOptions(opts []Option) options {
 // It returns what it placed, in order.
 func Unpack(ctx context.Context, blob io.Reader, digest, root string, opts ...Option) ([]Record, error) {
 	o := newOptions(opts)
-	want, err := parseDigest(digest)
+	want, err := DigestHex(digest)
 	if err != nil {
 		return nil, err
 	}
@@ -121,7 +121,7 @@ func Unpack(ctx context.Context, blob io.Reader, digest, root string, opts ...Op
 // UnpackFile is Unpack for a blob already on disk: it hashes the file in place first.
 func UnpackFile(ctx context.Context, blobPath, digest, root string, opts ...Option) ([]Record, error) {
 	o := newOptions(opts)
-	want, err := parseDigest(digest)
+	want, err := DigestHex(digest)
 	if err != nil {
 		return nil, err
 	}
@@ -143,7 +143,8 @@ func UnpackFile(ctx context.Context, blobPath, digest, root string, opts ...Opti
 	return extract(ctx, f, digest, root, o)
 }
 
-func parseDigest(d string) (string, error) {
+// DigestHex checks a layer digest "sha256:<64 hex>" and returns the lower-case hex.
+func DigestHex(d string) (string, error) {
 	hexPart, ok := strings.CutPrefix(d, "sha256:")
 	if !ok || len(hexPart) != 64 {
 		return "", fmt.Errorf("layer digest %q is not sha256:<64 hex digits>", d)

@@ -98,7 +98,7 @@ func (s *Store) Add(ctx context.Context, path string, pieceSize int64) (PieceLis
 	}
 	dst := s.Path(list.Digest)
 	if !s.Has(list.Digest) {
-		if err := linkOrCopy(path, dst); err != nil {
+		if err := LinkOrCopy(path, dst); err != nil {
 			return PieceList{}, fmt.Errorf("add %s to store %s: %w", path, s.dir, err)
 		}
 	}
@@ -374,7 +374,9 @@ func (p *Partial) close() error {
 	return errors.Join(errs...)
 }
 
-func linkOrCopy(src, dst string) error {
+// LinkOrCopy hard-links src to dst, or copies it (through a temporary file renamed
+// into place) where a link is not possible, e.g. across file systems.
+func LinkOrCopy(src, dst string) error {
 	if err := os.Link(src, dst); err == nil {
 		return nil
 	}
