@@ -51,9 +51,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -258,7 +260,7 @@ func (c *Cluster) ValidateRoles(imageRoles []string) error {
 			}
 		}
 	}
-	for _, phase := range sortedKeys(c.Rollout.Parallelism) {
+	for _, phase := range slices.Sorted(maps.Keys(c.Rollout.Parallelism)) {
 		if phase != "" && phase != "master0" && !ok(phase) { // "": one number for every phase
 			errs = append(errs, &FieldError{File: c.file, Field: "spec.rollout.parallelism." + phase,
 				Msg: fmt.Sprintf("unknown phase %q (phases: master0, %s)", phase, list)})

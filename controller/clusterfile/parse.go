@@ -2,7 +2,8 @@ package clusterfile
 
 import (
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -48,7 +49,7 @@ func (p *parser) fields(n *yaml.Node, field string, known map[string]func(v *yam
 		seen[k.Value] = true
 		fn, ok := known[k.Value]
 		if !ok {
-			p.errf(k, f, "unknown field (known: %s)", strings.Join(sortedKeys(known), ", "))
+			p.errf(k, f, "unknown field (known: %s)", strings.Join(slices.Sorted(maps.Keys(known)), ", "))
 			continue
 		}
 		fn(v, f)
@@ -315,13 +316,4 @@ func (p *parser) config(n *yaml.Node) Config {
 		p.errf(n, "spec.content", "missing (use content: \"\" for an empty file)")
 	}
 	return c
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }

@@ -3,6 +3,7 @@ package planner
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -198,7 +199,7 @@ func nodePlan(in Input, c *clusterfile.Cluster, m member, facts ClusterFacts, is
 		}
 		np.Files = append(np.Files, f)
 	}
-	for _, path := range sortedKeys(overrides) {
+	for _, path := range slices.Sorted(maps.Keys(overrides)) {
 		cfg := overrides[path]
 		f := File{Path: path, Mode: cfg.Mode, Seq: maxLayerSeq, Source: "config/" + cfg.Name}
 		if f.Mode == 0 {
@@ -358,7 +359,7 @@ func removals(in Input, selected map[string]bool, order []string) []NodePlan {
 		agents[a.Name] = a
 	}
 	var out []NodePlan
-	for _, name := range sortedKeys(in.Applied) {
+	for _, name := range slices.Sorted(maps.Keys(in.Applied)) {
 		if selected[name] {
 			continue
 		}
@@ -382,14 +383,5 @@ func removals(in Input, selected map[string]bool, order []string) []NodePlan {
 		return r
 	}
 	sort.SliceStable(out, func(i, j int) bool { return rank(out[i].Roles) > rank(out[j].Roles) })
-	return out
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
 	return out
 }
