@@ -93,35 +93,15 @@ func (b *builder) collectCopy(in kubefile.Instruction, srcs []string, dest strin
 				}
 				continue
 			}
-			err = filepath.WalkDir(m, func(p string, d fs.DirEntry, err error) error {
-				if err != nil {
-					return err
-				}
-				if p == m {
-					return nil
-				}
-				rel, _ := filepath.Rel(m, p)
-				target := path.Join(dest, filepath.ToSlash(rel))
-				fi, err := d.Info()
-				if err != nil {
-					return err
-				}
+			err = walkEntries(m, func(p, rel string, fi fs.FileInfo, link string) error {
+				target := path.Join(dest, rel)
 				switch {
 				case fi.Mode()&fs.ModeSymlink != 0:
-					link, err := os.Readlink(p)
-					if err != nil {
-						return err
-					}
 					add(entry{name: strings.TrimPrefix(target, "/"), typ: tar.TypeSymlink, mode: 0o777, link: link})
 				case fi.IsDir():
-					if ents, err := os.ReadDir(p); err != nil || len(ents) > 0 {
-						return err // only empty directories get an entry (see collectCopy)
-					}
 					add(entry{name: strings.TrimPrefix(target, "/"), typ: tar.TypeDir, mode: fileMode(fi.Mode())})
-				case fi.Mode().IsRegular():
-					return addFile(p, fi, path.Dir(target), true)
 				default:
-					return fmt.Errorf("%s: not a regular file, directory or symlink", p)
+					return addFile(p, fi, path.Dir(target), true)
 				}
 				return nil
 			})
@@ -177,7 +157,29 @@ func (b *builder) resolveSource(in kubefile.Instruction, src string) ([]string, 
 // directory's mode).
 func collectWorkspace(dir string) ([]entry, error) {
 	var out []entry
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+	err := walkEntries(dir, func(p, name string, fi fs.FileInfo, link string) error {
+		switch {
+		case fi.Mode()&fs.ModeSymlink != 0:
+			out = append(out, entry{name: name, typ: tar.TypeSymlink, mode: 0o777, link: link})
+		case fi.IsDir():
+			out = append(out, entry{name: name, typ: tar.TypeDir, mode: fileMode(fi.Mode())})
+		default:
+			out = append(out, entry{name: name, typ: tar.TypeReg, mode: fileMode(fi.Mode()), size: fi.Size(), src: p})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("workspace %s: %w", dir, err)
+	}
+	return out, nil
+}
+
+// walkEntries walks what is below dir in lexical order and calls visit with each
+// path, its slash-separated name relative to dir, its info and, for a symlink, its
+// target: for symlinks, regular files and empty directories only (a directory entry
+// would reset an existing node directory's mode). Anything else is an error.
+func walkEntries(dir string, visit func(p, rel string, fi fs.FileInfo, link string) error) error {
+	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
@@ -185,32 +187,24 @@ func collectWorkspace(dir string) ([]entry, error) {
 			return nil
 		}
 		rel, _ := filepath.Rel(dir, p)
-		name := filepath.ToSlash(rel)
 		fi, err := d.Info()
 		if err != nil {
 			return err
 		}
+		var link string
 		switch {
 		case fi.Mode()&fs.ModeSymlink != 0:
-			link, err := os.Readlink(p)
-			if err != nil {
+			if link, err = os.Readlink(p); err != nil {
 				return err
 			}
-			out = append(out, entry{name: name, typ: tar.TypeSymlink, mode: 0o777, link: link})
 		case fi.IsDir():
 			ents, err := os.ReadDir(p)
-			if err != nil {
+			if err != nil || len(ents) > 0 {
 				return err
 			}
-			if len(ents) == 0 {
-				out = append(out, entry{name: name, typ: tar.TypeDir, mode: fileMode(fi.Mode())})
-			}
-		case fi.Mode().IsRegular():
-			out = append(out, entry{name: name, typ: tar.TypeReg, mode: fileMode(fi.Mode()), size: fi.Size(), src: p})
-		default:
-			return fmt.Errorf("workspace %s: %s is not a regular file, directory or symlink", dir, name)
+		case !fi.Mode().IsRegular():
+			return fmt.Errorf("%s: not a regular file, directory or symlink", p)
 		}
-		return nil
+		return visit(p, filepath.ToSlash(rel), fi, link)
 	})
-	return out, err
 }
