@@ -79,6 +79,8 @@ type Agent struct {
 	running    map[string]context.CancelFunc
 	registered bool
 	lastHB     time.Time
+	connErr    string // why the last attempt to reach NATS failed; "" once connected
+	connErrAt  time.Time
 	seqMu      sync.Mutex
 	wg         sync.WaitGroup
 	regKick    chan struct{}
@@ -238,8 +240,23 @@ func (a *Agent) Run(ctx context.Context) error {
 		nats.ReconnectBufSize(8<<20),
 		nats.PingInterval(5*time.Second),
 		nats.MaxPingsOutstanding(2),
-		nats.ConnectHandler(func(*nats.Conn) { a.log.Info("connected", "url", a.creds.NATSURLs); a.kickRegister() }),
-		nats.ReconnectHandler(func(*nats.Conn) { a.log.Info("reconnected"); a.kickRegister() }),
+		nats.ConnectHandler(func(nc *nats.Conn) {
+			a.log.Info("connected", "url", nc.ConnectedUrlRedacted())
+			a.setConnErr(nil)
+			a.kickRegister()
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			a.log.Info("reconnected", "url", nc.ConnectedUrlRedacted())
+			a.setConnErr(nil)
+			a.kickRegister()
+		}),
+		// Called for every failed attempt, the first connect included
+		// (RetryOnFailedConnect): an agent given an address nothing answers
+		// on says so at each retry instead of waiting silently.
+		nats.ReconnectErrHandler(func(_ *nats.Conn, err error) {
+			a.log.Warn("cannot reach the controller's NATS; retrying with backoff", "urls", a.creds.NATSURLs, "err", err)
+			a.setConnErr(err)
+		}),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			a.log.Warn("disconnected from controller", "err", err)
 			a.setRegistered(false)
@@ -338,6 +355,20 @@ func (a *Agent) setRegistered(v bool) {
 	a.writeStatus()
 }
 
+// setConnErr records why the last connection attempt failed (nil once
+// connected), for status.json and `flotilla agent status`.
+func (a *Agent) setConnErr(err error) {
+	a.mu.Lock()
+	if err == nil {
+		a.connErr = ""
+	} else {
+		a.connErr = err.Error()
+		a.connErrAt = time.Now().UTC()
+	}
+	a.mu.Unlock()
+	a.writeStatus()
+}
+
 func (a *Agent) isRegistered() bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -347,7 +378,8 @@ func (a *Agent) isRegistered() bool {
 func (a *Agent) writeStatus() {
 	a.mu.Lock()
 	st := Status{Name: a.opts.Name, Registered: a.registered, Controller: strings.Join(a.creds.NATSURLs, ","),
-		LastHeartbeat: a.lastHB, Running: len(a.running), HeartbeatInterval: a.opts.HeartbeatInterval, PID: os.Getpid(), Updated: time.Now().UTC()}
+		LastHeartbeat: a.lastHB, Running: len(a.running), HeartbeatInterval: a.opts.HeartbeatInterval, PID: os.Getpid(), Updated: time.Now().UTC(),
+		LastError: a.connErr, LastErrorAt: a.connErrAt}
 	a.mu.Unlock()
 	st.Connected = a.nc != nil && a.nc.IsConnected()
 	st.Registered = st.Registered && st.Connected

@@ -32,6 +32,10 @@ type Status struct {
 	HeartbeatInterval time.Duration `json:"heartbeatInterval"`
 	PID               int           `json:"pid"`
 	Updated           time.Time     `json:"updated"`
+	// LastError is why the last attempt to reach the controller's NATS failed
+	// (empty once connected), and LastErrorAt when.
+	LastError   string    `json:"lastError,omitempty"`
+	LastErrorAt time.Time `json:"lastErrorAt,omitzero"`
 }
 
 // ReadStatus reads <dataDir>/status.json.

@@ -95,12 +95,14 @@ func New(opts Options) (*Controller, error) {
 	if opts.HTTPListen == "" {
 		opts.HTTPListen = "0.0.0.0:9443"
 	}
-	if opts.Advertise == "" {
-		opts.Advertise = defaultAdvertise()
-	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	adv, err := advertiseFor(opts.Listen, opts.HTTPListen, opts.Advertise)
+	if err != nil {
+		return nil, err
+	}
+	opts.Advertise = adv
 	if opts.TaskTTL <= 0 {
 		opts.TaskTTL = 5 * time.Minute
 	}

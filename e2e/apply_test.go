@@ -70,7 +70,6 @@ func TestApply(t *testing.T) {
 	e2etest.BuildImage(t, e2etest.WriteContext(t, map[string]string{"Kubefile": slowKubefile, "slow.sh": slowScript}), "e2e/slow:1")
 	e2etest.BuildImage(t, e2etest.WriteContext(t, map[string]string{"Kubefile": brokenKubefile, "flotilla-e2e-broken.service": brokenUnit}), "e2e/broken:1")
 
-	e2etest.GrantNetAdmin(t, applyFleet, 5)
 	start := time.Now()
 	env := e2etest.Start(t, fleet.Options{Name: applyFleet, Subnet: applySubnet, N: 5})
 	t.Logf("fleet of 5 booted and joined in %s", time.Since(start).Round(time.Millisecond))

@@ -62,18 +62,6 @@ down() {
 	rm -rf "$DIR/controller" "$DIR/images" "$DIR/controller.log"
 }
 
-# nspawn keeps CAP_NET_ADMIN out of a container that joins a network namespace made
-# beforehand (--network-namespace-path), so the nodes' services could not program
-# nftables and lvscare would fail with "operation not permitted". A settings file in
-# nspawn's trusted directory gives it back to the node (its own netns only).
-grant_net_admin() {
-	mkdir -p /run/systemd/nspawn
-	for i in $(seq "$NODES"); do
-		printf '# written by flotilla e2e/demo.sh: lvscare needs nftables\n[Exec]\nCapability=CAP_NET_ADMIN\n' \
-			>"/run/systemd/nspawn/$FLEET_NAME-node$i.nspawn"
-	done
-}
-
 if [ "${1:-}" = down ]; then
 	[ "$(id -u)" = 0 ] || die "must run as root (it removes network namespaces and containers)"
 	down
@@ -132,7 +120,6 @@ say "Root filesystem of the nodes (debootstrap once, then cached)"
 
 say "Booting $NODES nodes (systemd-nspawn, one network namespace each, bridge ${FLEET_NAME}0 on $SUBNET)"
 t=$(now)
-grant_net_admin
 "$FLEET" -name "$FLEET_NAME" -subnet "$SUBNET" -n "$NODES" up >"$LOGS/fleet.log" 2>&1 || {
 	tail -20 "$LOGS/fleet.log" >&2
 	die "booting the fleet failed; see $LOGS/fleet.log"

@@ -100,6 +100,9 @@ func newAgentStatusCmd() *cobra.Command {
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "name:           %s\nregistered:     %t\nconnected:      %t\ncontroller:     %s\nlast heartbeat: %s\nrunning tasks:  %d\n",
 					st.Name, st.Registered, st.Connected, st.Controller, hb, st.Running)
+				if st.LastError != "" && !st.Connected {
+					fmt.Fprintf(cmd.OutOrStdout(), "last error:     %s (%s ago)\n", st.LastError, time.Since(st.LastErrorAt).Round(time.Second))
+				}
 			default:
 				return fmt.Errorf("-o %q: want table or json", output)
 			}

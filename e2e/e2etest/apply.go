@@ -16,28 +16,6 @@ import (
 	"github.com/flotilla-dev/flotilla/protocol"
 )
 
-// NspawnSettingsDir is where systemd-nspawn reads trusted per-machine settings.
-const NspawnSettingsDir = "/run/systemd/nspawn"
-
-// GrantNetAdmin writes an nspawn settings file giving CAP_NET_ADMIN to each node of the
-// fleet named name (nodes node1..nodeN), and removes the files in t.Cleanup. Call it
-// before the fleet boots. nspawn drops CAP_NET_ADMIN from containers that join a
-// network namespace made beforehand (--network-namespace-path), so without this a
-// node's services (lvscare) cannot program nftables in the node's own netns.
-func GrantNetAdmin(t testing.TB, name string, n int) {
-	t.Helper()
-	if err := os.MkdirAll(NspawnSettingsDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for i := 1; i <= n; i++ {
-		p := filepath.Join(NspawnSettingsDir, fmt.Sprintf("%s-node%d.nspawn", name, i))
-		if err := os.WriteFile(p, []byte("# flotilla e2e: lvscare needs nftables\n[Exec]\nCapability=CAP_NET_ADMIN\n"), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = os.Remove(p) })
-	}
-}
-
 // UseStore points FLOTILLA_STORE at a fresh image store for this test, so images it
 // builds are what a controller started afterwards (which inherits the environment)
 // rolls out. It returns the store's directory.

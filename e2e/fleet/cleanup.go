@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -14,7 +15,6 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -40,10 +40,14 @@ func Cleanup(name string) error {
 			}
 		}
 	}
-	return cleanup(root, name, bridge)
+	return cleanup(root, name, bridge, slog.Default().With("fleet", name))
 }
 
-func cleanup(root, name, bridge string) error {
+// cleanup removes what it can and returns the errors that leave the host
+// unusable for a new fleet of this name. What cannot be removed but does not
+// block a new boot (a netns file of an earlier boot that another mount
+// namespace shadows) is logged as a leftover.
+func cleanup(root, name, bridge string, log *slog.Logger) error {
 	var errs []error
 	prefix := name + "-"
 	// 1. Processes: every node's cgroup tree, killed at once.
@@ -90,11 +94,15 @@ func cleanup(root, name, bridge string) error {
 			}
 		}
 	}
-	// 4. Network namespaces and links.
-	nss, _ := filepath.Glob(filepath.Join("/run/netns", prefix+"*"))
-	for _, ns := range nss {
-		if err := netns.DeleteNamed(filepath.Base(ns)); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, fmt.Errorf("delete netns %s: %w", ns, err))
+	// 4. Network namespaces (every boot's directory, then files an older
+	// flotilla left in /run/netns) and links.
+	for _, left := range removeNetnsTree(filepath.Join(NetnsRoot, name)) {
+		log.Warn("leftover network namespace file: it does not block a new boot of this fleet (each boot has its own directory); it goes away with the mount namespace that holds it, or at reboot", "path", left)
+	}
+	legacy, _ := filepath.Glob(filepath.Join("/run/netns", prefix+"*"))
+	for _, p := range legacy {
+		if err := removeNetnsFile(p); err != nil {
+			log.Warn("leftover network namespace file of an older flotilla in /run/netns", "path", p, "err", err)
 		}
 	}
 	vethRE := regexp.MustCompile("^" + regexp.QuoteMeta(name) + `v[0-9]+$`)
@@ -123,6 +131,51 @@ func cleanup(root, name, bridge string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// removeNetnsTree unmounts every mount at or under dir, also the ones a later
+// mount shadowed (each pass uncovers them), then removes dir. It returns the
+// paths it could not remove.
+func removeNetnsTree(dir string) []string {
+	if _, err := os.Stat(dir); os.IsNotExist(err) {
+		return nil
+	}
+	for range 16 {
+		ms := mountsUnder(dir)
+		if len(ms) == 0 {
+			break
+		}
+		for _, m := range ms {
+			_ = unix.Unmount(m, unix.MNT_DETACH)
+		}
+	}
+	if err := os.RemoveAll(dir); err == nil {
+		return nil
+	}
+	var left []string
+	_ = filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			left = append(left, p)
+		}
+		return nil
+	})
+	if len(left) == 0 {
+		left = []string{dir}
+	}
+	return left
+}
+
+// removeNetnsFile unmounts a netns file (every mount stacked on it) and removes it.
+func removeNetnsFile(p string) error {
+	for range 8 {
+		if err := unix.Unmount(p, unix.MNT_DETACH); err != nil {
+			break
+		}
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
 }
 
 // listLinks retries a link dump that other processes' link changes interrupted.

@@ -52,6 +52,10 @@ type Options struct {
 	// BindRO and Bind map host paths to paths inside every node.
 	BindRO map[string]string `json:"bindRO,omitempty"`
 	Bind   map[string]string `json:"bind,omitempty"`
+	// Boot names this boot of the fleet (set by New): its netns files live in
+	// NetnsRoot/<Name>/<Boot>, so an unremovable leftover of an earlier boot
+	// never blocks a new one.
+	Boot string `json:"boot,omitempty"`
 	// BootTimeout bounds the wait for one node's systemd to be running (default 60s).
 	BootTimeout time.Duration `json:"bootTimeout,omitempty"`
 	// Logger receives progress (default slog.Default()).
@@ -153,6 +157,7 @@ func lastAddr(p netip.Prefix) netip.Addr {
 // the bridge, one netns and overlay per node, boots all nodes and waits until
 // each node's systemd is running. On error everything is removed again.
 func New(ctx context.Context, o Options) (*Fleet, error) {
+	o.Boot = time.Now().UTC().Format("20060102T150405.000000000")
 	f, err := newFleet(o)
 	if err != nil {
 		return nil, err
@@ -179,6 +184,9 @@ func (f *Fleet) create(ctx context.Context) error {
 		return err
 	}
 	if err := raiseInotify(f.dir(), len(f.nodes)); err != nil {
+		return err
+	}
+	if err := f.makeNetnsDir(); err != nil {
 		return err
 	}
 	if err := f.createBridge(); err != nil {
@@ -233,7 +241,7 @@ func (f *Fleet) save() error {
 func (f *Fleet) Close() error {
 	f.closeOnce.Do(func() {
 		start := time.Now()
-		f.closeErr = cleanup(f.opts.StateRoot, f.opts.Name, f.opts.Bridge)
+		f.closeErr = cleanup(f.opts.StateRoot, f.opts.Name, f.opts.Bridge, f.log)
 		f.log.Info("fleet removed", "took", time.Since(start).Round(time.Millisecond), "err", f.closeErr)
 	})
 	return f.closeErr

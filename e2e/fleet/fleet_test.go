@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"github.com/flotilla-dev/flotilla/e2e/fleet"
 	"github.com/flotilla-dev/flotilla/e2e/fleet/fleettest"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // The fleet package's own tests use 10.77.10.0/26 and names starting "fltef".
@@ -188,6 +190,7 @@ func assertGone(t *testing.T, name, bridge string, pid int) {
 	t.Helper()
 	for _, pattern := range []string{
 		"/run/netns/" + name + "-*",
+		filepath.Join(fleet.NetnsRoot, name),
 		"/sys/fs/cgroup/*/" + name + "-*",
 		"/run/systemd/nspawn/propagate/" + name + "-*",
 		filepath.Join(fleet.DefaultStateRoot, name),
@@ -206,8 +209,13 @@ func assertGone(t *testing.T, name, bridge string, pid int) {
 		}
 	}
 	mounts, _ := os.ReadFile("/proc/self/mountinfo")
-	if strings.Contains(string(mounts), filepath.Join(fleet.DefaultStateRoot, name)+"/") {
-		t.Errorf("mounts left behind under %s", filepath.Join(fleet.DefaultStateRoot, name))
+	for _, dir := range []string{filepath.Join(fleet.DefaultStateRoot, name), filepath.Join(fleet.NetnsRoot, name)} {
+		if strings.Contains(string(mounts), dir+"/") {
+			t.Errorf("mounts left behind under %s", dir)
+		}
+	}
+	if out, err := exec.Command("nft", "list", "tables").CombinedOutput(); err == nil && strings.Contains(string(out), name) {
+		t.Errorf("nftables tables left behind: %s", out)
 	}
 	// The node's PID 1 is reaped by its parent a moment after it dies.
 	for i := 0; ; i++ {
@@ -219,6 +227,97 @@ func assertGone(t *testing.T, name, bridge string, pid int) {
 			break
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// The root cause of issue 11: `ip netns add` (iproute2, run by other tests or an
+// operator while a fleet is up) makes /run/netns a recursive bind mount of itself,
+// which shadowed the fleet's netns mounts there, so teardown left files that no
+// later run could remove. Do the same to the fleet's own netns directory and to
+// /run/netns while a node runs, then check Close still removes everything and a
+// new fleet of the same name boots.
+func TestTeardownAfterForeignBindMounts(t *testing.T) {
+	fleettest.Require(t)
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Fatalf("iproute2 missing: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	boot := func() *fleet.Fleet {
+		f, err := fleet.New(ctx, fleet.Options{Name: "fltefr", Subnet: "10.77.10.64/28", N: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = f.Close() })
+		return f
+	}
+	f := boot()
+	pid, err := f.PID("node1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// What iproute2 does on its first `ip netns add`, against the fleet's own
+	// directory (the worst case: someone remounts it)...
+	dir := filepath.Dir(f.NetnsPath("node1"))
+	if out, err := exec.Command("mount", "--rbind", dir, dir).CombinedOutput(); err != nil {
+		t.Fatalf("rbind %s: %v: %s", dir, err, out)
+	}
+	// ...and the real thing, as the lvscare tests do in the same `go test ./...`.
+	mountedBefore := isMountPoint("/run/netns")
+	probe := fmt.Sprintf("fltefr-probe-%d", os.Getpid())
+	if out, err := exec.Command("ip", "netns", "add", probe).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	t.Cleanup(func() {
+		_ = exec.Command("ip", "netns", "del", probe).Run()
+		// iproute2 left /run/netns a bind mount of itself: undo that too,
+		// unless it was one before or someone else keeps namespaces there.
+		if entries, _ := os.ReadDir("/run/netns"); !mountedBefore && len(entries) == 0 {
+			_ = unix.Unmount("/run/netns", unix.MNT_DETACH)
+		}
+	})
+	if err := f.Close(); err != nil {
+		t.Fatalf("Close after foreign bind mounts: %v", err)
+	}
+	assertGone(t, "fltefr", "fltefr0", pid)
+	f2 := boot()
+	if _, err := f2.Exec(ctx, "node1", "true"); err != nil {
+		t.Fatalf("second boot of the same fleet: %v", err)
+	}
+	pid2, _ := f2.PID("node1")
+	if err := f2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	assertGone(t, "fltefr", "fltefr0", pid2)
+}
+
+func isMountPoint(path string) bool {
+	b, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && f[4] == path {
+			return true
+		}
+	}
+	return false
+}
+
+// A node has what a real root host has: it may program nftables in its own
+// network namespace (lvscare, kube-proxy and CNI plugins need it).
+func TestNodeHasNetAdmin(t *testing.T) {
+	f := fleettest.New(t, fleet.Options{Name: "fltefn", Subnet: "10.77.10.80/28", N: 1})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := f.Exec(ctx, "node1", "sh", "-c", "grep CapEff /proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var eff uint64
+	if _, err := fmt.Sscanf(strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(string(out)), "CapEff:")), "%x", &eff); err != nil {
+		t.Fatalf("parse %q: %v", out, err)
+	}
+	const capNetAdmin = 12
+	if eff&(1<<capNetAdmin) == 0 {
+		t.Errorf("node1 lacks CAP_NET_ADMIN: %s", out)
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 func (f *Fleet) createBridge() error {
@@ -31,8 +32,8 @@ func (f *Fleet) createBridge() error {
 // bridge, the other side as eth0 in the netns with the node's IP and a default
 // route through the host's bridge address.
 func (f *Fleet) createNodeNet(n Node) error {
-	nsName := f.unit(n)
-	ns, err := newNamedNetns(nsName)
+	nsName := f.NetnsPath(n.Name)
+	ns, err := newNetnsAt(nsName)
 	if err != nil {
 		return fmt.Errorf("node %s: create netns %s: %w", n.Name, nsName, err)
 	}
@@ -78,9 +79,45 @@ func (f *Fleet) createNodeNet(n Node) error {
 	return nil
 }
 
-// newNamedNetns creates /run/netns/NAME (as `ip netns add` does) without
-// leaving the calling thread in it.
-func newNamedNetns(name string) (netns.NsHandle, error) {
+// The fleet keeps its nodes' network namespaces as bind mounts of nsfs files
+// in a directory of its own, NetnsRoot/<fleet>/<boot>, and not in /run/netns.
+//
+// Why: `ip netns add` (iproute2; the lvscare and bench tests, or an operator)
+// makes /run/netns a recursive bind mount of itself the first time it runs.
+// Done while a fleet is up, that copies the fleet's netns mounts onto the new
+// bind and shadows the originals: a teardown then unmounts the visible copy,
+// and the shadowed original keeps the file busy ("device or resource busy")
+// in the host's own mount namespace, where nothing can reach it by path, so
+// every later run with the same fleet name failed. A directory nobody else
+// remounts avoids that; the boot id in its path keeps a run that still finds
+// an unremovable leftover from failing; and the directory is a private mount,
+// so no mount made under it propagates anywhere.
+const NetnsRoot = "/run/flotilla-e2e"
+
+// netnsDir is where this boot of the fleet keeps its nodes' netns files.
+func (f *Fleet) netnsDir() string { return filepath.Join(NetnsRoot, f.opts.Name, f.opts.Boot) }
+
+// NetnsPath is the node's network namespace file (for nsenter --net=PATH).
+func (f *Fleet) NetnsPath(node string) string { return filepath.Join(f.netnsDir(), node) }
+
+// makeNetnsDir creates the boot's netns directory as a private bind mount of itself.
+func (f *Fleet) makeNetnsDir() error {
+	dir := f.netnsDir()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("fleet %s: %w", f.opts.Name, err)
+	}
+	if err := unix.Mount(dir, dir, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("fleet %s: bind %s: %w", f.opts.Name, dir, err)
+	}
+	if err := unix.Mount("", dir, "", unix.MS_PRIVATE, ""); err != nil {
+		return fmt.Errorf("fleet %s: make %s private: %w", f.opts.Name, dir, err)
+	}
+	return nil
+}
+
+// newNetnsAt creates a network namespace and bind-mounts it on path (as
+// `ip netns add` does) without leaving the calling thread in it.
+func newNetnsAt(path string) (netns.NsHandle, error) {
 	runtime.LockOSThread()
 	orig, err := netns.Get()
 	if err != nil {
@@ -88,18 +125,41 @@ func newNamedNetns(name string) (netns.NsHandle, error) {
 		return netns.None(), err
 	}
 	defer orig.Close()
-	ns, err := netns.NewNamed(name)
+	ns, err := netns.New()
+	if err == nil {
+		err = bindNetns(path)
+	}
 	if serr := netns.Set(orig); serr != nil {
 		// The thread is stuck in the new namespace: keep it locked so the
 		// runtime discards it when this goroutine ends.
+		if ns.IsOpen() {
+			ns.Close()
+		}
 		return netns.None(), errors.Join(err, fmt.Errorf("return to the host netns: %w", serr))
 	}
 	runtime.UnlockOSThread()
 	if err != nil {
-		// NewNamed may leave an empty mount point behind.
-		_ = os.Remove(filepath.Join("/run/netns", name))
+		if ns.IsOpen() {
+			ns.Close()
+		}
+		_ = os.Remove(path)
+		return netns.None(), err
 	}
-	return ns, err
+	return ns, nil
+}
+
+// bindNetns pins the calling thread's network namespace on path.
+func bindNetns(path string) error {
+	fh, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL, 0o444)
+	if err != nil {
+		return err
+	}
+	fh.Close()
+	src := fmt.Sprintf("/proc/%d/task/%d/ns/net", os.Getpid(), unix.Gettid())
+	if err := unix.Mount(src, path, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind %s on %s: %w", src, path, err)
+	}
+	return nil
 }
 
 // setLink brings the host side of a node's veth down (partition) or up (heal).

@@ -93,8 +93,12 @@ func (f *Fleet) launch(n Node) error {
 	}
 	args := []string{"-c", supervisor, "sh",
 		"/usr/bin/systemd-nspawn", "-q", "-D", f.Root(n.Name), "-b",
-		"--network-namespace-path=/run/netns/" + u,
+		"--network-namespace-path=" + f.NetnsPath(n.Name),
 		"--register=no", "--keep-unit", "--console=pipe", "-M", u,
+		// What a real root host has: nspawn drops CAP_NET_ADMIN from a
+		// container that joins a network namespace made beforehand, and a
+		// node's services (lvscare, kube-proxy, CNI) program its own netns.
+		"--capability=CAP_NET_ADMIN",
 	}
 	args = append(args, bindArgs("--bind-ro=", f.opts.BindRO)...)
 	args = append(args, bindArgs("--bind=", f.opts.Bind)...)
