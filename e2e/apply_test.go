@@ -61,6 +61,25 @@ ExecStart=/bin/sh -c 'echo "flotilla-e2e-broken: missing /etc/flotilla-e2e-broke
 WantedBy=multi-user.target
 `
 
+// crashloopKubefile is an image whose only service fails a moment after it starts,
+// and systemd restarts it again and again (as a misconfigured lvscare did).
+const crashloopKubefile = `FROM scratch
+ON all COPY flotilla-e2e-crashloop.service /etc/systemd/system/flotilla-e2e-crashloop.service
+ON all SERVICE flotilla-e2e-crashloop.service
+`
+
+const crashloopUnit = `[Unit]
+Description=flotilla e2e: a unit that keeps crashing
+StartLimitIntervalSec=0
+[Service]
+Type=exec
+ExecStart=/bin/sh -c 'sleep 0.3; echo "flotilla-e2e-crashloop: list nftables tables: operation not permitted" >&2; exit 1'
+Restart=always
+RestartSec=200ms
+[Install]
+WantedBy=multi-user.target
+`
+
 // TestApply runs examples/etcd and the failure scenarios of issue 5 on real systemd
 // nodes joined with the one-liner.
 func TestApply(t *testing.T) {
@@ -69,6 +88,7 @@ func TestApply(t *testing.T) {
 	e2etest.BuildImage(t, "../examples/etcd", "e2e/etcd:3.4")
 	e2etest.BuildImage(t, e2etest.WriteContext(t, map[string]string{"Kubefile": slowKubefile, "slow.sh": slowScript}), "e2e/slow:1")
 	e2etest.BuildImage(t, e2etest.WriteContext(t, map[string]string{"Kubefile": brokenKubefile, "flotilla-e2e-broken.service": brokenUnit}), "e2e/broken:1")
+	e2etest.BuildImage(t, e2etest.WriteContext(t, map[string]string{"Kubefile": crashloopKubefile, "flotilla-e2e-crashloop.service": crashloopUnit}), "e2e/crashloop:1")
 
 	start := time.Now()
 	env := e2etest.Start(t, fleet.Options{Name: applyFleet, Subnet: applySubnet, N: 5})
@@ -229,6 +249,21 @@ func TestApply(t *testing.T) {
 				res, _, _ := c.Apply(ctx, cf)
 				if o := e2etest.Outcome(res, "node3"); o.Status != protocol.NodeFailed || !strings.Contains(strings.Join(o.LastOutput, "\n")+o.Error, "giving up") {
 					t.Errorf("outcome of node3: %+v", o)
+				}
+			})
+			t.Run("CrashLoopingServiceShowsJournal", func(t *testing.T) {
+				cf := clusterfile("e2e-crashloop", "e2e/crashloop:1", "    - names: [node2]\n      roles: [master]\n", "  rollout: {stepTimeout: 8s}\n")
+				out, _, err := c.CLI(ctx, "apply", "-f", cf)
+				if err == nil {
+					t.Fatalf("apply of a crash-looping unit succeeded:\n%s", out)
+				}
+				for _, want := range []string{"FAILED", "keeps crashing", "flotilla-e2e-crashloop: list nftables tables: operation not permitted"} {
+					if !strings.Contains(out, want) {
+						t.Errorf("apply output lacks %q:\n%s", want, out)
+					}
+				}
+				if _, _, err := c.CLI(ctx, "delete", "-f", cf, "--yes"); err != nil {
+					t.Errorf("delete the crash-looping cluster: %v", err)
 				}
 			})
 		})

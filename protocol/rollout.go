@@ -83,6 +83,9 @@ const (
 	AdminApply  = "rollout.apply"
 	AdminStatus = "rollout.status"
 	AdminDelete = "rollout.delete"
+	// AdminAttach follows the running (or resuming) rollout of a cluster with
+	// the same live events as the apply that started it, and returns its result.
+	AdminAttach = "rollout.attach"
 )
 
 // ApplyRequest asks the controller to plan (DryRun) or apply a Clusterfile, or to
@@ -174,6 +177,11 @@ type ApplyResult struct {
 	Duration    time.Duration `json:"duration"`
 	Nodes       []NodeOutcome `json:"nodes"`
 	Health      string        `json:"health,omitempty"` // the image's CMD output or error, if it has one
+}
+
+// AttachRequest names the cluster whose rollout to follow.
+type AttachRequest struct {
+	Cluster string `json:"cluster"`
 }
 
 // StatusRequest asks for one cluster's status, or every cluster's when Cluster is "".

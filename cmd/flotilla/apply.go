@@ -13,6 +13,7 @@ import (
 	"github.com/flotilla-dev/flotilla/cmd/flotilla/internal/rolloutview"
 	"github.com/flotilla-dev/flotilla/controller/clusterfile"
 	"github.com/flotilla-dev/flotilla/protocol"
+	"github.com/nats-io/nats.go"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 )
@@ -51,9 +52,10 @@ func newApplyCmd() *cobra.Command {
 		f      rolloutFlags
 		dryRun bool
 		detach bool
+		attach string
 	)
 	cmd := &cobra.Command{
-		Use:   "apply -f Clusterfile [--dry-run] [--detach] [-o text|json]",
+		Use:   "apply -f Clusterfile [--dry-run] [--detach] [-o text|json] | apply --attach CLUSTER",
 		Short: "Roll a Clusterfile out to its hosts, showing each node's progress, and end with a summary",
 		Long: `Send the Clusterfile to the controller, which plans each node's work and runs it phase
 by phase: master0, the other masters, nodes, then custom roles. On a terminal each node
@@ -65,11 +67,15 @@ step, exit code and last output lines of each failed node.
 Edit the Clusterfile and apply it again to scale up or down or to upgrade: only what
 changed runs. The exit code is 0 when every node is ok, 1 when any node failed, was
 unreachable or was not started. Ctrl-C stops watching, not the rollout: it goes on in
-the controller (see flotilla status).`,
+the controller (see flotilla status). A controller that stops in the middle of a
+rollout resumes it when it starts again; --attach CLUSTER follows a running or
+resuming rollout with the same live progress and exit code (it waits for a
+restarting controller for up to a minute).`,
 		Example: `  flotilla apply -f Clusterfile
   flotilla apply -f Clusterfile --dry-run          # same as flotilla plan
   flotilla apply -f Clusterfile -v                 # every output line of every step
   flotilla apply -f Clusterfile --detach && flotilla status prod-etcd
+  flotilla apply --attach prod-etcd                # follow it again after Ctrl-C or a controller restart
   flotilla apply -f Clusterfile -o json | jq '.nodes[] | select(.status != "ok")'`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -83,6 +89,12 @@ the controller (see flotilla status).`,
 			if err := f.check(); err != nil {
 				return err
 			}
+			if attach != "" {
+				if f.file != "" || detach {
+					return errors.New("--attach CLUSTER follows a running rollout: it takes no -f and no --detach")
+				}
+				return runAttach(cmd, &f, attach)
+			}
 			req, cluster, err := readClusterfile(f.file)
 			if err != nil {
 				return err
@@ -94,6 +106,7 @@ the controller (see flotilla status).`,
 	f.register(cmd)
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print the plan and change nothing (flotilla plan)")
 	cmd.Flags().BoolVar(&detach, "detach", false, "return once the rollout started; it goes on in the controller")
+	cmd.Flags().StringVar(&attach, "attach", "", "follow the running or resuming rollout of this cluster instead of starting one")
 	return cmd
 }
 
@@ -122,7 +135,34 @@ func runRollout(cmd *cobra.Command, f *rolloutFlags, name string, req protocol.A
 		return err
 	}
 	defer nc.Close()
+	return followRollout(cmd, f, nc, name, req, req.Detach, cluster)
+}
 
+// runAttach follows the rollout of cluster that runs (or is about to resume) in
+// the controller, waiting up to a minute for a controller that is restarting.
+func runAttach(cmd *cobra.Command, f *rolloutFlags, cluster string) error {
+	deadline := time.Now().Add(time.Minute)
+	for {
+		nc, err := f.conn.connect()
+		if err == nil {
+			defer nc.Close()
+			return followRollout(cmd, f, nc, protocol.AdminAttach, protocol.AttachRequest{Cluster: cluster}, false, cluster)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("attach to %s: %w", cluster, err)
+		}
+		slog.Info("waiting for the controller", "err", err)
+		select {
+		case <-cmd.Context().Done():
+			return &exitError{code: 130}
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// followRollout sends the admin request name with body, shows the streamed
+// events and the summary, and turns failed nodes into a non-zero exit code.
+func followRollout(cmd *cobra.Command, f *rolloutFlags, nc *nats.Conn, name string, body any, detach bool, cluster string) error {
 	view := newRolloutRenderer(cmd, f.output, f.verbose)
 	onStream := func(data []byte) {
 		var ev protocol.RolloutEvent
@@ -136,13 +176,18 @@ func runRollout(cmd *cobra.Command, f *rolloutFlags, name string, req protocol.A
 		view.Event(ev)
 	}
 	var res protocol.ApplyResult
-	err = adminCall(cmd.Context(), nc, name, req, &res, f.timeout, onStream)
+	err := adminCall(cmd.Context(), nc, name, body, &res, f.timeout, onStream)
 	view.Close()
 	follow := "flotilla status"
+	attach := "flotilla apply --attach CLUSTER"
 	if cluster != "" {
 		follow += " " + cluster
+		attach = "flotilla apply --attach " + cluster
 	}
+	var lost *controllerLostError
 	switch {
+	case errors.As(err, &lost):
+		return fmt.Errorf("%w\nthe controller stopped during the rollout; it resumes the rollout when it starts again: follow it with %s", err, attach)
 	case err != nil && cmd.Context().Err() != nil:
 		fmt.Fprintf(cmd.ErrOrStderr(), "\ninterrupted: the rollout goes on in the controller; follow it with: %s\n", follow)
 		return &exitError{code: 130}
@@ -161,13 +206,13 @@ func runRollout(cmd *cobra.Command, f *rolloutFlags, name string, req protocol.A
 		if err := cliWriteJSON(cmd, res); err != nil {
 			return err
 		}
-	} else if req.Detach {
+	} else if detach {
 		fmt.Fprintf(cmd.OutOrStdout(), "rollout %s of cluster %s started in the controller; follow it with: %s\n", res.Rollout, res.Cluster, follow)
 		return nil
 	} else if err := rolloutview.WriteSummary(cmd.OutOrStdout(), &res); err != nil {
 		return err
 	}
-	if req.Detach {
+	if detach {
 		return nil
 	}
 	if err := rolloutview.Err(&res); err != nil {

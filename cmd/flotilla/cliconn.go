@@ -126,6 +126,9 @@ func adminCall(ctx context.Context, nc *nats.Conn, name string, body, out any, t
 	for {
 		m, err := sub.NextMsgWithContext(ctx)
 		if err != nil {
+			if errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, nats.ErrNoServers) || !nc.IsConnected() {
+				return &controllerLostError{call: name, err: err}
+			}
 			return fmt.Errorf("admin %s: no answer from the controller: %w", name, err)
 		}
 		if m.Header.Get("Status") == "503" {
@@ -174,3 +177,16 @@ func cliWriteJSON(cmd *cobra.Command, v any) error {
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
 }
+
+// controllerLostError says the connection to the controller ended while a
+// call waited for its answer (the controller stopped or crashed).
+type controllerLostError struct {
+	call string
+	err  error
+}
+
+func (e *controllerLostError) Error() string {
+	return fmt.Sprintf("admin %s: lost the controller while waiting for its answer: %v", e.call, e.err)
+}
+
+func (e *controllerLostError) Unwrap() error { return e.err }

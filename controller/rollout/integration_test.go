@@ -278,14 +278,44 @@ func TestFiveAgents(t *testing.T) {
 	// Controller SIGKILL in the middle of a slow rollout, then restart: it resumes and
 	// no step that succeeded runs twice.
 	slow := f.clusterfile("count", "count:2", []string{"a1"}, []string{"a2", "a3", "a5"}, "{SLOW: '2'}")
-	out, errOut, code = f.CLI(context.Background(), "apply", "-f", slow, "--detach")
-	if code != 0 {
-		t.Fatalf("apply --detach: exit %d\n%s\n%s", code, out, errOut)
+	type cliRun struct {
+		out, errOut string
+		code        int
+	}
+	watching := make(chan cliRun, 1)
+	go func() {
+		out, errOut, code := f.CLI(context.Background(), "apply", "-f", slow)
+		watching <- cliRun{out, errOut, code}
+	}()
+	deadline0 := time.Now().Add(30 * time.Second)
+	for f.status("count").State != "running" {
+		if time.Now().After(deadline0) {
+			t.Fatal("the slow rollout never started")
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	time.Sleep(1200 * time.Millisecond) // a1 (master0) is in its 2 s step
 	f.KillController()
+	// The apply that was watching says what happened and how to follow it again.
+	select {
+	case r := <-watching:
+		if r.code == 0 || !strings.Contains(r.errOut, "flotilla apply --attach count") || !strings.Contains(r.errOut, "resumes the rollout") {
+			t.Errorf("apply watching a controller that died: exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.out, r.errOut)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("apply kept waiting after the controller died")
+	}
 	f.StartController()
 	f.WaitOnline(60*time.Second, true, members...)
+	// Re-attach: the resumed rollout's result, exit 0.
+	out, errOut, code = f.CLI(context.Background(), "apply", "--attach", "count", "-o", "json")
+	var attached protocol.ApplyResult
+	if code != 0 || json.Unmarshal([]byte(out), &attached) != nil || !attached.OK || attached.Cluster != "count" || len(attached.Nodes) != 4 {
+		t.Errorf("apply --attach count after the restart: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+	}
+	if _, errOut, code := f.CLI(context.Background(), "apply", "--attach", "no-such-cluster"); code == 0 || !strings.Contains(errOut, "no-such-cluster has no rollout") {
+		t.Errorf("attach to an unknown cluster: exit %d: %s", code, errOut)
+	}
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		s := f.status("count")

@@ -187,6 +187,7 @@ func (e *Engine) Register() {
 	e.ctrl.HandleAdmin(protocol.AdminApply, e.adminApply)
 	e.ctrl.HandleAdmin(protocol.AdminStatus, e.adminStatus)
 	e.ctrl.HandleAdmin(protocol.AdminDelete, e.adminDelete)
+	e.ctrl.HandleAdmin(protocol.AdminAttach, e.adminAttach)
 }
 
 // BlobHandler serves GET /v1/blobs/{digest} (mount it at BlobPath on the controller's
