@@ -302,8 +302,9 @@ func isMountPoint(path string) bool {
 }
 
 // A node has what a real root host has: it may program nftables in its own
-// network namespace (lvscare, kube-proxy and CNI plugins need it).
-func TestNodeHasNetAdmin(t *testing.T) {
+// network namespace (lvscare, kube-proxy and CNI plugins need it), and run
+// containers (cgroups of its own, writable).
+func TestNodeIsARealHost(t *testing.T) {
 	f := fleettest.New(t, fleet.Options{Name: "fltefn", Subnet: "10.77.10.80/28", N: 1})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -318,6 +319,26 @@ func TestNodeHasNetAdmin(t *testing.T) {
 	const capNetAdmin = 12
 	if eff&(1<<capNetAdmin) == 0 {
 		t.Errorf("node1 lacks CAP_NET_ADMIN: %s", out)
+	}
+	// What container runtimes and kubelet need (shared/HOSTS.md): writable cgroup v1
+	// controllers whose root is the node's own cgroup, not the host's, and /dev/kmsg.
+	for _, c := range []string{"memory", "cpuset", "pids", "devices"} {
+		probe := fmt.Sprintf("/sys/fs/cgroup/%s/flotilla-probe", c)
+		if out, err := f.Exec(ctx, "node1", "sh", "-c", "mkdir "+probe+" && echo $$ > "+probe+"/cgroup.procs && rmdir "+probe+" 2>/dev/null; mkdir -p "+probe); err != nil {
+			t.Errorf("%s controller inside node1: %v: %s", c, err, out)
+			continue
+		}
+		host, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", c, "fltefn-node1", "**", "flotilla-probe"))
+		direct, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", c, "fltefn-node1", "flotilla-probe"))
+		if len(host)+len(direct) == 0 {
+			t.Errorf("a cgroup made in node1's %s controller is not under the node's host cgroup", c)
+		}
+		if _, err := os.Stat(filepath.Join("/sys/fs/cgroup", c, "flotilla-probe")); err == nil {
+			t.Errorf("a cgroup made in node1's %s controller landed in the host's root", c)
+		}
+	}
+	if out, err := f.Exec(ctx, "node1", "test", "-c", "/dev/kmsg"); err != nil {
+		t.Errorf("node1 has no /dev/kmsg: %v %s", err, out)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/coreos/go-systemd/v22/unit"
 	"golang.org/x/sys/unix"
 )
 
@@ -27,7 +29,9 @@ const (
 // supervisor is the detached shell that owns a node: it moves itself into the
 // node's cgroups (so nodes do not share one cgroup and collide), then boots
 // nspawn again whenever the node reboots (nspawn exits with 133).
-const supervisor = `echo $$ >"$CG_SYSTEMD/cgroup.procs" && echo $$ >"$CG_UNIFIED/cgroup.procs" || { echo "flotilla-e2e: cannot join cgroups $CG_SYSTEMD $CG_UNIFIED" >&2; exit 97; }
+const supervisor = `for cg in $CG_DIRS; do
+	echo $$ >"$cg/cgroup.procs" || { echo "flotilla-e2e: cannot join cgroup $cg" >&2; exit 97; }
+done
 while :; do
 	"$@"
 	rc=$?
@@ -66,6 +70,9 @@ func (f *Fleet) prepareRoot(n Node) error {
 			return fmt.Errorf("node %s: /etc/%s: %w", n.Name, name, err)
 		}
 	}
+	if err := writeSandboxUnit(upper); err != nil {
+		return fmt.Errorf("node %s: %w", n.Name, err)
+	}
 	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", f.opts.RootFS, upper, work)
 	if err := unix.Mount("overlay", merged, "overlay", 0, opts); err != nil {
 		return fmt.Errorf("node %s: mount overlay on %s: %w", n.Name, merged, err)
@@ -81,15 +88,9 @@ func isOverlay(path string) bool {
 // launch starts the node's supervisor shell, detached from this process.
 func (f *Fleet) launch(n Node) error {
 	u := f.unit(n)
-	cgs, cgu := filepath.Join(cgroupSystemd, u), filepath.Join(cgroupUnified, u)
-	for _, cg := range []string{cgs, cgu} {
-		// A fresh cgroup each boot: subgroups of an earlier boot would confuse
-		// nspawn's --keep-unit, and this kernel kills processes cloned into a
-		// cgroup that was once cgroup.kill'ed (its kill sequence differs).
-		_ = removeCgroupTree(cg, true)
-		if err := os.MkdirAll(cg, 0o755); err != nil {
-			return fmt.Errorf("node %s: cgroup: %w", n.Name, err)
-		}
+	cgs, err := nodeCgroups(u)
+	if err != nil {
+		return fmt.Errorf("node %s: %w", n.Name, err)
 	}
 	args := []string{"-c", supervisor, "sh",
 		"/usr/bin/systemd-nspawn", "-q", "-D", f.Root(n.Name), "-b",
@@ -99,6 +100,15 @@ func (f *Fleet) launch(n Node) error {
 		// container that joins a network namespace made beforehand, and a
 		// node's services (lvscare, kube-proxy, CNI) program its own netns.
 		"--capability=CAP_NET_ADMIN",
+		// Container runtimes join a session keyring (runc); nspawn's seccomp
+		// filter refuses that by default.
+		"--system-call-filter=@keyring",
+		// containerd's overlayfs snapshotter cannot stack on the node's
+		// overlay root: its state lives on the host's disk.
+		"--bind=" + f.containerdDir(n.Name) + ":/var/lib/containerd",
+	}
+	if err := os.MkdirAll(f.containerdDir(n.Name), 0o700); err != nil {
+		return fmt.Errorf("node %s: %w", n.Name, err)
 	}
 	args = append(args, bindArgs("--bind-ro=", f.opts.BindRO)...)
 	args = append(args, bindArgs("--bind=", f.opts.Bind)...)
@@ -108,7 +118,7 @@ func (f *Fleet) launch(n Node) error {
 	}
 	defer logf.Close()
 	cmd := exec.Command("/bin/sh", args...)
-	cmd.Env = []string{nodePath, "CG_SYSTEMD=" + cgs, "CG_UNIFIED=" + cgu}
+	cmd.Env = []string{nodePath, "CG_DIRS=" + strings.Join(cgs, " ")}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
@@ -117,6 +127,52 @@ func (f *Fleet) launch(n Node) error {
 	// Reap it if it ends while we live; otherwise init inherits it.
 	go func() { _ = cmd.Wait() }()
 	return nil
+}
+
+// v1Controllers are the cgroup v1 hierarchies a node gets a cgroup of its own
+// in, besides systemd's and the unified one. Without them the node's root in
+// those hierarchies is the host's, and a container runtime inside the node
+// (runc) would create its cgroups on the host (shared/HOSTS.md).
+func v1Controllers() []string {
+	return []string{"cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids"}
+}
+
+// nodeCgroups creates the node's fresh cgroup in every hierarchy this host
+// has and returns their directories; the supervisor joins them all.
+func nodeCgroups(u string) ([]string, error) {
+	dirs := []string{filepath.Join(cgroupSystemd, u), filepath.Join(cgroupUnified, u)}
+	for _, c := range v1Controllers() {
+		if _, err := os.Stat(filepath.Join("/sys/fs/cgroup", c, "cgroup.procs")); err == nil {
+			dirs = append(dirs, filepath.Join("/sys/fs/cgroup", c, u))
+		}
+	}
+	for _, cg := range dirs {
+		// A fresh cgroup each boot: subgroups of an earlier boot would confuse
+		// nspawn's --keep-unit, and this kernel kills processes cloned into a
+		// cgroup that was once cgroup.kill'ed (its kill sequence differs).
+		_ = removeCgroupTree(cg, true)
+		if err := os.MkdirAll(cg, 0o755); err != nil {
+			return nil, fmt.Errorf("cgroup %s: %w", cg, err)
+		}
+		if filepath.Base(filepath.Dir(cg)) == "cpuset" {
+			// A new cpuset has no CPUs and no memory nodes: nothing could join it.
+			for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
+				b, err := os.ReadFile(filepath.Join(filepath.Dir(cg), f))
+				if err != nil {
+					return nil, fmt.Errorf("cgroup %s: %w", cg, err)
+				}
+				if err := os.WriteFile(filepath.Join(cg, f), b, 0o644); err != nil {
+					return nil, fmt.Errorf("cgroup %s: %s: %w", cg, f, err)
+				}
+			}
+		}
+	}
+	return dirs, nil
+}
+
+// containerdDir is the host directory bound to the node's /var/lib/containerd.
+func (f *Fleet) containerdDir(node string) string {
+	return filepath.Join(f.nodeDir(node), "containerd")
 }
 
 func bindArgs(flag string, m map[string]string) []string {
@@ -373,4 +429,50 @@ func tail(path string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, " | ")
+}
+
+// sandboxUnit is the oneshot that gives a node what a real host has and nspawn
+// withholds: its cgroup v1 controllers writable (nspawn mounts them read-only;
+// containerd, runc and kubelet create cgroups there) and /dev/kmsg (kubelet
+// refuses to start without it). It runs before anything that needs them.
+const sandboxUnit = "flotilla-sandbox-host.service"
+
+// sandboxScript is fixed text: no value from outside goes into it.
+const sandboxScript = `for d in /sys/fs/cgroup/*/; do
+  case "$(stat -f -c %T "$d")" in cgroupfs) mount -o remount,bind,rw "$d" "$d" ;; esac
+done
+[ -e /dev/kmsg ] || mknod -m 600 /dev/kmsg c 1 11`
+
+func writeSandboxUnit(upper string) error {
+	opts := []*unit.UnitOption{
+		unit.NewUnitOption("Unit", "Description", "flotilla sandbox: cgroup v1 controllers writable, /dev/kmsg (what a real host has)"),
+		unit.NewUnitOption("Unit", "DefaultDependencies", "no"),
+		unit.NewUnitOption("Unit", "After", "local-fs.target"),
+		unit.NewUnitOption("Unit", "Before", "sysinit.target containerd.service kubelet.service"),
+		unit.NewUnitOption("Service", "Type", "oneshot"),
+		unit.NewUnitOption("Service", "RemainAfterExit", "yes"),
+		unit.NewUnitOption("Service", "ExecStart", "/bin/sh -c "+systemdQuote(sandboxScript)),
+		unit.NewUnitOption("Install", "WantedBy", "sysinit.target"),
+	}
+	b, err := io.ReadAll(unit.Serialize(opts))
+	if err != nil {
+		return err
+	}
+	dir := filepath.Join(upper, "etc", "systemd", "system")
+	if err := os.MkdirAll(filepath.Join(dir, "sysinit.target.wants"), 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, sandboxUnit), b, 0o644); err != nil {
+		return err
+	}
+	link := filepath.Join(dir, "sysinit.target.wants", sandboxUnit)
+	_ = os.Remove(link)
+	return os.Symlink("/etc/systemd/system/"+sandboxUnit, link)
+}
+
+// systemdQuote quotes s as one argument of a unit's Exec line: double quotes,
+// with backslash, double quote, newline and systemd's % and $ specifiers escaped.
+func systemdQuote(s string) string {
+	r := strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`, "%", "%%", "$", "$$")
+	return `"` + r.Replace(s) + `"`
 }
