@@ -3,7 +3,7 @@ package main
 import (
 	"strconv"
 
-	"github.com/flotilla-dev/flotilla/bundle/pieces"
+	"github.com/flotilla-dev/flotilla/internal/bandwidth"
 )
 
 // rateValue is a bandwidth flag (--max-upload 100mbit) stored as bytes per second.
@@ -15,11 +15,11 @@ type rateValue struct {
 func newRateValue(p *int64) *rateValue { return &rateValue{p: p} }
 
 func (r *rateValue) Set(s string) error {
-	v, err := pieces.ParseRate(s)
+	v, err := bandwidth.Parse(s)
 	if err != nil {
 		return err
 	}
-	*r.p, r.raw = v, s
+	*r.p, r.raw = int64(v), s
 	return nil
 }
 

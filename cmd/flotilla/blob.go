@@ -17,6 +17,8 @@ import (
 	"github.com/flotilla-dev/flotilla/agent/p2p"
 	"github.com/flotilla-dev/flotilla/bundle/pieces"
 	"github.com/flotilla-dev/flotilla/controller/tracker"
+	"github.com/flotilla-dev/flotilla/internal/bandwidth"
+	"github.com/flotilla-dev/flotilla/internal/human"
 )
 
 // The blob commands run the peer-to-peer layer distribution on its own, so
@@ -91,7 +93,7 @@ func parsePieceSize(s string) (int64, error) {
 	if s == "" {
 		return 0, nil
 	}
-	v, err := pieces.ParseRate(s) // same units, read as bytes
+	v, err := human.ParseBytes(s)
 	if err != nil || v <= 0 || v > pieces.MaxPieceSize {
 		return 0, fmt.Errorf("--piece-size %q: want a size from 1B to 64MiB, e.g. 256KiB", s)
 	}
@@ -141,7 +143,7 @@ func (f *blobPeerFlags) start(extra map[string]http.Handler) (*blobPeer, error) 
 	if err != nil {
 		return nil, err
 	}
-	up, err := pieces.ParseRate(f.uploadLimit)
+	up, err := bandwidth.Parse(f.uploadLimit)
 	if err != nil {
 		return nil, fmt.Errorf("--upload-limit: %w", err)
 	}
@@ -154,7 +156,7 @@ func (f *blobPeerFlags) start(extra map[string]http.Handler) (*blobPeer, error) 
 		adv = "https://" + f.listen
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/v1/", pieces.NewHandler(st, pieces.WithUploadLimit(pieces.NewLimiter(up))))
+	mux.Handle("/v1/", pieces.NewHandler(st, pieces.WithUploadLimit(pieces.NewLimiter(int64(up)))))
 	for pattern, h := range extra {
 		mux.Handle(pattern, h)
 	}
@@ -301,7 +303,7 @@ serving until stopped (or exits with --exit-when-done).`,
 			if err := list.Validate(); err != nil {
 				return fmt.Errorf("--list %s: %w", listFile, err)
 			}
-			down, err := pieces.ParseRate(rateLimit)
+			down, err := bandwidth.Parse(rateLimit)
 			if err != nil {
 				return fmt.Errorf("--rate-limit: %w", err)
 			}
@@ -320,7 +322,7 @@ serving until stopped (or exits with --exit-when-done).`,
 			defer peer.stop()
 			var lastLog time.Time
 			f := p2p.New(peer.store, p2p.NewHTTPTracker(trURL, peer.client), p2p.Options{
-				Self: peer.self, Client: peer.client, DownloadLimit: pieces.NewLimiter(down), AllowPeer: allow,
+				Self: peer.self, Client: peer.client, DownloadLimit: pieces.NewLimiter(int64(down)), AllowPeer: allow,
 				StallTimeout: stall, GiveUpAfter: giveUp, Concurrency: concurrency,
 				Progress: func(p p2p.Progress) {
 					if time.Since(lastLog) > time.Second || p.Done {

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/flotilla-dev/flotilla/internal/bandwidth"
 )
 
 func TestLoadSample(t *testing.T) {
@@ -134,16 +136,22 @@ func TestValidateRoles(t *testing.T) {
 	}
 }
 
-func TestParseRate(t *testing.T) {
-	for in, want := range map[string]int64{"100Mbit": 12_500_000, "1Gbit": 125_000_000, "50MB": 50_000_000, "2MiB/s": 2 << 20, "1000": 1000} {
-		got, err := ParseRate(in)
-		if err != nil || got != want {
-			t.Errorf("ParseRate(%q) = %d, %v; want %d", in, got, err, want)
+// Every rate the agent's --max-download accepts, a Clusterfile's
+// spec.bandwidth accepts too (one parser, internal/bandwidth).
+func TestBandwidthFormsMatchTheAgentFlag(t *testing.T) {
+	for _, form := range []string{"100mbit", "100Mbit", "1Gbit", "1gbit", "50MB/s", "50MB", "12MiB", "2.5 GB/s", "8kbit", "512B"} {
+		want, err := bandwidth.Parse(form)
+		if err != nil {
+			t.Fatalf("bandwidth.Parse(%q): %v", form, err)
 		}
-	}
-	for _, bad := range []string{"", "fast", "-1MB", "1e300GB"} {
-		if _, err := ParseRate(bad); err == nil {
-			t.Errorf("ParseRate(%q): no error", bad)
+		doc := "apiVersion: flotilla.dev/v1\nkind: Cluster\nmetadata: {name: c}\nspec:\n  image: x:1\n  hosts:\n    - {names: [a], roles: [master]}\n  bandwidth: {download: " + form + ", upload: " + form + "}\n"
+		cf, err := Parse("Clusterfile", []byte(doc))
+		if err != nil {
+			t.Errorf("spec.bandwidth %q: %v", form, err)
+			continue
+		}
+		if cf.Cluster.Bandwidth.Download != int64(want) || cf.Cluster.Bandwidth.Upload != int64(want) {
+			t.Errorf("spec.bandwidth %q = %+v, want %d", form, cf.Cluster.Bandwidth, want)
 		}
 	}
 }

@@ -1,11 +1,11 @@
 package clusterfile
 
 import (
-	"fmt"
-	"math"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/flotilla-dev/flotilla/internal/bandwidth"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -150,41 +150,14 @@ func (p *parser) bandwidth(n *yaml.Node, field string) Bandwidth {
 	return b
 }
 
-// rateUnits maps a suffix to bytes per second; bit units divide by 8.
-var rateUnits = []struct {
-	suffix string
-	mult   float64
-}{
-	{"Gbit", 1e9 / 8}, {"Mbit", 1e6 / 8}, {"Kbit", 1e3 / 8}, {"kbit", 1e3 / 8},
-	{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10},
-	{"GB", 1e9}, {"MB", 1e6}, {"KB", 1e3}, {"kB", 1e3}, {"B", 1},
-}
-
-// ParseRate reads a rate such as 100Mbit, 1Gbit, 50MB or 12MiB (per second) as bytes per second.
-func ParseRate(s string) (int64, error) {
-	t := strings.TrimSuffix(strings.TrimSpace(s), "/s")
-	mult := 1.0
-	for _, u := range rateUnits {
-		if strings.HasSuffix(t, u.suffix) {
-			t, mult = strings.TrimSpace(strings.TrimSuffix(t, u.suffix)), u.mult
-			break
-		}
-	}
-	v, err := strconv.ParseFloat(t, 64)
-	if err != nil || v < 0 || math.IsInf(v, 0) || math.IsNaN(v) || v*mult > math.MaxInt64/2 {
-		return 0, fmt.Errorf("%q is not a rate like 100Mbit, 1Gbit or 50MB", s)
-	}
-	return int64(v * mult), nil
-}
-
 func (p *parser) rate(n *yaml.Node, field string) int64 {
 	s := p.str(n, field)
 	if s == "" {
 		return 0
 	}
-	v, err := ParseRate(s)
+	v, err := bandwidth.Parse(s)
 	if err != nil {
 		p.errf(n, field, "%v", err)
 	}
-	return v
+	return int64(v)
 }

@@ -1,7 +1,12 @@
-// Package human formats quantities for people: byte counts with binary units.
+// Package human formats and reads quantities for people: byte counts with units.
 package human
 
-import "fmt"
+import (
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+)
 
 // Bytes formats a byte count with a binary unit: "512 B", "1.5 KiB", "12.0 MiB", "2.3 GiB".
 func Bytes(n int64) string {
@@ -14,4 +19,26 @@ func Bytes(n int64) string {
 		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
 	}
 	return fmt.Sprintf("%d B", n)
+}
+
+// ParseBytes reads a size such as 256KiB, 64MiB, 2GB or 512B (B, KB, MB, GB
+// decimal; KiB, MiB, GiB binary; case-insensitive). A number without a unit is
+// refused.
+func ParseBytes(s string) (int64, error) {
+	t := strings.ToLower(strings.TrimSpace(s))
+	for _, u := range []struct {
+		suffix string
+		mult   float64
+	}{{"kib", 1 << 10}, {"mib", 1 << 20}, {"gib", 1 << 30}, {"kb", 1e3}, {"mb", 1e6}, {"gb", 1e9}, {"b", 1}} {
+		num, ok := strings.CutSuffix(t, u.suffix)
+		if !ok {
+			continue
+		}
+		v, err := strconv.ParseFloat(strings.TrimSpace(num), 64)
+		if err != nil || v < 0 || math.IsInf(v, 0) || math.IsNaN(v) || v*u.mult > math.MaxInt64/2 {
+			break
+		}
+		return int64(v * u.mult), nil
+	}
+	return 0, fmt.Errorf("size %q: want a number and a unit, e.g. 256KiB, 64MiB or 2GB", s)
 }
