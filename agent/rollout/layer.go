@@ -68,7 +68,7 @@ func executeLayer(ctx context.Context, sc *agent.StepContext) error {
 		return err
 	}
 	if found && old.Complete && old.Digest == p.Digest {
-		sc.Output("stdout", fmt.Sprintf("layer %s is already unpacked under %s", short(p.Digest), sc.Root))
+		sc.Output("stdout", fmt.Sprintf("layer %s is already unpacked under %s", protocol.ShortDigest(p.Digest), sc.Root))
 		return nil
 	}
 	unlock := lockBlob(h)
@@ -99,7 +99,7 @@ func executeLayer(ctx context.Context, sc *agent.StepContext) error {
 	if err != nil {
 		return fmt.Errorf("unpack layer %s under %s: %w", p.Digest, sc.Root, err)
 	}
-	sc.Output("stdout", fmt.Sprintf("layer %s: %d paths placed under %s", short(p.Digest), len(records), sc.Root))
+	sc.Output("stdout", fmt.Sprintf("layer %s: %d paths placed under %s", protocol.ShortDigest(p.Digest), len(records), sc.Root))
 	return nil
 }
 
@@ -134,7 +134,7 @@ func ensureBlob(ctx context.Context, sc *agent.StepContext, p protocol.LayerPayl
 				return "", false, fmt.Errorf("layer %s: move into the blob cache: %w", p.Digest, err)
 			}
 			if p.Size > 0 {
-				sc.Output("stdout", fmt.Sprintf("layer %s: fetched %s in %s", short(p.Digest), human.Bytes(p.Size), time.Since(start).Round(time.Millisecond)))
+				sc.Output("stdout", fmt.Sprintf("layer %s: fetched %s in %s", protocol.ShortDigest(p.Digest), human.Bytes(p.Size), time.Since(start).Round(time.Millisecond)))
 			}
 			return cache, true, nil
 		}
@@ -196,12 +196,4 @@ func mergeCreated(old, cur []unpack.Record) []unpack.Record {
 		}
 	}
 	return append(missing, out...)
-}
-
-// short abbreviates a digest for messages.
-func short(d string) string {
-	if len(d) > 19 {
-		return d[:19]
-	}
-	return d
 }

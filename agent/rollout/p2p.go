@@ -44,7 +44,7 @@ func fetchPeerToPeer(ctx context.Context, sc *agent.StepContext, p protocol.Laye
 		if ctx.Err() != nil {
 			return false, err
 		}
-		sc.Output("stderr", fmt.Sprintf("peer-to-peer fetch of %s failed, fetching from the controller: %v", short(p.Digest), err))
+		sc.Output("stderr", fmt.Sprintf("peer-to-peer fetch of %s failed, fetching from the controller: %v", protocol.ShortDigest(p.Digest), err))
 		slog.Warn("peer-to-peer fetch failed; falling back to the controller", "digest", p.Digest, "err", err)
 		return DefaultFetchBlob(ctx, sc, p, dst)
 	}

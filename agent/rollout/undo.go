@@ -136,7 +136,7 @@ func undoRemoveLayer(sc *agent.StepContext, dir, digest string) error {
 		return err
 	}
 	if !found {
-		sc.Output("stdout", fmt.Sprintf("layer %s: no record of unpacking it: nothing to remove", short(digest)))
+		sc.Output("stdout", fmt.Sprintf("layer %s: no record of unpacking it: nothing to remove", protocol.ShortDigest(digest)))
 		return gcBlob(sc.DataDir, h)
 	}
 	others, err := loadOthers(dir, recPath)
@@ -158,7 +158,7 @@ func undoRemoveLayer(sc *agent.StepContext, dir, digest string) error {
 		return fmt.Errorf("undo: remove layer %s under %s: %w", digest, sc.Root, err)
 	}
 	sc.Output("stdout", fmt.Sprintf("layer %s: removed %d of its %d paths (%d shared with other layers or files, %d changed and kept)",
-		short(digest), len(own)-len(kept), len(rec.Records), len(rec.Records)-len(own), len(kept)))
+		protocol.ShortDigest(digest), len(own)-len(kept), len(rec.Records), len(rec.Records)-len(own), len(kept)))
 	if err := os.Remove(recPath); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("undo: remove layer record %s: %w", recPath, err)
 	}

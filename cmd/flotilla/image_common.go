@@ -12,6 +12,7 @@ import (
 
 	"github.com/flotilla-dev/flotilla/bundle/progress"
 	"github.com/flotilla-dev/flotilla/bundle/store"
+	"github.com/flotilla-dev/flotilla/internal/human"
 )
 
 // addImageStoreFlag adds --store to an image command.
@@ -57,25 +58,7 @@ func lookupStoreImage(st *store.Store, arg string) (v1.Descriptor, error) {
 	return d, err
 }
 
-func imgShortDigest(h v1.Hash) string {
-	if len(h.Hex) < 12 {
-		return h.String()
-	}
-	return h.Algorithm + ":" + h.Hex[:12]
-}
-
-func imgSize(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
+func imgSize(n int64) string { return human.Bytes(n) }
 
 func imgOrNone(s string) string {
 	if strings.TrimSpace(s) == "" {

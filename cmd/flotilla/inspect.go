@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"io"
 	"sort"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/flotilla-dev/flotilla/bundle/plan"
 	"github.com/flotilla-dev/flotilla/bundle/store"
+	"github.com/flotilla-dev/flotilla/protocol"
 )
 
 func init() { addCommand(newInspectCmd) }
@@ -145,7 +147,7 @@ func printImageInspect(w io.Writer, o inspectOutput) error {
 		fmt.Fprintf(w, "\nRole %s: %d layers (%s), %d templates, %d steps\n", r, len(layers), imgSize(total), len(tmpls), len(steps))
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		for _, l := range layers {
-			fmt.Fprintf(tw, "  layer\t%s\t%s\t%s\n", imgShortDigestStr(l.Digest), imgSize(l.Size), l.Instruction)
+			fmt.Fprintf(tw, "  layer\t%s\t%s\t%s\n", protocol.ShortDigest(l.Digest), imgSize(l.Size), l.Instruction)
 		}
 		for _, t := range tmpls {
 			fmt.Fprintf(tw, "  template\t%s\t%04o\t%d bytes\n", t.Path, t.Mode, len(t.Content))
@@ -167,21 +169,10 @@ func printImageInspect(w io.Writer, o inspectOutput) error {
 	if len(p.History) > 0 {
 		fmt.Fprintln(w, "\nHistory:")
 		for _, h := range p.History {
-			fmt.Fprintf(w, "  %-19s %s\n", imgShortDigestStr(h.Layer), h.Instruction)
+			fmt.Fprintf(w, "  %-19s %s\n", cmp.Or(protocol.ShortDigest(h.Layer), "-"), h.Instruction)
 		}
 	}
 	return nil
-}
-
-func imgShortDigestStr(s string) string {
-	if s == "" {
-		return "-"
-	}
-	h, err := v1.NewHash(s)
-	if err != nil {
-		return s
-	}
-	return imgShortDigest(h)
 }
 
 func imgSortedKeys(m map[string]string) []string {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/flotilla-dev/flotilla/bundle/plan"
 	"github.com/flotilla-dev/flotilla/controller/clusterfile"
+	"github.com/flotilla-dev/flotilla/protocol"
 )
 
 // Plan computes the per-node plans of one apply. It fails before anything runs on an
@@ -222,7 +223,7 @@ func nodePlan(in Input, c *clusterfile.Cluster, m member, facts ClusterFacts, is
 		}
 		switch {
 		case slices.Contains(applied.Steps, st.Digest):
-			st.Skip, st.Reason = true, "applied "+short(st.Digest)
+			st.Skip, st.Reason = true, "applied "+protocol.ShortDigest(st.Digest)
 		case !known:
 			st.Reason = "new node"
 		default:
@@ -251,7 +252,7 @@ func changedBefore(seq int, layers []Layer, files []File) string {
 	reason, at := "step or its env changed", -1
 	for _, l := range layers {
 		if !l.Skip && l.Seq < seq && l.Seq > at {
-			reason, at = "layer "+short(l.Digest)+" changed", l.Seq
+			reason, at = "layer "+protocol.ShortDigest(l.Digest)+" changed", l.Seq
 		}
 	}
 	for _, f := range files {

@@ -8,6 +8,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/flotilla-dev/flotilla/internal/human"
+	"github.com/flotilla-dev/flotilla/protocol"
 )
 
 // WriteJSON writes the plan as indented JSON (rendered contents and env are left out:
@@ -26,7 +27,7 @@ func (p *ClusterPlan) WriteJSON(w io.Writer) error {
 func (p *ClusterPlan) WriteText(w io.Writer) error {
 	fmt.Fprintf(w, "cluster %s: image %s", p.Cluster, p.Image)
 	if p.ImageDigest != "" {
-		fmt.Fprintf(w, " (%s)", short(p.ImageDigest))
+		fmt.Fprintf(w, " (%s)", protocol.ShortDigest(p.ImageDigest))
 	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
@@ -79,13 +80,13 @@ func (p *ClusterPlan) WriteText(w io.Writer) error {
 				if it.Layer.Skip {
 					mark = "="
 				}
-				fmt.Fprintf(w, "  %s layer %s (%s, role %s)\n", mark, short(it.Layer.Digest), human.Bytes(it.Layer.Size), it.Layer.Role)
+				fmt.Fprintf(w, "  %s layer %s (%s, role %s)\n", mark, protocol.ShortDigest(it.Layer.Digest), human.Bytes(it.Layer.Size), it.Layer.Role)
 			case it.File != nil:
 				mark := "+"
 				if it.File.Skip {
 					mark = "="
 				}
-				fmt.Fprintf(w, "  %s file %s %04o (%s, %s)\n", mark, it.File.Path, it.File.Mode, it.File.Source, short(it.File.Digest))
+				fmt.Fprintf(w, "  %s file %s %04o (%s, %s)\n", mark, it.File.Path, it.File.Mode, it.File.Source, protocol.ShortDigest(it.File.Digest))
 			default:
 				mark := ">"
 				if it.Step.Skip {
@@ -96,7 +97,7 @@ func (p *ClusterPlan) WriteText(w io.Writer) error {
 		}
 		for _, u := range n.Undo {
 			if u.Kind == UndoRemoveLayer {
-				fmt.Fprintf(w, "  - %s %s\n", u.Kind, short(u.Target))
+				fmt.Fprintf(w, "  - %s %s\n", u.Kind, protocol.ShortDigest(u.Target))
 			}
 		}
 	}

@@ -287,7 +287,7 @@ func TestUpgradeOneLayer(t *testing.T) {
 		t.Fatalf("\n got %q\nwant %q", got, want)
 	}
 	n1 := p.Node("n1")
-	if n1.Steps[0].Reason != "layer 555555555555 changed" {
+	if n1.Steps[0].Reason != "layer sha256:555555555555 changed" {
 		t.Errorf("n1 lvscare.service reason %q", n1.Steps[0].Reason)
 	}
 	if n1.FromImage != "sha256:aaaa" {
@@ -433,7 +433,7 @@ func TestWritePlan(t *testing.T) {
 	if err := p.WriteJSON(&js); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"cluster demo: image reg/etcd:1 (abcdef012345)", "master0  m1", "10.0.1.2 (offline)", "> service etcd.service", "+ file /etc/etcd/etcd.conf 0600"} {
+	for _, want := range []string{"cluster demo: image reg/etcd:1 (sha256:abcdef012345)", "master0  m1", "10.0.1.2 (offline)", "> service etcd.service", "+ file /etc/etcd/etcd.conf 0600"} {
 		if !strings.Contains(text.String(), want) {
 			t.Errorf("text plan lacks %q:\n%s", want, text.String())
 		}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"regexp"
 	"sort"
-	"strings"
 	"text/template"
 )
 
@@ -107,12 +106,4 @@ func mergeEnv(layers ...map[string]string) map[string]string {
 		}
 	}
 	return out
-}
-
-func short(d string) string {
-	d = strings.TrimPrefix(d, "sha256:")
-	if len(d) > 12 {
-		return d[:12]
-	}
-	return d
 }

@@ -50,7 +50,7 @@ func (r *rolloutRun) buildTask(ctx context.Context, np *planner.NodePlan, applie
 		p := protocol.UndoPayload{Cluster: cluster, Kind: string(u.Kind), Target: u.Target}
 		name := fmt.Sprintf("undo %s %s", u.Kind, u.Target)
 		if u.Kind == planner.UndoRemoveLayer {
-			name = fmt.Sprintf("undo remove-layer %s", shortDigest(u.Target))
+			name = fmt.Sprintf("undo remove-layer %s", protocol.ShortDigest(u.Target))
 		}
 		add(protocol.Step{Name: name, Kind: protocol.KindUndo, Payload: mustJSON(p)}, 0, func(a *planner.Applied) {
 			switch u.Kind {
@@ -83,7 +83,7 @@ func (r *rolloutRun) buildTask(ctx context.Context, np *planner.NodePlan, applie
 					return nil, fmt.Errorf("node %s: layer %s: %w", np.Node, l.Digest, err)
 				}
 			}
-			add(protocol.Step{Name: fmt.Sprintf("layer %s %s", shortDigest(l.Digest), human.Bytes(l.Size)), Kind: protocol.KindLayer,
+			add(protocol.Step{Name: fmt.Sprintf("layer %s %s", protocol.ShortDigest(l.Digest), human.Bytes(l.Size)), Kind: protocol.KindLayer,
 				Payload: mustJSON(p), Digest: LayerStepDigest(cluster, l.Digest)}, l.Size, func(a *planner.Applied) {
 				if !slices.Contains(a.Layers, l.Digest) {
 					a.Layers = append(a.Layers, l.Digest)
@@ -177,13 +177,6 @@ func mustJSON(v any) json.RawMessage {
 		panic(fmt.Sprintf("encode %T: %v", v, err)) // only fixed protocol types, which always encode
 	}
 	return b
-}
-
-func shortDigest(d string) string {
-	if h, ok := strings.CutPrefix(d, "sha256:"); ok && len(h) > 12 {
-		return "sha256:" + h[:12] + "…"
-	}
-	return d
 }
 
 func oneLine(s string, n int) string {

@@ -5,7 +5,6 @@ package rolloutview
 
 import (
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/flotilla-dev/flotilla/internal/human"
@@ -124,14 +123,6 @@ func (t *tracker) elapsed(at time.Time) time.Duration {
 // Problem reports whether an outcome status means the node's part did not finish.
 func Problem(status string) bool {
 	return status != protocol.NodeOK && status != protocol.NodeNoop
-}
-
-// ShortDigest shortens "sha256:<64 hex>" to "sha256:<12 hex>"; other strings are kept.
-func ShortDigest(d string) string {
-	if algo, hex, ok := strings.Cut(d, ":"); ok && len(hex) > 12 {
-		return algo + ":" + hex[:12]
-	}
-	return d
 }
 
 // Size formats a byte count with a binary unit.

@@ -361,8 +361,8 @@ func TestConfirm(t *testing.T) {
 
 func TestShortDigestAndDuration(t *testing.T) {
 	for in, want := range map[string]string{"sha256:0123456789abcdef": "sha256:0123456789ab", "sha256:ab": "sha256:ab", "latest": "latest"} {
-		if got := ShortDigest(in); got != want {
-			t.Errorf("ShortDigest(%q) = %q, want %q", in, got, want)
+		if got := protocol.ShortDigest(in); got != want {
+			t.Errorf("protocol.ShortDigest(%q) = %q, want %q", in, got, want)
 		}
 	}
 	for in, want := range map[time.Duration]string{0: "0s", 1234567 * time.Microsecond: "1.2s", 345 * time.Millisecond: "345ms", 125 * time.Second: "2m5s"} {

@@ -28,7 +28,7 @@ func WriteStatus(w io.Writer, clusters []protocol.ClusterStatus) error {
 		for _, n := range c.Nodes {
 			applied := "-"
 			if n.Applied != "" {
-				applied = ShortDigest(n.Applied)
+				applied = protocol.ShortDigest(n.Applied)
 			}
 			if n.Drift {
 				drift++
@@ -50,7 +50,7 @@ func WriteStatus(w io.Writer, clusters []protocol.ClusterStatus) error {
 func statusHeader(c protocol.ClusterStatus) string {
 	h := "cluster " + c.Cluster + ": image " + dash(c.Image)
 	if c.ImageDigest != "" {
-		h += " (" + ShortDigest(c.ImageDigest) + ")"
+		h += " (" + protocol.ShortDigest(c.ImageDigest) + ")"
 	}
 	if c.Rollout != "" {
 		h += ", rollout " + c.Rollout

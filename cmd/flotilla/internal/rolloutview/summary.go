@@ -83,7 +83,7 @@ func WriteSummary(w io.Writer, res *protocol.ApplyResult) error {
 	if res.Image != "" {
 		line += ", image " + res.Image
 		if res.ImageDigest != "" {
-			line += " (" + ShortDigest(res.ImageDigest) + ")"
+			line += " (" + protocol.ShortDigest(res.ImageDigest) + ")"
 		}
 	}
 	if res.Resumed {
