@@ -144,7 +144,7 @@ func (b *builder) checkInherited(in kubefile.Instruction, base string, images []
 		if err != nil {
 			return b.errf(in, "base image %s carries %s with a bad digest: %v", base, c.Name, err)
 		}
-		cl, err := carry.Walk(b.tx.ReadBlob, v1.Descriptor{MediaType: types.MediaType(c.MediaType), Size: c.Size, Digest: h}, nil)
+		cl, err := carry.Walk(carry.ReadBlob(b.tx.ReadBlob), v1.Descriptor{MediaType: types.MediaType(c.MediaType), Size: c.Size, Digest: h}, nil)
 		if err != nil {
 			return b.errf(in, "base image %s carries %s, but the store lacks part of it: %v (pull the base image again)", base, c.Name, err)
 		}

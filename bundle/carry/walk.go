@@ -98,8 +98,13 @@ type Closure struct {
 	Blobs     []v1.Descriptor
 }
 
-// ReadManifest returns a manifest's bytes by digest; Walk verifies them.
-type ReadManifest func(v1.Hash) ([]byte, error)
+// ReadManifest returns the bytes of the manifest d describes; Walk verifies them.
+type ReadManifest func(d v1.Descriptor) ([]byte, error)
+
+// ReadBlob adapts a read-by-digest function (store.Txn.ReadBlob and the like).
+func ReadBlob(read func(v1.Hash) ([]byte, error)) ReadManifest {
+	return func(d v1.Descriptor) ([]byte, error) { return read(d.Digest) }
+}
 
 // Walk lists the closure of top. With a platform, a multi-arch index contributes only
 // the entries for that platform (the index itself stays whole, so its digest holds);
@@ -115,7 +120,7 @@ func Walk(read ReadManifest, top v1.Descriptor, platform *v1.Platform) (*Closure
 		if err := checkMediaType(d); err != nil {
 			return 0, err
 		}
-		raw, err := read(d.Digest)
+		raw, err := read(d)
 		if err != nil {
 			return 0, fmt.Errorf("manifest %s: %w", d.Digest, err)
 		}

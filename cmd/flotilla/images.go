@@ -149,7 +149,7 @@ func addCarried(st *store.Store, d v1.Descriptor, add func(v1.Descriptor)) {
 		defer rc.Close()
 		return io.ReadAll(io.LimitReader(rc, carry.MaxManifestSize))
 	}
-	cl, err := carry.Walk(read, d, nil)
+	cl, err := carry.Walk(carry.ReadBlob(read), d, nil)
 	if err != nil {
 		return
 	}
