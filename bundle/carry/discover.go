@@ -28,6 +28,7 @@ const (
 
 var (
 	imageLineRE = regexp.MustCompile(`^(\s*)(?:-\s+)?["']?image["']?\s*:\s*(.*)$`)
+	jsonImageRE = regexp.MustCompile(`"image"\s*:\s*"([^"]*)"`)
 	subKeyRE    = regexp.MustCompile(`^(\s*)["']?(registry|repository|tag|digest)["']?\s*:\s*(.*)$`)
 )
 
@@ -115,6 +116,11 @@ func scanFile(path, rel string) ([]Found, error) {
 	for i, l := range lines {
 		m := imageLineRE.FindStringSubmatch(l)
 		if m == nil {
+			for _, jm := range jsonImageRE.FindAllStringSubmatch(l, -1) { // JSON on one line
+				if literal(jm[1]) && jm[1] != "" {
+					add(jm[1], i+1)
+				}
+			}
 			continue
 		}
 		if v := scalar(m[2]); v != "" {

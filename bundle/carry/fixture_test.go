@@ -55,7 +55,7 @@ func newUpstream(t *testing.T) *upstream {
 	u.appDigest = push(t, u.app, app)
 	u.toolDigest = push(t, u.tool, tool)
 
-	plat := func(arch string) v1.Image {
+	plat := func(arch, variant string) v1.Image {
 		l, _ := random.Layer(1500, types.OCILayer)
 		img := mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.OCIManifestSchema1), types.OCIConfigJSON)
 		img, err := mutate.AppendLayers(img, l)
@@ -64,14 +64,14 @@ func newUpstream(t *testing.T) *upstream {
 		}
 		cf, _ := img.ConfigFile()
 		cf = cf.DeepCopy()
-		cf.OS, cf.Architecture = "linux", arch
+		cf.OS, cf.Architecture, cf.Variant = "linux", arch, variant
 		img, err = mutate.ConfigFile(img, cf)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return img
 	}
-	amd, arm := plat("amd64"), plat("arm64")
+	amd, arm := plat("amd64", ""), plat("arm64", "v8")
 	u.amd64Digest, _ = amd.Digest()
 	u.arm64Digest, _ = arm.Digest()
 	idx := mutate.AppendManifests(mutate.IndexMediaType(empty.Index, types.OCIImageIndex),
