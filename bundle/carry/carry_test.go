@@ -41,7 +41,7 @@ func TestParseRef(t *testing.T) {
 			t.Errorf("%s: name %s repo %s, want %s %s", c.in, r.Name(), r.Repository(), c.want, c.repo)
 		}
 	}
-	for _, bad := range []string{"", "UPPER/case", "a::b", "x@sha256:short", "x@md5:0123456789abcdef0123456789abcdef"} {
+	for _, bad := range []string{"", "UPPER/case", "a::b", "x@sha256:short", "x@md5:0123456789abcdef0123456789abcdef", "docker.io/../../etc:1", "r.io/a//b:1", "r.io/a/./b:1"} {
 		if _, err := carry.ParseRef(bad); err == nil {
 			t.Errorf("%q parsed", bad)
 		}

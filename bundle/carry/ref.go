@@ -7,6 +7,7 @@ package carry
 
 import (
 	"fmt"
+	"regexp"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -16,6 +17,10 @@ import (
 // DockerHub is Docker Hub's registry name as containerd spells it (the ns query
 // parameter a mirror gets for it).
 const DockerHub = "docker.io"
+
+// repoRE is the OCI distribution name grammar for a repository path: lower-case
+// components separated by "/", each starting and ending with a letter or digit.
+var repoRE = regexp.MustCompile(`^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$`)
 
 // Ref is a container image reference normalized the way containerd names it.
 type Ref struct {
@@ -36,6 +41,9 @@ func ParseRef(s string) (Ref, error) {
 	out := Ref{Registry: ctx.RegistryStr(), Repo: ctx.RepositoryStr()}
 	if out.Registry == name.DefaultRegistry {
 		out.Registry = DockerHub
+	}
+	if !repoRE.MatchString(out.Repo) || len(out.Repo) > 255 {
+		return Ref{}, fmt.Errorf("invalid container image reference %q: repository %q does not match the OCI name grammar", s, out.Repo)
 	}
 	switch v := r.(type) {
 	case name.Tag:
