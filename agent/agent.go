@@ -62,6 +62,10 @@ type Options struct {
 	// MaxUpload and MaxDownload cap layer distribution traffic in bytes per
 	// second (0: none); a rollout's spec.bandwidth can only lower them.
 	MaxUpload, MaxDownload int64
+	// RegistryListen is where the node-local registry mirror serves the cached
+	// container images (agent/mirror; the CLI's default is mirror.DefaultListen);
+	// "" serves none.
+	RegistryListen string
 }
 
 // Agent is one node's daemon.
@@ -278,6 +282,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.kickRegister()
 	}
 	go a.runPeer(ctx)
+	go a.runRegistry(ctx)
 	a.writeStatus()
 	tick := time.NewTicker(a.opts.HeartbeatInterval)
 	defer tick.Stop()

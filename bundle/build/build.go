@@ -3,6 +3,7 @@
 package build
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -14,12 +15,12 @@ import (
 	"strings"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"github.com/flotilla-dev/flotilla/bundle/carry"
 	"github.com/flotilla-dev/flotilla/bundle/kubefile"
 	"github.com/flotilla-dev/flotilla/bundle/plan"
 	"github.com/flotilla-dev/flotilla/bundle/progress"
@@ -43,6 +44,12 @@ type Options struct {
 	// RunTimeout bounds each build-time RUN; zero means 30 minutes.
 	RunTimeout time.Duration
 	Progress   progress.Reporter
+	// Carry configures how IMAGE pulls container images: registry credentials (Docker's
+	// config by default), plain HTTP, and Platform to narrow multi-arch indexes.
+	Carry carry.Options
+	// AddDiscoveredImages carries the image references found in the context's YAML,
+	// JSON and templates that no IMAGE lists (otherwise they are only warned about).
+	AddDiscoveredImages bool
 }
 
 // Result describes the built image.
@@ -52,6 +59,11 @@ type Result struct {
 	Images     map[string]v1.Hash    // manifest digest by platform string
 	Layers     int                   // layers in the image(s)
 	NewBlobs   int                   // blobs this build added to the store
+	// Containers are the container images carried (union over platforms).
+	Containers []plan.ContainerImage
+	// Undeclared are image references found in the context that no IMAGE lists (and
+	// that AddDiscoveredImages did not add).
+	Undeclared []carry.Found
 }
 
 // Build parses the Kubefile, builds the image for every platform, and commits it to st
@@ -99,12 +111,18 @@ func Build(ctx context.Context, st *store.Store, opts Options) (*Result, error) 
 	defer tx.Abort()
 	defer progress.OrNop(opts.Progress).Wait()
 
+	found, err := carry.Discover(ctxDir)
+	if err != nil {
+		slog.Warn("could not scan the build context for image references", "err", err)
+	}
 	res := &Result{Plans: map[string]*plan.Plan{}, Images: map[string]v1.Hash{}}
 	var adds []mutate.IndexAddendum
+	var imgs []v1.Image
 	var last v1.Image
 	pending := map[string]any{}
+	pulled := map[string]plan.ContainerImage{}
 	for _, p := range platforms {
-		b := &builder{opts: opts, st: st, tx: tx, kf: kf, ctxDir: ctxDir, platform: p, mtime: opts.Epoch, pending: pending}
+		b := &builder{opts: opts, st: st, tx: tx, kf: kf, ctxDir: ctxDir, platform: p, mtime: opts.Epoch, pending: pending, pulled: pulled, found: found}
 		img, pl, err := b.run(ctx)
 		if err != nil {
 			return nil, err
@@ -118,10 +136,20 @@ func Build(ctx context.Context, st *store.Store, opts Options) (*Result, error) 
 		res.Layers += len(pl.Layers)
 		pp := p
 		adds = append(adds, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: &pp}})
+		imgs = append(imgs, img)
 		last = img
+		res.Containers = unionImages(res.Containers, pl.Images)
+	}
+	for _, f := range found {
+		if !containsImage(res.Containers, f.Name) {
+			res.Undeclared = append(res.Undeclared, f)
+			slog.Warn("the build context names a container image that no IMAGE carries (add it, or build with --add-discovered-images)", "image", f.Ref, "file", f.File, "line", f.Line)
+		}
 	}
 	var desc v1.Descriptor
-	if len(platforms) == 1 {
+	if len(res.Containers) > 0 {
+		desc, err = putCarrying(ctx, tx, imgs, platforms, res.Containers)
+	} else if len(platforms) == 1 {
 		desc, err = tx.PutImage(ctx, last, nil)
 		if err == nil {
 			desc.Platform = &platforms[0]
@@ -168,6 +196,9 @@ type builder struct {
 	// pending cache entries, written only once the build is committed so a failed
 	// build leaves the store unchanged.
 	pending map[string]any
+	// pulled holds the container images pulled so far, by name (shared by platforms).
+	pulled map[string]plan.ContainerImage
+	found  []carry.Found // image references in the context (carry.Discover)
 
 	seq        int
 	vars       map[string]string // ARG and ENV values for expansion
@@ -198,6 +229,11 @@ func (b *builder) run(ctx context.Context) (v1.Image, *plan.Plan, error) {
 			return nil, nil, err
 		}
 		b.seq++
+	}
+	if b.opts.AddDiscoveredImages {
+		if err := b.addDiscovered(ctx); err != nil {
+			return nil, nil, err
+		}
 	}
 	for k := range b.opts.BuildArgs {
 		if !b.argSet[k] {
@@ -294,19 +330,7 @@ func (b *builder) step(ctx context.Context, in kubefile.Instruction) error {
 		b.plan.Cmd = &plan.Step{Role: plan.RoleMaster0, Kind: plan.KindRun, Command: in.Args[0], Line: in.Line, Seq: b.seq}
 		b.record(in, "")
 	case kubefile.Image:
-		for _, a := range in.Args {
-			ref, err := b.expand(in, a)
-			if err != nil {
-				return err
-			}
-			if _, err := name.ParseReference(ref); err != nil {
-				return b.errf(in, "invalid container image reference %q: %v", ref, err)
-			}
-			if !contains(b.plan.Images, ref) {
-				b.plan.Images = append(b.plan.Images, ref)
-			}
-		}
-		b.record(in, "")
+		return b.images(ctx, in)
 	default:
 		return b.errf(in, "not supported by this builder")
 	}
@@ -466,6 +490,9 @@ func (b *builder) from(ctx context.Context, in kubefile.Instruction, ref string)
 	b.plan.Templates = append(b.plan.Templates, base.Templates...)
 	b.plan.Steps = append(b.plan.Steps, base.Steps...)
 	b.plan.Cmd = base.Cmd
+	if err := b.checkInherited(in, ref, base.Images); err != nil {
+		return err
+	}
 	b.plan.Images = append(b.plan.Images, base.Images...)
 	b.plan.History = append(b.plan.History, base.History...)
 	maxSeq := 0
@@ -505,4 +532,56 @@ func ParsePlatforms(s string) ([]v1.Platform, error) {
 		out = append(out, *p)
 	}
 	return out, nil
+}
+
+// putCarrying stages the platform images and the cluster image's index that lists
+// them and the carried container images (see carry.Index).
+func putCarrying(ctx context.Context, tx *store.Txn, imgs []v1.Image, platforms []v1.Platform, images []plan.ContainerImage) (v1.Descriptor, error) {
+	var descs []v1.Descriptor
+	for i, img := range imgs {
+		d, err := tx.PutImage(ctx, img, nil)
+		if err != nil {
+			return v1.Descriptor{}, err
+		}
+		p := platforms[i]
+		d.Platform = &p
+		descs = append(descs, d)
+	}
+	raw, desc, err := carry.Index(descs, images)
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	if err := tx.PutBlob(desc.Digest, desc.Size, bytes.NewReader(raw)); err != nil {
+		return v1.Descriptor{}, err
+	}
+	return desc, nil
+}
+
+// unionImages adds the images of b missing from a (by name) and merges roles.
+func unionImages(a, b []plan.ContainerImage) []plan.ContainerImage {
+	for _, c := range b {
+		found := false
+		for i := range a {
+			if a[i].Name == c.Name {
+				found = true
+				for _, r := range c.Roles {
+					a[i].Roles = addImageRole(a[i].Roles, r)
+				}
+			}
+		}
+		if !found {
+			c.Roles = append([]string(nil), c.Roles...)
+			a = append(a, c)
+		}
+	}
+	return a
+}
+
+func containsImage(list []plan.ContainerImage, name string) bool {
+	for _, c := range list {
+		if c.Name == name {
+			return true
+		}
+	}
+	return false
 }

@@ -121,7 +121,7 @@ func (b *builder) collectCopy(in kubefile.Instruction, srcs []string, dest strin
 func (b *builder) resolveSource(in kubefile.Instruction, src string) ([]string, error) {
 	clean := filepath.Clean(strings.TrimPrefix(filepath.FromSlash(src), "/"))
 	if clean == ".." || strings.HasPrefix(clean, ".."+string(filepath.Separator)) {
-		return nil, b.errf(in, "%s is outside the build context %s: COPY can only read files under it", src, b.opts.ContextDir)
+		return nil, b.errf(in, "%s is outside the build context %s: a Kubefile can only read files under it", src, b.opts.ContextDir)
 	}
 	abs := filepath.Join(b.ctxDir, clean)
 	matches := []string{abs}
@@ -145,7 +145,7 @@ func (b *builder) resolveSource(in kubefile.Instruction, src string) ([]string, 
 		}
 		rel, err := filepath.Rel(b.ctxDir, real)
 		if err != nil || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
-			return nil, b.errf(in, "%s resolves to %s, outside the build context %s: COPY can only read files under it", src, real, b.opts.ContextDir)
+			return nil, b.errf(in, "%s resolves to %s, outside the build context %s: a Kubefile can only read files under it", src, real, b.opts.ContextDir)
 		}
 		out = append(out, real)
 	}

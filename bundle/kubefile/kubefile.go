@@ -50,7 +50,7 @@ type Instruction struct {
 	Command  string // upper-case keyword (From, Copy, Run, …); for ON, the inner keyword
 	Original string // the instruction as written, continuations joined, comment stripped
 	// Args depends on Command: FROM [image]; COPY/ADD sources… then destination;
-	// RUN/CMD [shell command]; SERVICE [unit]; IMAGE references….
+	// RUN/CMD [shell command]; SERVICE [unit]; IMAGE references… and "-f", file pairs.
 	Args []string
 	// Pairs holds ARG, ENV and LABEL key/values in order.
 	Pairs []KeyValue
@@ -208,7 +208,7 @@ func parseInstruction(l line) (Instruction, string) {
 	if kwU == On {
 		role, inner := splitWord(rest)
 		if role == "" {
-			return in, "ON needs a role and an instruction: ON <role> COPY|ADD|RUN|SERVICE …"
+			return in, "ON needs a role and an instruction: ON <role> COPY|ADD|RUN|SERVICE|IMAGE …"
 		}
 		if !ValidRole(role) {
 			return in, fmt.Sprintf("invalid role %q: use master0, master, node, all or a lower-case name ([a-z][a-z0-9_-]*)", role)
@@ -217,11 +217,11 @@ func parseInstruction(l line) (Instruction, string) {
 		kw, rest = splitWord(inner)
 		kwU = strings.ToUpper(kw)
 		switch kwU {
-		case Copy, Add, Run, Service:
+		case Copy, Add, Run, Service, Image:
 		case "":
-			return in, fmt.Sprintf("ON %s needs an instruction: COPY, ADD, RUN or SERVICE", role)
+			return in, fmt.Sprintf("ON %s needs an instruction: COPY, ADD, RUN, SERVICE or IMAGE", role)
 		default:
-			return in, fmt.Sprintf("ON %s %s: only COPY, ADD, RUN and SERVICE can be scoped to a role", role, kw)
+			return in, fmt.Sprintf("ON %s %s: only COPY, ADD, RUN, SERVICE and IMAGE can be scoped to a role", role, kw)
 		}
 	}
 	in.Command = kwU
@@ -284,7 +284,17 @@ func parseInstruction(l line) (Instruction, string) {
 	case Image:
 		args := strings.Fields(rest)
 		if len(args) == 0 {
-			return in, "IMAGE needs at least one container image reference"
+			return in, "IMAGE needs at least one container image reference (or -f FILE)"
+		}
+		for i := 0; i < len(args); i++ {
+			switch {
+			case args[i] == "-f" && i+1 < len(args):
+				i++
+			case args[i] == "-f":
+				return in, "IMAGE -f needs a file: IMAGE -f images.txt"
+			case strings.HasPrefix(args[i], "-"):
+				return in, fmt.Sprintf("IMAGE: flag %s is not supported (only -f FILE)", args[i])
+			}
 		}
 		in.Args = args
 	case "":

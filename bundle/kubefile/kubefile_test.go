@@ -25,6 +25,7 @@ RUN ./fetch.sh \
 IMAGE docker.io/library/nginx:1.27 busybox:1
 ON master SERVICE etcd.service
 ON master0 RUN etcdctl endpoint health
+ON node IMAGE -f images.txt registry.local/app@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
 CMD ["etcdctl", "--endpoints={{ .VIP }}:2379", "endpoint health"]
 `
 
@@ -53,7 +54,8 @@ func TestParseGood(t *testing.T) {
 		{16, "", Image, []string{"docker.io/library/nginx:1.27", "busybox:1"}},
 		{17, "master", Service, []string{"etcd.service"}},
 		{18, "master0", Run, []string{"etcdctl endpoint health"}},
-		{19, "", Cmd, []string{`etcdctl '--endpoints={{ .VIP }}:2379' 'endpoint health'`}},
+		{19, "node", Image, []string{"-f", "images.txt", "registry.local/app@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"}},
+		{20, "", Cmd, []string{`etcdctl '--endpoints={{ .VIP }}:2379' 'endpoint health'`}},
 	}
 	if len(kf.Instructions) != len(want) {
 		t.Fatalf("got %d instructions, want %d: %+v", len(kf.Instructions), len(want), kf.Instructions)
@@ -74,8 +76,8 @@ func TestParseGood(t *testing.T) {
 	if in := kf.Instructions[6]; !in.HasChmod || in.Chmod != 0o755 {
 		t.Errorf("chmod = %o %v", in.Chmod, in.HasChmod)
 	}
-	if !kf.Instructions[12].RunTime() || kf.Instructions[9].RunTime() || !kf.Instructions[13].RunTime() {
-		t.Error("RunTime() wrong for ON RUN / RUN / CMD")
+	if !kf.Instructions[12].RunTime() || kf.Instructions[9].RunTime() || kf.Instructions[13].RunTime() || !kf.Instructions[14].RunTime() {
+		t.Error("RunTime() wrong for ON RUN / RUN / ON IMAGE / CMD")
 	}
 }
 
@@ -98,7 +100,7 @@ func TestParseErrors(t *testing.T) {
 		{"ON no role", "FROM scratch\nON\n", "Kubefile:2: ON needs a role"},
 		{"ON bad role", "FROM scratch\nON Master RUN x\n", "Kubefile:2: invalid role \"Master\""},
 		{"ON no instruction", "FROM scratch\nON node\n", "Kubefile:2: ON node needs an instruction"},
-		{"ON FROM", "FROM scratch\nON node FROM x\n", "Kubefile:2: ON node FROM: only COPY, ADD, RUN and SERVICE"},
+		{"ON FROM", "FROM scratch\nON node FROM x\n", "Kubefile:2: ON node FROM: only COPY, ADD, RUN, SERVICE and IMAGE"},
 		{"SERVICE without role", "FROM scratch\nSERVICE a.service\n", "Kubefile:2: SERVICE needs a role"},
 		{"SERVICE two units", "FROM scratch\nON node SERVICE a b\n", "Kubefile:2: ON node SERVICE takes one unit name, got 2"},
 		{"ENV no value", "FROM scratch\nENV FOO\n", "Kubefile:2: ENV FOO has no value"},
@@ -109,6 +111,8 @@ func TestParseErrors(t *testing.T) {
 		{"CMD twice", "FROM scratch\nCMD a\nCMD b\n", "Kubefile:3: second CMD (first at line 2)"},
 		{"CMD bad JSON", "FROM scratch\nCMD [\"a\",\n", "Kubefile:2: CMD: invalid JSON array"},
 		{"IMAGE empty", "FROM scratch\nIMAGE\n", "Kubefile:2: IMAGE needs at least one"},
+		{"IMAGE -f without file", "FROM scratch\nIMAGE nginx -f\n", "Kubefile:2: IMAGE -f needs a file"},
+		{"IMAGE unknown flag", "FROM scratch\nON node IMAGE --platform=x nginx\n", "Kubefile:2: IMAGE: flag --platform=x is not supported"},
 		{"continuation at EOF", "FROM scratch\nRUN a \\\n", "Kubefile:2: line continuation"},
 		{"unterminated quote", "FROM scratch\nENV A=\"x\n", "Kubefile:2: ENV: unterminated \" quote"},
 		{"Dockerfile-only", "FROM scratch\nWORKDIR /x\n", "Kubefile:2: WORKDIR is a Dockerfile instruction"},

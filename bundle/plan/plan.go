@@ -49,8 +49,10 @@ type Plan struct {
 	Steps []Step `json:"steps,omitempty"`
 	// Cmd is the health check run on master0 after every phase (may be nil).
 	Cmd *Step `json:"cmd,omitempty"`
-	// Images are the container images carried for the node-local registry.
-	Images []string `json:"images,omitempty"`
+	// Images are the container images carried for the node-local registry mirror, in
+	// Kubefile order (a base image's first). Their manifests and blobs travel inside the
+	// cluster image (see bundle/carry); the planner ships each node those of its roles.
+	Images []ContainerImage `json:"containerImages,omitempty"`
 	// History records each instruction, with the base image's entries first.
 	History []HistoryEntry `json:"history,omitempty"`
 }
@@ -87,6 +89,23 @@ type Step struct {
 	Line    int    `json:"line,omitempty"`    // Kubefile line, for error messages
 	Timeout string `json:"timeout,omitempty"` // Go duration; empty means the Clusterfile default
 	Seq     int    `json:"seq"`               // position in the instruction sequence (base image first)
+}
+
+// ContainerImage is one container image a cluster image carries, byte for byte as its
+// registry serves it.
+type ContainerImage struct {
+	// Ref is the reference as the Kubefile wrote it (after ARG expansion).
+	Ref string `json:"ref"`
+	// Name is Ref as containerd spells it: registry/repository[:tag][@digest], with
+	// "docker.io" for Docker Hub and "library/" for its official images.
+	Name string `json:"name"`
+	// Digest, MediaType and Size describe the manifest or index the name resolves to
+	// (a multi-arch index stays whole unless the build narrowed it to one platform).
+	Digest    string `json:"digest"`
+	MediaType string `json:"mediaType"`
+	Size      int64  `json:"size"`
+	// Roles whose hosts get the image: RoleAll alone, or role names.
+	Roles []string `json:"roles"`
 }
 
 // HistoryEntry is one build instruction as written, for `inspect`.
@@ -159,6 +178,20 @@ func (p *Plan) StepsFor(hostRoles []string, isMaster0 bool) []Step {
 	for _, s := range p.Steps {
 		if RoleMatches(s.Role, hostRoles, isMaster0) {
 			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// ImagesFor returns the container images a host with the given roles gets, in image order.
+func (p *Plan) ImagesFor(hostRoles []string, isMaster0 bool) []ContainerImage {
+	var out []ContainerImage
+	for _, c := range p.Images {
+		for _, r := range c.Roles {
+			if RoleMatches(r, hostRoles, isMaster0) {
+				out = append(out, c)
+				break
+			}
 		}
 	}
 	return out

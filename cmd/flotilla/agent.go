@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/flotilla-dev/flotilla/agent"
+	"github.com/flotilla-dev/flotilla/agent/mirror"
 	"github.com/spf13/cobra"
 )
 
@@ -65,6 +66,7 @@ Steps place files under --root (exported to steps as FLOTILLA_ROOT).`,
 	f.StringVar(&opts.PeerAdvertise, "peer-advertise", "", "host other agents reach the piece server at (default: the address this host reaches the controller from)")
 	f.Var(newRateValue(&opts.MaxUpload), "max-upload", "cap on layer bytes sent to other agents, e.g. 100mbit or 20MB/s (default none; a Clusterfile's spec.bandwidth can only lower it)")
 	f.Var(newRateValue(&opts.MaxDownload), "max-download", "cap on layer bytes fetched, e.g. 1gbit or 50MB/s (default none; a Clusterfile's spec.bandwidth can only lower it)")
+	f.StringVar(&opts.RegistryListen, "registry-listen", mirror.DefaultListen, "address of the node-local registry mirror serving the carried container images (read-only OCI pull API; plain HTTP, keep it on loopback); \"\" disables it")
 	cmd.AddCommand(newAgentStatusCmd())
 	for _, sc := range agentSubcommands {
 		cmd.AddCommand(sc())

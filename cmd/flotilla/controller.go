@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/flotilla-dev/flotilla/agent"
+	"github.com/flotilla-dev/flotilla/agent/mirror"
 	"github.com/flotilla-dev/flotilla/controller"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -31,11 +32,12 @@ func init() { addCommand(newControllerCmd) }
 
 func newControllerCmd() *cobra.Command {
 	var (
-		opts       controller.Options
-		localAgent bool
-		agentName  string
-		agentLabel string
-		hbInterval time.Duration
+		opts        controller.Options
+		localAgent  bool
+		agentName   string
+		agentLabel  string
+		agentMirror string
+		hbInterval  time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "controller",
@@ -80,7 +82,7 @@ Agents join over HTTPS (--http-listen) with a token and then talk NATS over TLS 
 				<-ctx.Done()
 				return nil
 			}
-			return runLocalAgent(ctx, c, opts.DataDir, agentName, agentLabel, hbInterval)
+			return runLocalAgent(ctx, c, opts.DataDir, agentName, agentLabel, agentMirror, hbInterval)
 		},
 	}
 	f := cmd.Flags()
@@ -95,10 +97,11 @@ Agents join over HTTPS (--http-listen) with a token and then talk NATS over TLS 
 	f.StringVar(&agentName, "agent-name", "", "name of the local agent (default: host name)")
 	f.StringVar(&agentLabel, "agent-labels", "", "labels of the local agent, k=v,…")
 	f.DurationVar(&hbInterval, "heartbeat-interval", 5*time.Second, "heartbeat interval of the local agent")
+	f.StringVar(&agentMirror, "agent-registry-listen", mirror.DefaultListen, "registry mirror address of the local agent (see flotilla agent --registry-listen); \"\" disables it")
 	return cmd
 }
 
-func runLocalAgent(ctx context.Context, c *controller.Controller, dataDir, name, labelStr string, hb time.Duration) error {
+func runLocalAgent(ctx context.Context, c *controller.Controller, dataDir, name, labelStr, registryListen string, hb time.Duration) error {
 	labels, err := parseLabels(labelStr)
 	if err != nil {
 		return fmt.Errorf("--agent-labels: %w", err)
@@ -116,7 +119,7 @@ func runLocalAgent(ctx context.Context, c *controller.Controller, dataDir, name,
 	}
 	a, err := agent.New(ctx, agent.Options{
 		Credentials: creds, Name: name, Labels: labels, Root: "/", DataDir: filepath.Join(dataDir, "local-agent"),
-		HeartbeatInterval: hb, Version: version,
+		HeartbeatInterval: hb, Version: version, RegistryListen: registryListen,
 		Logger: slog.Default().With("component", "agent"),
 	})
 	if err != nil {

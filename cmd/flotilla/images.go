@@ -2,11 +2,13 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"text/tabwriter"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/spf13/cobra"
 
+	"github.com/flotilla-dev/flotilla/bundle/carry"
 	"github.com/flotilla-dev/flotilla/bundle/store"
 )
 
@@ -24,6 +26,8 @@ type imageRow struct {
 	Platforms []string `json:"platforms"`
 	Size      int64    `json:"size"`
 	Roles     []string `json:"roles,omitempty"`
+	// Containers are the container images the cluster image carries.
+	Containers []carry.Carried `json:"containerImages,omitempty"`
 }
 
 func newImagesCmd() *cobra.Command {
@@ -53,9 +57,13 @@ func newImagesCmd() *cobra.Command {
 				return imgWriteJSON(cmd.OutOrStdout(), rows)
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tDIGEST\tPLATFORMS\tSIZE\tROLES")
+			fmt.Fprintln(tw, "NAME\tDIGEST\tPLATFORMS\tSIZE\tROLES\tCONTAINER IMAGES")
 			for _, r := range rows {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", imgOrNone(r.Name), r.Digest[:min(len(r.Digest), 19)], imgJoin(r.Platforms), imgSize(r.Size), imgJoin(r.Roles))
+				var carried []string
+				for _, c := range r.Containers {
+					carried = append(carried, c.Name)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", imgOrNone(r.Name), r.Digest[:min(len(r.Digest), 19)], imgJoin(r.Platforms), imgSize(r.Size), imgJoin(r.Roles), imgJoin(carried))
 			}
 			return tw.Flush()
 		},
@@ -91,7 +99,17 @@ func describeImage(st *store.Store, e store.Entry) imageRow {
 	if e.Descriptor.MediaType.IsIndex() {
 		if idx, err := st.Index(e.Descriptor.Digest); err == nil {
 			if im, err := idx.IndexManifest(); err == nil {
-				manifests = im.Manifests
+				for _, m := range im.Manifests {
+					if !carry.IsCarried(m) {
+						manifests = append(manifests, m)
+					}
+				}
+			}
+			if raw, err := idx.RawManifest(); err == nil {
+				r.Containers, _ = carry.List(raw)
+			}
+			for _, c := range r.Containers {
+				addCarried(st, c.Descriptor, add)
 			}
 		}
 	} else {
@@ -119,6 +137,28 @@ func describeImage(st *store.Store, e store.Entry) imageRow {
 		}
 	}
 	return r
+}
+
+// addCarried adds the size of every blob of a carried container image (all platforms).
+func addCarried(st *store.Store, d v1.Descriptor, add func(v1.Descriptor)) {
+	read := func(h v1.Hash) ([]byte, error) {
+		rc, _, err := st.OpenBlob(h)
+		if err != nil {
+			return nil, err
+		}
+		defer rc.Close()
+		return io.ReadAll(io.LimitReader(rc, carry.MaxManifestSize))
+	}
+	cl, err := carry.Walk(carry.ReadBlob(read), d, nil)
+	if err != nil {
+		return
+	}
+	for _, m := range cl.Manifests {
+		add(m)
+	}
+	for _, b := range cl.Blobs {
+		add(b)
+	}
 }
 
 func imgVariant(v string) string {

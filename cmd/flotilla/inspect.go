@@ -161,10 +161,12 @@ func printImageInspect(w io.Writer, o inspectOutput) error {
 		fmt.Fprintf(w, "\nCmd (on %s after every phase): %s\n", p.Cmd.Role, p.Cmd.Command)
 	}
 	if len(p.Images) > 0 {
-		fmt.Fprintln(w, "\nCarried container images:")
+		fmt.Fprintln(w, "\nCarried container images (served by every node's registry mirror):")
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		for _, i := range p.Images {
-			fmt.Fprintf(w, "  %s\n", i)
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", i.Name, imgShortDigestStr(i.Digest), imgJoin(i.Roles), i.MediaType)
 		}
+		tw.Flush()
 	}
 	if len(p.History) > 0 {
 		fmt.Fprintln(w, "\nHistory:")

@@ -29,6 +29,7 @@ type Registry struct {
 	Storage string
 	mu      sync.Mutex
 	counts  map[string]int
+	stop    func()
 }
 
 // Options tweaks the registry's configuration.
@@ -85,11 +86,15 @@ http:
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", Binary, err)
 	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		logf.Close()
-	})
+	var once sync.Once
+	stopRegistry := func() {
+		once.Do(func() {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			logf.Close()
+		})
+	}
+	t.Cleanup(stopRegistry)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	for {
@@ -115,9 +120,13 @@ http:
 		proxy.ServeHTTP(w, req)
 	}))
 	t.Cleanup(srv.Close)
+	r.stop = func() { stopRegistry(); srv.Close() }
 	r.Host = strings.TrimPrefix(srv.URL, "http://")
 	return r
 }
+
+// Stop kills the registry and closes the proxy: from then on nothing answers at Host.
+func (r *Registry) Stop() { r.stop() }
 
 // classify names a registry request: "upload" (starting or sending a blob upload),
 // "blob-head", "blob-get", "manifest-put", "manifest-get" or "other".

@@ -1,0 +1,328 @@
+// Package mirror is the node-local registry mirror: it serves the read-only OCI
+// distribution pull API (GET and HEAD of /v2/, manifests by tag or digest, blobs by
+// digest with Range, tags/list) from a Content store, for every upstream registry at
+// once. containerd names the upstream registry in the ns query parameter
+// (/v2/library/nginx/manifests/1.27?ns=docker.io) when
+// /etc/containerd/certs.d/_default/hosts.toml points at the mirror (see HostsTOML);
+// a request without ns means docker.io, as Docker's registry-mirrors sends them.
+// Anything the store does not hold is a plain 404 with the OCI error body, so a runtime
+// that is online falls back to the upstream registry.
+package mirror
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"golang.org/x/net/netutil"
+)
+
+// DefaultListen is the agent's default --registry-listen.
+const DefaultListen = "127.0.0.1:5050"
+
+// ErrNotFound is what Content returns (wrapped) for anything it does not hold.
+var ErrNotFound = errors.New("not in the node's image cache")
+
+// Content is what the mirror serves. Registry is as containerd spells it ("docker.io",
+// "registry.local:5000"), repo the repository path ("library/nginx").
+type Content interface {
+	// Resolve returns the manifest or index a tag or digest names in registry/repo.
+	Resolve(registry, repo, reference string) (v1.Descriptor, error)
+	// Blob returns the descriptor of a blob (config, layer or manifest) of registry/repo.
+	Blob(registry, repo string, digest v1.Hash) (v1.Descriptor, error)
+	// Open opens a blob the store holds; its content matches its digest.
+	Open(digest v1.Hash) (io.ReadSeekCloser, error)
+	// Tags lists registry/repo's tags, sorted.
+	Tags(registry, repo string) ([]string, error)
+}
+
+// Options configures a Server.
+type Options struct {
+	Content Content
+	Logger  *slog.Logger // nil: slog.Default()
+}
+
+// Server is the mirror's http.Handler.
+type Server struct {
+	c   Content
+	log *slog.Logger
+}
+
+// New returns the mirror's handler.
+func New(o Options) *Server {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return &Server{c: o.Content, log: o.Logger}
+}
+
+// Bounds of a served mirror.
+const (
+	// DefaultMaxConns bounds concurrent connections; more wait to be accepted.
+	DefaultMaxConns   = 128
+	readHeaderTimeout = 10 * time.Second
+	idleTimeout       = 60 * time.Second
+	// writeTimeout bounds one response: a 1 GiB layer over loopback takes seconds.
+	writeTimeout   = 30 * time.Minute
+	maxHeaderBytes = 64 << 10
+)
+
+// Serve serves h on l until ctx ends, with at most maxConns connections at once
+// (0: DefaultMaxConns) and timeouts on reading requests and idle connections.
+func Serve(ctx context.Context, l net.Listener, h http.Handler, maxConns int) error {
+	if maxConns <= 0 {
+		maxConns = DefaultMaxConns
+	}
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: readHeaderTimeout,
+		ReadTimeout:       readHeaderTimeout,
+		WriteTimeout:      writeTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+	}
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		select {
+		case <-ctx.Done():
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = srv.Shutdown(sctx)
+		case <-done:
+		}
+	}()
+	err := srv.Serve(netutil.LimitListener(l, maxConns))
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+var (
+	// nameRE is the OCI distribution name grammar: lower-case components separated by
+	// "/", each starting and ending with a letter or digit. "..", "." and empty
+	// components cannot match, so no path traversal.
+	nameRE = regexp.MustCompile(`^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$`)
+	tagRE  = regexp.MustCompile(`^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$`)
+	// digestRE is the OCI digest grammar; only sha256 can be held.
+	digestRE = regexp.MustCompile(`^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$`)
+	sha256RE = regexp.MustCompile(`^sha256:[a-f0-9]{64}$`)
+	// nsRE is a registry host[:port] (containerd's ns parameter).
+	nsRE = regexp.MustCompile(`^[a-zA-Z0-9](?:[a-zA-Z0-9.-]*[a-zA-Z0-9])?(?::[0-9]{1,5})?$`)
+)
+
+const maxNameLen = 255
+
+// errorBody is the OCI distribution error JSON.
+type errorBody struct {
+	Errors []errorEntry `json:"errors"`
+}
+type errorEntry struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+	Detail  any    `json:"detail,omitempty"`
+}
+
+func (s *Server) fail(w http.ResponseWriter, r *http.Request, status int, code, msg string) {
+	if status == http.StatusBadRequest || status == http.StatusMethodNotAllowed {
+		// Refusals name who asked: the mirror listens on loopback, so a local process.
+		s.log.Warn("registry mirror refused a request", "from", r.RemoteAddr, "method", r.Method, "path", r.URL.Path, "ns", r.URL.Query().Get("ns"), "code", code, "why", msg)
+	}
+	b, _ := json.Marshal(errorBody{Errors: []errorEntry{{Code: code, Message: msg}}})
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+	w.WriteHeader(status)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write(b)
+	}
+}
+
+// ServeHTTP implements the pull API.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		s.fail(w, r, http.StatusMethodNotAllowed, "UNSUPPORTED", "the registry mirror is read-only: only GET and HEAD")
+		return
+	}
+	p := r.URL.Path
+	if p == "/v2/" || p == "/v2" {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Content-Length", "2")
+		if r.Method == http.MethodGet {
+			_, _ = io.WriteString(w, "{}")
+		}
+		return
+	}
+	if !strings.HasPrefix(p, "/v2/") {
+		s.fail(w, r, http.StatusNotFound, "NOT_FOUND", "not a registry API path")
+		return
+	}
+	rest := strings.TrimPrefix(p, "/v2/")
+	registry := r.URL.Query().Get("ns")
+	if registry == "" {
+		registry = "docker.io"
+	}
+	if !nsRE.MatchString(registry) || len(registry) > maxNameLen {
+		s.fail(w, r, http.StatusBadRequest, "NAME_INVALID", fmt.Sprintf("ns=%q is not a registry host[:port]", registry))
+		return
+	}
+	switch {
+	case strings.HasSuffix(rest, "/tags/list"):
+		name := strings.TrimSuffix(rest, "/tags/list")
+		if s.validName(w, r, name) {
+			s.tags(w, r, registry, name)
+		}
+	case strings.Contains(rest, "/manifests/"):
+		i := strings.LastIndex(rest, "/manifests/")
+		name, ref := rest[:i], rest[i+len("/manifests/"):]
+		if s.validName(w, r, name) {
+			s.manifest(w, r, registry, name, ref)
+		}
+	case strings.Contains(rest, "/blobs/"):
+		i := strings.LastIndex(rest, "/blobs/")
+		name, ref := rest[:i], rest[i+len("/blobs/"):]
+		if s.validName(w, r, name) {
+			s.blob(w, r, registry, name, ref)
+		}
+	default:
+		s.fail(w, r, http.StatusNotFound, "NOT_FOUND", "not a pull API path (manifests, blobs, tags/list)")
+	}
+}
+
+func (s *Server) validName(w http.ResponseWriter, r *http.Request, name string) bool {
+	if len(name) > maxNameLen || !nameRE.MatchString(name) {
+		s.fail(w, r, http.StatusBadRequest, "NAME_INVALID", fmt.Sprintf("repository name %q does not match the OCI name grammar", name))
+		return false
+	}
+	return true
+}
+
+// checkDigest parses a digest reference: ok false after answering the request.
+func (s *Server) checkDigest(w http.ResponseWriter, r *http.Request, ref, unknown string) (v1.Hash, bool) {
+	if !digestRE.MatchString(ref) {
+		s.fail(w, r, http.StatusBadRequest, "DIGEST_INVALID", fmt.Sprintf("%q is not a digest", ref))
+		return v1.Hash{}, false
+	}
+	if !sha256RE.MatchString(ref) {
+		// Well-formed but of an algorithm (or length) the cache never holds.
+		s.fail(w, r, http.StatusNotFound, unknown, fmt.Sprintf("%s is not in the node's image cache", ref))
+		return v1.Hash{}, false
+	}
+	h, err := v1.NewHash(ref)
+	if err != nil {
+		s.fail(w, r, http.StatusBadRequest, "DIGEST_INVALID", err.Error())
+		return v1.Hash{}, false
+	}
+	return h, true
+}
+
+func (s *Server) manifest(w http.ResponseWriter, r *http.Request, registry, name, ref string) {
+	if strings.Contains(ref, ":") {
+		if _, ok := s.checkDigest(w, r, ref, "MANIFEST_UNKNOWN"); !ok {
+			return
+		}
+	} else if !tagRE.MatchString(ref) {
+		s.fail(w, r, http.StatusBadRequest, "TAG_INVALID", fmt.Sprintf("%q is neither a tag nor a digest", ref))
+		return
+	}
+	d, err := s.c.Resolve(registry, name, ref)
+	if err != nil {
+		s.notFound(w, r, "MANIFEST_UNKNOWN", registry, name, ref, err)
+		return
+	}
+	s.serveBlob(w, r, d, string(d.MediaType), "MANIFEST_UNKNOWN", registry, name, ref)
+}
+
+func (s *Server) blob(w http.ResponseWriter, r *http.Request, registry, name, ref string) {
+	h, ok := s.checkDigest(w, r, ref, "BLOB_UNKNOWN")
+	if !ok {
+		return
+	}
+	d, err := s.c.Blob(registry, name, h)
+	if err != nil {
+		s.notFound(w, r, "BLOB_UNKNOWN", registry, name, ref, err)
+		return
+	}
+	s.serveBlob(w, r, d, "application/octet-stream", "BLOB_UNKNOWN", registry, name, ref)
+}
+
+func (s *Server) notFound(w http.ResponseWriter, r *http.Request, code, registry, name, ref string, err error) {
+	if !errors.Is(err, ErrNotFound) {
+		s.log.Warn("registry mirror: cache lookup failed", "repo", registry+"/"+name, "ref", ref, "err", err)
+	}
+	s.fail(w, r, http.StatusNotFound, code, fmt.Sprintf("%s/%s %s is not in the node's image cache", registry, name, ref))
+}
+
+// serveBlob answers with the blob's bytes (Range, HEAD and If-None-Match handled by
+// http.ServeContent) and the registry headers.
+func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, d v1.Descriptor, contentType, code, registry, name, ref string) {
+	f, err := s.c.Open(d.Digest)
+	if err != nil {
+		s.notFound(w, r, code, registry, name, ref, err)
+		return
+	}
+	defer f.Close()
+	w.Header().Set("Content-Type", contentType)
+	w.Header().Set("Docker-Content-Digest", d.Digest.String())
+	w.Header().Set("ETag", `"`+d.Digest.String()+`"`)
+	w.Header().Set("Accept-Ranges", "bytes")
+	http.ServeContent(w, r, "", time.Time{}, f)
+}
+
+func (s *Server) tags(w http.ResponseWriter, r *http.Request, registry, name string) {
+	tags, err := s.c.Tags(registry, name)
+	if err != nil || len(tags) == 0 {
+		if err == nil {
+			err = ErrNotFound
+		}
+		s.notFound(w, r, "NAME_UNKNOWN", registry, name, "tags", err)
+		return
+	}
+	q := r.URL.Query()
+	if last := q.Get("last"); last != "" {
+		i := 0
+		for i < len(tags) && tags[i] <= last {
+			i++
+		}
+		tags = tags[i:]
+	}
+	if ns := q.Get("n"); ns != "" {
+		n, err := strconv.Atoi(ns)
+		if err != nil || n < 0 {
+			s.fail(w, r, http.StatusBadRequest, "PAGINATION_NUMBER_INVALID", fmt.Sprintf("n=%q is not a count", ns))
+			return
+		}
+		if n < len(tags) {
+			tags = tags[:n]
+			if n > 0 {
+				next := url.Values{"n": {strconv.Itoa(n)}, "last": {tags[n-1]}}
+				if ns := q.Get("ns"); ns != "" {
+					next.Set("ns", ns)
+				}
+				w.Header().Set("Link", fmt.Sprintf(`</v2/%s/tags/list?%s>; rel="next"`, name, next.Encode()))
+			}
+		}
+	}
+	b, _ := json.Marshal(struct {
+		Name string   `json:"name"`
+		Tags []string `json:"tags"`
+	}{name, append([]string{}, tags...)})
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+	if r.Method == http.MethodGet {
+		_, _ = w.Write(b)
+	}
+}

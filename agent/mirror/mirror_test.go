@@ -1,0 +1,314 @@
+package mirror_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/flotilla-dev/flotilla/agent/imagecache"
+	"github.com/flotilla-dev/flotilla/agent/imagecache/imagecachetest"
+	"github.com/flotilla-dev/flotilla/agent/mirror"
+	"github.com/flotilla-dev/flotilla/bundle/plan"
+)
+
+// content is a cache holding docker.io/library/nginx:1.27 (one image), a two-platform
+// index registry.local:5000/team/app:v1, and the same index by digest only.
+type content struct {
+	cache                *imagecache.Cache
+	src                  imagecachetest.Source
+	nginx, nginxLayer    v1.Hash
+	nginxCfg             v1.Hash
+	app, appAMD, appARM  v1.Hash
+	nginxSize, layerSize int
+}
+
+func newContent(t *testing.T) *content {
+	t.Helper()
+	c := &content{src: imagecachetest.Source{}}
+	l := imagecachetest.Layer(t, 3000)
+	c.nginxLayer, _ = l.Digest()
+	img := imagecachetest.Image(t, nil, l)
+	c.nginxCfg, _ = img.ConfigName()
+	nginx := c.src.AddImage(t, "docker.io/library/nginx:1.27", img)
+	c.nginx, _ = v1.NewHash(nginx.Digest)
+	c.nginxSize = int(nginx.Size)
+	c.layerSize = len(c.src[c.nginxLayer])
+	app, d := c.src.AddIndex(t, "registry.local:5000/team/app:v1", map[string]v1.Image{
+		"linux/amd64": imagecachetest.Image(t, nil, imagecachetest.Layer(t, 500)),
+		"linux/arm64": imagecachetest.Image(t, &v1.Platform{OS: "linux", Architecture: "arm64"}, imagecachetest.Layer(t, 500)),
+	})
+	c.app, _ = v1.NewHash(app.Digest)
+	c.appAMD, c.appARM = d["linux/amd64"], d["linux/arm64"]
+	byDigest := app
+	byDigest.Name = "registry.local:5000/team/app@" + app.Digest
+	var err error
+	if c.cache, err = imagecache.Open(t.TempDir()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.cache.Import(context.Background(), "test", []plan.ContainerImage{nginx, app, byDigest}, nil, c.src.Open); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// TestPullAPI checks every pull endpoint, header and error code of the mirror.
+func TestPullAPI(t *testing.T) {
+	c := newContent(t)
+	srv := httptest.NewServer(mirror.New(mirror.Options{Content: c.cache}))
+	defer srv.Close()
+	const reg = "?ns=registry.local:5000"
+	ociManifest, ociIndex := string(types.OCIManifestSchema1), string(types.OCIImageIndex)
+	type want struct {
+		status int
+		ctype  string
+		digest v1.Hash
+		length int    // Content-Length; -1: unchecked
+		body   []byte // exact body; nil: unchecked
+		code   string // OCI error code
+	}
+	cases := []struct {
+		name, method, path string
+		header             map[string]string
+		want               want
+	}{
+		{"base GET", "GET", "/v2/", nil, want{status: 200, ctype: "application/json", length: 2, body: []byte("{}")}},
+		{"base HEAD", "HEAD", "/v2/", nil, want{status: 200, length: 2}},
+		{"base without slash", "GET", "/v2", nil, want{status: 200, length: 2}},
+		{"docker.io library name, no ns", "GET", "/v2/library/nginx/manifests/1.27", nil, want{status: 200, ctype: ociManifest, digest: c.nginx, length: c.nginxSize, body: c.src[c.nginx]}},
+		{"docker.io with ns", "GET", "/v2/library/nginx/manifests/1.27?ns=docker.io", nil, want{status: 200, ctype: ociManifest, digest: c.nginx, length: c.nginxSize}},
+		{"manifest HEAD", "HEAD", "/v2/library/nginx/manifests/1.27", nil, want{status: 200, ctype: ociManifest, digest: c.nginx, length: c.nginxSize, body: []byte{}}},
+		{"manifest by digest", "GET", "/v2/library/nginx/manifests/" + c.nginx.String(), nil, want{status: 200, ctype: ociManifest, digest: c.nginx, length: c.nginxSize}},
+		{"same name, other registry", "GET", "/v2/library/nginx/manifests/1.27?ns=quay.io", nil, want{status: 404, code: "MANIFEST_UNKNOWN", length: -1}},
+		{"index by tag", "GET", "/v2/team/app/manifests/v1" + reg, nil, want{status: 200, ctype: ociIndex, digest: c.app, length: len(c.src[c.app])}},
+		{"index by digest", "GET", "/v2/team/app/manifests/" + c.app.String() + reg, nil, want{status: 200, ctype: ociIndex, digest: c.app, length: -1}},
+		{"platform manifest by digest", "GET", "/v2/team/app/manifests/" + c.appARM.String() + reg, nil, want{status: 200, ctype: ociManifest, digest: c.appARM, length: -1}},
+		{"unknown tag", "GET", "/v2/library/nginx/manifests/1.28", nil, want{status: 404, code: "MANIFEST_UNKNOWN", length: -1}},
+		{"unknown tag HEAD", "HEAD", "/v2/library/nginx/manifests/1.28", nil, want{status: 404, length: -1, body: []byte{}}},
+		{"unknown repo", "GET", "/v2/library/redis/manifests/7", nil, want{status: 404, code: "MANIFEST_UNKNOWN", length: -1}},
+		{"manifest of another repo by digest", "GET", "/v2/library/nginx/manifests/" + c.app.String(), nil, want{status: 404, code: "MANIFEST_UNKNOWN", length: -1}},
+		{"sha512 digest", "GET", "/v2/library/nginx/manifests/sha512:" + strings.Repeat("ab", 64), nil, want{status: 404, code: "MANIFEST_UNKNOWN", length: -1}},
+		{"malformed digest", "GET", "/v2/library/nginx/manifests/sha256:xyz!", nil, want{status: 400, code: "DIGEST_INVALID", length: -1}},
+		{"bad tag", "GET", "/v2/library/nginx/manifests/-1.27", nil, want{status: 400, code: "TAG_INVALID", length: -1}},
+		{"blob", "GET", "/v2/library/nginx/blobs/" + c.nginxLayer.String(), nil, want{status: 200, ctype: "application/octet-stream", digest: c.nginxLayer, length: c.layerSize, body: c.src[c.nginxLayer]}},
+		{"config blob", "GET", "/v2/library/nginx/blobs/" + c.nginxCfg.String(), nil, want{status: 200, digest: c.nginxCfg, length: len(c.src[c.nginxCfg]), body: c.src[c.nginxCfg]}},
+		{"blob HEAD", "HEAD", "/v2/library/nginx/blobs/" + c.nginxLayer.String(), nil, want{status: 200, ctype: "application/octet-stream", digest: c.nginxLayer, length: c.layerSize, body: []byte{}}},
+		{"blob Range", "GET", "/v2/library/nginx/blobs/" + c.nginxLayer.String(), map[string]string{"Range": "bytes=10-19"}, want{status: 206, digest: c.nginxLayer, length: 10, body: c.src[c.nginxLayer][10:20]}},
+		{"blob open Range", "GET", "/v2/library/nginx/blobs/" + c.nginxLayer.String(), map[string]string{"Range": "bytes=" + strconv.Itoa(c.layerSize-5) + "-"}, want{status: 206, length: 5, body: c.src[c.nginxLayer][c.layerSize-5:]}},
+		{"Range beyond the blob", "GET", "/v2/library/nginx/blobs/" + c.nginxLayer.String(), map[string]string{"Range": "bytes=" + strconv.Itoa(c.layerSize+10) + "-"}, want{status: 416, length: -1}},
+		{"If-None-Match", "GET", "/v2/library/nginx/blobs/" + c.nginxLayer.String(), map[string]string{"If-None-Match": `"` + c.nginxLayer.String() + `"`}, want{status: 304, length: -1}},
+		{"blob of another repo", "GET", "/v2/team/app/blobs/" + c.nginxLayer.String() + reg, nil, want{status: 404, code: "BLOB_UNKNOWN", length: -1}},
+		{"unknown blob", "GET", "/v2/library/nginx/blobs/sha256:" + strings.Repeat("0", 64), nil, want{status: 404, code: "BLOB_UNKNOWN", length: -1}},
+		{"blob by tag", "GET", "/v2/library/nginx/blobs/latest", nil, want{status: 400, code: "DIGEST_INVALID", length: -1}},
+		{"tags", "GET", "/v2/library/nginx/tags/list", nil, want{status: 200, ctype: "application/json", length: -1, body: []byte(`{"name":"library/nginx","tags":["1.27"]}`)}},
+		{"tags n=0", "GET", "/v2/team/app/tags/list?n=0&ns=registry.local:5000", nil, want{status: 200, length: -1, body: []byte(`{"name":"team/app","tags":[]}`)}},
+		{"tags unknown repo", "GET", "/v2/library/redis/tags/list", nil, want{status: 404, code: "NAME_UNKNOWN", length: -1}},
+		{"referrers", "GET", "/v2/library/nginx/referrers/" + c.nginx.String(), nil, want{status: 404, code: "NOT_FOUND", length: -1}},
+		{"not v2", "GET", "/v1/_ping", nil, want{status: 404, code: "NOT_FOUND", length: -1}},
+		{"upper-case name", "GET", "/v2/Library/Nginx/manifests/1.27", nil, want{status: 400, code: "NAME_INVALID", length: -1}},
+		{"traversal", "GET", "/v2/../../etc/passwd/manifests/1", nil, want{status: 400, code: "NAME_INVALID", length: -1}},
+		{"encoded traversal", "GET", "/v2/library/%2e%2e/%2e%2e/blobs/" + c.nginxLayer.String(), nil, want{status: 400, code: "NAME_INVALID", length: -1}},
+		{"empty component", "GET", "/v2/library//nginx/manifests/1.27", nil, want{status: 400, code: "NAME_INVALID", length: -1}},
+		{"bad ns", "GET", "/v2/library/nginx/manifests/1.27?ns=a/b", nil, want{status: 400, code: "NAME_INVALID", length: -1}},
+		{"PUT", "PUT", "/v2/library/nginx/manifests/1.27", nil, want{status: 405, code: "UNSUPPORTED", length: -1}},
+		{"POST upload", "POST", "/v2/library/nginx/blobs/uploads/", nil, want{status: 405, code: "UNSUPPORTED", length: -1}},
+		{"DELETE", "DELETE", "/v2/library/nginx/manifests/" + c.nginx.String(), nil, want{status: 405, code: "UNSUPPORTED", length: -1}},
+		{"PATCH", "PATCH", "/v2/library/nginx/blobs/uploads/x", nil, want{status: 405, code: "UNSUPPORTED", length: -1}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			req, err := http.NewRequest(tc.method, srv.URL+tc.path, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for k, v := range tc.header {
+				req.Header.Set(k, v)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			w := tc.want
+			if resp.StatusCode != w.status {
+				t.Fatalf("status %d, want %d (body %s)", resp.StatusCode, w.status, body)
+			}
+			if w.ctype != "" && resp.Header.Get("Content-Type") != w.ctype {
+				t.Errorf("Content-Type %q, want %q", resp.Header.Get("Content-Type"), w.ctype)
+			}
+			if w.digest != (v1.Hash{}) && resp.Header.Get("Docker-Content-Digest") != w.digest.String() {
+				t.Errorf("Docker-Content-Digest %q, want %s", resp.Header.Get("Docker-Content-Digest"), w.digest)
+			}
+			if w.length >= 0 && resp.Header.Get("Content-Length") != strconv.Itoa(w.length) {
+				t.Errorf("Content-Length %q, want %d", resp.Header.Get("Content-Length"), w.length)
+			}
+			if w.body != nil && !bytes.Equal(body, w.body) {
+				t.Errorf("body %q, want %q", trim(body), trim(w.body))
+			}
+			if resp.Header.Get("Docker-Distribution-API-Version") != "registry/2.0" {
+				t.Error("no Docker-Distribution-API-Version header")
+			}
+			if w.code != "" {
+				var e struct {
+					Errors []struct{ Code, Message string }
+				}
+				if err := json.Unmarshal(body, &e); err != nil || len(e.Errors) != 1 || e.Errors[0].Code != w.code || e.Errors[0].Message == "" {
+					t.Errorf("error body %s, want code %s", body, w.code)
+				}
+				if resp.Header.Get("Content-Type") != "application/json" {
+					t.Errorf("error Content-Type %q", resp.Header.Get("Content-Type"))
+				}
+			}
+			if w.status == 405 && resp.Header.Get("Allow") != "GET, HEAD" {
+				t.Errorf("405 without Allow: GET, HEAD")
+			}
+		})
+	}
+}
+
+func trim(b []byte) string {
+	if len(b) > 80 {
+		return string(b[:80]) + "…"
+	}
+	return string(b)
+}
+
+// syncBuffer is a log sink safe for the server's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+// serve runs the real mirror server on a loopback port.
+func serve(t *testing.T, h http.Handler, maxConns int) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- mirror.Serve(ctx, l, h, maxConns) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Error("mirror did not stop")
+		}
+	})
+	return l.Addr().String()
+}
+
+// rawRequest sends a request line as written (no client-side path cleaning).
+func rawRequest(t *testing.T, addr, line string) string {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(conn, line+"\r\nHost: mirror\r\nConnection: close\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(conn)
+	return string(b)
+}
+
+// TestHostileMirrorRequests sends path traversal and write attempts to the real
+// server: none reads a file outside the cache or changes anything, and every refusal
+// is logged naming the requester.
+func TestHostileMirrorRequests(t *testing.T) {
+	c := newContent(t)
+	logs := &syncBuffer{}
+	h := mirror.New(mirror.Options{Content: c.cache, Logger: slog.New(slog.NewTextHandler(logs, nil))})
+	addr := serve(t, h, 0)
+	before, _ := c.cache.Images()
+	attacks := []string{
+		"GET /v2/../../../../etc/passwd HTTP/1.1",
+		"GET /v2/../../../../etc/passwd/blobs/sha256:" + strings.Repeat("0", 64) + " HTTP/1.1",
+		"GET /v2/library/nginx/blobs/sha256:../../../../../../etc/passwd HTTP/1.1",
+		"GET /v2/library/nginx/blobs/sha256%2f..%2f..%2fimages.json HTTP/1.1",
+		"GET /v2/%2e%2e/%2e%2e/manifests/images.json HTTP/1.1",
+		"GET /v2/library/nginx/manifests/..%2f..%2fimages.json HTTP/1.1",
+		"PUT /v2/library/nginx/manifests/1.27 HTTP/1.1",
+		"DELETE /v2/library/nginx/blobs/" + c.nginxLayer.String() + " HTTP/1.1",
+	}
+	for _, a := range attacks {
+		resp := rawRequest(t, addr, a)
+		status := strings.SplitN(resp, " ", 3)
+		if len(status) < 2 || (status[1] != "400" && status[1] != "404" && status[1] != "405") {
+			t.Errorf("%s: answered %q", a, firstLine(resp))
+		}
+		if strings.Contains(resp, "root:") || strings.Contains(resp, `"owners"`) {
+			t.Errorf("%s: leaked a file: %q", a, trim([]byte(resp)))
+		}
+	}
+	after, _ := c.cache.Images()
+	if len(after) != len(before) || !c.cache.Has(c.nginxLayer) {
+		t.Error("a refused request changed the cache")
+	}
+	l := logs.String()
+	if n := strings.Count(l, "registry mirror refused a request"); n < 6 {
+		t.Errorf("%d refusals logged, want every 400 and 405:\n%s", n, l)
+	}
+	if !strings.Contains(l, "from=127.0.0.1:") || !strings.Contains(l, "code=NAME_INVALID") || !strings.Contains(l, "code=UNSUPPORTED") {
+		t.Errorf("refusals do not name the requester and the reason:\n%s", l)
+	}
+}
+
+func firstLine(s string) string { l, _, _ := strings.Cut(s, "\r\n"); return l }
+
+// TestConnectionLimit: with two connections held open, a third request waits until
+// one is closed.
+func TestConnectionLimit(t *testing.T) {
+	c := newContent(t)
+	addr := serve(t, mirror.New(mirror.Options{Content: c.cache}), 2)
+	var held []net.Conn
+	for range 2 {
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, conn)
+	}
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	client := &http.Client{Timeout: 500 * time.Millisecond}
+	if resp, err := client.Get("http://" + addr + "/v2/"); err == nil {
+		resp.Body.Close()
+		t.Fatal("a third connection was served while two were held")
+	}
+	held[0].Close()
+	held = held[1:]
+	client.Timeout = 5 * time.Second
+	resp, err := client.Get("http://" + addr + "/v2/")
+	if err != nil {
+		t.Fatalf("after a slot freed: %v", err)
+	}
+	resp.Body.Close()
+}
