@@ -164,7 +164,7 @@ func printImageInspect(w io.Writer, o inspectOutput) error {
 		fmt.Fprintln(w, "\nCarried container images (served by every node's registry mirror):")
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		for _, i := range p.Images {
-			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", i.Name, imgShortDigestStr(i.Digest), imgJoin(i.Roles), i.MediaType)
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", i.Name, protocol.ShortDigest(i.Digest), imgJoin(i.Roles), i.MediaType)
 		}
 		tw.Flush()
 	}
