@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -50,6 +51,7 @@ type result struct {
 	n      int
 	t      time.Duration
 	cpu    float64 // share of the machine's CPU busy during the run
+	cpuSec float64 // CPU seconds (user + system) of every process of the method
 	load   string  // 1-minute load average when the run started (other work on the machine)
 }
 
@@ -61,6 +63,8 @@ func TestDistributionBenchmark(t *testing.T) {
 		t.Fatal("distribution benchmark: needs root for network namespaces and tc")
 	}
 	ensureTools(t)
+	cg := newCPUGroup(t)
+	probe := cpuProbe()
 	sizeMiB := envInt(t, "FLOTILLA_BENCH_SIZE_MIB", 128)
 	ns := envInts(t, "FLOTILLA_BENCH_NODES", "5,10,20")
 	methods := strings.Split(envOr("FLOTILLA_BENCH_METHODS", "p2p,rollout,seed-only,scp"), ",")
@@ -107,7 +111,7 @@ func TestDistributionBenchmark(t *testing.T) {
 	for _, m := range methods {
 		switch m {
 		case "scp":
-			sshKey = startSSHDs(t, work, maxN)
+			sshKey = startSSHDs(t, cg, work, maxN)
 		case "rollout":
 			img = buildRolloutImage(t, work, stores, blob)
 		}
@@ -117,22 +121,25 @@ func TestDistributionBenchmark(t *testing.T) {
 			var r result
 			load := loadAvg()
 			cpu := cpuSampler()
+			cpuStart := cg.seconds()
 			switch m {
 			case "p2p", "seed-only":
-				r = runFlotilla(t, bin, work, stores, blob, listFile, pieceSize, list, certs, n, m)
+				r = runFlotilla(t, cg, bin, work, stores, blob, listFile, pieceSize, list, certs, n, m)
 			case "rollout":
 				var f result
-				r, f = runRollout(t, bin, work, stores, img, size, n)
+				r, f = runRollout(t, cg, bin, work, stores, img, size, n)
 				f.cpu, f.load = math.NaN(), load
 				t.Logf("N=%2d %-9s T=%6.2fs  T/(S/B)=%.2f", n, "(fetched)", f.t.Seconds(), f.t.Seconds()/ideal.Seconds())
 				results = append(results, f)
 			case "scp":
-				r = runSCP(t, work, stores, blob, sshKey, n)
+				r = runSCP(t, cg, work, stores, blob, sshKey, n)
 			default:
 				t.Fatalf("FLOTILLA_BENCH_METHODS: unknown method %q (want p2p, rollout, seed-only, scp)", m)
 			}
 			r.cpu, r.load = cpu(), load
-			t.Logf("N=%2d %-9s T=%6.2fs  T/(S/B)=%.2f  CPU busy %.0f%%", n, m, r.t.Seconds(), r.t.Seconds()/ideal.Seconds(), r.cpu*100)
+			r.cpuSec = cg.seconds() - cpuStart
+			t.Logf("N=%2d %-9s T=%6.2fs  T/(S/B)=%.2f  CPU busy %.0f%%  %.1f CPU s per delivered GiB", n, m, r.t.Seconds(), r.t.Seconds()/ideal.Seconds(), r.cpu*100,
+				r.cpuSec/(float64(n)*float64(size)/(1<<30)))
 			results = append(results, r)
 		}
 	}
@@ -143,7 +150,7 @@ func TestDistributionBenchmark(t *testing.T) {
 			shown = append(shown, "rollout-fetch")
 		}
 	}
-	table := renderTable(results, ns, shown, ideal, sizeMiB, list)
+	table := renderTable(results, ns, shown, ideal, sizeMiB, list, probe)
 	t.Log("\n" + table)
 	if os.Getenv("FLOTILLA_BENCH_README") != "0" {
 		if err := updateReadme(table); err != nil {
@@ -289,9 +296,10 @@ type proc struct {
 	done chan struct{}
 }
 
-func startIn(t *testing.T, ns string, logFile string, stdout io.Writer, name string, args ...string) *proc {
+func startIn(t *testing.T, cg *cpuGroup, ns string, logFile string, stdout io.Writer, name string, args ...string) *proc {
 	t.Helper()
 	cmd := exec.Command("ip", append([]string{"netns", "exec", ns, name}, args...)...)
+	cg.adopt(cmd)
 	lf, err := os.Create(logFile)
 	if err != nil {
 		t.Fatal(err)
@@ -327,7 +335,7 @@ func (p *proc) stop() {
 
 // runFlotilla times flotilla blob fetch on n hosts, the seed (and tracker)
 // on the controller host. method is p2p or seed-only.
-func runFlotilla(t *testing.T, bin, work, stores, blob, listFile, pieceSize string, list pieces.PieceList, certs map[string]certFiles, n int, method string) result {
+func runFlotilla(t *testing.T, cg *cpuGroup, bin, work, stores, blob, listFile, pieceSize string, list pieces.PieceList, certs map[string]certFiles, n int, method string) result {
 	t.Helper()
 	logs := filepath.Join(envOr("FLOTILLA_BENCH_LOGS", filepath.Join(work, "logs")), fmt.Sprintf("%s-%d", method, n))
 	os.MkdirAll(logs, 0o755)
@@ -340,7 +348,7 @@ func runFlotilla(t *testing.T, bin, work, stores, blob, listFile, pieceSize stri
 	c := certs["seed"]
 	seedLog := filepath.Join(logs, "seed.log")
 	logLevel := envOr("FLOTILLA_BENCH_LOG_LEVEL", "info")
-	seed := startIn(t, seedNS, seedLog, nil, bin, "--log-level", logLevel, "blob", "serve",
+	seed := startIn(t, cg, seedNS, seedLog, nil, bin, "--log-level", logLevel, "blob", "serve",
 		"--dir", filepath.Join(stores, "seed"), "--listen", seedIP+":7443", "--tracker-listen", seedIP+":7444",
 		"--seed", blob, "--piece-size="+pieceSize, "--ca", c.ca, "--cert", c.cert, "--key", c.key)
 	defer seed.stop()
@@ -374,7 +382,7 @@ func runFlotilla(t *testing.T, bin, work, stores, blob, listFile, pieceSize stri
 			"--dir", filepath.Join(stores, fmt.Sprintf("n%d", i)), "--listen", nodeIP(i) + ":7443", "--id", fmt.Sprintf("n%d", i),
 			"--ca", c.ca, "--cert", c.cert, "--key", c.key, "--peers", map[string]string{"p2p": "swarm", "seed-only": "seed-only"}[method]}
 		args = append(args, strings.Fields(os.Getenv("FLOTILLA_BENCH_FETCH_ARGS"))...)
-		p := startIn(t, nodeNS(i), filepath.Join(logs, fmt.Sprintf("n%d.log", i)), outW, bin, args...)
+		p := startIn(t, cg, nodeNS(i), filepath.Join(logs, fmt.Sprintf("n%d.log", i)), outW, bin, args...)
 		procs = append(procs, p)
 		go func() {
 			sc := bufio.NewScanner(outR)
@@ -423,7 +431,7 @@ func runFlotilla(t *testing.T, bin, work, stores, blob, listFile, pieceSize stri
 
 // startSSHDs runs one sshd per host namespace (own config, host key, port 22,
 // key auth with a throwaway key) and returns the client key path.
-func startSSHDs(t *testing.T, work string, n int) string {
+func startSSHDs(t *testing.T, cg *cpuGroup, work string, n int) string {
 	t.Helper()
 	dir := filepath.Join(work, "ssh")
 	os.MkdirAll(dir, 0o700)
@@ -450,7 +458,7 @@ StrictModes no
 PrintMotd no
 Subsystem sftp /usr/lib/openssh/sftp-server
 `, nodeIP(i), filepath.Join(dir, "host_key"), filepath.Join(dir, "authorized_keys"))), 0o600)
-		startIn(t, nodeNS(i), filepath.Join(dir, fmt.Sprintf("sshd.%d.log", i)), nil, "/usr/sbin/sshd", "-D", "-e", "-f", cfg)
+		startIn(t, cg, nodeNS(i), filepath.Join(dir, fmt.Sprintf("sshd.%d.log", i)), nil, "/usr/sbin/sshd", "-D", "-e", "-f", cfg)
 	}
 	// Wait until every sshd accepts a session.
 	deadline := time.Now().Add(20 * time.Second)
@@ -471,7 +479,7 @@ Subsystem sftp /usr/lib/openssh/sftp-server
 
 // runSCP times parallel scp from the controller host to every host, each
 // host done when its copy hashes to the layer's digest.
-func runSCP(t *testing.T, work, stores, blob, key string, n int) result {
+func runSCP(t *testing.T, cg *cpuGroup, work, stores, blob, key string, n int) result {
 	t.Helper()
 	want := fileSHA256(t, blob)
 	defer os.RemoveAll(filepath.Join(stores, "scp"))
@@ -487,9 +495,11 @@ func runSCP(t *testing.T, work, stores, blob, key string, n int) result {
 			defer wg.Done()
 			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 			defer cancel()
-			out, err := exec.CommandContext(ctx, "ip", "netns", "exec", seedNS, "scp", "-q", "-i", key,
+			cmd := exec.CommandContext(ctx, "ip", "netns", "exec", seedNS, "scp", "-q", "-i", key,
 				"-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
-				blob, "root@"+nodeIP(i)+":"+filepath.Join(dst, "layer")).CombinedOutput()
+				blob, "root@"+nodeIP(i)+":"+filepath.Join(dst, "layer"))
+			cg.adopt(cmd)
+			out, err := cmd.CombinedOutput()
 			if err != nil {
 				errs[i] = fmt.Errorf("scp to %s: %v: %s", nodeIP(i), err, out)
 				return
@@ -569,7 +579,7 @@ var methodTitle = map[string]string{
 	"scp":           "parallel scp from the controller (OpenSSH 9.2)",
 }
 
-func renderTable(rs []result, ns []int, methods []string, ideal time.Duration, sizeMiB int, list pieces.PieceList) string {
+func renderTable(rs []result, ns []int, methods []string, ideal time.Duration, sizeMiB int, list pieces.PieceList, probe string) string {
 	var b strings.Builder
 	host, _ := os.Hostname()
 	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
@@ -581,21 +591,43 @@ func renderTable(rs []result, ns []int, methods []string, ideal time.Duration, s
 			mem = fmt.Sprintf("%.0f GiB", kb/(1<<20))
 		}
 	}
-	fmt.Fprintf(&b, "Measured %s on %s: %d CPUs, %s memory, Linux %s, %s.\n", time.Now().UTC().Format("2006-01-02 15:04 UTC"), host, runtime.NumCPU(), mem, strings.TrimSpace(string(kernel)), runtime.Version())
-	fmt.Fprintf(&b, "Command: `make bench-distribution`. S = %d MiB (%d pieces of %d KiB), B = %d Mbit/s (tbf on every veth end), S/B = %.2f s.\n\n", sizeMiB, list.Count(), list.PieceSize>>10, linkMbit, ideal.Seconds())
-	b.WriteString("| method | N | T (s) | T / (S/B) | CPU busy | load before |\n|---|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(&b, "Measured %s on %s: %d CPUs (%s; %s), %s memory, Linux %s, %s.\n", time.Now().UTC().Format("2006-01-02 15:04 UTC"), host, runtime.NumCPU(), cpuModel(), probe, mem, strings.TrimSpace(string(kernel)), runtime.Version())
+	fmt.Fprintf(&b, "Command: `make bench-distribution`. S = %d MiB (%d pieces of %d KiB), B = %d Mbit/s (tbf on every veth end), S/B = %.2f s.\n", sizeMiB, list.Count(), list.PieceSize>>10, linkMbit, ideal.Seconds())
+	b.WriteString("CPU s/GiB: CPU seconds (user + system) of every process of the method (seed, tracker, fetchers, controller, agents, CLI; scp, ssh and sshd), per GiB delivered to a host (N × S).\n\n")
+	b.WriteString("| method | N | T (s) | T / (S/B) | CPU s/GiB | CPU busy | load before |\n|---|---:|---:|---:|---:|---:|---:|\n")
+	gib := float64(sizeMiB) / 1024
 	for _, m := range methods {
 		for _, n := range ns {
 			for _, r := range rs {
 				if r.method == m && r.n == n {
 					cpu := fmt.Sprintf("%.0f%%", r.cpu*100)
+					perGiB := fmt.Sprintf("%.2f", r.cpuSec/(float64(n)*gib))
 					if math.IsNaN(r.cpu) {
-						cpu = "(same run)"
+						cpu, perGiB = "(same run)", "(same run)"
 					}
-					fmt.Fprintf(&b, "| %s | %d | %.1f | %.2f | %s | %s |\n", methodTitle[m], n, r.t.Seconds(), r.t.Seconds()/ideal.Seconds(), cpu, r.load)
+					fmt.Fprintf(&b, "| %s | %d | %.1f | %.2f | %s | %s | %s |\n", methodTitle[m], n, r.t.Seconds(), r.t.Seconds()/ideal.Seconds(), perGiB, cpu, r.load)
 				}
 			}
 		}
+	}
+	if len(ns) > 1 {
+		lo, hi := slices.Min(ns), slices.Max(ns)
+		var ratios []string
+		for _, m := range methods {
+			var tlo, thi time.Duration
+			for _, r := range rs {
+				if r.method == m && r.n == lo {
+					tlo = r.t
+				}
+				if r.method == m && r.n == hi {
+					thi = r.t
+				}
+			}
+			if tlo > 0 && thi > 0 {
+				ratios = append(ratios, fmt.Sprintf("%s %.2f", methodTitle[m], thi.Seconds()/tlo.Seconds()))
+			}
+		}
+		fmt.Fprintf(&b, "\nT(%d) / T(%d): %s.\n", hi, lo, strings.Join(ratios, "; "))
 	}
 	return b.String()
 }

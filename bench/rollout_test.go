@@ -53,8 +53,10 @@ func buildRolloutImage(t *testing.T, work, stores, blob string) rolloutImage {
 }
 
 // inSeedNS runs a flotilla CLI command on the controller host.
-func inSeedNS(ctx context.Context, bin string, args ...string) ([]byte, error) {
-	out, err := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", seedNS, bin}, args...)...).Output()
+func inSeedNS(ctx context.Context, cg *cpuGroup, bin string, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", seedNS, bin}, args...)...)
+	cg.adopt(cmd)
+	out, err := cmd.Output()
 	if ee, ok := err.(*exec.ExitError); ok {
 		err = fmt.Errorf("%w: %s", err, ee.Stderr)
 	}
@@ -64,7 +66,7 @@ func inSeedNS(ctx context.Context, bin string, args ...string) ([]byte, error) {
 // runRollout returns two results: the whole apply ("rollout"), and the time
 // to the last host holding the verified layer ("rollout-fetch", from the
 // agents' "layer fetched peer-to-peer" log lines), before the unpack.
-func runRollout(t *testing.T, bin, work, stores string, img rolloutImage, size int64, n int) (apply, fetch result) {
+func runRollout(t *testing.T, cg *cpuGroup, bin, work, stores string, img rolloutImage, size int64, n int) (apply, fetch result) {
 	t.Helper()
 	logs := filepath.Join(envOr("FLOTILLA_BENCH_LOGS", filepath.Join(work, "logs")), fmt.Sprintf("rollout-%d", n))
 	os.MkdirAll(logs, 0o755)
@@ -73,7 +75,7 @@ func runRollout(t *testing.T, bin, work, stores string, img rolloutImage, size i
 	logLevel := envOr("FLOTILLA_BENCH_LOG_LEVEL", "info")
 	ctlDir := filepath.Join(dir, "controller")
 	t.Setenv("FLOTILLA_STORE", img.storeDir) // the controller resolves the image there
-	ctl := startIn(t, seedNS, filepath.Join(logs, "controller.log"), nil, bin, "--log-level", logLevel, "controller",
+	ctl := startIn(t, cg, seedNS, filepath.Join(logs, "controller.log"), nil, bin, "--log-level", logLevel, "controller",
 		"--data-dir", ctlDir, "--listen", seedIP+":4222", "--http-listen", seedIP+":9443", "--advertise", seedIP)
 	defer ctl.stop()
 
@@ -81,7 +83,7 @@ func runRollout(t *testing.T, bin, work, stores string, img rolloutImage, size i
 	defer cancel()
 	var tok protocol.TokenInfo
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		out, err := inSeedNS(ctx, bin, "token", "create", "--data-dir", ctlDir, "--ttl", "1h", "-o", "json")
+		out, err := inSeedNS(ctx, cg, bin, "token", "create", "--data-dir", ctlDir, "--ttl", "1h", "-o", "json")
 		if err == nil && json.Unmarshal(out, &tok) == nil {
 			break
 		}
@@ -92,7 +94,7 @@ func runRollout(t *testing.T, bin, work, stores string, img rolloutImage, size i
 	var agents []*proc
 	for i := 1; i <= n; i++ {
 		ad := filepath.Join(dir, fmt.Sprintf("n%d", i))
-		agents = append(agents, startIn(t, nodeNS(i), filepath.Join(logs, fmt.Sprintf("n%d.log", i)), nil, bin, "--log-level", logLevel, "agent",
+		agents = append(agents, startIn(t, cg, nodeNS(i), filepath.Join(logs, fmt.Sprintf("n%d.log", i)), nil, bin, "--log-level", logLevel, "agent",
 			"--controller", "https://"+seedIP+":9443", "--token", tok.Token, "--ca-hash", tok.CAHash, "--name", fmt.Sprintf("n%d", i),
 			"--data-dir", ad, "--root", filepath.Join(ad, "root"), "--peer-listen", nodeIP(i)+":9444"))
 	}
@@ -102,7 +104,7 @@ func runRollout(t *testing.T, bin, work, stores string, img rolloutImage, size i
 		}
 	}()
 	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-		out, _ := inSeedNS(ctx, bin, "nodes", "--data-dir", ctlDir, "-o", "json")
+		out, _ := inSeedNS(ctx, cg, bin, "nodes", "--data-dir", ctlDir, "-o", "json")
 		var nodes []protocol.NodeInfo
 		ready := 0
 		if json.Unmarshal(out, &nodes) == nil {
@@ -128,7 +130,7 @@ func runRollout(t *testing.T, bin, work, stores string, img rolloutImage, size i
 	os.WriteFile(cf, []byte(fmt.Sprintf("apiVersion: flotilla.dev/v1\nkind: Cluster\nmetadata: {name: bench}\nspec:\n  image: %s\n"+
 		"  hosts:\n    - names: [%s]\n      roles: [node]\n  rollout:\n    parallelism: {node: %d}\n", img.ref, strings.Join(names, ", "), n)), 0o644)
 	start := time.Now()
-	out, err := inSeedNS(ctx, bin, "apply", "--data-dir", ctlDir, "-f", cf, "-o", "json")
+	out, err := inSeedNS(ctx, cg, bin, "apply", "--data-dir", ctlDir, "-f", cf, "-o", "json")
 	T := time.Since(start)
 	var res protocol.ApplyResult
 	if err != nil || json.Unmarshal(out, &res) != nil || !res.OK {
