@@ -121,6 +121,7 @@ func (c *Controller) registerBuiltinAdmin() {
 		return nil, c.tokens.revoke(ctx, req.ID)
 	})
 	c.HandleAdmin(protocol.AdminExec, c.adminExec)
+	c.HandleAdmin(protocol.AdminLogs, c.adminLogs)
 }
 
 // Select resolves a selector against the inventory, sorted by name. Unknown

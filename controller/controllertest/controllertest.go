@@ -21,6 +21,7 @@ import (
 
 	"github.com/flotilla-dev/flotilla/internal/testbin"
 	"github.com/flotilla-dev/flotilla/protocol"
+	"github.com/nats-io/nats.go"
 )
 
 // HeartbeatInterval is what agents started here use.
@@ -349,4 +350,20 @@ func summarize(nodes []protocol.NodeInfo) string {
 		parts = append(parts, fmt.Sprintf("%s=%t", n.Name, n.Online))
 	}
 	return strings.Join(parts, " ")
+}
+
+// NodeRequest sends a request on node's request subject name over nc with a
+// reply subject inside node's inbox, as that node's agent does (the controller
+// answers nowhere else), and waits for the answer.
+func NodeRequest(ctx context.Context, nc *nats.Conn, node, name string, data []byte) (*nats.Msg, error) {
+	inbox := protocol.InboxPrefix(node) + "." + strings.TrimPrefix(nats.NewInbox(), nats.InboxPrefix)
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		return nil, err
+	}
+	defer sub.Unsubscribe()
+	if err := nc.PublishRequest(protocol.NodeRequestSubject(node, name), inbox, data); err != nil {
+		return nil, err
+	}
+	return sub.NextMsgWithContext(ctx)
 }
