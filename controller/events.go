@@ -159,10 +159,18 @@ func (c *Controller) trackRun(run *TaskRun) {
 	c.runsMu.Unlock()
 }
 
+// runGrace is how long the events of an ended run stay admissible: the task
+// result reaches the run's own subscription and the history's separately.
+const runGrace = 10 * time.Second
+
 func (c *Controller) untrackRun(run *TaskRun) {
-	c.runsMu.Lock()
-	delete(c.runs, protocol.EventsSubject(run.Task.Node, run.Task.ID))
-	c.runsMu.Unlock()
+	time.AfterFunc(runGrace, func() {
+		c.runsMu.Lock()
+		if c.runs[protocol.EventsSubject(run.Task.Node, run.Task.ID)] == run {
+			delete(c.runs, protocol.EventsSubject(run.Task.Node, run.Task.ID))
+		}
+		c.runsMu.Unlock()
+	})
 }
 
 // dispatched says whether subject is the events subject of a task in flight.

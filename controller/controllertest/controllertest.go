@@ -40,6 +40,7 @@ type Fleet struct {
 	Agents     map[string]*Proc
 	token      string
 	caHash     string
+	ctrlArgs   []string
 }
 
 // Proc is one process started by the fleet.
@@ -52,14 +53,16 @@ type Proc struct {
 	err  error
 }
 
-// Start builds (or finds) the binary and starts a controller.
-func Start(t testing.TB) *Fleet {
+// Start builds (or finds) the binary and starts a controller, with
+// controllerArgs added to its command line (on every start).
+func Start(t testing.TB, controllerArgs ...string) *Fleet {
 	t.Helper()
 	bin, err := testbin.Path()
 	if err != nil {
 		t.Fatalf("flotilla binary: %v", err)
 	}
-	f := &Fleet{T: t, Bin: bin, Dir: t.TempDir(), Agents: map[string]*Proc{}, NATSPort: freePort(t), HTTPPort: freePort(t)}
+	f := &Fleet{T: t, Bin: bin, Dir: t.TempDir(), Agents: map[string]*Proc{}, NATSPort: freePort(t), HTTPPort: freePort(t),
+		ctrlArgs: controllerArgs}
 	t.Cleanup(f.stopAll)
 	f.StartController()
 	return f
@@ -87,11 +90,11 @@ func (f *Fleet) NATSURL() string { return fmt.Sprintf("tls://127.0.0.1:%d", f.NA
 // waits until the CLI gets answers from it.
 func (f *Fleet) StartController() {
 	f.T.Helper()
-	f.Controller = f.start("controller", "controller",
+	f.Controller = f.start("controller", append([]string{"controller",
 		"--data-dir", f.ControllerDir(),
 		"--listen", fmt.Sprintf("127.0.0.1:%d", f.NATSPort),
 		"--http-listen", fmt.Sprintf("127.0.0.1:%d", f.HTTPPort),
-		"--advertise", "127.0.0.1", "--log-level", "debug")
+		"--advertise", "127.0.0.1", "--log-level", "debug"}, f.ctrlArgs...)...)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		_, _, code := f.CLI(context.Background(), "nodes")
@@ -233,6 +236,12 @@ func (p *Proc) Exited() (bool, error) {
 	default:
 		return false, nil
 	}
+}
+
+// Output returns the whole process log so far.
+func (p *Proc) Output() string {
+	data, _ := os.ReadFile(p.Log)
+	return string(data)
 }
 
 // Tail returns the last 4 KiB of the process log.
