@@ -48,6 +48,26 @@ func hostileNode(t *testing.T, f *controllertest.Fleet, name string) *nats.Conn 
 	return nc
 }
 
+func adminConn(t *testing.T, f *controllertest.Fleet) *nats.Conn {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(f.ControllerDir(), controller.FileAdminCreds))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cr protocol.Credentials
+	if err := json.Unmarshal(data, &cr); err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(cr.CAPEM)
+	nc, err := nats.Connect(f.NATSURL(), nats.UserInfo(cr.User, cr.Password), nats.Secure(&tls.Config{RootCAs: pool}), nats.NoReconnect())
+	if err != nil {
+		t.Fatalf("admin connection: %v", err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
 // waitLog waits until the process log has a line containing every one of parts.
 func waitLog(t *testing.T, p *controllertest.Proc, timeout time.Duration, parts ...string) {
 	t.Helper()
@@ -143,6 +163,20 @@ func TestHostileReplySubject(t *testing.T) {
 	if err := evil.Flush(); err != nil {
 		t.Fatal(err)
 	}
+	// Admin credentials may only send admin requests: they must not lend the
+	// controller's permissions either (reply or stream subject outside _INBOX.>).
+	admin := adminConn(t, f)
+	nodesReq, _ := json.Marshal(protocol.AdminRequest{})
+	if err := admin.PublishRequest(protocol.AdminSubject(protocol.AdminNodes), "$KV."+controller.StateBucket+".seq", nodesReq); err != nil {
+		t.Fatal(err)
+	}
+	execReq, _ := json.Marshal(protocol.AdminRequest{Stream: "$KV." + controller.NodesBucket + ".ghost2",
+		Body: json.RawMessage(`{"selector":{"names":["a1"]},"command":["echo","streamed"]}`)})
+	m, err = admin.Request(protocol.AdminSubject(protocol.AdminExec), execReq, 10*time.Second)
+	var ar protocol.AdminReply
+	if err != nil || json.Unmarshal(m.Data, &ar) != nil || ar.OK || !strings.Contains(ar.Error, "outside _INBOX") {
+		t.Errorf("admin exec streaming into KV: %v %+v", err, ar)
+	}
 
 	t.Run("no ghost node, no faked heartbeat, KV unchanged", func(t *testing.T) {
 		time.Sleep(time.Second) // give a wrongly answered request time to land
@@ -178,6 +212,7 @@ func TestHostileReplySubject(t *testing.T) {
 	})
 	t.Run("the controller logged the refusal naming the node", func(t *testing.T) {
 		waitLog(t, firstController, 10*time.Second, "outside the node's inbox", "node=evil", "replySubject="+hostile[0])
+		waitLog(t, firstController, 10*time.Second, "admin request whose reply subject is outside", "replySubject=$KV.")
 	})
 }
 
@@ -231,6 +266,9 @@ func TestHostileEventFlood(t *testing.T) {
 		_ = m.Respond(ack)
 		go func() {
 			subj := protocol.EventsSubject("evil", task.ID)
+			// First a line that claims to come from a1: exec prints "NODE | line".
+			spoof, _ := protocol.Encode(protocol.Event{Type: protocol.EventOutput, Task: task.ID, Node: "a1", N: 1, Stream: "stdout", Line: "spoofed-by-evil"})
+			_ = evil.Publish(subj, spoof)
 			flood(subj, 10000)
 			for i := range 5000 {
 				flood(protocol.EventsSubject("evil", fmt.Sprintf("made-up-%d", i%500)), 1)
@@ -248,8 +286,11 @@ func TestHostileEventFlood(t *testing.T) {
 	floodDone := make(chan struct{})
 	go func() {
 		defer close(floodDone)
-		_, errOut, code := f.CLI(ctx, "exec", "--node", "evil", "--timeout", "60s", "--", "true")
+		out, errOut, code := f.CLI(ctx, "exec", "--node", "evil", "--timeout", "60s", "--", "true")
 		t.Logf("exec on the flooding node: exit %d %s", code, lastLine(errOut))
+		if strings.Contains(out, "spoofed-by-evil") {
+			t.Error("exec printed an output line the flooding node attributed to a1")
+		}
 	}()
 	deadline := time.Now().Add(20 * time.Second)
 	for flooded.Load() < 1000 && time.Now().Before(deadline) {
@@ -271,6 +312,7 @@ func TestHostileEventFlood(t *testing.T) {
 
 	waitLog(t, f.Controller, 10*time.Second, "faster than its limit", "node=evil")
 	waitLog(t, f.Controller, 10*time.Second, "has not dispatched to this node", "node=evil")
+	waitLog(t, f.Controller, 10*time.Second, "dropping an invalid event", "node=evil", `names node \"a1\" but came from node \"evil\"`)
 
 	var a1, evilLog []protocol.Event
 	for name, dst := range map[string]*[]protocol.Event{"a1": &a1, "evil": &evilLog} {
