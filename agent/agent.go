@@ -47,6 +47,11 @@ type Options struct {
 	Root, DataDir string
 	// HeartbeatInterval defaults to 5s.
 	HeartbeatInterval time.Duration
+	// MaxClockSkew is how far this host's clock may be from the controller's
+	// before signed tasks are refused (0: protocol.DefaultMaxClockSkew).
+	MaxClockSkew time.Duration
+	// Now is the agent's clock for checking signed tasks (default time.Now; tests).
+	Now func() time.Time
 	// Executors by step kind; nil means DefaultExecutors().
 	Executors map[string]Executor
 	Version   string
@@ -106,6 +111,12 @@ func New(ctx context.Context, opts Options) (*Agent, error) {
 	if opts.HeartbeatInterval <= 0 {
 		opts.HeartbeatInterval = 5 * time.Second
 	}
+	if err := protocol.ValidateHeartbeatInterval(opts.HeartbeatInterval); err != nil {
+		return nil, fmt.Errorf("--heartbeat-interval: %w", err)
+	}
+	if opts.MaxClockSkew < 0 {
+		return nil, fmt.Errorf("--max-clock-skew %s: must not be negative", opts.MaxClockSkew)
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
@@ -144,6 +155,7 @@ func New(ctx context.Context, opts Options) (*Agent, error) {
 		return nil, err
 	}
 	a.verify = protocol.NewVerifier(ed25519.PublicKey(a.creds.SigningKey), opts.Name, a.loadSeq())
+	a.verify.MaxClockSkew, a.verify.Now = opts.MaxClockSkew, opts.Now
 	return a, nil
 }
 

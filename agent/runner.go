@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -20,7 +21,10 @@ func protocolJSON(v any) ([]byte, error) { return json.MarshalIndent(v, "", "  "
 func ack(m *nats.Msg, err error) {
 	a := protocol.TaskAck{Accepted: err == nil}
 	if err != nil {
-		a.Error = err.Error()
+		a.Error = clip(err.Error(), protocol.MaxEventText)
+		if ce := (*protocol.ClockError)(nil); errors.As(err, &ce) {
+			a.ClockSkew = ce.Skew
+		}
 	}
 	data, _ := protocol.Encode(a)
 	if m.Reply != "" {
@@ -38,6 +42,12 @@ func (a *Agent) persistSeq() error {
 
 func (a *Agent) onTask(m *nats.Msg) {
 	t, err := a.verify.OpenTask(m.Data)
+	if ce := (*protocol.ClockError)(nil); errors.As(err, &ce) {
+		a.log.Warn("refusing task: clock skew", "skew", ce.Skew.Round(time.Second).String(),
+			"detail", protocol.DescribeSkew(ce.Skew), "err", err)
+		ack(m, err)
+		return
+	}
 	if err != nil {
 		a.log.Warn("dropping task", "err", err)
 		ack(m, err)
@@ -152,6 +162,7 @@ func (e *emitter) emit(ev protocol.Event) {
 	defer e.mu.Unlock()
 	e.n++
 	ev.N, ev.Task, ev.Node, ev.Time = e.n, e.t.ID, e.t.Node, time.Now().UTC()
+	clipEvent(&ev)
 	data, err := protocol.Encode(ev)
 	if err != nil {
 		return
@@ -247,4 +258,29 @@ func (a *Agent) request(ctx context.Context, name string, data []byte) ([]byte, 
 		return nil, fmt.Errorf("request %s from the controller: %w", name, err)
 	}
 	return m.Data, nil
+}
+
+// clipEvent keeps an event within the controller's bounds (protocol.Event.Validate):
+// an executor's oversized error text must not cost the task its result.
+func clipEvent(ev *protocol.Event) {
+	ev.Line = clip(ev.Line, protocol.MaxEventLine)
+	ev.StepName = clip(ev.StepName, protocol.MaxEventText)
+	if p := ev.Progress; p != nil {
+		p.Message = clip(p.Message, protocol.MaxEventText)
+		p.Done, p.Total = max(p.Done, 0), max(p.Total, 0)
+	}
+	if r := ev.Result; r != nil {
+		r.Error = clip(r.Error, protocol.MaxEventText)
+	}
+	if f := ev.Final; f != nil {
+		f.Error = clip(f.Error, protocol.MaxEventText)
+	}
+}
+
+func clip(s string, n int) string {
+	const mark = " …[cut]"
+	if len(s) <= n {
+		return s
+	}
+	return strings.ToValidUTF8(s[:n-len(mark)], "") + mark
 }

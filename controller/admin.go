@@ -60,8 +60,21 @@ func (c *Controller) HandleAdmin(name string, h AdminHandler) {
 	c.adminMu.Unlock()
 }
 
+// adminInbox says whether subject lies in the inbox space admins may subscribe
+// to: the only place the controller answers or streams an admin request, so
+// that admin credentials do not lend the controller's permissions.
+func adminInbox(subject string) bool {
+	rest, ok := strings.CutPrefix(subject, "_INBOX.")
+	return ok && rest != "" && !strings.ContainsAny(rest, "*> \t\r\n") && !strings.Contains(rest, "..") && !strings.HasSuffix(rest, ".")
+}
+
 func (c *Controller) onAdmin(m *nats.Msg) {
 	name := strings.TrimPrefix(m.Subject, protocol.AdminSubject(""))
+	if m.Reply != "" && !adminInbox(m.Reply) {
+		c.offenses.warn("(admin)", "admin reply subject", "dropping an admin request whose reply subject is outside _INBOX.>",
+			"request", name, "replySubject", m.Reply)
+		return
+	}
 	c.adminMu.RLock()
 	h := c.admin[name]
 	c.adminMu.RUnlock()
@@ -74,6 +87,10 @@ func (c *Controller) onAdmin(m *nats.Msg) {
 		err := protocol.Decode(m.Data, &req)
 		switch {
 		case err != nil:
+		case req.Stream != "" && !adminInbox(req.Stream):
+			err = fmt.Errorf("admin %s request: stream subject %q is outside _INBOX.>", name, req.Stream)
+			c.offenses.warn("(admin)", "admin stream subject", "refusing an admin request whose stream subject is outside _INBOX.>",
+				"request", name, "streamSubject", req.Stream)
 		case h == nil:
 			err = fmt.Errorf("unknown admin request %q: is the controller older than this CLI?", name)
 		default:
@@ -121,6 +138,7 @@ func (c *Controller) registerBuiltinAdmin() {
 		return nil, c.tokens.revoke(ctx, req.ID)
 	})
 	c.HandleAdmin(protocol.AdminExec, c.adminExec)
+	c.HandleAdmin(protocol.AdminLogs, c.adminLogs)
 }
 
 // Select resolves a selector against the inventory, sorted by name. Unknown

@@ -47,6 +47,10 @@ type Options struct {
 	Logger *slog.Logger
 	// TaskTTL is how long a signed task stays valid for an agent to accept (default 5m).
 	TaskTTL time.Duration
+	// NodeEventRate and NodeEventBurst bound the events per second each node gets
+	// into the event history (default DefaultNodeEventRate, DefaultNodeEventBurst);
+	// NodeEventHistory is how many events per node it keeps (default DefaultNodeEventHistory).
+	NodeEventRate, NodeEventBurst, NodeEventHistory int
 }
 
 // Controller is a running control plane.
@@ -64,10 +68,15 @@ type Controller struct {
 	internalPass       string
 	adminPass          string
 
-	inv    *inventory
-	tokens *tokenStore
-	seq    *sequencer
-	auth   *authenticator
+	inv      *inventory
+	tokens   *tokenStore
+	seq      *sequencer
+	auth     *authenticator
+	offenses *offenses
+	clockLog *offenses // clock-skew warnings, rarer
+	events   *eventLog
+	runsMu   sync.Mutex
+	runs     map[string]*TaskRun // in flight, by events subject
 
 	adminMu  sync.RWMutex
 	admin    map[string]AdminHandler
@@ -106,6 +115,15 @@ func New(opts Options) (*Controller, error) {
 	if opts.TaskTTL <= 0 {
 		opts.TaskTTL = 5 * time.Minute
 	}
+	if opts.NodeEventRate <= 0 {
+		opts.NodeEventRate = DefaultNodeEventRate
+	}
+	if opts.NodeEventBurst <= 0 {
+		opts.NodeEventBurst = DefaultNodeEventBurst
+	}
+	if opts.NodeEventHistory <= 0 {
+		opts.NodeEventHistory = DefaultNodeEventHistory
+	}
 	if err := os.MkdirAll(opts.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("controller data dir %s: %w", opts.DataDir, err)
 	}
@@ -113,7 +131,9 @@ func New(opts Options) (*Controller, error) {
 	if err != nil {
 		return nil, fmt.Errorf("controller PKI in %s: %w", opts.DataDir, err)
 	}
-	c := &Controller{opts: opts, log: opts.Logger, pki: p, admin: map[string]AdminHandler{}, internalPass: randomSecret()}
+	c := &Controller{opts: opts, log: opts.Logger, pki: p, admin: map[string]AdminHandler{}, internalPass: randomSecret(),
+		offenses: newOffenses(opts.Logger, 10*time.Second), clockLog: newOffenses(opts.Logger, 10*time.Minute), runs: map[string]*TaskRun{}}
+	c.events = newEventLog(c)
 	c.registerBuiltinAdmin()
 	return c, nil
 }
@@ -220,29 +240,19 @@ func (c *Controller) openState(ctx context.Context) error {
 	for name, hash := range c.inv.secretHashes() {
 		c.auth.setAgent(name, hash)
 	}
-	_, err = c.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:      EventsStream,
-		Subjects:  []string{protocol.AllEvents},
-		Storage:   jetstream.FileStorage,
-		MaxAge:    24 * time.Hour,
-		MaxBytes:  256 << 20,
-		Discard:   jetstream.DiscardOld,
-		NoAck:     true,
-		Retention: jetstream.LimitsPolicy,
-	})
-	if err != nil {
+	if _, err = c.js.CreateOrUpdateStream(ctx, c.eventsStreamConfig()); err != nil {
 		return fmt.Errorf("events stream: %w", err)
 	}
 	return nil
 }
 
-// EventsStream is the JetStream stream that keeps every task event for 24h.
-const EventsStream = "FLOTILLA_EVENTS"
-
 func (c *Controller) subscribe() error {
+	// Every subject a node publishes on goes through fromNode (reply subjects
+	// outside the node's inbox are dropped); admin subjects only admins reach.
 	for subj, h := range map[string]nats.MsgHandler{
-		protocol.AllRegister:  c.onRegister,
-		protocol.AllHeartbeat: c.onHeartbeat,
+		protocol.AllRegister:  c.fromNode(c.onRegister),
+		protocol.AllHeartbeat: c.fromNode(c.onHeartbeat),
+		protocol.AllEvents:    c.fromNode(c.events.ingest),
 		protocol.AllAdmin:     c.onAdmin,
 	} {
 		sub, err := c.nc.Subscribe(subj, h)

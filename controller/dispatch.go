@@ -16,6 +16,9 @@ import (
 // ErrNodeOffline means no agent of that name is connected.
 var ErrNodeOffline = errors.New("node is not connected")
 
+// ErrClockSkew means the node refused a task because its clock is too far from the controller's.
+var ErrClockSkew = errors.New("node clock skew")
+
 // TaskRun follows one dispatched task until its result.
 type TaskRun struct {
 	Task *protocol.Task
@@ -52,14 +55,16 @@ func (c *Controller) Dispatch(ctx context.Context, t *protocol.Task, onEvent fun
 		return nil, err
 	}
 	run := &TaskRun{Task: t, c: c, done: make(chan struct{})}
+	// The subject names node and task (NATS permissions tie it to the sender);
+	// an event that says otherwise, or breaks a bound, is dropped.
 	sub, err := c.nc.Subscribe(protocol.EventsSubject(t.Node, t.ID), func(m *nats.Msg) {
-		var ev protocol.Event
-		if err := protocol.Decode(m.Data, &ev); err != nil {
-			c.log.Warn("dropping malformed event", "node", t.Node, "task", t.ID, "err", err)
+		ev, err := protocol.DecodeEvent(m.Data, t.Node, t.ID)
+		if err != nil {
+			c.offenses.warn(t.Node, "bad event", "dropping an invalid event", "task", t.ID, "err", err)
 			return
 		}
 		if onEvent != nil {
-			onEvent(ev)
+			onEvent(*ev)
 		}
 		if ev.Type == protocol.EventTaskResult && ev.Final != nil {
 			run.finish(ev.Final, nil)
@@ -68,13 +73,24 @@ func (c *Controller) Dispatch(ctx context.Context, t *protocol.Task, onEvent fun
 	if err != nil {
 		return nil, fmt.Errorf("subscribe to events of task %s on %s: %w", t.ID, t.Node, err)
 	}
+	// A task's events pass one subscription (its own goroutine, in order): a
+	// flood on it queues at most this much, and only this task loses events.
+	_ = sub.SetPendingLimits(65536, 64<<20)
 	run.sub = sub
+	c.trackRun(run)
 	ack, err := c.sendSigned(ctx, t.Node, protocol.TaskSubject(t.Node), protocol.TypeTask, func(seq uint64) any { t.Seq = seq; return t })
 	if err == nil && !ack.Accepted {
 		err = fmt.Errorf("node %s refused task %s: %s", t.Node, t.ID, ack.Error)
+		if ack.ClockSkew != 0 {
+			detail := protocol.DescribeSkew(ack.ClockSkew)
+			c.log.Warn("node refused a task for its clock", "node", t.Node, "task", t.ID,
+				"skew", ack.ClockSkew.Round(time.Second).String(), "detail", detail)
+			err = fmt.Errorf("node %s refused task %s: %w: %s (%s)", t.Node, t.ID, ErrClockSkew, detail, ack.Error)
+		}
 	}
 	if err != nil {
 		_ = sub.Unsubscribe()
+		c.untrackRun(run)
 		return nil, err
 	}
 	return run, nil
@@ -115,11 +131,12 @@ func (c *Controller) sendSigned(ctx context.Context, node, subject, typ string, 
 	if len(m.Data) == 0 && m.Header.Get("Status") == "503" {
 		return nil, fmt.Errorf("%w: %s", ErrNodeOffline, node)
 	}
-	var ack protocol.TaskAck
-	if err := protocol.Decode(m.Data, &ack); err != nil {
+	ack, err := protocol.DecodeTaskAck(m.Data)
+	if err != nil {
+		c.offenses.warn(node, "bad ack", "invalid acknowledgement", "err", err)
 		return nil, fmt.Errorf("node %s: %w", node, err)
 	}
-	return &ack, nil
+	return ack, nil
 }
 
 func (r *TaskRun) finish(res *protocol.TaskResult, err error) {
@@ -127,6 +144,7 @@ func (r *TaskRun) finish(res *protocol.TaskResult, err error) {
 		r.result, r.err = res, err
 		close(r.done)
 		_ = r.sub.Unsubscribe()
+		r.c.untrackRun(r)
 	})
 }
 

@@ -203,14 +203,12 @@ func TestDispatch(t *testing.T) {
 	})
 
 	t.Run("executors can ask the controller on the node's request subject", func(t *testing.T) {
-		sub, err := c.Conn().Subscribe(protocol.AllNodeRequests("echo"), func(m *nats.Msg) {
-			node, _ := protocol.NodeFromSubject(m.Subject)
-			_ = m.Respond([]byte(node + ":" + string(m.Data)))
+		err := c.HandleNodeRequest("echo", func(_ context.Context, node string, data []byte) []byte {
+			return []byte(node + ":" + string(data))
 		})
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer sub.Unsubscribe()
 		res, evs := run(t, c, &protocol.Task{Node: "n1", Steps: []protocol.Step{{Kind: "probe", Payload: []byte(`"ask"`)}}})
 		found := false
 		for _, ev := range evs {

@@ -31,7 +31,7 @@ func (c *Controller) startHTTP() error {
 		return fmt.Errorf("--http-listen %s: %w", c.opts.HTTPListen, err)
 	}
 	c.httpAddr = ln.Addr()
-	sub, err := c.nc.Subscribe(protocol.AllNodeRequests(protocol.RequestPeerCert), c.onPeerCert)
+	sub, err := c.nc.Subscribe(protocol.AllNodeRequests(protocol.RequestPeerCert), c.fromNode(c.onPeerCert))
 	if err != nil {
 		ln.Close()
 		return fmt.Errorf("subscribe peer certificate requests: %w", err)
@@ -184,7 +184,7 @@ func (c *Controller) onPeerCert(m *nats.Msg) {
 		c.log.Info("issued peer certificate", "node", node)
 	}
 	data, _ := protocol.Encode(rep)
-	_ = m.Respond(data)
+	c.respondToNode(m, data)
 }
 
 type agentCtxKey struct{}

@@ -190,7 +190,7 @@ func (c *Controller) onRegister(m *nats.Msg) {
 			c.log.Warn("registration refused", "subject", m.Subject, "err", err)
 		}
 		data, _ := protocol.Encode(r)
-		_ = m.Respond(data)
+		c.respondToNode(m, data)
 	}
 	node, ok := protocol.NodeFromSubject(m.Subject)
 	if !ok {
@@ -231,12 +231,17 @@ func (c *Controller) onHeartbeat(m *nats.Msg) {
 	if !ok {
 		return
 	}
-	var hb protocol.Heartbeat
-	if err := protocol.Decode(m.Data, &hb); err != nil {
-		c.log.Warn("dropping malformed heartbeat", "node", node, "err", err)
+	hb, err := protocol.DecodeHeartbeat(m.Data, node)
+	if err != nil {
+		c.offenses.warn(node, "bad heartbeat", "dropping an invalid heartbeat", "err", err)
 		return
 	}
-	rec, known := c.inv.seen(node, hb.Interval, time.Now())
+	now := time.Now()
+	if skew := hb.Time.Sub(now); !hb.Time.IsZero() && skew.Abs() > protocol.DefaultMaxClockSkew {
+		c.clockLog.warn(node, "clock skew", "node clock is off: it will refuse signed tasks once the skew exceeds its allowance",
+			"skew", skew.Round(time.Second).String(), "detail", protocol.DescribeSkew(skew))
+	}
+	rec, known := c.inv.seen(node, hb.Interval, now)
 	if !known {
 		c.log.Warn("heartbeat from a node not in the inventory", "node", node)
 		return

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/controller/controllertest"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
 
@@ -136,7 +137,7 @@ func TestPeerCertOverNATSAndRequireAgentCert(t *testing.T) {
 	key, csr := newCSR(t, "n2")
 	ask := func(node string, csr []byte) protocol.PeerCertReply {
 		data, _ := protocol.Encode(protocol.PeerCertRequest{CSR: csr})
-		m, err := c.Conn().RequestWithContext(ctx, protocol.NodeRequestSubject(node, protocol.RequestPeerCert), data)
+		m, err := controllertest.NodeRequest(ctx, c.Conn(), node, protocol.RequestPeerCert, data)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -112,6 +112,9 @@ type Cancel struct {
 type TaskAck struct {
 	Accepted bool   `json:"accepted"`
 	Error    string `json:"error,omitempty"`
+	// ClockSkew is set when the task was refused for time reasons: the node's
+	// time minus the task's issue time (positive: the node's clock is ahead).
+	ClockSkew time.Duration `json:"clockSkew,omitempty"`
 }
 
 // EventType names what an Event reports.

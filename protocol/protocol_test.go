@@ -111,7 +111,7 @@ func TestVerifierRefuses(t *testing.T) {
 		{"unsigned", 0, func() []byte { b, _ := json.Marshal(SignedEnvelope{Type: TypeTask, Body: []byte(`{}`)}); return b }(), ErrBadSignature},
 		{"not json", 0, []byte("\x00garbage"), ErrMalformed},
 		{"cancel presented as task", 0, sign(priv, TypeCancel, &Cancel{TaskID: "t", Node: "web-1.example", Seq: 11, Expires: now.Add(time.Minute)}), ErrMalformed},
-		{"expired", 0, sign(priv, TypeTask, sampleTask(10, now.Add(-time.Second))), ErrExpired},
+		{"expired", 0, sign(priv, TypeTask, sampleTask(10, now.Add(-time.Minute))), ErrExpired},
 		{"replayed", 10, good, ErrReplayed},
 		{"older sequence", 11, good, ErrReplayed},
 		{"for another node", 0, sign(priv, TypeTask, func() *Task { t := sampleTask(10, now.Add(time.Minute)); t.Node = "web-2"; return t }()), ErrWrongNode},

@@ -44,18 +44,59 @@ func Sign(key ed25519.PrivateKey, typ string, v any) ([]byte, error) {
 var (
 	ErrBadSignature = errors.New("bad signature")
 	ErrExpired      = errors.New("expired")
+	ErrNotYetValid  = errors.New("not yet valid")
 	ErrReplayed     = errors.New("replayed or out-of-order sequence number")
 	ErrWrongNode    = errors.New("addressed to another node")
 	ErrMalformed    = errors.New("malformed message")
 )
 
+// DefaultMaxClockSkew is how far a node's clock may be from the controller's
+// before signed messages are refused for time reasons.
+const DefaultMaxClockSkew = 30 * time.Second
+
+// ClockError is a signed message refused for time reasons (it wraps ErrExpired
+// or ErrNotYetValid). Skew estimates how far the node's clock is from the
+// controller's: node time minus the time the controller signed the message
+// (positive: the node is ahead); zero when the message carries no issue time.
+type ClockError struct {
+	Err      error
+	NodeTime time.Time
+	Issued   time.Time
+	Expires  time.Time
+	Skew     time.Duration
+	Allowed  time.Duration
+}
+
+func (e *ClockError) Error() string {
+	utc := func(t time.Time) string { return t.UTC().Format(time.RFC3339) }
+	if e.Issued.IsZero() {
+		return fmt.Sprintf("%v at %s (node time %s, allowed clock skew %s)", e.Err, utc(e.Expires), utc(e.NodeTime), e.Allowed)
+	}
+	return fmt.Sprintf("%v: valid %s to %s, node time %s: %s (allowed %s; check NTP on the node)",
+		e.Err, utc(e.Issued), utc(e.Expires), utc(e.NodeTime), DescribeSkew(e.Skew), e.Allowed)
+}
+
+func (e *ClockError) Unwrap() error { return e.Err }
+
+// DescribeSkew says "node clock is 412s ahead of the controller's" (or behind).
+func DescribeSkew(skew time.Duration) string {
+	dir := "ahead of"
+	if skew < 0 {
+		dir, skew = "behind", -skew
+	}
+	return fmt.Sprintf("node clock is %s %s the controller's", skew.Round(time.Second), dir)
+}
+
 // Verifier checks signed envelopes for one node: signature by the controller's
-// key, addressee, expiry and a strictly increasing sequence number.
+// key, addressee, validity window and a strictly increasing sequence number.
 type Verifier struct {
 	Key  ed25519.PublicKey
 	Node string
 	// Now defaults to time.Now.
 	Now func() time.Time
+	// MaxClockSkew widens the validity window [issued, expires) on both ends:
+	// 0 means DefaultMaxClockSkew, a negative value no allowance at all.
+	MaxClockSkew time.Duration
 
 	mu      sync.Mutex
 	lastSeq uint64
@@ -91,16 +132,40 @@ func (v *Verifier) open(data []byte, typ string, out any) error {
 	return nil
 }
 
-func (v *Verifier) check(node string, seq uint64, expires time.Time) error {
+// checkTime accepts now in [issued-skew, expires+skew); a zero issued has no lower bound.
+func (v *Verifier) checkTime(issued, expires time.Time) error {
+	now := time.Now()
+	if v.Now != nil {
+		now = v.Now()
+	}
+	allowed := v.MaxClockSkew
+	switch {
+	case allowed == 0:
+		allowed = DefaultMaxClockSkew
+	case allowed < 0:
+		allowed = 0
+	}
+	ce := &ClockError{NodeTime: now, Issued: issued, Expires: expires, Allowed: allowed}
+	if !issued.IsZero() {
+		ce.Skew = now.Sub(issued)
+	}
+	switch {
+	case !issued.IsZero() && now.Before(issued.Add(-allowed)):
+		ce.Err = ErrNotYetValid
+	case !now.Before(expires.Add(allowed)):
+		ce.Err = ErrExpired
+	default:
+		return nil
+	}
+	return ce
+}
+
+func (v *Verifier) check(node string, seq uint64, issued, expires time.Time) error {
 	if node != v.Node {
 		return fmt.Errorf("%w: for %q, this is %q", ErrWrongNode, node, v.Node)
 	}
-	now := time.Now
-	if v.Now != nil {
-		now = v.Now
-	}
-	if !now().Before(expires) {
-		return fmt.Errorf("%w at %s", ErrExpired, expires.UTC().Format(time.RFC3339))
+	if err := v.checkTime(issued, expires); err != nil {
+		return err
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -120,7 +185,7 @@ func (v *Verifier) OpenTask(data []byte) (*Task, error) {
 	if err := t.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
-	if err := v.check(t.Node, t.Seq, t.Expires); err != nil {
+	if err := v.check(t.Node, t.Seq, t.Issued, t.Expires); err != nil {
 		return nil, fmt.Errorf("task %s: %w", t.ID, err)
 	}
 	return &t, nil
@@ -132,7 +197,7 @@ func (v *Verifier) OpenCancel(data []byte) (*Cancel, error) {
 	if err := v.open(data, TypeCancel, &c); err != nil {
 		return nil, err
 	}
-	if err := v.check(c.Node, c.Seq, c.Expires); err != nil {
+	if err := v.check(c.Node, c.Seq, time.Time{}, c.Expires); err != nil {
 		return nil, fmt.Errorf("cancel %s: %w", c.TaskID, err)
 	}
 	return &c, nil

@@ -11,9 +11,13 @@
 //	flotilla.v1.from.<node>.<more>        room for later agent->controller requests (peer lookups)
 //	flotilla.v1.inbox.<node>.>            the agent's reply inbox prefix
 //	flotilla.v1.admin.<name>              CLI -> controller admin requests (AdminRequest / AdminReply)
+//	flotilla.v1.eventlog.<node>           controller only: the events it accepted from <node>, kept in a stream
 //
 // An agent's NATS permissions are exactly: subscribe to flotilla.v1.to.<node>.> and its
 // inbox; publish to flotilla.v1.from.<node>.> and replies to requests it received.
+// The controller answers a node's request only when its reply subject lies inside
+// that node's inbox (ReplyInNodeInbox): a reply subject is chosen by the sender, and
+// the controller may publish anywhere.
 package protocol
 
 import (
@@ -77,6 +81,18 @@ func AllNodeRequests(name string) string { return Prefix + ".from.*." + name }
 // InboxPrefix is the node's reply-inbox prefix (nats.CustomInboxPrefix).
 func InboxPrefix(node string) string { return Prefix + ".inbox." + NodeToken(node) }
 
+// ReplyInNodeInbox says whether reply is a subject inside node's inbox prefix:
+// the only place the controller may answer a request that node sent.
+func ReplyInNodeInbox(node, reply string) bool {
+	rest, ok := strings.CutPrefix(reply, InboxPrefix(node)+".")
+	return ok && rest != "" && !strings.ContainsAny(rest, "*> \t\r\n") && !strings.Contains(rest, "..") &&
+		!strings.HasSuffix(rest, ".")
+}
+
+// EventLogSubject is where the controller keeps the events it accepted from
+// node (one subject per node, so stream limits apply per node).
+func EventLogSubject(node string) string { return Prefix + ".eventlog." + NodeToken(node) }
+
 // AdminSubject is the subject of the admin request name (e.g. "nodes", "exec").
 func AdminSubject(name string) string { return Prefix + ".admin." + name }
 
@@ -86,6 +102,7 @@ const (
 	AllHeartbeat = Prefix + ".from.*.heartbeat"
 	AllEvents    = Prefix + ".from.*.events.>"
 	AllAdmin     = Prefix + ".admin.>"
+	AllEventLog  = Prefix + ".eventlog.*"
 )
 
 // NodeFromSubject returns the node token of a flotilla.v1.from.<node>.… subject.
@@ -96,6 +113,23 @@ func NodeFromSubject(subject string) (string, bool) {
 	}
 	tok, _, ok := strings.Cut(rest, ".")
 	return strings.ReplaceAll(tok, "~", "."), ok && tok != ""
+}
+
+// TaskFromEventsSubject returns the task id of a flotilla.v1.from.<node>.events.<task> subject.
+func TaskFromEventsSubject(subject string) (string, bool) {
+	rest, ok := strings.CutPrefix(subject, Prefix+".from.")
+	if !ok {
+		return "", false
+	}
+	_, rest, ok = strings.Cut(rest, ".")
+	if !ok {
+		return "", false
+	}
+	task, ok := strings.CutPrefix(rest, "events.")
+	if !ok || task == "" || strings.Contains(task, ".") {
+		return "", false
+	}
+	return task, true
 }
 
 // AgentPermissions lists the subjects a node may publish and subscribe to.

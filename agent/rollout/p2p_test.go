@@ -35,6 +35,7 @@ import (
 	"github.com/flotilla-dev/flotilla/bundle/pieces"
 	"github.com/flotilla-dev/flotilla/bundle/pieces/piecestest"
 	"github.com/flotilla-dev/flotilla/controller"
+	"github.com/flotilla-dev/flotilla/controller/controllertest"
 	"github.com/flotilla-dev/flotilla/controller/tracker"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
@@ -351,7 +352,7 @@ func (e *p2pEnv) peerCert(node string) tls.Certificate {
 	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	der, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: node}}, k)
 	data, _ := protocol.Encode(protocol.PeerCertRequest{CSR: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})})
-	m, err := e.c.Conn().RequestWithContext(ctx, protocol.NodeRequestSubject(node, protocol.RequestPeerCert), data)
+	m, err := controllertest.NodeRequest(ctx, e.c.Conn(), node, protocol.RequestPeerCert, data)
 	if err != nil {
 		e.t.Fatal(err)
 	}

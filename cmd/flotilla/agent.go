@@ -8,6 +8,7 @@ import (
 
 	"github.com/flotilla-dev/flotilla/agent"
 	"github.com/flotilla-dev/flotilla/agent/mirror"
+	"github.com/flotilla-dev/flotilla/protocol"
 	"github.com/spf13/cobra"
 )
 
@@ -62,6 +63,7 @@ Steps place files under --root (exported to steps as FLOTILLA_ROOT).`,
 	f.StringVar(&opts.Root, "root", "/", "where steps place files (FLOTILLA_ROOT)")
 	f.StringVar(&opts.DataDir, "data-dir", "/var/lib/flotilla-agent", "the agent's own state: credentials, applied steps, status.json")
 	f.DurationVar(&opts.HeartbeatInterval, "heartbeat-interval", 5*time.Second, "how often to tell the controller this node is alive")
+	f.DurationVar(&opts.MaxClockSkew, "max-clock-skew", protocol.DefaultMaxClockSkew, "how far this host's clock may be from the controller's before signed tasks are refused")
 	f.StringVar(&opts.PeerListen, "peer-listen", agent.DefaultPeerListen, "address of the piece server other agents fetch layers from (mutual TLS); \"\" fetches only")
 	f.StringVar(&opts.PeerAdvertise, "peer-advertise", "", "host other agents reach the piece server at (default: the address this host reaches the controller from)")
 	f.Var(newRateValue(&opts.MaxUpload), "max-upload", "cap on layer bytes sent to other agents, e.g. 100mbit or 20MB/s (default none; a Clusterfile's spec.bandwidth can only lower it)")

@@ -98,6 +98,9 @@ Agents join over HTTPS (--http-listen) with a token and then talk NATS over TLS 
 	f.StringVar(&agentLabel, "agent-labels", "", "labels of the local agent, k=v,…")
 	f.DurationVar(&hbInterval, "heartbeat-interval", 5*time.Second, "heartbeat interval of the local agent")
 	f.StringVar(&agentMirror, "agent-registry-listen", mirror.DefaultListen, "registry mirror address of the local agent (see flotilla agent --registry-listen); \"\" disables it")
+	f.IntVar(&opts.NodeEventRate, "node-event-rate", controller.DefaultNodeEventRate, "task events per second and node kept in the event history (more are dropped, and logged naming the node)")
+	f.IntVar(&opts.NodeEventBurst, "node-event-burst", controller.DefaultNodeEventBurst, "burst allowed above --node-event-rate")
+	f.IntVar(&opts.NodeEventHistory, "node-event-history", controller.DefaultNodeEventHistory, "newest task events kept per node (see `flotilla logs NODE`)")
 	return cmd
 }
 

@@ -102,7 +102,7 @@ node failed, timed out or was offline. --role R selects nodes labelled role=R.`,
 				if ev.Stream == "stderr" {
 					w = stderr
 				}
-				fmt.Fprintf(w, "%s | %s\n", ev.Node, ev.Line)
+				fmt.Fprintf(w, "%s | %s\n", ev.Node, termSafe(ev.Line))
 			}
 			var reply protocol.ExecReply
 			req := protocol.ExecRequest{Selector: sel, Command: args, Timeout: timeout}

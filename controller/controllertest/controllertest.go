@@ -21,6 +21,7 @@ import (
 
 	"github.com/flotilla-dev/flotilla/internal/testbin"
 	"github.com/flotilla-dev/flotilla/protocol"
+	"github.com/nats-io/nats.go"
 )
 
 // HeartbeatInterval is what agents started here use.
@@ -39,6 +40,7 @@ type Fleet struct {
 	Agents     map[string]*Proc
 	token      string
 	caHash     string
+	ctrlArgs   []string
 }
 
 // Proc is one process started by the fleet.
@@ -51,14 +53,16 @@ type Proc struct {
 	err  error
 }
 
-// Start builds (or finds) the binary and starts a controller.
-func Start(t testing.TB) *Fleet {
+// Start builds (or finds) the binary and starts a controller, with
+// controllerArgs added to its command line (on every start).
+func Start(t testing.TB, controllerArgs ...string) *Fleet {
 	t.Helper()
 	bin, err := testbin.Path()
 	if err != nil {
 		t.Fatalf("flotilla binary: %v", err)
 	}
-	f := &Fleet{T: t, Bin: bin, Dir: t.TempDir(), Agents: map[string]*Proc{}, NATSPort: freePort(t), HTTPPort: freePort(t)}
+	f := &Fleet{T: t, Bin: bin, Dir: t.TempDir(), Agents: map[string]*Proc{}, NATSPort: freePort(t), HTTPPort: freePort(t),
+		ctrlArgs: controllerArgs}
 	t.Cleanup(f.stopAll)
 	f.StartController()
 	return f
@@ -86,11 +90,11 @@ func (f *Fleet) NATSURL() string { return fmt.Sprintf("tls://127.0.0.1:%d", f.NA
 // waits until the CLI gets answers from it.
 func (f *Fleet) StartController() {
 	f.T.Helper()
-	f.Controller = f.start("controller", "controller",
+	f.Controller = f.start("controller", append([]string{"controller",
 		"--data-dir", f.ControllerDir(),
 		"--listen", fmt.Sprintf("127.0.0.1:%d", f.NATSPort),
 		"--http-listen", fmt.Sprintf("127.0.0.1:%d", f.HTTPPort),
-		"--advertise", "127.0.0.1", "--log-level", "debug")
+		"--advertise", "127.0.0.1", "--log-level", "debug"}, f.ctrlArgs...)...)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		_, _, code := f.CLI(context.Background(), "nodes")
@@ -234,6 +238,12 @@ func (p *Proc) Exited() (bool, error) {
 	}
 }
 
+// Output returns the whole process log so far.
+func (p *Proc) Output() string {
+	data, _ := os.ReadFile(p.Log)
+	return string(data)
+}
+
 // Tail returns the last 4 KiB of the process log.
 func (p *Proc) Tail() string {
 	data, _ := os.ReadFile(p.Log)
@@ -349,4 +359,20 @@ func summarize(nodes []protocol.NodeInfo) string {
 		parts = append(parts, fmt.Sprintf("%s=%t", n.Name, n.Online))
 	}
 	return strings.Join(parts, " ")
+}
+
+// NodeRequest sends a request on node's request subject name over nc with a
+// reply subject inside node's inbox, as that node's agent does (the controller
+// answers nowhere else), and waits for the answer.
+func NodeRequest(ctx context.Context, nc *nats.Conn, node, name string, data []byte) (*nats.Msg, error) {
+	inbox := protocol.InboxPrefix(node) + "." + strings.TrimPrefix(nats.NewInbox(), nats.InboxPrefix)
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		return nil, err
+	}
+	defer sub.Unsubscribe()
+	if err := nc.PublishRequest(protocol.NodeRequestSubject(node, name), inbox, data); err != nil {
+		return nil, err
+	}
+	return sub.NextMsgWithContext(ctx)
 }
