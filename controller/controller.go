@@ -18,7 +18,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
+
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -47,6 +47,16 @@ type Options struct {
 	Logger *slog.Logger
 	// TaskTTL is how long a signed task stays valid for an agent to accept (default 5m).
 	TaskTTL time.Duration
+	// JoinRate and JoinBurst limit joins per source address (IPv6: per /64)
+	// (default 5 per second, bursts of 20); MaxJoinSources bounds how many
+	// source addresses are tracked (default 10000, least recently seen dropped).
+	JoinRate       float64
+	JoinBurst      int
+	MaxJoinSources int
+	// MaxConcurrentJoins caps joins in flight; more get 503 at once (default 32).
+	MaxConcurrentJoins int
+	// HTTPReadHeaderTimeout overrides httpserve.ReadHeaderTimeout (tests).
+	HTTPReadHeaderTimeout time.Duration
 }
 
 // Controller is a running control plane.
@@ -68,6 +78,8 @@ type Controller struct {
 	tokens *tokenStore
 	seq    *sequencer
 	auth   *authenticator
+	joins  *joinGuard
+	joinMu sync.Mutex // a name's existence check and its admission are one step
 
 	adminMu  sync.RWMutex
 	admin    map[string]AdminHandler
@@ -104,15 +116,17 @@ func New(opts Options) (*Controller, error) {
 	if opts.TaskTTL <= 0 {
 		opts.TaskTTL = 5 * time.Minute
 	}
-	if err := os.MkdirAll(opts.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("controller data dir %s: %w", opts.DataDir, err)
+	if err := prepareDataDir(opts.DataDir, opts.Logger); err != nil {
+		return nil, err
 	}
 	p, err := loadOrCreatePKI(opts.DataDir, localHosts(opts.Advertise))
 	if err != nil {
 		return nil, fmt.Errorf("controller PKI in %s: %w", opts.DataDir, err)
 	}
-	c := &Controller{opts: opts, log: opts.Logger, pki: p, admin: map[string]AdminHandler{}, internalPass: randomSecret()}
+	c := &Controller{opts: opts, log: opts.Logger, pki: p, admin: map[string]AdminHandler{}, internalPass: randomSecret(),
+		joins: newJoinGuard(opts.JoinRate, opts.JoinBurst, opts.MaxJoinSources, opts.MaxConcurrentJoins)}
 	c.registerBuiltinAdmin()
+	c.registerNodeAdmin()
 	return c, nil
 }
 
