@@ -35,7 +35,9 @@ type Fleet struct {
 	HTTPPort int
 
 	Controller *Proc
-	mu         sync.Mutex
+	// ControllerArgs are extra `flotilla controller` flags (StartWith).
+	ControllerArgs []string
+	mu             sync.Mutex
 	Agents     map[string]*Proc
 	token      string
 	caHash     string
@@ -54,11 +56,17 @@ type Proc struct {
 // Start builds (or finds) the binary and starts a controller.
 func Start(t testing.TB) *Fleet {
 	t.Helper()
+	return StartWith(t)
+}
+
+// StartWith starts a controller with extra `flotilla controller` flags.
+func StartWith(t testing.TB, controllerArgs ...string) *Fleet {
+	t.Helper()
 	bin, err := testbin.Path()
 	if err != nil {
 		t.Fatalf("flotilla binary: %v", err)
 	}
-	f := &Fleet{T: t, Bin: bin, Dir: t.TempDir(), Agents: map[string]*Proc{}, NATSPort: freePort(t), HTTPPort: freePort(t)}
+	f := &Fleet{T: t, Bin: bin, Dir: t.TempDir(), Agents: map[string]*Proc{}, NATSPort: freePort(t), HTTPPort: freePort(t), ControllerArgs: controllerArgs}
 	t.Cleanup(f.stopAll)
 	f.StartController()
 	return f
@@ -86,11 +94,11 @@ func (f *Fleet) NATSURL() string { return fmt.Sprintf("tls://127.0.0.1:%d", f.NA
 // waits until the CLI gets answers from it.
 func (f *Fleet) StartController() {
 	f.T.Helper()
-	f.Controller = f.start("controller", "controller",
+	f.Controller = f.start("controller", append([]string{"controller",
 		"--data-dir", f.ControllerDir(),
 		"--listen", fmt.Sprintf("127.0.0.1:%d", f.NATSPort),
 		"--http-listen", fmt.Sprintf("127.0.0.1:%d", f.HTTPPort),
-		"--advertise", "127.0.0.1", "--log-level", "debug")
+		"--advertise", "127.0.0.1", "--log-level", "debug"}, f.ControllerArgs...)...)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		_, _, code := f.CLI(context.Background(), "nodes")
