@@ -50,4 +50,3 @@ func checkDataDirModes(dir string, log *slog.Logger) {
 		}
 	}
 }
-

@@ -38,9 +38,9 @@ type Fleet struct {
 	// ControllerArgs are extra `flotilla controller` flags (StartWith).
 	ControllerArgs []string
 	mu             sync.Mutex
-	Agents     map[string]*Proc
-	token      string
-	caHash     string
+	Agents         map[string]*Proc
+	token          string
+	caHash         string
 }
 
 // Proc is one process started by the fleet.

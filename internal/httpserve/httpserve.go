@@ -44,9 +44,11 @@ func New(h http.Handler, tlsConf *tls.Config, errLog *log.Logger) *http.Server {
 // Streaming lets h answer for as long as it keeps writing: every write must
 // finish within WriteTimeout of its start, instead of the whole response
 // within the server's WriteTimeout. Blob and piece downloads are wrapped with it.
-func Streaming(h http.Handler) http.Handler {
+func Streaming(h http.Handler) http.Handler { return streaming(h, WriteTimeout) }
+
+func streaming(h http.Handler, perWrite time.Duration) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		sw := &streamWriter{ResponseWriter: w, rc: http.NewResponseController(w)}
+		sw := &streamWriter{ResponseWriter: w, rc: http.NewResponseController(w), perWrite: perWrite}
 		sw.extend()
 		h.ServeHTTP(sw, r)
 		sw.extend() // for the final flush after the handler returns
@@ -55,10 +57,11 @@ func Streaming(h http.Handler) http.Handler {
 
 type streamWriter struct {
 	http.ResponseWriter
-	rc *http.ResponseController
+	rc       *http.ResponseController
+	perWrite time.Duration
 }
 
-func (s *streamWriter) extend() { _ = s.rc.SetWriteDeadline(time.Now().Add(WriteTimeout)) }
+func (s *streamWriter) extend() { _ = s.rc.SetWriteDeadline(time.Now().Add(s.perWrite)) }
 
 func (s *streamWriter) Write(p []byte) (int, error) {
 	s.extend()
