@@ -193,4 +193,13 @@ func TestJoinRateLimit(t *testing.T) {
 	if !f.Controller.WaitLog(5*time.Second, "too many joins from this address", "remote=127.0.0.1:") {
 		t.Error("rate limit not logged with the source address")
 	}
+	// A flood is refused without flooding the log.
+	for range 100 {
+		if code, _, err := f.PostJoinRaw(ctx, []byte(`{}`)); err != nil || code != http.StatusTooManyRequests {
+			t.Fatalf("flood: HTTP %d %v", code, err)
+		}
+	}
+	if data, _ := os.ReadFile(f.Controller.Log); strings.Count(string(data), "too many joins from this address") > 1 {
+		t.Errorf("the flood logged %d refusals, want 1 per 10s", strings.Count(string(data), "too many joins from this address"))
+	}
 }

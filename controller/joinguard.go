@@ -29,14 +29,19 @@ type joinGuard struct {
 	maxSources int
 	inflight   chan struct{}
 
-	mu      sync.Mutex
-	sources map[netip.Addr]*sourceLimiter
+	mu         sync.Mutex
+	sources    map[netip.Addr]*sourceLimiter
+	busyLogged time.Time
 }
 
 type sourceLimiter struct {
-	lim  *rate.Limiter
-	seen time.Time
+	lim    *rate.Limiter
+	seen   time.Time
+	logged time.Time // last refusal logged: a flood must not flood the log too
 }
+
+// refusalLogEvery is how often refusals of one source (or of the in-flight cap) are logged.
+const refusalLogEvery = 10 * time.Second
 
 func newJoinGuard(perSecond float64, burst, maxSources, maxConcurrent int) *joinGuard {
 	if perSecond <= 0 {
@@ -76,6 +81,12 @@ func sourceKey(remoteAddr string) netip.Addr {
 
 // allow takes one token from the source's bucket.
 func (g *joinGuard) allow(src netip.Addr, now time.Time) bool {
+	ok, _ := g.allowLog(src, now)
+	return ok
+}
+
+// allowLog is allow, and says whether a refusal should be logged now.
+func (g *joinGuard) allowLog(src netip.Addr, now time.Time) (allowed, logIt bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	s, ok := g.sources[src]
@@ -87,7 +98,14 @@ func (g *joinGuard) allow(src netip.Addr, now time.Time) bool {
 		g.sources[src] = s
 	}
 	s.seen = now
-	return s.lim.AllowN(now, 1)
+	if s.lim.AllowN(now, 1) {
+		return true, false
+	}
+	if now.Sub(s.logged) < refusalLogEvery {
+		return false, false
+	}
+	s.logged = now
+	return false, true
 }
 
 // evictLocked drops the least recently seen source.
@@ -103,6 +121,16 @@ func (g *joinGuard) evictLocked() {
 	delete(g.sources, oldest)
 }
 
+func (g *joinGuard) logBusy(now time.Time) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if now.Sub(g.busyLogged) < refusalLogEvery {
+		return false
+	}
+	g.busyLogged = now
+	return true
+}
+
 func (g *joinGuard) size() int {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -113,8 +141,11 @@ func (g *joinGuard) size() int {
 // in flight, both at once and with Retry-After; agents retry both.
 func (g *joinGuard) wrap(log func(msg string, args ...any), h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if !g.allow(sourceKey(r.RemoteAddr), time.Now()) {
-			log("join refused: too many joins from this address", "remote", r.RemoteAddr)
+		now := time.Now()
+		if ok, logIt := g.allowLog(sourceKey(r.RemoteAddr), now); !ok {
+			if logIt {
+				log("join refused: too many joins from this address (logged once per 10s per address)", "remote", r.RemoteAddr)
+			}
 			busy(w, http.StatusTooManyRequests, "too many joins from this address: retry later")
 			return
 		}
@@ -122,7 +153,9 @@ func (g *joinGuard) wrap(log func(msg string, args ...any), h http.HandlerFunc) 
 		case g.inflight <- struct{}{}:
 			defer func() { <-g.inflight }()
 		default:
-			log("join refused: too many joins in flight", "remote", r.RemoteAddr, "max", cap(g.inflight))
+			if g.logBusy(now) {
+				log("join refused: too many joins in flight (logged once per 10s)", "remote", r.RemoteAddr, "max", cap(g.inflight))
+			}
 			busy(w, http.StatusServiceUnavailable, "controller busy with other joins: retry later")
 			return
 		}
