@@ -130,6 +130,10 @@ func TestJoinConcurrencyCap(t *testing.T) {
 	ctx := context.Background()
 	f := controllertest.StartWith(t, "--max-concurrent-joins", "1")
 	tok, _ := f.Token()
+	big := `{"token":"` + strings.Repeat("a", protocol.MaxJoinRequestBytes) + `"}`
+	if code, body, err := f.PostJoinRaw(ctx, []byte(big)); err != nil || code != http.StatusRequestEntityTooLarge {
+		t.Errorf("join body over %d bytes: HTTP %d %s %v, want 413", protocol.MaxJoinRequestBytes, code, body, err)
+	}
 	hold := tlsDial(t, f)
 	defer hold.Close()
 	fmt.Fprintf(hold, "POST %s HTTP/1.1\r\nHost: controller\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{", protocol.PathJoin)
