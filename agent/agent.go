@@ -133,6 +133,9 @@ func New(ctx context.Context, opts Options) (*Agent, error) {
 	if err := protocol.ValidateNodeName(opts.Name); err != nil {
 		return nil, fmt.Errorf("--name: %w", err)
 	}
+	if err := protocol.ValidateLabels("--labels", opts.Labels); err != nil {
+		return nil, err
+	}
 	root, err := filepath.Abs(opts.Root)
 	if err != nil {
 		return nil, fmt.Errorf("--root: %w", err)
@@ -181,10 +184,10 @@ func (a *Agent) loadOrJoin(ctx context.Context) error {
 	}
 	for attempt := 1; ; attempt++ {
 		cr, err = join(ctx, base, a.opts.Token, a.opts.CAHash, a.opts.CAFile, a.opts.Name, a.opts.DataDir, a.facts)
-		if !errors.Is(err, errUnreachable) {
+		if !errors.Is(err, errUnreachable) && !errors.Is(err, errBusy) {
 			break
 		}
-		// The controller may still be starting: retry network failures, not refusals.
+		// The controller may still be starting or busy: retry those, not refusals.
 		wait := backoff(attempt)
 		a.log.Warn("join failed, retrying", "err", err, "in", wait.Round(time.Millisecond))
 		select {

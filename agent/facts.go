@@ -7,6 +7,8 @@ import (
 	"runtime"
 	"strings"
 	"syscall"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/flotilla-dev/flotilla/protocol"
 )
@@ -17,7 +19,10 @@ func CollectFacts(version string, labels map[string]string) protocol.Facts {
 	f.Hostname, _ = os.Hostname()
 	if addrs, err := net.InterfaceAddrs(); err == nil {
 		for _, a := range addrs {
-			if ipn, ok := a.(*net.IPNet); ok && !ipn.IP.IsLoopback() && !ipn.IP.IsLinkLocalUnicast() {
+			// Only what the controller accepts (protocol.ValidateIP): one odd
+			// interface must not get the whole registration refused.
+			if ipn, ok := a.(*net.IPNet); ok && !ipn.IP.IsLoopback() && !ipn.IP.IsLinkLocalUnicast() &&
+				protocol.ValidateIP(ipn.IP.String()) == nil && len(f.IPs) < protocol.MaxIPs {
 				f.IPs = append(f.IPs, ipn.IP.String())
 			}
 		}
@@ -45,5 +50,26 @@ func CollectFacts(version string, labels map[string]string) protocol.Facts {
 			}
 		}
 	}
+	f.Hostname = printable(f.Hostname, protocol.MaxHostnameLen)
+	f.MachineID = printable(f.MachineID, protocol.MaxMachineIDLen)
+	f.Kernel = printable(f.Kernel, protocol.MaxFreeTextLen)
+	f.OS = printable(f.OS, protocol.MaxFreeTextLen)
+	f.AgentVersion = printable(f.AgentVersion, protocol.MaxFreeTextLen)
 	return f
+}
+
+// printable keeps the printable characters of s, at most max bytes of them,
+// as protocol.ValidateFacts wants free-text facts.
+func printable(s string, max int) string {
+	var b strings.Builder
+	for _, r := range strings.ToValidUTF8(s, "") {
+		if !unicode.IsPrint(r) {
+			continue
+		}
+		if b.Len()+utf8.RuneLen(r) > max {
+			break
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }

@@ -26,6 +26,10 @@ var ErrJoinRefused = errors.New("controller refused the join")
 // errUnreachable marks join failures worth retrying (network, not refusal).
 var errUnreachable = errors.New("controller unreachable")
 
+// errBusy marks a join the controller asked to retry later (HTTP 429 or 503:
+// too many joins from this address or in flight).
+var errBusy = errors.New("controller busy")
+
 // NormalizeControllerURL turns HOST, HOST:PORT or https://HOST:PORT into the
 // controller's HTTPS base URL (default port 9443).
 func NormalizeControllerURL(s string) (string, error) {
@@ -112,6 +116,9 @@ func join(ctx context.Context, base, token, caHash, caFile, name, dataDir string
 	}
 	defer resp.Body.Close()
 	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
+		return nil, fmt.Errorf("join %s: %w: HTTP %d %s", base, errBusy, resp.StatusCode, strings.TrimSpace(string(data)))
+	}
 	if resp.StatusCode != http.StatusOK {
 		var je protocol.JoinError
 		if json.Unmarshal(data, &je) == nil && je.Error != "" {

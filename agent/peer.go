@@ -30,6 +30,7 @@ import (
 	"github.com/flotilla-dev/flotilla/agent/p2p"
 	"github.com/flotilla-dev/flotilla/bundle/pieces"
 	"github.com/flotilla-dev/flotilla/internal/atomicfile"
+	"github.com/flotilla-dev/flotilla/internal/httpserve"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
 
@@ -315,12 +316,9 @@ func (p *Peer) listen(addr, advertise, controllerURL string) (pieces.Peer, error
 	}
 	_, port, _ := net.SplitHostPort(ln.Addr().String())
 	p.url = "https://" + net.JoinHostPort(host, port)
-	p.srv = &http.Server{
-		Handler:           pieces.NewHandler(p.store, pieces.WithUploadLimit(p.up), pieces.WithLogger(p.log)),
-		TLSConfig:         p.serverTLS(),
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelDebug), // refused strangers
-	}
+	// Pieces are long answers under an upload cap: each write is bounded, not the whole answer.
+	p.srv = httpserve.New(httpserve.Streaming(pieces.NewHandler(p.store, pieces.WithUploadLimit(p.up), pieces.WithLogger(p.log))),
+		p.serverTLS(), slog.NewLogLogger(p.log.Handler(), slog.LevelDebug)) // the error log: refused strangers
 	go func() {
 		if err := p.srv.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			p.log.Error("piece server stopped", "err", err)

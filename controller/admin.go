@@ -121,7 +121,7 @@ func (c *Controller) registerBuiltinAdmin() {
 		if err := a.Decode(&req); err != nil {
 			return nil, err
 		}
-		ti, err := c.tokens.create(ctx, req.TTL, req.Description)
+		ti, err := c.tokens.create(ctx, req)
 		if err != nil {
 			return nil, err
 		}

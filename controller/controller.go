@@ -18,7 +18,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
+
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -51,6 +51,16 @@ type Options struct {
 	// into the event history (default DefaultNodeEventRate, DefaultNodeEventBurst);
 	// NodeEventHistory is how many events per node it keeps (default DefaultNodeEventHistory).
 	NodeEventRate, NodeEventBurst, NodeEventHistory int
+	// JoinRate and JoinBurst limit joins per source address (IPv6: per /64)
+	// (default 5 per second, bursts of 20); MaxJoinSources bounds how many
+	// source addresses are tracked (default 10000, least recently seen dropped).
+	JoinRate       float64
+	JoinBurst      int
+	MaxJoinSources int
+	// MaxConcurrentJoins caps joins in flight; more get 503 at once (default 32).
+	MaxConcurrentJoins int
+	// HTTPReadHeaderTimeout overrides httpserve.ReadHeaderTimeout (tests).
+	HTTPReadHeaderTimeout time.Duration
 }
 
 // Controller is a running control plane.
@@ -77,6 +87,8 @@ type Controller struct {
 	events   *eventLog
 	runsMu   sync.Mutex
 	runs     map[string]*TaskRun // in flight, by events subject
+	joins    *joinGuard
+	joinMu   sync.Mutex // a name's existence check and its admission are one step
 
 	adminMu  sync.RWMutex
 	admin    map[string]AdminHandler
@@ -124,17 +136,19 @@ func New(opts Options) (*Controller, error) {
 	if opts.NodeEventHistory <= 0 {
 		opts.NodeEventHistory = DefaultNodeEventHistory
 	}
-	if err := os.MkdirAll(opts.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("controller data dir %s: %w", opts.DataDir, err)
+	if err := prepareDataDir(opts.DataDir, opts.Logger); err != nil {
+		return nil, err
 	}
 	p, err := loadOrCreatePKI(opts.DataDir, localHosts(opts.Advertise))
 	if err != nil {
 		return nil, fmt.Errorf("controller PKI in %s: %w", opts.DataDir, err)
 	}
 	c := &Controller{opts: opts, log: opts.Logger, pki: p, admin: map[string]AdminHandler{}, internalPass: randomSecret(),
-		offenses: newOffenses(opts.Logger, 10*time.Second), clockLog: newOffenses(opts.Logger, 10*time.Minute), runs: map[string]*TaskRun{}}
+		offenses: newOffenses(opts.Logger, 10*time.Second), clockLog: newOffenses(opts.Logger, 10*time.Minute), runs: map[string]*TaskRun{},
+		joins: newJoinGuard(opts.JoinRate, opts.JoinBurst, opts.MaxJoinSources, opts.MaxConcurrentJoins)}
 	c.events = newEventLog(c)
 	c.registerBuiltinAdmin()
+	c.registerNodeAdmin()
 	return c, nil
 }
 

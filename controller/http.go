@@ -7,10 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/internal/httpserve"
 	"github.com/flotilla-dev/flotilla/protocol"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
@@ -22,9 +25,10 @@ func (c *Controller) startHTTP() error {
 		w.Header().Set("Content-Type", "application/x-pem-file")
 		_, _ = w.Write(c.pki.caPEM)
 	})
-	mux.HandleFunc("POST "+protocol.PathJoin, c.handleJoin)
+	mux.HandleFunc("POST "+protocol.PathJoin, c.joins.wrap(c.log.Warn, c.handleJoin))
 	for pattern, h := range c.opts.Handlers {
-		mux.Handle(pattern, h)
+		// Mounted components serve blobs and pieces: long answers, each write bounded.
+		mux.Handle(pattern, httpserve.Streaming(h))
 	}
 	ln, err := net.Listen("tcp", c.opts.HTTPListen)
 	if err != nil {
@@ -41,14 +45,13 @@ func (c *Controller) startHTTP() error {
 		ln.Close()
 		return fmt.Errorf("subscribe peer certificate requests: %w", err)
 	}
-	c.http = &http.Server{
-		Handler: mux,
-		// Agents present their peer certificate to reach the tracker and the seed
-		// (RequireAgentCert); joins, the CA and the bootstrap need none.
-		TLSConfig: &tls.Config{Certificates: []tls.Certificate{c.pki.server}, MinVersion: tls.VersionTLS12,
-			ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: c.pki.certPool()},
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          nil,
+	// Agents present their peer certificate to reach the tracker and the seed
+	// (RequireAgentCert); joins, the CA and the bootstrap need none.
+	c.http = httpserve.New(mux, &tls.Config{Certificates: []tls.Certificate{c.pki.server}, MinVersion: tls.VersionTLS12,
+		ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: c.pki.certPool()},
+		slog.NewLogLogger(c.log.With("component", "https").Handler(), slog.LevelDebug))
+	if c.opts.HTTPReadHeaderTimeout > 0 {
+		c.http.ReadHeaderTimeout = c.opts.HTTPReadHeaderTimeout
 	}
 	c.wg.Add(1)
 	go func() {
@@ -60,40 +63,68 @@ func (c *Controller) startHTTP() error {
 	return nil
 }
 
+// writeJoinError answers a refused join with a JSON body.
+func writeJoinError(w http.ResponseWriter, code int, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(protocol.JoinError{Error: msg})
+}
+
+// handleJoin exchanges a token for a new node's credentials. Every token
+// failure gets the same answer (errJoinToken); the log says which it was.
 func (c *Controller) handleJoin(w http.ResponseWriter, r *http.Request) {
-	fail := func(code int, err error) {
-		c.log.Warn("join refused", "remote", r.RemoteAddr, "err", err)
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(code)
-		_ = json.NewEncoder(w).Encode(protocol.JoinError{Error: err.Error()})
+	node := ""
+	fail := func(code int, public string, err error) {
+		c.log.Warn("join refused", "node", node, "remote", r.RemoteAddr, "err", err)
+		writeJoinError(w, code, public)
 	}
-	var req protocol.JoinRequest
-	if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req); err != nil {
-		fail(http.StatusBadRequest, fmt.Errorf("join request body: %w", err))
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, protocol.MaxJoinRequestBytes))
+	if err != nil {
+		fail(http.StatusRequestEntityTooLarge, fmt.Sprintf("join request body: over %d bytes or unreadable", protocol.MaxJoinRequestBytes), err)
 		return
 	}
-	if err := protocol.ValidateNodeName(req.Name); err != nil {
-		fail(http.StatusBadRequest, err)
+	req, err := protocol.DecodeJoinRequest(body)
+	if err != nil {
+		var fe *protocol.FieldError
+		if errors.As(err, &fe) {
+			var probe struct{ Name string }
+			_ = json.Unmarshal(body, &probe)
+			node = probe.Name
+			if len(node) > 128 {
+				node = node[:128]
+			}
+			c.log.Warn("join refused: invalid report", "node", node, "field", fe.Field, "remote", r.RemoteAddr, "err", err)
+			writeJoinError(w, http.StatusBadRequest, "join request: "+err.Error())
+			return
+		}
+		fail(http.StatusBadRequest, "join request: "+err.Error(), err)
 		return
 	}
+	node = req.Name
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
 	defer cancel()
-	if err := c.tokens.use(ctx, req.Token); err != nil {
-		fail(http.StatusForbidden, err)
+	if _, _, err := c.tokens.check(ctx, req.Token, req.Name); err != nil {
+		fail(http.StatusForbidden, errJoinToken, err)
 		return
 	}
 	var peerCert []byte
 	if len(req.CSR) > 0 {
 		// Before admitting: a bad request must not cost the node its old credentials.
-		var err error
 		if peerCert, err = c.pki.signPeerCert(req.Name, req.CSR); err != nil {
-			fail(http.StatusBadRequest, err)
+			fail(http.StatusBadRequest, err.Error(), err)
 			return
 		}
 	}
-	cr, err := c.admitNode(ctx, req.Name, req.Facts)
-	if err != nil {
-		fail(http.StatusInternalServerError, err)
+	cr, err := c.joinNode(ctx, req)
+	switch {
+	case errors.Is(err, errNodeExists):
+		fail(http.StatusConflict, err.Error(), err)
+		return
+	case errors.Is(err, ErrTokenUnknown), errors.Is(err, ErrTokenExpired), errors.Is(err, ErrTokenUsedUp), errors.Is(err, ErrTokenWrongFor):
+		fail(http.StatusForbidden, errJoinToken, err)
+		return
+	case err != nil:
+		fail(http.StatusInternalServerError, "join failed on the controller: see its log", err)
 		return
 	}
 	cr.PeerCert = peerCert
@@ -102,8 +133,42 @@ func (c *Controller) handleJoin(w http.ResponseWriter, r *http.Request) {
 	_ = json.NewEncoder(w).Encode(cr)
 }
 
+// errNodeExists refuses a join under the name of a node in the inventory.
+var errNodeExists = errors.New("already in the inventory")
+
+// joinNode admits a node for a join request whose token checked out: a new
+// name, or an existing one only with a token created --for it. The token's
+// use is counted here, under joinMu, so that two joins of one name cannot both
+// pass the check.
+func (c *Controller) joinNode(ctx context.Context, req *protocol.JoinRequest) (*protocol.Credentials, error) {
+	c.joinMu.Lock()
+	defer c.joinMu.Unlock()
+	old, exists := c.inv.get(req.Name)
+	tok, _, err := c.tokens.check(ctx, req.Token, req.Name)
+	if err != nil {
+		return nil, err
+	}
+	if exists && tok.For != req.Name {
+		return nil, fmt.Errorf("node %s: %w: a join never replaces an existing node; if it is gone run `flotilla nodes remove %s`, "+
+			"to re-join it create a token with `flotilla token create --for %s`", req.Name, errNodeExists, req.Name, req.Name)
+	}
+	if tok, err = c.tokens.use(ctx, req.Token, req.Name); err != nil {
+		return nil, err
+	}
+	// Labels: the node's proposal is accepted at its first join only; the
+	// token's (admin-chosen) win; a re-join keeps what the admin approved.
+	labels := map[string]string{}
+	if exists {
+		maps.Copy(labels, old.Labels)
+	} else {
+		maps.Copy(labels, req.Facts.Labels)
+	}
+	maps.Copy(labels, tok.Labels)
+	return c.admitNode(ctx, req.Name, req.Facts, labels)
+}
+
 // admitNode creates or replaces a node's record with fresh credentials.
-func (c *Controller) admitNode(ctx context.Context, name string, facts protocol.Facts) (*protocol.Credentials, error) {
+func (c *Controller) admitNode(ctx context.Context, name string, facts protocol.Facts, labels map[string]string) (*protocol.Credentials, error) {
 	secret := randomSecret()
 	rec, ok := c.inv.get(name)
 	if !ok {
@@ -111,7 +176,10 @@ func (c *Controller) admitNode(ctx context.Context, name string, facts protocol.
 	} else {
 		c.log.Info("node re-joined: its old credentials no longer work", "node", name)
 	}
-	rec.Facts, rec.Labels, rec.SecretHash = facts, facts.Labels, hashSecret(secret)
+	if len(labels) == 0 {
+		labels = nil
+	}
+	rec.Facts, rec.Labels, rec.SecretHash = facts, labels, hashSecret(secret)
 	if err := c.inv.put(ctx, &rec); err != nil {
 		return nil, err
 	}
@@ -136,7 +204,13 @@ func (c *Controller) LocalAgentCredentials(ctx context.Context, name string, fac
 	if err := protocol.ValidateNodeName(name); err != nil {
 		return nil, err
 	}
-	cr, err := c.admitNode(ctx, name, facts)
+	if err := protocol.ValidateFacts(&facts); err != nil {
+		return nil, fmt.Errorf("node %s: %w", name, err)
+	}
+	// The local agent's labels are the controller's own flags: admin-chosen.
+	c.joinMu.Lock()
+	defer c.joinMu.Unlock()
+	cr, err := c.admitNode(ctx, name, facts, maps.Clone(facts.Labels))
 	if err != nil {
 		return nil, err
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sort"
 	"sync"
 	"time"
@@ -35,6 +36,7 @@ type inventory struct {
 	kv  jetstream.KeyValue
 	log *slog.Logger
 
+	writeMu  sync.Mutex // serialises writers, so none stores a stale copy over another's change
 	mu       sync.RWMutex
 	nodes    map[string]*NodeRecord
 	lastSeen map[string]time.Time // only heartbeats seen by this process count as online
@@ -77,6 +79,29 @@ func (inv *inventory) secretHashes() map[string][]byte {
 }
 
 func (inv *inventory) put(ctx context.Context, rec *NodeRecord) error {
+	inv.writeMu.Lock()
+	defer inv.writeMu.Unlock()
+	return inv.putLocked(ctx, rec)
+}
+
+// errNoNode: the node is not (or no longer) in the inventory.
+var errNoNode = errors.New("not in the inventory")
+
+// update applies fn to a copy of name's current record and stores the result.
+func (inv *inventory) update(ctx context.Context, name string, fn func(*NodeRecord) error) (NodeRecord, error) {
+	inv.writeMu.Lock()
+	defer inv.writeMu.Unlock()
+	rec, ok := inv.get(name)
+	if !ok {
+		return NodeRecord{}, fmt.Errorf("node %s: %w", name, errNoNode)
+	}
+	if err := fn(&rec); err != nil {
+		return NodeRecord{}, err
+	}
+	return rec, inv.putLocked(ctx, &rec)
+}
+
+func (inv *inventory) putLocked(ctx context.Context, rec *NodeRecord) error {
 	data, err := json.Marshal(rec)
 	if err != nil {
 		return err
@@ -88,6 +113,21 @@ func (inv *inventory) put(ctx context.Context, rec *NodeRecord) error {
 	cp := *rec
 	inv.nodes[rec.Name] = &cp
 	inv.saved[rec.Name] = time.Now()
+	inv.mu.Unlock()
+	return nil
+}
+
+// remove deletes a node's record; it is gone from KV before it is gone from memory.
+func (inv *inventory) remove(ctx context.Context, name string) error {
+	inv.writeMu.Lock()
+	defer inv.writeMu.Unlock()
+	if err := inv.kv.Purge(ctx, protocol.NodeToken(name)); err != nil {
+		return fmt.Errorf("remove node %s: %w", name, err)
+	}
+	inv.mu.Lock()
+	delete(inv.nodes, name)
+	delete(inv.lastSeen, name)
+	delete(inv.saved, name)
 	inv.mu.Unlock()
 	return nil
 }
@@ -196,8 +236,14 @@ func (c *Controller) onRegister(m *nats.Msg) {
 	if !ok {
 		return
 	}
-	var reg protocol.Register
-	if err := protocol.Decode(m.Data, &reg); err != nil {
+	reg, err := protocol.DecodeRegister(m.Data)
+	if err != nil {
+		// Nothing a node says about itself is trusted: one bad field refuses the
+		// whole report, and the inventory keeps what it had.
+		var fe *protocol.FieldError
+		if errors.As(err, &fe) {
+			c.log.Warn("registration refused: invalid report", "node", node, "field", fe.Field, "err", err)
+		}
 		reply(fmt.Errorf("node %s: %w", node, err))
 		return
 	}
@@ -205,19 +251,26 @@ func (c *Controller) onRegister(m *nats.Msg) {
 		reply(fmt.Errorf("node %s registered under the name %q", node, reg.Name))
 		return
 	}
-	rec, ok := c.inv.get(node)
-	if !ok {
+	ctx, cancel := context.WithTimeout(c.ctx, 10*time.Second)
+	defer cancel()
+	_, err = c.inv.update(ctx, node, func(rec *NodeRecord) error {
+		// Labels select roles, so only the admin changes them (token, `nodes
+		// label`); what the node reports is kept as a fact and shown, not applied.
+		if !maps.Equal(reg.Facts.Labels, rec.Labels) && !maps.Equal(reg.Facts.Labels, rec.Facts.Labels) {
+			c.log.Warn("node reports labels that differ from its approved labels: not applied (an admin may apply them with `flotilla nodes label`)",
+				"node", node, "reported", formatLabels(reg.Facts.Labels), "approved", formatLabels(rec.Labels))
+		}
+		rec.Facts = reg.Facts
+		rec.HeartbeatInterval = reg.HeartbeatInterval
+		rec.PeerURL = reg.PeerURL
+		rec.LastSeen = time.Now()
+		return nil
+	})
+	if errors.Is(err, errNoNode) {
 		reply(fmt.Errorf("node %s is not in the inventory: join again with a token", node))
 		return
 	}
-	rec.Facts = reg.Facts
-	rec.Labels = reg.Facts.Labels
-	rec.HeartbeatInterval = reg.HeartbeatInterval
-	rec.PeerURL = reg.PeerURL
-	rec.LastSeen = time.Now()
-	ctx, cancel := context.WithTimeout(c.ctx, 10*time.Second)
-	defer cancel()
-	if err := c.inv.put(ctx, &rec); err != nil {
+	if err != nil {
 		reply(err)
 		return
 	}
@@ -249,7 +302,8 @@ func (c *Controller) onHeartbeat(m *nats.Msg) {
 	if rec != nil {
 		ctx, cancel := context.WithTimeout(c.ctx, 5*time.Second)
 		defer cancel()
-		if err := c.inv.put(ctx, rec); err != nil {
+		// Store the current record, not the copy: an admin's change since must stay.
+		if _, err := c.inv.update(ctx, node, func(*NodeRecord) error { return nil }); err != nil && !errors.Is(err, errNoNode) {
 			c.log.Warn("persist heartbeat", "node", node, "err", err)
 		}
 	}

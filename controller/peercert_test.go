@@ -74,7 +74,7 @@ func postJoin(t *testing.T, c *Controller, req protocol.JoinRequest) (int, []byt
 func TestJoinIssuesPeerCert(t *testing.T) {
 	c := startPeerCertController(t)
 	ctx := context.Background()
-	tok, err := c.tokens.create(ctx, time.Hour, "test")
+	tok, err := c.tokens.create(ctx, protocol.TokenCreate{TTL: time.Hour, Description: "test"})
 	if err != nil {
 		t.Fatal(err)
 	}

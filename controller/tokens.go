@@ -26,13 +26,29 @@ type tokenRecord struct {
 	Created     time.Time `json:"created"`
 	Expires     time.Time `json:"expires"`
 	Uses        int       `json:"uses"`
+	// MaxUses is how many joins the token allows (0: any number until it expires).
+	MaxUses int `json:"maxUses,omitempty"`
+	// For is the one node name the token joins; only such a token may re-join
+	// (replace) a node that is already in the inventory.
+	For string `json:"for,omitempty"`
+	// Labels are given to every node that joins with the token (admin-chosen;
+	// they win over labels the node proposes).
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
-// Join-token errors, distinguishable with errors.Is.
+// Join-token errors, distinguishable with errors.Is. They are for the
+// controller's log: a refused join answers errJoinToken whatever the reason.
 var (
-	ErrTokenUnknown = errors.New("unknown join token")
-	ErrTokenExpired = errors.New("join token expired")
+	ErrTokenUnknown  = errors.New("unknown join token")
+	ErrTokenExpired  = errors.New("join token expired")
+	ErrTokenUsedUp   = errors.New("join token used up")
+	ErrTokenWrongFor = errors.New("join token is for another node name")
 )
+
+// errJoinToken is the one answer to a join whose token is not good, so that a
+// caller learns nothing about which tokens exist.
+const errJoinToken = "invalid join token: unknown, wrong secret, expired, revoked, used up or for another node name; " +
+	"create a new one with `flotilla token create`"
 
 type tokenStore struct{ kv jetstream.KeyValue }
 
@@ -45,9 +61,23 @@ func openTokens(ctx context.Context, js jetstream.JetStream) (*tokenStore, error
 }
 
 // create makes a token "<id>.<secret>"; only the secret's hash is stored.
-func (s *tokenStore) create(ctx context.Context, ttl time.Duration, desc string) (protocol.TokenInfo, error) {
-	if ttl <= 0 {
-		return protocol.TokenInfo{}, fmt.Errorf("--ttl %s: want a positive duration such as 24h", ttl)
+func (s *tokenStore) create(ctx context.Context, req protocol.TokenCreate) (protocol.TokenInfo, error) {
+	if req.TTL <= 0 {
+		return protocol.TokenInfo{}, fmt.Errorf("--ttl %s: want a positive duration such as 24h", req.TTL)
+	}
+	if req.Uses < 0 {
+		return protocol.TokenInfo{}, fmt.Errorf("--uses %d: want 0 (any number within --ttl) or more", req.Uses)
+	}
+	if req.For != "" {
+		if err := protocol.ValidateNodeName(req.For); err != nil {
+			return protocol.TokenInfo{}, fmt.Errorf("--for: %w", err)
+		}
+	}
+	if err := protocol.ValidateLabels("--labels", req.Labels); err != nil {
+		return protocol.TokenInfo{}, err
+	}
+	if err := freeTextOK("--description", req.Description, 256); err != nil {
+		return protocol.TokenInfo{}, err
 	}
 	idb, sec := make([]byte, 4), make([]byte, 16)
 	if _, err := rand.Read(idb); err != nil {
@@ -58,12 +88,32 @@ func (s *tokenStore) create(ctx context.Context, ttl time.Duration, desc string)
 	}
 	id, secret := hex.EncodeToString(idb), hex.EncodeToString(sec)
 	now := time.Now().UTC()
-	rec := tokenRecord{ID: id, SecretHash: hashSecret(secret), Description: desc, Created: now, Expires: now.Add(ttl)}
+	rec := tokenRecord{ID: id, SecretHash: hashSecret(secret), Description: req.Description, Created: now, Expires: now.Add(req.TTL),
+		MaxUses: req.Uses, For: req.For, Labels: req.Labels}
 	data, _ := json.Marshal(rec)
 	if _, err := s.kv.Create(ctx, id, data); err != nil {
 		return protocol.TokenInfo{}, fmt.Errorf("store token: %w", err)
 	}
-	return protocol.TokenInfo{ID: id, Token: id + "." + secret, Description: desc, Created: rec.Created, Expires: rec.Expires}, nil
+	ti := rec.info()
+	ti.Token = id + "." + secret
+	return ti, nil
+}
+
+func (r *tokenRecord) info() protocol.TokenInfo {
+	return protocol.TokenInfo{ID: r.ID, Description: r.Description, Created: r.Created, Expires: r.Expires, Uses: r.Uses,
+		MaxUses: r.MaxUses, For: r.For, Labels: r.Labels}
+}
+
+func freeTextOK(field, s string, max int) error {
+	if len(s) > max {
+		return fmt.Errorf("%s: %d bytes, at most %d", field, len(s), max)
+	}
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f {
+			return fmt.Errorf("%s: control character %q not allowed", field, r)
+		}
+	}
+	return nil
 }
 
 func (s *tokenStore) get(ctx context.Context, id string) (*tokenRecord, uint64, error) {
@@ -81,30 +131,57 @@ func (s *tokenStore) get(ctx context.Context, id string) (*tokenRecord, uint64, 
 	return &rec, e.Revision(), nil
 }
 
-// use checks a presented token and counts the use.
-func (s *tokenStore) use(ctx context.Context, token string) error {
+// check tells whether token may join node now, without counting a use. The
+// error says why not, for the controller's log only (see errJoinToken).
+func (s *tokenStore) check(ctx context.Context, token, node string) (*tokenRecord, uint64, error) {
 	id, secret, ok := strings.Cut(strings.TrimSpace(token), ".")
 	if !ok || len(id) != 8 || !isHex(id) {
-		return fmt.Errorf("%w: not a flotilla token (want <id>.<secret> as printed by `flotilla token create`)", ErrTokenUnknown)
+		return nil, 0, fmt.Errorf("%w: not a flotilla token (want <id>.<secret>)", ErrTokenUnknown)
 	}
 	rec, rev, err := s.get(ctx, id)
 	if errors.Is(err, ErrTokenUnknown) {
-		return fmt.Errorf("%w %s (revoked or never created): create one with `flotilla token create --ttl 24h`", ErrTokenUnknown, id)
+		// Hash anyway, so that an unknown id takes as long as a wrong secret.
+		_ = subtle.ConstantTimeCompare(hashSecret(secret), make([]byte, 32))
+		return nil, 0, fmt.Errorf("%w %s (revoked or never created)", ErrTokenUnknown, id)
 	}
 	if err != nil {
-		return err
+		return nil, 0, err
 	}
 	if subtle.ConstantTimeCompare(hashSecret(secret), rec.SecretHash) != 1 {
-		return fmt.Errorf("%w %s: wrong secret: copy the whole token printed by `flotilla token create`", ErrTokenUnknown, id)
+		return nil, 0, fmt.Errorf("%w %s: wrong secret", ErrTokenUnknown, id)
 	}
 	if !time.Now().Before(rec.Expires) {
-		return fmt.Errorf("%w: token %s expired at %s: create a new one with `flotilla token create --ttl 24h`",
-			ErrTokenExpired, id, rec.Expires.Format(time.RFC3339))
+		return nil, 0, fmt.Errorf("%w: token %s expired at %s", ErrTokenExpired, id, rec.Expires.Format(time.RFC3339))
 	}
-	rec.Uses++
-	data, _ := json.Marshal(rec)
-	_, _ = s.kv.Update(ctx, id, data, rev) // a lost race only undercounts uses
-	return nil
+	if rec.MaxUses > 0 && rec.Uses >= rec.MaxUses {
+		return nil, 0, fmt.Errorf("%w: token %s was used %d of %d times", ErrTokenUsedUp, id, rec.Uses, rec.MaxUses)
+	}
+	if rec.For != "" && rec.For != node {
+		return nil, 0, fmt.Errorf("%w: token %s is for %q", ErrTokenWrongFor, id, rec.For)
+	}
+	return rec, rev, nil
+}
+
+// use checks token for node and counts the use; with --uses, concurrent joins
+// never get more uses than allowed (compare-and-set on the record's revision).
+func (s *tokenStore) use(ctx context.Context, token, node string) (*tokenRecord, error) {
+	for range 8 {
+		rec, rev, err := s.check(ctx, token, node)
+		if err != nil {
+			return nil, err
+		}
+		rec.Uses++
+		data, _ := json.Marshal(rec)
+		_, err = s.kv.Update(ctx, rec.ID, data, rev)
+		if err == nil {
+			return rec, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) && !errors.Is(err, jetstream.ErrKeyExists) {
+			return nil, fmt.Errorf("count a use of token %s: %w", rec.ID, err)
+		}
+		// Another join (or a revoke) changed the record: read it again.
+	}
+	return nil, errors.New("join token: too many concurrent uses, retry")
 }
 
 func (s *tokenStore) list(ctx context.Context) ([]protocol.TokenInfo, error) {
@@ -118,7 +195,7 @@ func (s *tokenStore) list(ctx context.Context) ([]protocol.TokenInfo, error) {
 		if err != nil {
 			continue
 		}
-		out = append(out, protocol.TokenInfo{ID: rec.ID, Description: rec.Description, Created: rec.Created, Expires: rec.Expires, Uses: rec.Uses})
+		out = append(out, rec.info())
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Created.Before(out[j].Created) })
 	return out, nil

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/internal/httpserve"
 	"github.com/flotilla-dev/flotilla/lvscare/dataplane"
 	"github.com/flotilla-dev/flotilla/lvscare/health"
 )
@@ -172,7 +173,7 @@ func (r *Runner) serveMetrics(ctx context.Context) (stop func(), err error) {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", r.metrics)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	srv := httpserve.New(mux, nil, nil)
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			r.log.Error("metrics server", "err", err)

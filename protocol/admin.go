@@ -30,7 +30,23 @@ const (
 	AdminTokenList   = "token.list"
 	AdminTokenRevoke = "token.revoke"
 	AdminExec        = "exec"
+	AdminNodesRemove = "nodes.remove"
+	AdminNodesLabel  = "nodes.label"
 )
+
+// NodesRemove removes a node from the inventory: its credentials stop working
+// and its connections are closed; its name may join again with a new token.
+type NodesRemove struct {
+	Name string `json:"name"`
+}
+
+// NodesLabel changes a node's labels (admin-approved; what selectors match):
+// Set adds or replaces, Remove deletes keys.
+type NodesLabel struct {
+	Name   string            `json:"name"`
+	Set    map[string]string `json:"set,omitempty"`
+	Remove []string          `json:"remove,omitempty"`
+}
 
 // NodeInfo is one inventory entry as the CLI sees it.
 type NodeInfo struct {
@@ -48,6 +64,13 @@ type NodeInfo struct {
 type TokenCreate struct {
 	TTL         time.Duration `json:"ttl"`
 	Description string        `json:"description,omitempty"`
+	// Uses caps the joins the token allows (0: any number until it expires).
+	Uses int `json:"uses,omitempty"`
+	// For makes the token join only this node name; it is the only way to
+	// re-join a node that is still in the inventory.
+	For string `json:"for,omitempty"`
+	// Labels go to every node that joins with the token.
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // TokenInfo describes a join token; Secret is only set right after creation.
@@ -58,6 +81,10 @@ type TokenInfo struct {
 	Created     time.Time `json:"created"`
 	Expires     time.Time `json:"expires"`
 	Uses        int       `json:"uses"`
+	// MaxUses is 0 when the token allows any number of joins until it expires.
+	MaxUses int               `json:"maxUses,omitempty"`
+	For     string            `json:"for,omitempty"`
+	Labels  map[string]string `json:"labels,omitempty"`
 	// Set on create: what a node needs to join.
 	CAHash    string `json:"caHash,omitempty"`
 	JoinURL   string `json:"joinURL,omitempty"`

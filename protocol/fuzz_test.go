@@ -75,7 +75,8 @@ func FuzzDecodeTaskAck(f *testing.F) {
 
 // FuzzDecodeRegister covers the decoding of a registration and the checks of
 // its name and heartbeat interval (the controller checks facts after this).
-func FuzzDecodeRegister(f *testing.F) {
+// FuzzRegisterNameSubject: a name the controller accepts survives its subjects.
+func FuzzRegisterNameSubject(f *testing.F) {
 	data, _ := Encode(&Register{Name: "n1", Facts: Facts{Hostname: "h", IPs: []string{"10.0.0.1"}, Arch: "amd64", OS: "linux",
 		Labels: map[string]string{"rack": "r7"}}, HeartbeatInterval: time.Second, PeerURL: "https://10.0.0.1:9444"})
 	f.Add(data)

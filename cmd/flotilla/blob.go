@@ -18,6 +18,7 @@ import (
 	"github.com/flotilla-dev/flotilla/bundle/pieces"
 	"github.com/flotilla-dev/flotilla/controller/tracker"
 	"github.com/flotilla-dev/flotilla/internal/bandwidth"
+	"github.com/flotilla-dev/flotilla/internal/httpserve"
 	"github.com/flotilla-dev/flotilla/internal/human"
 )
 
@@ -156,7 +157,7 @@ func (f *blobPeerFlags) start(extra map[string]http.Handler) (*blobPeer, error) 
 		adv = "https://" + f.listen
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/v1/", pieces.NewHandler(st, pieces.WithUploadLimit(pieces.NewLimiter(int64(up)))))
+	mux.Handle("/v1/", httpserve.Streaming(pieces.NewHandler(st, pieces.WithUploadLimit(pieces.NewLimiter(int64(up))))))
 	for pattern, h := range extra {
 		mux.Handle(pattern, h)
 	}
@@ -166,7 +167,7 @@ func (f *blobPeerFlags) start(extra map[string]http.Handler) (*blobPeer, error) 
 		return nil, fmt.Errorf("--listen %s: %w", f.listen, err)
 	}
 	p := &blobPeer{store: st, client: p2p.NewClient(clientTLS), self: pieces.Peer{ID: f.id, Addr: adv},
-		srv:  &http.Server{Handler: mux, TLSConfig: serverTLS, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(slog.Default().Handler(), slog.LevelDebug)},
+		srv:  httpserve.New(mux, serverTLS, slog.NewLogLogger(slog.Default().Handler(), slog.LevelDebug)),
 		errC: make(chan error, 2)}
 	go func() { p.errC <- p.srv.ServeTLS(ln, "", "") }()
 	slog.Info("serving pieces", "id", f.id, "listen", f.listen, "advertise", adv, "dir", f.dir)
@@ -225,7 +226,7 @@ func newBlobServeCmd() *cobra.Command {
 				if err != nil {
 					return fmt.Errorf("--tracker-listen %s: %w", trackerListen, err)
 				}
-				tsrv := &http.Server{Handler: t.Handler(), TLSConfig: serverTLS, ReadHeaderTimeout: 10 * time.Second}
+				tsrv := httpserve.New(t.Handler(), serverTLS, nil)
 				go tsrv.ServeTLS(ln, "", "")
 				defer tsrv.Close()
 				slog.Info("tracker listening", "listen", trackerListen)

@@ -58,6 +58,11 @@ Agents join over HTTPS (--http-listen) with a token and then talk NATS over TLS 
 			ctx := cmd.Context()
 			opts.Logger = slog.Default().With("component", "controller")
 			opts.Handlers = map[string]http.Handler{}
+			// Before the handlers below create their dirs inside it (0755 would
+			// otherwise be inherited by a data dir they create).
+			if err := os.MkdirAll(opts.DataDir, 0o700); err != nil {
+				return fmt.Errorf("--data-dir %s: %w", opts.DataDir, err)
+			}
 			for _, f := range controllerHandlers {
 				for p, h := range f(opts.DataDir) {
 					opts.Handlers[p] = h
@@ -101,6 +106,10 @@ Agents join over HTTPS (--http-listen) with a token and then talk NATS over TLS 
 	f.IntVar(&opts.NodeEventRate, "node-event-rate", controller.DefaultNodeEventRate, "task events per second and node kept in the event history (more are dropped, and logged naming the node)")
 	f.IntVar(&opts.NodeEventBurst, "node-event-burst", controller.DefaultNodeEventBurst, "burst allowed above --node-event-rate")
 	f.IntVar(&opts.NodeEventHistory, "node-event-history", controller.DefaultNodeEventHistory, "newest task events kept per node (see `flotilla logs NODE`)")
+	f.Float64Var(&opts.JoinRate, "join-rate", 5, "joins per second one source address may make (IPv6: per /64); more get HTTP 429 and agents retry")
+	f.IntVar(&opts.JoinBurst, "join-burst", 20, "joins one source address may make at once before --join-rate applies")
+	f.IntVar(&opts.MaxConcurrentJoins, "max-concurrent-joins", 32, "joins handled at once; more get HTTP 503 and agents retry")
+	f.DurationVar(&opts.HTTPReadHeaderTimeout, "http-read-header-timeout", 10*time.Second, "time an HTTPS client has for the TLS handshake and its request headers")
 	return cmd
 }
 

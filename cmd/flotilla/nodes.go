@@ -66,6 +66,7 @@ func newNodesCmd() *cobra.Command {
 	}
 	conn.register(cmd)
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "output: table or json")
+	cmd.AddCommand(newNodesRemoveCmd(), newNodesLabelCmd())
 	return cmd
 }
 

@@ -27,15 +27,28 @@ func newTokenCreateCmd() *cobra.Command {
 	var (
 		conn   cliConnFlags
 		req    protocol.TokenCreate
+		labels string
 		output string
 	)
 	cmd := &cobra.Command{
 		Use:   "create",
 		Short: "Create a join token and print the one-liner that bootstraps a node with it",
+		Long: `Create a join token. It joins any number of new nodes until --ttl runs out
+(like kubeadm's), or --uses of them. A join never replaces a node already in the
+inventory: re-joining one (a reinstalled host) needs a token created --for its name,
+or removing it first with ` + "`flotilla nodes remove NAME`" + `.`,
 		Example: `  flotilla token create --ttl 24h
-  flotilla token create --ttl 2h --description "rack r7" -o json`,
+  flotilla token create --ttl 2h --uses 3 --labels rack=r7 --description "rack r7" -o json
+  flotilla token create --ttl 1h --for web-1   # re-join web-1 with new credentials`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := parseLabels(labels)
+			if err != nil {
+				return fmt.Errorf("--labels: %w", err)
+			}
+			if len(l) > 0 {
+				req.Labels = l
+			}
 			nc, err := conn.connect()
 			if err != nil {
 				return err
@@ -57,6 +70,9 @@ func newTokenCreateCmd() *cobra.Command {
 	conn.register(cmd)
 	cmd.Flags().DurationVar(&req.TTL, "ttl", 24*time.Hour, "how long the token can be used to join")
 	cmd.Flags().StringVar(&req.Description, "description", "", "a note shown by `token list`")
+	cmd.Flags().IntVar(&req.Uses, "uses", 0, "how many nodes may join with the token (0: any number until --ttl)")
+	cmd.Flags().StringVar(&req.For, "for", "", "the one node name the token joins; the only way to re-join a node still in the inventory")
+	cmd.Flags().StringVar(&labels, "labels", "", "labels every node joining with the token gets, k=v,k2=v2 (they win over labels the node proposes)")
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output: text or json")
 	return cmd
 }
@@ -88,13 +104,22 @@ func newTokenListCmd() *cobra.Command {
 				return cliWriteJSON(cmd, list)
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tEXPIRES\tSTATE\tUSES\tDESCRIPTION")
+			fmt.Fprintln(tw, "ID\tEXPIRES\tSTATE\tUSES\tFOR\tLABELS\tDESCRIPTION")
 			for _, t := range list {
-				state := "valid"
-				if !time.Now().Before(t.Expires) {
-					state = "expired"
+				state, uses, forName := "valid", fmt.Sprint(t.Uses), "-"
+				if t.MaxUses > 0 {
+					uses = fmt.Sprintf("%d/%d", t.Uses, t.MaxUses)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", t.ID, t.Expires.Local().Format(time.RFC3339), state, t.Uses, t.Description)
+				switch {
+				case !time.Now().Before(t.Expires):
+					state = "expired"
+				case t.MaxUses > 0 && t.Uses >= t.MaxUses:
+					state = "used up"
+				}
+				if t.For != "" {
+					forName = t.For
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.Expires.Local().Format(time.RFC3339), state, uses, forName, labelString(t.Labels), t.Description)
 			}
 			return tw.Flush()
 		},

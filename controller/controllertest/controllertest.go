@@ -36,11 +36,12 @@ type Fleet struct {
 	HTTPPort int
 
 	Controller *Proc
-	mu         sync.Mutex
-	Agents     map[string]*Proc
-	token      string
-	caHash     string
-	ctrlArgs   []string
+	// ControllerArgs are extra `flotilla controller` flags (StartWith).
+	ControllerArgs []string
+	mu             sync.Mutex
+	Agents         map[string]*Proc
+	token          string
+	caHash         string
 }
 
 // Proc is one process started by the fleet.
@@ -57,12 +58,17 @@ type Proc struct {
 // controllerArgs added to its command line (on every start).
 func Start(t testing.TB, controllerArgs ...string) *Fleet {
 	t.Helper()
+	return StartWith(t, controllerArgs...)
+}
+
+// StartWith starts a controller with extra `flotilla controller` flags.
+func StartWith(t testing.TB, controllerArgs ...string) *Fleet {
+	t.Helper()
 	bin, err := testbin.Path()
 	if err != nil {
 		t.Fatalf("flotilla binary: %v", err)
 	}
-	f := &Fleet{T: t, Bin: bin, Dir: t.TempDir(), Agents: map[string]*Proc{}, NATSPort: freePort(t), HTTPPort: freePort(t),
-		ctrlArgs: controllerArgs}
+	f := &Fleet{T: t, Bin: bin, Dir: t.TempDir(), Agents: map[string]*Proc{}, NATSPort: freePort(t), HTTPPort: freePort(t), ControllerArgs: controllerArgs}
 	t.Cleanup(f.stopAll)
 	f.StartController()
 	return f
@@ -94,7 +100,7 @@ func (f *Fleet) StartController() {
 		"--data-dir", f.ControllerDir(),
 		"--listen", fmt.Sprintf("127.0.0.1:%d", f.NATSPort),
 		"--http-listen", fmt.Sprintf("127.0.0.1:%d", f.HTTPPort),
-		"--advertise", "127.0.0.1", "--log-level", "debug"}, f.ctrlArgs...)...)
+		"--advertise", "127.0.0.1", "--log-level", "debug"}, f.ControllerArgs...)...)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		_, _, code := f.CLI(context.Background(), "nodes")

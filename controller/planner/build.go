@@ -289,7 +289,7 @@ func fill(f *File, src string, tmpl bool, data *Data) error {
 	b := []byte(src)
 	if tmpl {
 		var err error
-		if b, err = render(f.Path, src, data); err != nil {
+		if b, err = render(f.Path, src, data, escaperForFile(f.Path)); err != nil {
 			return err
 		}
 	}
@@ -311,7 +311,12 @@ func renderStep(s *plan.Step, c *clusterfile.Cluster, env map[string]string, dat
 	name := fmt.Sprintf("step %s %s (Kubefile line %d)", strings.ToUpper(s.Kind), s.Command, s.Line)
 	cmd := s.Command
 	if strings.Contains(cmd, "{{") {
-		b, err := render(name, cmd, data)
+		// A RUN or CMD is a shell command: every value in it is one quoted word.
+		esc := escapeNone
+		if s.Kind == plan.KindRun {
+			esc = escapeShell
+		}
+		b, err := render(name, cmd, data, esc)
 		if err != nil {
 			return nil, err
 		}

@@ -42,12 +42,14 @@ type ClusterFacts struct {
 var execErrRe = regexp.MustCompile(`^template: .*?:(\d+):(?:\d+:)? executing ".*?" at <(.*?)>: (.*)$`)
 var parseErrRe = regexp.MustCompile(`^template: .*?:(\d+): (.*)$`)
 
-// render executes src (named name in errors) over data with missingkey=error.
-func render(name, src string, data *Data) ([]byte, error) {
-	t, err := template.New(name).Option("missingkey=error").Parse(src)
+// render executes src (named name in errors) over data with missingkey=error,
+// every printed value escaped with esc (see escape.go).
+func render(name, src string, data *Data, esc escaper) ([]byte, error) {
+	t, err := template.New(name).Option("missingkey=error").Funcs(templateFuncs).Parse(src)
 	if err != nil {
 		return nil, tidyTemplateError(name, err)
 	}
+	autoEscape(t, esc)
 	var b bytes.Buffer
 	if err := t.Execute(&b, data); err != nil {
 		return nil, tidyTemplateError(name, err)

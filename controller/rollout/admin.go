@@ -5,9 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -91,17 +91,18 @@ func (e *Engine) agents(ctx context.Context) ([]planner.Agent, error) {
 	}
 	out := make([]planner.Agent, 0, len(nodes))
 	for _, n := range nodes {
-		a := planner.Agent{Name: n.Name, Arch: n.Facts.Arch, Online: n.Online, Labels: map[string]string{}}
-		for k, v := range n.Facts.Labels {
-			a.Labels[k] = v
-		}
-		for k, v := range n.Labels {
-			a.Labels[k] = v
+		// Selectors match the admin-approved labels only: what a node reports
+		// about itself (n.Facts.Labels) must not choose its role.
+		a := planner.Agent{Name: n.Name, Arch: n.Facts.Arch, Online: n.Online, Labels: maps.Clone(n.Labels)}
+		if a.Labels == nil {
+			a.Labels = map[string]string{}
 		}
 		for _, s := range n.Facts.IPs {
-			if ip, err := netip.ParseAddr(strings.Split(s, "/")[0]); err == nil {
-				a.IPs = append(a.IPs, ip)
+			// Checked on arrival; checked again for records stored before that.
+			if protocol.ValidateIP(s) != nil {
+				continue
 			}
+			a.IPs = append(a.IPs, netip.MustParseAddr(s))
 		}
 		out = append(out, a)
 	}
