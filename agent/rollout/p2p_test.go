@@ -34,7 +34,7 @@ import (
 	_ "github.com/flotilla-dev/flotilla/agent/rollout"
 	"github.com/flotilla-dev/flotilla/bundle/pieces"
 	"github.com/flotilla-dev/flotilla/bundle/pieces/piecestest"
-	"github.com/flotilla-dev/flotilla/controller"
+	"github.com/flotilla-dev/flotilla/controller/plane"
 	"github.com/flotilla-dev/flotilla/controller/controllertest"
 	"github.com/flotilla-dev/flotilla/controller/tracker"
 	"github.com/flotilla-dev/flotilla/protocol"
@@ -49,7 +49,7 @@ import (
 type p2pEnv struct {
 	t        *testing.T
 	dataDir  string // the controller's
-	c        *controller.Controller
+	c        *plane.Controller
 	tr       *tracker.Tracker
 	seed     *tracker.Seed
 	content  []byte // the file inside the layer
@@ -81,7 +81,7 @@ func newP2PEnv(t *testing.T, size int) *p2pEnv {
 			http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(e.blob))
 		}),
 	}
-	for p, h := range e.seed.Handlers(controller.AgentFromRequest) {
+	for p, h := range e.seed.Handlers(plane.AgentFromRequest) {
 		if p == "/v1/pieces/" {
 			inner := h
 			h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -91,10 +91,10 @@ func newP2PEnv(t *testing.T, size int) *p2pEnv {
 				inner.ServeHTTP(w, r)
 			})
 		}
-		handlers[p] = controller.RequireAgentCert(h)
+		handlers[p] = plane.RequireAgentCert(h)
 	}
 	e.dataDir = t.TempDir()
-	e.c, err = controller.New(controller.Options{DataDir: e.dataDir, Listen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0",
+	e.c, err = plane.New(plane.Options{DataDir: e.dataDir, Listen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0",
 		Advertise: "127.0.0.1", Logger: quiet(), Handlers: handlers})
 	if err != nil {
 		t.Fatal(err)
@@ -190,7 +190,7 @@ func waitFor(t *testing.T, d time.Duration, what string, ok func() bool) {
 
 // layerRun is one dispatched layer step.
 type layerRun struct {
-	run      *controller.TaskRun
+	run      *plane.TaskRun
 	mu       sync.Mutex
 	progress []protocol.Progress
 	lines    []string

@@ -18,8 +18,6 @@ import (
 	"golang.org/x/term"
 )
 
-func init() { addCommand(newApplyCmd) }
-
 // rolloutFlags are the flags apply and delete share.
 type rolloutFlags struct {
 	conn    cliConnFlags

@@ -14,7 +14,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/flotilla-dev/flotilla/controller"
+	"github.com/flotilla-dev/flotilla/controller/plane"
 	"github.com/flotilla-dev/flotilla/protocol"
 	"github.com/nats-io/nats.go"
 	"github.com/spf13/cobra"
@@ -64,12 +64,12 @@ func natsURL(s string) (string, error) {
 func (f *cliConnFlags) connect() (*nats.Conn, error) {
 	path := f.credentials
 	if path == "" {
-		path = filepath.Join(f.dataDir, controller.FileAdminCreds)
+		path = filepath.Join(f.dataDir, plane.FileAdminCreds)
 	}
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("admin credentials: %w: run this on the controller's host, or copy its %s and pass --credentials FILE (or set FLOTILLA_CREDENTIALS)",
-			err, filepath.Join("/var/lib/flotilla", controller.FileAdminCreds))
+			err, filepath.Join("/var/lib/flotilla", plane.FileAdminCreds))
 	}
 	var cr protocol.Credentials
 	if err := json.Unmarshal(data, &cr); err != nil {

@@ -11,8 +11,6 @@ import (
 	"golang.org/x/term"
 )
 
-func init() { addCommand(newDeleteCmd) }
-
 func newDeleteCmd() *cobra.Command {
 	var (
 		f   rolloutFlags

@@ -14,8 +14,6 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func init() { addCommand(newExecCmd) }
-
 // execNodeOutput is one node's result with its output, for -o json.
 type execNodeOutput struct {
 	protocol.ExecNodeResult

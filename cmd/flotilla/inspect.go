@@ -16,8 +16,6 @@ import (
 	"github.com/flotilla-dev/flotilla/protocol"
 )
 
-func init() { addCommand(newInspectCmd) }
-
 // inspectOutput is `flotilla inspect -o json`.
 type inspectOutput struct {
 	Name      string          `json:"name,omitempty"`

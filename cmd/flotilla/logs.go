@@ -10,8 +10,6 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func init() { addCommand(newLogsCmd) }
-
 func newLogsCmd() *cobra.Command {
 	var (
 		conn   cliConnFlags

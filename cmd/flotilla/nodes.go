@@ -11,8 +11,6 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func init() { addCommand(newNodesCmd) }
-
 func newNodesCmd() *cobra.Command {
 	var (
 		conn   cliConnFlags

@@ -9,8 +9,6 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func init() { addCommand(newPlanCmd) }
-
 func newPlanCmd() *cobra.Command {
 	var (
 		conn   cliConnFlags

@@ -11,8 +11,6 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func init() { addCommand(newStatusCmd) }
-
 func newStatusCmd() *cobra.Command {
 	var (
 		conn   cliConnFlags

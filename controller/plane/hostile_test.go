@@ -1,4 +1,4 @@
-package controller_test
+package plane_test
 
 import (
 	"context"
@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flotilla-dev/flotilla/controller"
 	"github.com/flotilla-dev/flotilla/controller/controllertest"
+	"github.com/flotilla-dev/flotilla/controller/plane"
 	"github.com/flotilla-dev/flotilla/protocol"
 	"github.com/nats-io/nats.go"
 )
@@ -50,7 +50,7 @@ func hostileNode(t *testing.T, f *controllertest.Fleet, name string) *nats.Conn 
 
 func adminConn(t *testing.T, f *controllertest.Fleet) *nats.Conn {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join(f.ControllerDir(), controller.FileAdminCreds))
+	data, err := os.ReadFile(filepath.Join(f.ControllerDir(), plane.FileAdminCreds))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,12 +136,12 @@ func TestHostileReplySubject(t *testing.T) {
 	}
 
 	hostile := []string{
-		"$KV." + controller.NodesBucket + ".ghost",
-		"$KV." + controller.NodesBucket + ".a1",
-		"$KV." + controller.StateBucket + ".seq",
-		"$KV." + controller.TokensBucket + ".x",
-		"$JS.API.STREAM.DELETE." + controller.EventsStream,
-		"$JS.API.STREAM.PURGE." + controller.EventsStream,
+		"$KV." + plane.NodesBucket + ".ghost",
+		"$KV." + plane.NodesBucket + ".a1",
+		"$KV." + plane.StateBucket + ".seq",
+		"$KV." + plane.TokensBucket + ".x",
+		"$JS.API.STREAM.DELETE." + plane.EventsStream,
+		"$JS.API.STREAM.PURGE." + plane.EventsStream,
 		protocol.InboxPrefix("a1") + ".stolen",
 		protocol.InboxPrefix("evil2") + ".x",
 		protocol.HeartbeatSubject("a2"),
@@ -167,10 +167,10 @@ func TestHostileReplySubject(t *testing.T) {
 	// controller's permissions either (reply or stream subject outside _INBOX.>).
 	admin := adminConn(t, f)
 	nodesReq, _ := json.Marshal(protocol.AdminRequest{})
-	if err := admin.PublishRequest(protocol.AdminSubject(protocol.AdminNodes), "$KV."+controller.StateBucket+".seq", nodesReq); err != nil {
+	if err := admin.PublishRequest(protocol.AdminSubject(protocol.AdminNodes), "$KV."+plane.StateBucket+".seq", nodesReq); err != nil {
 		t.Fatal(err)
 	}
-	execReq, _ := json.Marshal(protocol.AdminRequest{Stream: "$KV." + controller.NodesBucket + ".ghost2",
+	execReq, _ := json.Marshal(protocol.AdminRequest{Stream: "$KV." + plane.NodesBucket + ".ghost2",
 		Body: json.RawMessage(`{"selector":{"names":["a1"]},"command":["echo","streamed"]}`)})
 	m, err = admin.Request(protocol.AdminSubject(protocol.AdminExec), execReq, 10*time.Second)
 	var ar protocol.AdminReply

@@ -1,4 +1,4 @@
-package controller_test
+package plane_test
 
 import (
 	"context"

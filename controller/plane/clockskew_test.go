@@ -1,4 +1,4 @@
-package controller_test
+package plane_test
 
 import (
 	"context"
@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/flotilla-dev/flotilla/agent"
-	"github.com/flotilla-dev/flotilla/controller"
+	"github.com/flotilla-dev/flotilla/controller/plane"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
 
@@ -64,7 +64,7 @@ func TestClockSkewRefusalNamesTheSkew(t *testing.T) {
 				}
 				return
 			}
-			if !errors.Is(err, controller.ErrClockSkew) || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "node "+tc.node) {
+			if !errors.Is(err, plane.ErrClockSkew) || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "node "+tc.node) {
 				t.Fatalf("dispatch: %v\nwant ErrClockSkew naming node %s and %q", err, tc.node, tc.want)
 			}
 		})

@@ -1,4 +1,4 @@
-package controller_test
+package plane_test
 
 import (
 	"context"
@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/flotilla-dev/flotilla/agent"
-	"github.com/flotilla-dev/flotilla/controller"
+	"github.com/flotilla-dev/flotilla/controller/plane"
 	"github.com/flotilla-dev/flotilla/protocol"
 	"github.com/nats-io/nats.go"
 )
@@ -25,9 +25,9 @@ func quietLogger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 }
 
-func startController(t *testing.T, dir string) *controller.Controller {
+func startController(t *testing.T, dir string) *plane.Controller {
 	t.Helper()
-	c, err := controller.New(controller.Options{DataDir: dir, Listen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0", Advertise: "127.0.0.1", Logger: quietLogger()})
+	c, err := plane.New(plane.Options{DataDir: dir, Listen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0", Advertise: "127.0.0.1", Logger: quietLogger()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,7 +42,7 @@ func startController(t *testing.T, dir string) *controller.Controller {
 
 // startAgent runs an in-process agent with the default executors plus "probe",
 // which reports progress and output lines, then fails if the payload says so.
-func startAgent(t *testing.T, c *controller.Controller, name, dir string) {
+func startAgent(t *testing.T, c *plane.Controller, name, dir string) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	cr, err := c.LocalAgentCredentials(ctx, name, protocol.Facts{})
@@ -103,7 +103,7 @@ func (r *recorder) events() []protocol.Event {
 	return append([]protocol.Event(nil), r.evs...)
 }
 
-func run(t *testing.T, c *controller.Controller, task *protocol.Task) (*protocol.TaskResult, []protocol.Event) {
+func run(t *testing.T, c *plane.Controller, task *protocol.Task) (*protocol.TaskResult, []protocol.Event) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -262,7 +262,7 @@ func TestDispatch(t *testing.T) {
 		if _, err := c.Dispatch(ctx, &protocol.Task{Node: "n1", Steps: []protocol.Step{{Kind: "teleport"}}}, nil); err == nil || !strings.Contains(err.Error(), "no executor") {
 			t.Errorf("unknown kind: %v", err)
 		}
-		if _, err := c.Dispatch(ctx, &protocol.Task{Node: "ghost", Steps: []protocol.Step{{Kind: "exec", Command: []string{"true"}}}}, nil); !errors.Is(err, controller.ErrNodeOffline) {
+		if _, err := c.Dispatch(ctx, &protocol.Task{Node: "ghost", Steps: []protocol.Step{{Kind: "exec", Command: []string{"true"}}}}, nil); !errors.Is(err, plane.ErrNodeOffline) {
 			t.Errorf("dispatch to ghost: %v", err)
 		}
 	})
