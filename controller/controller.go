@@ -30,6 +30,13 @@ import (
 	"github.com/flotilla-dev/flotilla/protocol"
 )
 
+// Defaults of the per-node event history (Options.NodeEvent…).
+const (
+	DefaultNodeEventRate    = plane.DefaultNodeEventRate
+	DefaultNodeEventBurst   = plane.DefaultNodeEventBurst
+	DefaultNodeEventHistory = plane.DefaultNodeEventHistory
+)
+
 // Options configure a Controller. Zero values take the documented defaults.
 type Options struct {
 	// DataDir holds the CA, keys, admin credentials, JetStream and the seed's

@@ -22,6 +22,10 @@ type JoinRequest struct {
 	CSR []byte `json:"csr,omitempty"`
 }
 
+// AdminCredsFile is the name of the admin credential file (a Credentials for
+// the admin user) the controller writes into its data dir.
+const AdminCredsFile = "admin.creds"
+
 // Credentials are what a node keeps after joining; with them it no longer needs a token.
 type Credentials struct {
 	Node     string   `json:"node"`

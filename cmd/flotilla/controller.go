@@ -12,7 +12,6 @@ import (
 	"github.com/flotilla-dev/flotilla/agent"
 	"github.com/flotilla-dev/flotilla/agent/mirror"
 	"github.com/flotilla-dev/flotilla/controller"
-	"github.com/flotilla-dev/flotilla/controller/plane"
 	"github.com/flotilla-dev/flotilla/packaging"
 	"github.com/spf13/cobra"
 )
@@ -74,9 +73,9 @@ Agents join over HTTPS (--http-listen) with a token and then talk NATS over TLS 
 	f.StringVar(&agentLabel, "agent-labels", "", "labels of the local agent, k=v,…")
 	f.DurationVar(&hbInterval, "heartbeat-interval", 5*time.Second, "heartbeat interval of the local agent")
 	f.StringVar(&agentMirror, "agent-registry-listen", mirror.DefaultListen, "registry mirror address of the local agent (see flotilla agent --registry-listen); \"\" disables it")
-	f.IntVar(&opts.NodeEventRate, "node-event-rate", plane.DefaultNodeEventRate, "task events per second and node kept in the event history (more are dropped, and logged naming the node)")
-	f.IntVar(&opts.NodeEventBurst, "node-event-burst", plane.DefaultNodeEventBurst, "burst allowed above --node-event-rate")
-	f.IntVar(&opts.NodeEventHistory, "node-event-history", plane.DefaultNodeEventHistory, "newest task events kept per node (see `flotilla logs NODE`)")
+	f.IntVar(&opts.NodeEventRate, "node-event-rate", controller.DefaultNodeEventRate, "task events per second and node kept in the event history (more are dropped, and logged naming the node)")
+	f.IntVar(&opts.NodeEventBurst, "node-event-burst", controller.DefaultNodeEventBurst, "burst allowed above --node-event-rate")
+	f.IntVar(&opts.NodeEventHistory, "node-event-history", controller.DefaultNodeEventHistory, "newest task events kept per node (see `flotilla logs NODE`)")
 	f.Float64Var(&opts.JoinRate, "join-rate", 5, "joins per second one source address may make (IPv6: per /64); more get HTTP 429 and agents retry")
 	f.IntVar(&opts.JoinBurst, "join-burst", 20, "joins one source address may make at once before --join-rate applies")
 	f.IntVar(&opts.MaxConcurrentJoins, "max-concurrent-joins", 32, "joins handled at once; more get HTTP 503 and agents retry")

@@ -47,13 +47,13 @@ or removing it first with ` + "`flotilla nodes remove NAME`" + `.`,
 			if len(l) > 0 {
 				req.Labels = l
 			}
-			nc, err := conn.connect()
+			c, err := conn.connect()
 			if err != nil {
 				return err
 			}
-			defer nc.Close()
-			var ti protocol.TokenInfo
-			if err := adminCall(cmd.Context(), nc, protocol.AdminTokenCreate, req, &ti, 15*time.Second, nil); err != nil {
+			defer c.Close()
+			ti, err := c.CreateToken(cmd.Context(), req)
+			if err != nil {
 				return err
 			}
 			if output == "json" {
@@ -86,13 +86,13 @@ func newTokenListCmd() *cobra.Command {
 		Example: "  flotilla token list\n  flotilla token list -o json",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			nc, err := conn.connect()
+			c, err := conn.connect()
 			if err != nil {
 				return err
 			}
-			defer nc.Close()
-			var list []protocol.TokenInfo
-			if err := adminCall(cmd.Context(), nc, protocol.AdminTokenList, nil, &list, 15*time.Second, nil); err != nil {
+			defer c.Close()
+			list, err := c.Tokens(cmd.Context())
+			if err != nil {
 				return err
 			}
 			if output == "json" {
@@ -135,13 +135,13 @@ func newTokenRevokeCmd() *cobra.Command {
 		Example: "  flotilla token revoke 1a2b3c4d",
 		Args:    cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			nc, err := conn.connect()
+			c, err := conn.connect()
 			if err != nil {
 				return err
 			}
-			defer nc.Close()
+			defer c.Close()
 			for _, id := range args {
-				if err := adminCall(cmd.Context(), nc, protocol.AdminTokenRevoke, protocol.TokenRevoke{ID: id}, nil, 15*time.Second, nil); err != nil {
+				if err := c.RevokeToken(cmd.Context(), id); err != nil {
 					return err
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "revoked %s\n", id)

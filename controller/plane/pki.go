@@ -27,7 +27,7 @@ const (
 	fileCAKey      = "ca.key"
 	fileSigningKey = "signing.key"
 	// FileAdminCreds is the admin credential file the CLI reads (mode 0600).
-	FileAdminCreds = "admin.creds"
+	FileAdminCreds = protocol.AdminCredsFile
 )
 
 // pki is the controller's CA, its serving certificate and its task-signing key.

@@ -20,6 +20,7 @@ import (
 
 	"github.com/flotilla-dev/flotilla/bundle/plan"
 	"github.com/flotilla-dev/flotilla/controller/clusterfile"
+	"github.com/flotilla-dev/flotilla/protocol"
 )
 
 // Agent is what the inventory knows of one agent.
@@ -61,19 +62,19 @@ type Input struct {
 	Applied     map[string]Applied // per node name, for this cluster (nodes no longer listed are removed)
 }
 
-// Action says what a node's plan does overall.
-type Action string
+// Action says what a node's plan does overall (the wire's vocabulary).
+type Action = protocol.NodeAction
 
 // Node actions.
 const (
-	ActionCreate Action = "create" // the node has nothing of this cluster yet
-	ActionUpdate Action = "update" // some layers, files, steps or undos to do
-	ActionNoop   Action = "noop"   // everything is applied already
-	ActionRemove Action = "remove" // the node left the Clusterfile: undo everything
+	ActionCreate = protocol.ActionCreate
+	ActionUpdate = protocol.ActionUpdate
+	ActionNoop   = protocol.ActionNoop
+	ActionRemove = protocol.ActionRemove
 )
 
 // PhaseRemove is the name of the last phase, holding the nodes that left the cluster.
-const PhaseRemove = "remove"
+const PhaseRemove = protocol.PhaseRemove
 
 // ClusterPlan is the per-node work of one apply, in phases.
 type ClusterPlan struct {
@@ -147,14 +148,14 @@ type Step struct {
 	Reason  string            `json:"reason"` // why it runs or why it is skipped
 }
 
-// UndoKind is what an Undo does.
-type UndoKind string
+// UndoKind is what an Undo does (the wire's vocabulary).
+type UndoKind = protocol.UndoKind
 
 // Undo kinds, in the order they appear in NodePlan.Undo.
 const (
-	UndoStopService UndoKind = "stop-service" // stop and disable the unit
-	UndoRemoveFile  UndoKind = "remove-file"  // remove a rendered file
-	UndoRemoveLayer UndoKind = "remove-layer" // remove the files a layer placed, except paths a present layer also placed
+	UndoStopService = protocol.UndoStopService
+	UndoRemoveFile  = protocol.UndoRemoveFile
+	UndoRemoveLayer = protocol.UndoRemoveLayer
 )
 
 // Undo is one thing to take back on a node: services no longer wanted (reverse start

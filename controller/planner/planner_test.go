@@ -421,24 +421,3 @@ func TestBadInput(t *testing.T) {
 		})
 	}
 }
-
-func TestWritePlan(t *testing.T) {
-	in := Input{File: cf(t, threeTwo), Image: testImage(), ImageDigest: "sha256:abcdef0123456789", Agents: agents(3)}
-	in.Agents[4].Online = false
-	p := mustPlan(t, in)
-	var text, js bytes.Buffer
-	if err := p.WriteText(&text); err != nil {
-		t.Fatal(err)
-	}
-	if err := p.WriteJSON(&js); err != nil {
-		t.Fatal(err)
-	}
-	for _, want := range []string{"cluster demo: image reg/etcd:1 (sha256:abcdef012345)", "master0  m1", "10.0.1.2 (offline)", "> service etcd.service", "+ file /etc/etcd/etcd.conf 0600"} {
-		if !strings.Contains(text.String(), want) {
-			t.Errorf("text plan lacks %q:\n%s", want, text.String())
-		}
-	}
-	if !strings.Contains(js.String(), `"action": "create"`) || strings.Contains(js.String(), "prod") {
-		t.Errorf("JSON plan lacks the action or leaks env/content (token \"prod\"):\n%s", js.String())
-	}
-}

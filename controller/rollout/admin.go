@@ -179,7 +179,7 @@ func (e *Engine) apply(ctx context.Context, call *plane.AdminCall, dryRun bool) 
 		return nil, err
 	}
 	if req.DryRun {
-		return p.plan, nil
+		return p.plan.Wire(), nil
 	}
 	rec := &ClusterRecord{Cluster: p.cf.Cluster.Name, Clusterfile: req.Clusterfile, Path: req.Path, Image: p.cf.Cluster.Image,
 		ImageDigest: p.img.digest}

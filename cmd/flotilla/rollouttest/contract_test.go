@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/flotilla-dev/flotilla/controller/plane"
-	"github.com/flotilla-dev/flotilla/controller/planner"
 	"github.com/flotilla-dev/flotilla/internal/testbin"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
@@ -309,9 +308,9 @@ func TestPlanStatusDeleteContract(t *testing.T) {
 		if !req.DryRun {
 			return nil, errors.New("plan request without DryRun")
 		}
-		return planner.ClusterPlan{Cluster: "hello", Image: "hello:1.0", ImageDigest: "sha256:0123456789abcdef", Phases: []planner.Phase{{
-			Name: "node", Parallelism: 1, Nodes: []planner.NodePlan{{Node: "n1", IP: "10.0.0.1", Online: true, Roles: []string{"all"}, Action: planner.ActionCreate,
-				Steps: []planner.Step{{Kind: "run", Command: "flotilla-hello", Role: "all", Reason: "new"}}}},
+		return protocol.ClusterPlan{Cluster: "hello", Image: "hello:1.0", ImageDigest: "sha256:0123456789abcdef", Phases: []protocol.PlanPhase{{
+			Name: "node", Parallelism: 1, Nodes: []protocol.NodePlan{{Node: "n1", IP: "10.0.0.1", Online: true, Roles: []string{"all"}, Action: protocol.ActionCreate,
+				Steps: []protocol.PlannedStep{{Kind: protocol.KindRun, Command: "flotilla-hello", Role: "all", Reason: "new"}}}},
 		}}}, nil
 	})
 	s.handle(protocol.AdminStatus, func(ctx context.Context, call *plane.AdminCall) (any, error) {

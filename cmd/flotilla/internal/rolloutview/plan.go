@@ -1,4 +1,4 @@
-package planner
+package rolloutview
 
 import (
 	"encoding/json"
@@ -11,9 +11,9 @@ import (
 	"github.com/flotilla-dev/flotilla/protocol"
 )
 
-// WriteJSON writes the plan as indented JSON (rendered contents and env are left out:
-// they may hold secrets).
-func (p *ClusterPlan) WriteJSON(w io.Writer) error {
+// WritePlanJSON writes the plan as indented JSON (the controller never sends
+// rendered contents and env: they may hold secrets).
+func WritePlanJSON(w io.Writer, p *protocol.ClusterPlan) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	if err := enc.Encode(p); err != nil {
@@ -22,9 +22,9 @@ func (p *ClusterPlan) WriteJSON(w io.Writer) error {
 	return nil
 }
 
-// WriteText writes a summary table (one row per node) followed by each changed node's
+// WritePlan writes a summary table (one row per node) followed by each changed node's
 // work in run order: `+` to fetch or place, `>` to run, `=` skipped, `-` to undo.
-func (p *ClusterPlan) WriteText(w io.Writer) error {
+func WritePlan(w io.Writer, p *protocol.ClusterPlan) error {
 	fmt.Fprintf(w, "cluster %s: image %s", p.Cluster, p.Image)
 	if p.ImageDigest != "" {
 		fmt.Fprintf(w, " (%s)", protocol.ShortDigest(p.ImageDigest))
@@ -64,12 +64,12 @@ func (p *ClusterPlan) WriteText(w io.Writer) error {
 		return fmt.Errorf("write plan: %w", err)
 	}
 	for _, n := range p.Nodes() {
-		if n.Action == ActionNoop {
+		if n.Action == protocol.ActionNoop {
 			continue
 		}
 		fmt.Fprintf(w, "\n%s (%s):\n", n.Node, n.Action)
 		for _, u := range n.Undo {
-			if u.Kind != UndoRemoveLayer {
+			if u.Kind != protocol.UndoRemoveLayer {
 				fmt.Fprintf(w, "  - %s %s\n", u.Kind, u.Target)
 			}
 		}
@@ -96,7 +96,7 @@ func (p *ClusterPlan) WriteText(w io.Writer) error {
 			}
 		}
 		for _, u := range n.Undo {
-			if u.Kind == UndoRemoveLayer {
+			if u.Kind == protocol.UndoRemoveLayer {
 				fmt.Fprintf(w, "  - %s %s\n", u.Kind, protocol.ShortDigest(u.Target))
 			}
 		}

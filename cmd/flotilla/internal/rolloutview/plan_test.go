@@ -1,0 +1,44 @@
+package rolloutview
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+
+	"github.com/flotilla-dev/flotilla/protocol"
+)
+
+// TestWritePlan: the text plan has the header, one row per node (offline ones
+// marked), and each changed node's work in run order with its marks.
+func TestWritePlan(t *testing.T) {
+	p := &protocol.ClusterPlan{Cluster: "demo", Image: "reg/etcd:1", ImageDigest: "sha256:abcdef0123456789",
+		Phases: []protocol.PlanPhase{
+			{Name: "master0", Parallelism: 1, Nodes: []protocol.NodePlan{{Node: "m1", IP: "10.0.0.1", Online: true, Roles: []string{"master"}, Master0: true, Action: protocol.ActionCreate,
+				Layers: []protocol.PlannedLayer{{Digest: "sha256:1111111111111111", Size: 2048, Role: "all", Seq: 1}},
+				Files:  []protocol.PlannedFile{{Path: "/etc/etcd/etcd.conf", Mode: 0o600, Digest: "sha256:2222222222222222", Seq: 2, Source: "template"}},
+				Steps:  []protocol.PlannedStep{{Kind: protocol.KindService, Command: "etcd.service", Role: "master", Seq: 3, Reason: "new"}}}}},
+			{Name: "node", Parallelism: 1, Nodes: []protocol.NodePlan{{Node: "n1", IP: "10.0.1.2", Roles: []string{"node"}, Action: protocol.ActionNoop}}},
+			{Name: protocol.PhaseRemove, Parallelism: 1, Nodes: []protocol.NodePlan{{Node: "old", Action: protocol.ActionRemove,
+				Undo: []protocol.PlannedUndo{{Kind: protocol.UndoStopService, Target: "etcd.service"}, {Kind: protocol.UndoRemoveLayer, Target: "sha256:3333333333333333"}}}}},
+		}}
+	var text, js bytes.Buffer
+	if err := WritePlan(&text, p); err != nil {
+		t.Fatal(err)
+	}
+	if err := WritePlanJSON(&js, p); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"cluster demo: image reg/etcd:1 (sha256:abcdef012345)", "master0  m1", "10.0.1.2 (offline)",
+		"+ layer sha256:111111111111", "+ file /etc/etcd/etcd.conf 0600", "> service etcd.service",
+		"- stop-service etcd.service", "- remove-layer sha256:333333333333"} {
+		if !strings.Contains(text.String(), want) {
+			t.Errorf("text plan lacks %q:\n%s", want, text.String())
+		}
+	}
+	if strings.Contains(text.String(), "n1 (noop)") {
+		t.Errorf("text plan details a noop node:\n%s", text.String())
+	}
+	if !strings.Contains(js.String(), `"action": "create"`) {
+		t.Errorf("JSON plan lacks the action:\n%s", js.String())
+	}
+}
