@@ -34,8 +34,8 @@ import (
 	_ "github.com/flotilla-dev/flotilla/agent/rollout"
 	"github.com/flotilla-dev/flotilla/bundle/pieces"
 	"github.com/flotilla-dev/flotilla/bundle/pieces/piecestest"
-	"github.com/flotilla-dev/flotilla/controller/plane"
 	"github.com/flotilla-dev/flotilla/controller/controllertest"
+	"github.com/flotilla-dev/flotilla/controller/plane"
 	"github.com/flotilla-dev/flotilla/controller/tracker"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
