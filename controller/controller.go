@@ -107,7 +107,7 @@ func New(opts Options) (*Controller, error) {
 	// Before the seed creates its dir inside it (a data dir it created would
 	// otherwise get its 0755).
 	if err := os.MkdirAll(opts.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("controller data dir %s: %w", opts.DataDir, err)
+		return nil, &plane.OptionError{Option: "DataDir", Err: fmt.Errorf("controller data dir %s: %w", opts.DataDir, err)}
 	}
 	c := &Controller{log: log, opts: opts}
 	handlers := maps.Clone(opts.Handlers)

@@ -59,7 +59,7 @@ func CAHash(pem []byte) string {
 func ParseCAHash(s string) (string, error) {
 	h := strings.ToLower(strings.TrimPrefix(strings.TrimSpace(s), "sha256:"))
 	if b, err := hex.DecodeString(h); err != nil || len(b) != sha256.Size {
-		return "", fmt.Errorf("--ca-hash %q: want sha256:<64 hex digits>", s)
+		return "", fmt.Errorf("CA hash %q: want sha256:<64 hex digits>", s)
 	}
 	return "sha256:" + h, nil
 }

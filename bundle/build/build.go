@@ -527,7 +527,7 @@ func ParsePlatforms(s string) ([]v1.Platform, error) {
 		}
 		p, err := v1.ParsePlatform(f)
 		if err != nil || p.OS == "" || p.Architecture == "" {
-			return nil, fmt.Errorf("--platform %q: want os/arch[/variant], e.g. linux/amd64", f)
+			return nil, fmt.Errorf("platform %q: want os/arch[/variant], e.g. linux/amd64", f)
 		}
 		out = append(out, *p)
 	}

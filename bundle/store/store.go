@@ -70,7 +70,7 @@ func Open(dir string) (*Store, error) {
 	}
 	for _, d := range []string{filepath.Join(abs, "blobs", "sha256"), filepath.Join(abs, "flotilla", "tmp"), filepath.Join(abs, "flotilla", "cache")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
-			return nil, fmt.Errorf("open store %s: %w (run as root or pass --store / %s)", abs, err, EnvStore)
+			return nil, fmt.Errorf("open store %s: %w (run as root, or use a store directory this user can write: $%s)", abs, err, EnvStore)
 		}
 	}
 	s := &Store{dir: abs, layout: layout.Path(abs)}
@@ -318,7 +318,7 @@ func (s *Store) imageFor(d v1.Descriptor, p *v1.Platform, ref string) (v1.Image,
 			return img, m.Digest, err
 		}
 	}
-	return nil, v1.Hash{}, fmt.Errorf("image %s has no %s variant (it has %s): pass --platform", ref, want.String(), strings.Join(have, ", "))
+	return nil, v1.Hash{}, fmt.Errorf("image %s has no %s variant (it has %s): choose one of those platforms", ref, want.String(), strings.Join(have, ", "))
 }
 
 // Plan decodes the flotilla plan carried in an image's config labels.

@@ -42,7 +42,7 @@ Steps place files under --root (exported to steps as FLOTILLA_ROOT).`,
 			opts.Logger = slog.Default().With("component", "agent")
 			a, err := agent.New(cmd.Context(), opts)
 			if err != nil {
-				return err
+				return withFlag(err, agentFlag)
 			}
 			return a.Run(cmd.Context())
 		},

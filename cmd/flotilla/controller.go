@@ -46,10 +46,10 @@ Agents join over HTTPS (--http-listen) with a token and then talk NATS over TLS 
 			opts.Handlers = packagingHandlers()
 			c, err := controller.New(opts)
 			if err != nil {
-				return err
+				return withFlag(err, controllerFlag)
 			}
 			if err := c.Start(ctx); err != nil {
-				return err
+				return withFlag(err, controllerFlag)
 			}
 			defer c.Close()
 			fmt.Fprintf(cmd.ErrOrStderr(), "flotilla controller ready\n  NATS   %s\n  HTTPS  %s\n  CA     %s\n  admin  %s\nCreate a join token with: flotilla token create --ttl 24h\n",
@@ -117,7 +117,7 @@ func runLocalAgent(ctx context.Context, c *controller.Controller, dataDir, name,
 		Logger: slog.Default().With("component", "agent"),
 	})
 	if err != nil {
-		return fmt.Errorf("local agent: %w", err)
+		return fmt.Errorf("local agent: %w", withFlag(err, localAgentFlag))
 	}
 	return a.Run(ctx)
 }

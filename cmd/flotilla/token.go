@@ -40,6 +40,12 @@ or removing it first with ` + "`flotilla nodes remove NAME`" + `.`,
   flotilla token create --ttl 1h --for web-1   # re-join web-1 with new credentials`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if req.TTL <= 0 {
+				return fmt.Errorf("--ttl %s: want a positive duration such as 24h", req.TTL)
+			}
+			if req.Uses < 0 {
+				return fmt.Errorf("--uses %d: want 0 (any number within --ttl) or more", req.Uses)
+			}
 			l, err := parseLabels(labels)
 			if err != nil {
 				return fmt.Errorf("--labels: %w", err)

@@ -180,7 +180,7 @@ func (c *Controller) Select(sel protocol.Selector) ([]protocol.NodeInfo, error) 
 			}
 		}
 	default:
-		return nil, errors.New("no nodes selected: give --all, --node, --role or --selector")
+		return nil, errors.New("no nodes selected: the selector sets neither all, names nor labels")
 	}
 	if len(out) == 0 && len(all) == 0 {
 		return nil, errors.New("no node has joined yet: create a token with `flotilla token create` and start agents with it")
@@ -198,7 +198,7 @@ func (c *Controller) adminExec(ctx context.Context, a *AdminCall) (any, error) {
 		return nil, err
 	}
 	if len(req.Command) == 0 {
-		return nil, errors.New("exec: no command given (flotilla exec --all -- CMD ARGS…)")
+		return nil, errors.New("exec: no command given")
 	}
 	if req.Timeout <= 0 {
 		req.Timeout = 30 * time.Second

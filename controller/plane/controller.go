@@ -191,11 +191,11 @@ func (c *Controller) Start(ctx context.Context) error {
 func (c *Controller) startNATS() error {
 	host, portS, err := net.SplitHostPort(c.opts.Listen)
 	if err != nil {
-		return fmt.Errorf("--listen %q: %w", c.opts.Listen, err)
+		return &OptionError{Option: "Listen", Err: fmt.Errorf("NATS listen address %q: %w", c.opts.Listen, err)}
 	}
 	port, err := strconv.Atoi(portS)
 	if err != nil {
-		return fmt.Errorf("--listen %q: bad port", c.opts.Listen)
+		return &OptionError{Option: "Listen", Err: fmt.Errorf("NATS listen address %q: bad port", c.opts.Listen)}
 	}
 	if port == 0 {
 		port = server.RANDOM_PORT
@@ -361,6 +361,18 @@ func randomSecret() string {
 }
 
 var errClosed = errors.New("controller closed")
+
+// OptionError says which Options field is wrong; the CLI names its flag.
+type OptionError struct {
+	Option string // the Options field, e.g. "Listen"
+	Err    error
+}
+
+func (e *OptionError) Error() string { return e.Err.Error() }
+func (e *OptionError) Unwrap() error { return e.Err }
+
+// OptionName is the Options field the error is about.
+func (e *OptionError) OptionName() string { return e.Option }
 
 // natsLogger forwards the embedded server's warnings and errors to slog.
 type natsLogger struct{ log *slog.Logger }

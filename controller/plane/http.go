@@ -32,7 +32,7 @@ func (c *Controller) startHTTP() error {
 	}
 	ln, err := net.Listen("tcp", c.opts.HTTPListen)
 	if err != nil {
-		return fmt.Errorf("--http-listen %s: %w", c.opts.HTTPListen, err)
+		return &OptionError{Option: "HTTPListen", Err: fmt.Errorf("HTTPS listen address %s: %w", c.opts.HTTPListen, err)}
 	}
 	c.httpAddr = ln.Addr()
 	sub, err := c.nc.Subscribe(protocol.AllNodeRequests(protocol.RequestPeerCert), c.fromNode(c.onPeerCert))

@@ -63,17 +63,17 @@ func openTokens(ctx context.Context, js jetstream.JetStream) (*tokenStore, error
 // create makes a token "<id>.<secret>"; only the secret's hash is stored.
 func (s *tokenStore) create(ctx context.Context, req protocol.TokenCreate) (protocol.TokenInfo, error) {
 	if req.TTL <= 0 {
-		return protocol.TokenInfo{}, fmt.Errorf("--ttl %s: want a positive duration such as 24h", req.TTL)
+		return protocol.TokenInfo{}, fmt.Errorf("token TTL %s: want a positive duration such as 24h", req.TTL)
 	}
 	if req.Uses < 0 {
-		return protocol.TokenInfo{}, fmt.Errorf("--uses %d: want 0 (any number within --ttl) or more", req.Uses)
+		return protocol.TokenInfo{}, fmt.Errorf("token uses %d: want 0 (any number within the TTL) or more", req.Uses)
 	}
 	if req.For != "" {
 		if err := protocol.ValidateNodeName(req.For); err != nil {
-			return protocol.TokenInfo{}, fmt.Errorf("--for: %w", err)
+			return protocol.TokenInfo{}, fmt.Errorf("token for: %w", err)
 		}
 	}
-	if err := protocol.ValidateLabels("--labels", req.Labels); err != nil {
+	if err := protocol.ValidateLabels("token labels", req.Labels); err != nil {
 		return protocol.TokenInfo{}, err
 	}
 	if err := freeTextOK("--description", req.Description, 256); err != nil {
