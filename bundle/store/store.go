@@ -23,7 +23,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
-	"github.com/flotilla-dev/flotilla/bundle/plan"
+	"github.com/flotilla-dev/flotilla/bundle/recipe"
 	"github.com/flotilla-dev/flotilla/internal/atomicfile"
 )
 
@@ -322,10 +322,10 @@ func (s *Store) imageFor(d v1.Descriptor, p *v1.Platform, ref string) (v1.Image,
 }
 
 // Plan decodes the flotilla plan carried in an image's config labels.
-func Plan(img v1.Image) (*plan.Plan, error) {
+func Plan(img v1.Image) (*recipe.Recipe, error) {
 	cfg, err := img.ConfigFile()
 	if err != nil {
 		return nil, fmt.Errorf("read image config: %w", err)
 	}
-	return plan.FromLabels(cfg.Config.Labels)
+	return recipe.FromLabels(cfg.Config.Labels)
 }

@@ -18,7 +18,7 @@ import (
 	"sort"
 	"time"
 
-	"github.com/flotilla-dev/flotilla/bundle/plan"
+	"github.com/flotilla-dev/flotilla/bundle/recipe"
 	"github.com/flotilla-dev/flotilla/controller/clusterfile"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
@@ -52,12 +52,12 @@ type AppliedFile struct {
 // Input is everything the planner reads.
 type Input struct {
 	File        *clusterfile.File
-	Image       *plan.Plan
+	Image       *recipe.Recipe
 	ImageDigest string // digest of the image (manifest or index)
 	// ImageByArch optionally holds the plan of each platform of a multi-arch image, by
 	// GOARCH ("amd64", "arm64"); a node whose Arch is listed uses it (its layers differ),
 	// others use Image. Roles and phases always come from Image.
-	ImageByArch map[string]*plan.Plan
+	ImageByArch map[string]*recipe.Recipe
 	Agents      []Agent            // the inventory
 	Applied     map[string]Applied // per node name, for this cluster (nodes no longer listed are removed)
 }
@@ -136,7 +136,7 @@ type File struct {
 
 // Step is one rendered run-time step.
 type Step struct {
-	Kind    string            `json:"kind"` // plan.KindRun or plan.KindService
+	Kind    string            `json:"kind"` // recipe.KindRun or recipe.KindService
 	Command string            `json:"command"`
 	Role    string            `json:"role"`
 	Line    int               `json:"line,omitempty"` // Kubefile line

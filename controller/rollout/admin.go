@@ -11,7 +11,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/flotilla-dev/flotilla/bundle/plan"
+	"github.com/flotilla-dev/flotilla/bundle/recipe"
 	"github.com/flotilla-dev/flotilla/bundle/store"
 	"github.com/flotilla-dev/flotilla/controller/clusterfile"
 	"github.com/flotilla-dev/flotilla/controller/plane"
@@ -23,8 +23,8 @@ import (
 // image is a cluster image resolved in the controller's store.
 type image struct {
 	digest string
-	plan   *plan.Plan
-	byArch map[string]*plan.Plan
+	plan   *recipe.Recipe
+	byArch map[string]*recipe.Recipe
 }
 
 // resolveImage finds ref in the store: its digest (the index's for a multi-arch
@@ -37,7 +37,7 @@ func (e *Engine) resolveImage(ref string) (*image, error) {
 	if err != nil {
 		return nil, notHere(err)
 	}
-	img := &image{digest: desc.Digest.String(), byArch: map[string]*plan.Plan{}}
+	img := &image{digest: desc.Digest.String(), byArch: map[string]*recipe.Recipe{}}
 	if desc.MediaType.IsIndex() {
 		idx, err := e.store.Index(desc.Digest)
 		if err != nil {
@@ -75,7 +75,7 @@ func (e *Engine) resolveImage(ref string) (*image, error) {
 	return img, nil
 }
 
-func (e *Engine) planOf(h v1.Hash) (*plan.Plan, error) {
+func (e *Engine) planOf(h v1.Hash) (*recipe.Recipe, error) {
 	i, err := e.store.Image(h)
 	if err != nil {
 		return nil, err
@@ -346,7 +346,7 @@ func (e *Engine) prepareDelete(ctx context.Context, req protocol.ApplyRequest) (
 	name := cf.Cluster.Name
 	img, err := e.resolveImage(cf.Cluster.Image)
 	if err != nil {
-		img = &image{plan: &plan.Plan{}}
+		img = &image{plan: &recipe.Recipe{}}
 		if cr, _ := e.state.cluster(ctx, name); cr != nil {
 			img.digest = cr.ImageDigest
 		}

@@ -1,21 +1,27 @@
-// Package plan is the model of what a cluster image does at run time: its roles,
-// their ordered steps, env defaults, templates and the layers each role needs.
+// Package recipe is the model of what a cluster image does at run time: its
+// roles, their ordered steps, env defaults, templates and the layers each role
+// needs. It is the image's recipe; the controller's planner turns it, with a
+// Clusterfile and the fleet, into per-node plans (what `flotilla plan` shows).
 //
-// The builder writes a Plan into the image config (label LabelKey, JSON) and the
-// controller's planner reads it back; both sides share only these types.
-package plan
+// The builder writes a Recipe into the image config (label LabelKey, JSON) and
+// the controller's planner reads it back; both sides share only these types.
+// It imports nothing of flotilla but protocol (for the step kinds).
+package recipe
 
 import (
 	"encoding/json"
 	"fmt"
 	"sort"
+
+	"github.com/flotilla-dev/flotilla/protocol"
 )
 
-// LabelKey is the image-config label that carries the JSON-encoded Plan.
+// LabelKey is the image-config label that carries the JSON-encoded Recipe
+// (it keeps its first name, so images built before the rename still plan).
 // Config labels travel with the image through crane, skopeo and any registry.
 const LabelKey = "dev.flotilla.plan"
 
-// SchemaVersion is the version of the Plan encoding written by this build.
+// SchemaVersion is the version of the Recipe encoding written by this build.
 const SchemaVersion = 1
 
 // Well-known roles. Any other lower-case name is a custom role.
@@ -26,14 +32,14 @@ const (
 	RoleNode    = "node"    // every worker
 )
 
-// Step kinds that run on a node at rollout time.
+// Step kinds that run on a node at rollout time: the wire's kinds.
 const (
-	KindRun     = "run"     // a shell command (`ON role RUN cmd`)
-	KindService = "service" // install, enable, start and wait for a systemd unit (`ON role SERVICE unit`)
+	KindRun     = protocol.KindRun     // a shell command (`ON role RUN cmd`)
+	KindService = protocol.KindService // install, enable, start and wait for a systemd unit (`ON role SERVICE unit`)
 )
 
-// Plan is everything the controller needs to turn an image into per-node work.
-type Plan struct {
+// Recipe is everything the controller needs to turn an image into per-node work.
+type Recipe struct {
 	SchemaVersion int `json:"schemaVersion"`
 	// Env holds the ENV defaults in declaration order of first appearance (map for lookup).
 	Env map[string]string `json:"env,omitempty"`
@@ -115,7 +121,7 @@ type HistoryEntry struct {
 }
 
 // Encode returns the label value for p.
-func (p *Plan) Encode() (string, error) {
+func (p *Recipe) Encode() (string, error) {
 	b, err := json.Marshal(p)
 	if err != nil {
 		return "", fmt.Errorf("encode plan: %w", err)
@@ -124,8 +130,8 @@ func (p *Plan) Encode() (string, error) {
 }
 
 // Decode parses a label value written by Encode.
-func Decode(s string) (*Plan, error) {
-	var p Plan
+func Decode(s string) (*Recipe, error) {
+	var p Recipe
 	if err := json.Unmarshal([]byte(s), &p); err != nil {
 		return nil, fmt.Errorf("decode plan (label %s): %w", LabelKey, err)
 	}
@@ -136,7 +142,7 @@ func Decode(s string) (*Plan, error) {
 }
 
 // FromLabels finds and decodes the plan in an image config's labels.
-func FromLabels(labels map[string]string) (*Plan, error) {
+func FromLabels(labels map[string]string) (*Recipe, error) {
 	s, ok := labels[LabelKey]
 	if !ok {
 		return nil, fmt.Errorf("image has no %s label: not a flotilla cluster image", LabelKey)
@@ -162,7 +168,7 @@ func RoleMatches(stepRole string, hostRoles []string, isMaster0 bool) bool {
 }
 
 // LayersFor returns the layers a host with the given roles needs, in image order.
-func (p *Plan) LayersFor(hostRoles []string, isMaster0 bool) []Layer {
+func (p *Recipe) LayersFor(hostRoles []string, isMaster0 bool) []Layer {
 	var out []Layer
 	for _, l := range p.Layers {
 		if RoleMatches(l.Role, hostRoles, isMaster0) {
@@ -173,7 +179,7 @@ func (p *Plan) LayersFor(hostRoles []string, isMaster0 bool) []Layer {
 }
 
 // StepsFor returns the steps a host with the given roles runs, in Kubefile order.
-func (p *Plan) StepsFor(hostRoles []string, isMaster0 bool) []Step {
+func (p *Recipe) StepsFor(hostRoles []string, isMaster0 bool) []Step {
 	var out []Step
 	for _, s := range p.Steps {
 		if RoleMatches(s.Role, hostRoles, isMaster0) {
@@ -184,7 +190,7 @@ func (p *Plan) StepsFor(hostRoles []string, isMaster0 bool) []Step {
 }
 
 // ImagesFor returns the container images a host with the given roles gets, in image order.
-func (p *Plan) ImagesFor(hostRoles []string, isMaster0 bool) []ContainerImage {
+func (p *Recipe) ImagesFor(hostRoles []string, isMaster0 bool) []ContainerImage {
 	var out []ContainerImage
 	for _, c := range p.Images {
 		for _, r := range c.Roles {
@@ -198,7 +204,7 @@ func (p *Plan) ImagesFor(hostRoles []string, isMaster0 bool) []ContainerImage {
 }
 
 // TemplatesFor returns the templates a host with the given roles renders, sorted by path.
-func (p *Plan) TemplatesFor(hostRoles []string, isMaster0 bool) []Template {
+func (p *Recipe) TemplatesFor(hostRoles []string, isMaster0 bool) []Template {
 	var out []Template
 	for _, t := range p.Templates {
 		if RoleMatches(t.Role, hostRoles, isMaster0) {
