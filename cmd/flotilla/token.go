@@ -46,9 +46,17 @@ or removing it first with ` + "`flotilla nodes remove NAME`" + `.`,
 			if req.Uses < 0 {
 				return fmt.Errorf("--uses %d: want 0 (any number within --ttl) or more", req.Uses)
 			}
+			if req.For != "" {
+				if err := protocol.ValidateNodeName(req.For); err != nil {
+					return fmt.Errorf("--for: %w", err)
+				}
+			}
 			l, err := parseLabels(labels)
 			if err != nil {
 				return fmt.Errorf("--labels: %w", err)
+			}
+			if err := protocol.ValidateLabels("--labels", l); err != nil {
+				return err
 			}
 			if len(l) > 0 {
 				req.Labels = l

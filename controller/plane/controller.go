@@ -98,18 +98,15 @@ type Controller struct {
 	joins    *joinGuard
 	joinMu   sync.Mutex // a name's existence check and its admission are one step
 
-	adminMu  sync.RWMutex
-	admin    map[string]AdminHandler
-	signMu   sync.Mutex
-	ctx      context.Context
-	cancel   context.CancelFunc
-	wg       sync.WaitGroup
-	closeMu  sync.Mutex
-	closed   bool
-	subs     []*nats.Subscription
-	started  bool
-	httpLn   net.Listener
-	handlers map[string]http.Handler
+	adminMu sync.RWMutex
+	admin   map[string]AdminHandler
+	signMu  sync.Mutex
+	ctx     context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	closeMu sync.Mutex
+	closed  bool
+	subs    []*nats.Subscription
 }
 
 // New prepares a controller: it creates the data dir, the CA, the server
@@ -183,7 +180,6 @@ func (c *Controller) Start(ctx context.Context) error {
 		c.Close()
 		return err
 	}
-	c.started = true
 	c.log.Info("controller ready", "nats", c.NATSURL(), "https", c.HTTPURL(), "dataDir", c.opts.DataDir, "caHash", c.CAHash())
 	return nil
 }

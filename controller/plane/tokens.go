@@ -70,7 +70,7 @@ func (s *tokenStore) create(ctx context.Context, req protocol.TokenCreate) (prot
 	}
 	if req.For != "" {
 		if err := protocol.ValidateNodeName(req.For); err != nil {
-			return protocol.TokenInfo{}, fmt.Errorf("token for: %w", err)
+			return protocol.TokenInfo{}, fmt.Errorf("the token's node name: %w", err)
 		}
 	}
 	if err := protocol.ValidateLabels("token labels", req.Labels); err != nil {

@@ -3,6 +3,9 @@
 // the removal of nodes that left), keeps the desired and applied state in JetStream
 // KV so a restarted controller resumes an interrupted rollout, serves layer blobs to
 // agents over HTTPS, and answers the rollout.plan/apply/status/delete admin requests.
+//
+// It builds on controller/plane (dispatch, admin routing, JetStream) and is built by
+// package controller; it must not import controller (the assembly), agent/ or client/.
 package rollout
 
 import (
