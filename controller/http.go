@@ -26,6 +26,9 @@ func (c *Controller) startHTTP() error {
 	for pattern, h := range c.opts.Handlers {
 		mux.Handle(pattern, h)
 	}
+	for pattern, h := range c.opts.AgentHandlers {
+		mux.Handle(pattern, c.RequireMember(h))
+	}
 	ln, err := net.Listen("tcp", c.opts.HTTPListen)
 	if err != nil {
 		return fmt.Errorf("--http-listen %s: %w", c.opts.HTTPListen, err)

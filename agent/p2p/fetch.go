@@ -6,6 +6,7 @@ package p2p
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -27,6 +28,11 @@ type Options struct {
 	Self pieces.Peer
 	// Client is the mTLS HTTP client for peers (see NewClient). Required.
 	Client *http.Client
+	// VerifyPeer, if set, checks that the server answering a piece request
+	// is the peer the tracker named, before a byte of the piece is read; a
+	// peer that fails it is dropped for the blob like one that served a
+	// wrong piece.
+	VerifyPeer func(peer pieces.Peer, cs *tls.ConnectionState) error
 	// Concurrency is how many pieces of one blob are in flight (default 4).
 	Concurrency int
 	// WaitAhead is how long an upstream peer may hold a request for a piece

@@ -80,7 +80,7 @@ func (r *run) worker(ctx context.Context, cancel context.CancelCauseFunc) {
 		r.mu.Unlock()
 		switch {
 		case dropped:
-			r.f.log.Warn("dropped peer for this blob: it served a wrong piece", "digest", r.list.Digest, "peer", j.from.ID, "addr", j.from.Addr, "err", err)
+			r.f.log.Warn("dropped peer for this blob: a wrong piece, or not the peer the tracker named", "digest", r.list.Digest, "peer", j.from.ID, "addr", j.from.Addr, "err", err)
 		case err != nil:
 			r.f.log.Debug("piece failed; asking another peer", "digest", r.list.Digest, "piece", j.piece, "peer", j.from.ID, "err", err)
 		default:
