@@ -57,7 +57,7 @@ type Peer struct {
 	store   *pieces.Store
 	fetcher *p2p.Fetcher
 	client  *http.Client // to peers; the seed and the tracker go through ctlClient
-	url     string // https://host:port others reach the server at; "" when it does not serve
+	url     string       // https://host:port others reach the server at; "" when it does not serve
 
 	cert     atomic.Pointer[tls.Certificate]
 	pool     *x509.CertPool
