@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -174,17 +175,30 @@ func verifyPeerIdentity(peer pieces.Peer, cs *tls.ConnectionState) error {
 }
 
 // controllerTLS is for the tracker: the controller's own server certificate,
-// verified for the host name of its URL like any HTTPS server's, and never
-// an agent's, however valid (an agent posing as the tracker would choose
-// everyone's peers).
+// verified against the cluster CA for the host name of its URL like any
+// HTTPS server's, and never an agent's, however valid (an agent posing as
+// the tracker would choose everyone's peers). A failure wraps
+// p2p.ErrNotTracker, so a fetch stops at once instead of waiting for peers.
 func (p *Peer) controllerTLS() *tls.Config {
 	return &tls.Config{
 		MinVersion:           tls.VersionTLS12,
-		RootCAs:              p.pool,
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return p.cert.Load(), nil },
+		InsecureSkipVerify:   true, // verified by VerifyConnection, host name included
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			if len(cs.PeerCertificates) > 0 && isPeerCert(cs.PeerCertificates[0]) {
-				return fmt.Errorf("the tracker at %s presented an agent's certificate (%s), not the controller's", cs.ServerName, cs.PeerCertificates[0].DNSNames[0])
+			if len(cs.PeerCertificates) == 0 {
+				return fmt.Errorf("%w: %s sent no certificate", p2p.ErrNotTracker, cs.ServerName)
+			}
+			leaf := cs.PeerCertificates[0]
+			if isPeerCert(leaf) {
+				return fmt.Errorf("%w: %s presented an agent's certificate (%s), not the controller's", p2p.ErrNotTracker, cs.ServerName, leaf.DNSNames[0])
+			}
+			opts := x509.VerifyOptions{Roots: p.pool, Intermediates: x509.NewCertPool(), DNSName: cs.ServerName,
+				KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+			for _, c := range cs.PeerCertificates[1:] {
+				opts.Intermediates.AddCert(c)
+			}
+			if _, err := leaf.Verify(opts); err != nil {
+				return fmt.Errorf("%w: %s: %v", p2p.ErrNotTracker, cs.ServerName, err)
 			}
 			return nil
 		},

@@ -188,9 +188,13 @@ func (f *Fetcher) Fetch(ctx context.Context, list pieces.PieceList) (string, err
 	r.held = heldBytes(list, r.sw.have)
 	r.lastLanded = r.start
 	if err := f.announce(ctx, p); err != nil {
+		if errors.Is(err, ErrNotTracker) {
+			f.log.Error("refusing the tracker", "digest", list.Digest, "err", err)
+			return "", fmt.Errorf("fetch %s: %w", list.Digest, err)
+		}
 		f.log.Warn("announce to tracker failed; fetching without a place in the pipeline", "digest", list.Digest, "err", err)
 	}
-	r.refresh(ctx)
+	r.refresh(ctx, cancel)
 
 	var wg sync.WaitGroup
 	wg.Add(2 + f.opts.Concurrency)

@@ -177,6 +177,12 @@ type testAgent struct {
 // startAgent runs an agent in this process with its own piece server on
 // loopback, and waits until it serves.
 func (e *p2pEnv) startAgent(name string, dataDir string) *testAgent {
+	e.t.Helper()
+	return e.startAgentWith(name, dataDir, nil)
+}
+
+// startAgentWith is startAgent with a last word on the agent's options.
+func (e *p2pEnv) startAgentWith(name string, dataDir string, mod func(*agent.Options)) *testAgent {
 	t := e.t
 	t.Helper()
 	if dataDir == "" {
@@ -192,6 +198,9 @@ func (e *p2pEnv) startAgent(name string, dataDir string) *testAgent {
 		if opts.Credentials, err = e.c.LocalAgentCredentials(ctx, name, protocol.Facts{}); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if mod != nil {
+		mod(&opts)
 	}
 	a, err := agent.New(ctx, opts)
 	if err != nil {
