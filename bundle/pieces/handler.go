@@ -71,6 +71,11 @@ func (h *handler) parseDigest(w http.ResponseWriter, r *http.Request) (v1.Hash, 
 		return v1.Hash{}, false
 	}
 	if h.authorize != nil {
+		// Blobs not held are not worth a check (nor a question to the tracker).
+		if h.store.lookup(d) == nil {
+			http.Error(w, "blob not held", http.StatusNotFound)
+			return v1.Hash{}, false
+		}
 		if err := h.authorize(r, d); err != nil {
 			http.Error(w, "forbidden: "+err.Error(), http.StatusForbidden)
 			return v1.Hash{}, false
