@@ -41,6 +41,12 @@ type LayerPayload struct {
 	// second while the step runs (0: the agent's own limit, if any).
 	MaxDownload int64 `json:"maxDownload,omitempty"`
 	MaxUpload   int64 `json:"maxUpload,omitempty"`
+	// MaxUnpackBytes and MaxUnpackEntries bound the layer's uncompressed
+	// size and entries (0: the agent's defaults); KeepSetuid places setuid
+	// and setgid bits, which are dropped otherwise. From the image's plan.
+	MaxUnpackBytes   int64 `json:"maxUnpackBytes,omitempty"`
+	MaxUnpackEntries int   `json:"maxUnpackEntries,omitempty"`
+	KeepSetuid       bool  `json:"keepSetuid,omitempty"`
 }
 
 // FilePayload is one rendered file a "file" step places.

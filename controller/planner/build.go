@@ -171,10 +171,18 @@ func nodePlan(in Input, c *clusterfile.Cluster, m member, facts ClusterFacts, is
 	np.FromImage = applied.Image
 	data := dataFor(np, m, facts)
 
+	unpack, err := img.Unpack()
+	if err != nil {
+		return nil, err
+	}
+	var up *plan.UnpackPolicy
+	if unpack != (plan.UnpackPolicy{}) {
+		up = &unpack
+	}
 	maxLayerSeq := 0
 	for _, l := range img.LayersFor(roles, isMaster0) {
 		np.Layers = append(np.Layers, Layer{Digest: l.Digest, DiffID: l.DiffID, Size: l.Size, Role: l.Role, Seq: l.Seq,
-			Skip: slices.Contains(applied.Layers, l.Digest)})
+			Skip: slices.Contains(applied.Layers, l.Digest), Unpack: up})
 		maxLayerSeq = max(maxLayerSeq, l.Seq)
 	}
 

@@ -120,6 +120,9 @@ type Layer struct {
 	Role   string `json:"role"`
 	Seq    int    `json:"seq"`
 	Skip   bool   `json:"skip,omitempty"` // already present on the node
+	// Unpack is how the node unpacks it (the image's dev.flotilla.unpack.*
+	// labels); nil: the agent's defaults.
+	Unpack *plan.UnpackPolicy `json:"unpack,omitempty"`
 }
 
 // File is one rendered file to place.
