@@ -73,6 +73,10 @@ const (
 	UndoRemoveFile  = "remove-file"  // remove the rendered file at Target if it still has what was placed
 	UndoRemoveLayer = "remove-layer" // remove what layer Target placed, except paths another kept layer of the cluster placed
 	UndoForget      = "forget"       // forget Digests from the applied-steps state (a removed node that comes back runs them again)
+	// UndoCleanLvscare removes lvscare's kernel rules (nftables table, IPVS
+	// services, VIP routes) after its unit Target was stopped for good: a
+	// stop alone leaves them, so that traffic survives a restart.
+	UndoCleanLvscare = "clean-lvscare"
 )
 
 // UndoPayload is one thing an "undo" step takes back.
