@@ -43,6 +43,9 @@ type Options struct {
 	Advertise string
 	// Handlers are mounted on the HTTPS mux beside /v1/ca.crt and /v1/join (pattern -> handler).
 	Handlers map[string]http.Handler
+	// AgentHandlers are mounted like Handlers, for agents only: a valid peer
+	// certificate of a node in the inventory now (RequireMember).
+	AgentHandlers map[string]http.Handler
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// TaskTTL is how long a signed task stays valid for an agent to accept (default 5m).

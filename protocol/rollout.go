@@ -41,6 +41,12 @@ type LayerPayload struct {
 	// second while the step runs (0: the agent's own limit, if any).
 	MaxDownload int64 `json:"maxDownload,omitempty"`
 	MaxUpload   int64 `json:"maxUpload,omitempty"`
+	// MaxUnpackBytes and MaxUnpackEntries bound the layer's uncompressed
+	// size and entries (0: the agent's defaults); KeepSetuid places setuid
+	// and setgid bits, which are dropped otherwise. From the image's plan.
+	MaxUnpackBytes   int64 `json:"maxUnpackBytes,omitempty"`
+	MaxUnpackEntries int   `json:"maxUnpackEntries,omitempty"`
+	KeepSetuid       bool  `json:"keepSetuid,omitempty"`
 }
 
 // FilePayload is one rendered file a "file" step places.
@@ -67,6 +73,10 @@ const (
 	UndoRemoveFile  = "remove-file"  // remove the rendered file at Target if it still has what was placed
 	UndoRemoveLayer = "remove-layer" // remove what layer Target placed, except paths another kept layer of the cluster placed
 	UndoForget      = "forget"       // forget Digests from the applied-steps state (a removed node that comes back runs them again)
+	// UndoCleanLvscare removes lvscare's kernel rules (nftables table, IPVS
+	// services, VIP routes) after its unit Target was stopped for good: a
+	// stop alone leaves them, so that traffic survives a restart.
+	UndoCleanLvscare = "clean-lvscare"
 )
 
 // UndoPayload is one thing an "undo" step takes back.

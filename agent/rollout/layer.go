@@ -77,7 +77,8 @@ func executeLayer(ctx context.Context, sc *agent.StepContext) error {
 	if err != nil {
 		return err
 	}
-	records, err := unpack.UnpackFile(ctx, blob, p.Digest, sc.Root)
+	opts := []unpack.Option{unpack.WithMaxBytes(p.MaxUnpackBytes), unpack.WithMaxEntries(p.MaxUnpackEntries), unpack.WithSetuid(p.KeepSetuid)}
+	records, err := unpack.UnpackFile(ctx, blob, p.Digest, sc.Root, opts...)
 	if errors.Is(err, unpack.ErrDigestMismatch) && !fetched {
 		// The cached copy went bad on disk since it was verified: fetch it again.
 		sc.Output("stderr", fmt.Sprintf("cached blob %s does not match its digest any more: fetching it again", blob))
@@ -87,7 +88,7 @@ func executeLayer(ctx context.Context, sc *agent.StepContext) error {
 		if blob, _, err = ensureBlob(ctx, sc, p, h); err != nil {
 			return err
 		}
-		records, err = unpack.UnpackFile(ctx, blob, p.Digest, sc.Root)
+		records, err = unpack.UnpackFile(ctx, blob, p.Digest, sc.Root, opts...)
 	}
 	rec := LayerRecord{Digest: p.Digest, DiffID: p.DiffID, Complete: err == nil, Unpacked: time.Now().UTC(),
 		Records: mergeCreated(old.Records, records)}

@@ -172,10 +172,18 @@ func nodePlan(in Input, c *clusterfile.Cluster, m member, facts ClusterFacts, is
 	np.FromImage = applied.Image
 	data := dataFor(np, m, facts)
 
+	unpack, err := img.Unpack()
+	if err != nil {
+		return nil, err
+	}
+	var up *plan.UnpackPolicy
+	if unpack != (plan.UnpackPolicy{}) {
+		up = &unpack
+	}
 	maxLayerSeq := 0
 	for _, l := range img.LayersFor(roles, isMaster0) {
 		np.Layers = append(np.Layers, Layer{Digest: l.Digest, DiffID: l.DiffID, Size: l.Size, Role: l.Role, Seq: l.Seq,
-			Skip: slices.Contains(applied.Layers, l.Digest)})
+			Skip: slices.Contains(applied.Layers, l.Digest), Unpack: up})
 		maxLayerSeq = max(maxLayerSeq, l.Seq)
 	}
 
@@ -235,7 +243,7 @@ func nodePlan(in Input, c *clusterfile.Cluster, m member, facts ClusterFacts, is
 		np.Steps = append(np.Steps, *st)
 	}
 
-	np.Undo = undoFor(applied, services, np.Files, np.Layers)
+	np.Undo = undoFor(applied, services, np.Files, np.Layers, img)
 	np.Action = ActionNoop
 	switch {
 	case !known:
@@ -337,11 +345,14 @@ func renderStep(s *plan.Step, c *clusterfile.Cluster, env map[string]string, dat
 
 // undoFor lists what a kept node no longer needs: services (reverse start order), then
 // rendered files, then layers.
-func undoFor(a Applied, services []string, files []File, layers []Layer) []Undo {
+func undoFor(a Applied, services []string, files []File, layers []Layer, img *plan.Plan) []Undo {
 	var out []Undo
 	for i := len(a.Services) - 1; i >= 0; i-- {
 		if !slices.Contains(services, a.Services[i]) {
 			out = append(out, Undo{Kind: UndoStopService, Target: a.Services[i]})
+			if IsLvscareUnit(img, a.Services[i]) {
+				out = append(out, Undo{Kind: UndoCleanLvscare, Target: a.Services[i]})
+			}
 		}
 	}
 	for i := len(a.Files) - 1; i >= 0; i-- {
@@ -370,7 +381,7 @@ func removals(in Input, selected map[string]bool, order []string) []NodePlan {
 			continue
 		}
 		a := in.Applied[name]
-		np := NodePlan{Node: name, Roles: a.Roles, Action: ActionRemove, FromImage: a.Image, Undo: undoFor(a, nil, nil, nil)}
+		np := NodePlan{Node: name, Roles: a.Roles, Action: ActionRemove, FromImage: a.Image, Undo: undoFor(a, nil, nil, nil, in.Image)}
 		if ag, ok := agents[name]; ok {
 			np.Online = ag.Online
 			if len(ag.IPs) > 0 {

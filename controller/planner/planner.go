@@ -120,6 +120,9 @@ type Layer struct {
 	Role   string `json:"role"`
 	Seq    int    `json:"seq"`
 	Skip   bool   `json:"skip,omitempty"` // already present on the node
+	// Unpack is how the node unpacks it (the image's dev.flotilla.unpack.*
+	// labels); nil: the agent's defaults.
+	Unpack *plan.UnpackPolicy `json:"unpack,omitempty"`
 }
 
 // File is one rendered file to place.
@@ -155,6 +158,9 @@ const (
 	UndoStopService UndoKind = "stop-service" // stop and disable the unit
 	UndoRemoveFile  UndoKind = "remove-file"  // remove a rendered file
 	UndoRemoveLayer UndoKind = "remove-layer" // remove the files a layer placed, except paths a present layer also placed
+	// UndoCleanLvscare follows the stop of an lvscare unit (IsLvscareUnit): a
+	// stopped lvscare leaves its kernel rules in place on purpose.
+	UndoCleanLvscare UndoKind = "clean-lvscare"
 )
 
 // Undo is one thing to take back on a node: services no longer wanted (reverse start

@@ -263,7 +263,7 @@ func TestScaleDown(t *testing.T) {
 		t.Fatalf("\n got %q\nwant %q", got, want)
 	}
 	n2 := p.Node("n2")
-	wantUndo := []Undo{{UndoStopService, "lvscare.service"}, {UndoRemoveFile, "/etc/lvscare.conf"}, {UndoRemoveLayer, lLvscare}, {UndoRemoveLayer, lBin}}
+	wantUndo := []Undo{{UndoStopService, "lvscare.service"}, {UndoCleanLvscare, "lvscare.service"}, {UndoRemoveFile, "/etc/lvscare.conf"}, {UndoRemoveLayer, lLvscare}, {UndoRemoveLayer, lBin}}
 	if !slices.Equal(n2.Undo, wantUndo) || n2.Online {
 		t.Errorf("n2 undo %v online %v, want %v offline", n2.Undo, n2.Online, wantUndo)
 	}
@@ -323,7 +323,7 @@ func TestRoleChange(t *testing.T) {
 		t.Fatalf("\n got %q\nwant %q", got, want)
 	}
 	n2 := p.Node("n2")
-	wantUndo := []Undo{{UndoStopService, "lvscare.service"}, {UndoRemoveFile, "/etc/lvscare.conf"}, {UndoRemoveLayer, lLvscare}}
+	wantUndo := []Undo{{UndoStopService, "lvscare.service"}, {UndoCleanLvscare, "lvscare.service"}, {UndoRemoveFile, "/etc/lvscare.conf"}, {UndoRemoveLayer, lLvscare}}
 	if !slices.Equal(n2.Undo, wantUndo) {
 		t.Errorf("n2 undo %v, want %v", n2.Undo, wantUndo)
 	}

@@ -78,6 +78,9 @@ func (r *rolloutRun) buildTask(ctx context.Context, np *planner.NodePlan, applie
 			}
 			p := protocol.LayerPayload{Cluster: cluster, Digest: l.Digest, DiffID: l.DiffID, Size: l.Size,
 				URL: r.e.blobURL(l.Digest), Token: r.e.tokens.create(np.Node, l.Digest, time.Now().Add(r.e.opts.BlobTokenTTL))}
+			if u := l.Unpack; u != nil {
+				p.MaxUnpackBytes, p.MaxUnpackEntries, p.KeepSetuid = u.MaxBytes, u.MaxEntries, u.KeepSetuid
+			}
 			if d := r.e.opts.DecorateLayer; d != nil {
 				if err := d(ctx, LayerRequest{Cluster: &r.cf.Cluster, Node: np.Node, Payload: &p}); err != nil {
 					return nil, fmt.Errorf("node %s: layer %s: %w", np.Node, l.Digest, err)
