@@ -16,6 +16,7 @@ import (
 
 	"github.com/flotilla-dev/flotilla/agent"
 	"github.com/flotilla-dev/flotilla/bundle/pieces"
+	"github.com/flotilla-dev/flotilla/controller/controllertest"
 	"github.com/flotilla-dev/flotilla/controller/tracker"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
@@ -150,7 +151,7 @@ func TestHostileRemovedPeer(t *testing.T) {
 	}
 	// Nor does it get a fresh certificate.
 	data, _ := protocol.Encode(protocol.PeerCertRequest{CSR: []byte("-")})
-	m, err := e.c.Conn().RequestWithContext(ctx, protocol.NodeRequestSubject("gone", protocol.RequestPeerCert), data)
+	m, err := controllertest.NodeRequest(ctx, e.c.Conn(), "gone", protocol.RequestPeerCert, data)
 	if err != nil {
 		t.Fatal(err)
 	}
