@@ -14,7 +14,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
-	"github.com/flotilla-dev/flotilla/bundle/internal/registrytest"
+	"github.com/flotilla-dev/flotilla/internal/registrytest"
 	"github.com/flotilla-dev/flotilla/bundle/store"
 )
 

@@ -13,7 +13,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/validate"
 
 	"github.com/flotilla-dev/flotilla/bundle/build"
-	"github.com/flotilla-dev/flotilla/bundle/internal/registrytest"
+	"github.com/flotilla-dev/flotilla/internal/registrytest"
 	"github.com/flotilla-dev/flotilla/bundle/store"
 )
 
