@@ -100,6 +100,9 @@ func applied(p *ClusterPlan) map[string]Applied {
 				a.Services = append(a.Services, s.Command)
 			}
 		}
+		if n.Images != nil {
+			a.Images, a.ImagesDigest = n.Images.AppliedImages(), n.Images.Digest
+		}
 		out[n.Node] = a
 	}
 	return out

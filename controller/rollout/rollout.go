@@ -66,7 +66,10 @@ type Options struct {
 	// DecorateLayer, if set, completes each layer step's payload before dispatch (for
 	// peer-to-peer: Pieces, MaxDownload, MaxUpload). An error fails the rollout's start.
 	DecorateLayer func(ctx context.Context, req LayerRequest) error
-	Logger        *slog.Logger
+	// MaxImagePieceBytes bounds the piece lists of one images step (default
+	// DefaultMaxImagePieceBytes); blobs past it are fetched from the controller alone.
+	MaxImagePieceBytes int
+	Logger             *slog.Logger
 }
 
 // Engine runs rollouts. Create it after the controller started.
@@ -121,6 +124,9 @@ func New(ctrl *controller.Controller, st *store.Store, opts Options) (*Engine, e
 	}
 	if opts.BlobTokenTTL <= 0 {
 		opts.BlobTokenTTL = 24 * time.Hour
+	}
+	if opts.MaxImagePieceBytes <= 0 {
+		opts.MaxImagePieceBytes = DefaultMaxImagePieceBytes
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
