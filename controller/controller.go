@@ -91,7 +91,9 @@ type Controller struct {
 	runsMu   sync.Mutex
 	runs     map[string]*TaskRun // in flight, by events subject
 	joins    *joinGuard
-	joinMu   sync.Mutex // a name's existence check and its admission are one step
+	// registered tells watchers (the rollout engine) about accepted registrations.
+	registered registrations
+	joinMu     sync.Mutex // a name's existence check and its admission are one step
 
 	adminMu  sync.RWMutex
 	admin    map[string]AdminHandler
