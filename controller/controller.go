@@ -125,19 +125,23 @@ func New(opts Options) (*Controller, error) {
 		}
 		handlers["GET "+rollout.BlobPath+"{digest}"] = c.blobs
 	}
+	var agentHandlers map[string]http.Handler
 	seedLog := log.With("component", "seed")
 	if seed, err := tracker.NewSeed(filepath.Join(opts.DataDir, "seed"), tracker.New(0), seedLog); err != nil {
 		log.Error("peer-to-peer distribution off: layers come from the controller alone", "err", err)
 	} else {
 		c.seed = seed
-		// The tracker and the seed's pieces are for agents only (their peer
-		// certificate, mutual TLS).
-		for pattern, h := range seed.Handlers(plane.AgentFromRequest) {
-			handlers[pattern] = plane.RequireAgentCert(h)
-		}
+		// The tracker and the seed's pieces are for agents only: their peer
+		// certificate (mutual TLS) and a node in the inventory now, asked on
+		// every request. c.Controller is set below, before anything listens.
+		agentHandlers = seed.Handlers(tracker.Access{
+			Identify: plane.AgentFromRequest,
+			Member:   func(node string) bool { return c.Controller.IsMember(node) },
+			Log:      seedLog,
+		})
 	}
 	p, err := plane.New(plane.Options{DataDir: opts.DataDir, Listen: opts.Listen, HTTPListen: opts.HTTPListen,
-		Advertise: opts.Advertise, Handlers: handlers, Logger: log,
+		Advertise: opts.Advertise, Handlers: handlers, AgentHandlers: agentHandlers, Logger: log,
 		NodeEventRate: opts.NodeEventRate, NodeEventBurst: opts.NodeEventBurst, NodeEventHistory: opts.NodeEventHistory,
 		JoinRate: opts.JoinRate, JoinBurst: opts.JoinBurst, MaxJoinSources: opts.MaxJoinSources,
 		MaxConcurrentJoins: opts.MaxConcurrentJoins, HTTPReadHeaderTimeout: opts.HTTPReadHeaderTimeout})

@@ -53,7 +53,43 @@ type NodePlan struct {
 	Layers    []PlannedLayer `json:"layers,omitempty"`
 	Files     []PlannedFile  `json:"files,omitempty"`
 	Steps     []PlannedStep  `json:"steps,omitempty"`
-	Undo      []PlannedUndo  `json:"undo,omitempty"`
+	// Images are the container images the node's roles get (nil: none).
+	Images *PlannedImages `json:"images,omitempty"`
+	// DropImages names the container images the node holds for this cluster and
+	// no longer gets.
+	DropImages []string      `json:"dropImages,omitempty"`
+	Undo       []PlannedUndo `json:"undo,omitempty"`
+}
+
+// PlannedImages is a node's images step: the container images it imports
+// into its cache, placed before its first run or service step.
+type PlannedImages struct {
+	Platform string                  `json:"platform"` // linux/<node arch>
+	Images   []PlannedContainerImage `json:"images"`
+	// Blobs is what the images need on Platform (manifests, configs, layers;
+	// each once); Size their total, what a node with an empty cache fetches.
+	Blobs  []PlannedBlob `json:"blobs"`
+	Size   int64         `json:"size"`
+	Seq    int           `json:"seq"`
+	Digest string        `json:"digest"`
+	Skip   bool          `json:"skip,omitempty"` // the node imported this set already
+}
+
+// PlannedContainerImage is one carried container image a node gets.
+type PlannedContainerImage struct {
+	Ref       string   `json:"ref"`  // as the Kubefile wrote it
+	Name      string   `json:"name"` // as containerd spells it
+	Digest    string   `json:"digest"`
+	MediaType string   `json:"mediaType"`
+	Size      int64    `json:"size"`
+	Roles     []string `json:"roles"`
+}
+
+// PlannedBlob is one manifest or blob of a carried container image.
+type PlannedBlob struct {
+	Digest    string `json:"digest"`
+	Size      int64  `json:"size"`
+	MediaType string `json:"mediaType"`
 }
 
 // PlannedLayer is one image layer a node needs.
@@ -101,14 +137,15 @@ type PlannedUndo struct {
 
 // PlanItem is one entry of a node's work in run order (exactly one field set).
 type PlanItem struct {
-	Seq   int
-	Layer *PlannedLayer
-	File  *PlannedFile
-	Step  *PlannedStep
+	Seq    int
+	Layer  *PlannedLayer
+	File   *PlannedFile
+	Images *PlannedImages
+	Step   *PlannedStep
 }
 
-// Ordered returns the node's layers, files and steps merged in run order: by Seq,
-// and at an equal Seq layer, then file, then step.
+// Ordered returns the node's layers, files, images step and steps merged in run
+// order: by Seq, and at an equal Seq layer, then file, then images, then step.
 func (n *NodePlan) Ordered() []PlanItem {
 	var out []PlanItem
 	for i := range n.Layers {
@@ -116,6 +153,9 @@ func (n *NodePlan) Ordered() []PlanItem {
 	}
 	for i := range n.Files {
 		out = append(out, PlanItem{Seq: n.Files[i].Seq, File: &n.Files[i]})
+	}
+	if n.Images != nil {
+		out = append(out, PlanItem{Seq: n.Images.Seq, Images: n.Images})
 	}
 	for i := range n.Steps {
 		out = append(out, PlanItem{Seq: n.Steps[i].Seq, Step: &n.Steps[i]})
@@ -126,8 +166,10 @@ func (n *NodePlan) Ordered() []PlanItem {
 			return 0
 		case it.File != nil:
 			return 1
+		case it.Images != nil:
+			return 2
 		}
-		return 2
+		return 3
 	}
 	sort.SliceStable(out, func(i, j int) bool {
 		a, b := out[i], out[j]

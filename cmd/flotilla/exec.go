@@ -10,6 +10,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/internal/human"
 	"github.com/flotilla-dev/flotilla/protocol"
 	"github.com/spf13/cobra"
 )
@@ -96,7 +97,7 @@ node failed, timed out or was offline. --role R selects nodes labelled role=R.`,
 				if ev.Stream == "stderr" {
 					w = stderr
 				}
-				fmt.Fprintf(w, "%s | %s\n", ev.Node, termSafe(ev.Line))
+				fmt.Fprintf(w, "%s | %s\n", ev.Node, human.TermSafe(ev.Line))
 			}
 			reply, err := c.Exec(cmd.Context(), protocol.ExecRequest{Selector: sel, Command: args, Timeout: timeout}, onOutput)
 			if err != nil {

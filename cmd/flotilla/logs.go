@@ -2,10 +2,9 @@ package main
 
 import (
 	"fmt"
-	"strconv"
-	"strings"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/internal/human"
 	"github.com/flotilla-dev/flotilla/protocol"
 	"github.com/spf13/cobra"
 )
@@ -54,33 +53,9 @@ func newLogsCmd() *cobra.Command {
 	return cmd
 }
 
-// termSafe shows control characters in text from a node as Go escapes
-// (\x1b, \r, …), so that a node's output cannot drive the admin's terminal
-// (move the cursor, overwrite lines, set the clipboard). Tabs stay.
-func termSafe(s string) string {
-	s = strings.ToValidUTF8(s, "\uFFFD")
-	if !strings.ContainsFunc(s, isControl) {
-		return s
-	}
-	var b strings.Builder
-	for _, r := range s {
-		if isControl(r) {
-			q := strconv.QuoteRune(r)
-			b.WriteString(q[1 : len(q)-1])
-			continue
-		}
-		b.WriteRune(r)
-	}
-	return b.String()
-}
-
-func isControl(r rune) bool {
-	return r < 0x20 && r != '\t' || r == 0x7f || r >= 0x80 && r <= 0x9f
-}
-
 // describeEvent renders one event on one line, node text made terminal-safe.
 func describeEvent(ev protocol.Event) string {
-	clean := termSafe
+	clean := human.TermSafe
 	step := fmt.Sprintf("step %d", ev.Step)
 	if ev.StepName != "" {
 		step += " (" + clean(ev.StepName) + ")"

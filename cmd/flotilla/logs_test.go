@@ -1,6 +1,10 @@
 package main
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/flotilla-dev/flotilla/internal/human"
+)
 
 func TestTermSafe(t *testing.T) {
 	for in, want := range map[string]string{
@@ -12,8 +16,8 @@ func TestTermSafe(t *testing.T) {
 		"c1 \u009b31m":              `c1 \u009b31m`,
 		"bad utf8 \xff":             "bad utf8 \uFFFD",
 	} {
-		if got := termSafe(in); got != want {
-			t.Errorf("termSafe(%q) = %q, want %q", in, got, want)
+		if got := human.TermSafe(in); got != want {
+			t.Errorf("human.TermSafe(%q) = %q, want %q", in, got, want)
 		}
 	}
 }

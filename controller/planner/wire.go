@@ -36,6 +36,19 @@ func (n *NodePlan) wire() protocol.NodePlan {
 	for _, u := range n.Undo {
 		out.Undo = append(out.Undo, protocol.PlannedUndo{Kind: u.Kind, Target: u.Target})
 	}
+	out.DropImages = n.DropImages
+	if im := n.Images; im != nil {
+		w := &protocol.PlannedImages{Platform: im.Platform, Size: im.Size, Seq: im.Seq, Digest: im.Digest, Skip: im.Skip,
+			Images: make([]protocol.PlannedContainerImage, 0, len(im.Images)), Blobs: make([]protocol.PlannedBlob, 0, len(im.Blobs))}
+		for _, ci := range im.Images {
+			w.Images = append(w.Images, protocol.PlannedContainerImage{Ref: ci.Ref, Name: ci.Name, Digest: ci.Digest,
+				MediaType: ci.MediaType, Size: ci.Size, Roles: ci.Roles})
+		}
+		for _, b := range im.Blobs {
+			w.Blobs = append(w.Blobs, protocol.PlannedBlob{Digest: b.Digest, Size: b.Size, MediaType: b.MediaType})
+		}
+		out.Images = w
+	}
 	return out
 }
 

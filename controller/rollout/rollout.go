@@ -22,7 +22,6 @@ import (
 	"github.com/flotilla-dev/flotilla/controller/clusterfile"
 	"github.com/flotilla-dev/flotilla/controller/plane"
 	"github.com/flotilla-dev/flotilla/protocol"
-	"github.com/nats-io/nats.go"
 )
 
 // Fleet is what the engine needs from the control plane: the inventory and task
@@ -73,7 +72,10 @@ type Options struct {
 	// DecorateLayer, if set, completes each layer step's payload before dispatch (for
 	// peer-to-peer: Pieces, MaxDownload, MaxUpload). An error fails the rollout's start.
 	DecorateLayer func(ctx context.Context, req LayerRequest) error
-	Logger        *slog.Logger
+	// MaxImagePieceBytes bounds the piece lists of one images step (default
+	// DefaultMaxImagePieceBytes); blobs past it are fetched from the controller alone.
+	MaxImagePieceBytes int
+	Logger             *slog.Logger
 }
 
 // Engine runs rollouts. Create it after the controller started.
@@ -97,10 +99,10 @@ type Engine struct {
 	// watchers are told when a node registers again while one of its tasks runs: an
 	// agent that restarted lost the task (it may come back before its heartbeats are
 	// missed, so Wait alone would not notice).
-	watchMu   sync.Mutex
-	watchers  map[string]map[int]chan struct{}
-	watchNext int
-	regSub    *nats.Subscription
+	watchMu      sync.Mutex
+	watchers     map[string]map[int]chan struct{}
+	watchNext    int
+	stopRegWatch func()
 }
 
 // New opens the engine's state in the controller's JetStream and its blob token key.
@@ -130,6 +132,9 @@ func New(ctrl *plane.Controller, st *store.Store, opts Options) (*Engine, error)
 	if opts.BlobTokenTTL <= 0 {
 		opts.BlobTokenTTL = 24 * time.Hour
 	}
+	if opts.MaxImagePieceBytes <= 0 {
+		opts.MaxImagePieceBytes = DefaultMaxImagePieceBytes
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
@@ -151,17 +156,9 @@ func New(ctrl *plane.Controller, st *store.Store, opts Options) (*Engine, error)
 		e.cancel()
 		return nil, err
 	}
-	if nc := ctrl.Conn(); nc != nil {
-		e.regSub, err = nc.Subscribe(protocol.AllRegister, func(m *nats.Msg) {
-			if node, ok := protocol.NodeFromSubject(m.Subject); ok {
-				e.nodeRegistered(node)
-			}
-		})
-		if err != nil {
-			e.cancel()
-			return nil, fmt.Errorf("rollout engine: watch node registrations: %w", err)
-		}
-	}
+	// Registrations the controller accepted (validated, stored), never the raw
+	// subject: a refused or spoofed registration does not wake a rollout.
+	e.stopRegWatch = ctrl.OnRegistered(e.nodeRegistered)
 	return e, nil
 }
 
@@ -208,8 +205,8 @@ func (e *Engine) BlobHandler() http.Handler { return e.blobs }
 // and the next engine's Resume continues them.
 func (e *Engine) Close() {
 	e.cancel()
-	if e.regSub != nil {
-		_ = e.regSub.Unsubscribe()
+	if e.stopRegWatch != nil {
+		e.stopRegWatch()
 	}
 	e.wg.Wait()
 }

@@ -42,3 +42,28 @@ func ParseBytes(s string) (int64, error) {
 	}
 	return 0, fmt.Errorf("size %q: want a number and a unit, e.g. 256KiB, 64MiB or 2GB", s)
 }
+
+// TermSafe shows control characters in text from a node as Go escapes
+// (\x1b, \r, …), so that a node's output cannot drive the admin's terminal
+// (move the cursor, overwrite lines, set the clipboard). Tabs stay; invalid
+// UTF-8 becomes U+FFFD.
+func TermSafe(s string) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	if !strings.ContainsFunc(s, isControl) {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range s {
+		if isControl(r) {
+			q := strconv.QuoteRune(r)
+			b.WriteString(q[1 : len(q)-1])
+			continue
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+func isControl(r rune) bool {
+	return r < 0x20 && r != '\t' || r == 0x7f || r >= 0x80 && r <= 0x9f
+}

@@ -60,6 +60,7 @@ func newBars(opts Options, copts ...mpb.ContainerOption) *Bars {
 
 // Event updates the bars from ev.
 func (b *Bars) Event(ev protocol.RolloutEvent) {
+	ev = safeEvent(ev)
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {

@@ -60,6 +60,7 @@ func (p *Plain) releaseAll() {
 
 // Event prints what ev says, if it is worth a line.
 func (p *Plain) Event(ev protocol.RolloutEvent) {
+	ev = safeEvent(ev)
 	n := p.t.apply(ev)
 	if ev.Node == "" {
 		p.releaseAll()

@@ -42,3 +42,41 @@ func TestWritePlan(t *testing.T) {
 		t.Errorf("JSON plan lacks the action:\n%s", js.String())
 	}
 }
+
+// TestWritePlanImages: a node's images step shows in the table (count, "="
+// when imported already) and in its work (platform, blobs, each image with its
+// roles), and images it drops are listed.
+func TestWritePlanImages(t *testing.T) {
+	tool := "sha256:b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1"
+	images := func(skip bool) *protocol.PlannedImages {
+		return &protocol.PlannedImages{Platform: "linux/arm64", Skip: skip, Seq: 2, Size: 7500,
+			Blobs: make([]protocol.PlannedBlob, 5),
+			Images: []protocol.PlannedContainerImage{
+				{Name: "registry.test/app:1", Digest: "sha256:a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1", Roles: []string{"all"}},
+				{Name: "registry.test/tool@" + tool, Digest: tool, Roles: []string{"node"}},
+			}}
+	}
+	plan := func(skip bool, drop ...string) *protocol.ClusterPlan {
+		return &protocol.ClusterPlan{Cluster: "demo", Image: "reg/app:2", Phases: []protocol.PlanPhase{{Name: "node", Nodes: []protocol.NodePlan{{
+			Node: "n1", Online: true, Action: protocol.ActionUpdate, Images: images(skip), DropImages: drop,
+			Steps: []protocol.PlannedStep{{Kind: protocol.KindRun, Command: "app --check", Seq: 3, Reason: "new"}}}}}}}
+	}
+	var text bytes.Buffer
+	if err := WritePlan(&text, plan(false, "registry.test/old:1")); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"IMAGES", "+ images for linux/arm64: fetch what the node's cache lacks of 5 blobs",
+		"+ image registry.test/app:1 sha256:a1a1a1a1a1a1 (roles all)", "+ image registry.test/tool@" + tool + " (roles node)",
+		"- image registry.test/old:1 (no longer carried"} {
+		if !strings.Contains(text.String(), want) {
+			t.Errorf("plan text lacks %q:\n%s", want, text.String())
+		}
+	}
+	text.Reset()
+	if err := WritePlan(&text, plan(true)); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(text.String(), "=2") || !strings.Contains(text.String(), "= images for linux/arm64: imported already:") {
+		t.Errorf("re-apply plan does not show n1's 2 images as present:\n%s", text.String())
+	}
+}

@@ -148,3 +148,24 @@ func plural(n int, word string) string {
 	}
 	return fmt.Sprintf("%d %ss", n, word)
 }
+
+// safeEvent makes the text a node put into ev terminal-safe (human.TermSafe):
+// output lines, step names and the outcome's error and last lines.
+func safeEvent(ev protocol.RolloutEvent) protocol.RolloutEvent {
+	ev.Line, ev.StepName, ev.Node = human.TermSafe(ev.Line), human.TermSafe(ev.StepName), human.TermSafe(ev.Node)
+	if ev.Outcome != nil {
+		o := safeOutcome(*ev.Outcome)
+		ev.Outcome = &o
+	}
+	return ev
+}
+
+func safeOutcome(o protocol.NodeOutcome) protocol.NodeOutcome {
+	o.Error, o.FailedStep = human.TermSafe(o.Error), human.TermSafe(o.FailedStep)
+	lines := make([]string, len(o.LastOutput))
+	for i, l := range o.LastOutput {
+		lines[i] = human.TermSafe(l)
+	}
+	o.LastOutput = lines
+	return o
+}

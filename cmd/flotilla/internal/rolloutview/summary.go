@@ -6,6 +6,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/flotilla-dev/flotilla/internal/human"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
 
@@ -41,6 +42,13 @@ func Err(res *protocol.ApplyResult) error {
 // WriteSummary writes the table of node outcomes, a count line and, for each failed
 // node, its failing step, exit code and last output lines.
 func WriteSummary(w io.Writer, res *protocol.ApplyResult) error {
+	safe := *res
+	safe.Health = human.TermSafe(res.Health)
+	safe.Nodes = make([]protocol.NodeOutcome, len(res.Nodes))
+	for i, o := range res.Nodes {
+		safe.Nodes[i] = safeOutcome(o)
+	}
+	res = &safe
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tPHASE\tACTION\tSTATUS\tRAN\tSKIPPED\tDURATION\tFAILED STEP")
 	counts := map[string]int{}
