@@ -28,6 +28,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Options configure a Controller. Zero values take the documented defaults.
@@ -61,6 +62,14 @@ type Options struct {
 	MaxConcurrentJoins int
 	// HTTPReadHeaderTimeout overrides httpserve.ReadHeaderTimeout (tests).
 	HTTPReadHeaderTimeout time.Duration
+	// Metrics is the registry the controller's Prometheus metrics go on
+	// (default: a registry of its own, see MetricsRegistry).
+	Metrics *prometheus.Registry
+	// MetricsListen serves /metrics over plain HTTP ("": off, the default);
+	// bind it to loopback or a management network. MetricsPprof adds
+	// /debug/pprof/ there.
+	MetricsListen string
+	MetricsPprof  bool
 }
 
 // Controller is a running control plane.
@@ -102,6 +111,11 @@ type Controller struct {
 	started  bool
 	httpLn   net.Listener
 	handlers map[string]http.Handler
+
+	reg         *prometheus.Registry
+	metrics     *Metrics
+	metricsAddr net.Addr
+	metricsSrv  *http.Server
 }
 
 // New prepares a controller: it creates the data dir, the CA, the server
@@ -147,6 +161,13 @@ func New(opts Options) (*Controller, error) {
 		offenses: newOffenses(opts.Logger, 10*time.Second), clockLog: newOffenses(opts.Logger, 10*time.Minute), runs: map[string]*TaskRun{},
 		joins: newJoinGuard(opts.JoinRate, opts.JoinBurst, opts.MaxJoinSources, opts.MaxConcurrentJoins)}
 	c.events = newEventLog(c)
+	c.reg = opts.Metrics
+	if c.reg == nil {
+		c.reg = prometheus.NewRegistry()
+	}
+	if c.metrics, err = newMetrics(c, c.reg); err != nil {
+		return nil, err
+	}
 	c.registerBuiltinAdmin()
 	c.registerNodeAdmin()
 	return c, nil
@@ -172,6 +193,10 @@ func (c *Controller) Start(ctx context.Context) error {
 		return err
 	}
 	if err := c.startHTTP(); err != nil {
+		c.Close()
+		return err
+	}
+	if err := c.startMetrics(); err != nil {
 		c.Close()
 		return err
 	}
@@ -293,6 +318,9 @@ func (c *Controller) Close() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		_ = c.http.Shutdown(ctx)
 		cancel()
+	}
+	if c.metricsSrv != nil {
+		_ = c.metricsSrv.Close()
 	}
 	if c.nc != nil {
 		_ = c.nc.Drain()

@@ -88,12 +88,26 @@ func (c *Controller) Dispatch(ctx context.Context, t *protocol.Task, onEvent fun
 			err = fmt.Errorf("node %s refused task %s: %w: %s (%s)", t.Node, t.ID, ErrClockSkew, detail, ack.Error)
 		}
 	}
+	c.metrics.Tasks.WithLabelValues(dispatchResult(ack, err)).Inc()
 	if err != nil {
 		_ = sub.Unsubscribe()
 		c.untrackRun(run)
 		return nil, err
 	}
 	return run, nil
+}
+
+// dispatchResult is the flotilla_tasks_dispatched_total label of a dispatch.
+func dispatchResult(ack *protocol.TaskAck, err error) string {
+	switch {
+	case err == nil:
+		return "accepted"
+	case errors.Is(err, ErrNodeOffline):
+		return "offline"
+	case ack != nil && !ack.Accepted:
+		return "refused"
+	}
+	return "error"
 }
 
 // sendSigned assigns a sequence number, signs and publishes under one lock so

@@ -25,10 +25,10 @@ func (c *Controller) startHTTP() error {
 		w.Header().Set("Content-Type", "application/x-pem-file")
 		_, _ = w.Write(c.pki.caPEM)
 	})
-	mux.HandleFunc("POST "+protocol.PathJoin, c.joins.wrap(c.log.Warn, c.handleJoin))
+	mux.Handle("POST "+protocol.PathJoin, c.metrics.instrument("POST "+protocol.PathJoin, c.joins.wrap(c.log.Warn, c.handleJoin)))
 	for pattern, h := range c.opts.Handlers {
 		// Mounted components serve blobs and pieces: long answers, each write bounded.
-		mux.Handle(pattern, httpserve.Streaming(h))
+		mux.Handle(pattern, c.metrics.instrument(pattern, httpserve.Streaming(h)))
 	}
 	ln, err := net.Listen("tcp", c.opts.HTTPListen)
 	if err != nil {

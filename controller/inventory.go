@@ -204,6 +204,21 @@ func (inv *inventory) list() []protocol.NodeInfo {
 	return out
 }
 
+// counts returns how many nodes are online and offline.
+func (inv *inventory) counts() (online, offline int) {
+	inv.mu.RLock()
+	defer inv.mu.RUnlock()
+	now := time.Now()
+	for name := range inv.nodes {
+		if inv.onlineLocked(name, now) {
+			online++
+		} else {
+			offline++
+		}
+	}
+	return online, offline
+}
+
 // Nodes lists the inventory, online status included, sorted by name.
 func (c *Controller) Nodes(ctx context.Context) ([]protocol.NodeInfo, error) {
 	if c.inv == nil {
