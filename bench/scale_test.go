@@ -122,7 +122,12 @@ func TestScale(t *testing.T) {
 	rep.kvWrites = (kvSeq(s1) - kvSeq(s0)) / win
 	rep.idleWindow = win
 	rep.heapInuse = s1.Sum("go_memstats_heap_inuse_bytes")
+	rep.stackInuse = s1.Sum("go_memstats_stack_inuse_bytes")
 	rep.goroutines = s1.Sum("go_goroutines")
+	profileDir := os.Getenv("FLOTILLA_SCALE_PROFILE_DIR")
+	if profileDir != "" {
+		saveProfiles(t, metricsPort, profileDir, "connected")
+	}
 
 	// exec --all -- true.
 	for range execRuns {
@@ -178,8 +183,8 @@ spec:
 		rep.apply = append(rep.apply, timed{wall: d, ctl: ctl.cpu(t) - c0, agents: selfCPU() - self0, cli: cli, engine: res.Duration})
 	}
 	rep.rssEnd = ctl.rss(t)
-	if p := os.Getenv("FLOTILLA_SCALE_HEAP_PROFILE"); p != "" {
-		saveHeapProfile(t, metricsPort, p)
+	if profileDir != "" {
+		saveProfiles(t, metricsPort, profileDir, "end")
 	}
 	table := rep.table()
 	t.Logf("\n%s", table)
@@ -325,20 +330,26 @@ func (p procStat) cpu(t *testing.T) float64 {
 	return (ut + st) / 100 // USER_HZ
 }
 
-func saveHeapProfile(t *testing.T, port int, path string) {
+// saveProfiles keeps the controller's heap and goroutine profiles and its
+// metrics in dir (FLOTILLA_SCALE_PROFILE_DIR): go tool pprof reads them.
+func saveProfiles(t *testing.T, port int, dir, stage string) {
 	t.Helper()
-	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/heap?gc=1", port))
-	if err != nil {
-		t.Errorf("heap profile: %v", err)
-		return
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(resp.Body)
-	if err == nil {
-		err = os.WriteFile(path, data, 0o644)
-	}
-	if err != nil {
-		t.Errorf("heap profile: %v", err)
+	os.MkdirAll(dir, 0o755)
+	for file, path := range map[string]string{
+		"heap": "/debug/pprof/heap", "goroutine.txt": "/debug/pprof/goroutine?debug=1", "metrics.txt": "/metrics"} {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d%s", port, path))
+		if err != nil {
+			t.Errorf("profile %s: %v", path, err)
+			continue
+		}
+		data, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err == nil {
+			err = os.WriteFile(filepath.Join(dir, stage+"-"+file), data, 0o644)
+		}
+		if err != nil {
+			t.Errorf("profile %s: %v", path, err)
+		}
 	}
 }
 
@@ -366,7 +377,8 @@ type scaleReport struct {
 	joinAll, online                time.Duration
 	onlineCPU, onlineSelf          float64
 	idleCPU, kvWrites, idleWindow  float64
-	heapInuse, goroutines          float64
+	heapInuse, stackInuse          float64
+	goroutines                     float64
 	exec, apply                    []timed
 	execFanoutSum, execFanoutCount float64
 }
@@ -409,7 +421,7 @@ func (r *scaleReport) table() string {
 	fmt.Fprintf(&b, "| heartbeats: controller CPU, idle fleet (%.0f s window) | | %.1f%% of a core (%.1f µs per agent per s) | |\n", r.idleWindow, 100*r.idleCPU, 1e6*r.idleCPU/float64(r.n))
 	fmt.Fprintf(&b, "| controller RSS idle → %d connected (→ after exec and apply) | | %s → %s (→ %s) | |\n", r.n, mib(r.rssIdle), mib(r.rssConnected), mib(r.rssEnd))
 	fmt.Fprintf(&b, "| controller RSS per connected agent | ≤ 30 KiB | %.1f KiB | |\n", float64(r.rssConnected-r.rssIdle)/float64(r.n)/1024)
-	fmt.Fprintf(&b, "| controller Go heap in use, goroutines (connected, idle) | | %s, %.0f | |\n", mib(int64(r.heapInuse)), r.goroutines)
+	fmt.Fprintf(&b, "| controller Go heap in use, stacks, goroutines (connected, idle) | | %s, %s, %.0f | |\n", mib(int64(r.heapInuse)), mib(int64(r.stackInuse)), r.goroutines)
 	return b.String()
 }
 

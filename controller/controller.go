@@ -108,6 +108,7 @@ type Controller struct {
 	closeMu  sync.Mutex
 	closed   bool
 	subs     []*nats.Subscription
+	acks     *ackMux
 	started  bool
 	httpLn   net.Listener
 	handlers map[string]http.Handler
@@ -286,6 +287,11 @@ func (c *Controller) openState(ctx context.Context) error {
 }
 
 func (c *Controller) subscribe() error {
+	acks, err := newAckMux(c.nc)
+	if err != nil {
+		return fmt.Errorf("subscribe to acknowledgements: %w", err)
+	}
+	c.acks = acks
 	// Every subject a node publishes on goes through fromNode (reply subjects
 	// outside the node's inbox are dropped); admin subjects only admins reach.
 	for subj, h := range map[string]nats.MsgHandler{

@@ -113,12 +113,8 @@ func dispatchResult(ack *protocol.TaskAck, err error) string {
 // sendSigned assigns a sequence number, signs and publishes under one lock so
 // that a node receives sequence numbers in increasing order, then waits for the ack.
 func (c *Controller) sendSigned(ctx context.Context, node, subject, typ string, msg func(seq uint64) any) (*protocol.TaskAck, error) {
-	inbox := c.nc.NewInbox()
-	replies, err := c.nc.SubscribeSync(inbox)
-	if err != nil {
-		return nil, err
-	}
-	defer replies.Unsubscribe()
+	inbox, replies, done := c.acks.open()
+	defer done()
 	c.signMu.Lock()
 	seq, err := c.seq.take(ctx)
 	if err != nil {
@@ -135,12 +131,11 @@ func (c *Controller) sendSigned(ctx context.Context, node, subject, typ string, 
 	}
 	actx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	m, err := replies.NextMsgWithContext(actx)
-	if errors.Is(err, nats.ErrNoResponders) {
-		return nil, fmt.Errorf("%w: %s", ErrNodeOffline, node)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("node %s did not acknowledge the %s: %w", node, typ, err)
+	var m *nats.Msg
+	select {
+	case m = <-replies:
+	case <-actx.Done():
+		return nil, fmt.Errorf("node %s did not acknowledge the %s: %w", node, typ, actx.Err())
 	}
 	if len(m.Data) == 0 && m.Header.Get("Status") == "503" {
 		return nil, fmt.Errorf("%w: %s", ErrNodeOffline, node)
