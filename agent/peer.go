@@ -58,6 +58,7 @@ type Peer struct {
 	store   *pieces.Store
 	fetcher *p2p.Fetcher
 	client  *http.Client
+	metrics *metrics
 	url     string // https://host:port others reach the server at; "" when it does not serve
 
 	cert atomic.Pointer[tls.Certificate]
@@ -238,6 +239,8 @@ func (a *Agent) startPeer(ctx context.Context) error {
 		return fmt.Errorf("peer certificate: %w", err)
 	}
 	p.client = p2p.NewClient(p.clientTLS())
+	p.client.Transport = a.metrics.countFetched(p.client.Transport, a.creds.HTTPURL)
+	p.metrics = a.metrics
 	self := pieces.Peer{}
 	if o.PeerListen != "" {
 		if self, err = p.listen(o.PeerListen, o.PeerAdvertise, a.creds.HTTPURL); err != nil {
@@ -317,7 +320,7 @@ func (p *Peer) listen(addr, advertise, controllerURL string) (pieces.Peer, error
 	_, port, _ := net.SplitHostPort(ln.Addr().String())
 	p.url = "https://" + net.JoinHostPort(host, port)
 	// Pieces are long answers under an upload cap: each write is bounded, not the whole answer.
-	p.srv = httpserve.New(httpserve.Streaming(pieces.NewHandler(p.store, pieces.WithUploadLimit(p.up), pieces.WithLogger(p.log))),
+	p.srv = httpserve.New(p.metrics.countServed(httpserve.Streaming(pieces.NewHandler(p.store, pieces.WithUploadLimit(p.up), pieces.WithLogger(p.log)))),
 		p.serverTLS(), slog.NewLogLogger(p.log.Handler(), slog.LevelDebug)) // the error log: refused strangers
 	go func() {
 		if err := p.srv.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
