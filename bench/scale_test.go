@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"sort"
 	"strings"
 	"sync"
@@ -50,7 +51,7 @@ func TestScale(t *testing.T) {
 	metricsPort := freePort(t)
 	metricsURL := fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort)
 	f := controllertest.StartWith(t, "--log-level", "info",
-		"--join-rate", "100000", "--join-burst", "100000", "--max-concurrent-joins", "64",
+		"--join-rate", "100000", "--join-burst", "100000", "--max-concurrent-joins", "256",
 		"--metrics-listen", fmt.Sprintf("127.0.0.1:%d", metricsPort), "--metrics-pprof",
 		"--unreachable-timeout", "30s")
 	ctl := procStat{pid: f.Controller.PID()}
@@ -70,6 +71,7 @@ func TestScale(t *testing.T) {
 	defer logf.Close()
 	log := slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	stub := stubExecutors()
+	agentsDir := agentsDir(t)
 	cpu0, self0 := ctl.cpu(t), selfCPU()
 	start := time.Now()
 	var joined atomic.Int64
@@ -80,7 +82,7 @@ func TestScale(t *testing.T) {
 		joinWG.Add(1)
 		go func() {
 			defer joinWG.Done()
-			dir := filepath.Join(work, "agents", name)
+			dir := filepath.Join(agentsDir, name)
 			a, err := agent.New(ctx, agent.Options{Controller: f.HTTPURL(), Token: tok, CAHash: caHash, Name: name,
 				Labels: map[string]string{"bench": "scale"}, Root: filepath.Join(dir, "root"), DataDir: dir,
 				Executors: stub, Logger: log, Version: "bench"})
@@ -130,6 +132,7 @@ func TestScale(t *testing.T) {
 	}
 
 	// exec --all -- true.
+	stopProfile := profileCPU(t, metricsPort, profileDir, "exec", 15)
 	for range execRuns {
 		c0, self0 := ctl.cpu(t), selfCPU()
 		st := time.Now()
@@ -140,6 +143,7 @@ func TestScale(t *testing.T) {
 		}
 		rep.exec = append(rep.exec, timed{wall: d, ctl: ctl.cpu(t) - c0, agents: selfCPU() - self0, cli: cli})
 	}
+	stopProfile()
 	sm := scrape(t, metricsURL)
 	rep.execFanoutSum, rep.execFanoutCount = sm.HistogramSum("flotilla_exec_fanout_seconds"), sm.Sum("flotilla_exec_fanout_seconds")
 
@@ -155,6 +159,8 @@ spec:
       roles: [node]
   rollout: {parallelism: {node: %d}, onFailure: continue}
 `, n), 0o644)
+	stopProfile = profileCPU(t, metricsPort, profileDir, "apply", 6)
+	defer stopProfile()
 	for i, name := range []string{"one-step", "no-op"} {
 		c0, self0 := ctl.cpu(t), selfCPU()
 		st := time.Now()
@@ -196,6 +202,23 @@ spec:
 			t.Errorf("README.md: %v", err)
 		}
 	}
+}
+
+// agentsDir holds the agents' data dirs on a tmpfs when there is one: every
+// agent fsyncs its task sequence and status file, and 2,000 real nodes have
+// 2,000 disks, not this host's one.
+func agentsDir(t *testing.T) string {
+	t.Helper()
+	base := envOr("FLOTILLA_SCALE_AGENT_DIR", "/dev/shm")
+	if fi, err := os.Stat(base); err != nil || !fi.IsDir() {
+		return t.TempDir()
+	}
+	dir, err := os.MkdirTemp(base, "flotilla-scale-")
+	if err != nil {
+		return t.TempDir()
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
 }
 
 // stubExecutors answers every step kind at once with success: the agent's
@@ -361,6 +384,42 @@ func freePort(t *testing.T) int {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// profileCPU records CPU profiles of this process (the agents), until the
+// returned function is called, and of the controller for the first seconds
+// of that, into dir ("": none).
+func profileCPU(t *testing.T, port int, dir, stage string, seconds int) func() {
+	if dir == "" {
+		return func() {}
+	}
+	os.MkdirAll(dir, 0o755)
+	self, err := os.Create(filepath.Join(dir, stage+"-agents.cpu"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(self); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/profile?seconds=%d", port, seconds))
+		if err != nil {
+			return
+		}
+		defer resp.Body.Close()
+		data, _ := io.ReadAll(resp.Body)
+		os.WriteFile(filepath.Join(dir, stage+"-controller.cpu"), data, 0o644)
+	}()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			pprof.StopCPUProfile()
+			self.Close()
+			<-done
+		})
+	}
 }
 
 // timed is one measured command: wall time and CPU seconds of the controller,

@@ -101,7 +101,8 @@ type Controller struct {
 
 	adminMu  sync.RWMutex
 	admin    map[string]AdminHandler
-	signMu   sync.Mutex
+	signMu   [signStripes]sync.Mutex // by stripe(node): per node order of sequence numbers
+	seqMu    sync.Mutex
 	ctx      context.Context
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
