@@ -45,6 +45,7 @@ func TestScale(t *testing.T) {
 	execRuns := envInt(t, "FLOTILLA_SCALE_EXEC_RUNS", map[bool]int{true: 20, false: 3}[full])
 	idle := time.Duration(envInt(t, "FLOTILLA_SCALE_IDLE_SECONDS", map[bool]int{true: 60, false: 6}[full])) * time.Second
 	work := t.TempDir()
+	agentsDir := agentsDir(t) // before the agents' cleanup: removed after they stopped
 
 	img := buildScaleImage(t, work)
 	t.Setenv("FLOTILLA_STORE", img)
@@ -71,7 +72,6 @@ func TestScale(t *testing.T) {
 	defer logf.Close()
 	log := slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	stub := stubExecutors()
-	agentsDir := agentsDir(t)
 	cpu0, self0 := ctl.cpu(t), selfCPU()
 	start := time.Now()
 	var joined atomic.Int64
