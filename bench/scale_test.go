@@ -52,12 +52,12 @@ func TestScale(t *testing.T) {
 	metricsPort := freePort(t)
 	metricsURL := fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort)
 	f := controllertest.StartWith(t, "--log-level", "info",
-		"--join-rate", "100000", "--join-burst", "100000", "--max-concurrent-joins", "256",
+		"--join-rate", "100000", "--join-burst", "100000", "--max-concurrent-joins", "64",
 		"--metrics-listen", fmt.Sprintf("127.0.0.1:%d", metricsPort), "--metrics-pprof",
 		"--unreachable-timeout", "30s")
 	ctl := procStat{pid: f.Controller.PID()}
 	time.Sleep(2 * time.Second) // let the controller's start settle before the idle figure
-	rep := &scaleReport{n: n}
+	rep := &scaleReport{n: n, loadBefore: loadAvg()}
 	rep.rssIdle = ctl.rss(t)
 	tok, caHash := f.Token()
 
@@ -432,6 +432,7 @@ type timed struct {
 
 type scaleReport struct {
 	n                              int
+	loadBefore                     string
 	rssIdle, rssConnected, rssEnd  int64
 	joinAll, online                time.Duration
 	onlineCPU, onlineSelf          float64
@@ -453,7 +454,7 @@ func (r *scaleReport) table() string {
 	var b strings.Builder
 	host, _ := os.Hostname()
 	fmt.Fprintf(&b, "Measured %s on %s: %s, %d CPUs (%s), %s.\n", time.Now().UTC().Format("2006-01-02 15:04 UTC"), host, cpuModel(), runtime.NumCPU(), cpuProbe(), runtime.Version())
-	fmt.Fprintf(&b, "Command: `make bench-scale` (FLOTILLA_SCALE_AGENTS=%d): one `flotilla controller` process, %d agents (real agent code, own NATS connection and credentials, stub executors) in the test process, all on loopback, sharing the CPUs. CPU seconds: controller / agents / CLI.\n\n", r.n, r.n)
+	fmt.Fprintf(&b, "Command: `make bench-scale` (FLOTILLA_SCALE_AGENTS=%d): one `flotilla controller` process, %d agents (real agent code, own NATS connection and credentials, stub executors) in the test process, all on loopback, sharing the CPUs (load average before the run: %s, from other work on the machine). CPU seconds: controller / agents / CLI.\n\n", r.n, r.n, r.loadBefore)
 	b.WriteString("| figure | goal | measured | CPU s (ctl / agents / CLI) |\n|---|---:|---:|---:|\n")
 	cpu := func(x timed) string { return fmt.Sprintf("%.2f / %.2f / %.2f", x.ctl, x.agents, x.cli) }
 	if len(r.exec) > 0 {

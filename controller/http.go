@@ -123,6 +123,12 @@ func (c *Controller) handleJoin(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, ErrTokenUnknown), errors.Is(err, ErrTokenExpired), errors.Is(err, ErrTokenUsedUp), errors.Is(err, ErrTokenWrongFor):
 		fail(http.StatusForbidden, errJoinToken, err)
 		return
+	case errors.Is(err, context.DeadlineExceeded):
+		// Waiting behind other joins (they are admitted one at a time) or a
+		// slow store: the agent retries a 503, while a 500 would stop it for good.
+		c.log.Warn("join postponed: controller busy", "node", node, "remote", r.RemoteAddr, "err", err)
+		busy(w, http.StatusServiceUnavailable, "controller busy with other joins: retry later")
+		return
 	case err != nil:
 		fail(http.StatusInternalServerError, "join failed on the controller: see its log", err)
 		return
