@@ -126,7 +126,7 @@ func (c *Controller) registerBuiltinAdmin() {
 			return nil, err
 		}
 		ti.CAHash, ti.JoinURL = c.CAHash(), c.HTTPURL()
-		ti.Bootstrap = fmt.Sprintf("curl -fsSLk %s/bootstrap.sh | sh -s -- --token %s --ca-hash %s", c.HTTPURL(), ti.Token, ti.CAHash)
+		ti.Bootstrap = BootstrapOneLiner(c.HTTPURL(), ti.Token, ti.CAHash)
 		return ti, nil
 	})
 	c.HandleAdmin(protocol.AdminTokenList, func(ctx context.Context, _ *AdminCall) (any, error) { return c.tokens.list(ctx) })

@@ -4,8 +4,12 @@
 # one-liner, builds examples/etcd, applies examples/etcd/Clusterfile (3 etcd masters,
 # 2 workers behind lvscare's VIP) with live progress, then proves the cluster works.
 #
-#   ./e2e/demo.sh          run the demo (root; Debian 12 with Go); leaves it running
-#   ./e2e/demo.sh down     tear everything down (make demo-down)
+#   ./e2e/demo.sh             run the demo (root; Debian 12 with Go); leaves it running
+#   ./e2e/demo.sh containers  the container images demo (make demo-containers): 3 nodes,
+#                             examples/containers carrying a busybox image pushed to a
+#                             throwaway local registry that is stopped before the apply;
+#                             every node pulls it by its original name and runs it
+#   ./e2e/demo.sh down        tear everything down (make demo-down)
 #
 # Everything lives under $FLOTILLA_DEMO_DIR (default /var/lib/flotilla-demo): the
 # controller's data dir, its image store, its PID file and the logs. A failed or
@@ -18,9 +22,19 @@ DIR=${FLOTILLA_DEMO_DIR:-/var/lib/flotilla-demo}
 LOGS=$DIR/logs
 FLEET_NAME=flotilla
 SUBNET=10.77.0.0/24
+MODE=etcd
+[ "${1:-}" = containers ] && MODE=containers
 NODES=5
 IMAGE=flotilla-examples/etcd:3.4
 CLUSTERFILE=$REPO/examples/etcd/Clusterfile
+if [ "$MODE" = containers ]; then
+	NODES=3
+	IMAGE=flotilla-examples/containers:1
+	CLUSTERFILE=$REPO/examples/containers/Clusterfile
+fi
+# The containers demo's throwaway upstream registry (Debian's docker-registry).
+REGISTRY=${FLOTILLA_DEMO_REGISTRY:-127.0.0.1:5000}
+APP_IMAGE=$REGISTRY/flotilla-examples/hello:1
 VIP=10.77.0.100
 BIN=$REPO/bin/flotilla
 FLEET=$DIR/bin/fleet
@@ -38,8 +52,23 @@ die() {
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 
+# stop_registry stops the containers demo's throwaway registry, if it runs.
+stop_registry() {
+	[ -f "$DIR/registry.pid" ] || return 0
+	pid=$(cat "$DIR/registry.pid")
+	if [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$DIR/registry.yml"; then
+		kill "$pid" 2>/dev/null || true
+		for _ in $(seq 50); do
+			[ -d "/proc/$pid" ] || break
+			sleep 0.1
+		done
+	fi
+	rm -f "$DIR/registry.pid"
+}
+
 # down removes everything a demo run created; safe to run at any time.
 down() {
+	stop_registry
 	if [ -f "$DIR/controller.pid" ]; then
 		pid=$(cat "$DIR/controller.pid")
 		# Only our controller: the PID must still run our binary with our data dir.
@@ -59,7 +88,7 @@ down() {
 		go run ./e2e/cmd/fleet -name "$FLEET_NAME" down || true
 	fi
 	rm -f /run/systemd/nspawn/"$FLEET_NAME"-node*.nspawn
-	rm -rf "$DIR/controller" "$DIR/images" "$DIR/controller.log"
+	rm -rf "$DIR/controller" "$DIR/images" "$DIR/controller.log" "$DIR/registry" "$DIR/registry.yml"
 }
 
 if [ "${1:-}" = down ]; then
@@ -69,7 +98,7 @@ if [ "${1:-}" = down ]; then
 	echo "demo: everything removed"
 	exit 0
 fi
-[ $# -eq 0 ] || die "usage: $0 [down]"
+[ $# -eq 0 ] || [ "$1" = containers ] || die "usage: $0 [containers|down]"
 [ "$(id -u)" = 0 ] || die "must run as root: the nodes are systemd-nspawn containers in network namespaces"
 command -v go >/dev/null || die "Go is not on PATH (needed to build flotilla)"
 
@@ -103,8 +132,16 @@ if [ ${#missing[@]} -gt 0 ]; then
 		{ apt-get update >>"$LOGS/apt.log" 2>&1 && apt-get install -y "${missing[@]}" >>"$LOGS/apt.log" 2>&1; } ||
 		die "apt-get install ${missing[*]} failed; see $LOGS/apt.log"
 fi
-if ! apt-cache show etcd-server >/dev/null 2>&1; then
-	note "apt has no etcd-server in its lists: apt-get update"
+if [ "$MODE" = containers ] && [ ! -x /usr/bin/docker-registry ]; then
+	note "installing docker-registry with apt-get (the throwaway upstream registry)"
+	apt-get install -y docker-registry >>"$LOGS/apt.log" 2>&1 ||
+		{ apt-get update >>"$LOGS/apt.log" 2>&1 && apt-get install -y docker-registry >>"$LOGS/apt.log" 2>&1; } ||
+		die "apt-get install docker-registry failed; see $LOGS/apt.log"
+fi
+need=etcd-server
+[ "$MODE" = containers ] && need=containerd
+if ! apt-cache show "$need" >/dev/null 2>&1; then
+	note "apt has no $need in its lists: apt-get update"
 	apt-get update >>"$LOGS/apt.log" 2>&1 || die "apt-get update failed; see $LOGS/apt.log"
 fi
 
@@ -143,10 +180,35 @@ for i in $(seq 150); do
 done
 note "controller PID $(cat "$DIR/controller.pid"), log $DIR/controller.log"
 
-say "Building the cluster image $IMAGE from examples/etcd"
-t=$(now)
-"$BIN" build -t "$IMAGE" examples/etcd 2>&1 | tee "$LOGS/build-image.log" | grep -v '^time=' | sed 's/^/    /'
-note "built in $(since "$t")s"
+if [ "$MODE" = containers ]; then
+	say "A container image in a throwaway registry on $REGISTRY (Debian's busybox-static, one layer)"
+	mkdir -p "$DIR/registry"
+	printf 'version: 0.1\nlog: {level: warn, accesslog: {disabled: true}}\nstorage: {filesystem: {rootdirectory: %s}}\nhttp: {addr: %s}\n' \
+		"$DIR/registry" "$REGISTRY" >"$DIR/registry.yml"
+	setsid /usr/bin/docker-registry serve "$DIR/registry.yml" >"$LOGS/registry.log" 2>&1 </dev/null &
+	echo $! >"$DIR/registry.pid"
+	for i in $(seq 50); do
+		curl -fsS "http://$REGISTRY/v2/" >/dev/null 2>&1 && break
+		[ "$i" -lt 50 ] || die "the registry does not answer on $REGISTRY (port taken? set FLOTILLA_DEMO_REGISTRY); see $LOGS/registry.log"
+		sleep 0.2
+	done
+	CGO_ENABLED=0 go build -o "$DIR/bin/busybox-image" ./e2e/cmd/busybox-image >>"$LOGS/build.log" 2>&1 || die "building busybox-image failed; see $LOGS/build.log"
+	APP_DIGEST=$("$DIR/bin/busybox-image" "$APP_IMAGE" 2>"$LOGS/busybox-image.log") || die "building or pushing the container image failed; see $LOGS/busybox-image.log"
+	APP_BY_DIGEST=${APP_IMAGE%:*}@$APP_DIGEST
+	note "pushed $APP_IMAGE ($APP_DIGEST)"
+	say "Building the cluster image $IMAGE from examples/containers (containerd, runc, the carried image)"
+	t=$(now)
+	"$BIN" build -t "$IMAGE" --build-arg "APP_IMAGE=$APP_IMAGE" examples/containers 2>&1 | tee "$LOGS/build-image.log" | grep -v '^time=' | sed 's/^/    /'
+	note "built in $(since "$t")s"
+	stop_registry
+	note "the registry on $REGISTRY is stopped: from here on only the cluster image has $APP_IMAGE"
+	"$BIN" inspect "$IMAGE" | sed -n '/Carried container images/,/^$/p' | sed 's/^/    /'
+else
+	say "Building the cluster image $IMAGE from examples/etcd"
+	t=$(now)
+	"$BIN" build -t "$IMAGE" examples/etcd 2>&1 | tee "$LOGS/build-image.log" | grep -v '^time=' | sed 's/^/    /'
+	note "built in $(since "$t")s"
+fi
 
 say "Joining every node with the bootstrap one-liner (flotilla token create)"
 "$BIN" token create "${CTL[@]}" --ttl 1h --description demo >"$LOGS/token.txt"
@@ -169,7 +231,7 @@ BOOTSTRAP_S=$(since "$t")
 "$BIN" nodes "${CTL[@]}" | sed 's/^/    /'
 note "$NODES nodes joined and online in ${BOOTSTRAP_S}s"
 
-say "flotilla apply -f examples/etcd/Clusterfile"
+say "flotilla apply -f examples/$MODE/Clusterfile"
 t=$(now)
 set +e
 "$BIN" apply "${CTL[@]}" -f "$CLUSTERFILE" 2>&1 | tee "$LOGS/apply.log"
@@ -180,8 +242,51 @@ APPLY_S=$(since "$t")
 [ "$rc" -eq 0 ] || die "flotilla apply failed (exit $rc); see $LOGS/apply.log and $DIR/controller.log"
 note "applied in ${APPLY_S}s"
 
-say "Proving it: write on one member, read on another, read through the VIP from a worker"
 ex() { "$FLEET" -name "$FLEET_NAME" exec "$@"; }
+if [ "$MODE" = containers ]; then
+	say "Proving it: every node pulls $APP_IMAGE by its original name from its own agent's mirror"
+	note "(the upstream registry is stopped; /etc/containerd/certs.d/_default/hosts.toml points containerd at 127.0.0.1:5050)"
+	ex node1 cat /etc/containerd/certs.d/_default/hosts.toml | sed 's/^/    node1: hosts.toml: /'
+	ctr=(/usr/local/bin/ctr --namespace k8s.io)
+	for n in node1 node2 node3; do
+		ex "$n" "${ctr[@]}" images rm --sync "$APP_IMAGE" >/dev/null 2>&1 || true
+		for r in "$APP_BY_DIGEST" "$APP_IMAGE"; do
+			ex "$n" "${ctr[@]}" images pull --hosts-dir /etc/containerd/certs.d "$r" >"$LOGS/pull-$n.log" 2>&1 ||
+				{ cat "$LOGS/pull-$n.log" >&2; die "$n: ctr images pull $r failed"; }
+		done
+		got=$(ex "$n" "${ctr[@]}" images ls "name==$APP_IMAGE" | awk 'NR == 2 { print $3 }' | tr -d '\r')
+		[ "$got" = "$APP_DIGEST" ] || die "$n: $APP_IMAGE is $got in containerd, upstream had $APP_DIGEST"
+		note "$n\$ ctr images pull $APP_IMAGE, then by digest: $got (= upstream)"
+		out=$(ex "$n" "${ctr[@]}" run --rm "$APP_IMAGE" "demo-$n-$$" | tr -d '\r')
+		note "$n\$ ctr run $APP_IMAGE: $out"
+	done
+
+	say "Applying again: nothing left to do"
+	t=$(now)
+	"$BIN" apply "${CTL[@]}" -f "$CLUSTERFILE" >"$LOGS/apply-again.log" 2>&1 || die "second apply failed; see $LOGS/apply-again.log"
+	REAPPLY_S=$(since "$t")
+	tail -6 "$LOGS/apply-again.log" | sed 's/^/    /'
+	cp "$DIR/controller.log" "$LOGS/controller.log"
+	trap - EXIT
+	cat <<EOT
+
+$(printf '\033[1m')flotilla containers demo: done in $(since "$T0")s$(printf '\033[0m')
+  boot of $NODES nodes        ${BOOT_S}s
+  bootstrap (one-liner)  ${BOOTSTRAP_S}s   (all $NODES joined and online)
+  apply of containers    ${APPLY_S}s   (containerd + $APP_IMAGE, upstream registry stopped)
+  apply again            ${REAPPLY_S}s   (nothing to do)
+  every node pulled $APP_IMAGE by tag and by digest from its own mirror and ran it
+
+The nodes keep running. Try:
+  $FLEET -name $FLEET_NAME exec node2 ${ctr[*]} images ls
+  $FLEET -name $FLEET_NAME exec node3 ${ctr[*]} run --rm $APP_IMAGE again
+  $BIN delete ${CTL[*]} -f $CLUSTERFILE --yes      # the mirrors then answer 404
+Logs: $LOGS   Tear down: make demo-down
+EOT
+	exit 0
+fi
+
+say "Proving it: write on one member, read on another, read through the VIP from a worker"
 VALUE="written on node1 at $(date -u +%H:%M:%S)"
 ex node1 /usr/local/bin/etcdctl --endpoints http://127.0.0.1:2379 put flotilla-demo "$VALUE" | sed 's/^/    node1$ etcdctl put flotilla-demo: /'
 GOT=$(ex node3 /usr/local/bin/etcdctl --endpoints http://127.0.0.1:2379 get --print-value-only flotilla-demo | tr -d '\r')
