@@ -6,7 +6,7 @@ BIN       := bin/flotilla
 FUZZTIME  ?= 15s
 export CGO_ENABLED=0
 
-.PHONY: deps build build-all test test-unit fuzz lint bench bench-distribution demo demo-containers demo-down package clean
+.PHONY: deps build build-all test test-unit fuzz lint bench bench-distribution bench-scale demo demo-containers demo-down package clean
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/flotilla
@@ -49,6 +49,11 @@ bench: build
 
 bench-distribution: build
 	FLOTILLA_BENCH=1 FLOTILLA_BIN=$(CURDIR)/$(BIN) $(GO) test -run='^TestDistributionBenchmark$$' -v -timeout 60m ./bench/
+
+# bench-scale: one controller process and 2,000 agents (real agent code, stub
+# executors) on loopback; prints the table and writes it to the READMEs.
+bench-scale: build
+	FLOTILLA_BENCH=1 FLOTILLA_SCALE_AGENTS=$${FLOTILLA_SCALE_AGENTS:-2000} FLOTILLA_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -run='^TestScale$$' -v -timeout 60m ./bench/
 
 demo: build
 	./e2e/demo.sh

@@ -28,6 +28,7 @@ import (
 	"github.com/flotilla-dev/flotilla/internal/atomicfile"
 	"github.com/flotilla-dev/flotilla/protocol"
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Options configure an Agent.
@@ -71,6 +72,11 @@ type Options struct {
 	// container images (agent/mirror; the CLI's default is mirror.DefaultListen);
 	// "" serves none.
 	RegistryListen string
+	// Metrics is the registry the agent's Prometheus metrics go on (default:
+	// one of its own); MetricsListen serves them at /metrics over plain HTTP
+	// ("": off; DefaultMetricsListen is the usual loopback address).
+	Metrics       *prometheus.Registry
+	MetricsListen string
 }
 
 // Agent is one node's daemon.
@@ -81,6 +87,7 @@ type Agent struct {
 	facts   protocol.Facts
 	applied *appliedState
 	verify  *protocol.Verifier
+	metrics *metrics
 
 	nc *nats.Conn
 
@@ -149,6 +156,13 @@ func New(ctx context.Context, opts Options) (*Agent, error) {
 	}
 	a := &Agent{opts: opts, log: opts.Logger.With("node", opts.Name), running: map[string]context.CancelFunc{}, regKick: make(chan struct{}, 1),
 		clusterTail: map[string]chan struct{}{}}
+	reg := opts.Metrics
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	if a.metrics, err = newMetrics(a, reg); err != nil {
+		return nil, err
+	}
 	a.facts = CollectFacts(opts.Version, opts.Labels)
 	if a.applied, err = loadApplied(opts.DataDir); err != nil {
 		return nil, err
@@ -296,6 +310,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if nc.IsConnected() {
 		a.kickRegister()
 	}
+	if err := a.serveMetrics(ctx); err != nil {
+		return err
+	}
 	go a.runPeer(ctx)
 	go a.runRegistry(ctx)
 	a.writeStatus()
@@ -360,6 +377,7 @@ func (a *Agent) heartbeat() {
 	data, _ := protocol.Encode(protocol.Heartbeat{Name: a.opts.Name, Time: time.Now().UTC(), Interval: a.opts.HeartbeatInterval, Running: running})
 	if a.nc.IsConnected() {
 		if err := a.nc.Publish(protocol.HeartbeatSubject(a.opts.Name), data); err == nil {
+			a.metrics.heartbeats.Inc()
 			a.mu.Lock()
 			a.lastHB = time.Now().UTC()
 			a.mu.Unlock()

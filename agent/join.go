@@ -69,8 +69,11 @@ func fetchCA(ctx context.Context, base, caHash, caFile string) ([]byte, error) {
 	if err != nil {
 		return nil, optionErr("CAHash", err)
 	}
+	// One request: no keep-alive, or the controller holds the idle connection
+	// (a goroutine and TLS buffers) for its idle timeout, times every joining node.
 	cl := &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{
-		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, // pinned by hash below
+		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true}, // pinned by hash below
+		DisableKeepAlives: true,
 	}}
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+protocol.PathCACert, nil)
 	resp, err := cl.Do(req)
@@ -101,7 +104,7 @@ func join(ctx context.Context, base, token, caHash, caFile, name, dataDir string
 	if !pool.AppendCertsFromPEM(caPEM) {
 		return nil, errors.New("controller CA: no certificate in PEM")
 	}
-	cl := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	cl := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, DisableKeepAlives: true}}
 	// The peer certificate comes with the credentials (an old controller ignores the CSR).
 	csr, err := peerCSR(dataDir, name)
 	if err != nil {

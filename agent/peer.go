@@ -59,6 +59,7 @@ type Peer struct {
 	fetcher *p2p.Fetcher
 	client  *http.Client // to peers; the seed and the tracker go through ctlClient
 	url     string       // https://host:port others reach the server at; "" when it does not serve
+	metrics *metrics
 
 	cert     atomic.Pointer[tls.Certificate]
 	pool     *x509.CertPool
@@ -239,6 +240,8 @@ func (a *Agent) startPeer(ctx context.Context) error {
 		return fmt.Errorf("peer certificate: %w", err)
 	}
 	p.client = p2p.NewClient(p.clientTLS())
+	p.client.Transport = a.metrics.countFetched(p.client.Transport, a.creds.HTTPURL)
+	p.metrics = a.metrics
 	tr := p2p.NewHTTPTracker(a.creds.HTTPURL, p2p.NewClient(p.controllerTLS()))
 	p.peerSets = newPeerSets(tr, p.log)
 	self := pieces.Peer{}
@@ -320,7 +323,7 @@ func (p *Peer) listen(addr, advertise, controllerURL string) (pieces.Peer, error
 	_, port, _ := net.SplitHostPort(ln.Addr().String())
 	p.url = "https://" + net.JoinHostPort(host, port)
 	// Pieces are long answers under an upload cap: each write is bounded, not the whole answer.
-	p.srv = httpserve.New(httpserve.Streaming(pieces.NewHandler(p.store, pieces.WithUploadLimit(p.up), pieces.WithLogger(p.log), pieces.WithAuthorize(p.authorize))),
+	p.srv = httpserve.New(p.metrics.countServed(httpserve.Streaming(pieces.NewHandler(p.store, pieces.WithUploadLimit(p.up), pieces.WithLogger(p.log), pieces.WithAuthorize(p.authorize)))),
 		p.serverTLS(), slog.NewLogLogger(p.log.Handler(), slog.LevelDebug)) // the error log: refused strangers
 	go func() {
 		if err := p.srv.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {

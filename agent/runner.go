@@ -42,6 +42,9 @@ func (a *Agent) persistSeq() error {
 
 func (a *Agent) onTask(m *nats.Msg) {
 	t, err := a.verify.OpenTask(m.Data)
+	if err != nil {
+		a.metrics.tasks.WithLabelValues("refused").Inc()
+	}
 	if ce := (*protocol.ClockError)(nil); errors.As(err, &ce) {
 		a.log.Warn("refusing task: clock skew", "skew", ce.Skew.Round(time.Second).String(),
 			"detail", protocol.DescribeSkew(ce.Skew), "err", err)
@@ -61,6 +64,7 @@ func (a *Agent) onTask(m *nats.Msg) {
 		if _, ok := a.opts.Executors[s.Kind]; !ok {
 			err := fmt.Errorf("task %s: steps[%d]: this agent has no executor for kind %q (upgrade the agent)", t.ID, i, s.Kind)
 			a.log.Warn("refusing task", "err", err)
+			a.metrics.tasks.WithLabelValues("refused").Inc()
 			ack(m, err)
 			return
 		}
@@ -191,13 +195,17 @@ func (a *Agent) runTask(ctx context.Context, t *protocol.Task) {
 		}
 	}
 	final.Duration = time.Since(start)
+	a.metrics.tasks.WithLabelValues(taskOutcome(final)).Inc()
 	em.emit(protocol.Event{Type: protocol.EventTaskResult, Step: final.FailedStep, Final: &final})
 	a.log.Info("task finished", "task", t.ID, "ok", final.OK, "exitCode", final.ExitCode, "duration", final.Duration)
 }
 
 func (a *Agent) runStep(ctx context.Context, em *emitter, t *protocol.Task, i int, s *protocol.Step) (res protocol.StepResult) {
 	start := time.Now()
-	defer func() { res.Duration = time.Since(start) }()
+	defer func() {
+		res.Duration = time.Since(start)
+		a.metrics.step(s.Kind, stepOutcome(res), res.Duration)
+	}()
 	if s.Digest != "" && a.applied.has(s.Digest) {
 		return protocol.StepResult{Skipped: true}
 	}
@@ -240,6 +248,26 @@ func (a *Agent) runStep(ctx context.Context, em *emitter, t *protocol.Task, i in
 		}
 	}
 	return protocol.StepResult{}
+}
+
+func taskOutcome(r protocol.TaskResult) string {
+	switch {
+	case r.OK:
+		return "ok"
+	case r.Canceled:
+		return "canceled"
+	}
+	return "failed"
+}
+
+func stepOutcome(r protocol.StepResult) string {
+	switch {
+	case r.ExitCode != 0 || r.Error != "":
+		return "failed"
+	case r.Skipped:
+		return "skipped"
+	}
+	return "ok"
 }
 
 // execute runs the executor and turns a panic into an error: a bad step must not kill the agent.

@@ -28,6 +28,7 @@ import (
 	"github.com/flotilla-dev/flotilla/controller/rollout"
 	"github.com/flotilla-dev/flotilla/controller/tracker"
 	"github.com/flotilla-dev/flotilla/protocol"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Defaults of the per-node event history (Options.NodeEvent…).
@@ -72,6 +73,13 @@ type Options struct {
 	// HTTPReadHeaderTimeout is the time an HTTPS client has for the TLS handshake
 	// and its request headers (default httpserve.ReadHeaderTimeout).
 	HTTPReadHeaderTimeout time.Duration
+	// Metrics is the registry the controller's Prometheus metrics go on (default:
+	// one of its own). MetricsListen serves /metrics over plain HTTP ("": off,
+	// the default): bind it to loopback or a management network. MetricsPprof
+	// adds /debug/pprof/ there.
+	Metrics       *prometheus.Registry
+	MetricsListen string
+	MetricsPprof  bool
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -144,7 +152,8 @@ func New(opts Options) (*Controller, error) {
 		Advertise: opts.Advertise, Handlers: handlers, AgentHandlers: agentHandlers, Logger: log,
 		NodeEventRate: opts.NodeEventRate, NodeEventBurst: opts.NodeEventBurst, NodeEventHistory: opts.NodeEventHistory,
 		JoinRate: opts.JoinRate, JoinBurst: opts.JoinBurst, MaxJoinSources: opts.MaxJoinSources,
-		MaxConcurrentJoins: opts.MaxConcurrentJoins, HTTPReadHeaderTimeout: opts.HTTPReadHeaderTimeout})
+		MaxConcurrentJoins: opts.MaxConcurrentJoins, HTTPReadHeaderTimeout: opts.HTTPReadHeaderTimeout,
+		Metrics: opts.Metrics, MetricsListen: opts.MetricsListen, MetricsPprof: opts.MetricsPprof})
 	if err != nil {
 		return nil, err
 	}

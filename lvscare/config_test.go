@@ -1,6 +1,7 @@
 package lvscare
 
 import (
+	"github.com/flotilla-dev/flotilla/internal/promtest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -117,18 +118,32 @@ func TestMetricsText(t *testing.T) {
 	if _, err := m.WriteTo(&sb); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{
-		`flotilla_lvscare_backend_up{vip="10.0.0.1:80",backend="10.0.0.2:80"} 0`,
-		`flotilla_lvscare_health_checks_total{vip="10.0.0.1:80",backend="10.0.0.2:80"} 3`,
-		`flotilla_lvscare_health_check_failures_total{vip="10.0.0.1:80",backend="10.0.0.2:80"} 2`,
-		`flotilla_lvscare_membership_changes_total{vip="10.0.0.1:80",backend="10.0.0.2:80",change="added"} 1`,
-		`flotilla_lvscare_membership_changes_total{vip="10.0.0.1:80",backend="10.0.0.2:80",change="removed"} 1`,
-		`flotilla_lvscare_reconciles_total{dataplane="nftables",result="changed"} 1`,
-		"# TYPE flotilla_lvscare_health_checks_total counter",
+	got, err := promtest.Parse(strings.NewReader(sb.String()))
+	if err != nil {
+		t.Fatalf("%v:\n%s", err, sb.String())
+	}
+	vb := []string{"vip=10.0.0.1:80", "backend=10.0.0.2:80"}
+	for _, c := range []struct {
+		name  string
+		match []string
+		want  float64
+	}{
+		{"flotilla_lvscare_backend_up", vb, 0},
+		{"flotilla_lvscare_health_checks_total", vb, 3},
+		{"flotilla_lvscare_health_check_failures_total", vb, 2},
+		{"flotilla_lvscare_membership_changes_total", append(vb, "change=added"), 1},
+		{"flotilla_lvscare_membership_changes_total", append(vb, "change=removed"), 1},
+		{"flotilla_lvscare_reconciles_total", []string{"dataplane=nftables", "result=changed"}, 1},
+		{"flotilla_lvscare_reconciles_total", []string{"dataplane=nftables", "result=error"}, 0},
 	} {
-		if !strings.Contains(sb.String(), want+"\n") {
-			t.Errorf("metrics lack %q:\n%s", want, sb.String())
+		if !got.Has(c.name) {
+			t.Errorf("metrics lack %s:\n%s", c.name, sb.String())
+		} else if v := got.Sum(c.name, c.match...); v != c.want {
+			t.Errorf("%s%v = %v, want %v", c.name, c.match, v, c.want)
 		}
+	}
+	if !strings.Contains(sb.String(), "# TYPE flotilla_lvscare_health_checks_total counter\n") {
+		t.Errorf("metrics lack the counter type:\n%s", sb.String())
 	}
 }
 

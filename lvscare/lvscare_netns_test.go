@@ -63,7 +63,7 @@ func TestNftablesInNamespaces(t *testing.T) {
 			t.Fatalf("metrics: %v", err)
 		}
 		for _, b := range l.backends {
-			want := fmt.Sprintf("flotilla_lvscare_backend_up{vip=%q,backend=%q} 1", vip, b.addr)
+			want := fmt.Sprintf("flotilla_lvscare_backend_up{backend=%q,vip=%q} 1", b.addr, vip)
 			if !strings.Contains(m, want) {
 				t.Errorf("metrics lack %q:\n%s", want, m)
 			}

@@ -118,7 +118,7 @@ func TestRunFollowsHealthAndLeavesRulesOnStop(t *testing.T) {
 	}
 	var sb strings.Builder
 	r.Metrics().WriteTo(&sb)
-	if !strings.Contains(sb.String(), `flotilla_lvscare_membership_changes_total{vip="10.103.97.2:2379",backend="10.0.0.12:2379",change="removed"} 1`) {
+	if !strings.Contains(sb.String(), `flotilla_lvscare_membership_changes_total{backend="10.0.0.12:2379",change="removed",vip="10.103.97.2:2379"} 1`) {
 		t.Errorf("metrics do not count b's removal:\n%s", sb.String())
 	}
 }

@@ -63,6 +63,7 @@ Steps place files under --root (exported to steps as FLOTILLA_ROOT).`,
 	f.Var(newRateValue(&opts.MaxUpload), "max-upload", "cap on layer bytes sent to other agents, e.g. 100mbit or 20MB/s (default none; a Clusterfile's spec.bandwidth can only lower it)")
 	f.Var(newRateValue(&opts.MaxDownload), "max-download", "cap on layer bytes fetched, e.g. 1gbit or 50MB/s (default none; a Clusterfile's spec.bandwidth can only lower it)")
 	f.StringVar(&opts.RegistryListen, "registry-listen", mirror.DefaultListen, "address of the node-local registry mirror serving the carried container images (read-only OCI pull API; plain HTTP, keep it on loopback); \"\" disables it")
+	f.StringVar(&opts.MetricsListen, "metrics-listen", "", "serve Prometheus metrics at http://ADDR/metrics, plain HTTP (e.g. "+agent.DefaultMetricsListen+"; \"\": off)")
 	cmd.AddCommand(newAgentStatusCmd(), newAgentUninstallCmd(), newAgentContainerdMirrorCmd())
 	return cmd
 }

@@ -79,6 +79,8 @@ Agents join over HTTPS (--http-listen) with a token and then talk NATS over TLS 
 	f.Float64Var(&opts.JoinRate, "join-rate", 5, "joins per second one source address may make (IPv6: per /64); more get HTTP 429 and agents retry")
 	f.IntVar(&opts.JoinBurst, "join-burst", 20, "joins one source address may make at once before --join-rate applies")
 	f.IntVar(&opts.MaxConcurrentJoins, "max-concurrent-joins", 32, "joins handled at once; more get HTTP 503 and agents retry")
+	f.StringVar(&opts.MetricsListen, "metrics-listen", "", "serve Prometheus metrics at http://ADDR/metrics, plain HTTP (e.g. 127.0.0.1:9446; \"\": off)")
+	f.BoolVar(&opts.MetricsPprof, "metrics-pprof", false, "also serve Go's /debug/pprof/ on --metrics-listen (heap and CPU profiles)")
 	f.DurationVar(&opts.HTTPReadHeaderTimeout, "http-read-header-timeout", 10*time.Second, "time an HTTPS client has for the TLS handshake and its request headers")
 	return cmd
 }

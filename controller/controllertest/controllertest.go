@@ -246,6 +246,9 @@ func (p *Proc) Kill() {
 	}
 }
 
+// PID is the process id.
+func (p *Proc) PID() int { return p.cmd.Process.Pid }
+
 // Exited reports whether the process ended, and how.
 func (p *Proc) Exited() (bool, error) {
 	select {

@@ -207,6 +207,8 @@ func (c *Controller) adminExec(ctx context.Context, a *AdminCall) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	start := time.Now()
+	defer func() { c.metrics.ExecFanout.Observe(time.Since(start).Seconds()) }()
 	results := make([]protocol.ExecNodeResult, len(nodes))
 	var wg sync.WaitGroup
 	var sendMu sync.Mutex

@@ -33,6 +33,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // DefaultDataDir is the controller's data dir when Options.DataDir is empty.
@@ -72,6 +73,14 @@ type Options struct {
 	MaxConcurrentJoins int
 	// HTTPReadHeaderTimeout overrides httpserve.ReadHeaderTimeout (tests).
 	HTTPReadHeaderTimeout time.Duration
+	// Metrics is the registry the controller's Prometheus metrics go on
+	// (default: a registry of its own, see MetricsRegistry).
+	Metrics *prometheus.Registry
+	// MetricsListen serves /metrics over plain HTTP ("": off, the default);
+	// bind it to loopback or a management network. MetricsPprof adds
+	// /debug/pprof/ there.
+	MetricsListen string
+	MetricsPprof  bool
 }
 
 // Controller is a running control plane.
@@ -105,13 +114,20 @@ type Controller struct {
 
 	adminMu sync.RWMutex
 	admin   map[string]AdminHandler
-	signMu  sync.Mutex
+	signMu  [signStripes]sync.Mutex // by stripe(node): per node order of sequence numbers
+	seqMu   sync.Mutex
 	ctx     context.Context
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	closeMu sync.Mutex
 	closed  bool
 	subs    []*nats.Subscription
+	acks    *ackMux
+
+	reg         *prometheus.Registry
+	metrics     *Metrics
+	metricsAddr net.Addr
+	metricsSrv  *http.Server
 }
 
 // New prepares a controller: it creates the data dir, the CA, the server
@@ -157,6 +173,13 @@ func New(opts Options) (*Controller, error) {
 		offenses: newOffenses(opts.Logger, 10*time.Second), clockLog: newOffenses(opts.Logger, 10*time.Minute), runs: map[string]*TaskRun{},
 		joins: newJoinGuard(opts.JoinRate, opts.JoinBurst, opts.MaxJoinSources, opts.MaxConcurrentJoins)}
 	c.events = newEventLog(c)
+	c.reg = opts.Metrics
+	if c.reg == nil {
+		c.reg = prometheus.NewRegistry()
+	}
+	if c.metrics, err = newMetrics(c, c.reg); err != nil {
+		return nil, err
+	}
 	c.registerBuiltinAdmin()
 	c.registerNodeAdmin()
 	return c, nil
@@ -182,6 +205,10 @@ func (c *Controller) Start(ctx context.Context) error {
 		return err
 	}
 	if err := c.startHTTP(); err != nil {
+		c.Close()
+		return err
+	}
+	if err := c.startMetrics(); err != nil {
 		c.Close()
 		return err
 	}
@@ -270,6 +297,11 @@ func (c *Controller) openState(ctx context.Context) error {
 }
 
 func (c *Controller) subscribe() error {
+	acks, err := newAckMux(c.nc)
+	if err != nil {
+		return fmt.Errorf("subscribe to acknowledgements: %w", err)
+	}
+	c.acks = acks
 	// Every subject a node publishes on goes through fromNode (reply subjects
 	// outside the node's inbox are dropped); admin subjects only admins reach.
 	for subj, h := range map[string]nats.MsgHandler{
@@ -302,6 +334,9 @@ func (c *Controller) Close() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		_ = c.http.Shutdown(ctx)
 		cancel()
+	}
+	if c.metricsSrv != nil {
+		_ = c.metricsSrv.Close()
 	}
 	if c.nc != nil {
 		_ = c.nc.Drain()

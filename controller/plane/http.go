@@ -25,10 +25,10 @@ func (c *Controller) startHTTP() error {
 		w.Header().Set("Content-Type", "application/x-pem-file")
 		_, _ = w.Write(c.pki.caPEM)
 	})
-	mux.HandleFunc("POST "+protocol.PathJoin, c.joins.wrap(c.log.Warn, c.handleJoin))
+	mux.Handle("POST "+protocol.PathJoin, c.metrics.instrument("POST "+protocol.PathJoin, c.joins.wrap(c.log.Warn, c.handleJoin)))
 	for pattern, h := range c.opts.Handlers {
 		// Mounted components serve blobs and pieces: long answers, each write bounded.
-		mux.Handle(pattern, httpserve.Streaming(h))
+		mux.Handle(pattern, c.metrics.instrument(pattern, httpserve.Streaming(h)))
 	}
 	for pattern, h := range c.opts.AgentHandlers {
 		mux.Handle(pattern, c.RequireMember(h))
@@ -125,6 +125,12 @@ func (c *Controller) handleJoin(w http.ResponseWriter, r *http.Request) {
 		return
 	case errors.Is(err, ErrTokenUnknown), errors.Is(err, ErrTokenExpired), errors.Is(err, ErrTokenUsedUp), errors.Is(err, ErrTokenWrongFor):
 		fail(http.StatusForbidden, errJoinToken, err)
+		return
+	case errors.Is(err, context.DeadlineExceeded):
+		// Waiting behind other joins (they are admitted one at a time) or a
+		// slow store: the agent retries a 503, while a 500 would stop it for good.
+		c.log.Warn("join postponed: controller busy", "node", node, "remote", r.RemoteAddr, "err", err)
+		busy(w, http.StatusServiceUnavailable, "controller busy with other joins: retry later")
 		return
 	case err != nil:
 		fail(http.StatusInternalServerError, "join failed on the controller: see its log", err)

@@ -189,19 +189,48 @@ func (inv *inventory) online(name string) bool {
 	return inv.onlineLocked(name, time.Now())
 }
 
+func (inv *inventory) info(name string) (protocol.NodeInfo, bool) {
+	inv.mu.RLock()
+	defer inv.mu.RUnlock()
+	r, ok := inv.nodes[name]
+	if !ok {
+		return protocol.NodeInfo{}, false
+	}
+	return nodeInfo(name, r, inv.onlineLocked(name, time.Now())), true
+}
+
+func nodeInfo(name string, r *NodeRecord, online bool) protocol.NodeInfo {
+	return protocol.NodeInfo{
+		Name: name, Online: online, Facts: r.Facts, Labels: r.Labels,
+		JoinedAt: r.JoinedAt, LastSeen: r.LastSeen, HeartbeatInterval: r.HeartbeatInterval, PeerURL: r.PeerURL,
+	}
+}
+
 func (inv *inventory) list() []protocol.NodeInfo {
 	inv.mu.RLock()
 	defer inv.mu.RUnlock()
 	now := time.Now()
 	out := make([]protocol.NodeInfo, 0, len(inv.nodes))
 	for name, r := range inv.nodes {
-		out = append(out, protocol.NodeInfo{
-			Name: name, Online: inv.onlineLocked(name, now), Facts: r.Facts, Labels: r.Labels,
-			JoinedAt: r.JoinedAt, LastSeen: r.LastSeen, HeartbeatInterval: r.HeartbeatInterval, PeerURL: r.PeerURL,
-		})
+		out = append(out, nodeInfo(name, r, inv.onlineLocked(name, now)))
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
+}
+
+// counts returns how many nodes are online and offline.
+func (inv *inventory) counts() (online, offline int) {
+	inv.mu.RLock()
+	defer inv.mu.RUnlock()
+	now := time.Now()
+	for name := range inv.nodes {
+		if inv.onlineLocked(name, now) {
+			online++
+		} else {
+			offline++
+		}
+	}
+	return online, offline
 }
 
 // Nodes lists the inventory, online status included, sorted by name.
@@ -212,14 +241,10 @@ func (c *Controller) Nodes(ctx context.Context) ([]protocol.NodeInfo, error) {
 	return c.inv.list(), ctx.Err()
 }
 
-// Node returns one node's record.
+// Node returns one node's record (without listing the inventory: the
+// rollout engine asks it for every node it dispatches to).
 func (c *Controller) Node(name string) (protocol.NodeInfo, bool) {
-	for _, n := range c.inv.list() {
-		if n.Name == name {
-			return n, true
-		}
-	}
-	return protocol.NodeInfo{}, false
+	return c.inv.info(name)
 }
 
 func (c *Controller) onRegister(m *nats.Msg) {

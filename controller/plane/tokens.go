@@ -273,7 +273,7 @@ func (s *sequencer) reserve(ctx context.Context) error {
 	return nil
 }
 
-// take returns the next sequence number; callers serialise (Controller.signMu).
+// take returns the next sequence number; callers serialise (Controller.seqMu).
 func (s *sequencer) take(ctx context.Context) (uint64, error) {
 	if s.next > s.ceiling {
 		if err := s.reserve(ctx); err != nil {

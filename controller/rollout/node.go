@@ -164,6 +164,7 @@ func (r *rolloutRun) attempt(ctx context.Context, phase string, np *planner.Node
 func (r *rolloutRun) stepDone(ctx context.Context, np *planner.NodePlan, nt *nodeTask, ns *nodeState, i int, res *protocol.StepResult, ev *protocol.RolloutEvent) {
 	ns.mu.Lock()
 	defer ns.mu.Unlock()
+	r.e.observeStep(nt.steps[i].Kind, res)
 	if res.ExitCode != 0 || res.Error != "" {
 		ev.Line = res.Error
 		return

@@ -253,12 +253,8 @@ func (f controllerFleet) Nodes(ctx context.Context) ([]protocol.NodeInfo, error)
 }
 
 func (f controllerFleet) Dispatch(ctx context.Context, t *protocol.Task, onEvent func(protocol.Event)) (TaskRun, error) {
-	if nodes, err := f.c.Nodes(ctx); err == nil {
-		for _, n := range nodes {
-			if n.Name == t.Node && !n.Online {
-				return nil, fmt.Errorf("%w: %s (no heartbeat)", plane.ErrNodeOffline, t.Node)
-			}
-		}
+	if n, ok := f.c.Node(t.Node); ok && !n.Online {
+		return nil, fmt.Errorf("%w: %s (no heartbeat)", plane.ErrNodeOffline, t.Node)
 	}
 	r, err := f.c.Dispatch(ctx, t, onEvent)
 	if err != nil {

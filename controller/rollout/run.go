@@ -58,6 +58,7 @@ type rolloutRun struct {
 	mu        sync.Mutex
 	halted    bool
 	outcomes  map[string]protocol.NodeOutcome
+	rw        recordWriter
 	health    string
 	unhealthy bool
 }
@@ -86,11 +87,8 @@ func (r *rolloutRun) run(ctx context.Context) *protocol.ApplyResult {
 func (r *rolloutRun) startPhase(ctx context.Context, ph planner.Phase) {
 	r.mu.Lock()
 	r.rec.Phase = ph.Name
-	rec := *r.rec
 	r.mu.Unlock()
-	if err := r.e.state.putRollout(ctx, &rec); err != nil {
-		r.e.log.Warn("record rollout phase", "cluster", rec.Cluster, "phase", ph.Name, "err", err)
-	}
+	r.writeRecord(ctx)
 	r.emit(protocol.RolloutEvent{Type: protocol.RolloutEventPhase, Phase: ph.Name})
 }
 
@@ -166,13 +164,9 @@ func (r *rolloutRun) setOutcome(ctx context.Context, out protocol.NodeOutcome) {
 	}
 	r.mu.Lock()
 	r.outcomes[out.Node] = out
-	r.rec.Outcomes = r.ordered()
-	rec := *r.rec
 	r.mu.Unlock()
 	if out.Status != protocol.NodeNotStarted {
-		if err := r.e.state.putRollout(ctx, &rec); err != nil {
-			r.e.log.Warn("record node outcome", "cluster", rec.Cluster, "node", out.Node, "err", err)
-		}
+		r.saveRecord(ctx) // coalesced: see recordInterval
 	}
 	o := out
 	r.emit(protocol.RolloutEvent{Type: protocol.RolloutEventNodeDone, Phase: out.Phase, Node: out.Node, Outcome: &o, Steps: out.Steps})
@@ -248,6 +242,7 @@ func (r *rolloutRun) healthCheck(ctx context.Context, ph planner.Phase) {
 
 // finish stores the final record and builds the result.
 func (r *rolloutRun) finish(ctx context.Context, d time.Duration) *protocol.ApplyResult {
+	r.closeRecord()
 	r.mu.Lock()
 	res := &protocol.ApplyResult{Rollout: r.rec.ID, Cluster: r.rec.Cluster, Image: r.plan.Image, ImageDigest: r.plan.ImageDigest,
 		Halted: r.halted, Resumed: r.rec.Resumes > 0, Duration: d, Nodes: r.ordered(), Health: r.health, OK: true}
@@ -268,6 +263,7 @@ func (r *rolloutRun) finish(ctx context.Context, d time.Duration) *protocol.Appl
 	}
 	r.rec.Finished = time.Now().UTC()
 	r.rec.Phase = ""
+	r.rec.Outcomes = res.Nodes
 	rec := *r.rec
 	r.mu.Unlock()
 	if rec.Kind == KindDelete && res.OK {
@@ -277,6 +273,7 @@ func (r *rolloutRun) finish(ctx context.Context, d time.Duration) *protocol.Appl
 	} else if err := r.e.state.putRollout(ctx, &rec); err != nil {
 		r.e.log.Warn("record rollout end", "cluster", rec.Cluster, "err", err)
 	}
+	r.e.observeRollout(rec.Kind, rec.State, d, res.Nodes)
 	r.emit(protocol.RolloutEvent{Type: protocol.RolloutEventDone, Line: summary(rec.State, res)})
 	return res
 }
