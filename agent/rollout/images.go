@@ -19,13 +19,13 @@ import (
 )
 
 // executeImages runs an "images" step: each blob the node's image cache lacks is
-// fetched exactly as a layer blob is (FetchBlob: peer-to-peer pieces checked as they
+// fetched exactly as a layer blob is (Options.Fetch: peer-to-peer pieces checked as they
 // land, or the controller's HTTPS; into the blob cache, verified), then the images
 // are imported into the cache under the cluster's name (every manifest and blob
 // verified again, all or nothing, replacing the set the cluster had), and blobs no
 // image references any more are deleted. The fetched copies leave the blob cache
 // once imported, unless a layer of some cluster uses the same blob.
-func executeImages(ctx context.Context, sc *agent.StepContext) error {
+func (x *steps) images(ctx context.Context, sc *agent.StepContext) error {
 	var p protocol.ImagesPayload
 	if err := decodePayload(sc, &p); err != nil {
 		return err
@@ -43,7 +43,7 @@ func executeImages(ctx context.Context, sc *agent.StepContext) error {
 	var fetchedBytes int64
 	defer func() {
 		for h := range fetched {
-			_ = gcBlob(sc.DataDir, h.Hex) // kept while a layer record names it
+			_ = x.gcBlob(sc.DataDir, h.Hex) // kept while a layer record names it
 		}
 	}()
 	have := 0
@@ -56,8 +56,8 @@ func executeImages(ctx context.Context, sc *agent.StepContext) error {
 			have++
 			continue
 		}
-		unlock := lockBlob(h.Hex)
-		path, _, err := ensureBlob(ctx, sc, b, h.Hex, "container image blob")
+		unlock := x.blobs.lock(h.Hex)
+		path, _, err := x.ensureBlob(ctx, sc, b, h.Hex, "container image blob")
 		unlock()
 		if err != nil {
 			return err
