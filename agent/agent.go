@@ -100,8 +100,12 @@ type Agent struct {
 	connErr    string // why the last attempt to reach NATS failed; "" once connected
 	connErrAt  time.Time
 	seqMu      sync.Mutex
-	wg         sync.WaitGroup
-	regKick    chan struct{}
+	wg         sync.WaitGroup // running tasks
+	// bg are the goroutines Run started besides tasks (peer, registry
+	// mirror): Run returns once they ended, so nothing writes to the data
+	// dir after it.
+	bg      sync.WaitGroup
+	regKick chan struct{}
 	// clusterTail holds, per cluster, the channel the cluster's last queued
 	// task closes when it ends: tasks of one cluster run one at a time.
 	clusterMu   sync.Mutex
@@ -310,6 +314,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.nc = nc
 	defer nc.Close()
+	defer a.bg.Wait()
 	if _, err := nc.Subscribe(protocol.TaskSubject(a.opts.Name), a.onTask); err != nil {
 		return fmt.Errorf("subscribe tasks: %w", err)
 	}
@@ -319,8 +324,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	if nc.IsConnected() {
 		a.kickRegister()
 	}
-	go a.runPeer(ctx)
-	go a.runRegistry(ctx)
+	a.bg.Go(func() { a.runPeer(ctx) })
+	a.bg.Go(func() { a.runRegistry(ctx) })
 	a.writeStatus()
 	tick := time.NewTicker(a.opts.HeartbeatInterval)
 	defer tick.Stop()

@@ -241,9 +241,9 @@ func (a *Agent) startPeer(ctx context.Context) error {
 	})
 	a.peer.Store(p)
 	p.reseed(ctx)
-	go p.fetcher.Run(ctx)
-	go a.keepPeerCert(ctx, p)
-	go func() {
+	a.bg.Go(func() { p.fetcher.Run(ctx) })
+	a.bg.Go(func() { a.keepPeerCert(ctx, p) })
+	a.bg.Go(func() {
 		<-ctx.Done()
 		a.peer.CompareAndSwap(p, nil)
 		if p.srv != nil {
@@ -251,7 +251,7 @@ func (a *Agent) startPeer(ctx context.Context) error {
 			// they cope with a dropped connection by asking someone else.
 			_ = p.srv.Close()
 		}
-	}()
+	})
 	return nil
 }
 
