@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/flotilla-dev/flotilla/controller/controllertest"
+	"github.com/flotilla-dev/flotilla/internal/waitfor"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
 
@@ -97,16 +98,10 @@ func waitPeerURLs(t *testing.T, f *controllertest.Fleet, names ...string) map[st
 
 func waitFile(t *testing.T, path string) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if _, err := os.Stat(path); err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s did not appear in 30s", path)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	waitfor.Cond(t, 30*time.Second, path+" to appear", func() bool {
+		_, err := os.Stat(path)
+		return err == nil
+	})
 }
 
 func checkPeerCertFile(t *testing.T, dataDir, node string) {
