@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -18,13 +19,16 @@ import (
 	"github.com/flotilla-dev/flotilla/protocol"
 )
 
-// executeImages runs an "images" step: each blob the node's image cache lacks is
+// images runs an "images" step: each blob the node's image cache lacks is
 // fetched exactly as a layer blob is (Options.Fetch: peer-to-peer pieces checked as they
 // land, or the controller's HTTPS; into the blob cache, verified), then the images
 // are imported into the cache under the cluster's name (every manifest and blob
 // verified again, all or nothing, replacing the set the cluster had), and blobs no
 // image references any more are deleted. The fetched copies leave the blob cache
 // once imported, unless a layer of some cluster uses the same blob.
+// imageBlobFetches is how many blobs of one images step are fetched at once.
+const imageBlobFetches = 3
+
 func (x *steps) images(ctx context.Context, sc *agent.StepContext) error {
 	var p protocol.ImagesPayload
 	if err := decodePayload(sc, &p); err != nil {
@@ -46,24 +50,67 @@ func (x *steps) images(ctx context.Context, sc *agent.StepContext) error {
 			_ = x.gcBlob(sc.DataDir, h.Hex) // kept while a layer record names it
 		}
 	}()
+	// Blobs come imageBlobFetches at a time: each one's pieces already flow
+	// through a pipeline, and a few at once hide each blob's start-up (tracker
+	// announce, first peers) behind the others' transfer.
 	have := 0
+	var todo []protocol.LayerPayload
+	seen := map[v1.Hash]bool{}
 	for _, b := range p.Blobs {
 		h, _ := v1.NewHash(b.Digest) // checked above
-		if _, dup := fetched[h]; dup {
+		if seen[h] {
 			continue
 		}
+		seen[h] = true
 		if cache.Has(h) {
 			have++
 			continue
 		}
-		unlock := x.blobs.lock(h.Hex)
-		path, _, err := x.ensureBlob(ctx, sc, b, h.Hex, "container image blob")
-		unlock()
-		if err != nil {
-			return err
+		todo = append(todo, b)
+	}
+	var (
+		mu       sync.Mutex
+		firstErr error
+		wg       sync.WaitGroup
+		slots    = make(chan struct{}, imageBlobFetches)
+	)
+	fctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for _, b := range todo {
+		h, _ := v1.NewHash(b.Digest)
+		select {
+		case slots <- struct{}{}:
+		case <-fctx.Done():
 		}
-		fetched[h] = path
-		fetchedBytes += b.Size
+		if fctx.Err() != nil {
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-slots }()
+			unlock := x.blobs.lock(h.Hex)
+			path, _, err := x.ensureBlob(fctx, sc, b, h.Hex, "container image blob")
+			unlock()
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				if firstErr == nil {
+					firstErr = err
+					cancel()
+				}
+				return
+			}
+			fetched[h] = path
+			fetchedBytes += b.Size
+		}()
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return firstErr
+	}
+	if err := ctx.Err(); err != nil {
+		return err
 	}
 	src := func(_ context.Context, d v1.Descriptor) (io.ReadCloser, error) {
 		path, ok := fetched[d.Digest]
