@@ -12,7 +12,7 @@ import (
 
 	"github.com/flotilla-dev/flotilla/agent"
 	"github.com/flotilla-dev/flotilla/controller"
-	"github.com/flotilla-dev/flotilla/internal/waitfor"
+	"github.com/flotilla-dev/flotilla/internal/poll"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
 
@@ -78,10 +78,12 @@ func startControllerAndAgent(t *testing.T, ex map[string]agent.Executor) *contro
 	done := make(chan struct{})
 	go func() { _ = a.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done; c.Close() })
-	waitfor.Cond(t, 10*time.Second, "agent n1 online", func() bool {
+	if err := poll.Until(t.Context(), 10*time.Second, 20*time.Millisecond, func() bool {
 		n, ok := c.Node("n1")
 		return ok && n.Online
-	})
+	}); err != nil {
+		t.Fatalf("agent n1 online: %v", err)
+	}
 	return c
 }
 

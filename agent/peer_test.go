@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/flotilla-dev/flotilla/controller/controllertest"
-	"github.com/flotilla-dev/flotilla/internal/waitfor"
+	"github.com/flotilla-dev/flotilla/internal/poll"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
 
@@ -98,10 +98,12 @@ func waitPeerURLs(t *testing.T, f *controllertest.Fleet, names ...string) map[st
 
 func waitFile(t *testing.T, path string) {
 	t.Helper()
-	waitfor.Cond(t, 30*time.Second, path+" to appear", func() bool {
+	if err := poll.Until(t.Context(), 30*time.Second, 100*time.Millisecond, func() bool {
 		_, err := os.Stat(path)
 		return err == nil
-	})
+	}); err != nil {
+		t.Fatalf("%s did not appear: %v", path, err)
+	}
 }
 
 func checkPeerCertFile(t *testing.T, dataDir, node string) {

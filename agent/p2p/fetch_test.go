@@ -13,7 +13,7 @@ import (
 
 	"github.com/flotilla-dev/flotilla/agent/p2p"
 	"github.com/flotilla-dev/flotilla/bundle/pieces"
-	"github.com/flotilla-dev/flotilla/internal/waitfor"
+	"github.com/flotilla-dev/flotilla/internal/poll"
 )
 
 func fetchAll(t *testing.T, list pieces.PieceList, nodes []*node) []error {
@@ -188,7 +188,7 @@ func TestDeadOrStalledPeerIsReplaced(t *testing.T) {
 				go func() {
 					// The first request is the event: its answer goes out at
 					// 512 KiB/s, so the server dies in the middle of it.
-					waitfor.Within(10*time.Second, func() bool { return mid.requests.Load() > 0 })
+					_ = poll.Until(t.Context(), 10*time.Second, 10*time.Millisecond, func() bool { return mid.requests.Load() > 0 })
 					started.Add(mid.requests.Load()) // requests cut off mid-transfer
 					mid.srv.CloseClientConnections()
 					mid.srv.Close()

@@ -14,7 +14,7 @@ import (
 
 	"github.com/flotilla-dev/flotilla/agent/p2p"
 	"github.com/flotilla-dev/flotilla/bundle/pieces"
-	"github.com/flotilla-dev/flotilla/internal/waitfor"
+	"github.com/flotilla-dev/flotilla/internal/poll"
 )
 
 // The controller (seed and tracker) goes away once every piece is somewhere
@@ -65,9 +65,11 @@ func TestSeedAndTrackerGoneAfterSeeding(t *testing.T) {
 		}
 		return false
 	}
-	waitfor.Cond(t, 15*time.Second, "every node fetching from its peers", func() bool {
+	if err := poll.Until(ctx, 15*time.Second, 10*time.Millisecond, func() bool {
 		return holdsOne(a, true) && holdsOne(b, false) && holdsOne(cc, true) && holdsOne(cc, false)
-	})
+	}); err != nil {
+		t.Fatalf("every node fetching from its peers: %v", err)
+	}
 	c.trackerSrv.CloseClientConnections()
 	c.trackerSrv.Close()
 	if cc.store.Has(list.Digest) {

@@ -18,7 +18,7 @@ import (
 	"github.com/flotilla-dev/flotilla/agent"
 	"github.com/flotilla-dev/flotilla/agent/rollout"
 	"github.com/flotilla-dev/flotilla/controller"
-	"github.com/flotilla-dev/flotilla/internal/waitfor"
+	"github.com/flotilla-dev/flotilla/internal/poll"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
 
@@ -80,10 +80,12 @@ func TestRolloutStepsThroughAgent(t *testing.T) {
 	done := make(chan struct{})
 	go func() { _ = a.Run(actx); close(done) }()
 	defer func() { acancel(); <-done }()
-	waitfor.Cond(t, 10*time.Second, "agent n1 online", func() bool {
+	if err := poll.Until(t.Context(), 10*time.Second, 20*time.Millisecond, func() bool {
 		n, ok := c.Node("n1")
 		return ok && n.Online
-	})
+	}); err != nil {
+		t.Fatalf("agent n1 online: %v", err)
+	}
 
 	conf := []byte("listen: 0.0.0.0\n")
 	apply := []protocol.Step{

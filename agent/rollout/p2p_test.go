@@ -37,7 +37,7 @@ import (
 	"github.com/flotilla-dev/flotilla/controller"
 	"github.com/flotilla-dev/flotilla/controller/controllertest"
 	"github.com/flotilla-dev/flotilla/controller/tracker"
-	"github.com/flotilla-dev/flotilla/internal/waitfor"
+	"github.com/flotilla-dev/flotilla/internal/poll"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
 
@@ -233,7 +233,9 @@ func (ta *testAgent) stop() {
 
 func waitFor(t *testing.T, d time.Duration, what string, ok func() bool) {
 	t.Helper()
-	waitfor.Cond(t, d, what, ok)
+	if err := poll.Until(context.Background(), d, 20*time.Millisecond, ok); err != nil {
+		t.Fatalf("waiting for %s: %v", what, err)
+	}
 }
 
 // layerRun is one dispatched layer step.
