@@ -125,10 +125,10 @@ func New(ctx context.Context, opts Options) (*Agent, error) {
 		opts.HeartbeatInterval = 5 * time.Second
 	}
 	if err := protocol.ValidateHeartbeatInterval(opts.HeartbeatInterval); err != nil {
-		return nil, fmt.Errorf("--heartbeat-interval: %w", err)
+		return nil, optionErr("HeartbeatInterval", fmt.Errorf("heartbeat interval: %w", err))
 	}
 	if opts.MaxClockSkew < 0 {
-		return nil, fmt.Errorf("--max-clock-skew %s: must not be negative", opts.MaxClockSkew)
+		return nil, optionErr("MaxClockSkew", fmt.Errorf("clock skew allowance %s: must not be negative", opts.MaxClockSkew))
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -139,26 +139,26 @@ func New(ctx context.Context, opts Options) (*Agent, error) {
 	if opts.Name == "" {
 		h, err := os.Hostname()
 		if err != nil {
-			return nil, fmt.Errorf("no --name and no host name: %w", err)
+			return nil, optionErr("Name", fmt.Errorf("no node name given and no host name: %w", err))
 		}
 		opts.Name = h
 	}
 	if err := protocol.ValidateNodeName(opts.Name); err != nil {
-		return nil, fmt.Errorf("--name: %w", err)
+		return nil, optionErr("Name", fmt.Errorf("node name: %w", err))
 	}
-	if err := protocol.ValidateLabels("--labels", opts.Labels); err != nil {
-		return nil, err
+	if err := protocol.ValidateLabels("labels", opts.Labels); err != nil {
+		return nil, optionErr("Labels", err)
 	}
 	root, err := filepath.Abs(opts.Root)
 	if err != nil {
-		return nil, fmt.Errorf("--root: %w", err)
+		return nil, optionErr("Root", fmt.Errorf("root: %w", err))
 	}
 	opts.Root = root
 	if err := os.MkdirAll(root, 0o755); err != nil {
-		return nil, fmt.Errorf("--root %s: %w", root, err)
+		return nil, optionErr("Root", fmt.Errorf("root %s: %w", root, err))
 	}
 	if err := os.MkdirAll(opts.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("--data-dir %s: %w", opts.DataDir, err)
+		return nil, optionErr("DataDir", fmt.Errorf("data dir %s: %w", opts.DataDir, err))
 	}
 	a := &Agent{opts: opts, log: opts.Logger.With("node", opts.Name), running: map[string]context.CancelFunc{}, regKick: make(chan struct{}, 1),
 		clusterTail: map[string]chan struct{}{}}
@@ -182,7 +182,7 @@ func (a *Agent) loadOrJoin(ctx context.Context) error {
 	cr, err := loadCredentials(a.opts.DataDir)
 	if err == nil {
 		if cr.Node != a.opts.Name {
-			return fmt.Errorf("data dir %s belongs to node %q, not %q: use another --data-dir or --name %s", a.opts.DataDir, cr.Node, a.opts.Name, cr.Node)
+			return optionErr("DataDir", fmt.Errorf("data dir %s belongs to node %q, not %q: use another data dir, or the name %s", a.opts.DataDir, cr.Node, a.opts.Name, cr.Node))
 		}
 		a.creds = cr
 		return nil

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/flotilla-dev/flotilla/agent"
-	"github.com/flotilla-dev/flotilla/controller"
+	"github.com/flotilla-dev/flotilla/controller/plane"
 	"github.com/flotilla-dev/flotilla/internal/poll"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
@@ -50,11 +50,11 @@ func (s *sleeper) Execute(ctx context.Context, sc *agent.StepContext) error {
 	}
 }
 
-func startControllerAndAgent(t *testing.T, ex map[string]agent.Executor) *controller.Controller {
+func startControllerAndAgent(t *testing.T, ex map[string]agent.Executor) *plane.Controller {
 	t.Helper()
 	dir := t.TempDir()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	c, err := controller.New(controller.Options{DataDir: filepath.Join(dir, "controller"), Listen: "127.0.0.1:0",
+	c, err := plane.New(plane.Options{DataDir: filepath.Join(dir, "controller"), Listen: "127.0.0.1:0",
 		HTTPListen: "127.0.0.1:0", Advertise: "127.0.0.1", Logger: log})
 	if err != nil {
 		t.Fatal(err)
@@ -96,7 +96,7 @@ func TestClusterTasksRunOneAtATime(t *testing.T) {
 	task := func(id, cluster, d string) *protocol.Task {
 		return &protocol.Task{ID: id, Node: "n1", Cluster: cluster, Steps: []protocol.Step{{Kind: "sleep", Payload: []byte(`"` + d + `"`)}}}
 	}
-	var runs []*controller.TaskRun
+	var runs []*plane.TaskRun
 	// Three tasks of cluster a, interleaved with one of cluster b: a1, a2, a3 in
 	// this order and never together; b1 alongside them.
 	for _, tk := range []*protocol.Task{task("a1", "a", "300ms"), task("a2", "a", "100ms"), task("b1", "b", "300ms"), task("a3", "a", "10ms")} {
@@ -175,7 +175,7 @@ func TestCanceledQueuedTaskKeepsOrder(t *testing.T) {
 	if err != nil || res.OK || !res.Canceled {
 		t.Fatalf("canceled queued task: %+v %v, want canceled", res, err)
 	}
-	for _, r := range []*controller.TaskRun{first, third} {
+	for _, r := range []*plane.TaskRun{first, third} {
 		if res, err := r.Wait(ctx); err != nil || !res.OK {
 			t.Fatalf("task %s: %+v %v", r.Task.ID, res, err)
 		}

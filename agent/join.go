@@ -34,17 +34,17 @@ var errBusy = errors.New("controller busy")
 // controller's HTTPS base URL (default port 9443).
 func NormalizeControllerURL(s string) (string, error) {
 	if s == "" {
-		return "", errors.New("no controller address: give --controller https://HOST:9443")
+		return "", optionErr("Controller", errors.New("no controller address: give its join address https://HOST:9443"))
 	}
 	if !strings.Contains(s, "://") {
 		s = "https://" + s
 	}
 	u, err := url.Parse(s)
 	if err != nil || u.Host == "" {
-		return "", fmt.Errorf("--controller %q: want https://HOST:9443", s)
+		return "", optionErr("Controller", fmt.Errorf("controller address %q: want https://HOST:9443", s))
 	}
 	if u.Scheme != "https" {
-		return "", fmt.Errorf("--controller %q: the agent joins over https://", s)
+		return "", optionErr("Controller", fmt.Errorf("controller address %q: the agent joins over https://", s))
 	}
 	if u.Port() == "" {
 		u.Host += ":9443"
@@ -58,16 +58,16 @@ func fetchCA(ctx context.Context, base, caHash, caFile string) ([]byte, error) {
 	if caFile != "" {
 		pem, err := os.ReadFile(caFile)
 		if err != nil {
-			return nil, fmt.Errorf("--ca-file: %w", err)
+			return nil, optionErr("CAFile", fmt.Errorf("CA file: %w", err))
 		}
 		return pem, nil
 	}
 	if caHash == "" {
-		return nil, errors.New("no way to trust the controller: give --ca-hash sha256:… (printed by `flotilla token create`) or --ca-file")
+		return nil, optionErr("CAHash", errors.New("no way to trust the controller: give the CA hash sha256:… (printed by `flotilla token create`) or the CA file"))
 	}
 	want, err := protocol.ParseCAHash(caHash)
 	if err != nil {
-		return nil, err
+		return nil, optionErr("CAHash", err)
 	}
 	cl := &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, // pinned by hash below
@@ -91,7 +91,7 @@ func fetchCA(ctx context.Context, base, caHash, caFile string) ([]byte, error) {
 // join exchanges a token for credentials over HTTPS verified by the pinned CA.
 func join(ctx context.Context, base, token, caHash, caFile, name, dataDir string, facts protocol.Facts) (*protocol.Credentials, error) {
 	if token == "" {
-		return nil, errors.New("this agent has not joined yet: give --token (from `flotilla token create`)")
+		return nil, optionErr("Token", errors.New("this agent has not joined yet: give a join token (from `flotilla token create`)"))
 	}
 	caPEM, err := fetchCA(ctx, base, caHash, caFile)
 	if err != nil {

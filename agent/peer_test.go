@@ -1,10 +1,8 @@
 package agent_test
 
 import (
-	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"encoding/pem"
 	"io"
 	"net/http"
@@ -74,26 +72,17 @@ func TestAgentsJoinWithPeerCertificates(t *testing.T) {
 
 func waitPeerURLs(t *testing.T, f *controllertest.Fleet, names ...string) map[string]string {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		out, _, code := f.CLI(context.Background(), "nodes", "-o", "json")
-		var nodes []protocol.NodeInfo
-		urls := map[string]string{}
-		if code == 0 && json.Unmarshal([]byte(out), &nodes) == nil {
-			for _, n := range nodes {
-				if strings.HasPrefix(n.PeerURL, "https://127.0.0.1:") {
-					urls[n.Name] = n.PeerURL
-				}
+	urls := map[string]string{}
+	f.WaitNodes(30*time.Second, "nodes report PeerURLs", func(nodes []protocol.NodeInfo) bool {
+		clear(urls)
+		for _, n := range nodes {
+			if strings.HasPrefix(n.PeerURL, "https://127.0.0.1:") {
+				urls[n.Name] = n.PeerURL
 			}
 		}
-		if len(urls) == len(names) {
-			return urls
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("nodes did not report PeerURLs in 30s: %s", out)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return len(urls) == len(names)
+	})
+	return urls
 }
 
 func waitFile(t *testing.T, path string) {

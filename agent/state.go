@@ -42,7 +42,7 @@ type Status struct {
 func ReadStatus(dataDir string) (*Status, error) {
 	data, err := os.ReadFile(filepath.Join(dataDir, fileStatus))
 	if err != nil {
-		return nil, fmt.Errorf("agent status: %w (is an agent running with --data-dir %s?)", err, dataDir)
+		return nil, fmt.Errorf("agent status: %w (is an agent running with the data dir %s?)", err, dataDir)
 	}
 	var st Status
 	if err := json.Unmarshal(data, &st); err != nil {

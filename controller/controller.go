@@ -1,370 +1,212 @@
-// Package controller is flotilla's control plane: an embedded NATS server with
-// JetStream, the node inventory, join tokens, signed task dispatch and the admin
-// request handlers the CLI talks to.
+// Package controller builds flotilla's whole controller from its parts: the
+// control plane (controller/plane: embedded NATS + JetStream, node inventory,
+// join tokens, signed task dispatch, admin requests, event history), the
+// rollout engine (controller/rollout) with its layer blob server, and the
+// peer-to-peer seed and tracker (controller/tracker). It also resumes the
+// rollouts a stopped controller left running.
 //
-// Use it as a library: New(opts), Start(ctx), then Dispatch tasks to nodes,
-// read Nodes, register more admin handlers with HandleAdmin, keep state in your
-// own JetStream buckets through JetStream(), and Close when done.
+// New(Options) builds it, Start and Close (or Run) run it. `flotilla controller`
+// only parses flags into Options; tests start a controller in-process through
+// the same call.
+//
+// It must not import agent/ (nodes speak to it only through protocol/) nor
+// client/ (admins do the same).
 package controller
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
-	"crypto/tls"
-	"encoding/base64"
-	"errors"
 	"fmt"
 	"log/slog"
-	"net"
+	"maps"
 	"net/http"
-
+	"os"
 	"path/filepath"
-	"strconv"
-	"sync"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/bundle/store"
+	"github.com/flotilla-dev/flotilla/controller/plane"
+	"github.com/flotilla-dev/flotilla/controller/rollout"
+	"github.com/flotilla-dev/flotilla/controller/tracker"
 	"github.com/flotilla-dev/flotilla/protocol"
-	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Defaults of the per-node event history (Options.NodeEvent…).
+const (
+	DefaultNodeEventRate    = plane.DefaultNodeEventRate
+	DefaultNodeEventBurst   = plane.DefaultNodeEventBurst
+	DefaultNodeEventHistory = plane.DefaultNodeEventHistory
 )
 
 // Options configure a Controller. Zero values take the documented defaults.
 type Options struct {
-	// DataDir holds the CA, keys, admin credentials and JetStream (default /var/lib/flotilla).
+	// DataDir holds the CA, keys, admin credentials, JetStream and the seed's
+	// pieces (default plane.DefaultDataDir).
 	DataDir string
 	// Listen is the NATS (TLS) address (default 0.0.0.0:4222; port 0 picks one).
 	Listen string
-	// HTTPListen is the HTTPS join/bootstrap address (default 0.0.0.0:9443; port 0 picks one).
+	// HTTPListen is the HTTPS address of joins, the CA, layer blobs and pieces
+	// (default 0.0.0.0:9443; port 0 picks one).
 	HTTPListen string
-	// Advertise is the host agents and the one-liner use to reach this controller
-	// (default: the first global unicast IPv4 address, else 127.0.0.1).
+	// Advertise is the host agents reach this controller at (default: the first
+	// global unicast IPv4 address, else 127.0.0.1).
 	Advertise string
-	// Handlers are mounted on the HTTPS mux beside /v1/ca.crt and /v1/join (pattern -> handler).
+	// ImageStore is the image store directory rollouts resolve images in (default
+	// store.DefaultDir()). When it cannot be opened the controller still serves
+	// joins, exec and tokens, and rollout requests answer why.
+	ImageStore string
+	// UnreachableTimeout is how long a rollout retries an offline node before it
+	// reports it unreachable and goes on (default 2m).
+	UnreachableTimeout time.Duration
+	// Handlers are more HTTPS handlers (pattern -> handler), such as the
+	// bootstrap script and the agent binaries.
 	Handlers map[string]http.Handler
-	// AgentHandlers are mounted like Handlers, for agents only: a valid peer
-	// certificate of a node in the inventory now (RequireMember).
-	AgentHandlers map[string]http.Handler
+	// NodeEventRate, NodeEventBurst and NodeEventHistory bound each node's event
+	// history (see plane.Options).
+	NodeEventRate, NodeEventBurst, NodeEventHistory int
+	// JoinRate, JoinBurst, MaxJoinSources and MaxConcurrentJoins limit joins
+	// (see plane.Options).
+	JoinRate           float64
+	JoinBurst          int
+	MaxJoinSources     int
+	MaxConcurrentJoins int
+	// HTTPReadHeaderTimeout is the time an HTTPS client has for the TLS handshake
+	// and its request headers (default httpserve.ReadHeaderTimeout).
+	HTTPReadHeaderTimeout time.Duration
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
-	// TaskTTL is how long a signed task stays valid for an agent to accept (default 5m).
-	TaskTTL time.Duration
-	// NodeEventRate and NodeEventBurst bound the events per second each node gets
-	// into the event history (default DefaultNodeEventRate, DefaultNodeEventBurst);
-	// NodeEventHistory is how many events per node it keeps (default DefaultNodeEventHistory).
-	NodeEventRate, NodeEventBurst, NodeEventHistory int
-	// JoinRate and JoinBurst limit joins per source address (IPv6: per /64)
-	// (default 5 per second, bursts of 20); MaxJoinSources bounds how many
-	// source addresses are tracked (default 10000, least recently seen dropped).
-	JoinRate       float64
-	JoinBurst      int
-	MaxJoinSources int
-	// MaxConcurrentJoins caps joins in flight; more get 503 at once (default 32).
-	MaxConcurrentJoins int
-	// HTTPReadHeaderTimeout overrides httpserve.ReadHeaderTimeout (tests).
-	HTTPReadHeaderTimeout time.Duration
 }
 
-// Controller is a running control plane.
+// Controller is the whole controller. The control plane's methods (Dispatch,
+// Nodes, LocalAgentCredentials, NATSURL, ...) are promoted from plane.Controller.
 type Controller struct {
-	opts Options
-	log  *slog.Logger
-	pki  *pki
-
-	ns   *server.Server
-	nc   *nats.Conn
-	js   jetstream.JetStream
-	http *http.Server
-
-	natsAddr, httpAddr net.Addr
-	internalPass       string
-	adminPass          string
-
-	inv      *inventory
-	tokens   *tokenStore
-	seq      *sequencer
-	auth     *authenticator
-	offenses *offenses
-	clockLog *offenses // clock-skew warnings, rarer
-	events   *eventLog
-	runsMu   sync.Mutex
-	runs     map[string]*TaskRun // in flight, by events subject
-	joins    *joinGuard
-	// registered tells watchers (the rollout engine) about accepted registrations.
-	registered registrations
-	joinMu     sync.Mutex // a name's existence check and its admission are one step
-
-	adminMu  sync.RWMutex
-	admin    map[string]AdminHandler
-	signMu   sync.Mutex
-	ctx      context.Context
-	cancel   context.CancelFunc
-	wg       sync.WaitGroup
-	closeMu  sync.Mutex
-	closed   bool
-	subs     []*nats.Subscription
-	started  bool
-	httpLn   net.Listener
-	handlers map[string]http.Handler
+	*plane.Controller
+	log      *slog.Logger
+	opts     Options
+	store    *store.Store        // nil: rollouts are off (storeErr says why)
+	storeErr error               // why the image store could not be opened
+	blobs    *rollout.BlobServer // nil with store
+	seed     *tracker.Seed       // nil: peer-to-peer is off, layers come from blob URLs
+	engine   *rollout.Engine     // set by Start
+	cancel   context.CancelFunc  // stops the seed's announcements
 }
 
-// New prepares a controller: it creates the data dir, the CA, the server
-// certificate, the signing key and the admin credentials if missing. Start runs it.
+// New prepares a controller: the data dir, the CA, keys and admin credentials
+// (created if missing), the image store, the blob server and the seed. Nothing
+// listens before Start.
 func New(opts Options) (*Controller, error) {
 	if opts.DataDir == "" {
-		opts.DataDir = "/var/lib/flotilla"
+		opts.DataDir = plane.DefaultDataDir
 	}
-	if opts.Listen == "" {
-		opts.Listen = "0.0.0.0:4222"
-	}
-	if opts.HTTPListen == "" {
-		opts.HTTPListen = "0.0.0.0:9443"
+	if opts.ImageStore == "" {
+		opts.ImageStore = store.DefaultDir()
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	adv, err := advertiseFor(opts.Listen, opts.HTTPListen, opts.Advertise)
+	log := opts.Logger
+	// Before the seed creates its dir inside it (a data dir it created would
+	// otherwise get its 0755).
+	if err := os.MkdirAll(opts.DataDir, 0o700); err != nil {
+		return nil, &plane.OptionError{Option: "DataDir", Err: fmt.Errorf("controller data dir %s: %w", opts.DataDir, err)}
+	}
+	c := &Controller{log: log, opts: opts}
+	handlers := maps.Clone(opts.Handlers)
+	if handlers == nil {
+		handlers = map[string]http.Handler{}
+	}
+	if c.store, c.storeErr = store.Open(opts.ImageStore); c.storeErr != nil {
+		c.store = nil
+		c.storeErr = fmt.Errorf("rollout engine unavailable: image store %s: %w (set %s to a store this user can write)", opts.ImageStore, c.storeErr, store.EnvStore)
+		log.Error("rollout engine", "err", c.storeErr)
+	} else {
+		var err error
+		if c.blobs, err = rollout.NewBlobServer(opts.DataDir, c.store, log); err != nil {
+			return nil, err
+		}
+		handlers["GET "+rollout.BlobPath+"{digest}"] = c.blobs
+	}
+	var agentHandlers map[string]http.Handler
+	seedLog := log.With("component", "seed")
+	if seed, err := tracker.NewSeed(filepath.Join(opts.DataDir, "seed"), tracker.New(0), seedLog); err != nil {
+		log.Error("peer-to-peer distribution off: layers come from the controller alone", "err", err)
+	} else {
+		c.seed = seed
+		// The tracker and the seed's pieces are for agents only: their peer
+		// certificate (mutual TLS) and a node in the inventory now, asked on
+		// every request. c.Controller is set below, before anything listens.
+		agentHandlers = seed.Handlers(tracker.Access{
+			Identify: plane.AgentFromRequest,
+			Member:   func(node string) bool { return c.Controller.IsMember(node) },
+			Log:      seedLog,
+		})
+	}
+	p, err := plane.New(plane.Options{DataDir: opts.DataDir, Listen: opts.Listen, HTTPListen: opts.HTTPListen,
+		Advertise: opts.Advertise, Handlers: handlers, AgentHandlers: agentHandlers, Logger: log,
+		NodeEventRate: opts.NodeEventRate, NodeEventBurst: opts.NodeEventBurst, NodeEventHistory: opts.NodeEventHistory,
+		JoinRate: opts.JoinRate, JoinBurst: opts.JoinBurst, MaxJoinSources: opts.MaxJoinSources,
+		MaxConcurrentJoins: opts.MaxConcurrentJoins, HTTPReadHeaderTimeout: opts.HTTPReadHeaderTimeout})
 	if err != nil {
 		return nil, err
 	}
-	opts.Advertise = adv
-	if opts.TaskTTL <= 0 {
-		opts.TaskTTL = 5 * time.Minute
-	}
-	if opts.NodeEventRate <= 0 {
-		opts.NodeEventRate = DefaultNodeEventRate
-	}
-	if opts.NodeEventBurst <= 0 {
-		opts.NodeEventBurst = DefaultNodeEventBurst
-	}
-	if opts.NodeEventHistory <= 0 {
-		opts.NodeEventHistory = DefaultNodeEventHistory
-	}
-	if err := prepareDataDir(opts.DataDir, opts.Logger); err != nil {
-		return nil, err
-	}
-	p, err := loadOrCreatePKI(opts.DataDir, localHosts(opts.Advertise))
-	if err != nil {
-		return nil, fmt.Errorf("controller PKI in %s: %w", opts.DataDir, err)
-	}
-	c := &Controller{opts: opts, log: opts.Logger, pki: p, admin: map[string]AdminHandler{}, internalPass: randomSecret(),
-		offenses: newOffenses(opts.Logger, 10*time.Second), clockLog: newOffenses(opts.Logger, 10*time.Minute), runs: map[string]*TaskRun{},
-		joins: newJoinGuard(opts.JoinRate, opts.JoinBurst, opts.MaxJoinSources, opts.MaxConcurrentJoins)}
-	c.events = newEventLog(c)
-	c.registerBuiltinAdmin()
-	c.registerNodeAdmin()
+	c.Controller = p
 	return c, nil
 }
 
-// Start runs the NATS server, opens the JetStream buckets, subscribes to agent
-// traffic and serves HTTPS. It returns once everything accepts connections.
+// Start runs the control plane, then the seed and the rollout engine, and
+// resumes the rollouts a stopped controller left running. It returns once
+// everything accepts connections.
 func (c *Controller) Start(ctx context.Context) error {
-	c.ctx, c.cancel = context.WithCancel(context.Background())
-	if err := c.startNATS(); err != nil {
+	if err := c.Controller.Start(ctx); err != nil {
 		return err
 	}
-	if err := c.openState(ctx); err != nil {
-		c.Close()
-		return err
+	var bg context.Context
+	bg, c.cancel = context.WithCancel(context.Background())
+	if c.seed != nil {
+		c.seed.SetAddr(c.HTTPURL())
+		go c.seed.Run(bg)
 	}
-	if err := c.writeAdminCreds(); err != nil {
-		c.Close()
-		return err
-	}
-	if err := c.subscribe(); err != nil {
-		c.Close()
-		return err
-	}
-	if err := c.startHTTP(); err != nil {
-		c.Close()
-		return err
-	}
-	c.started = true
-	c.log.Info("controller ready", "nats", c.NATSURL(), "https", c.HTTPURL(), "dataDir", c.opts.DataDir, "caHash", c.CAHash())
-	return nil
-}
-
-func (c *Controller) startNATS() error {
-	host, portS, err := net.SplitHostPort(c.opts.Listen)
-	if err != nil {
-		return fmt.Errorf("--listen %q: %w", c.opts.Listen, err)
-	}
-	port, err := strconv.Atoi(portS)
-	if err != nil {
-		return fmt.Errorf("--listen %q: bad port", c.opts.Listen)
-	}
-	if port == 0 {
-		port = server.RANDOM_PORT
-	}
-	adminCreds, err := c.loadAdminPassword()
-	if err != nil {
-		return err
-	}
-	c.adminPass = adminCreds
-	c.auth = &authenticator{c: c, agents: map[string][]byte{}}
-	sopts := &server.Options{
-		ServerName:                 "flotilla",
-		Host:                       host,
-		Port:                       port,
-		JetStream:                  true,
-		StoreDir:                   filepath.Join(c.opts.DataDir, "jetstream"),
-		TLSConfig:                  &tls.Config{Certificates: []tls.Certificate{c.pki.server}, MinVersion: tls.VersionTLS12},
-		TLSTimeout:                 5,
-		CustomClientAuthentication: c.auth,
-		NoSigs:                     true,
-		NoLog:                      true,
-		MaxPayload:                 1 << 20,
-		PingInterval:               10 * time.Second,
-		MaxPingsOut:                3,
-	}
-	ns, err := server.NewServer(sopts)
-	if err != nil {
-		return fmt.Errorf("embedded NATS: %w", err)
-	}
-	c.auth.global = ns.GlobalAccount()
-	ns.SetLoggerV2(&natsLogger{log: c.log.With("component", "nats")}, false, false, false)
-	go ns.Start()
-	if !ns.ReadyForConnections(15 * time.Second) {
-		ns.Shutdown()
-		return fmt.Errorf("embedded NATS on %s did not become ready in 15s (port in use?)", c.opts.Listen)
-	}
-	c.ns = ns
-	c.natsAddr = ns.Addr()
-	nc, err := nats.Connect("", nats.InProcessServer(ns), nats.UserInfo(userController, c.internalPass),
-		nats.Name("flotilla-controller"), nats.MaxReconnects(-1))
-	if err != nil {
-		return fmt.Errorf("controller connection to embedded NATS: %w", err)
-	}
-	c.nc = nc
-	if c.js, err = jetstream.New(nc); err != nil {
-		return fmt.Errorf("jetstream: %w", err)
-	}
-	return nil
-}
-
-func (c *Controller) openState(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	var err error
-	if c.inv, err = openInventory(ctx, c.js, c.log); err != nil {
-		return err
-	}
-	if c.tokens, err = openTokens(ctx, c.js); err != nil {
-		return err
-	}
-	if c.seq, err = openSequencer(ctx, c.js); err != nil {
-		return err
-	}
-	for name, hash := range c.inv.secretHashes() {
-		c.auth.setAgent(name, hash)
-	}
-	if _, err = c.js.CreateOrUpdateStream(ctx, c.eventsStreamConfig()); err != nil {
-		return fmt.Errorf("events stream: %w", err)
-	}
-	return nil
-}
-
-func (c *Controller) subscribe() error {
-	// Every subject a node publishes on goes through fromNode (reply subjects
-	// outside the node's inbox are dropped); admin subjects only admins reach.
-	for subj, h := range map[string]nats.MsgHandler{
-		protocol.AllRegister:  c.fromNode(c.onRegister),
-		protocol.AllHeartbeat: c.fromNode(c.onHeartbeat),
-		protocol.AllEvents:    c.fromNode(c.events.ingest),
-		protocol.AllAdmin:     c.onAdmin,
-	} {
-		sub, err := c.nc.Subscribe(subj, h)
-		if err != nil {
-			return fmt.Errorf("subscribe %s: %w", subj, err)
+	if c.store == nil {
+		for _, name := range []string{protocol.AdminPlan, protocol.AdminApply, protocol.AdminStatus, protocol.AdminDelete, protocol.AdminAttach} {
+			c.HandleAdmin(name, func(context.Context, *plane.AdminCall) (any, error) { return nil, c.storeErr })
 		}
-		c.subs = append(c.subs, sub)
-	}
-	return c.nc.Flush()
-}
-
-// Close stops HTTPS, NATS and every background goroutine.
-func (c *Controller) Close() error {
-	c.closeMu.Lock()
-	defer c.closeMu.Unlock()
-	if c.closed {
 		return nil
 	}
-	c.closed = true
+	var decorate func(context.Context, rollout.LayerRequest) error
+	if c.seed != nil {
+		decorate = rollout.PeerToPeer(c.store, c.seed, c.log.With("component", "seed"))
+	}
+	e, err := rollout.New(c.Controller, c.store, rollout.Options{Blobs: c.blobs, Logger: c.log,
+		UnreachableTimeout: c.opts.UnreachableTimeout, DecorateLayer: decorate})
+	if err != nil {
+		c.Close()
+		return err
+	}
+	c.engine = e
+	e.Register()
+	c.log.Info("rollout engine ready", "component", "rollout", "store", c.store.Dir())
+	if err := e.Resume(ctx); err != nil {
+		c.log.Error("resume interrupted rollouts", "err", err)
+	}
+	return nil
+}
+
+// Run starts the controller, serves until ctx ends, then closes it.
+func (c *Controller) Run(ctx context.Context) error {
+	if err := c.Start(ctx); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	return c.Close()
+}
+
+// Close stops the rollout engine (running rollouts stay recorded as running and
+// resume at the next Start), the seed and the control plane.
+func (c *Controller) Close() error {
+	if c.engine != nil {
+		c.engine.Close()
+	}
 	if c.cancel != nil {
 		c.cancel()
 	}
-	if c.http != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		_ = c.http.Shutdown(ctx)
-		cancel()
-	}
-	if c.nc != nil {
-		_ = c.nc.Drain()
-		c.nc.Close()
-	}
-	c.wg.Wait()
-	if c.ns != nil {
-		c.ns.Shutdown()
-		c.ns.WaitForShutdown()
-	}
-	return nil
+	return c.Controller.Close()
 }
-
-// Conn is the controller's own NATS connection (full permissions).
-func (c *Controller) Conn() *nats.Conn { return c.nc }
-
-// JetStream is the controller's JetStream context; other components keep their
-// state in their own buckets (name them flotilla_<component>_…).
-func (c *Controller) JetStream() jetstream.JetStream { return c.js }
-
-// NATSURL is the URL agents and the CLI use: tls://ADVERTISE:PORT.
-func (c *Controller) NATSURL() string {
-	return "tls://" + net.JoinHostPort(c.opts.Advertise, strconv.Itoa(addrPort(c.natsAddr)))
-}
-
-// HTTPURL is the HTTPS base: https://ADVERTISE:PORT.
-func (c *Controller) HTTPURL() string {
-	return "https://" + net.JoinHostPort(c.opts.Advertise, strconv.Itoa(addrPort(c.httpAddr)))
-}
-
-// CAPEM is the CA certificate exactly as served at /v1/ca.crt.
-func (c *Controller) CAPEM() []byte { return c.pki.caPEM }
-
-// CAHash is protocol.CAHash(CAPEM()): the --ca-hash value of the one-liner.
-func (c *Controller) CAHash() string { return protocol.CAHash(c.pki.caPEM) }
-
-// SigningKey is the public half of the task-signing key.
-func (c *Controller) SigningKey() ed25519.PublicKey {
-	return c.pki.signing.Public().(ed25519.PublicKey)
-}
-
-// AdminCredsPath is where the admin credential file lives.
-func (c *Controller) AdminCredsPath() string { return filepath.Join(c.opts.DataDir, FileAdminCreds) }
-
-func addrPort(a net.Addr) int {
-	if ta, ok := a.(*net.TCPAddr); ok {
-		return ta.Port
-	}
-	return 0
-}
-
-func randomSecret() string {
-	b := make([]byte, 32)
-	if _, err := rand.Read(b); err != nil {
-		panic(fmt.Sprintf("crypto/rand: %v", err))
-	}
-	return base64.RawURLEncoding.EncodeToString(b)
-}
-
-var errClosed = errors.New("controller closed")
-
-// natsLogger forwards the embedded server's warnings and errors to slog.
-type natsLogger struct{ log *slog.Logger }
-
-func (l *natsLogger) Noticef(format string, v ...any) { l.log.Debug(fmt.Sprintf(format, v...)) }
-func (l *natsLogger) Warnf(format string, v ...any)   { l.log.Warn(fmt.Sprintf(format, v...)) }
-func (l *natsLogger) Fatalf(format string, v ...any)  { l.log.Error(fmt.Sprintf(format, v...)) }
-func (l *natsLogger) Errorf(format string, v ...any)  { l.log.Warn(fmt.Sprintf(format, v...)) }
-func (l *natsLogger) Debugf(format string, v ...any)  { l.log.Debug(fmt.Sprintf(format, v...)) }
-func (l *natsLogger) Tracef(format string, v ...any)  {}

@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flotilla-dev/flotilla/controller"
+	"github.com/flotilla-dev/flotilla/controller/plane"
 )
 
 // runOneLiner runs a bootstrap one-liner the way an operator does (sh -c, the
@@ -49,7 +49,7 @@ func TestHostileBootstrapMITM(t *testing.T) {
 
 	// The real controller, serving a harmless bootstrap.sh (the real one would
 	// install an agent on this machine).
-	c, err := controller.New(controller.Options{DataDir: filepath.Join(dir, "controller"), Listen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0",
+	c, err := plane.New(plane.Options{DataDir: filepath.Join(dir, "controller"), Listen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0",
 		Advertise: "127.0.0.1", Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Handlers: map[string]http.Handler{"GET /bootstrap.sh": http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			io.WriteString(w, genuine)
@@ -96,7 +96,7 @@ func TestHostileBootstrapMITM(t *testing.T) {
 	tmp := t.TempDir()
 
 	// Without an attacker the line runs the controller's script with its arguments.
-	out, err := runOneLiner(t, tmp, controller.BootstrapOneLiner(c.HTTPURL(), token, c.CAHash())+" --timeout 60")
+	out, err := runOneLiner(t, tmp, plane.BootstrapOneLiner(c.HTTPURL(), token, c.CAHash())+" --timeout 60")
 	got, rerr := os.ReadFile(genuineRan)
 	if err != nil || rerr != nil || !strings.Contains(string(got), "--token "+token+" --ca-hash "+c.CAHash()+" --ca-file ") ||
 		!strings.HasSuffix(strings.TrimSpace(string(got)), "--timeout 60") {
@@ -117,7 +117,7 @@ func TestHostileBootstrapMITM(t *testing.T) {
 		{"attacker serving its own CA", ownCA.URL, "FAILED"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			out, err := runOneLiner(t, tmp, controller.BootstrapOneLiner(tc.url, token, c.CAHash()))
+			out, err := runOneLiner(t, tmp, plane.BootstrapOneLiner(tc.url, token, c.CAHash()))
 			if exists(pwned) {
 				t.Fatalf("the one-liner ran the tampered script:\n%s", out)
 			}

@@ -22,6 +22,10 @@ type JoinRequest struct {
 	CSR []byte `json:"csr,omitempty"`
 }
 
+// AdminCredsFile is the name of the admin credential file (a Credentials for
+// the admin user) the controller writes into its data dir.
+const AdminCredsFile = "admin.creds"
+
 // Credentials are what a node keeps after joining; with them it no longer needs a token.
 type Credentials struct {
 	Node     string   `json:"node"`
@@ -55,7 +59,7 @@ func CAHash(pem []byte) string {
 func ParseCAHash(s string) (string, error) {
 	h := strings.ToLower(strings.TrimPrefix(strings.TrimSpace(s), "sha256:"))
 	if b, err := hex.DecodeString(h); err != nil || len(b) != sha256.Size {
-		return "", fmt.Errorf("--ca-hash %q: want sha256:<64 hex digits>", s)
+		return "", fmt.Errorf("CA hash %q: want sha256:<64 hex digits>", s)
 	}
 	return "sha256:" + h, nil
 }

@@ -239,13 +239,24 @@ type StatusRequest struct {
 	Cluster string `json:"cluster,omitempty"`
 }
 
+// Rollout states (ClusterStatus.State).
+const (
+	RolloutRunning = "running"
+	RolloutDone    = "done"
+	RolloutFailed  = "failed"
+	RolloutHalted  = "halted"
+	// RolloutInterrupted is reported (never stored) for a rollout recorded as
+	// running that no controller runs.
+	RolloutInterrupted = "interrupted"
+)
+
 // ClusterStatus is what the controller knows of one cluster.
 type ClusterStatus struct {
 	Cluster     string       `json:"cluster"`
 	Image       string       `json:"image"`       // desired, from the last applied Clusterfile
 	ImageDigest string       `json:"imageDigest"` // desired
 	Rollout     string       `json:"rollout,omitempty"`
-	State       string       `json:"state"` // running, done, failed, halted, interrupted
+	State       string       `json:"state"` // one of the Rollout* states
 	Started     time.Time    `json:"started,omitempty"`
 	Finished    time.Time    `json:"finished,omitempty"`
 	Nodes       []NodeStatus `json:"nodes"`

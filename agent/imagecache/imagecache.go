@@ -39,7 +39,7 @@ import (
 
 	"github.com/flotilla-dev/flotilla/agent/mirror"
 	"github.com/flotilla-dev/flotilla/bundle/carry"
-	"github.com/flotilla-dev/flotilla/bundle/plan"
+	"github.com/flotilla-dev/flotilla/bundle/recipe"
 	"github.com/flotilla-dev/flotilla/internal/atomicfile"
 )
 
@@ -51,7 +51,7 @@ const lockTimeout = 10 * time.Minute
 
 // Image is one container image in the cache.
 type Image struct {
-	// Name is the normalized reference (plan.ContainerImage.Name): the mirror answers
+	// Name is the normalized reference (recipe.ContainerImage.Name): the mirror answers
 	// its tag and digest in its registry and repository.
 	Name       string        `json:"name"`
 	Descriptor v1.Descriptor `json:"descriptor"`
@@ -191,7 +191,7 @@ type ImportResult struct {
 // and, for platform (nil: all), the manifests and blobs under it, taking what the cache
 // lacks from src (nil: the cache must hold everything). Every byte is verified against
 // its digest and size; on any error nothing is stored and images.json is unchanged.
-func (c *Cache) Import(ctx context.Context, owner string, images []plan.ContainerImage, platform *v1.Platform, src Source) (ImportResult, error) {
+func (c *Cache) Import(ctx context.Context, owner string, images []recipe.ContainerImage, platform *v1.Platform, src Source) (ImportResult, error) {
 	var res ImportResult
 	if err := validOwner(owner); err != nil {
 		return res, err
@@ -251,7 +251,7 @@ type importer struct {
 	bytes  int64
 }
 
-func (im *importer) image(ci plan.ContainerImage, platform *v1.Platform) (Image, error) {
+func (im *importer) image(ci recipe.ContainerImage, platform *v1.Platform) (Image, error) {
 	r, err := carry.ParseRef(ci.Name)
 	if err != nil {
 		return Image{}, err

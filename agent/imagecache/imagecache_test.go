@@ -12,7 +12,7 @@ import (
 	"github.com/flotilla-dev/flotilla/agent/imagecache"
 	"github.com/flotilla-dev/flotilla/agent/imagecache/imagecachetest"
 	"github.com/flotilla-dev/flotilla/agent/mirror"
-	"github.com/flotilla-dev/flotilla/bundle/plan"
+	"github.com/flotilla-dev/flotilla/bundle/recipe"
 )
 
 var _ mirror.Content = (*imagecache.Cache)(nil)
@@ -42,7 +42,7 @@ func TestImportAndGCKeepSharedBlobs(t *testing.T) {
 	img1 := src.AddImage(t, "docker.io/library/one:1", imagecachetest.Image(t, nil, shared, imagecachetest.Layer(t, 1000)))
 	img2 := src.AddImage(t, "registry.local:5000/two/two:2", imagecachetest.Image(t, nil, shared, imagecachetest.Layer(t, 1000)))
 	c := open(t)
-	r, err := c.Import(ctx, "a", []plan.ContainerImage{img1, img2}, nil, src.Open)
+	r, err := c.Import(ctx, "a", []recipe.ContainerImage{img1, img2}, nil, src.Open)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,11 +50,11 @@ func TestImportAndGCKeepSharedBlobs(t *testing.T) {
 		t.Fatalf("import = %+v, %d blobs; want 2 images, 7 blobs (the shared layer once)", r, blobs(t, c))
 	}
 	// Another owner with an image already there fetches nothing (no source needed).
-	if r, err := c.Import(ctx, "b", []plan.ContainerImage{img2}, nil, nil); err != nil || r.NewBlobs != 0 {
+	if r, err := c.Import(ctx, "b", []recipe.ContainerImage{img2}, nil, nil); err != nil || r.NewBlobs != 0 {
 		t.Fatalf("second owner: %+v %v", r, err)
 	}
 	// Owner a upgrades to img1 only: img2 stays, b still has it.
-	if _, err := c.Import(ctx, "a", []plan.ContainerImage{img1}, nil, nil); err != nil {
+	if _, err := c.Import(ctx, "a", []recipe.ContainerImage{img1}, nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	if g, err := c.GC(ctx, []string{"a", "b"}); err != nil || g.Blobs != 0 {
@@ -88,7 +88,7 @@ func TestImportOnePlatform(t *testing.T) {
 		"linux/arm64/v8": imagecachetest.Image(t, &v1.Platform{OS: "linux", Architecture: "arm64", Variant: "v8"}, imagecachetest.Layer(t, 500)),
 	})
 	c := open(t)
-	r, err := c.Import(context.Background(), "a", []plan.ContainerImage{idx}, &v1.Platform{OS: "linux", Architecture: "arm64"}, src.Open)
+	r, err := c.Import(context.Background(), "a", []recipe.ContainerImage{idx}, &v1.Platform{OS: "linux", Architecture: "arm64"}, src.Open)
 	if err != nil || r.NewBlobs != 4 {
 		t.Fatalf("import arm64: %+v %v (want index, manifest, config, layer)", r, err)
 	}
@@ -123,10 +123,10 @@ func TestImportRefusesBadInput(t *testing.T) {
 			missing[k] = v
 		}
 	}
-	with := func(f func(*plan.ContainerImage)) plan.ContainerImage { c := good; f(&c); return c }
+	with := func(f func(*recipe.ContainerImage)) recipe.ContainerImage { c := good; f(&c); return c }
 	cases := []struct {
 		name  string
-		image plan.ContainerImage
+		image recipe.ContainerImage
 		src   imagecache.Source
 		want  string
 	}{
@@ -134,16 +134,16 @@ func TestImportRefusesBadInput(t *testing.T) {
 		{"layer too short", good, short.Open, "the source sent 100 bytes"},
 		{"layer missing", good, missing.Open, "test source has no " + ld.String()},
 		{"no source", good, nil, "no source"},
-		{"unknown media type", with(func(c *plan.ContainerImage) { c.MediaType = "application/vnd.example+json" }), src.Open, "unknown media type"},
-		{"manifest digest lies", with(func(c *plan.ContainerImage) { c.Digest = "sha256:" + strings.Repeat("a", 64) }), src.Open, "test source has no"},
-		{"name not normalized", with(func(c *plan.ContainerImage) { c.Name = "good:1" }), src.Open, "not normalized"},
-		{"path in name", with(func(c *plan.ContainerImage) { c.Name = "docker.io/../../etc:1" }), src.Open, "invalid container image reference"},
-		{"digest ref of another image", with(func(c *plan.ContainerImage) { c.Name = "docker.io/library/good@sha256:" + strings.Repeat("b", 64) }), src.Open, "the reference names"},
+		{"unknown media type", with(func(c *recipe.ContainerImage) { c.MediaType = "application/vnd.example+json" }), src.Open, "unknown media type"},
+		{"manifest digest lies", with(func(c *recipe.ContainerImage) { c.Digest = "sha256:" + strings.Repeat("a", 64) }), src.Open, "test source has no"},
+		{"name not normalized", with(func(c *recipe.ContainerImage) { c.Name = "good:1" }), src.Open, "not normalized"},
+		{"path in name", with(func(c *recipe.ContainerImage) { c.Name = "docker.io/../../etc:1" }), src.Open, "invalid container image reference"},
+		{"digest ref of another image", with(func(c *recipe.ContainerImage) { c.Name = "docker.io/library/good@sha256:" + strings.Repeat("b", 64) }), src.Open, "the reference names"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			c := open(t)
-			_, err := c.Import(context.Background(), "a", []plan.ContainerImage{tc.image}, nil, tc.src)
+			_, err := c.Import(context.Background(), "a", []recipe.ContainerImage{tc.image}, nil, tc.src)
 			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "nothing stored") {
 				t.Fatalf("error %v, want %q and nothing stored", err, tc.want)
 			}
@@ -163,7 +163,7 @@ func TestImportRefusesBadInput(t *testing.T) {
 		tm[k] = v
 	}
 	tm[md] = append(append([]byte(nil), src[md]...), ' ')
-	if _, err := c.Import(context.Background(), "a", []plan.ContainerImage{good}, nil, tm.Open); err == nil || blobs(t, c) != 0 {
+	if _, err := c.Import(context.Background(), "a", []recipe.ContainerImage{good}, nil, tm.Open); err == nil || blobs(t, c) != 0 {
 		t.Errorf("a tampered manifest imported: %v", err)
 	}
 }
@@ -177,7 +177,7 @@ func TestRemoveAndPrune(t *testing.T) {
 	one := src.AddImage(t, "docker.io/library/one:1", imagecachetest.Image(t, nil, shared, imagecachetest.Layer(t, 1000)))
 	two := src.AddImage(t, "docker.io/library/two:1", imagecachetest.Image(t, nil, shared, imagecachetest.Layer(t, 1000)))
 	c := open(t)
-	for owner, imgs := range map[string][]plan.ContainerImage{"a": {one, two}, "b": {two}} {
+	for owner, imgs := range map[string][]recipe.ContainerImage{"a": {one, two}, "b": {two}} {
 		if _, err := c.Import(ctx, owner, imgs, nil, src.Open); err != nil {
 			t.Fatal(err)
 		}
@@ -186,7 +186,7 @@ func TestRemoveAndPrune(t *testing.T) {
 		t.Fatalf("prune with nothing unreferenced: %+v %v", g, err)
 	}
 	// a upgrades to one only: two stays for b, nothing to prune.
-	if _, err := c.Import(ctx, "a", []plan.ContainerImage{one}, nil, nil); err != nil {
+	if _, err := c.Import(ctx, "a", []recipe.ContainerImage{one}, nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	if g, err := c.Prune(ctx); err != nil || g.Blobs != 0 || g.Owners != 0 {

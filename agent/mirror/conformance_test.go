@@ -15,7 +15,7 @@ import (
 	"github.com/flotilla-dev/flotilla/agent/imagecache"
 	"github.com/flotilla-dev/flotilla/agent/imagecache/imagecachetest"
 	"github.com/flotilla-dev/flotilla/agent/mirror"
-	"github.com/flotilla-dev/flotilla/bundle/plan"
+	"github.com/flotilla-dev/flotilla/bundle/recipe"
 )
 
 // conformanceTool is the OCI distribution-spec conformance suite, a `tool` of this
@@ -51,7 +51,7 @@ func TestDistributionSpecConformance(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := cache.Import(context.Background(), "conformance", []plan.ContainerImage{tagged, idx}, nil, src.Open); err != nil {
+	if _, err := cache.Import(context.Background(), "conformance", []recipe.ContainerImage{tagged, idx}, nil, src.Open); err != nil {
 		t.Fatal(err)
 	}
 	cfg, _ := img.ConfigName()

@@ -21,7 +21,7 @@ import (
 	"github.com/flotilla-dev/flotilla/agent/imagecache"
 	"github.com/flotilla-dev/flotilla/agent/imagecache/imagecachetest"
 	"github.com/flotilla-dev/flotilla/agent/mirror"
-	"github.com/flotilla-dev/flotilla/bundle/plan"
+	"github.com/flotilla-dev/flotilla/bundle/recipe"
 )
 
 // content is a cache holding docker.io/library/nginx:1.27 (one image), a two-platform
@@ -58,7 +58,7 @@ func newContent(t *testing.T) *content {
 	if c.cache, err = imagecache.Open(t.TempDir()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.cache.Import(context.Background(), "test", []plan.ContainerImage{nginx, app, byDigest}, nil, c.src.Open); err != nil {
+	if _, err := c.cache.Import(context.Background(), "test", []recipe.ContainerImage{nginx, app, byDigest}, nil, c.src.Open); err != nil {
 		t.Fatal(err)
 	}
 	return c

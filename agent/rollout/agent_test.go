@@ -17,7 +17,7 @@ import (
 
 	"github.com/flotilla-dev/flotilla/agent"
 	"github.com/flotilla-dev/flotilla/agent/rollout"
-	"github.com/flotilla-dev/flotilla/controller"
+	"github.com/flotilla-dev/flotilla/controller/plane"
 	"github.com/flotilla-dev/flotilla/internal/poll"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
@@ -48,7 +48,7 @@ func TestRolloutStepsThroughAgent(t *testing.T) {
 
 	dir := t.TempDir()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	c, err := controller.New(controller.Options{DataDir: filepath.Join(dir, "controller"), Listen: "127.0.0.1:0",
+	c, err := plane.New(plane.Options{DataDir: filepath.Join(dir, "controller"), Listen: "127.0.0.1:0",
 		HTTPListen: "127.0.0.1:0", Advertise: "127.0.0.1", Logger: log,
 		Handlers: map[string]http.Handler{"/test/blob": http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.Header.Get("Authorization") != "Bearer tok" {

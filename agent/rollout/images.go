@@ -14,7 +14,7 @@ import (
 	"github.com/flotilla-dev/flotilla/agent"
 	"github.com/flotilla-dev/flotilla/agent/imagecache"
 	"github.com/flotilla-dev/flotilla/agent/unpack"
-	"github.com/flotilla-dev/flotilla/bundle/plan"
+	"github.com/flotilla-dev/flotilla/bundle/recipe"
 	"github.com/flotilla-dev/flotilla/internal/human"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
@@ -136,7 +136,7 @@ func (x *steps) images(ctx context.Context, sc *agent.StepContext) error {
 }
 
 // checkImagesPayload validates a payload and returns its images and platform.
-func checkImagesPayload(p *protocol.ImagesPayload) ([]plan.ContainerImage, *v1.Platform, error) {
+func checkImagesPayload(p *protocol.ImagesPayload) ([]recipe.ContainerImage, *v1.Platform, error) {
 	if err := validCluster(p.Cluster); err != nil {
 		return nil, nil, err
 	}
@@ -158,12 +158,12 @@ func checkImagesPayload(p *protocol.ImagesPayload) ([]plan.ContainerImage, *v1.P
 			return nil, nil, fmt.Errorf("blob %s: size %d", b.Digest, b.Size)
 		}
 	}
-	images := make([]plan.ContainerImage, 0, len(p.Images))
+	images := make([]recipe.ContainerImage, 0, len(p.Images))
 	for _, ci := range p.Images {
 		if ci.Name == "" || ci.Digest == "" {
 			return nil, nil, errors.New("an image without name or digest")
 		}
-		images = append(images, plan.ContainerImage{Ref: ci.Name, Name: ci.Name, Digest: ci.Digest, MediaType: ci.MediaType, Size: ci.Size})
+		images = append(images, recipe.ContainerImage{Ref: ci.Name, Name: ci.Name, Digest: ci.Digest, MediaType: ci.MediaType, Size: ci.Size})
 	}
 	return images, plat, nil
 }

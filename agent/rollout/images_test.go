@@ -10,14 +10,14 @@ import (
 	"github.com/flotilla-dev/flotilla/agent"
 	"github.com/flotilla-dev/flotilla/agent/imagecache"
 	"github.com/flotilla-dev/flotilla/agent/imagecache/imagecachetest"
-	"github.com/flotilla-dev/flotilla/bundle/plan"
+	"github.com/flotilla-dev/flotilla/bundle/recipe"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
 
 // imagesFixture is two images sharing a layer, served by a blob server.
 type imagesFixture struct {
 	srv    *blobServer
-	images []plan.ContainerImage
+	images []recipe.ContainerImage
 	src    imagecachetest.Source
 }
 
@@ -26,14 +26,14 @@ func newImagesFixture(t *testing.T) *imagesFixture {
 	shared := imagecachetest.Layer(t, 5000)
 	one := src.AddImage(t, "registry.test/one:1", imagecachetest.Image(t, nil, shared, imagecachetest.Layer(t, 2000)))
 	two := src.AddImage(t, "registry.test/two:1", imagecachetest.Image(t, nil, shared, imagecachetest.Layer(t, 2000)))
-	f := &imagesFixture{srv: newBlobServer(t), images: []plan.ContainerImage{one, two}, src: src}
+	f := &imagesFixture{srv: newBlobServer(t), images: []recipe.ContainerImage{one, two}, src: src}
 	for d, b := range src {
 		f.srv.blobs[d.String()] = b
 	}
 	return f
 }
 
-func (f *imagesFixture) payload(images ...plan.ContainerImage) protocol.ImagesPayload {
+func (f *imagesFixture) payload(images ...recipe.ContainerImage) protocol.ImagesPayload {
 	p := protocol.ImagesPayload{Cluster: "c1", Platform: "linux/amd64"}
 	for _, ci := range images {
 		p.Images = append(p.Images, protocol.CarriedImage{Name: ci.Name, Digest: ci.Digest, MediaType: ci.MediaType, Size: ci.Size})

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/flotilla-dev/flotilla/bundle/build"
 	"github.com/flotilla-dev/flotilla/bundle/store"
 	"github.com/flotilla-dev/flotilla/controller/controllertest"
+	"github.com/flotilla-dev/flotilla/protocol"
 )
 
 // TestApplyDistributesLayersPeerToPeer is the whole path with the real
@@ -80,21 +82,13 @@ func completeBlobs(dir string) int {
 
 func waitPeerURLsOf(t *testing.T, f *controllertest.Fleet, nodes []string) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		out, _, _ := f.CLI(context.Background(), "nodes", "-o", "json")
+	f.WaitNodes(30*time.Second, "agents register with peer URLs", func(list []protocol.NodeInfo) bool {
 		n := 0
-		for _, name := range nodes {
-			if strings.Contains(out, `"name":"`+name+`"`) || strings.Contains(out, `"name": "`+name+`"`) {
+		for _, ni := range list {
+			if slices.Contains(nodes, ni.Name) && strings.HasPrefix(ni.PeerURL, "https://127.0.0.1:") {
 				n++
 			}
 		}
-		if n == len(nodes) && strings.Count(out, `https://127.0.0.1:`) >= len(nodes) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("agents did not register with peer URLs in 30s:\n%s", out)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return n == len(nodes)
+	})
 }

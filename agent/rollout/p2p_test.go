@@ -34,8 +34,8 @@ import (
 	"github.com/flotilla-dev/flotilla/agent/rollout"
 	"github.com/flotilla-dev/flotilla/bundle/pieces"
 	"github.com/flotilla-dev/flotilla/bundle/pieces/piecestest"
-	"github.com/flotilla-dev/flotilla/controller"
 	"github.com/flotilla-dev/flotilla/controller/controllertest"
+	"github.com/flotilla-dev/flotilla/controller/plane"
 	"github.com/flotilla-dev/flotilla/controller/tracker"
 	"github.com/flotilla-dev/flotilla/internal/poll"
 	"github.com/flotilla-dev/flotilla/protocol"
@@ -50,7 +50,7 @@ import (
 type p2pEnv struct {
 	t        *testing.T
 	dataDir  string // the controller's
-	c        *controller.Controller
+	c        *plane.Controller
 	tr       *tracker.Tracker
 	seed     *tracker.Seed
 	content  []byte // the file inside the layer
@@ -120,7 +120,7 @@ func newP2PEnv(t *testing.T, size int) *p2pEnv {
 		}),
 	}
 	agentHandlers := map[string]http.Handler{}
-	acc := tracker.Access{Identify: controller.AgentFromRequest, Member: func(n string) bool { return e.c.IsMember(n) }, Log: e.log()}
+	acc := tracker.Access{Identify: plane.AgentFromRequest, Member: func(n string) bool { return e.c.IsMember(n) }, Log: e.log()}
 	for p, h := range e.seed.Handlers(acc) {
 		if p == "/v1/pieces/" {
 			inner := h
@@ -134,7 +134,7 @@ func newP2PEnv(t *testing.T, size int) *p2pEnv {
 		agentHandlers[p] = h
 	}
 	e.dataDir = t.TempDir()
-	e.c, err = controller.New(controller.Options{DataDir: e.dataDir, Listen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0",
+	e.c, err = plane.New(plane.Options{DataDir: e.dataDir, Listen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0",
 		Advertise: "127.0.0.1", Logger: e.log(), Handlers: handlers, AgentHandlers: agentHandlers})
 	if err != nil {
 		t.Fatal(err)
@@ -240,7 +240,7 @@ func waitFor(t *testing.T, d time.Duration, what string, ok func() bool) {
 
 // layerRun is one dispatched layer step.
 type layerRun struct {
-	run      *controller.TaskRun
+	run      *plane.TaskRun
 	mu       sync.Mutex
 	progress []protocol.Progress
 	lines    []string

@@ -10,7 +10,7 @@ import (
 	"syscall"
 )
 
-// Default bounds of one layer; an image raises them in its plan (bundle/plan,
+// Default bounds of one layer; an image raises them in its recipe (bundle/recipe,
 // the dev.flotilla.unpack.* labels), which the layer step passes on.
 const (
 	// DefaultMaxBytes bounds a layer's uncompressed tar stream: a layer
@@ -35,7 +35,7 @@ func WithMaxEntries(n int) Option { return func(o *options) { o.maxEntries = n }
 
 // WithSetuid keeps the setuid and setgid bits of the layer's entries. By
 // default they are dropped: a layer gets set-id programs on a node only when
-// its image declares them (bundle/plan's dev.flotilla.unpack.setuid label).
+// its image declares them (bundle/recipe's dev.flotilla.unpack.setuid label).
 func WithSetuid(keep bool) Option { return func(o *options) { o.keepSetuid = keep } }
 
 // withFreeSpace replaces the file system query (tests).

@@ -22,8 +22,8 @@ import (
 
 	"github.com/flotilla-dev/flotilla/bundle/carry"
 	"github.com/flotilla-dev/flotilla/bundle/kubefile"
-	"github.com/flotilla-dev/flotilla/bundle/plan"
 	"github.com/flotilla-dev/flotilla/bundle/progress"
+	"github.com/flotilla-dev/flotilla/bundle/recipe"
 	"github.com/flotilla-dev/flotilla/bundle/store"
 )
 
@@ -54,13 +54,13 @@ type Options struct {
 
 // Result describes the built image.
 type Result struct {
-	Descriptor v1.Descriptor         // manifest (one platform) or index (several)
-	Plans      map[string]*plan.Plan // by platform string
-	Images     map[string]v1.Hash    // manifest digest by platform string
-	Layers     int                   // layers in the image(s)
-	NewBlobs   int                   // blobs this build added to the store
+	Descriptor v1.Descriptor             // manifest (one platform) or index (several)
+	Plans      map[string]*recipe.Recipe // by platform string
+	Images     map[string]v1.Hash        // manifest digest by platform string
+	Layers     int                       // layers in the image(s)
+	NewBlobs   int                       // blobs this build added to the store
 	// Containers are the container images carried (union over platforms).
-	Containers []plan.ContainerImage
+	Containers []recipe.ContainerImage
 	// Undeclared are image references found in the context that no IMAGE lists (and
 	// that AddDiscoveredImages did not add).
 	Undeclared []carry.Found
@@ -115,12 +115,12 @@ func Build(ctx context.Context, st *store.Store, opts Options) (*Result, error) 
 	if err != nil {
 		slog.Warn("could not scan the build context for image references", "err", err)
 	}
-	res := &Result{Plans: map[string]*plan.Plan{}, Images: map[string]v1.Hash{}}
+	res := &Result{Plans: map[string]*recipe.Recipe{}, Images: map[string]v1.Hash{}}
 	var adds []mutate.IndexAddendum
 	var imgs []v1.Image
 	var last v1.Image
 	pending := map[string]any{}
-	pulled := map[string]plan.ContainerImage{}
+	pulled := map[string]recipe.ContainerImage{}
 	for _, p := range platforms {
 		b := &builder{opts: opts, st: st, tx: tx, kf: kf, ctxDir: ctxDir, platform: p, mtime: opts.Epoch, pending: pending, pulled: pulled, found: found}
 		img, pl, err := b.run(ctx)
@@ -197,14 +197,14 @@ type builder struct {
 	// build leaves the store unchanged.
 	pending map[string]any
 	// pulled holds the container images pulled so far, by name (shared by platforms).
-	pulled map[string]plan.ContainerImage
+	pulled map[string]recipe.ContainerImage
 	found  []carry.Found // image references in the context (carry.Discover)
 
 	seq        int
 	vars       map[string]string // ARG and ENV values for expansion
 	argSet     map[string]bool
 	envKeys    []string // ENV names in order
-	plan       *plan.Plan
+	plan       *recipe.Recipe
 	base       v1.Image
 	layers     []v1.Layer
 	cfgHistory []v1.History
@@ -215,11 +215,11 @@ func (b *builder) errf(in kubefile.Instruction, format string, a ...any) error {
 	return fmt.Errorf("%s:%d: %s: %s", b.kf.File, in.Line, in.Command, fmt.Sprintf(format, a...))
 }
 
-func (b *builder) run(ctx context.Context) (v1.Image, *plan.Plan, error) {
+func (b *builder) run(ctx context.Context) (v1.Image, *recipe.Recipe, error) {
 	b.vars = map[string]string{}
 	b.argSet = map[string]bool{}
 	b.labels = map[string]string{}
-	b.plan = &plan.Plan{SchemaVersion: plan.SchemaVersion, Env: map[string]string{}, Labels: map[string]string{}}
+	b.plan = &recipe.Recipe{SchemaVersion: recipe.SchemaVersion, Env: map[string]string{}, Labels: map[string]string{}}
 	b.seq = 1
 	for _, in := range b.kf.Instructions {
 		if err := ctx.Err(); err != nil {
@@ -262,7 +262,7 @@ func (b *builder) addRole(r string) {
 }
 
 func (b *builder) record(in kubefile.Instruction, layer string) {
-	b.plan.History = append(b.plan.History, plan.HistoryEntry{Instruction: in.Original, Layer: layer})
+	b.plan.History = append(b.plan.History, recipe.HistoryEntry{Instruction: in.Original, Layer: layer})
 	b.cfgHistory = append(b.cfgHistory, v1.History{Created: v1.Time{Time: b.mtime}, CreatedBy: in.Original, Comment: "flotilla", EmptyLayer: layer == ""})
 }
 
@@ -317,17 +317,17 @@ func (b *builder) step(ctx context.Context, in kubefile.Instruction) error {
 	case kubefile.Run:
 		if in.Role != "" {
 			b.addRole(in.Role)
-			b.plan.Steps = append(b.plan.Steps, plan.Step{Role: in.Role, Kind: plan.KindRun, Command: in.Args[0], Line: in.Line, Seq: b.seq})
+			b.plan.Steps = append(b.plan.Steps, recipe.Step{Role: in.Role, Kind: recipe.KindRun, Command: in.Args[0], Line: in.Line, Seq: b.seq})
 			b.record(in, "")
 			return nil
 		}
 		return b.buildRun(ctx, in)
 	case kubefile.Service:
 		b.addRole(in.Role)
-		b.plan.Steps = append(b.plan.Steps, plan.Step{Role: in.Role, Kind: plan.KindService, Command: in.Args[0], Line: in.Line, Seq: b.seq})
+		b.plan.Steps = append(b.plan.Steps, recipe.Step{Role: in.Role, Kind: recipe.KindService, Command: in.Args[0], Line: in.Line, Seq: b.seq})
 		b.record(in, "")
 	case kubefile.Cmd:
-		b.plan.Cmd = &plan.Step{Role: plan.RoleMaster0, Kind: plan.KindRun, Command: in.Args[0], Line: in.Line, Seq: b.seq}
+		b.plan.Cmd = &recipe.Step{Role: recipe.RoleMaster0, Kind: recipe.KindRun, Command: in.Args[0], Line: in.Line, Seq: b.seq}
 		b.record(in, "")
 	case kubefile.Image:
 		return b.images(ctx, in)
@@ -357,7 +357,7 @@ func (b *builder) copy(in kubefile.Instruction) error {
 	}
 	role := in.Role
 	if role == "" {
-		role = plan.RoleAll
+		role = recipe.RoleAll
 	} else {
 		b.addRole(role)
 	}
@@ -383,7 +383,7 @@ func (b *builder) addLayer(in kubefile.Instruction, role string, entries []entry
 		return b.errf(in, "%v", err)
 	}
 	b.layers = append(b.layers, layer)
-	b.plan.Layers = append(b.plan.Layers, plan.Layer{Digest: info.Digest, DiffID: info.DiffID, Size: info.Size, Role: role, Instruction: in.Original, Seq: b.seq})
+	b.plan.Layers = append(b.plan.Layers, recipe.Layer{Digest: info.Digest, DiffID: info.DiffID, Size: info.Size, Role: role, Instruction: in.Original, Seq: b.seq})
 	b.record(in, info.Digest)
 	return nil
 }
@@ -435,7 +435,7 @@ func (b *builder) image() (v1.Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	labels[plan.LabelKey] = enc
+	labels[recipe.LabelKey] = enc
 	cfg.Config.Labels = labels
 	return mutate.ConfigFile(img, cfg)
 }
@@ -464,12 +464,12 @@ func (b *builder) from(ctx context.Context, in kubefile.Instruction, ref string)
 	base, err := store.Plan(img)
 	if err != nil {
 		// A plain OCI image: its layers go to every role.
-		base = &plan.Plan{SchemaVersion: plan.SchemaVersion}
+		base = &recipe.Recipe{SchemaVersion: recipe.SchemaVersion}
 		for i, l := range layers {
 			d, _ := l.Digest()
 			id, _ := l.DiffID()
 			sz, _ := l.Size()
-			base.Layers = append(base.Layers, plan.Layer{Digest: d.String(), DiffID: id.String(), Size: sz, Role: plan.RoleAll, Instruction: fmt.Sprintf("FROM %s (layer %d)", ref, i+1)})
+			base.Layers = append(base.Layers, recipe.Layer{Digest: d.String(), DiffID: id.String(), Size: sz, Role: recipe.RoleAll, Instruction: fmt.Sprintf("FROM %s (layer %d)", ref, i+1)})
 		}
 	}
 	if len(base.Layers) != len(layers) {
@@ -481,7 +481,7 @@ func (b *builder) from(ctx context.Context, in kubefile.Instruction, ref string)
 		b.vars[k] = v
 	}
 	for k, v := range cf.Config.Labels {
-		if k != plan.LabelKey {
+		if k != recipe.LabelKey {
 			b.labels[k] = v
 		}
 	}
@@ -527,7 +527,7 @@ func ParsePlatforms(s string) ([]v1.Platform, error) {
 		}
 		p, err := v1.ParsePlatform(f)
 		if err != nil || p.OS == "" || p.Architecture == "" {
-			return nil, fmt.Errorf("--platform %q: want os/arch[/variant], e.g. linux/amd64", f)
+			return nil, fmt.Errorf("platform %q: want os/arch[/variant], e.g. linux/amd64", f)
 		}
 		out = append(out, *p)
 	}
@@ -536,7 +536,7 @@ func ParsePlatforms(s string) ([]v1.Platform, error) {
 
 // putCarrying stages the platform images and the cluster image's index that lists
 // them and the carried container images (see carry.Index).
-func putCarrying(ctx context.Context, tx *store.Txn, imgs []v1.Image, platforms []v1.Platform, images []plan.ContainerImage) (v1.Descriptor, error) {
+func putCarrying(ctx context.Context, tx *store.Txn, imgs []v1.Image, platforms []v1.Platform, images []recipe.ContainerImage) (v1.Descriptor, error) {
 	var descs []v1.Descriptor
 	for i, img := range imgs {
 		d, err := tx.PutImage(ctx, img, nil)
@@ -558,7 +558,7 @@ func putCarrying(ctx context.Context, tx *store.Txn, imgs []v1.Image, platforms 
 }
 
 // unionImages adds the images of b missing from a (by name) and merges roles.
-func unionImages(a, b []plan.ContainerImage) []plan.ContainerImage {
+func unionImages(a, b []recipe.ContainerImage) []recipe.ContainerImage {
 	for _, c := range b {
 		found := false
 		for i := range a {
@@ -577,7 +577,7 @@ func unionImages(a, b []plan.ContainerImage) []plan.ContainerImage {
 	return a
 }
 
-func containsImage(list []plan.ContainerImage, name string) bool {
+func containsImage(list []recipe.ContainerImage, name string) bool {
 	for _, c := range list {
 		if c.Name == name {
 			return true

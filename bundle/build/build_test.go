@@ -14,7 +14,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/validate"
 
-	"github.com/flotilla-dev/flotilla/bundle/plan"
+	"github.com/flotilla-dev/flotilla/bundle/recipe"
 	"github.com/flotilla-dev/flotilla/bundle/store"
 )
 
@@ -51,7 +51,7 @@ func newStore(t *testing.T) *store.Store {
 	return st
 }
 
-func build(t *testing.T, st *store.Store, dir string, opts Options) (*Result, v1.Image, *plan.Plan) {
+func build(t *testing.T, st *store.Store, dir string, opts Options) (*Result, v1.Image, *recipe.Recipe) {
 	t.Helper()
 	opts.ContextDir = dir
 	res, err := Build(context.Background(), st, opts)
@@ -181,7 +181,7 @@ func TestBuildPlanSemantics(t *testing.T) {
 	if files := layerFiles(t, st, p.Layers[2].Digest); !reflect.DeepEqual(files, []string{"opt/app/fetched -rw-r--r--"}) {
 		t.Errorf("RUN layer = %q", files)
 	}
-	wantT := []plan.Template{
+	wantT := []recipe.Template{
 		{Role: "master", Path: "/etc/systemd/system/app.service", Mode: 0o644, Content: "[Service]\nExecStart=/usr/local/bin/app --name {{ .Node.Name }}\n", Seq: 6},
 		{Role: "node", Path: "/etc/app/app.service", Mode: 0o600, Content: "[Service]\nExecStart=/usr/local/bin/app --name {{ .Node.Name }}\n", Seq: 7},
 		{Role: "node", Path: "/etc/app/peer.conf", Mode: 0o600, Content: "peers={{ .Cluster.Masters }}\n", Seq: 7},
@@ -189,15 +189,15 @@ func TestBuildPlanSemantics(t *testing.T) {
 	if !reflect.DeepEqual(p.Templates, wantT) {
 		t.Errorf("templates = %+v\nwant %+v", p.Templates, wantT)
 	}
-	wantS := []plan.Step{
-		{Role: "master", Kind: plan.KindService, Command: "app.service", Line: 11, Seq: 11},
-		{Role: "node", Kind: plan.KindRun, Command: "app-join --data $DATA", Line: 12, Seq: 12},
-		{Role: "ingress", Kind: plan.KindRun, Command: "echo custom", Line: 13, Seq: 13},
+	wantS := []recipe.Step{
+		{Role: "master", Kind: recipe.KindService, Command: "app.service", Line: 11, Seq: 11},
+		{Role: "node", Kind: recipe.KindRun, Command: "app-join --data $DATA", Line: 12, Seq: 12},
+		{Role: "ingress", Kind: recipe.KindRun, Command: "echo custom", Line: 13, Seq: 13},
 	}
 	if !reflect.DeepEqual(p.Steps, wantS) {
 		t.Errorf("steps = %+v\nwant %+v", p.Steps, wantS)
 	}
-	if p.Cmd == nil || *p.Cmd != (plan.Step{Role: plan.RoleMaster0, Kind: plan.KindRun, Command: "app health", Line: 14, Seq: 14}) {
+	if p.Cmd == nil || *p.Cmd != (recipe.Step{Role: recipe.RoleMaster0, Kind: recipe.KindRun, Command: "app health", Line: 14, Seq: 14}) {
 		t.Errorf("cmd = %+v", p.Cmd)
 	}
 	if len(p.Images) != 0 {
@@ -378,7 +378,7 @@ func TestMultiArchIndex(t *testing.T) {
 	if err := validate.Index(idx); err != nil {
 		t.Fatalf("invalid index: %v", err)
 	}
-	var plans []*plan.Plan
+	var plans []*recipe.Recipe
 	for _, arch := range []string{"amd64", "arm64"} {
 		img, _, err := st.ResolvePlatform("multi:1", &v1.Platform{OS: "linux", Architecture: arch})
 		if err != nil {

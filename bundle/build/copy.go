@@ -10,7 +10,7 @@ import (
 	"strings"
 
 	"github.com/flotilla-dev/flotilla/bundle/kubefile"
-	"github.com/flotilla-dev/flotilla/bundle/plan"
+	"github.com/flotilla-dev/flotilla/bundle/recipe"
 )
 
 // maxTemplate bounds one template's size: templates travel inside the image config.
@@ -19,7 +19,7 @@ const maxTemplate = 256 << 10
 // copyResult is what one COPY/ADD produces: layer entries and templates.
 type copyResult struct {
 	entries   []entry
-	templates []plan.Template
+	templates []recipe.Template
 }
 
 // collectCopy resolves the sources of a COPY/ADD inside the build context.
@@ -59,9 +59,9 @@ func (b *builder) collectCopy(in kubefile.Instruction, srcs []string, dest strin
 			}
 			role := in.Role
 			if role == "" {
-				role = plan.RoleAll
+				role = recipe.RoleAll
 			}
-			res.templates = append(res.templates, plan.Template{Role: role, Path: p, Mode: mode, Content: string(content), Seq: b.seq})
+			res.templates = append(res.templates, recipe.Template{Role: role, Path: p, Mode: mode, Content: string(content), Seq: b.seq})
 			return nil
 		}
 		p := target

@@ -14,7 +14,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
-	"github.com/flotilla-dev/flotilla/bundle/plan"
+	"github.com/flotilla-dev/flotilla/bundle/recipe"
 )
 
 // TestExampleHello plays a rollout of examples/hello by hand: unpack its layers and
@@ -82,7 +82,7 @@ func TestExampleHello(t *testing.T) {
 		f.Close()
 	}
 	steps := p.StepsFor([]string{"master"}, true)
-	if len(steps) != 1 || steps[0].Kind != plan.KindRun {
+	if len(steps) != 1 || steps[0].Kind != recipe.KindRun {
 		t.Fatalf("steps = %+v", steps)
 	}
 	cmd := exec.CommandContext(context.Background(), "sh", "-c", steps[0].Command)

@@ -14,7 +14,7 @@ import (
 
 	"github.com/flotilla-dev/flotilla/bundle/carry"
 	"github.com/flotilla-dev/flotilla/bundle/kubefile"
-	"github.com/flotilla-dev/flotilla/bundle/plan"
+	"github.com/flotilla-dev/flotilla/bundle/recipe"
 )
 
 // maxImageList bounds an IMAGE -f file.
@@ -25,7 +25,7 @@ const maxImageList = 1 << 20
 func (b *builder) images(ctx context.Context, in kubefile.Instruction) error {
 	role := in.Role
 	if role == "" {
-		role = plan.RoleAll
+		role = recipe.RoleAll
 	} else {
 		b.addRole(role)
 	}
@@ -116,7 +116,7 @@ func (b *builder) carryImage(ctx context.Context, in kubefile.Instruction, ref, 
 		if err != nil {
 			return b.errf(in, "container image %s: %v", ref, err)
 		}
-		ci = plan.ContainerImage{Ref: ref, Name: r.Name(), Digest: desc.Digest.String(), MediaType: string(desc.MediaType), Size: desc.Size}
+		ci = recipe.ContainerImage{Ref: ref, Name: r.Name(), Digest: desc.Digest.String(), MediaType: string(desc.MediaType), Size: desc.Size}
 		b.pulled[r.Name()] = ci
 	}
 	ci.Roles = []string{role}
@@ -125,11 +125,11 @@ func (b *builder) carryImage(ctx context.Context, in kubefile.Instruction, ref, 
 }
 
 func addImageRole(roles []string, role string) []string {
-	if role == plan.RoleAll {
-		return []string{plan.RoleAll}
+	if role == recipe.RoleAll {
+		return []string{recipe.RoleAll}
 	}
 	for _, r := range roles {
-		if r == role || r == plan.RoleAll {
+		if r == role || r == recipe.RoleAll {
 			return roles
 		}
 	}
@@ -138,7 +138,7 @@ func addImageRole(roles []string, role string) []string {
 
 // checkInherited makes sure every container image a base image carries is complete
 // in the store (a cluster image pulled or loaded with it always is).
-func (b *builder) checkInherited(in kubefile.Instruction, base string, images []plan.ContainerImage) error {
+func (b *builder) checkInherited(in kubefile.Instruction, base string, images []recipe.ContainerImage) error {
 	for _, c := range images {
 		h, err := v1.NewHash(c.Digest)
 		if err != nil {
@@ -165,7 +165,7 @@ func (b *builder) addDiscovered(ctx context.Context) error {
 			continue
 		}
 		in := kubefile.Instruction{Line: 0, Command: kubefile.Image, Original: fmt.Sprintf("IMAGE %s # found in %s:%d", f.Ref, f.File, f.Line)}
-		if err := b.carryImage(ctx, in, f.Ref, plan.RoleAll); err != nil {
+		if err := b.carryImage(ctx, in, f.Ref, recipe.RoleAll); err != nil {
 			return err
 		}
 		b.record(in, "")

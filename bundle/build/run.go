@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/flotilla-dev/flotilla/bundle/kubefile"
-	"github.com/flotilla-dev/flotilla/bundle/plan"
+	"github.com/flotilla-dev/flotilla/bundle/recipe"
 )
 
 // runInfo is what the cache remembers of a build-time RUN.
@@ -36,7 +36,7 @@ func (b *builder) buildRun(ctx context.Context, in kubefile.Instruction) error {
 		}
 		if layer, info, ok := b.cachedLayer(cached.Layer); ok {
 			b.layers = append(b.layers, layer)
-			b.plan.Layers = append(b.plan.Layers, plan.Layer{Digest: info.Digest, DiffID: info.DiffID, Size: info.Size, Role: plan.RoleAll, Instruction: in.Original, Seq: b.seq})
+			b.plan.Layers = append(b.plan.Layers, recipe.Layer{Digest: info.Digest, DiffID: info.DiffID, Size: info.Size, Role: recipe.RoleAll, Instruction: in.Original, Seq: b.seq})
 			b.record(in, info.Digest)
 			return nil
 		}
@@ -77,7 +77,7 @@ func (b *builder) buildRun(ctx context.Context, in kubefile.Instruction) error {
 		return nil
 	}
 	n := len(b.plan.Layers)
-	if err := b.addLayer(in, plan.RoleAll, entries); err != nil {
+	if err := b.addLayer(in, recipe.RoleAll, entries); err != nil {
 		return err
 	}
 	l := b.plan.Layers[n]

@@ -11,12 +11,12 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
-	"github.com/flotilla-dev/flotilla/bundle/plan"
+	"github.com/flotilla-dev/flotilla/bundle/recipe"
 )
 
 // Annotations of a carried image's descriptor in a cluster image's index.
 const (
-	// AnnotationRef is the image's normalized name (plan.ContainerImage.Name).
+	// AnnotationRef is the image's normalized name (recipe.ContainerImage.Name).
 	AnnotationRef = "dev.flotilla.container.ref"
 	// AnnotationRoles lists the roles whose hosts get it, comma-separated ("all").
 	AnnotationRoles = "dev.flotilla.container.roles"
@@ -28,7 +28,7 @@ const (
 // serves it, with no platform (so platform selection never picks it) and with the
 // annotations above. Registries, crane and oras copy every child of an index, so the
 // container images travel wherever the cluster image goes.
-func Index(cluster []v1.Descriptor, images []plan.ContainerImage) ([]byte, v1.Descriptor, error) {
+func Index(cluster []v1.Descriptor, images []recipe.ContainerImage) ([]byte, v1.Descriptor, error) {
 	im := v1.IndexManifest{SchemaVersion: 2, MediaType: types.OCIImageIndex}
 	for _, d := range cluster {
 		if d.Platform == nil {

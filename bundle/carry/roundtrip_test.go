@@ -26,7 +26,7 @@ import (
 	"github.com/flotilla-dev/flotilla/bundle/archive"
 	"github.com/flotilla-dev/flotilla/bundle/build"
 	"github.com/flotilla-dev/flotilla/bundle/carry"
-	"github.com/flotilla-dev/flotilla/bundle/plan"
+	"github.com/flotilla-dev/flotilla/bundle/recipe"
 	"github.com/flotilla-dev/flotilla/bundle/registry"
 	"github.com/flotilla-dev/flotilla/bundle/store"
 )
@@ -111,7 +111,7 @@ ON master IMAGE %s
 		t.Fatal(err)
 	}
 	name := func(s string) string { r, _ := carry.ParseRef(s); return r.Name() }
-	want := []plan.ContainerImage{
+	want := []recipe.ContainerImage{
 		{Ref: u.app, Name: name(u.app), Digest: u.appDigest.String(), MediaType: string(types.DockerManifestSchema2), Roles: []string{"all"}},
 		{Ref: u.multiByDigest, Name: name(u.multiByDigest), Digest: u.multiDigest.String(), MediaType: string(types.OCIImageIndex), Roles: []string{"all"}},
 		{Ref: u.tool, Name: name(u.tool), Digest: u.toolDigest.String(), MediaType: string(types.OCIManifestSchema1), Roles: []string{"worker"}},

@@ -11,7 +11,7 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 
-	"github.com/flotilla-dev/flotilla/bundle/plan"
+	"github.com/flotilla-dev/flotilla/bundle/recipe"
 	"github.com/flotilla-dev/flotilla/internal/registrytest"
 	"github.com/flotilla-dev/flotilla/internal/testbin"
 )
@@ -87,12 +87,12 @@ func TestImageCommandsEndToEnd(t *testing.T) {
 	out, _ = c.run(true, "inspect", "-o", "json", "hello:1")
 	var insp struct {
 		Digest string
-		Plan   plan.Plan
+		Plan   recipe.Recipe
 	}
 	if err := json.Unmarshal([]byte(out), &insp); err != nil {
 		t.Fatal(err)
 	}
-	if insp.Digest != first || len(insp.Plan.Templates) != 1 || len(insp.Plan.Steps) != 1 || insp.Plan.Steps[0].Role != plan.RoleAll {
+	if insp.Digest != first || len(insp.Plan.Templates) != 1 || len(insp.Plan.Steps) != 1 || insp.Plan.Steps[0].Role != recipe.RoleAll {
 		t.Errorf("inspect -o json: %+v", insp)
 	}
 
@@ -203,7 +203,7 @@ func TestConcurrentCommands(t *testing.T) {
 	c.run(true, "rmi", "--prune")
 	for i := 0; i < n; i++ {
 		out, _ := c.run(true, "inspect", "-o", "json", "conc:"+string(rune('a'+i)))
-		var insp struct{ Plan plan.Plan }
+		var insp struct{ Plan recipe.Recipe }
 		if err := json.Unmarshal([]byte(out), &insp); err != nil || len(insp.Plan.Layers) != 2 {
 			t.Fatalf("conc:%c after concurrent builds and GC: %v %s", 'a'+i, err, out)
 		}

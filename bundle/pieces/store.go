@@ -325,6 +325,17 @@ func (p *Partial) checkWholeLocked() error {
 	return nil
 }
 
+// pieceReader reads piece i from the blob's file, if it is held.
+func (p *Partial) pieceReader(i int) (*io.SectionReader, error) {
+	p.mu.Lock()
+	held, f := p.have.Has(i), p.f
+	p.mu.Unlock()
+	if !held {
+		return nil, fmt.Errorf("piece %d of %s: %w", i, p.list.Digest, os.ErrNotExist)
+	}
+	return io.NewSectionReader(f, p.list.Offset(i), p.list.Len(i)), nil
+}
+
 // ReadPiece returns piece i if it is held.
 func (p *Partial) ReadPiece(i int) ([]byte, error) {
 	p.mu.Lock()

@@ -23,7 +23,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
-	"github.com/flotilla-dev/flotilla/bundle/plan"
+	"github.com/flotilla-dev/flotilla/bundle/recipe"
 	"github.com/flotilla-dev/flotilla/internal/atomicfile"
 )
 
@@ -70,7 +70,7 @@ func Open(dir string) (*Store, error) {
 	}
 	for _, d := range []string{filepath.Join(abs, "blobs", "sha256"), filepath.Join(abs, "flotilla", "tmp"), filepath.Join(abs, "flotilla", "cache")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
-			return nil, fmt.Errorf("open store %s: %w (run as root or pass --store / %s)", abs, err, EnvStore)
+			return nil, fmt.Errorf("open store %s: %w (run as root, or use a store directory this user can write: $%s)", abs, err, EnvStore)
 		}
 	}
 	s := &Store{dir: abs, layout: layout.Path(abs)}
@@ -318,14 +318,14 @@ func (s *Store) imageFor(d v1.Descriptor, p *v1.Platform, ref string) (v1.Image,
 			return img, m.Digest, err
 		}
 	}
-	return nil, v1.Hash{}, fmt.Errorf("image %s has no %s variant (it has %s): pass --platform", ref, want.String(), strings.Join(have, ", "))
+	return nil, v1.Hash{}, fmt.Errorf("image %s has no %s variant (it has %s): choose one of those platforms", ref, want.String(), strings.Join(have, ", "))
 }
 
 // Plan decodes the flotilla plan carried in an image's config labels.
-func Plan(img v1.Image) (*plan.Plan, error) {
+func Plan(img v1.Image) (*recipe.Recipe, error) {
 	cfg, err := img.ConfigFile()
 	if err != nil {
 		return nil, fmt.Errorf("read image config: %w", err)
 	}
-	return plan.FromLabels(cfg.Config.Labels)
+	return recipe.FromLabels(cfg.Config.Labels)
 }

@@ -13,12 +13,6 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// agentSubcommands are added under `flotilla agent`; other files append from init()
-// (e.g. `agent uninstall` from packaging).
-var agentSubcommands []func() *cobra.Command
-
-func init() { addCommand(newAgentCmd) }
-
 func newAgentCmd() *cobra.Command {
 	var (
 		opts   agent.Options
@@ -50,7 +44,7 @@ Steps place files under --root (exported to steps as FLOTILLA_ROOT).`,
 			opts.Executors = rollout.Executors(rollout.Options{})
 			a, err := agent.New(cmd.Context(), opts)
 			if err != nil {
-				return err
+				return withFlag(err, agentFlag)
 			}
 			return a.Run(cmd.Context())
 		},
@@ -71,10 +65,7 @@ Steps place files under --root (exported to steps as FLOTILLA_ROOT).`,
 	f.Var(newRateValue(&opts.MaxUpload), "max-upload", "cap on layer bytes sent to other agents, e.g. 100mbit or 20MB/s (default none; a Clusterfile's spec.bandwidth can only lower it)")
 	f.Var(newRateValue(&opts.MaxDownload), "max-download", "cap on layer bytes fetched, e.g. 1gbit or 50MB/s (default none; a Clusterfile's spec.bandwidth can only lower it)")
 	f.StringVar(&opts.RegistryListen, "registry-listen", mirror.DefaultListen, "address of the node-local registry mirror serving the carried container images (read-only OCI pull API; plain HTTP, keep it on loopback); \"\" disables it")
-	cmd.AddCommand(newAgentStatusCmd())
-	for _, sc := range agentSubcommands {
-		cmd.AddCommand(sc())
-	}
+	cmd.AddCommand(newAgentStatusCmd(), newAgentUninstallCmd(), newAgentContainerdMirrorCmd())
 	return cmd
 }
 

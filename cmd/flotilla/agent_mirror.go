@@ -8,8 +8,6 @@ import (
 	"github.com/flotilla-dev/flotilla/agent/mirror"
 )
 
-func init() { agentSubcommands = append(agentSubcommands, newAgentContainerdMirrorCmd) }
-
 func newAgentContainerdMirrorCmd() *cobra.Command {
 	var root, addr string
 	cmd := &cobra.Command{

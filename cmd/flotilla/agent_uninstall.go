@@ -3,28 +3,11 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"net/http"
-	"os"
 
 	"github.com/spf13/cobra"
 
 	"github.com/flotilla-dev/flotilla/packaging"
 )
-
-func init() {
-	agentSubcommands = append(agentSubcommands, newAgentUninstallCmd)
-	// The controller serves the bootstrap script and the agent binaries it
-	// installs: $FLOTILLA_AGENT_DIR holds flotilla-linux-{amd64,arm64} (make
-	// build-all); without it the controller serves itself for its own arch.
-	controllerHandlers = append(controllerHandlers, func(string) map[string]http.Handler {
-		h := packaging.Handler(packaging.Options{BinDir: os.Getenv("FLOTILLA_AGENT_DIR")})
-		m := map[string]http.Handler{}
-		for _, p := range packaging.Paths {
-			m[p] = h
-		}
-		return m
-	})
-}
 
 func newAgentUninstallCmd() *cobra.Command {
 	var (

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -10,15 +9,13 @@ import (
 	"os"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/client"
 	"github.com/flotilla-dev/flotilla/cmd/flotilla/internal/rolloutview"
 	"github.com/flotilla-dev/flotilla/controller/clusterfile"
 	"github.com/flotilla-dev/flotilla/protocol"
-	"github.com/nats-io/nats.go"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 )
-
-func init() { addCommand(newApplyCmd) }
 
 // rolloutFlags are the flags apply and delete share.
 type rolloutFlags struct {
@@ -100,7 +97,7 @@ restarting controller for up to a minute).`,
 				return err
 			}
 			req.Detach = detach
-			return runRollout(cmd, &f, protocol.AdminApply, req, cluster)
+			return runRollout(cmd, &f, applyCall(req), detach, cluster)
 		},
 	}
 	f.register(cmd)
@@ -127,15 +124,37 @@ func readClusterfile(path string) (protocol.ApplyRequest, string, error) {
 	return protocol.ApplyRequest{Clusterfile: data, Path: path}, name, nil
 }
 
+// rolloutCall is one of the client's rollout calls (Apply, Delete, Attach).
+type rolloutCall func(ctx context.Context, c *client.Client, onEvent func(protocol.RolloutEvent)) (*protocol.ApplyResult, error)
+
+// applyCall and deleteCall send the Clusterfile; attachCall names the cluster.
+func applyCall(req protocol.ApplyRequest) rolloutCall {
+	return func(ctx context.Context, c *client.Client, on func(protocol.RolloutEvent)) (*protocol.ApplyResult, error) {
+		return c.Apply(ctx, req, on)
+	}
+}
+
+func deleteCall(req protocol.ApplyRequest) rolloutCall {
+	return func(ctx context.Context, c *client.Client, on func(protocol.RolloutEvent)) (*protocol.ApplyResult, error) {
+		return c.Delete(ctx, req, on)
+	}
+}
+
+func attachCall(cluster string) rolloutCall {
+	return func(ctx context.Context, c *client.Client, on func(protocol.RolloutEvent)) (*protocol.ApplyResult, error) {
+		return c.Attach(ctx, cluster, on)
+	}
+}
+
 // runRollout sends an apply or delete request, shows the streamed events and the
 // summary, and turns failed nodes into a non-zero exit code.
-func runRollout(cmd *cobra.Command, f *rolloutFlags, name string, req protocol.ApplyRequest, cluster string) error {
-	nc, err := f.conn.connect()
+func runRollout(cmd *cobra.Command, f *rolloutFlags, call rolloutCall, detach bool, cluster string) error {
+	c, err := f.conn.connect()
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	return followRollout(cmd, f, nc, name, req, req.Detach, cluster)
+	defer c.Close()
+	return followRollout(cmd, f, c, call, detach, cluster)
 }
 
 // runAttach follows the rollout of cluster that runs (or is about to resume) in
@@ -143,10 +162,10 @@ func runRollout(cmd *cobra.Command, f *rolloutFlags, name string, req protocol.A
 func runAttach(cmd *cobra.Command, f *rolloutFlags, cluster string) error {
 	deadline := time.Now().Add(time.Minute)
 	for {
-		nc, err := f.conn.connect()
+		c, err := f.conn.connect()
 		if err == nil {
-			defer nc.Close()
-			return followRollout(cmd, f, nc, protocol.AdminAttach, protocol.AttachRequest{Cluster: cluster}, false, cluster)
+			defer c.Close()
+			return followRollout(cmd, f, c, attachCall(cluster), false, cluster)
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("attach to %s: %w", cluster, err)
@@ -160,23 +179,19 @@ func runAttach(cmd *cobra.Command, f *rolloutFlags, cluster string) error {
 	}
 }
 
-// followRollout sends the admin request name with body, shows the streamed
-// events and the summary, and turns failed nodes into a non-zero exit code.
-func followRollout(cmd *cobra.Command, f *rolloutFlags, nc *nats.Conn, name string, body any, detach bool, cluster string) error {
+// followRollout makes the rollout call, shows the streamed events and the
+// summary, and turns failed nodes into a non-zero exit code.
+func followRollout(cmd *cobra.Command, f *rolloutFlags, c *client.Client, call rolloutCall, detach bool, cluster string) error {
 	view := newRolloutRenderer(cmd, f.output, f.verbose)
-	onStream := func(data []byte) {
-		var ev protocol.RolloutEvent
-		if err := json.Unmarshal(data, &ev); err != nil {
-			slog.Debug("rollout event not understood", "err", err)
-			return
-		}
+	onEvent := func(ev protocol.RolloutEvent) {
 		if cluster == "" {
 			cluster = ev.Cluster
 		}
 		view.Event(ev)
 	}
-	var res protocol.ApplyResult
-	err := adminCall(cmd.Context(), nc, name, body, &res, f.timeout, onStream)
+	ctx, cancel := context.WithTimeout(cmd.Context(), f.timeout)
+	defer cancel()
+	res, err := call(ctx, c, onEvent)
 	view.Close()
 	follow := "flotilla status"
 	attach := "flotilla apply --attach CLUSTER"
@@ -184,9 +199,8 @@ func followRollout(cmd *cobra.Command, f *rolloutFlags, nc *nats.Conn, name stri
 		follow += " " + cluster
 		attach = "flotilla apply --attach " + cluster
 	}
-	var lost *controllerLostError
 	switch {
-	case errors.As(err, &lost):
+	case errors.Is(err, client.ErrControllerLost):
 		return fmt.Errorf("%w\nthe controller stopped during the rollout; it resumes the rollout when it starts again: follow it with %s", err, attach)
 	case err != nil && cmd.Context().Err() != nil:
 		fmt.Fprintf(cmd.ErrOrStderr(), "\ninterrupted: the rollout goes on in the controller; follow it with: %s\n", follow)
@@ -209,13 +223,13 @@ func followRollout(cmd *cobra.Command, f *rolloutFlags, nc *nats.Conn, name stri
 	} else if detach {
 		fmt.Fprintf(cmd.OutOrStdout(), "rollout %s of cluster %s started in the controller; follow it with: %s\n", res.Rollout, res.Cluster, follow)
 		return nil
-	} else if err := rolloutview.WriteSummary(cmd.OutOrStdout(), &res); err != nil {
+	} else if err := rolloutview.WriteSummary(cmd.OutOrStdout(), res); err != nil {
 		return err
 	}
 	if detach {
 		return nil
 	}
-	if err := rolloutview.Err(&res); err != nil {
+	if err := rolloutview.Err(res); err != nil {
 		return &exitError{code: 1, err: err}
 	}
 	return nil

@@ -25,8 +25,6 @@ import (
 // The blob commands run the peer-to-peer layer distribution on its own, so
 // benchmarks and debugging can drive real processes before (and besides)
 // the rollout wiring. Hidden: operators use `flotilla apply`.
-func init() { addCommand(newBlobCmd) }
-
 func newBlobCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:    "blob",
@@ -40,7 +38,7 @@ func newBlobCmd() *cobra.Command {
 	var stopProfile func()
 	cmd.PersistentFlags().StringVar(&cpuProfile, "cpuprofile", "", "write a Go CPU profile to this file (benchmark analysis)")
 	cmd.PersistentPreRunE = func(c *cobra.Command, args []string) error {
-		if err := setupLogging(logLevel, logFormat); err != nil {
+		if err := setupLoggingFrom(c); err != nil { // cobra runs one PersistentPreRunE: this one, not the root's
 			return err
 		}
 		if cpuProfile == "" {

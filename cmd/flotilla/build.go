@@ -15,8 +15,6 @@ import (
 	"github.com/flotilla-dev/flotilla/bundle/registry"
 )
 
-func init() { addCommand(newBuildCmd) }
-
 func newBuildCmd() *cobra.Command {
 	var (
 		storeDir, file, platforms, output, imagePlatform string

@@ -13,27 +13,9 @@ import (
 	"github.com/flotilla-dev/flotilla/agent/mirror"
 	agentrollout "github.com/flotilla-dev/flotilla/agent/rollout"
 	"github.com/flotilla-dev/flotilla/controller"
+	"github.com/flotilla-dev/flotilla/packaging"
 	"github.com/spf13/cobra"
-	"github.com/spf13/pflag"
 )
-
-// controllerHandlers lets other files mount HTTPS handlers (bootstrap script,
-// agent binaries) on the controller: append from init().
-var controllerHandlers []func(dataDir string) map[string]http.Handler
-
-// controllerAgentHandlers are like controllerHandlers, for agents only: the
-// controller serves them to a peer certificate of a node in its inventory.
-var controllerAgentHandlers []func(dataDir string) map[string]http.Handler
-
-// controllerHooks run after the controller started (e.g. the rollout engine
-// registering admin handlers); append from init().
-var controllerHooks []func(ctx context.Context, c *controller.Controller) error
-
-// controllerFlags lets other files add flags to `flotilla controller` (the values
-// their hooks read); append from init().
-var controllerFlags []func(f *pflag.FlagSet)
-
-func init() { addCommand(newControllerCmd) }
 
 func newControllerCmd() *cobra.Command {
 	var (
@@ -62,36 +44,15 @@ Agents join over HTTPS (--http-listen) with a token and then talk NATS over TLS 
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			opts.Logger = slog.Default().With("component", "controller")
-			opts.Handlers = map[string]http.Handler{}
-			// Before the handlers below create their dirs inside it (0755 would
-			// otherwise be inherited by a data dir they create).
-			if err := os.MkdirAll(opts.DataDir, 0o700); err != nil {
-				return fmt.Errorf("--data-dir %s: %w", opts.DataDir, err)
-			}
-			for _, f := range controllerHandlers {
-				for p, h := range f(opts.DataDir) {
-					opts.Handlers[p] = h
-				}
-			}
-			opts.AgentHandlers = map[string]http.Handler{}
-			for _, f := range controllerAgentHandlers {
-				for p, h := range f(opts.DataDir) {
-					opts.AgentHandlers[p] = h
-				}
-			}
+			opts.Handlers = packagingHandlers()
 			c, err := controller.New(opts)
 			if err != nil {
-				return err
+				return withFlag(err, controllerFlag)
 			}
 			if err := c.Start(ctx); err != nil {
-				return err
+				return withFlag(err, controllerFlag)
 			}
 			defer c.Close()
-			for _, h := range controllerHooks {
-				if err := h(ctx, c); err != nil {
-					return err
-				}
-			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "flotilla controller ready\n  NATS   %s\n  HTTPS  %s\n  CA     %s\n  admin  %s\nCreate a join token with: flotilla token create --ttl 24h\n",
 				c.NATSURL(), c.HTTPURL(), c.CAHash(), c.AdminCredsPath())
 			if !localAgent {
@@ -102,9 +63,8 @@ Agents join over HTTPS (--http-listen) with a token and then talk NATS over TLS 
 		},
 	}
 	f := cmd.Flags()
-	for _, add := range controllerFlags {
-		add(f)
-	}
+	f.DurationVar(&opts.UnreachableTimeout, "unreachable-timeout", 2*time.Minute,
+		"how long a rollout retries a node that is offline before it reports it unreachable and goes on")
 	f.StringVar(&opts.DataDir, "data-dir", envOr("FLOTILLA_DATA_DIR", "/var/lib/flotilla"), "state: CA, keys, admin.creds, JetStream")
 	f.StringVar(&opts.Listen, "listen", "0.0.0.0:4222", "NATS (TLS) listen address")
 	f.StringVar(&opts.HTTPListen, "http-listen", "0.0.0.0:9443", "HTTPS listen address (join, CA, bootstrap)")
@@ -122,6 +82,18 @@ Agents join over HTTPS (--http-listen) with a token and then talk NATS over TLS 
 	f.IntVar(&opts.MaxConcurrentJoins, "max-concurrent-joins", 32, "joins handled at once; more get HTTP 503 and agents retry")
 	f.DurationVar(&opts.HTTPReadHeaderTimeout, "http-read-header-timeout", 10*time.Second, "time an HTTPS client has for the TLS handshake and its request headers")
 	return cmd
+}
+
+// packagingHandlers serve the bootstrap script and the agent binaries it
+// installs: $FLOTILLA_AGENT_DIR holds flotilla-linux-{amd64,arm64} (make
+// build-all); without it the controller serves itself for its own arch.
+func packagingHandlers() map[string]http.Handler {
+	h := packaging.Handler(packaging.Options{BinDir: os.Getenv("FLOTILLA_AGENT_DIR")})
+	m := map[string]http.Handler{}
+	for _, p := range packaging.Paths {
+		m[p] = h
+	}
+	return m
 }
 
 func runLocalAgent(ctx context.Context, c *controller.Controller, dataDir, name, labelStr, registryListen string, hb time.Duration) error {
@@ -146,7 +118,7 @@ func runLocalAgent(ctx context.Context, c *controller.Controller, dataDir, name,
 		Logger: slog.Default().With("component", "agent"), Executors: agentrollout.Executors(agentrollout.Options{}),
 	})
 	if err != nil {
-		return fmt.Errorf("local agent: %w", err)
+		return fmt.Errorf("local agent: %w", withFlag(err, localAgentFlag))
 	}
 	return a.Run(ctx)
 }

@@ -6,12 +6,9 @@ import (
 	"os"
 
 	"github.com/flotilla-dev/flotilla/cmd/flotilla/internal/rolloutview"
-	"github.com/flotilla-dev/flotilla/protocol"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 )
-
-func init() { addCommand(newDeleteCmd) }
 
 func newDeleteCmd() *cobra.Command {
 	var (
@@ -54,7 +51,7 @@ unreachable nodes are reported. Asks for confirmation on a terminal; without a t
 					return err
 				}
 			}
-			return runRollout(cmd, &f, protocol.AdminDelete, req, cluster)
+			return runRollout(cmd, &f, deleteCall(req), false, cluster)
 		},
 	}
 	f.register(cmd)

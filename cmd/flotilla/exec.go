@@ -1,7 +1,7 @@
 package main
 
 import (
-	"encoding/json"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -14,8 +14,6 @@ import (
 	"github.com/flotilla-dev/flotilla/protocol"
 	"github.com/spf13/cobra"
 )
-
-func init() { addCommand(newExecCmd) }
 
 // execNodeOutput is one node's result with its output, for -o json.
 type execNodeOutput struct {
@@ -69,21 +67,17 @@ node failed, timed out or was offline. --role R selects nodes labelled role=R.`,
 				}
 				sel.Labels = l
 			}
-			nc, err := conn.connect()
+			c, err := conn.connect()
 			if err != nil {
 				return err
 			}
-			defer nc.Close()
+			defer c.Close()
 			var (
 				mu   sync.Mutex
 				outs = map[string]*execNodeOutput{}
 			)
 			stdout, stderr := cmd.OutOrStdout(), cmd.ErrOrStderr()
-			onStream := func(data []byte) {
-				var ev protocol.Event
-				if json.Unmarshal(data, &ev) != nil || ev.Type != protocol.EventOutput {
-					return
-				}
+			onOutput := func(ev protocol.Event) {
 				mu.Lock()
 				defer mu.Unlock()
 				o := outs[ev.Node]
@@ -105,9 +99,8 @@ node failed, timed out or was offline. --role R selects nodes labelled role=R.`,
 				}
 				fmt.Fprintf(w, "%s | %s\n", ev.Node, human.TermSafe(ev.Line))
 			}
-			var reply protocol.ExecReply
-			req := protocol.ExecRequest{Selector: sel, Command: args, Timeout: timeout}
-			if err := adminCall(cmd.Context(), nc, protocol.AdminExec, req, &reply, timeout+30*time.Second, onStream); err != nil {
+			reply, err := c.Exec(cmd.Context(), protocol.ExecRequest{Selector: sel, Command: args, Timeout: timeout}, onOutput)
+			if err != nil {
 				return err
 			}
 			failed := 0
@@ -153,13 +146,15 @@ node failed, timed out or was offline. --role R selects nodes labelled role=R.`,
 
 // completeNodeNames asks the controller for node names; no controller, no suggestions.
 func completeNodeNames(cmd *cobra.Command, conn *cliConnFlags) []string {
-	nc, err := conn.connect()
+	c, err := conn.connect()
 	if err != nil {
 		return nil
 	}
-	defer nc.Close()
-	var nodes []protocol.NodeInfo
-	if adminCall(cmd.Context(), nc, protocol.AdminNodes, nil, &nodes, 3*time.Second, nil) != nil {
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(cmd.Context(), 3*time.Second)
+	defer cancel()
+	nodes, err := c.Nodes(ctx)
+	if err != nil {
 		return nil
 	}
 	names := make([]string, 0, len(nodes))

@@ -21,7 +21,11 @@ func addImageStoreFlag(cmd *cobra.Command, dir *string) {
 }
 
 func openImageStore(dir string) (*store.Store, error) {
-	return store.Open(dir)
+	st, err := store.Open(dir)
+	if err != nil {
+		return nil, fmt.Errorf("%w; or pass --store DIR", err)
+	}
+	return st, nil
 }
 
 // imgProgress draws bars on a terminal stderr and logs lines otherwise; --quiet hides both.

@@ -12,12 +12,6 @@ import (
 	"github.com/flotilla-dev/flotilla/bundle/store"
 )
 
-func init() {
-	addCommand(newImagesCmd)
-	addCommand(newTagCmd)
-	addCommand(newRmiCmd)
-}
-
 // imageRow is one line of `flotilla images`.
 type imageRow struct {
 	Name      string   `json:"name"`

@@ -11,12 +11,10 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/spf13/cobra"
 
-	"github.com/flotilla-dev/flotilla/bundle/plan"
+	"github.com/flotilla-dev/flotilla/bundle/recipe"
 	"github.com/flotilla-dev/flotilla/bundle/store"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
-
-func init() { addCommand(newInspectCmd) }
 
 // inspectOutput is `flotilla inspect -o json`.
 type inspectOutput struct {
@@ -26,7 +24,7 @@ type inspectOutput struct {
 	Platform  string          `json:"platform"`  // of the image shown
 	Platforms []string        `json:"platforms"` // all platforms of the image
 	Created   string          `json:"created,omitempty"`
-	Plan      *plan.Plan      `json:"plan"`
+	Plan      *recipe.Recipe  `json:"plan"`
 	Config    *v1.ConfigFile  `json:"config,omitempty"`
 	Manifests []v1.Descriptor `json:"manifests,omitempty"`
 }
@@ -113,15 +111,15 @@ func printImageInspect(w io.Writer, o inspectOutput) error {
 			fmt.Fprintf(w, "  %s=%s\n", k, p.Env[k])
 		}
 	}
-	roles := append([]string{plan.RoleAll}, p.Roles...)
+	roles := append([]string{recipe.RoleAll}, p.Roles...)
 	fmt.Fprintf(w, "Roles:     %s\n", imgJoin(p.Roles))
 	for i, r := range roles {
-		if i > 0 && r == plan.RoleAll {
+		if i > 0 && r == recipe.RoleAll {
 			continue
 		}
-		var layers []plan.Layer
-		var steps []plan.Step
-		var tmpls []plan.Template
+		var layers []recipe.Layer
+		var steps []recipe.Step
+		var tmpls []recipe.Template
 		for _, l := range p.Layers {
 			if l.Role == r {
 				layers = append(layers, l)

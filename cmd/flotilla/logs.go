@@ -9,8 +9,6 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func init() { addCommand(newLogsCmd) }
-
 func newLogsCmd() *cobra.Command {
 	var (
 		conn   cliConnFlags
@@ -27,14 +25,13 @@ func newLogsCmd() *cobra.Command {
 			if output != "text" && output != "json" {
 				return fmt.Errorf("-o %q: want text or json", output)
 			}
-			nc, err := conn.connect()
+			c, err := conn.connect()
 			if err != nil {
 				return err
 			}
-			defer nc.Close()
-			var evs []protocol.Event
-			req := protocol.LogsRequest{Node: args[0], Limit: limit}
-			if err := adminCall(cmd.Context(), nc, protocol.AdminLogs, req, &evs, 30*time.Second, nil); err != nil {
+			defer c.Close()
+			evs, err := c.Logs(cmd.Context(), protocol.LogsRequest{Node: args[0], Limit: limit})
+			if err != nil {
 				return err
 			}
 			if output == "json" {

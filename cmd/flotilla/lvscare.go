@@ -10,8 +10,6 @@ import (
 	"github.com/flotilla-dev/flotilla/lvscare"
 )
 
-func init() { addCommand(newLvscareCmd) }
-
 func newLvscareCmd() *cobra.Command {
 	var (
 		configPath string

@@ -1,7 +1,9 @@
 // Command flotilla is the one binary: controller, agent, image tools and CLI.
 //
-// Each subsystem registers its commands from its own file with addCommand, so
-// the files stay independent; commands parse flags and call packages, nothing more.
+// newRootCmd lists every command; each is built by a constructor in its own
+// file. Commands parse flags, call packages (the controller, the agent, the
+// client, bundle) and print, nothing more. No init() and no package-level
+// state: main builds everything.
 package main
 
 import (
@@ -19,12 +21,6 @@ import (
 // version is set at link time: -ldflags "-X main.version=…".
 var version = "dev"
 
-// commandFactories collects the subcommands registered by each file's init.
-var commandFactories []func() *cobra.Command
-
-// addCommand registers a subcommand constructor; call it from init().
-func addCommand(f func() *cobra.Command) { commandFactories = append(commandFactories, f) }
-
 // exitError carries a specific process exit code out of a command.
 type exitError struct {
 	code int
@@ -39,11 +35,6 @@ func (e *exitError) Error() string {
 }
 func (e *exitError) Unwrap() error { return e.err }
 
-var (
-	logLevel  string
-	logFormat string
-)
-
 func newRootCmd() *cobra.Command {
 	root := &cobra.Command{
 		Use:   "flotilla",
@@ -57,15 +48,31 @@ onto a fleet of hosts through agents that take orders from a controller over NAT
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
-			return setupLogging(logLevel, logFormat)
+			return setupLoggingFrom(cmd)
 		},
 	}
-	root.PersistentFlags().StringVar(&logLevel, "log-level", envOr("FLOTILLA_LOG_LEVEL", "info"), "log level: debug, info, warn, error")
-	root.PersistentFlags().StringVar(&logFormat, "log-format", envOr("FLOTILLA_LOG_FORMAT", "text"), "log format: text or json")
-	for _, f := range commandFactories {
-		root.AddCommand(f())
-	}
+	root.PersistentFlags().String("log-level", envOr("FLOTILLA_LOG_LEVEL", "info"), "log level: debug, info, warn, error")
+	root.PersistentFlags().String("log-format", envOr("FLOTILLA_LOG_FORMAT", "text"), "log format: text or json")
+	root.AddCommand(
+		// the fleet: controller and agent
+		newControllerCmd(), newAgentCmd(), newLvscareCmd(), newBlobCmd(),
+		// admin actions, through the client package
+		newNodesCmd(), newExecCmd(), newTokenCmd(), newPlanCmd(), newApplyCmd(),
+		newStatusCmd(), newDeleteCmd(), newLogsCmd(),
+		// cluster images
+		newBuildCmd(), newImagesCmd(), newInspectCmd(), newTagCmd(), newRmiCmd(),
+		newPushCmd(), newPullCmd(), newLoginCmd(), newLogoutCmd(), newSaveCmd(), newLoadCmd(),
+		newVersionCmd(),
+	)
 	return root
+}
+
+// setupLoggingFrom sets the default logger from the root's --log-level and
+// --log-format as cmd sees them.
+func setupLoggingFrom(cmd *cobra.Command) error {
+	level, _ := cmd.Flags().GetString("log-level")
+	format, _ := cmd.Flags().GetString("log-format")
+	return setupLogging(level, format)
 }
 
 func setupLogging(level, format string) error {

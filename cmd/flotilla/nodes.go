@@ -11,8 +11,6 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func init() { addCommand(newNodesCmd) }
-
 func newNodesCmd() *cobra.Command {
 	var (
 		conn   cliConnFlags
@@ -25,13 +23,13 @@ func newNodesCmd() *cobra.Command {
   flotilla nodes -o json | jq -r '.[] | select(.online) | .name'`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			nc, err := conn.connect()
+			c, err := conn.connect()
 			if err != nil {
 				return err
 			}
-			defer nc.Close()
-			var nodes []protocol.NodeInfo
-			if err := adminCall(cmd.Context(), nc, protocol.AdminNodes, nil, &nodes, 15*time.Second, nil); err != nil {
+			defer c.Close()
+			nodes, err := c.Nodes(cmd.Context())
+			if err != nil {
 				return err
 			}
 			switch output {

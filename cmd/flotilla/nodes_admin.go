@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"strings"
-	"time"
 
 	"github.com/flotilla-dev/flotilla/protocol"
 	"github.com/spf13/cobra"
@@ -21,13 +20,13 @@ node that is gone for good, or before re-joining a reinstalled host under its ol
 		Example: "  flotilla nodes remove web-1",
 		Args:    cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			nc, err := conn.connect()
+			c, err := conn.connect()
 			if err != nil {
 				return err
 			}
-			defer nc.Close()
+			defer c.Close()
 			for _, name := range args {
-				if err := adminCall(cmd.Context(), nc, protocol.AdminNodesRemove, protocol.NodesRemove{Name: name}, nil, 15*time.Second, nil); err != nil {
+				if err := c.RemoveNode(cmd.Context(), name); err != nil {
 					return err
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "removed %s\n", name)
@@ -62,13 +61,13 @@ later are shown in its facts (flotilla nodes -o json) but select nothing until a
 				}
 				req.Set[k] = v
 			}
-			nc, err := conn.connect()
+			c, err := conn.connect()
 			if err != nil {
 				return err
 			}
-			defer nc.Close()
-			var n protocol.NodeInfo
-			if err := adminCall(cmd.Context(), nc, protocol.AdminNodesLabel, req, &n, 15*time.Second, nil); err != nil {
+			defer c.Close()
+			n, err := c.LabelNode(cmd.Context(), req)
+			if err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s labels: %s\n", n.Name, labelString(n.Labels))

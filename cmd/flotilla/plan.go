@@ -2,14 +2,10 @@ package main
 
 import (
 	"fmt"
-	"time"
 
-	"github.com/flotilla-dev/flotilla/controller/planner"
-	"github.com/flotilla-dev/flotilla/protocol"
+	"github.com/flotilla-dev/flotilla/cmd/flotilla/internal/rolloutview"
 	"github.com/spf13/cobra"
 )
-
-func init() { addCommand(newPlanCmd) }
 
 func newPlanCmd() *cobra.Command {
 	var (
@@ -47,18 +43,17 @@ func runPlan(cmd *cobra.Command, conn *cliConnFlags, file, output string) error 
 	if err != nil {
 		return err
 	}
-	req.DryRun = true
-	nc, err := conn.connect()
+	c, err := conn.connect()
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	var p planner.ClusterPlan
-	if err := adminCall(cmd.Context(), nc, protocol.AdminPlan, req, &p, 2*time.Minute, nil); err != nil {
+	defer c.Close()
+	p, err := c.Plan(cmd.Context(), req)
+	if err != nil {
 		return err
 	}
 	if output == "json" {
-		return p.WriteJSON(cmd.OutOrStdout())
+		return rolloutview.WritePlanJSON(cmd.OutOrStdout(), p)
 	}
-	return p.WriteText(cmd.OutOrStdout())
+	return rolloutview.WritePlan(cmd.OutOrStdout(), p)
 }

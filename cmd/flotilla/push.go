@@ -12,13 +12,6 @@ import (
 	"github.com/flotilla-dev/flotilla/bundle/registry"
 )
 
-func init() {
-	addCommand(newPushCmd)
-	addCommand(newPullCmd)
-	addCommand(newLoginCmd)
-	addCommand(newLogoutCmd)
-}
-
 func newPushCmd() *cobra.Command {
 	var storeDir string
 	var insecure, quiet bool

@@ -12,11 +12,6 @@ import (
 	"github.com/flotilla-dev/flotilla/bundle/archive"
 )
 
-func init() {
-	addCommand(newSaveCmd)
-	addCommand(newLoadCmd)
-}
-
 func newSaveCmd() *cobra.Command {
 	var storeDir, out, compress string
 	var quiet bool

@@ -3,15 +3,12 @@ package main
 import (
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/flotilla-dev/flotilla/cmd/flotilla/internal/rolloutview"
 	"github.com/flotilla-dev/flotilla/controller/clusterfile"
 	"github.com/flotilla-dev/flotilla/protocol"
 	"github.com/spf13/cobra"
 )
-
-func init() { addCommand(newStatusCmd) }
 
 func newStatusCmd() *cobra.Command {
 	var (
@@ -36,26 +33,26 @@ Clusterfile with -f.`,
 			if output != "table" && output != "json" {
 				return fmt.Errorf("-o %q: want table or json", output)
 			}
-			var req protocol.StatusRequest
+			var cluster string
 			switch {
 			case len(args) == 1 && file != "":
 				return errors.New("name the cluster or give -f Clusterfile, not both")
 			case len(args) == 1:
-				req.Cluster = args[0]
+				cluster = args[0]
 			case file != "":
 				cf, err := clusterfile.Load(file)
 				if err != nil {
 					return err
 				}
-				req.Cluster = cf.Cluster.Name
+				cluster = cf.Cluster.Name
 			}
-			nc, err := conn.connect()
+			c, err := conn.connect()
 			if err != nil {
 				return err
 			}
-			defer nc.Close()
-			var list []protocol.ClusterStatus
-			if err := adminCall(cmd.Context(), nc, protocol.AdminStatus, req, &list, 30*time.Second, nil); err != nil {
+			defer c.Close()
+			list, err := c.Status(cmd.Context(), cluster)
+			if err != nil {
 				return err
 			}
 			if output == "json" {

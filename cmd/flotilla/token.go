@@ -9,8 +9,6 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func init() { addCommand(newTokenCmd) }
-
 func newTokenCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "token",
@@ -42,20 +40,34 @@ or removing it first with ` + "`flotilla nodes remove NAME`" + `.`,
   flotilla token create --ttl 1h --for web-1   # re-join web-1 with new credentials`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if req.TTL <= 0 {
+				return fmt.Errorf("--ttl %s: want a positive duration such as 24h", req.TTL)
+			}
+			if req.Uses < 0 {
+				return fmt.Errorf("--uses %d: want 0 (any number within --ttl) or more", req.Uses)
+			}
+			if req.For != "" {
+				if err := protocol.ValidateNodeName(req.For); err != nil {
+					return fmt.Errorf("--for: %w", err)
+				}
+			}
 			l, err := parseLabels(labels)
 			if err != nil {
 				return fmt.Errorf("--labels: %w", err)
 			}
+			if err := protocol.ValidateLabels("--labels", l); err != nil {
+				return err
+			}
 			if len(l) > 0 {
 				req.Labels = l
 			}
-			nc, err := conn.connect()
+			c, err := conn.connect()
 			if err != nil {
 				return err
 			}
-			defer nc.Close()
-			var ti protocol.TokenInfo
-			if err := adminCall(cmd.Context(), nc, protocol.AdminTokenCreate, req, &ti, 15*time.Second, nil); err != nil {
+			defer c.Close()
+			ti, err := c.CreateToken(cmd.Context(), req)
+			if err != nil {
 				return err
 			}
 			if output == "json" {
@@ -88,13 +100,13 @@ func newTokenListCmd() *cobra.Command {
 		Example: "  flotilla token list\n  flotilla token list -o json",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			nc, err := conn.connect()
+			c, err := conn.connect()
 			if err != nil {
 				return err
 			}
-			defer nc.Close()
-			var list []protocol.TokenInfo
-			if err := adminCall(cmd.Context(), nc, protocol.AdminTokenList, nil, &list, 15*time.Second, nil); err != nil {
+			defer c.Close()
+			list, err := c.Tokens(cmd.Context())
+			if err != nil {
 				return err
 			}
 			if output == "json" {
@@ -137,13 +149,13 @@ func newTokenRevokeCmd() *cobra.Command {
 		Example: "  flotilla token revoke 1a2b3c4d",
 		Args:    cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			nc, err := conn.connect()
+			c, err := conn.connect()
 			if err != nil {
 				return err
 			}
-			defer nc.Close()
+			defer c.Close()
 			for _, id := range args {
-				if err := adminCall(cmd.Context(), nc, protocol.AdminTokenRevoke, protocol.TokenRevoke{ID: id}, nil, 15*time.Second, nil); err != nil {
+				if err := c.RevokeToken(cmd.Context(), id); err != nil {
 					return err
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "revoked %s\n", id)

@@ -5,7 +5,6 @@ package controllertest
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -19,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/client"
 	"github.com/flotilla-dev/flotilla/internal/testbin"
 	"github.com/flotilla-dev/flotilla/protocol"
 	"github.com/nats-io/nats.go"
@@ -93,7 +93,7 @@ func (f *Fleet) HTTPURL() string { return fmt.Sprintf("https://127.0.0.1:%d", f.
 func (f *Fleet) NATSURL() string { return fmt.Sprintf("tls://127.0.0.1:%d", f.NATSPort) }
 
 // StartController (re)starts the controller on the same ports and data dir and
-// waits until the CLI gets answers from it.
+// waits until it answers admin requests.
 func (f *Fleet) StartController() {
 	f.T.Helper()
 	f.Controller = f.start("controller", append([]string{"controller",
@@ -103,8 +103,7 @@ func (f *Fleet) StartController() {
 		"--advertise", "127.0.0.1", "--log-level", "debug"}, f.ControllerArgs...)...)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		_, _, code := f.CLI(context.Background(), "nodes")
-		if code == 0 {
+		if _, err := f.Nodes(context.Background()); err == nil {
 			return
 		}
 		if time.Now().After(deadline) {
@@ -132,18 +131,31 @@ func (f *Fleet) Token() (token, caHash string) {
 	return f.token, f.caHash
 }
 
-// NewToken creates a token with the given --ttl.
+// NewToken creates a token valid for ttl (a time.Duration string).
 func (f *Fleet) NewToken(ttl string) (token, caHash string) {
 	f.T.Helper()
-	out, errOut, code := f.CLI(context.Background(), "token", "create", "--ttl", ttl, "-o", "json")
-	if code != 0 {
-		f.T.Fatalf("token create: exit %d: %s", code, errOut)
+	d, err := time.ParseDuration(ttl)
+	if err != nil {
+		f.T.Fatalf("token ttl %q: %v", ttl, err)
 	}
-	var ti protocol.TokenInfo
-	if err := json.Unmarshal([]byte(out), &ti); err != nil {
-		f.T.Fatalf("token create output %q: %v", out, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := f.Client()
+	if err != nil {
+		f.T.Fatal(err)
+	}
+	defer c.Close()
+	ti, err := c.CreateToken(ctx, protocol.TokenCreate{TTL: d})
+	if err != nil {
+		f.T.Fatalf("token create: %v", err)
 	}
 	return ti.Token, ti.CAHash
+}
+
+// Client connects to the controller with its admin credentials (the data dir's
+// admin.creds); close it when done. A restarted controller needs a new one.
+func (f *Fleet) Client() (*client.Client, error) {
+	return client.Connect(client.Config{DataDir: f.ControllerDir(), Controller: f.NATSURL(), Name: "controllertest"})
 }
 
 // AgentDataDir is the --data-dir of agent name.
@@ -316,47 +328,85 @@ func indexOf(s []string, v string) int {
 	return -1
 }
 
-// Nodes lists the inventory through the CLI.
+// Nodes lists the inventory through the client.
 func (f *Fleet) Nodes(ctx context.Context) ([]protocol.NodeInfo, error) {
-	out, errOut, code := f.CLI(ctx, "nodes", "-o", "json")
-	if code != 0 {
-		return nil, fmt.Errorf("nodes: exit %d: %s", code, errOut)
+	c, err := f.Client()
+	if err != nil {
+		return nil, err
 	}
-	var nodes []protocol.NodeInfo
-	if err := json.Unmarshal([]byte(out), &nodes); err != nil {
-		return nil, fmt.Errorf("nodes -o json: %w", err)
+	defer c.Close()
+	return c.Nodes(ctx)
+}
+
+// Status returns the controller's status of cluster through the client.
+func (f *Fleet) Status(ctx context.Context, cluster string) ([]protocol.ClusterStatus, error) {
+	c, err := f.Client()
+	if err != nil {
+		return nil, err
 	}
-	return nodes, nil
+	defer c.Close()
+	return c.Status(ctx, cluster)
+}
+
+// WaitNodes lists the inventory every 100 ms over one client connection until
+// done returns true for a listing, and returns that listing; after timeout it
+// fails the test with the last listing.
+func (f *Fleet) WaitNodes(timeout time.Duration, what string, done func([]protocol.NodeInfo) bool) []protocol.NodeInfo {
+	f.T.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var (
+		c    *client.Client
+		last []protocol.NodeInfo
+		err  error
+	)
+	defer func() {
+		if c != nil {
+			c.Close()
+		}
+	}()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if c == nil {
+			c, err = f.Client()
+		}
+		if c != nil {
+			var nodes []protocol.NodeInfo
+			if nodes, err = c.Nodes(ctx); err == nil {
+				last = nodes
+				if done(nodes) {
+					return nodes
+				}
+			} else {
+				c.Close() // the controller may have restarted: connect again
+				c = nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			f.T.Fatalf("%s: not after %s; last listing: %s (err %v)", what, timeout, summarize(last), err)
+			return nil
+		case <-tick.C:
+		}
+	}
 }
 
 // WaitOnline waits until every named node is online (or offline when online is false).
 func (f *Fleet) WaitOnline(timeout time.Duration, online bool, names ...string) {
 	f.T.Helper()
-	deadline := time.Now().Add(timeout)
-	var last []protocol.NodeInfo
-	for {
-		nodes, err := f.Nodes(context.Background())
-		if err == nil {
-			last = nodes
-			state := map[string]bool{}
-			for _, n := range nodes {
-				state[n.Name] = n.Online
-			}
-			ok := true
-			for _, name := range names {
-				if st, known := state[name]; !known || st != online {
-					ok = false
-				}
-			}
-			if ok {
-				return
+	f.WaitNodes(timeout, fmt.Sprintf("nodes %v online=%t", names, online), func(nodes []protocol.NodeInfo) bool {
+		state := map[string]bool{}
+		for _, n := range nodes {
+			state[n.Name] = n.Online
+		}
+		for _, name := range names {
+			if st, known := state[name]; !known || st != online {
+				return false
 			}
 		}
-		if time.Now().After(deadline) {
-			f.T.Fatalf("nodes %v not online=%t after %s; last listing: %+v (err %v)", names, online, timeout, summarize(last), err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return true
+	})
 }
 
 func summarize(nodes []protocol.NodeInfo) string {

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/flotilla-dev/flotilla/bundle/plan"
+	"github.com/flotilla-dev/flotilla/bundle/recipe"
 	"github.com/flotilla-dev/flotilla/controller/clusterfile"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
@@ -43,13 +43,13 @@ func Plan(in Input) (*ClusterPlan, error) {
 	facts := ClusterFacts{Name: c.Name, VIP: c.VIP, Image: c.Image}
 	master0 := -1
 	for i, m := range members {
-		if slices.Contains(m.host.Roles, plan.RoleMaster) {
+		if slices.Contains(m.host.Roles, recipe.RoleMaster) {
 			if master0 < 0 {
 				master0 = i
 			}
 			facts.Masters = append(facts.Masters, m.ip)
 		}
-		if slices.Contains(m.host.Roles, plan.RoleNode) {
+		if slices.Contains(m.host.Roles, recipe.RoleNode) {
 			facts.Nodes = append(facts.Nodes, m.ip)
 		}
 	}
@@ -63,8 +63,8 @@ func Plan(in Input) (*ClusterPlan, error) {
 		selected[m.agent.Name] = true
 		phase := phaseOf(m.host.Roles, i == master0, in.Image.Roles)
 		index := len(byPhase[phase])
-		if phase == plan.RoleMaster {
-			index += len(byPhase[plan.RoleMaster0])
+		if phase == recipe.RoleMaster {
+			index += len(byPhase[recipe.RoleMaster0])
 		}
 		np, err := nodePlan(in, c, m, facts, i == master0, index)
 		if err != nil {
@@ -99,9 +99,9 @@ func Plan(in Input) (*ClusterPlan, error) {
 
 // phaseOrder is master0, master, node, then the image's custom roles in its order.
 func phaseOrder(imageRoles []string) []string {
-	out := []string{plan.RoleMaster0, plan.RoleMaster, plan.RoleNode}
+	out := []string{recipe.RoleMaster0, recipe.RoleMaster, recipe.RoleNode}
 	for _, r := range imageRoles {
-		if !slices.Contains(out, r) && r != plan.RoleAll {
+		if !slices.Contains(out, r) && r != recipe.RoleAll {
 			out = append(out, r)
 		}
 	}
@@ -111,7 +111,7 @@ func phaseOrder(imageRoles []string) []string {
 // phaseOf puts a node in the earliest phase among its roles.
 func phaseOf(roles []string, isMaster0 bool, imageRoles []string) string {
 	if isMaster0 {
-		return plan.RoleMaster0
+		return recipe.RoleMaster0
 	}
 	for _, ph := range phaseOrder(imageRoles)[1:] {
 		if slices.Contains(roles, ph) {
@@ -124,10 +124,10 @@ func phaseOf(roles []string, isMaster0 bool, imageRoles []string) string {
 func validateConfigs(f *clusterfile.File, imageRoles []string) error {
 	var errs []error
 	for _, cfg := range f.Configs {
-		if cfg.Role == "" || cfg.Role == plan.RoleMaster0 || cfg.Role == plan.RoleMaster || cfg.Role == plan.RoleNode || slices.Contains(imageRoles, cfg.Role) {
+		if cfg.Role == "" || cfg.Role == recipe.RoleMaster0 || cfg.Role == recipe.RoleMaster || cfg.Role == recipe.RoleNode || slices.Contains(imageRoles, cfg.Role) {
 			continue
 		}
-		declared := []string{plan.RoleMaster, plan.RoleNode}
+		declared := []string{recipe.RoleMaster, recipe.RoleNode}
 		for _, r := range phaseOrder(imageRoles)[3:] {
 			declared = append(declared, r)
 		}
@@ -176,8 +176,8 @@ func nodePlan(in Input, c *clusterfile.Cluster, m member, facts ClusterFacts, is
 	if err != nil {
 		return nil, err
 	}
-	var up *plan.UnpackPolicy
-	if unpack != (plan.UnpackPolicy{}) {
+	var up *recipe.UnpackPolicy
+	if unpack != (recipe.UnpackPolicy{}) {
 		up = &unpack
 	}
 	maxLayerSeq := 0
@@ -189,7 +189,7 @@ func nodePlan(in Input, c *clusterfile.Cluster, m member, facts ClusterFacts, is
 
 	overrides := map[string]clusterfile.Config{}
 	for _, cfg := range in.File.Configs {
-		if cfg.Role == "" || plan.RoleMatches(cfg.Role, roles, isMaster0) {
+		if cfg.Role == "" || recipe.RoleMatches(cfg.Role, roles, isMaster0) {
 			overrides[cfg.Path] = cfg
 		}
 	}
@@ -241,7 +241,7 @@ func nodePlan(in Input, c *clusterfile.Cluster, m member, facts ClusterFacts, is
 		default:
 			st.Reason = changedBefore(st.Seq, np.Layers, np.Files, np.Images)
 		}
-		if st.Kind == plan.KindService {
+		if st.Kind == recipe.KindService {
 			services = append(services, st.Command)
 		}
 		np.Steps = append(np.Steps, *st)
@@ -322,13 +322,13 @@ func fileApplied(applied []AppliedFile, f File) bool {
 }
 
 // renderStep renders a step's command and computes its digest over what precedes it.
-func renderStep(s *plan.Step, c *clusterfile.Cluster, env map[string]string, data *Data, layers []Layer, files []File, images *Images) (*Step, error) {
+func renderStep(s *recipe.Step, c *clusterfile.Cluster, env map[string]string, data *Data, layers []Layer, files []File, images *Images) (*Step, error) {
 	name := fmt.Sprintf("step %s %s (Kubefile line %d)", strings.ToUpper(s.Kind), s.Command, s.Line)
 	cmd := s.Command
 	if strings.Contains(cmd, "{{") {
 		// A RUN or CMD is a shell command: every value in it is one quoted word.
 		esc := escapeNone
-		if s.Kind == plan.KindRun {
+		if s.Kind == recipe.KindRun {
 			esc = escapeShell
 		}
 		b, err := render(name, cmd, data, esc)
@@ -353,7 +353,7 @@ func renderStep(s *plan.Step, c *clusterfile.Cluster, env map[string]string, dat
 // undoFor lists what a kept node no longer needs: services (reverse start order), then
 // rendered files, then layers, then the cluster's container images when the node gets
 // none any more (a changed set is replaced by the images step itself).
-func undoFor(a Applied, services []string, files []File, layers []Layer, img *plan.Plan, keepImages bool, cluster string) []Undo {
+func undoFor(a Applied, services []string, files []File, layers []Layer, img *recipe.Recipe, keepImages bool, cluster string) []Undo {
 	var out []Undo
 	for i := len(a.Services) - 1; i >= 0; i-- {
 		if !slices.Contains(services, a.Services[i]) {

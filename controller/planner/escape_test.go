@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/coreos/go-systemd/v22/unit"
-	"github.com/flotilla-dev/flotilla/bundle/plan"
+	"github.com/flotilla-dev/flotilla/bundle/recipe"
 )
 
 // hostileValues each try to run `touch PWNED` in the shell that runs a RUN or
@@ -29,15 +29,15 @@ var hostileValues = []struct{ name, v string }{
 // if each had got past the checks on arrival.
 func hostilePlan(t *testing.T, v string) *NodePlan {
 	t.Helper()
-	img := &plan.Plan{
+	img := &recipe.Recipe{
 		SchemaVersion: 1,
 		Env:           map[string]string{"EVIL": v},
-		Roles:         []string{plan.RoleAll, plan.RoleMaster, plan.RoleMaster0, plan.RoleNode},
-		Templates: []plan.Template{{Role: plan.RoleMaster, Path: "/etc/systemd/system/evil.service", Mode: 0o644, Seq: 1,
+		Roles:         []string{recipe.RoleAll, recipe.RoleMaster, recipe.RoleMaster0, recipe.RoleNode},
+		Templates: []recipe.Template{{Role: recipe.RoleMaster, Path: "/etc/systemd/system/evil.service", Mode: 0o644, Seq: 1,
 			Content: "[Service]\nExecStart=/bin/echo {{ .Node.Name }} {{ .Node.IP }} {{ index .Node.Labels \"rack\" }} {{ .Env.EVIL }}\nDescription={{ .Env.EVIL }}\n"}},
-		Steps: []plan.Step{{Role: plan.RoleMaster, Kind: plan.KindRun, Line: 3, Seq: 2,
+		Steps: []recipe.Step{{Role: recipe.RoleMaster, Kind: recipe.KindRun, Line: 3, Seq: 2,
 			Command: `printf '%s\n' {{ .Node.Name }} {{ .Node.IP }} {{ index .Node.Labels "rack" }} {{ .Env.EVIL }}`}},
-		Cmd: &plan.Step{Role: plan.RoleMaster0, Kind: plan.KindRun, Line: 4, Seq: 3,
+		Cmd: &recipe.Step{Role: recipe.RoleMaster0, Kind: recipe.KindRun, Line: 4, Seq: 3,
 			Command: `printf '%s\n' {{ range .Cluster.Masters }}{{ . }} {{ end }}{{ .Node.Labels.rack }}`},
 	}
 	ip, err := netip.ParseAddr("fe80::1%" + v)

@@ -6,12 +6,12 @@ import (
 	"fmt"
 	"slices"
 
-	"github.com/flotilla-dev/flotilla/bundle/plan"
+	"github.com/flotilla-dev/flotilla/bundle/recipe"
 )
 
 // planImages sets np.Images to the container images the node's roles get, with the
 // blobs they need on the node's platform, and np.DropImages to those it had and loses.
-func planImages(in Input, np *NodePlan, img *plan.Plan, arch string, applied Applied, isMaster0 bool) error {
+func planImages(in Input, np *NodePlan, img *recipe.Recipe, arch string, applied Applied, isMaster0 bool) error {
 	images := img.ImagesFor(np.Roles, isMaster0)
 	defer func() { np.DropImages = droppedImages(applied.Images, np.Images) }()
 	if len(images) == 0 {
@@ -58,7 +58,7 @@ func planImages(in Input, np *NodePlan, img *plan.Plan, arch string, applied App
 
 // ImagesDigest is the digest of an images step: the cache owner (the cluster), the
 // platform and each image's name and digest, in order.
-func ImagesDigest(cluster, platform string, images []plan.ContainerImage) string {
+func ImagesDigest(cluster, platform string, images []recipe.ContainerImage) string {
 	h := sha256.New()
 	fmt.Fprintf(h, "images\nowner %q\nplatform %q\n", cluster, platform)
 	for _, ci := range images {
@@ -80,7 +80,7 @@ func (im *Images) AppliedImages() []AppliedImage {
 func droppedImages(had []AppliedImage, want *Images) []string {
 	var out []string
 	for _, a := range had {
-		if want == nil || !slices.ContainsFunc(want.Images, func(c plan.ContainerImage) bool { return c.Name == a.Name && c.Digest == a.Digest }) {
+		if want == nil || !slices.ContainsFunc(want.Images, func(c recipe.ContainerImage) bool { return c.Name == a.Name && c.Digest == a.Digest }) {
 			out = append(out, a.Name)
 		}
 	}

@@ -4,14 +4,14 @@ import (
 	"path"
 	"strings"
 
-	"github.com/flotilla-dev/flotilla/bundle/plan"
+	"github.com/flotilla-dev/flotilla/bundle/recipe"
 )
 
 // IsLvscareUnit says whether unit runs lvscare, whose kernel rules outlive
 // a stop on purpose and need their own undo (UndoCleanLvscare): its name
 // says so (lvscare/'s unit template is flotilla-lvscare.service), or the
 // image renders it from a template whose ExecStart runs `flotilla lvscare`.
-func IsLvscareUnit(img *plan.Plan, unit string) bool {
+func IsLvscareUnit(img *recipe.Recipe, unit string) bool {
 	if strings.Contains(unit, "lvscare") {
 		return true
 	}

@@ -4,7 +4,7 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/flotilla-dev/flotilla/bundle/plan"
+	"github.com/flotilla-dev/flotilla/bundle/recipe"
 )
 
 // TestDeleteCleansLvscare: deleting the cluster (no hosts left) stops every
@@ -13,7 +13,7 @@ import (
 // its template's ExecStart.
 func TestDeleteCleansLvscare(t *testing.T) {
 	img := testImage()
-	img.Templates = append(img.Templates, plan.Template{Role: plan.RoleNode, Path: "/etc/systemd/system/vip.service",
+	img.Templates = append(img.Templates, recipe.Template{Role: recipe.RoleNode, Path: "/etc/systemd/system/vip.service",
 		Content: "[Service]\nExecStart=/usr/local/bin/flotilla lvscare --config /etc/vip.yaml\n", Seq: 8})
 	in := Input{File: cf(t, threeTwo), Image: img, ImageDigest: "sha256:aaaa", Agents: agents(3)}
 	in.Applied = applied(mustPlan(t, in))
@@ -44,7 +44,7 @@ func TestDeleteCleansLvscare(t *testing.T) {
 		}
 	}
 	// The image is gone: the name still tells.
-	in.Image = &plan.Plan{}
+	in.Image = &recipe.Recipe{}
 	if !IsLvscareUnit(in.Image, "flotilla-lvscare.service") || IsLvscareUnit(in.Image, "vip.service") {
 		t.Fatal("IsLvscareUnit without the image's templates")
 	}

@@ -18,8 +18,9 @@ import (
 	"sort"
 	"time"
 
-	"github.com/flotilla-dev/flotilla/bundle/plan"
+	"github.com/flotilla-dev/flotilla/bundle/recipe"
 	"github.com/flotilla-dev/flotilla/controller/clusterfile"
+	"github.com/flotilla-dev/flotilla/protocol"
 )
 
 // Agent is what the inventory knows of one agent.
@@ -61,18 +62,18 @@ type AppliedFile struct {
 // Input is everything the planner reads.
 type Input struct {
 	File        *clusterfile.File
-	Image       *plan.Plan
+	Image       *recipe.Recipe
 	ImageDigest string // digest of the image (manifest or index)
 	// ImageByArch optionally holds the plan of each platform of a multi-arch image, by
 	// GOARCH ("amd64", "arm64"); a node whose Arch is listed uses it (its layers differ),
 	// others use Image. Roles and phases always come from Image.
-	ImageByArch map[string]*plan.Plan
+	ImageByArch map[string]*recipe.Recipe
 	Agents      []Agent            // the inventory
 	Applied     map[string]Applied // per node name, for this cluster (nodes no longer listed are removed)
 	// Carried returns what a node of platform ("linux/arm64") needs of a carried
 	// container image: every manifest, config and layer blob (the controller walks
 	// its store with bundle/carry). Needed only when the image carries container images.
-	Carried func(img plan.ContainerImage, platform string) ([]ImageBlob, error)
+	Carried func(img recipe.ContainerImage, platform string) ([]ImageBlob, error)
 }
 
 // ImageBlob is one manifest or blob of a carried container image.
@@ -82,19 +83,19 @@ type ImageBlob struct {
 	MediaType string `json:"mediaType"`
 }
 
-// Action says what a node's plan does overall.
-type Action string
+// Action says what a node's plan does overall (the wire's vocabulary).
+type Action = protocol.NodeAction
 
 // Node actions.
 const (
-	ActionCreate Action = "create" // the node has nothing of this cluster yet
-	ActionUpdate Action = "update" // some layers, files, steps or undos to do
-	ActionNoop   Action = "noop"   // everything is applied already
-	ActionRemove Action = "remove" // the node left the Clusterfile: undo everything
+	ActionCreate = protocol.ActionCreate
+	ActionUpdate = protocol.ActionUpdate
+	ActionNoop   = protocol.ActionNoop
+	ActionRemove = protocol.ActionRemove
 )
 
 // PhaseRemove is the name of the last phase, holding the nodes that left the cluster.
-const PhaseRemove = "remove"
+const PhaseRemove = protocol.PhaseRemove
 
 // ClusterPlan is the per-node work of one apply, in phases.
 type ClusterPlan struct {
@@ -145,8 +146,8 @@ type NodePlan struct {
 // set skips it, an upgrade imports the new set (fetching only the blobs the cache
 // lacks) and the steps after it run again when it changed.
 type Images struct {
-	Platform string                `json:"platform"` // linux/<node arch>
-	Images   []plan.ContainerImage `json:"images"`
+	Platform string                  `json:"platform"` // linux/<node arch>
+	Images   []recipe.ContainerImage `json:"images"`
 	// Blobs is what the images need on Platform (manifests, configs, layers; each
 	// once); Size their total, what a node with an empty cache fetches.
 	Blobs  []ImageBlob `json:"blobs"`
@@ -166,7 +167,7 @@ type Layer struct {
 	Skip   bool   `json:"skip,omitempty"` // already present on the node
 	// Unpack is how the node unpacks it (the image's dev.flotilla.unpack.*
 	// labels); nil: the agent's defaults.
-	Unpack *plan.UnpackPolicy `json:"unpack,omitempty"`
+	Unpack *recipe.UnpackPolicy `json:"unpack,omitempty"`
 }
 
 // File is one rendered file to place.
@@ -182,7 +183,7 @@ type File struct {
 
 // Step is one rendered run-time step.
 type Step struct {
-	Kind    string            `json:"kind"` // plan.KindRun or plan.KindService
+	Kind    string            `json:"kind"` // recipe.KindRun or recipe.KindService
 	Command string            `json:"command"`
 	Role    string            `json:"role"`
 	Line    int               `json:"line,omitempty"` // Kubefile line
@@ -194,20 +195,16 @@ type Step struct {
 	Reason  string            `json:"reason"` // why it runs or why it is skipped
 }
 
-// UndoKind is what an Undo does.
-type UndoKind string
+// UndoKind is what an Undo does (the wire's vocabulary).
+type UndoKind = protocol.UndoKind
 
 // Undo kinds, in the order they appear in NodePlan.Undo.
 const (
-	UndoStopService UndoKind = "stop-service" // stop and disable the unit
-	UndoRemoveFile  UndoKind = "remove-file"  // remove a rendered file
-	UndoRemoveLayer UndoKind = "remove-layer" // remove the files a layer placed, except paths a present layer also placed
-	// UndoCleanLvscare follows the stop of an lvscare unit (IsLvscareUnit): a
-	// stopped lvscare leaves its kernel rules in place on purpose.
-	UndoCleanLvscare UndoKind = "clean-lvscare"
-	// UndoRemoveImages drops the cluster's container images from the node's image cache
-	// (blobs another cluster's images use stay); Target is the cluster.
-	UndoRemoveImages UndoKind = "remove-images"
+	UndoStopService  = protocol.UndoStopService
+	UndoRemoveFile   = protocol.UndoRemoveFile
+	UndoRemoveLayer  = protocol.UndoRemoveLayer
+	UndoCleanLvscare = protocol.UndoCleanLvscare // follows the stop of an lvscare unit (IsLvscareUnit): a stopped lvscare leaves its kernel rules in place on purpose
+	UndoRemoveImages = protocol.UndoRemoveImages // drops the cluster's container images from the node's cache (Target: the cluster)
 )
 
 // Undo is one thing to take back on a node: services no longer wanted (reverse start

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/flotilla-dev/flotilla/bundle/plan"
+	"github.com/flotilla-dev/flotilla/bundle/recipe"
 	"github.com/flotilla-dev/flotilla/controller/clusterfile"
 )
 
@@ -27,29 +27,29 @@ members: {{ range $i, $m := .Cluster.Masters }}{{ if $i }},{{ end }}{{ $m }}{{ e
 
 // testImage is an etcd-like image: a layer for all, etcd for masters, lvscare for nodes
 // and nginx for a custom ingress role, in one Seq order.
-func testImage() *plan.Plan {
-	return &plan.Plan{
+func testImage() *recipe.Recipe {
+	return &recipe.Recipe{
 		SchemaVersion: 1,
 		Env:           map[string]string{"ETCD_TOKEN": "default", "DATA": "/var/lib/etcd", "LOG": "info"},
-		Roles:         []string{plan.RoleAll, plan.RoleMaster, plan.RoleMaster0, plan.RoleNode, "ingress"},
-		Layers: []plan.Layer{
-			{Digest: lBin, DiffID: lBin, Size: 1 << 20, Role: plan.RoleAll, Seq: 1},
-			{Digest: lEtcd, DiffID: lEtcd, Size: 20 << 20, Role: plan.RoleMaster, Seq: 2},
-			{Digest: lLvscare, DiffID: lLvscare, Size: 5 << 20, Role: plan.RoleNode, Seq: 7},
+		Roles:         []string{recipe.RoleAll, recipe.RoleMaster, recipe.RoleMaster0, recipe.RoleNode, "ingress"},
+		Layers: []recipe.Layer{
+			{Digest: lBin, DiffID: lBin, Size: 1 << 20, Role: recipe.RoleAll, Seq: 1},
+			{Digest: lEtcd, DiffID: lEtcd, Size: 20 << 20, Role: recipe.RoleMaster, Seq: 2},
+			{Digest: lLvscare, DiffID: lLvscare, Size: 5 << 20, Role: recipe.RoleNode, Seq: 7},
 			{Digest: lNginx, DiffID: lNginx, Size: 9 << 20, Role: "ingress", Seq: 10},
 		},
-		Templates: []plan.Template{
-			{Role: plan.RoleMaster, Path: "/etc/etcd/etcd.conf", Mode: 0o600, Content: etcdConf, Seq: 4},
-			{Role: plan.RoleNode, Path: "/etc/lvscare.conf", Mode: 0o644, Content: "vip: {{ .Cluster.VIP }}\nreal: {{ range .Cluster.Masters }}{{ . }} {{ end }}\n", Seq: 8},
+		Templates: []recipe.Template{
+			{Role: recipe.RoleMaster, Path: "/etc/etcd/etcd.conf", Mode: 0o600, Content: etcdConf, Seq: 4},
+			{Role: recipe.RoleNode, Path: "/etc/lvscare.conf", Mode: 0o644, Content: "vip: {{ .Cluster.VIP }}\nreal: {{ range .Cluster.Masters }}{{ . }} {{ end }}\n", Seq: 8},
 		},
-		Steps: []plan.Step{
-			{Role: plan.RoleMaster, Kind: plan.KindRun, Command: "mkdir -p $DATA", Line: 5, Seq: 3},
-			{Role: plan.RoleMaster, Kind: plan.KindService, Command: "etcd.service", Line: 7, Seq: 5},
-			{Role: plan.RoleMaster0, Kind: plan.KindRun, Command: "etcdctl endpoint health", Line: 8, Seq: 6},
-			{Role: plan.RoleNode, Kind: plan.KindService, Command: "lvscare.service", Line: 10, Seq: 9},
-			{Role: "ingress", Kind: plan.KindRun, Command: "nginx -t", Line: 12, Seq: 11, Timeout: "30s"},
+		Steps: []recipe.Step{
+			{Role: recipe.RoleMaster, Kind: recipe.KindRun, Command: "mkdir -p $DATA", Line: 5, Seq: 3},
+			{Role: recipe.RoleMaster, Kind: recipe.KindService, Command: "etcd.service", Line: 7, Seq: 5},
+			{Role: recipe.RoleMaster0, Kind: recipe.KindRun, Command: "etcdctl endpoint health", Line: 8, Seq: 6},
+			{Role: recipe.RoleNode, Kind: recipe.KindService, Command: "lvscare.service", Line: 10, Seq: 9},
+			{Role: "ingress", Kind: recipe.KindRun, Command: "nginx -t", Line: 12, Seq: 11, Timeout: "30s"},
 		},
-		Cmd: &plan.Step{Role: plan.RoleMaster0, Kind: plan.KindRun, Command: "etcdctl --endpoints={{ .VIP }}:2379 endpoint health", Line: 13, Seq: 12},
+		Cmd: &recipe.Step{Role: recipe.RoleMaster0, Kind: recipe.KindRun, Command: "etcdctl --endpoints={{ .VIP }}:2379 endpoint health", Line: 13, Seq: 12},
 	}
 }
 
@@ -96,7 +96,7 @@ func applied(p *ClusterPlan) map[string]Applied {
 		}
 		for _, s := range n.Steps {
 			a.Steps = append(a.Steps, s.Digest)
-			if s.Kind == plan.KindService {
+			if s.Kind == recipe.KindService {
 				a.Services = append(a.Services, s.Command)
 			}
 		}
@@ -307,7 +307,7 @@ func TestUpgradeOneLayer(t *testing.T) {
 func TestMultiArch(t *testing.T) {
 	arm := testImage()
 	arm.Layers[0].Digest = lNginx[:len(lNginx)-1] + "9" // the arm64 build of the common layer
-	p := mustPlan(t, Input{File: cf(t, threeTwo), Image: testImage(), ImageByArch: map[string]*plan.Plan{"arm64": arm}, Agents: agents(3)})
+	p := mustPlan(t, Input{File: cf(t, threeTwo), Image: testImage(), ImageByArch: map[string]*recipe.Recipe{"arm64": arm}, Agents: agents(3)})
 	if m1, n1 := p.Node("m1"), p.Node("n1"); m1.Layers[0].Digest != lBin || n1.Layers[0].Digest != arm.Layers[0].Digest {
 		t.Errorf("amd64 m1 gets %s, arm64 n1 gets %s", m1.Layers[0].Digest, n1.Layers[0].Digest)
 	}
@@ -377,7 +377,7 @@ func TestBadInput(t *testing.T) {
 	tests := []struct {
 		name   string
 		hosts  string
-		image  *plan.Plan
+		image  *recipe.Recipe
 		agents []Agent
 		extra  []string
 		want   string
@@ -397,12 +397,12 @@ func TestBadInput(t *testing.T) {
 		{name: "unknown template key", hosts: threeTwo, image: badTmpl,
 			want: `node m1: /etc/etcd/etcd.conf (line 3): map has no entry for key "TOKN" (at .Env.TOKN)`},
 		{name: "bad step timeout", hosts: "    - {names: [m1], roles: [master]}\n    - {names: [n1], roles: [ingress]}\n",
-			image: func() *plan.Plan { p := testImage(); p.Steps[4].Timeout = "soon"; return p }(),
+			image: func() *recipe.Recipe { p := testImage(); p.Steps[4].Timeout = "soon"; return p }(),
 			want:  `node n1: step RUN nginx -t (Kubefile line 12): timeout "soon" is not a positive duration`},
 		{name: "config with unknown role", hosts: threeTwo,
 			extra: []string{"apiVersion: flotilla.dev/v1\nkind: Config\nmetadata: {name: x}\nspec: {path: /a, content: b, role: db}\n"},
 			want:  `Clusterfile:15: spec.role: Config "x": unknown role "db" (the image declares: master, node, ingress)`},
-		{name: "no image plan", hosts: threeTwo, image: &plan.Plan{}, want: ""},
+		{name: "no image plan", hosts: threeTwo, image: &recipe.Recipe{}, want: ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -422,26 +422,5 @@ func TestBadInput(t *testing.T) {
 				t.Fatalf("error %v\nwant it to contain %q", err, tt.want)
 			}
 		})
-	}
-}
-
-func TestWritePlan(t *testing.T) {
-	in := Input{File: cf(t, threeTwo), Image: testImage(), ImageDigest: "sha256:abcdef0123456789", Agents: agents(3)}
-	in.Agents[4].Online = false
-	p := mustPlan(t, in)
-	var text, js bytes.Buffer
-	if err := p.WriteText(&text); err != nil {
-		t.Fatal(err)
-	}
-	if err := p.WriteJSON(&js); err != nil {
-		t.Fatal(err)
-	}
-	for _, want := range []string{"cluster demo: image reg/etcd:1 (sha256:abcdef012345)", "master0  m1", "10.0.1.2 (offline)", "> service etcd.service", "+ file /etc/etcd/etcd.conf 0600"} {
-		if !strings.Contains(text.String(), want) {
-			t.Errorf("text plan lacks %q:\n%s", want, text.String())
-		}
-	}
-	if !strings.Contains(js.String(), `"action": "create"`) || strings.Contains(js.String(), "prod") {
-		t.Errorf("JSON plan lacks the action or leaks env/content (token \"prod\"):\n%s", js.String())
 	}
 }

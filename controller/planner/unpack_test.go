@@ -4,7 +4,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/flotilla-dev/flotilla/bundle/plan"
+	"github.com/flotilla-dev/flotilla/bundle/recipe"
 )
 
 // TestUnpackPolicyReachesEveryLayer: the image's dev.flotilla.unpack.*
@@ -21,9 +21,9 @@ func TestUnpackPolicyReachesEveryLayer(t *testing.T) {
 		}
 	}
 	img = testImage()
-	img.Labels = map[string]string{plan.LabelUnpackMaxBytes: "8GiB", plan.LabelUnpackSetuid: "keep"}
+	img.Labels = map[string]string{recipe.LabelUnpackMaxBytes: "8GiB", recipe.LabelUnpackSetuid: "keep"}
 	p = mustPlan(t, Input{File: cf(t, threeTwo), Image: img, Agents: agents(3)})
-	want := plan.UnpackPolicy{MaxBytes: 8 << 30, KeepSetuid: true}
+	want := recipe.UnpackPolicy{MaxBytes: 8 << 30, KeepSetuid: true}
 	layers := 0
 	for _, n := range p.Nodes() {
 		for _, l := range n.Layers {
@@ -36,8 +36,8 @@ func TestUnpackPolicyReachesEveryLayer(t *testing.T) {
 	if layers == 0 {
 		t.Fatal("no layers planned: the test proves nothing")
 	}
-	img.Labels[plan.LabelUnpackSetuid] = "sometimes"
-	if _, err := Plan(Input{File: cf(t, threeTwo), Image: img, Agents: agents(3)}); err == nil || !strings.Contains(err.Error(), plan.LabelUnpackSetuid) {
+	img.Labels[recipe.LabelUnpackSetuid] = "sometimes"
+	if _, err := Plan(Input{File: cf(t, threeTwo), Image: img, Agents: agents(3)}); err == nil || !strings.Contains(err.Error(), recipe.LabelUnpackSetuid) {
 		t.Fatalf("bad label: %v", err)
 	}
 }

@@ -11,10 +11,10 @@ import (
 	"sync"
 	"time"
 
-	"github.com/flotilla-dev/flotilla/bundle/plan"
+	"github.com/flotilla-dev/flotilla/bundle/recipe"
 	"github.com/flotilla-dev/flotilla/bundle/store"
-	"github.com/flotilla-dev/flotilla/controller"
 	"github.com/flotilla-dev/flotilla/controller/clusterfile"
+	"github.com/flotilla-dev/flotilla/controller/plane"
 	"github.com/flotilla-dev/flotilla/controller/planner"
 	"github.com/flotilla-dev/flotilla/protocol"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -23,8 +23,8 @@ import (
 // image is a cluster image resolved in the controller's store.
 type image struct {
 	digest string
-	plan   *plan.Plan
-	byArch map[string]*plan.Plan
+	plan   *recipe.Recipe
+	byArch map[string]*recipe.Recipe
 }
 
 // resolveImage finds ref in the store: its digest (the index's for a multi-arch
@@ -37,7 +37,7 @@ func (e *Engine) resolveImage(ref string) (*image, error) {
 	if err != nil {
 		return nil, notHere(err)
 	}
-	img := &image{digest: desc.Digest.String(), byArch: map[string]*plan.Plan{}}
+	img := &image{digest: desc.Digest.String(), byArch: map[string]*recipe.Recipe{}}
 	if desc.MediaType.IsIndex() {
 		idx, err := e.store.Index(desc.Digest)
 		if err != nil {
@@ -75,7 +75,7 @@ func (e *Engine) resolveImage(ref string) (*image, error) {
 	return img, nil
 }
 
-func (e *Engine) planOf(h v1.Hash) (*plan.Plan, error) {
+func (e *Engine) planOf(h v1.Hash) (*recipe.Recipe, error) {
 	i, err := e.store.Image(h)
 	if err != nil {
 		return nil, err
@@ -160,15 +160,15 @@ func (e *Engine) planFor(ctx context.Context, cf *clusterfile.File, img *image) 
 }
 
 // adminPlan is adminApply with DryRun: the plan, nothing changed.
-func (e *Engine) adminPlan(ctx context.Context, call *controller.AdminCall) (any, error) {
+func (e *Engine) adminPlan(ctx context.Context, call *plane.AdminCall) (any, error) {
 	return e.apply(ctx, call, true)
 }
 
-func (e *Engine) adminApply(ctx context.Context, call *controller.AdminCall) (any, error) {
+func (e *Engine) adminApply(ctx context.Context, call *plane.AdminCall) (any, error) {
 	return e.apply(ctx, call, false)
 }
 
-func (e *Engine) apply(ctx context.Context, call *controller.AdminCall, dryRun bool) (any, error) {
+func (e *Engine) apply(ctx context.Context, call *plane.AdminCall, dryRun bool) (any, error) {
 	var req protocol.ApplyRequest
 	if err := call.Decode(&req); err != nil {
 		return nil, err
@@ -179,7 +179,7 @@ func (e *Engine) apply(ctx context.Context, call *controller.AdminCall, dryRun b
 		return nil, err
 	}
 	if req.DryRun {
-		return p.plan, nil
+		return p.plan.Wire(), nil
 	}
 	rec := &ClusterRecord{Cluster: p.cf.Cluster.Name, Clusterfile: req.Clusterfile, Path: req.Path, Image: p.cf.Cluster.Image,
 		ImageDigest: p.img.digest}
@@ -188,7 +188,7 @@ func (e *Engine) apply(ctx context.Context, call *controller.AdminCall, dryRun b
 
 // startAndFollow starts a rollout (or attaches to the running one of the same
 // Clusterfile), streams its events to the caller and returns its result.
-func (e *Engine) startAndFollow(ctx context.Context, call *controller.AdminCall, kind string, cr *ClusterRecord, p *prepared) (any, error) {
+func (e *Engine) startAndFollow(ctx context.Context, call *plane.AdminCall, kind string, cr *ClusterRecord, p *prepared) (any, error) {
 	var sendMu sync.Mutex
 	send := func(ev protocol.RolloutEvent) {
 		sendMu.Lock()
@@ -237,7 +237,7 @@ func (e *Engine) start(ctx context.Context, kind string, cr *ClusterRecord, p *p
 			cr.Cluster, a.rec.Kind, a.rec.ID, a.rec.Started.Format(time.RFC3339), cr.Cluster)
 	}
 	now := time.Now().UTC()
-	rec := &Record{ID: controller.NewTaskID(), Cluster: cr.Cluster, Kind: kind, State: StateRunning, Image: cr.Image,
+	rec := &Record{ID: plane.NewTaskID(), Cluster: cr.Cluster, Kind: kind, State: StateRunning, Image: cr.Image,
 		ImageDigest: cr.ImageDigest, Started: now}
 	prev := map[string]protocol.NodeOutcome{}
 	if resumed != nil {
@@ -309,7 +309,7 @@ func (e *Engine) resume(ctx context.Context, rec *Record) (*active, error) {
 	return act, err
 }
 
-func (e *Engine) adminDelete(ctx context.Context, call *controller.AdminCall) (any, error) {
+func (e *Engine) adminDelete(ctx context.Context, call *plane.AdminCall) (any, error) {
 	var req protocol.ApplyRequest
 	if err := call.Decode(&req); err != nil {
 		return nil, err
@@ -346,7 +346,7 @@ func (e *Engine) prepareDelete(ctx context.Context, req protocol.ApplyRequest) (
 	name := cf.Cluster.Name
 	img, err := e.resolveImage(cf.Cluster.Image)
 	if err != nil {
-		img = &image{plan: &plan.Plan{}}
+		img = &image{plan: &recipe.Recipe{}}
 		if cr, _ := e.state.cluster(ctx, name); cr != nil {
 			img.digest = cr.ImageDigest
 		}
@@ -374,7 +374,7 @@ func (e *Engine) prepareDelete(ctx context.Context, req protocol.ApplyRequest) (
 	return &prepared{req: req, cf: cf, img: img, applied: applied, plan: p}, nil
 }
 
-func (e *Engine) adminStatus(ctx context.Context, call *controller.AdminCall) (any, error) {
+func (e *Engine) adminStatus(ctx context.Context, call *plane.AdminCall) (any, error) {
 	var req protocol.StatusRequest
 	if err := call.Decode(&req); err != nil {
 		return nil, err

@@ -6,7 +6,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/flotilla-dev/flotilla/controller"
+	"github.com/flotilla-dev/flotilla/controller/plane"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
 
@@ -17,7 +17,7 @@ const attachResumeWait = 30 * time.Second
 // adminAttach streams the events of the cluster's running rollout to the caller
 // and returns its result, like the apply that started it. A rollout that ended
 // is answered with its stored outcome at once.
-func (e *Engine) adminAttach(ctx context.Context, call *controller.AdminCall) (any, error) {
+func (e *Engine) adminAttach(ctx context.Context, call *plane.AdminCall) (any, error) {
 	var req protocol.AttachRequest
 	if err := call.Decode(&req); err != nil {
 		return nil, err

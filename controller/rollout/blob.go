@@ -97,6 +97,25 @@ func (t *blobTokens) check(token, digest string, now time.Time) (string, error) 
 	return node, nil
 }
 
+// BlobServer serves layer blobs to agents at BlobPath, each fetch authorized by a
+// token the engine put in the layer step. It exists before the engine (which needs a
+// started controller): mount it on the controller's HTTPS server, then pass it to
+// New as Options.Blobs.
+type BlobServer struct{ blobHandler }
+
+// NewBlobServer loads the token key from dataDir (creating it once) and serves
+// blobs from st.
+func NewBlobServer(dataDir string, st *store.Store, log *slog.Logger) (*BlobServer, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	t, err := loadBlobKey(dataDir)
+	if err != nil {
+		return nil, err
+	}
+	return &BlobServer{blobHandler{tokens: t, store: st, log: log.With("component", "rollout"), now: time.Now}}, nil
+}
+
 // blobHandler serves GET /v1/blobs/{digest} from the store, with Range support so
 // agents resume interrupted downloads.
 type blobHandler struct {

@@ -14,7 +14,7 @@ import (
 
 	"github.com/flotilla-dev/flotilla/bundle/build"
 	"github.com/flotilla-dev/flotilla/bundle/store"
-	"github.com/flotilla-dev/flotilla/controller"
+	"github.com/flotilla-dev/flotilla/controller/plane"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
 
@@ -66,7 +66,7 @@ func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard
 // store with test:1 built, and a fake fleet behind the engine.
 type env struct {
 	t     testing.TB
-	ctrl  *controller.Controller
+	ctrl  *plane.Controller
 	store *store.Store
 	fleet *fakeFleet
 	eng   *Engine
@@ -76,7 +76,7 @@ type env struct {
 func newEnv(t testing.TB, fleet *fakeFleet) *env {
 	t.Helper()
 	dir := t.TempDir()
-	c, err := controller.New(controller.Options{DataDir: filepath.Join(dir, "ctrl"), Listen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0",
+	c, err := plane.New(plane.Options{DataDir: filepath.Join(dir, "ctrl"), Listen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0",
 		Advertise: "127.0.0.1", Logger: quietLogger()})
 	if err != nil {
 		t.Fatal(err)
@@ -124,13 +124,13 @@ func clusterfileFor(name, image string, masters, nodes []string, rollout string)
 	return b.String()
 }
 
-func call(t testing.TB, name string, body any) *controller.AdminCall {
+func call(t testing.TB, name string, body any) *plane.AdminCall {
 	t.Helper()
 	b, err := json.Marshal(body)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &controller.AdminCall{Name: name, Body: b}
+	return &plane.AdminCall{Name: name, Body: b}
 }
 
 // apply runs rollout.apply to its end.

@@ -8,7 +8,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/flotilla-dev/flotilla/controller"
+	"github.com/flotilla-dev/flotilla/controller/plane"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
 
@@ -146,13 +146,13 @@ func (f *fakeFleet) Dispatch(ctx context.Context, t *protocol.Task, onEvent func
 	n := f.nodes[t.Node]
 	if n == nil || !f.isOnline(n) {
 		f.mu.Unlock()
-		return nil, fmt.Errorf("%w: %s", controller.ErrNodeOffline, t.Node)
+		return nil, fmt.Errorf("%w: %s", plane.ErrNodeOffline, t.Node)
 	}
 	dieAfter, restartAfter := n.dieAfter, n.restartAfter
 	n.dieAfter, n.restartAfter = 0, 0
 	f.mu.Unlock()
 	if t.ID == "" {
-		t.ID = controller.NewTaskID()
+		t.ID = plane.NewTaskID()
 	}
 	run := &fakeRun{done: make(chan struct{})}
 	go f.execute(n, t, onEvent, dieAfter, restartAfter, run)
@@ -205,7 +205,7 @@ func (f *fakeFleet) execute(n *fakeNode, t *protocol.Task, onEvent func(protocol
 			f.mu.Lock()
 			n.onlineAt = time.Now().Add(n.offlineAfter)
 			f.mu.Unlock()
-			run.err = fmt.Errorf("task %s: %w: %s stopped sending heartbeats", t.ID, controller.ErrNodeOffline, n.name)
+			run.err = fmt.Errorf("task %s: %w: %s stopped sending heartbeats", t.ID, plane.ErrNodeOffline, n.name)
 			return
 		}
 		emit(protocol.Event{Type: protocol.EventStepStarted, Step: i, StepName: s.Name})

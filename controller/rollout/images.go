@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/flotilla-dev/flotilla/bundle/carry"
-	"github.com/flotilla-dev/flotilla/bundle/plan"
+	"github.com/flotilla-dev/flotilla/bundle/recipe"
 	"github.com/flotilla-dev/flotilla/controller/planner"
 	"github.com/flotilla-dev/flotilla/internal/human"
 	"github.com/flotilla-dev/flotilla/protocol"
@@ -60,9 +60,9 @@ func (r *rolloutRun) imagesStep(ctx context.Context, node string, im *planner.Im
 // carried returns the planner's Input.Carried over the engine's store: carry.Walk of
 // each image for the node's platform (every manifest read checked against its
 // digest), memoized per image and platform for one plan.
-func (e *Engine) carried() func(plan.ContainerImage, string) ([]planner.ImageBlob, error) {
+func (e *Engine) carried() func(recipe.ContainerImage, string) ([]planner.ImageBlob, error) {
 	memo := map[string][]planner.ImageBlob{}
-	return func(ci plan.ContainerImage, platform string) ([]planner.ImageBlob, error) {
+	return func(ci recipe.ContainerImage, platform string) ([]planner.ImageBlob, error) {
 		key := ci.Digest + " " + platform
 		if b, ok := memo[key]; ok {
 			return b, nil

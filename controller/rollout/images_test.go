@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/flotilla-dev/flotilla/bundle/plan"
+	"github.com/flotilla-dev/flotilla/bundle/recipe"
 	"github.com/flotilla-dev/flotilla/controller/clusterfile"
 	"github.com/flotilla-dev/flotilla/controller/planner"
 	"github.com/flotilla-dev/flotilla/protocol"
@@ -31,7 +31,7 @@ func TestImagesStepPieceBudget(t *testing.T) {
 		cf:   &clusterfile.File{},
 	}
 	im := &planner.Images{Platform: "linux/amd64", Digest: "sha256:" + strings.Repeat("d", 64),
-		Images: []plan.ContainerImage{{Name: "registry.test/app:1", Digest: "sha256:" + strings.Repeat("a", 64)}}}
+		Images: []recipe.ContainerImage{{Name: "registry.test/app:1", Digest: "sha256:" + strings.Repeat("a", 64)}}}
 	for i := range 5 {
 		im.Blobs = append(im.Blobs, planner.ImageBlob{Digest: fmt.Sprintf("sha256:%064d", i), Size: 1 << 20})
 	}

@@ -151,13 +151,11 @@ func (f *fleetT) runs(node string) map[string]int {
 
 func (f *fleetT) status(cluster string) protocol.ClusterStatus {
 	f.t.Helper()
-	out, errOut, code := f.CLI(context.Background(), "status", cluster, "-o", "json")
-	if code != 0 {
-		f.t.Fatalf("status %s: exit %d: %s", cluster, code, errOut)
-	}
-	var st []protocol.ClusterStatus
-	if err := json.Unmarshal([]byte(out), &st); err != nil || len(st) != 1 {
-		f.t.Fatalf("status %s -o json: %v\n%s", cluster, err, out)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st, err := f.Status(ctx, cluster)
+	if err != nil || len(st) != 1 {
+		f.t.Fatalf("status %s: %v (%d clusters)", cluster, err, len(st))
 	}
 	return st[0]
 }

@@ -8,7 +8,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/flotilla-dev/flotilla/controller"
+	"github.com/flotilla-dev/flotilla/controller/plane"
 	"github.com/flotilla-dev/flotilla/controller/planner"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
@@ -78,7 +78,7 @@ func (r *rolloutRun) runNode(ctx context.Context, phase string, np *planner.Node
 		case err == nil:
 			r.stepFailed(&out, nt, ns, res)
 			return out, false
-		case !dispatched && errors.Is(err, controller.ErrNodeOffline):
+		case !dispatched && errors.Is(err, plane.ErrNodeOffline):
 			if offlineSince.IsZero() {
 				offlineSince = time.Now()
 			}

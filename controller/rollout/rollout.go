@@ -3,6 +3,9 @@
 // the removal of nodes that left), keeps the desired and applied state in JetStream
 // KV so a restarted controller resumes an interrupted rollout, serves layer blobs to
 // agents over HTTPS, and answers the rollout.plan/apply/status/delete admin requests.
+//
+// It builds on controller/plane (dispatch, admin routing, JetStream) and is built by
+// package controller; it must not import controller (the assembly), agent/ or client/.
 package rollout
 
 import (
@@ -16,8 +19,8 @@ import (
 	"time"
 
 	"github.com/flotilla-dev/flotilla/bundle/store"
-	"github.com/flotilla-dev/flotilla/controller"
 	"github.com/flotilla-dev/flotilla/controller/clusterfile"
+	"github.com/flotilla-dev/flotilla/controller/plane"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
 
@@ -25,12 +28,12 @@ import (
 // dispatch. The controller is the real one; unit tests give a fake.
 type Fleet interface {
 	Nodes(ctx context.Context) ([]protocol.NodeInfo, error)
-	// Dispatch sends a task; an error wrapping controller.ErrNodeOffline means the
+	// Dispatch sends a task; an error wrapping plane.ErrNodeOffline means the
 	// node is not connected (retried until Options.UnreachableTimeout).
 	Dispatch(ctx context.Context, t *protocol.Task, onEvent func(protocol.Event)) (TaskRun, error)
 }
 
-// TaskRun follows one dispatched task (controller.TaskRun).
+// TaskRun follows one dispatched task (plane.TaskRun).
 type TaskRun interface {
 	// Wait returns the task's result, or an error when the node went away before it.
 	Wait(ctx context.Context) (*protocol.TaskResult, error)
@@ -45,8 +48,12 @@ type LayerRequest struct {
 
 // Options tune an Engine. Zero values take the documented defaults.
 type Options struct {
-	// DataDir holds the blob token key (default: the controller's data dir).
+	// DataDir holds the blob token key (default: the controller's data dir); unused
+	// when Blobs is set.
 	DataDir string
+	// Blobs is the layer blob server mounted on the controller's HTTPS server; the
+	// engine signs the tokens it checks (default: one made from DataDir's key).
+	Blobs *BlobServer
 	// Fleet defaults to the controller.
 	Fleet Fleet
 	// UnreachableTimeout is how long a node may stay offline before it is reported
@@ -73,12 +80,13 @@ type Options struct {
 
 // Engine runs rollouts. Create it after the controller started.
 type Engine struct {
-	ctrl   *controller.Controller
+	ctrl   *plane.Controller
 	store  *store.Store
 	opts   Options
 	fleet  Fleet
 	state  *state
-	tokens *blobTokens
+	blobs  *BlobServer
+	tokens *blobTokens // blobs.tokens
 	log    *slog.Logger
 
 	ctx    context.Context
@@ -99,7 +107,7 @@ type Engine struct {
 
 // New opens the engine's state in the controller's JetStream and its blob token key.
 // st is the image store images are resolved in.
-func New(ctrl *controller.Controller, st *store.Store, opts Options) (*Engine, error) {
+func New(ctrl *plane.Controller, st *store.Store, opts Options) (*Engine, error) {
 	if ctrl == nil || st == nil {
 		return nil, errors.New("rollout engine: needs a started controller and an image store")
 	}
@@ -137,9 +145,12 @@ func New(ctrl *controller.Controller, st *store.Store, opts Options) (*Engine, e
 	e := &Engine{ctrl: ctrl, store: st, opts: opts, fleet: opts.Fleet, log: opts.Logger.With("component", "rollout"),
 		active: map[string]*active{}, watchers: map[string]map[int]chan struct{}{}}
 	var err error
-	if e.tokens, err = loadBlobKey(opts.DataDir); err != nil {
-		return nil, err
+	if e.blobs = opts.Blobs; e.blobs == nil {
+		if e.blobs, err = NewBlobServer(opts.DataDir, st, opts.Logger); err != nil {
+			return nil, err
+		}
 	}
+	e.tokens = e.blobs.tokens
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	if e.state, err = openState(e.ctx, js); err != nil {
 		e.cancel()
@@ -187,11 +198,8 @@ func (e *Engine) Register() {
 	e.ctrl.HandleAdmin(protocol.AdminAttach, e.adminAttach)
 }
 
-// BlobHandler serves GET /v1/blobs/{digest} (mount it at BlobPath on the controller's
-// HTTPS server).
-func (e *Engine) BlobHandler() http.Handler {
-	return &blobHandler{tokens: e.tokens, store: e.store, log: e.log, now: time.Now}
-}
+// BlobHandler serves GET /v1/blobs/{digest}: Options.Blobs, or the server New made.
+func (e *Engine) BlobHandler() http.Handler { return e.blobs }
 
 // Close stops running rollouts without recording an end: they stay "running" in KV
 // and the next engine's Resume continues them.
@@ -238,7 +246,7 @@ func (e *Engine) Resume(ctx context.Context) error {
 }
 
 // controllerFleet is the real Fleet.
-type controllerFleet struct{ c *controller.Controller }
+type controllerFleet struct{ c *plane.Controller }
 
 func (f controllerFleet) Nodes(ctx context.Context) ([]protocol.NodeInfo, error) {
 	return f.c.Nodes(ctx)
@@ -248,7 +256,7 @@ func (f controllerFleet) Dispatch(ctx context.Context, t *protocol.Task, onEvent
 	if nodes, err := f.c.Nodes(ctx); err == nil {
 		for _, n := range nodes {
 			if n.Name == t.Node && !n.Online {
-				return nil, fmt.Errorf("%w: %s (no heartbeat)", controller.ErrNodeOffline, t.Node)
+				return nil, fmt.Errorf("%w: %s (no heartbeat)", plane.ErrNodeOffline, t.Node)
 			}
 		}
 	}

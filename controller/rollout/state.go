@@ -25,14 +25,13 @@ const (
 	BucketRollouts = "flotilla_rollout_rollouts"
 )
 
-// Rollout states (Record.State).
+// Rollout states (Record.State): the wire's (protocol.ClusterStatus.State).
 const (
-	StateRunning = "running"
-	StateDone    = "done"
-	StateFailed  = "failed"
-	StateHalted  = "halted"
-	// StateInterrupted is reported (never stored) for a running record that no engine runs.
-	StateInterrupted = "interrupted"
+	StateRunning     = protocol.RolloutRunning
+	StateDone        = protocol.RolloutDone
+	StateFailed      = protocol.RolloutFailed
+	StateHalted      = protocol.RolloutHalted
+	StateInterrupted = protocol.RolloutInterrupted
 )
 
 // Rollout kinds (Record.Kind).

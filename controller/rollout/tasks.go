@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/flotilla-dev/flotilla/bundle/plan"
+	"github.com/flotilla-dev/flotilla/bundle/recipe"
 	"github.com/flotilla-dev/flotilla/controller/planner"
 	"github.com/flotilla-dev/flotilla/internal/human"
 	"github.com/flotilla-dev/flotilla/protocol"
@@ -131,7 +131,7 @@ func (r *rolloutRun) buildTask(ctx context.Context, np *planner.NodePlan, applie
 			}
 			s := protocol.Step{Kind: protocol.KindRun, Shell: st.Command, Env: st.Env, Timeout: st.Timeout, Digest: st.Digest,
 				Name: "run: " + oneLine(st.Command, 60)}
-			if st.Kind == plan.KindService {
+			if st.Kind == recipe.KindService {
 				p := protocol.ServicePayload{Cluster: cluster, Unit: st.Command, Restart: slices.Contains(applied.Services, st.Command)}
 				s = protocol.Step{Kind: protocol.KindService, Payload: mustJSON(p), Env: st.Env, Timeout: st.Timeout, Digest: st.Digest,
 					Name: "service " + st.Command}

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/client"
 	"github.com/flotilla-dev/flotilla/e2e/fleet"
 	"github.com/flotilla-dev/flotilla/e2e/fleet/fleettest"
 	"github.com/flotilla-dev/flotilla/internal/testbin"
@@ -39,8 +40,8 @@ type Controller struct {
 // with a node cut off does not wait the default two minutes.
 const UnreachableTimeout = 20 * time.Second
 
-// StartController starts a controller for the fleet, waits until the CLI gets
-// answers, and kills it in t.Cleanup (printing its log tail if the test failed).
+// StartController starts a controller for the fleet, waits until it answers
+// admin requests, and kills it in t.Cleanup (printing its log tail if the test failed).
 func StartController(t testing.TB, f *fleet.Fleet) *Controller {
 	t.Helper()
 	bin, err := testbin.Path()
@@ -75,7 +76,7 @@ func StartController(t testing.TB, f *fleet.Fleet) *Controller {
 	})
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		if _, _, err := c.CLI(context.Background(), "nodes"); err == nil {
+		if _, err := c.Nodes(context.Background()); err == nil {
 			return c
 		}
 		select {
@@ -130,17 +131,20 @@ func (c *Controller) Token(ttl string) protocol.TokenInfo {
 	return ti
 }
 
-// Nodes lists the controller's inventory.
+// Client connects to the controller with the admin credentials in its data
+// dir; close it when done.
+func (c *Controller) Client() (*client.Client, error) {
+	return client.Connect(client.Config{DataDir: c.DataDir, Name: "e2etest"})
+}
+
+// Nodes lists the controller's inventory through the client.
 func (c *Controller) Nodes(ctx context.Context) ([]protocol.NodeInfo, error) {
-	out, _, err := c.CLI(ctx, "nodes", "-o", "json")
+	cl, err := c.Client()
 	if err != nil {
 		return nil, err
 	}
-	var nodes []protocol.NodeInfo
-	if err := json.Unmarshal([]byte(out), &nodes); err != nil {
-		return nil, fmt.Errorf("nodes -o json: %w", err)
-	}
-	return nodes, nil
+	defer cl.Close()
+	return cl.Nodes(ctx)
 }
 
 // Online maps node name to online for every node the controller knows.

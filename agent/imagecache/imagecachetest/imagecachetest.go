@@ -16,7 +16,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
-	"github.com/flotilla-dev/flotilla/bundle/plan"
+	"github.com/flotilla-dev/flotilla/bundle/recipe"
 )
 
 // Source holds blobs by digest.
@@ -63,7 +63,7 @@ func Image(t testing.TB, p *v1.Platform, layers ...v1.Layer) v1.Image {
 
 // AddImage puts an image's manifest, config and layers into s and returns it as a
 // plan entry named name (roles all).
-func (s Source) AddImage(t testing.TB, name string, img v1.Image) plan.ContainerImage {
+func (s Source) AddImage(t testing.TB, name string, img v1.Image) recipe.ContainerImage {
 	t.Helper()
 	raw, _ := img.RawManifest()
 	cfg, _ := img.RawConfigFile()
@@ -83,11 +83,11 @@ func (s Source) AddImage(t testing.TB, name string, img v1.Image) plan.Container
 		rc.Close()
 		s[ld] = b
 	}
-	return plan.ContainerImage{Ref: name, Name: name, Digest: d.String(), MediaType: string(mt), Size: int64(len(raw)), Roles: []string{plan.RoleAll}}
+	return recipe.ContainerImage{Ref: name, Name: name, Digest: d.String(), MediaType: string(mt), Size: int64(len(raw)), Roles: []string{recipe.RoleAll}}
 }
 
 // AddIndex puts an OCI index over the images (one per platform) into s.
-func (s Source) AddIndex(t testing.TB, name string, imgs map[string]v1.Image) (plan.ContainerImage, map[string]v1.Hash) {
+func (s Source) AddIndex(t testing.TB, name string, imgs map[string]v1.Image) (recipe.ContainerImage, map[string]v1.Hash) {
 	t.Helper()
 	idx := mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
 	digests := map[string]v1.Hash{}
@@ -103,5 +103,5 @@ func (s Source) AddIndex(t testing.TB, name string, imgs map[string]v1.Image) (p
 	raw, _ := idx.RawManifest()
 	d, _ := idx.Digest()
 	s[d] = raw
-	return plan.ContainerImage{Ref: name, Name: name, Digest: d.String(), MediaType: string(types.OCIImageIndex), Size: int64(len(raw)), Roles: []string{plan.RoleAll}}, digests
+	return recipe.ContainerImage{Ref: name, Name: name, Digest: d.String(), MediaType: string(types.OCIImageIndex), Size: int64(len(raw)), Roles: []string{recipe.RoleAll}}, digests
 }

@@ -16,8 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flotilla-dev/flotilla/controller"
-	"github.com/flotilla-dev/flotilla/controller/planner"
+	"github.com/flotilla-dev/flotilla/controller/plane"
 	"github.com/flotilla-dev/flotilla/internal/testbin"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
@@ -35,7 +34,7 @@ spec:
 // scripted is a controller whose rollout handlers answer from the test.
 type scripted struct {
 	t    *testing.T
-	ctrl *controller.Controller
+	ctrl *plane.Controller
 	bin  string
 	dir  string
 
@@ -50,7 +49,7 @@ func startScripted(t *testing.T) *scripted {
 		t.Fatalf("flotilla binary: %v", err)
 	}
 	dir := t.TempDir()
-	ctrl, err := controller.New(controller.Options{DataDir: filepath.Join(dir, "controller"), Listen: "127.0.0.1:0",
+	ctrl, err := plane.New(plane.Options{DataDir: filepath.Join(dir, "controller"), Listen: "127.0.0.1:0",
 		HTTPListen: "127.0.0.1:0", Advertise: "127.0.0.1", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -71,8 +70,8 @@ func startScripted(t *testing.T) *scripted {
 func (s *scripted) clusterfile() string { return filepath.Join(s.dir, "Clusterfile") }
 
 // handle registers h for name and records every request body.
-func (s *scripted) handle(name string, h controller.AdminHandler) {
-	s.ctrl.HandleAdmin(name, func(ctx context.Context, call *controller.AdminCall) (any, error) {
+func (s *scripted) handle(name string, h plane.AdminHandler) {
+	s.ctrl.HandleAdmin(name, func(ctx context.Context, call *plane.AdminCall) (any, error) {
 		s.mu.Lock()
 		s.reqs[name] = append(s.reqs[name], call.Body)
 		s.mu.Unlock()
@@ -120,8 +119,8 @@ func exitCode(t *testing.T, err error) int {
 }
 
 // replay streams evs and answers res.
-func replay(evs []protocol.RolloutEvent, res protocol.ApplyResult) controller.AdminHandler {
-	return func(ctx context.Context, call *controller.AdminCall) (any, error) {
+func replay(evs []protocol.RolloutEvent, res protocol.ApplyResult) plane.AdminHandler {
+	return func(ctx context.Context, call *plane.AdminCall) (any, error) {
 		var req protocol.ApplyRequest
 		if err := call.Decode(&req); err != nil {
 			return nil, err
@@ -168,7 +167,7 @@ func TestApplyContract(t *testing.T) {
 
 	tests := []struct {
 		name     string
-		handler  controller.AdminHandler
+		handler  plane.AdminHandler
 		args     []string
 		wantCode int
 		stdout   []string
@@ -198,7 +197,7 @@ func TestApplyContract(t *testing.T) {
 		},
 		{
 			name: "controller refuses the Clusterfile",
-			handler: func(context.Context, *controller.AdminCall) (any, error) {
+			handler: func(context.Context, *plane.AdminCall) (any, error) {
 				return nil, errors.New(`Clusterfile:8: spec.hosts[0].roles[0]: unknown role "mastr" (the image has: all)`)
 			},
 			args: []string{"apply", "-f", s.clusterfile()}, wantCode: 1,
@@ -261,7 +260,7 @@ func TestApplyInterrupt(t *testing.T) {
 	started := make(chan struct{})
 	release := make(chan struct{})
 	t.Cleanup(func() { close(release) })
-	s.handle(protocol.AdminApply, func(ctx context.Context, call *controller.AdminCall) (any, error) {
+	s.handle(protocol.AdminApply, func(ctx context.Context, call *plane.AdminCall) (any, error) {
 		_ = call.Send(protocol.RolloutEvent{Time: time.Now(), Cluster: "hello", Rollout: "r-9", Type: protocol.RolloutEventStart})
 		close(started)
 		select {
@@ -301,7 +300,7 @@ func TestApplyInterrupt(t *testing.T) {
 
 func TestPlanStatusDeleteContract(t *testing.T) {
 	s := startScripted(t)
-	s.handle(protocol.AdminPlan, func(ctx context.Context, call *controller.AdminCall) (any, error) {
+	s.handle(protocol.AdminPlan, func(ctx context.Context, call *plane.AdminCall) (any, error) {
 		var req protocol.ApplyRequest
 		if err := call.Decode(&req); err != nil {
 			return nil, err
@@ -309,12 +308,12 @@ func TestPlanStatusDeleteContract(t *testing.T) {
 		if !req.DryRun {
 			return nil, errors.New("plan request without DryRun")
 		}
-		return planner.ClusterPlan{Cluster: "hello", Image: "hello:1.0", ImageDigest: "sha256:0123456789abcdef", Phases: []planner.Phase{{
-			Name: "node", Parallelism: 1, Nodes: []planner.NodePlan{{Node: "n1", IP: "10.0.0.1", Online: true, Roles: []string{"all"}, Action: planner.ActionCreate,
-				Steps: []planner.Step{{Kind: "run", Command: "flotilla-hello", Role: "all", Reason: "new"}}}},
+		return protocol.ClusterPlan{Cluster: "hello", Image: "hello:1.0", ImageDigest: "sha256:0123456789abcdef", Phases: []protocol.PlanPhase{{
+			Name: "node", Parallelism: 1, Nodes: []protocol.NodePlan{{Node: "n1", IP: "10.0.0.1", Online: true, Roles: []string{"all"}, Action: protocol.ActionCreate,
+				Steps: []protocol.PlannedStep{{Kind: protocol.KindRun, Command: "flotilla-hello", Role: "all", Reason: "new"}}}},
 		}}}, nil
 	})
-	s.handle(protocol.AdminStatus, func(ctx context.Context, call *controller.AdminCall) (any, error) {
+	s.handle(protocol.AdminStatus, func(ctx context.Context, call *plane.AdminCall) (any, error) {
 		var req protocol.StatusRequest
 		if err := call.Decode(&req); err != nil {
 			return nil, err

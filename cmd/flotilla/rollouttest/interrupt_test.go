@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -87,9 +86,8 @@ spec:
 	// The controller finishes the rollout without the CLI.
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		out, errText, code := f.CLI(ctx, "status", "slow", "-o", "json")
-		var st []protocol.ClusterStatus
-		if code == 0 && json.Unmarshal([]byte(out), &st) == nil && len(st) == 1 && st[0].State == "done" {
+		st, err := f.Status(ctx, "slow")
+		if err == nil && len(st) == 1 && st[0].State == protocol.RolloutDone {
 			for _, n := range st[0].Nodes {
 				if n.Applied != st[0].ImageDigest {
 					t.Errorf("node %s applied %q, want %q", n.Node, n.Applied, st[0].ImageDigest)
@@ -98,7 +96,7 @@ spec:
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("rollout not done 30s after the CLI was interrupted; status exit %d:\n%s%s", code, out, errText)
+			t.Fatalf("rollout not done 30s after the CLI was interrupted; status %+v (err %v)", st, err)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

@@ -1,0 +1,395 @@
+// Package client is flotilla's Go API for admins: every action the `flotilla`
+// CLI performs against a running controller goes through a Client, and other
+// tools (scripts, dashboards, tests) use the same calls.
+//
+//   - nodes: Nodes, RemoveNode, LabelNode
+//   - commands on many nodes: Exec, with each output line streamed to a callback
+//   - join tokens: CreateToken (uses, one node's name, labels), Tokens, RevokeToken
+//   - rollouts: Plan, Apply and Delete (progress events streamed to a callback),
+//     Attach (follow a running or resuming rollout), Status
+//   - history: Logs (a node's newest task events)
+//
+// Connect with the admin credential file the controller writes into its data dir
+// (admin.creds, mode 0600); it holds the NATS URL, the CA and the password:
+//
+//	c, err := client.Connect(client.Config{CredentialsFile: "/var/lib/flotilla/admin.creds"})
+//	if err != nil { … }
+//	defer c.Close()
+//	nodes, err := c.Nodes(ctx)
+//
+// Requests and replies are protocol/ types; calls wait at most until ctx ends,
+// and a call whose ctx has no deadline waits at most its default timeout.
+//
+// It must not import controller/ or agent/: it speaks only the wire contract.
+package client
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/flotilla-dev/flotilla/protocol"
+	"github.com/nats-io/nats.go"
+)
+
+// DefaultDataDir is the controller's default data dir, where its admin
+// credential file is (protocol.AdminCredsFile).
+const DefaultDataDir = "/var/lib/flotilla"
+
+// Default timeouts of calls whose ctx has no deadline.
+const (
+	DefaultTimeout        = 15 * time.Second // nodes, tokens
+	DefaultQueryTimeout   = 30 * time.Second // status, logs
+	DefaultPlanTimeout    = 2 * time.Minute  // plan
+	DefaultRolloutTimeout = 2 * time.Hour    // apply, delete, attach
+	DefaultDialTimeout    = 5 * time.Second
+)
+
+// Config locates a controller and the admin credentials.
+type Config struct {
+	// CredentialsFile is the admin credential file (default DataDir/admin.creds).
+	CredentialsFile string
+	// DataDir is the controller's data dir, used when CredentialsFile is empty
+	// (default DefaultDataDir).
+	DataDir string
+	// Controller overrides the NATS URLs of the credential file: HOST, HOST:PORT,
+	// tls://HOST:PORT or the join address https://HOST:PORT (see ParseAddress).
+	Controller string
+	// DialTimeout bounds the connection (default DefaultDialTimeout).
+	DialTimeout time.Duration
+	// Name is the NATS connection name the controller logs (default "flotilla-client").
+	Name string
+}
+
+// Client is an admin connection to one controller. It is safe for concurrent use.
+type Client struct {
+	nc *nats.Conn
+}
+
+// ErrControllerLost says the connection to the controller ended while a call
+// waited for its answer (the controller stopped or crashed). A rollout goes on
+// when the controller starts again: follow it with Attach.
+var ErrControllerLost = errors.New("lost the controller while waiting for its answer")
+
+// CredentialsError says the admin credential file could not be read or is not one.
+type CredentialsError struct {
+	Path string
+	Err  error
+}
+
+func (e *CredentialsError) Error() string {
+	return fmt.Sprintf("admin credentials %s: %v", e.Path, e.Err)
+}
+func (e *CredentialsError) Unwrap() error { return e.Err }
+
+// ConnectError says no controller answered at URLs.
+type ConnectError struct {
+	URLs []string
+	Err  error
+}
+
+func (e *ConnectError) Error() string {
+	return fmt.Sprintf("connect to controller at %s: %v", strings.Join(e.URLs, ", "), e.Err)
+}
+func (e *ConnectError) Unwrap() error { return e.Err }
+
+// ParseAddress turns a controller address into its NATS URL: HOST, HOST:PORT
+// and tls://HOST:PORT (default port 4222), or the join address https://HOST:PORT
+// (same host, NATS port 4222).
+func ParseAddress(s string) (string, error) {
+	in := s
+	if !strings.Contains(s, "://") {
+		s = "tls://" + s
+	}
+	u, err := url.Parse(s)
+	if err != nil || u.Host == "" {
+		return "", fmt.Errorf("controller address %q: want HOST, HOST:PORT or tls://HOST:PORT", in)
+	}
+	host := u.Host
+	if u.Port() == "" {
+		host = net.JoinHostPort(u.Hostname(), "4222")
+	}
+	switch u.Scheme {
+	case "tls", "nats":
+	case "https":
+		host = net.JoinHostPort(u.Hostname(), "4222")
+	default:
+		return "", fmt.Errorf("controller address %q: scheme must be tls:// (NATS)", in)
+	}
+	return "tls://" + host, nil
+}
+
+// Connect reads the admin credentials and connects to the controller over TLS,
+// trusting only the CA in the credential file.
+func Connect(cfg Config) (*Client, error) {
+	path := cfg.CredentialsFile
+	if path == "" {
+		dir := cfg.DataDir
+		if dir == "" {
+			dir = DefaultDataDir
+		}
+		path = filepath.Join(dir, protocol.AdminCredsFile)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, &CredentialsError{Path: path, Err: err}
+	}
+	var cr protocol.Credentials
+	if err := json.Unmarshal(data, &cr); err != nil {
+		return nil, &CredentialsError{Path: path, Err: fmt.Errorf("not a flotilla credential file: %w", err)}
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(cr.CAPEM) {
+		return nil, &CredentialsError{Path: path, Err: errors.New("no CA certificate")}
+	}
+	urls := cr.NATSURLs
+	if cfg.Controller != "" {
+		u, err := ParseAddress(cfg.Controller)
+		if err != nil {
+			return nil, err
+		}
+		urls = []string{u}
+	}
+	if len(urls) == 0 {
+		return nil, &CredentialsError{Path: path, Err: errors.New("no controller URL in it: give Config.Controller")}
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = DefaultDialTimeout
+	}
+	if cfg.Name == "" {
+		cfg.Name = "flotilla-client"
+	}
+	nc, err := nats.Connect(strings.Join(urls, ","), nats.UserInfo(cr.User, cr.Password),
+		nats.Secure(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}),
+		nats.Name(cfg.Name), nats.Timeout(cfg.DialTimeout), nats.DontRandomize(), nats.NoReconnect())
+	if err != nil {
+		return nil, &ConnectError{URLs: urls, Err: err}
+	}
+	return &Client{nc: nc}, nil
+}
+
+// Close ends the connection.
+func (c *Client) Close() { c.nc.Close() }
+
+// call sends one admin request and decodes the reply body into out. onStream, if
+// set, receives the messages streamed before the reply: they and the reply arrive
+// on one inbox, so none is lost or reordered. timeout applies when ctx has no deadline.
+func (c *Client) call(ctx context.Context, name string, body, out any, timeout time.Duration, onStream func([]byte)) error {
+	req := protocol.AdminRequest{}
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return fmt.Errorf("admin %s: %w", name, err)
+		}
+		req.Body = b
+	}
+	inbox := c.nc.NewInbox()
+	if onStream != nil {
+		req.Stream = inbox
+	}
+	sub, err := c.nc.SubscribeSync(inbox)
+	if err != nil {
+		return fmt.Errorf("admin %s: %w", name, err)
+	}
+	defer sub.Unsubscribe()
+	data, err := json.Marshal(req)
+	if err != nil {
+		return fmt.Errorf("admin %s: %w", name, err)
+	}
+	if err := c.nc.PublishRequest(protocol.AdminSubject(name), inbox, data); err != nil {
+		return fmt.Errorf("admin %s: %w", name, err)
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	for {
+		m, err := sub.NextMsgWithContext(ctx)
+		if err != nil {
+			if errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, nats.ErrNoServers) || !c.nc.IsConnected() {
+				return fmt.Errorf("admin %s: %w: %v", name, ErrControllerLost, err)
+			}
+			return fmt.Errorf("admin %s: no answer from the controller: %w", name, err)
+		}
+		if m.Header.Get("Status") == "503" {
+			return fmt.Errorf("admin %s: the controller is not answering (starting up?)", name)
+		}
+		if m.Header.Get(protocol.HeaderStream) != "" {
+			if onStream != nil {
+				onStream(m.Data)
+			}
+			continue
+		}
+		var reply protocol.AdminReply
+		if err := json.Unmarshal(m.Data, &reply); err != nil {
+			return fmt.Errorf("admin %s reply: %w", name, err)
+		}
+		if !reply.OK {
+			return errors.New(reply.Error)
+		}
+		if out != nil && len(reply.Body) > 0 {
+			if err := json.Unmarshal(reply.Body, out); err != nil {
+				return fmt.Errorf("admin %s reply: %w", name, err)
+			}
+		}
+		return nil
+	}
+}
+
+// streamOf decodes each streamed message as a T for fn (nil fn: nothing is
+// streamed); a message that does not decode is logged and skipped.
+func streamOf[T any](name string, fn func(T)) func([]byte) {
+	if fn == nil {
+		return nil
+	}
+	return func(data []byte) {
+		var v T
+		if err := json.Unmarshal(data, &v); err != nil {
+			slog.Debug("streamed message not understood", "call", name, "err", err)
+			return
+		}
+		fn(v)
+	}
+}
+
+// Nodes lists the inventory, online or not.
+func (c *Client) Nodes(ctx context.Context) ([]protocol.NodeInfo, error) {
+	var nodes []protocol.NodeInfo
+	if err := c.call(ctx, protocol.AdminNodes, nil, &nodes, DefaultTimeout, nil); err != nil {
+		return nil, err
+	}
+	return nodes, nil
+}
+
+// RemoveNode removes a node from the inventory: its credentials stop working and
+// its connections are closed; the name may join again with a new token.
+func (c *Client) RemoveNode(ctx context.Context, name string) error {
+	return c.call(ctx, protocol.AdminNodesRemove, protocol.NodesRemove{Name: name}, nil, DefaultTimeout, nil)
+}
+
+// LabelNode sets req.Set and removes req.Remove on node req.Name's labels (the
+// ones Clusterfile selectors match) and returns the node as it is now.
+func (c *Client) LabelNode(ctx context.Context, req protocol.NodesLabel) (protocol.NodeInfo, error) {
+	var n protocol.NodeInfo
+	err := c.call(ctx, protocol.AdminNodesLabel, req, &n, DefaultTimeout, nil)
+	return n, err
+}
+
+// Exec runs req.Command on the selected nodes at once. onOutput, if set, gets
+// every output event (protocol.EventOutput: Node, Stream, Line) as it arrives;
+// the reply has each node's exit code. The call waits req.Timeout plus 30s
+// unless ctx ends first.
+func (c *Client) Exec(ctx context.Context, req protocol.ExecRequest, onOutput func(protocol.Event)) (*protocol.ExecReply, error) {
+	var reply protocol.ExecReply
+	on := func(ev protocol.Event) {
+		if ev.Type == protocol.EventOutput && onOutput != nil {
+			onOutput(ev)
+		}
+	}
+	if err := c.call(ctx, protocol.AdminExec, req, &reply, req.Timeout+30*time.Second, streamOf(protocol.AdminExec, on)); err != nil {
+		return nil, err
+	}
+	return &reply, nil
+}
+
+// CreateToken creates a join token: valid for req.TTL, for req.Uses joins (0:
+// any number), for the one node req.For (the way to re-join a node still in
+// the inventory), giving joining nodes req.Labels. The reply holds the secret
+// and the bootstrap one-liner; they are never shown again.
+func (c *Client) CreateToken(ctx context.Context, req protocol.TokenCreate) (protocol.TokenInfo, error) {
+	var ti protocol.TokenInfo
+	err := c.call(ctx, protocol.AdminTokenCreate, req, &ti, DefaultTimeout, nil)
+	return ti, err
+}
+
+// Tokens lists the join tokens (without their secrets).
+func (c *Client) Tokens(ctx context.Context) ([]protocol.TokenInfo, error) {
+	var list []protocol.TokenInfo
+	if err := c.call(ctx, protocol.AdminTokenList, nil, &list, DefaultTimeout, nil); err != nil {
+		return nil, err
+	}
+	return list, nil
+}
+
+// RevokeToken revokes the join token with this ID; nodes that joined with it keep working.
+func (c *Client) RevokeToken(ctx context.Context, id string) error {
+	return c.call(ctx, protocol.AdminTokenRevoke, protocol.TokenRevoke{ID: id}, nil, DefaultTimeout, nil)
+}
+
+// Plan asks what applying the Clusterfile would do on each node; it changes nothing.
+func (c *Client) Plan(ctx context.Context, req protocol.ApplyRequest) (*protocol.ClusterPlan, error) {
+	req.DryRun = true
+	var p protocol.ClusterPlan
+	if err := c.call(ctx, protocol.AdminPlan, req, &p, DefaultPlanTimeout, nil); err != nil {
+		return nil, err
+	}
+	return &p, nil
+}
+
+// Apply rolls the Clusterfile out. onEvent, if set, gets every progress event
+// (phase and node starts, steps, output lines, fetch progress, retries, node
+// outcomes) as it happens. The result says how each node ended; with
+// req.Detach it returns once the rollout started. When ctx ends or the
+// controller stops (ErrControllerLost) the rollout goes on in the controller:
+// follow it with Attach.
+func (c *Client) Apply(ctx context.Context, req protocol.ApplyRequest, onEvent func(protocol.RolloutEvent)) (*protocol.ApplyResult, error) {
+	return c.rollout(ctx, protocol.AdminApply, req, onEvent)
+}
+
+// Delete undoes the cluster the Clusterfile describes on every node (services
+// stopped, files and layers removed) and forgets it, with progress like Apply.
+func (c *Client) Delete(ctx context.Context, req protocol.ApplyRequest, onEvent func(protocol.RolloutEvent)) (*protocol.ApplyResult, error) {
+	return c.rollout(ctx, protocol.AdminDelete, req, onEvent)
+}
+
+// Attach follows the running (or resuming) rollout of a cluster with the same
+// events and result as the Apply that started it; a rollout that ended is
+// answered with its stored result.
+func (c *Client) Attach(ctx context.Context, cluster string, onEvent func(protocol.RolloutEvent)) (*protocol.ApplyResult, error) {
+	return c.rollout(ctx, protocol.AdminAttach, protocol.AttachRequest{Cluster: cluster}, onEvent)
+}
+
+func (c *Client) rollout(ctx context.Context, name string, body any, onEvent func(protocol.RolloutEvent)) (*protocol.ApplyResult, error) {
+	var res protocol.ApplyResult
+	// Always ask for the stream: the controller streams to an inbox it was given.
+	on := func(ev protocol.RolloutEvent) {
+		if onEvent != nil {
+			onEvent(ev)
+		}
+	}
+	if err := c.call(ctx, name, body, &res, DefaultRolloutTimeout, streamOf(name, on)); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+// Status returns what the controller knows of a cluster ("": of every cluster):
+// desired image, last rollout, and per node its applied image and drift.
+func (c *Client) Status(ctx context.Context, cluster string) ([]protocol.ClusterStatus, error) {
+	var list []protocol.ClusterStatus
+	if err := c.call(ctx, protocol.AdminStatus, protocol.StatusRequest{Cluster: cluster}, &list, DefaultQueryTimeout, nil); err != nil {
+		return nil, err
+	}
+	return list, nil
+}
+
+// Logs returns a node's newest task events from the controller's event history,
+// oldest first (req.Limit 0: all it keeps).
+func (c *Client) Logs(ctx context.Context, req protocol.LogsRequest) ([]protocol.Event, error) {
+	var evs []protocol.Event
+	if err := c.call(ctx, protocol.AdminLogs, req, &evs, DefaultQueryTimeout, nil); err != nil {
+		return nil, err
+	}
+	return evs, nil
+}
