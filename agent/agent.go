@@ -4,9 +4,12 @@
 // step digests it already applied.
 //
 // Step kinds are pluggable: Options.Executors maps protocol.Step.Kind to an
-// Executor (DefaultExecutors has "exec"); a later package adds its kinds by
-// adding entries before calling New. Executors report through StepContext
-// (Output, LineWriter, Progress) and signal exit codes with *ExitError.
+// Executor, beside the built-in "exec" (ExecStep); agent/rollout builds the
+// rollout kinds (rollout.Executors) and the command passes them in. Executors
+// get what they may use of the running agent in their StepContext (its peer,
+// its applied-steps state, its logger), report through it (Output,
+// LineWriter, Progress) and signal exit codes with *ExitError. Nothing is
+// shared through package state: two agents in one process are independent.
 package agent
 
 import (
@@ -17,12 +20,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/flotilla-dev/flotilla/internal/atomicfile"
@@ -53,7 +58,8 @@ type Options struct {
 	MaxClockSkew time.Duration
 	// Now is the agent's clock for checking signed tasks (default time.Now; tests).
 	Now func() time.Time
-	// Executors by step kind; nil means DefaultExecutors().
+	// Executors by step kind, beside the built-in "exec" (ExecStep), which
+	// an entry of that kind replaces; nil: "exec" alone. The map is copied.
 	Executors map[string]Executor
 	Version   string
 	Logger    *slog.Logger
@@ -90,6 +96,9 @@ type Agent struct {
 	metrics *metrics
 
 	nc *nats.Conn
+	// peer is the running peer-to-peer part (nil until runPeer started it,
+	// and again once ctx ended); steps get it in StepContext.Peer.
+	peer atomic.Pointer[Peer]
 
 	mu         sync.Mutex
 	running    map[string]context.CancelFunc
@@ -98,8 +107,12 @@ type Agent struct {
 	connErr    string // why the last attempt to reach NATS failed; "" once connected
 	connErrAt  time.Time
 	seqMu      sync.Mutex
-	wg         sync.WaitGroup
-	regKick    chan struct{}
+	wg         sync.WaitGroup // running tasks
+	// bg are the goroutines Run started besides tasks (peer, registry
+	// mirror): Run returns once they ended, so nothing writes to the data
+	// dir after it.
+	bg      sync.WaitGroup
+	regKick chan struct{}
 	// clusterTail holds, per cluster, the channel the cluster's last queued
 	// task closes when it ends: tasks of one cluster run one at a time.
 	clusterMu   sync.Mutex
@@ -127,9 +140,9 @@ func New(ctx context.Context, opts Options) (*Agent, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	if opts.Executors == nil {
-		opts.Executors = DefaultExecutors()
-	}
+	executors := map[string]Executor{kindExec: ExecutorFunc(ExecStep)}
+	maps.Copy(executors, opts.Executors)
+	opts.Executors = executors
 	if opts.Name == "" {
 		h, err := os.Hostname()
 		if err != nil {
@@ -167,7 +180,6 @@ func New(ctx context.Context, opts Options) (*Agent, error) {
 	if a.applied, err = loadApplied(opts.DataDir); err != nil {
 		return nil, err
 	}
-	registerApplied(opts.DataDir, a.applied)
 	if err := a.loadOrJoin(ctx); err != nil {
 		return nil, err
 	}
@@ -244,16 +256,31 @@ func CAPEM(dataDir string) ([]byte, error) {
 }
 
 // NewStepContext builds a StepContext outside a running agent, for executor
-// tests and tools: events go to emit (nil drops them) and Request fails.
+// tests and tools: events go to emit (nil drops them), Request fails, there is
+// no Peer (set it to use one), logs go to slog.Default, and ForgetSteps edits
+// <dataDir>/applied.json (no agent may be running with that data dir: it
+// would overwrite the file).
 func NewStepContext(t *protocol.Task, s *protocol.Step, root, dataDir string, emit func(protocol.Event)) *StepContext {
 	if emit == nil {
 		emit = func(protocol.Event) {}
 	}
-	return &StepContext{Task: t, Step: s, Root: root, DataDir: dataDir, Env: stepEnv(root, dataDir, t, s), emit: emit}
+	forget := func(digests ...string) error {
+		a, err := loadApplied(dataDir)
+		if err != nil {
+			return err
+		}
+		return a.forget(digests...)
+	}
+	return &StepContext{Task: t, Step: s, Root: root, DataDir: dataDir, Env: stepEnv(root, dataDir, t, s),
+		Logger: slog.Default(), emit: emit, forget: forget}
 }
 
 // Name is the node's name.
 func (a *Agent) Name() string { return a.opts.Name }
+
+// Peer is the agent's running peer-to-peer part, or nil while it has none
+// (not started yet, or the agent stopped).
+func (a *Agent) Peer() *Peer { return a.peer.Load() }
 
 // Run connects to NATS (retrying with jittered backoff), registers, heartbeats
 // and runs tasks until ctx ends.
@@ -301,6 +328,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.nc = nc
 	defer nc.Close()
+	defer a.bg.Wait()
 	if _, err := nc.Subscribe(protocol.TaskSubject(a.opts.Name), a.onTask); err != nil {
 		return fmt.Errorf("subscribe tasks: %w", err)
 	}
@@ -313,8 +341,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.serveMetrics(ctx); err != nil {
 		return err
 	}
-	go a.runPeer(ctx)
-	go a.runRegistry(ctx)
+	a.bg.Go(func() { a.runPeer(ctx) })
+	a.bg.Go(func() { a.runRegistry(ctx) })
 	a.writeStatus()
 	tick := time.NewTicker(a.opts.HeartbeatInterval)
 	defer tick.Stop()

@@ -2,9 +2,12 @@ package agent
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -109,7 +112,7 @@ func TestExecStep(t *testing.T) {
 				defer cancel()
 			}
 			start := time.Now()
-			err := execStep(ctx, sc)
+			err := ExecStep(ctx, sc)
 			if d := time.Since(start); d > 8*time.Second {
 				t.Errorf("took %s", d)
 			}
@@ -139,15 +142,40 @@ func TestExecStep(t *testing.T) {
 	}
 }
 
-func TestRegisterExecutor(t *testing.T) {
-	RegisterExecutor("test-kind", ExecutorFunc(func(context.Context, *StepContext) error { return nil }))
-	ex := DefaultExecutors()
-	if ex["test-kind"] == nil || ex["exec"] == nil {
-		t.Fatalf("DefaultExecutors = %v", ex)
-	}
-	delete(ex, "exec")
-	if DefaultExecutors()["exec"] == nil {
-		t.Error("DefaultExecutors returned the registry itself")
+// TestExecutorsOption: an agent runs the executors its Options name, beside
+// the built-in "exec" unless they replace it, and keeps its own copy of them.
+func TestExecutorsOption(t *testing.T) {
+	custom := ExecutorFunc(func(context.Context, *StepContext) error { return nil })
+	for _, tc := range []struct {
+		name        string
+		executors   map[string]Executor
+		want        []string
+		builtinExec bool
+	}{
+		{"nil: exec alone", nil, []string{"exec"}, true},
+		{"kinds added", map[string]Executor{"x": custom}, []string{"exec", "x"}, true},
+		{"exec replaced", map[string]Executor{"exec": custom}, []string{"exec"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			a, err := New(t.Context(), Options{Name: "n1", DataDir: filepath.Join(dir, "data"), Root: filepath.Join(dir, "root"),
+				Credentials: &protocol.Credentials{Node: "n1", SigningKey: make([]byte, ed25519.PublicKeySize)}, Executors: tc.executors})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.executors != nil {
+				tc.executors["late"] = custom // the caller's map is not the agent's
+			}
+			if got := slices.Sorted(maps.Keys(a.opts.Executors)); !slices.Equal(got, tc.want) {
+				t.Fatalf("executors %v, want %v", got, tc.want)
+			}
+			step := &protocol.Step{Kind: "exec", Command: []string{"false"}}
+			err = a.opts.Executors["exec"].Execute(t.Context(), NewStepContext(&protocol.Task{}, step, dir, dir, nil))
+			var ee *ExitError
+			if tc.builtinExec != errors.As(err, &ee) {
+				t.Errorf("exec of `false`: %v; built-in exec expected: %v", err, tc.builtinExec)
+			}
+		})
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/flotilla-dev/flotilla/agent"
 	"github.com/flotilla-dev/flotilla/controller/plane"
+	"github.com/flotilla-dev/flotilla/internal/poll"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
 
@@ -77,21 +78,18 @@ func startControllerAndAgent(t *testing.T, ex map[string]agent.Executor) *plane.
 	done := make(chan struct{})
 	go func() { _ = a.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done; c.Close() })
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if n, ok := c.Node("n1"); ok && n.Online {
-			return c
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("agent n1 not online after 10s")
-		}
+	if err := poll.Until(t.Context(), 10*time.Second, 20*time.Millisecond, func() bool {
+		n, ok := c.Node("n1")
+		return ok && n.Online
+	}); err != nil {
+		t.Fatalf("agent n1 online: %v", err)
 	}
+	return c
 }
 
 func TestClusterTasksRunOneAtATime(t *testing.T) {
 	s := &sleeper{running: map[string]int{}}
-	ex := agent.DefaultExecutors()
-	ex["sleep"] = s
-	c := startControllerAndAgent(t, ex)
+	c := startControllerAndAgent(t, map[string]agent.Executor{"sleep": s})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
@@ -153,9 +151,7 @@ func TestClusterTasksRunOneAtATime(t *testing.T) {
 
 func TestCanceledQueuedTaskKeepsOrder(t *testing.T) {
 	s := &sleeper{running: map[string]int{}}
-	ex := agent.DefaultExecutors()
-	ex["sleep"] = s
-	c := startControllerAndAgent(t, ex)
+	c := startControllerAndAgent(t, map[string]agent.Executor{"sleep": s})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	mk := func(id, d string) *protocol.Task {
@@ -196,7 +192,8 @@ func TestForgetSteps(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "applied.json"), []byte(`{"sha256:a":{"task":"t1","applied":"2026-01-01T00:00:00Z"},"sha256:b":{"task":"t1","applied":"2026-01-01T00:00:00Z"}}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := agent.ForgetSteps(dir, "sha256:a", "sha256:unknown"); err != nil {
+	sc := agent.NewStepContext(&protocol.Task{}, &protocol.Step{}, dir, dir, nil)
+	if err := sc.ForgetSteps("sha256:a", "sha256:unknown"); err != nil {
 		t.Fatal(err)
 	}
 	data, err := os.ReadFile(filepath.Join(dir, "applied.json"))

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"sort"
@@ -16,8 +17,9 @@ import (
 	"github.com/flotilla-dev/flotilla/protocol"
 )
 
-// Executor runs one kind of step. Register more kinds in Options.Executors
-// (key = protocol.Step.Kind); DefaultExecutors gives the built-in ones.
+// Executor runs one kind of step. An agent's executors are named in
+// Options.Executors (key = protocol.Step.Kind), beside the built-in "exec"
+// (ExecStep).
 type Executor interface {
 	Execute(ctx context.Context, sc *StepContext) error
 }
@@ -42,7 +44,8 @@ func (e *ExitError) Error() string {
 }
 func (e *ExitError) Unwrap() error { return e.Err }
 
-// StepContext is what an executor gets: the step, where to work and how to report.
+// StepContext is what an executor gets: the step, where to work, how to
+// report, and the parts of the running agent a step may use.
 type StepContext struct {
 	Task  *protocol.Task
 	Step  *protocol.Step
@@ -53,9 +56,25 @@ type StepContext struct {
 	DataDir string
 	// Env is the step's environment: the agent's, then FLOTILLA_* and the step's Env.
 	Env []string
+	// Peer is the agent's part in peer-to-peer layer distribution; nil while
+	// it does not run (peer-to-peer not started yet, or outside an agent).
+	Peer *Peer
+	// Logger is the agent's, naming the node and the task.
+	Logger *slog.Logger
 
 	emit    func(protocol.Event)
 	request func(ctx context.Context, name string, data []byte) ([]byte, error)
+	forget  func(digests ...string) error
+}
+
+// ForgetSteps drops step digests from the agent's applied-steps state, so
+// that tasks carrying them run those steps again (the running agent's state,
+// not a file it would overwrite). Digests not recorded are fine.
+func (sc *StepContext) ForgetSteps(digests ...string) error {
+	if sc.forget == nil {
+		return errors.New("no applied-steps state")
+	}
+	return sc.forget(digests...)
 }
 
 // Request asks the controller something on this node's request subject name
@@ -111,32 +130,14 @@ func (w *lineWriter) Close() error {
 	return nil
 }
 
-var (
-	registryMu sync.Mutex
-	registry   = map[string]Executor{"exec": ExecutorFunc(execStep)}
-)
+// kindExec is the step kind every agent runs with ExecStep unless its
+// Options.Executors names another executor for it.
+const kindExec = "exec"
 
-// RegisterExecutor adds a step kind to DefaultExecutors; call it from init() in
-// the file or package that implements the kind. A later call replaces an earlier one.
-func RegisterExecutor(kind string, e Executor) {
-	registryMu.Lock()
-	defer registryMu.Unlock()
-	registry[kind] = e
-}
-
-// DefaultExecutors returns a copy of the registered step kinds. Built in:
-// "exec" runs Command (argv) or Shell (with /bin/sh -c) with Root as working directory.
-func DefaultExecutors() map[string]Executor {
-	registryMu.Lock()
-	defer registryMu.Unlock()
-	out := make(map[string]Executor, len(registry))
-	for k, e := range registry {
-		out[k] = e
-	}
-	return out
-}
-
-func execStep(ctx context.Context, sc *StepContext) error {
+// ExecStep is the built-in "exec" executor: it runs Command (argv) or Shell
+// (with /bin/sh -c) with Root as working directory and the step's Env, output
+// streamed by line, the process group stopped when ctx ends.
+func ExecStep(ctx context.Context, sc *StepContext) error {
 	var cmd *exec.Cmd
 	switch {
 	case len(sc.Step.Command) > 0:

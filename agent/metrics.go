@@ -92,20 +92,20 @@ func (a *Agent) serveMetrics(ctx context.Context) error {
 	}
 	ln, err := net.Listen("tcp", a.opts.MetricsListen)
 	if err != nil {
-		return fmt.Errorf("--metrics-listen %s: %w", a.opts.MetricsListen, err)
+		return optionErr("MetricsListen", fmt.Errorf("metrics address %s: %w", a.opts.MetricsListen, err))
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{Timeout: 10 * time.Second}))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go func() {
+	a.bg.Go(func() {
 		<-ctx.Done()
 		_ = srv.Close()
-	}()
-	go func() {
+	})
+	a.bg.Go(func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			a.log.Error("metrics server stopped", "err", err)
 		}
-	}()
+	})
 	a.log.Info("serving metrics", "url", "http://"+ln.Addr().String()+"/metrics")
 	return nil
 }

@@ -50,7 +50,7 @@ const DefaultPeerListen = ":9444"
 // fetcher that gets pieces from them and from the controller (the seed),
 // finding them through the controller's tracker.
 //
-// Executors reach it with PeerOf(sc.DataDir).
+// Executors reach the running agent's peer as StepContext.Peer.
 type Peer struct {
 	node    string
 	log     *slog.Logger
@@ -80,17 +80,6 @@ type Peer struct {
 // StepCaps are a step's bandwidth caps in bytes per second (0: none), on top
 // of the agent's own; while several steps run, the smallest cap applies.
 type StepCaps struct{ Upload, Download int64 }
-
-var peers sync.Map // data dir -> *Peer
-
-// PeerOf returns the peer of the agent running with dataDir, or nil when that
-// agent has none (peer-to-peer off, or no agent in this process).
-func PeerOf(dataDir string) *Peer {
-	if p, ok := peers.Load(dataDir); ok {
-		return p.(*Peer)
-	}
-	return nil
-}
 
 // URL is where this peer serves pieces ("" when it only fetches).
 func (p *Peer) URL() string { return p.url }
@@ -209,7 +198,7 @@ func (a *Agent) peerURL() string {
 	if a.opts.PeerURL != "" {
 		return a.opts.PeerURL
 	}
-	if p := PeerOf(a.opts.DataDir); p != nil {
+	if p := a.peer.Load(); p != nil {
 		return p.URL()
 	}
 	return ""
@@ -217,7 +206,7 @@ func (a *Agent) peerURL() string {
 
 // startPeer opens the store, gets the peer certificate if the agent has none
 // (or it expires soon), starts the piece server on opts.PeerListen and
-// registers the peer for executors. A failure to listen leaves a peer that
+// hands the peer to the steps that run from then on (StepContext.Peer). A failure to listen leaves a peer that
 // only fetches: a busy port must not stop the agent.
 func (a *Agent) startPeer(ctx context.Context) error {
 	o := a.opts
@@ -253,19 +242,19 @@ func (a *Agent) startPeer(ctx context.Context) error {
 	p.fetcher = p2p.New(p.store, tr, p2p.Options{
 		Self: self, Client: p.client, VerifyPeer: verifyPeerIdentity, DownloadLimit: p.down, Logger: p.log, Progress: p.onProgress,
 	})
-	peers.Store(o.DataDir, p)
+	a.peer.Store(p)
 	p.reseed(ctx)
-	go p.fetcher.Run(ctx)
-	go a.keepPeerCert(ctx, p)
-	go func() {
+	a.bg.Go(func() { p.fetcher.Run(ctx) })
+	a.bg.Go(func() { a.keepPeerCert(ctx, p) })
+	a.bg.Go(func() {
 		<-ctx.Done()
-		peers.CompareAndDelete(o.DataDir, p)
+		a.peer.CompareAndSwap(p, nil)
 		if p.srv != nil {
 			// Peers waiting on a piece (?wait=) would hold a graceful shutdown:
 			// they cope with a dropped connection by asking someone else.
 			_ = p.srv.Close()
 		}
-	}()
+	})
 	return nil
 }
 

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/flotilla-dev/flotilla/controller/controllertest"
+	"github.com/flotilla-dev/flotilla/internal/poll"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
 
@@ -86,15 +87,11 @@ func waitPeerURLs(t *testing.T, f *controllertest.Fleet, names ...string) map[st
 
 func waitFile(t *testing.T, path string) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if _, err := os.Stat(path); err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s did not appear in 30s", path)
-		}
-		time.Sleep(100 * time.Millisecond)
+	if err := poll.Until(t.Context(), 30*time.Second, 100*time.Millisecond, func() bool {
+		_, err := os.Stat(path)
+		return err == nil
+	}); err != nil {
+		t.Fatalf("%s did not appear: %v", path, err)
 	}
 }
 

@@ -219,12 +219,15 @@ func (a *Agent) runStep(ctx context.Context, em *emitter, t *protocol.Task, i in
 	}
 	defer cancel()
 	sc := &StepContext{Task: t, Step: s, Index: i, Root: a.opts.Root, DataDir: a.opts.DataDir,
-		Env: stepEnv(a.opts.Root, a.opts.DataDir, t, s),
+		Env:    stepEnv(a.opts.Root, a.opts.DataDir, t, s),
+		Peer:   a.peer.Load(),
+		Logger: a.log.With("task", t.ID),
 		emit: func(ev protocol.Event) {
 			ev.Step, ev.StepName = i, s.Name
 			em.emit(ev)
 		},
-		request: a.request}
+		request: a.request,
+		forget:  a.applied.forget}
 	err := a.execute(sctx, sc)
 	var ee *ExitError
 	switch {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/flotilla-dev/flotilla/agent/p2p"
 	"github.com/flotilla-dev/flotilla/bundle/pieces"
+	"github.com/flotilla-dev/flotilla/internal/poll"
 )
 
 func fetchAll(t *testing.T, list pieces.PieceList, nodes []*node) []error {
@@ -185,7 +186,9 @@ func TestDeadOrStalledPeerIsReplaced(t *testing.T) {
 				}
 				midAddr = mid.srv.URL
 				go func() {
-					time.Sleep(300 * time.Millisecond)
+					// The first request is the event: its answer goes out at
+					// 512 KiB/s, so the server dies in the middle of it.
+					_ = poll.Until(t.Context(), 10*time.Second, 10*time.Millisecond, func() bool { return mid.requests.Load() > 0 })
 					started.Add(mid.requests.Load()) // requests cut off mid-transfer
 					mid.srv.CloseClientConnections()
 					mid.srv.Close()

@@ -14,6 +14,7 @@ import (
 
 	"github.com/flotilla-dev/flotilla/agent/p2p"
 	"github.com/flotilla-dev/flotilla/bundle/pieces"
+	"github.com/flotilla-dev/flotilla/internal/poll"
 )
 
 // The controller (seed and tracker) goes away once every piece is somewhere
@@ -49,13 +50,26 @@ func TestSeedAndTrackerGoneAfterSeeding(t *testing.T) {
 		go func() { _, err := n.fetcher.Fetch(ctx, list); errs <- err }()
 	}
 	// Once all three have announced (and so know each other), stop the tracker.
-	for len(c.tracker.Peers(list.Digest)) < 4 {
-		if ctx.Err() != nil {
-			t.Fatal("agents never announced")
+	// Once each holds a piece it could only get through the peer list (a an
+	// odd one, b an even one, c one of each), each has the peers it needs:
+	// stop the tracker.
+	holdsOne := func(n *node, odd bool) bool {
+		p, err := n.store.Open(list)
+		if err != nil {
+			return false
 		}
-		time.Sleep(10 * time.Millisecond)
+		for i := range list.Count() {
+			if i%2 == 1 == odd && p.Has(i) {
+				return true
+			}
+		}
+		return false
 	}
-	time.Sleep(150 * time.Millisecond) // one tracker refresh, so each has the full peer list
+	if err := poll.Until(ctx, 15*time.Second, 10*time.Millisecond, func() bool {
+		return holdsOne(a, true) && holdsOne(b, false) && holdsOne(cc, true) && holdsOne(cc, false)
+	}); err != nil {
+		t.Fatalf("every node fetching from its peers: %v", err)
+	}
 	c.trackerSrv.CloseClientConnections()
 	c.trackerSrv.Close()
 	if cc.store.Has(list.Digest) {

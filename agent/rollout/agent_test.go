@@ -16,8 +16,9 @@ import (
 	"time"
 
 	"github.com/flotilla-dev/flotilla/agent"
-	_ "github.com/flotilla-dev/flotilla/agent/rollout"
+	"github.com/flotilla-dev/flotilla/agent/rollout"
 	"github.com/flotilla-dev/flotilla/controller/plane"
+	"github.com/flotilla-dev/flotilla/internal/poll"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
 
@@ -71,7 +72,7 @@ func TestRolloutStepsThroughAgent(t *testing.T) {
 	}
 	root, dataDir := filepath.Join(dir, "root"), filepath.Join(dir, "n1")
 	a, err := agent.New(ctx, agent.Options{Credentials: cr, Name: "n1", DataDir: dataDir, Root: root,
-		HeartbeatInterval: 200 * time.Millisecond, Logger: log})
+		HeartbeatInterval: 200 * time.Millisecond, Logger: log, Executors: rollout.Executors(rollout.Options{})})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,13 +80,11 @@ func TestRolloutStepsThroughAgent(t *testing.T) {
 	done := make(chan struct{})
 	go func() { _ = a.Run(actx); close(done) }()
 	defer func() { acancel(); <-done }()
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if n, ok := c.Node("n1"); ok && n.Online {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("agent n1 not online after 10s")
-		}
+	if err := poll.Until(t.Context(), 10*time.Second, 20*time.Millisecond, func() bool {
+		n, ok := c.Node("n1")
+		return ok && n.Online
+	}); err != nil {
+		t.Fatalf("agent n1 online: %v", err)
 	}
 
 	conf := []byte("listen: 0.0.0.0\n")

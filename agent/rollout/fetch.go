@@ -17,32 +17,6 @@ import (
 	"github.com/flotilla-dev/flotilla/protocol"
 )
 
-// FetchBlob downloads the blob of a layer step to dst (<DataDir>/blobs/sha256/<hex>.part).
-// It may resume from the bytes already at dst, reports sc.Progress(done, total, "fetch")
-// and must leave the whole blob at dst when it returns nil. verified says the fetcher
-// already checked the whole blob against p.Digest (the peer-to-peer fetcher does);
-// otherwise the layer executor checks size and sha256. Only then is dst moved into
-// the cache (a mismatch deletes dst). Calls for one digest never run at the same time
-// in one process.
-//
-// The default is fetchHTTPS: GET p.URL from the controller over HTTPS (trusting only
-// the agent's CA) with "Authorization: Bearer p.Token". A peer-to-peer fetcher replaces
-// it from its own init(), falling back to fetchHTTPS through DefaultFetchBlob.
-var FetchBlob func(ctx context.Context, sc *agent.StepContext, p protocol.LayerPayload, dst string) (verified bool, err error) = DefaultFetchBlob
-
-// DefaultFetchBlob is the HTTPS fetch from the controller (FetchBlob's default); it
-// leaves the digest check to the layer executor.
-func DefaultFetchBlob(ctx context.Context, sc *agent.StepContext, p protocol.LayerPayload, dst string) (bool, error) {
-	return false, fetchHTTPS(ctx, sc, p, dst)
-}
-
-// Fetch tuning (variables for tests).
-var (
-	progressEvery = 250 * time.Millisecond
-	// stallTimeout ends a download that received nothing for that long.
-	stallTimeout = 60 * time.Second
-)
-
 // HTTPClient returns an HTTPS client that trusts only the controller CA of the
 // agent whose data dir is dataDir.
 func HTTPClient(dataDir string) (*http.Client, error) {
@@ -64,7 +38,11 @@ func HTTPClient(dataDir string) (*http.Client, error) {
 	}}, nil
 }
 
-func fetchHTTPS(ctx context.Context, sc *agent.StepContext, p protocol.LayerPayload, dst string) error {
+// fetchHTTPS GETs p.URL from the controller over HTTPS (trusting only the
+// agent's CA) with "Authorization: Bearer p.Token", resuming what dst holds,
+// and leaves the digest check to the layer executor. A download that receives
+// nothing for StallTimeout ends.
+func (x *steps) fetchHTTPS(ctx context.Context, sc *agent.StepContext, p protocol.LayerPayload, dst string) error {
 	if p.URL == "" {
 		return errors.New("the step has no blob URL")
 	}
@@ -101,6 +79,7 @@ func fetchHTTPS(ctx context.Context, sc *agent.StepContext, p protocol.LayerPayl
 		}
 		return max(resp.Size(), 0)
 	}
+	progressEvery, stallTimeout := x.opts.ProgressEvery, x.opts.StallTimeout
 	tick := time.NewTicker(progressEvery)
 	defer tick.Stop()
 	last, lastChange := int64(-1), time.Now()

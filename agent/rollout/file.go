@@ -9,7 +9,6 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/flotilla-dev/flotilla/agent"
@@ -25,10 +24,6 @@ type FileRecord struct {
 	Records []unpack.Record `json:"records"` // the file and the directories created for it
 }
 
-// recordsMu serializes read-modify-write of the cluster records (files.json,
-// services.json); tasks of one cluster already run one at a time.
-var recordsMu sync.Mutex
-
 func filesPath(dir string) string { return filepath.Join(dir, "files.json") }
 
 func readFiles(dir string) (map[string]FileRecord, error) {
@@ -39,7 +34,7 @@ func readFiles(dir string) (map[string]FileRecord, error) {
 	return m, nil
 }
 
-func executeFile(ctx context.Context, sc *agent.StepContext) error {
+func (x *steps) file(ctx context.Context, sc *agent.StepContext) error {
 	var p protocol.FilePayload
 	if err := decodePayload(sc, &p); err != nil {
 		return err
@@ -62,8 +57,8 @@ func executeFile(ctx context.Context, sc *agent.StepContext) error {
 	if p.Mode == 0 {
 		mode = 0o644
 	}
-	recordsMu.Lock()
-	defer recordsMu.Unlock()
+	x.records.Lock()
+	defer x.records.Unlock()
 	files, err := readFiles(dir)
 	if err != nil {
 		return err

@@ -56,11 +56,20 @@ func (e *events) progress() []protocol.Progress {
 	return out
 }
 
-// node is one agent's data dir and root, trusting the CA of a blob server.
+// node is one agent's data dir and root, trusting the CA of a blob server,
+// and its set of rollout executors (built from opts at the first run).
 type node struct {
 	t       testing.TB
 	dataDir string
 	root    string
+	opts    Options
+	ex      map[string]agent.Executor
+}
+
+// configure changes the options the node's executors are built from.
+func (n *node) configure(mod func(*Options)) {
+	mod(&n.opts)
+	n.ex = nil
 }
 
 func newNode(t *testing.T, caPEM []byte) *node {
@@ -85,7 +94,7 @@ func newNodeIn(t testing.TB, dir string, caPEM []byte) *node {
 	return n
 }
 
-// run executes one step of kind with payload through the registered executor.
+// run executes one step of kind with payload through the node's executor of that kind.
 func (n *node) run(kind string, payload any, mod ...func(*protocol.Step)) (*events, error) {
 	n.t.Helper()
 	data, err := json.Marshal(payload)
@@ -100,9 +109,12 @@ func (n *node) run(kind string, payload any, mod ...func(*protocol.Step)) (*even
 	sc := agent.NewStepContext(&protocol.Task{ID: "t1", Node: "n1", Cluster: "c1"}, step, n.root, n.dataDir, ev.emit)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	ex, ok := agent.DefaultExecutors()[kind]
+	if n.ex == nil {
+		n.ex = Executors(n.opts)
+	}
+	ex, ok := n.ex[kind]
 	if !ok {
-		n.t.Fatalf("no executor registered for %q", kind)
+		n.t.Fatalf("no executor for %q", kind)
 	}
 	return ev, ex.Execute(ctx, sc)
 }

@@ -19,8 +19,8 @@ import (
 	"github.com/flotilla-dev/flotilla/protocol"
 )
 
-// executeImages runs an "images" step: each blob the node's image cache lacks is
-// fetched exactly as a layer blob is (FetchBlob: peer-to-peer pieces checked as they
+// images runs an "images" step: each blob the node's image cache lacks is
+// fetched exactly as a layer blob is (Options.Fetch: peer-to-peer pieces checked as they
 // land, or the controller's HTTPS; into the blob cache, verified), then the images
 // are imported into the cache under the cluster's name (every manifest and blob
 // verified again, all or nothing, replacing the set the cluster had), and blobs no
@@ -29,7 +29,7 @@ import (
 // imageBlobFetches is how many blobs of one images step are fetched at once.
 const imageBlobFetches = 3
 
-func executeImages(ctx context.Context, sc *agent.StepContext) error {
+func (x *steps) images(ctx context.Context, sc *agent.StepContext) error {
 	var p protocol.ImagesPayload
 	if err := decodePayload(sc, &p); err != nil {
 		return err
@@ -47,7 +47,7 @@ func executeImages(ctx context.Context, sc *agent.StepContext) error {
 	var fetchedBytes int64
 	defer func() {
 		for h := range fetched {
-			_ = gcBlob(sc.DataDir, h.Hex) // kept while a layer record names it
+			_ = x.gcBlob(sc.DataDir, h.Hex) // kept while a layer record names it
 		}
 	}()
 	// Blobs come imageBlobFetches at a time: each one's pieces already flow
@@ -89,8 +89,8 @@ func executeImages(ctx context.Context, sc *agent.StepContext) error {
 		go func() {
 			defer wg.Done()
 			defer func() { <-slots }()
-			unlock := lockBlob(h.Hex)
-			path, _, err := ensureBlob(fctx, sc, b, h.Hex, "container image blob")
+			unlock := x.blobs.lock(h.Hex)
+			path, _, err := x.ensureBlob(fctx, sc, b, h.Hex, "container image blob")
 			unlock()
 			mu.Lock()
 			defer mu.Unlock()

@@ -9,7 +9,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"sync"
 	"time"
 
 	"github.com/flotilla-dev/flotilla/agent"
@@ -29,16 +28,6 @@ type LayerRecord struct {
 	Records  []unpack.Record `json:"records"`
 }
 
-// blobLocks keeps two steps (of different clusters) from fetching one blob at once.
-var blobLocks sync.Map // hex -> *sync.Mutex
-
-func lockBlob(hexDigest string) func() {
-	m, _ := blobLocks.LoadOrStore(hexDigest, &sync.Mutex{})
-	mu := m.(*sync.Mutex)
-	mu.Lock()
-	return mu.Unlock
-}
-
 // blobPath is where a verified blob is cached.
 func blobPath(dataDir, hexDigest string) string {
 	return filepath.Join(dataDir, "blobs", "sha256", hexDigest)
@@ -48,7 +37,7 @@ func layerRecordPath(dir, hexDigest string) string {
 	return filepath.Join(dir, "layers", hexDigest+".json")
 }
 
-func executeLayer(ctx context.Context, sc *agent.StepContext) error {
+func (x *steps) layer(ctx context.Context, sc *agent.StepContext) error {
 	var p protocol.LayerPayload
 	if err := decodePayload(sc, &p); err != nil {
 		return err
@@ -71,9 +60,9 @@ func executeLayer(ctx context.Context, sc *agent.StepContext) error {
 		sc.Output("stdout", fmt.Sprintf("layer %s is already unpacked under %s", protocol.ShortDigest(p.Digest), sc.Root))
 		return nil
 	}
-	unlock := lockBlob(h)
+	unlock := x.blobs.lock(h)
 	defer unlock()
-	blob, fetched, err := ensureBlob(ctx, sc, p, h, "layer")
+	blob, fetched, err := x.ensureBlob(ctx, sc, p, h, "layer")
 	if err != nil {
 		return err
 	}
@@ -85,7 +74,7 @@ func executeLayer(ctx context.Context, sc *agent.StepContext) error {
 		if rerr := os.Remove(blob); rerr != nil {
 			return fmt.Errorf("layer %s: %w; and removing the bad cached copy: %v", p.Digest, err, rerr)
 		}
-		if blob, _, err = ensureBlob(ctx, sc, p, h, "layer"); err != nil {
+		if blob, _, err = x.ensureBlob(ctx, sc, p, h, "layer"); err != nil {
 			return err
 		}
 		records, err = unpack.UnpackFile(ctx, blob, p.Digest, sc.Root, opts...)
@@ -104,10 +93,11 @@ func executeLayer(ctx context.Context, sc *agent.StepContext) error {
 	return nil
 }
 
-// ensureBlob returns the cached blob's path, fetching it through FetchBlob when
-// absent; fetched tells whether it was just fetched (and verified).
-// what names the blob in messages ("layer", "container image blob").
-func ensureBlob(ctx context.Context, sc *agent.StepContext, p protocol.LayerPayload, h, what string) (path string, fetched bool, err error) {
+// ensureBlob returns the cached blob's path, fetching it through Options.Fetch
+// when absent; fetched tells whether it was just fetched (and verified).
+// what names the blob in messages ("layer", "container image blob"). The
+// caller holds the blob's lock.
+func (x *steps) ensureBlob(ctx context.Context, sc *agent.StepContext, p protocol.LayerPayload, h, what string) (path string, fetched bool, err error) {
 	cache := blobPath(sc.DataDir, h)
 	if fi, err := os.Stat(cache); err == nil && fi.Mode().IsRegular() && (p.Size <= 0 || fi.Size() == p.Size) {
 		return cache, false, nil
@@ -124,7 +114,7 @@ func ensureBlob(ctx context.Context, sc *agent.StepContext, p protocol.LayerPayl
 	}
 	for attempt := 0; ; attempt++ {
 		start := time.Now()
-		verified, err := FetchBlob(ctx, sc, p, part)
+		verified, err := x.opts.Fetch(ctx, sc, p, part)
 		if err != nil {
 			return "", false, fmt.Errorf("fetch %s %s: %w", what, p.Digest, err)
 		}

@@ -210,10 +210,6 @@ func TestLayerStepRefusesBadPayloads(t *testing.T) {
 }
 
 func TestLayerStalledDownloadFailsThenResumes(t *testing.T) {
-	oldStall, oldEvery := stallTimeout, progressEvery
-	stallTimeout, progressEvery = 300*time.Millisecond, 20*time.Millisecond
-	t.Cleanup(func() { stallTimeout, progressEvery = oldStall, oldEvery })
-
 	l := makeLayer(t, append(appLayer, "big="+strings.Repeat("x", 1<<20))...)
 	stall := make(chan struct{})
 	var stalled atomic.Bool
@@ -233,6 +229,7 @@ func TestLayerStalledDownloadFailsThenResumes(t *testing.T) {
 	}))
 	t.Cleanup(func() { close(stall); srv.Close() })
 	n := newNode(t, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}))
+	n.configure(func(o *Options) { o.StallTimeout, o.ProgressEvery = 300*time.Millisecond, 20*time.Millisecond })
 	p := protocol.LayerPayload{Cluster: "c1", Digest: l.digest, Size: int64(len(l.blob)), URL: srv.URL + "/b", Token: "t"}
 	_, err := n.run(protocol.KindLayer, p)
 	if err == nil || !strings.Contains(err.Error(), "no data for 300ms") {

@@ -16,40 +16,41 @@ import (
 	"github.com/flotilla-dev/flotilla/protocol"
 )
 
-// Layer steps whose payload carries a piece list fetch peer-to-peer: from the
-// other agents of the cluster and the controller (the first seed), every
-// piece checked against the list as it lands and the blob against its digest
-// at the end, through the agent's peer (agent.PeerOf). Without a piece list,
-// or without a running peer, or when the peer-to-peer fetch fails, the blob
-// comes from the controller's URL as before.
-func init() { FetchBlob = fetchPeerToPeer }
-
-// fetchPeerToPeer returns verified: the peer store counts a blob only once it matched
-// its digest, so the layer executor need not hash it a second time.
-func fetchPeerToPeer(ctx context.Context, sc *agent.StepContext, p protocol.LayerPayload, dst string) (bool, error) {
+// fetchBlob is the default FetchFunc. Layer steps whose payload carries a
+// piece list fetch peer-to-peer: from the other agents of the cluster and the
+// controller (the first seed), every piece checked against the list as it
+// lands and the blob against its digest at the end, through the agent's peer
+// (sc.Peer). Without a piece list, or without a running peer, or when the
+// peer-to-peer fetch fails, the blob comes from the controller's URL.
+//
+// A peer-to-peer fetch returns verified: the peer store counts a blob only
+// once it matched its digest, so the layer executor need not hash it again.
+func (x *steps) fetchBlob(ctx context.Context, sc *agent.StepContext, p protocol.LayerPayload, dst string) (bool, error) {
+	fromController := func() (bool, error) { return false, x.fetchHTTPS(ctx, sc, p, dst) }
 	if len(p.Pieces) == 0 {
-		return DefaultFetchBlob(ctx, sc, p, dst)
+		return fromController()
 	}
 	list, err := layerPieceList(p)
 	if err != nil {
 		return false, err // a signed task with a wrong list: the controller's bug, say so
 	}
-	peer := agent.PeerOf(sc.DataDir)
+	peer := sc.Peer
 	if peer == nil {
-		return DefaultFetchBlob(ctx, sc, p, dst)
+		return fromController()
 	}
+	log := stepLogger(sc)
 	start := time.Now()
-	path, err := peer.Fetch(ctx, list, agent.StepCaps{Upload: p.MaxUpload, Download: p.MaxDownload}, progressReporter(sc))
+	path, err := peer.Fetch(ctx, list, agent.StepCaps{Upload: p.MaxUpload, Download: p.MaxDownload}, x.progressReporter(sc))
 	if err != nil {
 		if ctx.Err() != nil {
 			return false, err
 		}
 		sc.Output("stderr", fmt.Sprintf("peer-to-peer fetch of %s failed, fetching from the controller: %v", protocol.ShortDigest(p.Digest), err))
-		slog.Warn("peer-to-peer fetch failed; falling back to the controller", "digest", p.Digest, "err", err)
-		return DefaultFetchBlob(ctx, sc, p, dst)
+		log.Warn("peer-to-peer fetch failed; falling back to the controller", "digest", p.Digest, "err", err)
+		return fromController()
 	}
 	el := time.Since(start)
-	slog.Info("layer fetched peer-to-peer", "node", sc.Task.Node, "digest", p.Digest, "bytes", list.Size,
+	log.Info("layer fetched peer-to-peer", "node", sc.Task.Node, "digest", p.Digest, "bytes", list.Size,
 		"seconds", el.Seconds(), "MBps", float64(list.Size)/1e6/max(el.Seconds(), 1e-3))
 	// The store keeps its copy to serve peers; the cache gets a hard link (no
 	// second copy on disk) that the layer executor moves in place.
@@ -80,14 +81,14 @@ func layerPieceList(p protocol.LayerPayload) (pieces.PieceList, error) {
 }
 
 // progressReporter turns fetch progress into step progress at most every
-// progressEvery, with the achieved rate for `flotilla apply`.
-func progressReporter(sc *agent.StepContext) func(p2p.Progress) {
+// ProgressEvery, with the achieved rate for `flotilla apply`.
+func (x *steps) progressReporter(sc *agent.StepContext) func(p2p.Progress) {
 	var mu sync.Mutex
 	var last time.Time
 	return func(pr p2p.Progress) {
 		mu.Lock()
 		defer mu.Unlock()
-		if !pr.Done && time.Since(last) < progressEvery {
+		if !pr.Done && time.Since(last) < x.opts.ProgressEvery {
 			return
 		}
 		last = time.Now()
@@ -97,4 +98,13 @@ func progressReporter(sc *agent.StepContext) func(p2p.Progress) {
 		}
 		sc.Progress(pr.Held, pr.Total, msg)
 	}
+}
+
+// stepLogger is the step's logger (the agent's), or the default one for a
+// StepContext built without.
+func stepLogger(sc *agent.StepContext) *slog.Logger {
+	if sc.Logger != nil {
+		return sc.Logger
+	}
+	return slog.Default()
 }

@@ -106,7 +106,7 @@ func TestHostileRemovedPeer(t *testing.T) {
 	urls := map[string]string{
 		"tracker peers": e.c.HTTPURL() + "/v1/tracker/peers/" + d,
 		"seed piece":    e.c.HTTPURL() + "/v1/pieces/" + d + "/0",
-		"n1's piece":    agent.PeerOf(n1.dataDir).URL() + "/v1/pieces/" + d + "/0",
+		"n1's piece":    n1.peer().URL() + "/v1/pieces/" + d + "/0",
 	}
 	// While a member, it gets everything (the test would prove nothing otherwise).
 	if code, msg := do(t, gone, "POST", e.c.HTTPURL()+"/v1/tracker/announce", announce); code != http.StatusNoContent {

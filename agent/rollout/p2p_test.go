@@ -31,12 +31,13 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/flotilla-dev/flotilla/agent"
-	_ "github.com/flotilla-dev/flotilla/agent/rollout"
+	"github.com/flotilla-dev/flotilla/agent/rollout"
 	"github.com/flotilla-dev/flotilla/bundle/pieces"
 	"github.com/flotilla-dev/flotilla/bundle/pieces/piecestest"
 	"github.com/flotilla-dev/flotilla/controller/controllertest"
 	"github.com/flotilla-dev/flotilla/controller/plane"
 	"github.com/flotilla-dev/flotilla/controller/tracker"
+	"github.com/flotilla-dev/flotilla/internal/poll"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
 
@@ -171,9 +172,13 @@ func newP2PEnv(t *testing.T, size int) *p2pEnv {
 
 type testAgent struct {
 	name, dataDir, root string
+	agent               *agent.Agent
 	cancel              context.CancelFunc
 	done                chan struct{}
 }
+
+// peer is the agent's running peer (nil when it has none).
+func (ta *testAgent) peer() *agent.Peer { return ta.agent.Peer() }
 
 // startAgent runs an agent in this process with its own piece server on
 // loopback, and waits until it serves.
@@ -193,7 +198,7 @@ func (e *p2pEnv) startAgentWith(name string, dataDir string, mod func(*agent.Opt
 	ctx, cancel := context.WithCancel(context.Background())
 	ta.cancel = cancel
 	opts := agent.Options{Name: name, DataDir: dataDir, Root: ta.root, HeartbeatInterval: time.Second,
-		Logger: e.log().With("node", name), PeerListen: "127.0.0.1:0"}
+		Logger: e.log().With("node", name), PeerListen: "127.0.0.1:0", Executors: rollout.Executors(rollout.Options{})}
 	if _, err := os.Stat(filepath.Join(dataDir, "credentials.json")); err != nil {
 		// Credentials without a join: the agent asks for its peer certificate over NATS.
 		if opts.Credentials, err = e.c.LocalAgentCredentials(ctx, name, protocol.Facts{}); err != nil {
@@ -207,10 +212,11 @@ func (e *p2pEnv) startAgentWith(name string, dataDir string, mod func(*agent.Opt
 	if err != nil {
 		t.Fatal(err)
 	}
+	ta.agent = a
 	go func() { defer close(ta.done); a.Run(ctx) }()
 	t.Cleanup(ta.stop)
 	waitFor(t, 15*time.Second, name+" serving pieces and registered with its PeerURL", func() bool {
-		p := agent.PeerOf(dataDir)
+		p := a.Peer()
 		n, ok := e.c.Node(name)
 		return p != nil && p.URL() != "" && ok && n.Online && n.PeerURL == p.URL()
 	})
@@ -227,12 +233,8 @@ func (ta *testAgent) stop() {
 
 func waitFor(t *testing.T, d time.Duration, what string, ok func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
+	if err := poll.Until(context.Background(), d, 20*time.Millisecond, ok); err != nil {
+		t.Fatalf("waiting for %s: %v", what, err)
 	}
 }
 
@@ -285,6 +287,16 @@ func (lr *layerRun) started() bool {
 	lr.mu.Lock()
 	defer lr.mu.Unlock()
 	return len(lr.progress) > 0
+}
+
+// held is how many bytes of the blob the step last reported holding.
+func (lr *layerRun) held() int64 {
+	lr.mu.Lock()
+	defer lr.mu.Unlock()
+	if len(lr.progress) == 0 {
+		return 0
+	}
+	return lr.progress[len(lr.progress)-1].Done
 }
 
 // checkPlaced asserts the layer's file is under the agent's root, intact.
@@ -349,7 +361,7 @@ func TestPeerServerRefusesStrangers(t *testing.T) {
 	e := newP2PEnv(t, 300<<10)
 	a1 := e.startAgent("n1", "")
 	e.dispatch("n1", e.payload).wait(t, "n1")
-	url := agent.PeerOf(a1.dataDir).URL() + "/v1/pieces/" + e.list.Digest.String() + "/0"
+	url := a1.peer().URL() + "/v1/pieces/" + e.list.Digest.String() + "/0"
 
 	other, err := piecestest.NewCA("other")
 	if err != nil {
@@ -506,7 +518,7 @@ func TestLayerStepDropsCorruptPeer(t *testing.T) {
 		t.Errorf("fell back to the controller URL; want the pieces from the seed")
 	}
 	// No corrupted byte in the store: the peer store's blob is the layer.
-	got, err := os.ReadFile(agent.PeerOf(a1.dataDir).Store().Path(e.list.Digest))
+	got, err := os.ReadFile(a1.peer().Store().Path(e.list.Digest))
 	if err != nil || !bytes.Equal(got, e.blob) {
 		t.Fatalf("peer store copy differs from the layer (err %v)", err)
 	}
@@ -520,8 +532,7 @@ func TestLayerStepSurvivesKilledPeer(t *testing.T) {
 	slow := e.payload
 	slow.MaxDownload = 2 << 20 // about 3 s, so n1 dies mid-transfer
 	run := e.dispatch("n2", slow)
-	waitFor(t, 10*time.Second, "n2 fetching", run.started)
-	time.Sleep(500 * time.Millisecond)
+	waitFor(t, 10*time.Second, "n2 a sixth of the way", func() bool { return run.held() > int64(len(e.blob))/6 })
 	seedBefore := e.seedHits.Load()
 	a1.stop() // n2's upstream in the pipeline
 	start := time.Now()
@@ -539,11 +550,7 @@ func TestLayerStepResumesAfterAgentRestart(t *testing.T) {
 	slow.MaxDownload = 2 << 20
 	a1 := e.startAgent("n1", "")
 	run := e.dispatch("n1", slow)
-	waitFor(t, 10*time.Second, "n1 halfway", func() bool {
-		run.mu.Lock()
-		defer run.mu.Unlock()
-		return len(run.progress) > 0 && run.progress[len(run.progress)-1].Done > int64(len(e.blob))/3
-	})
+	waitFor(t, 10*time.Second, "n1 a third of the way", func() bool { return run.held() > int64(len(e.blob))/3 })
 	a1.stop()
 	held := e.seedHits.Load()
 	a1 = e.startAgent("n1", a1.dataDir) // same data dir: its credentials and pieces
@@ -575,7 +582,7 @@ func TestLayerStepResumesAfterAgentRestart(t *testing.T) {
 	}
 	os.Remove(cached[0])
 	a1 = e.startAgent("n1", a1.dataDir)
-	if agent.PeerOf(a1.dataDir).Store().Has(e.list.Digest) {
+	if a1.peer().Store().Has(e.list.Digest) {
 		t.Fatal("the piece store still holds a blob the cache no longer has")
 	}
 }
@@ -607,7 +614,7 @@ func TestLayerStepCompletesAfterControllerStops(t *testing.T) {
 	if e.urlHits.Load() != 0 {
 		t.Errorf("%d whole-blob fetches from the controller URL, want 0", e.urlHits.Load())
 	}
-	if p := agent.PeerOf(a1.dataDir); p == nil || !p.Store().Has(e.list.Digest) {
+	if p := a1.peer(); p == nil || !p.Store().Has(e.list.Digest) {
 		t.Errorf("n1 no longer holds the layer it served")
 	}
 }

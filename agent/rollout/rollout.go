@@ -2,6 +2,12 @@
 // file, images, run, service and undo step kinds (protocol/rollout.go), and the records
 // under the agent's data dir that let undo steps take back what they did.
 //
+// Executors(Options) builds one agent's set, passed in agent.Options.Executors;
+// what a step needs of the running agent (its peer, its applied-steps state,
+// its logger) comes in the agent.StepContext. The package holds no state of
+// its own: what the executors share (options, locks) lives in the value
+// Executors returns.
+//
 // Layout under the agent's DataDir:
 //
 //	blobs/sha256/<hex>                  verified layer blobs (only renamed in after the digest matched)
@@ -24,17 +30,7 @@ import (
 
 	"github.com/flotilla-dev/flotilla/agent"
 	"github.com/flotilla-dev/flotilla/internal/atomicfile"
-	"github.com/flotilla-dev/flotilla/protocol"
 )
-
-func init() {
-	agent.RegisterExecutor(protocol.KindLayer, agent.ExecutorFunc(executeLayer))
-	agent.RegisterExecutor(protocol.KindFile, agent.ExecutorFunc(executeFile))
-	agent.RegisterExecutor(protocol.KindRun, agent.ExecutorFunc(executeRun))
-	agent.RegisterExecutor(protocol.KindService, agent.ExecutorFunc(executeService))
-	agent.RegisterExecutor(protocol.KindUndo, agent.ExecutorFunc(executeUndo))
-	agent.RegisterExecutor(protocol.KindImages, agent.ExecutorFunc(executeImages))
-}
 
 // decodePayload reads a step's JSON payload into v, naming the step in errors.
 func decodePayload(sc *agent.StepContext, v any) error {

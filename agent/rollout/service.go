@@ -21,29 +21,6 @@ import (
 // defaultServiceTimeout bounds start/restart/stop when the step has no timeout.
 const defaultServiceTimeout = 90 * time.Second
 
-// unitManager is what the service steps need of *systemd.Manager.
-type unitManager interface {
-	Reload(ctx context.Context) error
-	Enable(ctx context.Context, names ...string) error
-	Disable(ctx context.Context, names ...string) error
-	Start(ctx context.Context, name string, timeout time.Duration) error
-	Restart(ctx context.Context, name string, timeout time.Duration) error
-	Stop(ctx context.Context, name string, timeout time.Duration) error
-	Close()
-}
-
-// newUnitManager connects to this host's systemd (tests replace it).
-var newUnitManager = func(ctx context.Context) (unitManager, error) {
-	m, err := systemd.New(ctx, systemd.Options{})
-	if err != nil {
-		return nil, err
-	}
-	return m, nil
-}
-
-// unitDirs are where systemd looks for unit files, most specific first.
-var unitDirs = []string{"/etc/systemd/system", "/run/systemd/system", "/usr/local/lib/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system"}
-
 // ServiceRecord is one unit a service step started; clusters/<cluster>/services.json
 // lists them in the order they were first started.
 type ServiceRecord struct {
@@ -95,8 +72,8 @@ func stepTimeout(ctx context.Context, sc *agent.StepContext) time.Duration {
 	return max(timeout, time.Millisecond)
 }
 
-func connectSystemd(ctx context.Context, unit string) (unitManager, error) {
-	m, err := newUnitManager(ctx)
+func (x *steps) connectSystemd(ctx context.Context, unit string) (UnitManager, error) {
+	m, err := x.opts.Units(ctx)
 	if errors.Is(err, systemd.ErrNoSystemd) {
 		return nil, fmt.Errorf("service %s: %w; run the agent on a host booted with systemd", unit, err)
 	}
@@ -106,7 +83,7 @@ func connectSystemd(ctx context.Context, unit string) (unitManager, error) {
 	return m, nil
 }
 
-func executeService(ctx context.Context, sc *agent.StepContext) error {
+func (x *steps) service(ctx context.Context, sc *agent.StepContext) error {
 	var p protocol.ServicePayload
 	if err := decodePayload(sc, &p); err != nil {
 		return err
@@ -121,7 +98,7 @@ func executeService(ctx context.Context, sc *agent.StepContext) error {
 	if err := needsHostRoot(sc, p.Unit); err != nil {
 		return err
 	}
-	digest, err := unitDigest(p.Unit)
+	digest, err := unitDigest(x.opts.UnitDirs, p.Unit)
 	if err != nil {
 		return err
 	}
@@ -129,7 +106,7 @@ func executeService(ctx context.Context, sc *agent.StepContext) error {
 	if err != nil {
 		return err
 	}
-	m, err := connectSystemd(ctx, p.Unit)
+	m, err := x.connectSystemd(ctx, p.Unit)
 	if err != nil {
 		return err
 	}
@@ -158,12 +135,12 @@ func executeService(ctx context.Context, sc *agent.StepContext) error {
 		return fmt.Errorf("service %s: %w", p.Unit, err)
 	}
 	sc.Output("stdout", fmt.Sprintf("%s is active", p.Unit))
-	return recordService(dir, ServiceRecord{Unit: p.Unit, Digest: digest, Started: time.Now().UTC()})
+	return x.recordService(dir, ServiceRecord{Unit: p.Unit, Digest: digest, Started: time.Now().UTC()})
 }
 
-func recordService(dir string, rec ServiceRecord) error {
-	recordsMu.Lock()
-	defer recordsMu.Unlock()
+func (x *steps) recordService(dir string, rec ServiceRecord) error {
+	x.records.Lock()
+	defer x.records.Unlock()
 	services, err := readServices(dir)
 	if err != nil {
 		return err
@@ -179,9 +156,9 @@ func recordService(dir string, rec ServiceRecord) error {
 	return nil
 }
 
-// unitDigest hashes the unit's file and drop-ins (path and content, in order), so
-// that a change to any of them is seen.
-func unitDigest(unit string) (string, error) {
+// unitDigest hashes the unit's file and drop-ins in unitDirs (path and
+// content, in order), so that a change to any of them is seen.
+func unitDigest(unitDirs []string, unit string) (string, error) {
 	names := []string{unit}
 	if at := strings.Index(unit, "@"); at > 0 {
 		if dot := strings.LastIndex(unit, "."); dot > at+1 {

@@ -59,16 +59,16 @@ func (f *fakeUnits) take() []string {
 	return c
 }
 
-// withUnits points the service steps at unit files in a temporary directory and
-// at manager m (nil: keep the real systemd connection).
-func withUnits(t *testing.T, m unitManager) string {
+// withUnits points n's service steps at unit files in a temporary directory
+// and at manager m (nil: keep the real systemd connection).
+func withUnits(t *testing.T, n *node, m UnitManager) string {
 	dir := t.TempDir()
-	oldDirs, oldNew := unitDirs, newUnitManager
-	unitDirs = []string{dir}
-	if m != nil {
-		newUnitManager = func(context.Context) (unitManager, error) { return m, nil }
-	}
-	t.Cleanup(func() { unitDirs, newUnitManager = oldDirs, oldNew })
+	n.configure(func(o *Options) {
+		o.UnitDirs = []string{dir}
+		if m != nil {
+			o.Units = func(context.Context) (UnitManager, error) { return m, nil }
+		}
+	})
 	return dir
 }
 
@@ -84,8 +84,8 @@ func writeUnit(t *testing.T, path, content string) {
 
 func TestServiceStartsAndRestartsOnChange(t *testing.T) {
 	f := &fakeUnits{}
-	units := withUnits(t, f)
 	n := newNode(t, nil)
+	units := withUnits(t, n, f)
 	n.root = "/" // the service steps only read unit files (from units) and talk to f
 	writeUnit(t, filepath.Join(units, "app.service"), "[Service]\nExecStart=/bin/app\n")
 	writeUnit(t, filepath.Join(units, "db@.service"), "[Service]\nExecStart=/bin/db %i\n")
@@ -151,11 +151,11 @@ func TestServiceStartsAndRestartsOnChange(t *testing.T) {
 }
 
 func TestServiceNeedsHostRootAndSystemd(t *testing.T) {
-	units := withUnits(t, nil)
+	n := newNode(t, nil)
+	units := withUnits(t, n, nil)
 	writeUnit(t, filepath.Join(units, "app.service"), "[Service]\nExecStart=/bin/app\n")
 	p := protocol.ServicePayload{Cluster: "c1", Unit: "app.service"}
 
-	n := newNode(t, nil)
 	_, err := n.run(protocol.KindService, p)
 	if err == nil || !strings.Contains(err.Error(), "SERVICE needs --root /") || !strings.Contains(err.Error(), n.root) {
 		t.Errorf("service with --root %s: %v, want the --root error naming it", n.root, err)
@@ -168,7 +168,9 @@ func TestServiceNeedsHostRootAndSystemd(t *testing.T) {
 
 	if _, err := os.Stat("/run/systemd/system"); err == nil {
 		// This host runs systemd: pretend it does not.
-		newUnitManager = func(context.Context) (unitManager, error) { return nil, systemd.ErrNoSystemd }
+		n.configure(func(o *Options) {
+			o.Units = func(context.Context) (UnitManager, error) { return nil, systemd.ErrNoSystemd }
+		})
 	}
 	n.root = "/"
 	_, err = n.run(protocol.KindService, p)

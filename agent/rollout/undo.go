@@ -17,13 +17,13 @@ import (
 	"github.com/flotilla-dev/flotilla/systemd"
 )
 
-func executeUndo(ctx context.Context, sc *agent.StepContext) error {
+func (x *steps) undo(ctx context.Context, sc *agent.StepContext) error {
 	var p protocol.UndoPayload
 	if err := decodePayload(sc, &p); err != nil {
 		return err
 	}
 	if p.Kind == protocol.UndoForget {
-		if err := agent.ForgetSteps(sc.DataDir, p.Digests...); err != nil {
+		if err := sc.ForgetSteps(p.Digests...); err != nil {
 			return fmt.Errorf("forget %d applied steps: %w", len(p.Digests), err)
 		}
 		sc.Output("stdout", fmt.Sprintf("forgot %d applied steps", len(p.Digests)))
@@ -39,11 +39,11 @@ func executeUndo(ctx context.Context, sc *agent.StepContext) error {
 	defer pruneClusterDir(dir)
 	switch p.Kind {
 	case protocol.UndoStopService:
-		return undoStopService(ctx, sc, dir, p.Target)
+		return x.undoStopService(ctx, sc, dir, p.Target)
 	case protocol.UndoRemoveFile:
-		return undoRemoveFile(sc, dir, p.Target)
+		return x.undoRemoveFile(sc, dir, p.Target)
 	case protocol.UndoRemoveLayer:
-		return undoRemoveLayer(sc, dir, p.Target)
+		return x.undoRemoveLayer(sc, dir, p.Target)
 	case protocol.UndoCleanLvscare:
 		return undoCleanLvscare(ctx, sc, p.Target)
 	case protocol.UndoRemoveImages:
@@ -59,7 +59,7 @@ func executeUndo(ctx context.Context, sc *agent.StepContext) error {
 // undoStopService stops and disables a unit and forgets it was started. A unit
 // this agent has no record of is stopped too where systemd is at hand, and
 // skipped where it is not (nothing can have started it here).
-func undoStopService(ctx context.Context, sc *agent.StepContext, dir, unit string) error {
+func (x *steps) undoStopService(ctx context.Context, sc *agent.StepContext, dir, unit string) error {
 	if err := validUnit(unit); err != nil {
 		return fmt.Errorf("undo stop-service: %w", err)
 	}
@@ -75,7 +75,7 @@ func undoStopService(ctx context.Context, sc *agent.StepContext, dir, unit strin
 		sc.Output("stdout", fmt.Sprintf("%s was not started here (--root %s): nothing to stop", unit, sc.Root))
 		return nil
 	}
-	m, err := connectSystemd(ctx, unit)
+	m, err := x.connectSystemd(ctx, unit)
 	if errors.Is(err, systemd.ErrNoSystemd) && !recorded {
 		sc.Output("stdout", fmt.Sprintf("%s was not started here (no systemd): nothing to stop", unit))
 		return nil
@@ -91,8 +91,8 @@ func undoStopService(ctx context.Context, sc *agent.StepContext, dir, unit strin
 		return fmt.Errorf("undo: %w", err)
 	}
 	sc.Output("stdout", fmt.Sprintf("stopped and disabled %s", unit))
-	recordsMu.Lock()
-	defer recordsMu.Unlock()
+	x.records.Lock()
+	defer x.records.Unlock()
 	if services, err = readServices(dir); err != nil {
 		return err
 	}
@@ -101,9 +101,9 @@ func undoStopService(ctx context.Context, sc *agent.StepContext, dir, unit strin
 }
 
 // undoRemoveFile removes a rendered file if it still has what was placed.
-func undoRemoveFile(sc *agent.StepContext, dir, path string) error {
-	recordsMu.Lock()
-	defer recordsMu.Unlock()
+func (x *steps) undoRemoveFile(sc *agent.StepContext, dir, path string) error {
+	x.records.Lock()
+	defer x.records.Unlock()
 	files, err := readFiles(dir)
 	if err != nil {
 		return err
@@ -129,13 +129,13 @@ func undoRemoveFile(sc *agent.StepContext, dir, path string) error {
 // layer of the cluster still recorded, or a rendered file, placed too. A
 // directory this layer created that another record shares passes its "created"
 // mark to that record, so that the last one to go removes it.
-func undoRemoveLayer(sc *agent.StepContext, dir, digest string) error {
+func (x *steps) undoRemoveLayer(sc *agent.StepContext, dir, digest string) error {
 	h, err := unpack.DigestHex(digest)
 	if err != nil {
 		return fmt.Errorf("undo remove-layer: %w", err)
 	}
-	recordsMu.Lock()
-	defer recordsMu.Unlock()
+	x.records.Lock()
+	defer x.records.Unlock()
 	recPath := layerRecordPath(dir, h)
 	var rec LayerRecord
 	found, err := readJSON(recPath, &rec)
@@ -144,7 +144,7 @@ func undoRemoveLayer(sc *agent.StepContext, dir, digest string) error {
 	}
 	if !found {
 		sc.Output("stdout", fmt.Sprintf("layer %s: no record of unpacking it: nothing to remove", protocol.ShortDigest(digest)))
-		return gcBlob(sc.DataDir, h)
+		return x.gcBlob(sc.DataDir, h)
 	}
 	others, err := loadOthers(dir, recPath)
 	if err != nil {
@@ -169,7 +169,7 @@ func undoRemoveLayer(sc *agent.StepContext, dir, digest string) error {
 	if err := os.Remove(recPath); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("undo: remove layer record %s: %w", recPath, err)
 	}
-	return gcBlob(sc.DataDir, h)
+	return x.gcBlob(sc.DataDir, h)
 }
 
 // otherRecords are the cluster's records besides the layer being removed,
@@ -279,8 +279,8 @@ func (o *otherRecords) save(dir string) error {
 }
 
 // gcBlob deletes a cached blob that no cluster's layer record names any more.
-func gcBlob(dataDir, h string) error {
-	unlock := lockBlob(h) // a layer step writes its record before it lets go
+func (x *steps) gcBlob(dataDir, h string) error {
+	unlock := x.blobs.lock(h) // a layer step writes its record before it lets go
 	defer unlock()
 	users, _ := filepath.Glob(filepath.Join(dataDir, "clusters", "*", "layers", h+".json"))
 	if len(users) > 0 {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/flotilla-dev/flotilla/agent"
 	"github.com/flotilla-dev/flotilla/agent/mirror"
+	"github.com/flotilla-dev/flotilla/agent/rollout"
 	"github.com/flotilla-dev/flotilla/protocol"
 	"github.com/spf13/cobra"
 )
@@ -40,6 +41,7 @@ Steps place files under --root (exported to steps as FLOTILLA_ROOT).`,
 			opts.Labels = l
 			opts.Version = version
 			opts.Logger = slog.Default().With("component", "agent")
+			opts.Executors = rollout.Executors(rollout.Options{})
 			a, err := agent.New(cmd.Context(), opts)
 			if err != nil {
 				return withFlag(err, agentFlag)

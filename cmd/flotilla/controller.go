@@ -11,6 +11,7 @@ import (
 
 	"github.com/flotilla-dev/flotilla/agent"
 	"github.com/flotilla-dev/flotilla/agent/mirror"
+	agentrollout "github.com/flotilla-dev/flotilla/agent/rollout"
 	"github.com/flotilla-dev/flotilla/controller"
 	"github.com/flotilla-dev/flotilla/packaging"
 	"github.com/spf13/cobra"
@@ -116,7 +117,7 @@ func runLocalAgent(ctx context.Context, c *controller.Controller, dataDir, name,
 	a, err := agent.New(ctx, agent.Options{
 		Credentials: creds, Name: name, Labels: labels, Root: "/", DataDir: filepath.Join(dataDir, "local-agent"),
 		HeartbeatInterval: hb, Version: version, RegistryListen: registryListen,
-		Logger: slog.Default().With("component", "agent"),
+		Logger: slog.Default().With("component", "agent"), Executors: agentrollout.Executors(agentrollout.Options{}),
 	})
 	if err != nil {
 		return fmt.Errorf("local agent: %w", withFlag(err, localAgentFlag))

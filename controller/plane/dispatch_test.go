@@ -49,7 +49,7 @@ func startAgent(t *testing.T, c *plane.Controller, name, dir string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ex := agent.DefaultExecutors()
+	ex := map[string]agent.Executor{}
 	ex["probe"] = agent.ExecutorFunc(func(ctx context.Context, sc *agent.StepContext) error {
 		sc.Progress(1, 2, "half")
 		w := sc.LineWriter("stdout")
