@@ -147,9 +147,7 @@ func (d *Driver) Provide(ctx context.Context, c *clusterfile.Cluster, progress f
 	if c.Infra == nil {
 		return nil
 	}
-	if progress == nil {
-		progress = func(string) {}
-	}
+	progress = serialized(progress)
 	p, err := d.provider(c)
 	if err != nil {
 		return err
@@ -434,9 +432,7 @@ func (d *Driver) waitJoined(ctx context.Context, cluster string, want []clusterf
 // credentials revoked), its tokens are revoked and the record is deleted.
 // Machines with the cluster's tag that have no record are included.
 func (d *Driver) Release(ctx context.Context, cluster string, keep func(name string) bool, progress func(string)) error {
-	if progress == nil {
-		progress = func(string) {}
-	}
+	progress = serialized(progress)
 	if keep == nil {
 		keep = func(string) bool { return false }
 	}
@@ -495,6 +491,20 @@ func (d *Driver) Release(ctx context.Context, cluster string, keep func(name str
 		d.log.Info("machines destroyed", "cluster", cluster, "count", n)
 	}
 	return nil
+}
+
+// serialized makes progress safe to call from the goroutines of one call
+// (it is called one line at a time); nil becomes a no-op.
+func serialized(progress func(string)) func(string) {
+	if progress == nil {
+		return func(string) {}
+	}
+	var mu sync.Mutex
+	return func(l string) {
+		mu.Lock()
+		defer mu.Unlock()
+		progress(l)
+	}
 }
 
 func (d *Driver) destroy(ctx context.Context, p Provider, r *Record, progress func(string)) error {
