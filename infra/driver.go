@@ -137,6 +137,19 @@ func (d *Driver) Machines(ctx context.Context, cluster string) ([]Record, error)
 	return out, nil
 }
 
+// MachineNames lists the names of the cluster's machines.
+func (d *Driver) MachineNames(ctx context.Context, cluster string) ([]string, error) {
+	recs, err := d.store.list(ctx, cluster)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, len(recs))
+	for i, r := range recs {
+		out[i] = r.Name
+	}
+	return out, nil
+}
+
 // Provide makes every machine c's spec.infra asks for exist (creating the
 // missing ones, adopting tagged ones it has no record of, finishing what an
 // interrupted apply left) and waits until each one's agent is online. It

@@ -58,7 +58,12 @@ func startRolloutEngine(ctx context.Context, c *controller.Controller) error {
 		return nil
 	}
 	log := slog.Default()
-	e, err := rollout.New(c, st, rollout.Options{Logger: log, UnreachableTimeout: unreachableTimeout, DecorateLayer: p2pDecorateLayer(st)})
+	inf, err := newInfra(ctx, c)
+	if err != nil {
+		return err
+	}
+	e, err := rollout.New(c, st, rollout.Options{Logger: log, UnreachableTimeout: unreachableTimeout, DecorateLayer: p2pDecorateLayer(st),
+		Infra: inf})
 	if err != nil {
 		return err
 	}

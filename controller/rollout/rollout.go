@@ -66,7 +66,10 @@ type Options struct {
 	// DecorateLayer, if set, completes each layer step's payload before dispatch (for
 	// peer-to-peer: Pieces, MaxDownload, MaxUpload). An error fails the rollout's start.
 	DecorateLayer func(ctx context.Context, req LayerRequest) error
-	Logger        *slog.Logger
+	// Infra, if set, makes the machines of spec.infra before an apply is planned
+	// and destroys those no longer wanted after a rollout (see Infra).
+	Infra  Infra
+	Logger *slog.Logger
 }
 
 // Engine runs rollouts. Create it after the controller started.
