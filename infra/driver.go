@@ -195,6 +195,11 @@ func (d *Driver) Provide(ctx context.Context, c *clusterfile.Cluster, progress f
 			}
 			delete(recs, w.Name)
 			todo = append(todo, w)
+		case r.State == StateCreated && !online[w.Name]:
+			// Made but not joined (the controller stopped in between, perhaps in
+			// the middle of the provider's work): Create again is idempotent and
+			// completes it; the user data it already has is kept.
+			todo = append(todo, w)
 		}
 	}
 	if len(todo) > 0 {
