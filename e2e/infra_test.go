@@ -163,11 +163,20 @@ func TestInfraSandbox(t *testing.T) {
 		}
 		t.Logf("flotilla apply: 6 machines created and joined in %s (driver's figure), image applied, whole apply %s",
 			m[2], total.Round(100*time.Millisecond))
-		cpus, mem, err := f.Limits(infraCluster + "-node-1")
+		for _, l := range strings.Split(progress, "\n") {
+			if strings.Contains(l, "infra: ") {
+				t.Log(l)
+			}
+		}
+		g, err := fleet.Open(infraFleet) // the controller added the nodes: read fleet.json again
+		if err != nil {
+			t.Fatal(err)
+		}
+		cpus, mem, err := g.Limits(infraCluster + "-node-1")
 		if err != nil || cpus != 1 || mem != 512<<20 {
 			t.Errorf("node-1 limits: cpus %v memory %d (%v), want 1 and 512Mi", cpus, mem, err)
 		}
-		if cpus, mem, _ := f.Limits(infraCluster + "-master-1"); cpus != 0 || mem != 0 {
+		if cpus, mem, _ := g.Limits(infraCluster + "-master-1"); cpus != 0 || mem != 0 {
 			t.Errorf("master-1 has limits it did not ask for: %v %d", cpus, mem)
 		}
 		noTokens(t)

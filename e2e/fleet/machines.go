@@ -32,6 +32,9 @@ type NodeSpec struct {
 	// limit the node; zero means no limit.
 	CPUs        float64
 	MemoryBytes int64
+	// NoWait returns once the node is launched, without waiting for its
+	// systemd to be running (as a cloud answers while the instance boots).
+	NoWait bool
 }
 
 // nodeNameRE bounds a node name so that the nspawn machine name (fleet name,
@@ -49,7 +52,7 @@ const userDataUnit = "flotilla-sandbox-userdata.service"
 const userDataRun = `sh ` + userDataDir + `/user-data && rm -f ` + userDataDir + `/user-data`
 
 // AddNode adds one node to the fleet, boots it and waits until its systemd is
-// running. It is idempotent: a node of that name that exists already is
+// running (unless spec.NoWait). It is idempotent: a node of that name that exists already is
 // completed if an earlier call was interrupted (its network, overlay, boot)
 // and returned as it is, with its first spec (tags, limits, user data).
 // Concurrent calls, also from other processes, are safe (a lock file
@@ -75,6 +78,9 @@ func (f *Fleet) AddNode(ctx context.Context, spec NodeSpec) (Node, error) {
 		if err := f.launch(n); err != nil {
 			return n, err
 		}
+	}
+	if spec.NoWait {
+		return n, nil
 	}
 	if err := f.WaitRunning(ctx, n.Name); err != nil {
 		return n, err

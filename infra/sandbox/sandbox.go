@@ -44,16 +44,19 @@ func Open(name string) (*Provider, error) {
 // Fleet is the fleet the machines are nodes of.
 func (p *Provider) Fleet() *fleet.Fleet { return p.fleet }
 
-// Create boots the machine as a new node of the fleet, or returns the node
-// that already has its name and cluster tag (fleet.AddNode is idempotent).
+// Create launches the machine as a new node of the fleet, or returns the node
+// that already has its name and cluster tag (fleet.AddNode is idempotent: it
+// completes a node an interrupted call left half-made).
 func (p *Provider) Create(ctx context.Context, s infra.MachineSpec) (infra.Machine, error) {
 	if cur, err := p.find(s.Name); err != nil {
 		return infra.Machine{}, err
 	} else if cur != nil && cur.Tags[infra.ClusterTag] != s.Cluster {
 		return infra.Machine{}, infra.Permanent(fmt.Errorf("sandbox %s already has a node %s that is not cluster %s's (tags %v)", p.name, s.Name, s.Cluster, cur.Tags))
 	}
+	// Like a cloud, answer once the machine is launched: the driver's wait for
+	// its agent covers the boot, and the next machine's launch need not wait.
 	n, err := p.fleet.AddNode(ctx, fleet.NodeSpec{Name: s.Name, UserData: s.UserData, CPUs: s.CPUs, MemoryBytes: s.MemoryBytes,
-		Tags: map[string]string{infra.ClusterTag: s.Cluster, infra.RoleTag: s.Role}})
+		Tags: map[string]string{infra.ClusterTag: s.Cluster, infra.RoleTag: s.Role}, NoWait: true})
 	if err != nil {
 		if strings.Contains(err.Error(), "node name") || strings.Contains(err.Error(), "no free address") {
 			return infra.Machine{}, infra.Permanent(err)
