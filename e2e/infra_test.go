@@ -235,12 +235,12 @@ func TestInfraSandbox(t *testing.T) {
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
+		if online, err := c.Online(ctx); err != nil || online[target] {
+			t.Fatalf("%s joined before the kill (%v): the test did not hit the window", target, err)
+		}
 		c.Kill()
 		if err := <-errc; err == nil {
 			t.Fatal("the apply succeeded although the controller was killed")
-		}
-		if online, _ := c.Online(ctx); online[target] {
-			t.Fatalf("%s joined before the kill: the test did not hit the window", target)
 		}
 		c.Start()
 		apply(t, 3, 4) // no duplicate, nothing leaked: the tagged nodes are exactly the wanted ones
