@@ -93,8 +93,12 @@ func (c *Controller) Start() {
 	c.cmd, c.done = cmd, done
 	deadline := time.Now().Add(60 * time.Second)
 	for {
+		// Ready once the rollout engine answers too (its handlers are
+		// registered after the control plane's).
 		if _, _, err := c.CLI(context.Background(), "nodes"); err == nil {
-			return
+			if _, _, err := c.CLI(context.Background(), "status"); err == nil || !strings.Contains(err.Error(), "unknown admin request") {
+				return
+			}
 		}
 		select {
 		case <-done:
