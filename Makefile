@@ -6,7 +6,7 @@ BIN       := bin/flotilla
 FUZZTIME  ?= 15s
 export CGO_ENABLED=0
 
-.PHONY: deps build build-all test test-unit fuzz lint bench bench-distribution demo demo-down package clean
+.PHONY: deps build build-all test test-unit fuzz lint bench bench-distribution demo demo-containers demo-down package clean
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/flotilla
@@ -52,6 +52,9 @@ bench-distribution: build
 
 demo: build
 	./e2e/demo.sh
+
+demo-containers: build
+	./e2e/demo.sh containers
 
 demo-down:
 	./e2e/demo.sh down

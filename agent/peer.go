@@ -57,11 +57,12 @@ type Peer struct {
 	dataDir string
 	store   *pieces.Store
 	fetcher *p2p.Fetcher
-	client  *http.Client
-	url     string // https://host:port others reach the server at; "" when it does not serve
+	client  *http.Client // to peers; the seed and the tracker go through ctlClient
+	url     string       // https://host:port others reach the server at; "" when it does not serve
 
-	cert atomic.Pointer[tls.Certificate]
-	pool *x509.CertPool
+	cert     atomic.Pointer[tls.Certificate]
+	pool     *x509.CertPool
+	peerSets *peerSets
 
 	// Caps: the agent's own (flags) and the current ones (min with a step's).
 	maxUp, maxDown int64
@@ -238,14 +239,16 @@ func (a *Agent) startPeer(ctx context.Context) error {
 		return fmt.Errorf("peer certificate: %w", err)
 	}
 	p.client = p2p.NewClient(p.clientTLS())
+	tr := p2p.NewHTTPTracker(a.creds.HTTPURL, p2p.NewClient(p.controllerTLS()))
+	p.peerSets = newPeerSets(tr, p.log)
 	self := pieces.Peer{}
 	if o.PeerListen != "" {
 		if self, err = p.listen(o.PeerListen, o.PeerAdvertise, a.creds.HTTPURL); err != nil {
 			p.log.Warn("not serving pieces to peers; fetching only", "err", err)
 		}
 	}
-	p.fetcher = p2p.New(p.store, p2p.NewHTTPTracker(a.creds.HTTPURL, p.client), p2p.Options{
-		Self: self, Client: p.client, DownloadLimit: p.down, Logger: p.log, Progress: p.onProgress,
+	p.fetcher = p2p.New(p.store, tr, p2p.Options{
+		Self: self, Client: p.client, VerifyPeer: verifyPeerIdentity, DownloadLimit: p.down, Logger: p.log, Progress: p.onProgress,
 	})
 	peers.Store(o.DataDir, p)
 	p.reseed(ctx)
@@ -317,7 +320,7 @@ func (p *Peer) listen(addr, advertise, controllerURL string) (pieces.Peer, error
 	_, port, _ := net.SplitHostPort(ln.Addr().String())
 	p.url = "https://" + net.JoinHostPort(host, port)
 	// Pieces are long answers under an upload cap: each write is bounded, not the whole answer.
-	p.srv = httpserve.New(httpserve.Streaming(pieces.NewHandler(p.store, pieces.WithUploadLimit(p.up), pieces.WithLogger(p.log))),
+	p.srv = httpserve.New(httpserve.Streaming(pieces.NewHandler(p.store, pieces.WithUploadLimit(p.up), pieces.WithLogger(p.log), pieces.WithAuthorize(p.authorize))),
 		p.serverTLS(), slog.NewLogLogger(p.log.Handler(), slog.LevelDebug)) // the error log: refused strangers
 	go func() {
 		if err := p.srv.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -362,9 +365,10 @@ func (p *Peer) serverTLS() *tls.Config {
 }
 
 // clientTLS presents the peer certificate and trusts only the cluster CA: a
-// server with a peer certificate is any agent of the cluster (pieces are
-// checked against their hashes, so which agent does not matter); any other
-// server (the controller) must match the host name as usual.
+// server with a peer certificate is an agent of the cluster, and the fetcher
+// checks it is the one the tracker named (verifyPeerIdentity) before it
+// reads a byte; any other server (the controller's seed) must match the
+// host name as usual.
 func (p *Peer) clientTLS() *tls.Config {
 	return &tls.Config{
 		MinVersion:           tls.VersionTLS12,
@@ -460,7 +464,9 @@ func loadPeerCert(dataDir string) (*tls.Certificate, error) {
 	return &cert, nil
 }
 
-// renewDue says the certificate has a third of its life left or less.
+// renewDue says the certificate has half of its life left or less: with
+// 24-hour certificates an agent renews every 12 hours and rides out a
+// controller that is away for up to half a day.
 func renewDue(c *tls.Certificate) bool {
 	leaf := c.Leaf
 	if leaf == nil {
@@ -469,12 +475,16 @@ func renewDue(c *tls.Certificate) bool {
 			return true
 		}
 	}
-	return time.Until(leaf.NotAfter) < leaf.NotAfter.Sub(leaf.NotBefore)/3
+	return time.Until(leaf.NotAfter) < leaf.NotAfter.Sub(leaf.NotBefore)/2
 }
+
+// peerCertCheckEvery is how often a running agent looks at its certificate's
+// age (a local check; it asks the controller only when renewal is due).
+const peerCertCheckEvery = 10 * time.Minute
 
 // keepPeerCert renews the certificate of a long-running agent before it expires.
 func (a *Agent) keepPeerCert(ctx context.Context, p *Peer) {
-	t := time.NewTicker(12 * time.Hour)
+	t := time.NewTicker(peerCertCheckEvery)
 	defer t.Stop()
 	for {
 		select {

@@ -72,18 +72,23 @@ func TestRenewDue(t *testing.T) {
 		}
 		return &tls.Certificate{Certificate: [][]byte{der}}
 	}
-	day := 24 * time.Hour
+	// The controller's certificates: 1 h back-dated, 24 h ahead.
 	for _, tc := range []struct {
 		age, left time.Duration
 		due       bool
 	}{
-		{day, 364 * day, false},
-		{200 * day, 165 * day, false},
-		{250 * day, 115 * day, true},
-		{400 * day, -35 * day, true},
+		{time.Hour, 24 * time.Hour, false},
+		{12 * time.Hour, 13 * time.Hour, false},
+		{13 * time.Hour, 12 * time.Hour, true},
+		{24 * time.Hour, time.Hour, true},
+		{26 * time.Hour, -time.Hour, true},
 	} {
 		if got := renewDue(cert(tc.age, tc.left)); got != tc.due {
 			t.Errorf("age %v, %v left: due = %v, want %v", tc.age, tc.left, got, tc.due)
 		}
+	}
+	// A running agent looks often enough to renew with hours to spare.
+	if peerCertCheckEvery > time.Hour {
+		t.Errorf("the certificate is checked every %v: a 24 h certificate due at 12 h left could expire unrenewed", peerCertCheckEvery)
 	}
 }

@@ -107,13 +107,15 @@ func TestDistributionBenchmark(t *testing.T) {
 
 	var results []result
 	var sshKey string
-	var img rolloutImage
+	var img, imgs rolloutImage
 	for _, m := range methods {
 		switch m {
 		case "scp":
 			sshKey = startSSHDs(t, cg, work, maxN)
 		case "rollout":
 			img = buildRolloutImage(t, work, stores, blob)
+		case "images":
+			imgs = buildImagesImage(t, work, stores, size)
 		}
 	}
 	for _, n := range ns {
@@ -133,8 +135,10 @@ func TestDistributionBenchmark(t *testing.T) {
 				results = append(results, f)
 			case "scp":
 				r = runSCP(t, cg, work, stores, blob, sshKey, n)
+			case "images":
+				r = runImages(t, cg, bin, work, stores, imgs, n)
 			default:
-				t.Fatalf("FLOTILLA_BENCH_METHODS: unknown method %q (want p2p, rollout, seed-only, scp)", m)
+				t.Fatalf("FLOTILLA_BENCH_METHODS: unknown method %q (want p2p, rollout, images, seed-only, scp)", m)
 			}
 			r.cpu, r.load = cpu(), load
 			r.cpuSec = cg.seconds() - cpuStart
@@ -577,6 +581,7 @@ var methodTitle = map[string]string{
 	"rollout-fetch": "flotilla apply, peer-to-peer: to the last agent holding the verified layer",
 	"seed-only":     "flotilla, peer-to-peer off (all from the controller)",
 	"scp":           "parallel scp from the controller (OpenSSH 9.2)",
+	"images":        "flotilla apply of 10 container images (S in all) into every node's registry mirror cache",
 }
 
 func renderTable(rs []result, ns []int, methods []string, ideal time.Duration, sizeMiB int, list pieces.PieceList, probe string) string {

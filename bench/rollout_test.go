@@ -68,9 +68,33 @@ func inSeedNS(ctx context.Context, cg *cpuGroup, bin string, args ...string) ([]
 // agents' "layer fetched peer-to-peer" log lines), before the unpack.
 func runRollout(t *testing.T, cg *cpuGroup, bin, work, stores string, img rolloutImage, size int64, n int) (apply, fetch result) {
 	t.Helper()
-	logs := filepath.Join(envOr("FLOTILLA_BENCH_LOGS", filepath.Join(work, "logs")), fmt.Sprintf("rollout-%d", n))
+	apply, fetch = applyToAll(t, cg, bin, work, stores, img, "rollout", n, func(agentDir string) error {
+		st, err := os.Stat(filepath.Join(agentDir, "root", "opt", "bench", "layer"))
+		if err != nil || st.Size() != size {
+			return fmt.Errorf("the layer's file is missing or has the wrong size after the apply: %v", err)
+		}
+		return nil
+	})
+	return apply, fetch
+}
+
+// runImages is the "images" method: the apply of a cluster image carrying
+// container images; a host is done when its image cache holds all of them.
+func runImages(t *testing.T, cg *cpuGroup, bin, work, stores string, img rolloutImage, n int) result {
+	t.Helper()
+	apply, _ := applyToAll(t, cg, bin, work, stores, img, "images", n, imagesCached)
+	return apply
+}
+
+// applyToAll starts a controller on the controller host and an agent on n hosts,
+// applies img to all of them in one phase and checks each agent's data dir with
+// check. For the "rollout" method it also returns the time to the last host
+// holding the verified layer.
+func applyToAll(t *testing.T, cg *cpuGroup, bin, work, stores string, img rolloutImage, method string, n int, check func(agentDir string) error) (apply, fetch result) {
+	t.Helper()
+	logs := filepath.Join(envOr("FLOTILLA_BENCH_LOGS", filepath.Join(work, "logs")), fmt.Sprintf("%s-%d", method, n))
 	os.MkdirAll(logs, 0o755)
-	dir := filepath.Join(stores, fmt.Sprintf("rollout-%d", n))
+	dir := filepath.Join(stores, fmt.Sprintf("%s-%d", method, n))
 	defer os.RemoveAll(dir)
 	logLevel := envOr("FLOTILLA_BENCH_LOG_LEVEL", "info")
 	ctlDir := filepath.Join(dir, "controller")
@@ -142,10 +166,12 @@ func runRollout(t *testing.T, cg *cpuGroup, bin, work, stores string, img rollou
 	}
 	t.Logf("rollout N=%d: node rates %s", n, strings.Join(rates, ", "))
 	for i := 1; i <= n; i++ {
-		st, err := os.Stat(filepath.Join(dir, fmt.Sprintf("n%d", i), "root", "opt", "bench", "layer"))
-		if err != nil || st.Size() != size {
-			t.Fatalf("n%d: the layer's file is missing or has the wrong size after the apply: %v", i, err)
+		if err := check(filepath.Join(dir, fmt.Sprintf("n%d", i))); err != nil {
+			t.Fatalf("%s N=%d: n%d: %v", method, n, i, err)
 		}
+	}
+	if method != "rollout" {
+		return result{method: method, n: n, t: T}, result{}
 	}
 	var lastFetch time.Duration
 	for i := 1; i <= n; i++ {

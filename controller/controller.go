@@ -43,6 +43,9 @@ type Options struct {
 	Advertise string
 	// Handlers are mounted on the HTTPS mux beside /v1/ca.crt and /v1/join (pattern -> handler).
 	Handlers map[string]http.Handler
+	// AgentHandlers are mounted like Handlers, for agents only: a valid peer
+	// certificate of a node in the inventory now (RequireMember).
+	AgentHandlers map[string]http.Handler
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// TaskTTL is how long a signed task stays valid for an agent to accept (default 5m).
@@ -88,7 +91,9 @@ type Controller struct {
 	runsMu   sync.Mutex
 	runs     map[string]*TaskRun // in flight, by events subject
 	joins    *joinGuard
-	joinMu   sync.Mutex // a name's existence check and its admission are one step
+	// registered tells watchers (the rollout engine) about accepted registrations.
+	registered registrations
+	joinMu     sync.Mutex // a name's existence check and its admission are one step
 
 	adminMu  sync.RWMutex
 	admin    map[string]AdminHandler

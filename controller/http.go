@@ -30,6 +30,9 @@ func (c *Controller) startHTTP() error {
 		// Mounted components serve blobs and pieces: long answers, each write bounded.
 		mux.Handle(pattern, httpserve.Streaming(h))
 	}
+	for pattern, h := range c.opts.AgentHandlers {
+		mux.Handle(pattern, c.RequireMember(h))
+	}
 	ln, err := net.Listen("tcp", c.opts.HTTPListen)
 	if err != nil {
 		return fmt.Errorf("--http-listen %s: %w", c.opts.HTTPListen, err)

@@ -277,6 +277,7 @@ func (c *Controller) onRegister(m *nats.Msg) {
 	c.inv.seen(node, reg.HeartbeatInterval, time.Now())
 	c.log.Info("node registered", "node", node, "hostname", reg.Facts.Hostname, "arch", reg.Facts.Arch, "version", reg.Facts.AgentVersion)
 	reply(nil)
+	c.registered.notify(node)
 }
 
 func (c *Controller) onHeartbeat(m *nats.Msg) {

@@ -217,8 +217,11 @@ func defaultAdvertise() string {
 }
 
 // peerCertValidity is how long an agent's peer certificate lasts; agents renew
-// it over NATS (protocol.RequestPeerCert) when a third of it is left.
-const peerCertValidity = 365 * 24 * time.Hour
+// it over NATS (protocol.RequestPeerCert) when half of it is left. Short, so
+// that a node removed from the inventory (which no longer gets one) holds a
+// certificate other agents accept for a day at most; the inventory check on
+// every tracker and seed request cuts it off at once.
+const peerCertValidity = 24 * time.Hour
 
 // signPeerCert issues node's peer certificate for the public key of csrPEM:
 // client and server use, one DNS name (protocol.PeerCertName) and no IP

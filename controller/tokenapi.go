@@ -3,7 +3,6 @@ package controller
 import (
 	"context"
 	"errors"
-	"fmt"
 	"strings"
 
 	"github.com/flotilla-dev/flotilla/protocol"
@@ -19,7 +18,7 @@ func (c *Controller) CreateToken(ctx context.Context, req protocol.TokenCreate) 
 		return protocol.TokenInfo{}, err
 	}
 	ti.CAHash, ti.JoinURL = c.CAHash(), c.HTTPURL()
-	ti.Bootstrap = fmt.Sprintf("curl -fsSLk %s/bootstrap.sh | sh -s -- --token %s --ca-hash %s", c.HTTPURL(), ti.Token, ti.CAHash)
+	ti.Bootstrap = BootstrapOneLiner(c.HTTPURL(), ti.Token, ti.CAHash)
 	return ti, nil
 }
 

@@ -343,13 +343,20 @@ func (d *Driver) create(ctx context.Context, c *clusterfile.Cluster, p Provider,
 	return r, nil
 }
 
-// UserData is a machine's first-boot script: the bootstrap one-liner with its
-// own token and name, every value shell-quoted.
+// UserData is a machine's first-boot script: the bootstrap one-liner
+// (controller.BootstrapOneLiner's verified form: the CA fetched and checked
+// against its hash, then bootstrap.sh over TLS with that CA) with the
+// machine's own token and name, every value shell-quoted.
 func UserData(ti protocol.TokenInfo, name string) []byte {
 	q := planner.ShellQuote
+	url := strings.TrimRight(ti.JoinURL, "/")
+	hexHash := strings.TrimPrefix(ti.CAHash, "sha256:")
 	return []byte("#!/bin/sh\n# flotilla: join the controller as " + q(name) + " (first boot)\nset -e\n" +
-		"curl -fsSLk " + q(ti.JoinURL+"/bootstrap.sh") + " | sh -s -- --token " + q(ti.Token) +
-		" --ca-hash " + q(ti.CAHash) + " --name " + q(name) + "\n")
+		"f=$(mktemp)\ntrap 'rm -f \"$f\"' EXIT\n" +
+		"curl -fsSLk -o \"$f\" " + q(url+"/v1/ca.crt") + "\n" +
+		"echo " + q(hexHash+"  ") + "\"$f\" | sha256sum -c -\n" +
+		"curl -fsSL --cacert \"$f\" -w '%{onerror}\\nexit 1\\n' " + q(url+"/bootstrap.sh") +
+		" | sh -s -- --token " + q(ti.Token) + " --ca-hash " + q(ti.CAHash) + " --ca-file \"$f\" --name " + q(name) + "\n")
 }
 
 // online maps node name to online, for nodes whose admin-set cluster label says

@@ -1,19 +1,30 @@
 #!/bin/sh
 # flotilla bootstrap: install the flotilla agent on this node and join it to a controller.
 #
-#   curl -fsSL -k https://CONTROLLER:9443/bootstrap.sh | sh -s -- --token T --ca-hash sha256:H
+#   f=$(mktemp) && curl -fsSLk -o "$f" https://CONTROLLER:9443/v1/ca.crt &&
+#   echo "H  $f" | sha256sum -c - &&
+#   curl -fsSL --cacert "$f" -w '%{onerror}\nexit 1\n' https://CONTROLLER:9443/bootstrap.sh |
+#   sh -s -- --token T --ca-hash sha256:H --ca-file "$f"
 #
-# Trust: the script fetches the controller's CA once without verification, pins it
-# by --ca-hash (sha256 of the exact PEM bytes), and from then on talks to the
-# controller only with that CA. It installs /usr/local/bin/flotilla,
+# (one line: `flotilla token create` prints it). Trust: the one-liner checks the
+# controller's CA against its hash before it fetches this script, over TLS
+# verified with that CA, so it never runs bytes it has not verified. The script
+# pins the same CA again (--ca-file, or a fetch checked against --ca-hash: the
+# sha256 of the exact PEM bytes) and from then on talks to the controller only
+# with that CA. It installs /usr/local/bin/flotilla,
 # /etc/flotilla/{ca.crt,agent.env} and flotilla-agent.service, starts the agent
 # through systemd and waits until it is registered. Any failure exits non-zero
 # and puts back what this run changed. Running it again is harmless.
 set -eu
 
+# Everything runs from main, called on the last line: a download cut short
+# runs nothing, and nothing after that line (curl's -w text) runs either.
+main() {
+
 CONTROLLER='@@CONTROLLER@@' # filled in by the controller that serves this script
 TOKEN=
 CA_HASH=
+CA_FILE=
 NAME=
 LABELS=
 DATA_DIR=/var/lib/flotilla-agent
@@ -26,7 +37,7 @@ UNIT_FILE=/etc/systemd/system/$UNIT
 say() { echo "flotilla-bootstrap: $*" >&2; }
 usage() {
 	cat >&2 <<EOF
-usage: sh bootstrap.sh --token TOKEN --ca-hash sha256:HEX [--controller https://HOST:9443]
+usage: sh bootstrap.sh --token TOKEN --ca-hash sha256:HEX [--ca-file FILE] [--controller https://HOST:9443]
                        [--name NAME] [--labels k=v,...] [--data-dir DIR] [--timeout SECONDS]
 Get the exact command from the controller: flotilla token create
 EOF
@@ -37,6 +48,7 @@ while [ $# -gt 0 ]; do
 	case "$1" in
 	--token) TOKEN=${2:-}; shift 2 || usage ;;
 	--ca-hash) CA_HASH=${2:-}; shift 2 || usage ;;
+	--ca-file) CA_FILE=${2:-}; shift 2 || usage ;;
 	--controller) CONTROLLER=${2:-}; shift 2 || usage ;;
 	--name) NAME=${2:-}; shift 2 || usage ;;
 	--labels) LABELS=${2:-}; shift 2 || usage ;;
@@ -82,6 +94,8 @@ finish() {
 		[ "$rc" = 0 ] && rc=1
 	fi
 	[ -n "$WORK" ] && rm -rf "$WORK"
+	# The one-liner's temporary copy of the CA (mktemp), and nothing else.
+	case "$CA_FILE" in "${TMPDIR:-/tmp}"/tmp.*) [ -f "$CA_FILE" ] && [ ! -L "$CA_FILE" ] && rm -f "$CA_FILE" ;; esac
 	exit "$rc"
 }
 trap finish EXIT
@@ -139,6 +153,10 @@ https://*) ;;
 *) die "--controller must be an https:// URL (got '$CONTROLLER')" ;;
 esac
 CONTROLLER=${CONTROLLER%/}
+# These go into the unit's ExecStart: plain characters only.
+case "${CONTROLLER#https://}" in '' | *[!A-Za-z0-9.:\[\]-]*) die "--controller must be https://HOST[:PORT] (got '$CONTROLLER')" ;; esac
+case "$NAME" in *[!a-z0-9.-]*) die "--name may hold only a-z, 0-9, '.' and '-' (got '$NAME')" ;; esac
+case "$LABELS" in *[!A-Za-z0-9._/=,-]*) die "--labels must look like k=v,k2=v2 with letters, digits, '.', '_', '/' and '-' (got '$LABELS')" ;; esac
 case "$TIMEOUT" in '' | *[!0-9]*) die "--timeout must be a number of seconds" ;; esac
 [ "$(id -u)" = 0 ] || die "run as root (it installs $BIN and a systemd unit): ... | sudo sh -s -- ..."
 for c in curl sha256sum systemctl; do
@@ -155,9 +173,14 @@ esac
 WORK=$(mktemp -d /tmp/flotilla-bootstrap.XXXXXX)
 BACKUP=$WORK/backup
 
-# --- 1. pin the controller's CA by its hash (the only unverified fetch)
-curl -fsS -k --max-time 30 -o "$WORK/ca.crt" "$CONTROLLER/v1/ca.crt" ||
-	die "cannot fetch the CA from $CONTROLLER/v1/ca.crt (is the controller running and reachable from this node?)"
+# --- 1. pin the controller's CA by its hash: the one-liner's copy, or the only
+# unverified fetch
+if [ -n "$CA_FILE" ]; then
+	cp "$CA_FILE" "$WORK/ca.crt" || die "cannot read --ca-file $CA_FILE"
+else
+	curl -fsS -k --max-time 30 -o "$WORK/ca.crt" "$CONTROLLER/v1/ca.crt" ||
+		die "cannot fetch the CA from $CONTROLLER/v1/ca.crt (is the controller running and reachable from this node?)"
+fi
 GOT_HASH=$(sha256 "$WORK/ca.crt")
 if [ "$GOT_HASH" != "$WANT_HASH" ]; then
 	die "CA hash mismatch: $CONTROLLER serves a CA with sha256:$GOT_HASH but --ca-hash is sha256:$WANT_HASH.
@@ -242,3 +265,7 @@ $(agent_log | sed 's/^/  /')
 done
 DONE=yes
 say "node registered with $CONTROLLER ($("$BIN" agent status --data-dir "$DATA_DIR" 2>/dev/null | head -n 1))"
+}
+
+main "$@"
+exit

@@ -22,7 +22,44 @@ const (
 	KindService = "service"
 	// KindUndo takes back something an earlier rollout did. Payload: UndoPayload.
 	KindUndo = "undo"
+	// KindImages fetches the blobs of the container images a node's roles get that its
+	// image cache lacks (each exactly as a layer step fetches its blob: peer-to-peer
+	// pieces with the controller as seed, or the controller's HTTPS) and imports the
+	// images into the cache under the cluster's name, replacing the set it had, for the
+	// node-local registry mirror. Payload: ImagesPayload.
+	KindImages = "images"
 )
+
+// Bounds of an "images" step, checked by the agent (a signed task is trusted, but a
+// bug must not make an agent walk a million entries).
+const (
+	MaxImagesPerStep = 4096
+	MaxImageBlobs    = 65536
+)
+
+// CarriedImage is one container image of an "images" step: its normalized name
+// (registry/repository[:tag][@digest], as plan.ContainerImage.Name) and the manifest
+// or index the name resolves to.
+type CarriedImage struct {
+	Name      string `json:"name"`
+	Digest    string `json:"digest"`
+	MediaType string `json:"mediaType"`
+	Size      int64  `json:"size"`
+}
+
+// ImagesPayload is what an "images" step fetches and imports.
+type ImagesPayload struct {
+	Cluster string `json:"cluster"` // the image cache owner
+	// Platform is the node's ("linux/amd64"): a multi-arch image contributes only the
+	// manifests of that platform (its index stays whole, so its digest holds).
+	Platform string `json:"platform"`
+	// Images are the container images that make up the cluster's set on this node.
+	Images []CarriedImage `json:"images"`
+	// Blobs are every manifest, config and layer blob the images need on this
+	// platform, each fetched like a layer blob when the cache lacks it (Cluster, Digest,
+	// Size, URL, Token, Pieces and the caps; DiffID unused).
+	Blobs []LayerPayload `json:"blobs"`
+}
 
 // LayerPayload is what a "layer" step fetches and unpacks.
 type LayerPayload struct {
@@ -41,6 +78,12 @@ type LayerPayload struct {
 	// second while the step runs (0: the agent's own limit, if any).
 	MaxDownload int64 `json:"maxDownload,omitempty"`
 	MaxUpload   int64 `json:"maxUpload,omitempty"`
+	// MaxUnpackBytes and MaxUnpackEntries bound the layer's uncompressed
+	// size and entries (0: the agent's defaults); KeepSetuid places setuid
+	// and setgid bits, which are dropped otherwise. From the image's plan.
+	MaxUnpackBytes   int64 `json:"maxUnpackBytes,omitempty"`
+	MaxUnpackEntries int   `json:"maxUnpackEntries,omitempty"`
+	KeepSetuid       bool  `json:"keepSetuid,omitempty"`
 }
 
 // FilePayload is one rendered file a "file" step places.
@@ -67,6 +110,13 @@ const (
 	UndoRemoveFile  = "remove-file"  // remove the rendered file at Target if it still has what was placed
 	UndoRemoveLayer = "remove-layer" // remove what layer Target placed, except paths another kept layer of the cluster placed
 	UndoForget      = "forget"       // forget Digests from the applied-steps state (a removed node that comes back runs them again)
+	// UndoCleanLvscare removes lvscare's kernel rules (nftables table, IPVS
+	// services, VIP routes) after its unit Target was stopped for good: a
+	// stop alone leaves them, so that traffic survives a restart.
+	UndoCleanLvscare = "clean-lvscare"
+	// UndoRemoveImages drops cluster Target's container images from the node's image
+	// cache and deletes every blob no other cluster's image references.
+	UndoRemoveImages = "remove-images"
 )
 
 // UndoPayload is one thing an "undo" step takes back.

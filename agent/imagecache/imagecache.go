@@ -364,6 +364,26 @@ type GCResult struct {
 // node), drops every other owner's, and deletes each blob no remaining image
 // references (a blob shared by two images stays while either is kept).
 func (c *Cache) GC(ctx context.Context, keep []string) (GCResult, error) {
+	return c.gc(ctx, func(owner string) bool { return slices.Contains(keep, owner) })
+}
+
+// Remove drops one owner's images (a cluster deleted from, or no longer giving images
+// to, this node) and deletes every blob no other owner's image references. Owners
+// imported meanwhile stay: the decision is taken under the cache's lock.
+func (c *Cache) Remove(ctx context.Context, owner string) (GCResult, error) {
+	if err := validOwner(owner); err != nil {
+		return GCResult{}, err
+	}
+	return c.gc(ctx, func(o string) bool { return o != owner })
+}
+
+// Prune deletes every blob no owner's image references (after an Import replaced an
+// owner's set, the images it dropped).
+func (c *Cache) Prune(ctx context.Context) (GCResult, error) {
+	return c.gc(ctx, func(string) bool { return true })
+}
+
+func (c *Cache) gc(ctx context.Context, keep func(owner string) bool) (GCResult, error) {
 	var res GCResult
 	unlock, err := c.lock(ctx)
 	if err != nil {
@@ -376,7 +396,7 @@ func (c *Cache) GC(ctx context.Context, keep []string) (GCResult, error) {
 	}
 	changed := false
 	for owner := range f.Owners {
-		if !slices.Contains(keep, owner) {
+		if !keep(owner) {
 			delete(f.Owners, owner)
 			res.Owners++
 			changed = true

@@ -167,3 +167,46 @@ func TestImportRefusesBadInput(t *testing.T) {
 		t.Errorf("a tampered manifest imported: %v", err)
 	}
 }
+
+// TestRemoveAndPrune: Remove drops one owner (others, and blobs they share, stay);
+// Prune after an owner's set changed deletes only the blobs no owner uses.
+func TestRemoveAndPrune(t *testing.T) {
+	ctx := context.Background()
+	src := imagecachetest.Source{}
+	shared := imagecachetest.Layer(t, 4000)
+	one := src.AddImage(t, "docker.io/library/one:1", imagecachetest.Image(t, nil, shared, imagecachetest.Layer(t, 1000)))
+	two := src.AddImage(t, "docker.io/library/two:1", imagecachetest.Image(t, nil, shared, imagecachetest.Layer(t, 1000)))
+	c := open(t)
+	for owner, imgs := range map[string][]plan.ContainerImage{"a": {one, two}, "b": {two}} {
+		if _, err := c.Import(ctx, owner, imgs, nil, src.Open); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if g, err := c.Prune(ctx); err != nil || g.Blobs != 0 {
+		t.Fatalf("prune with nothing unreferenced: %+v %v", g, err)
+	}
+	// a upgrades to one only: two stays for b, nothing to prune.
+	if _, err := c.Import(ctx, "a", []plan.ContainerImage{one}, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if g, err := c.Prune(ctx); err != nil || g.Blobs != 0 || g.Owners != 0 {
+		t.Fatalf("prune while b uses two: %+v %v", g, err)
+	}
+	// b goes: two's manifest, config and own layer go; the shared layer stays for a.
+	g, err := c.Remove(ctx, "b")
+	if err != nil || g.Owners != 1 || g.Blobs != 3 || blobs(t, c) != 4 {
+		t.Fatalf("remove b: %+v %v, %d blobs left (want 3 deleted, 4 left)", g, err, blobs(t, c))
+	}
+	if _, err := c.Resolve("docker.io", "library/one", "1"); err != nil {
+		t.Errorf("a's image after b was removed: %v", err)
+	}
+	if g, err := c.Remove(ctx, "nobody"); err != nil || g.Owners != 0 || g.Blobs != 0 {
+		t.Errorf("remove of an unknown owner: %+v %v", g, err)
+	}
+	if _, err := c.Remove(ctx, ""); err == nil {
+		t.Error("remove of owner \"\" accepted")
+	}
+	if g, err := c.Remove(ctx, "a"); err != nil || blobs(t, c) != 0 || g.Blobs != 4 {
+		t.Errorf("remove a: %+v %v, %d left", g, err, blobs(t, c))
+	}
+}

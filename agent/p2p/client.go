@@ -33,6 +33,8 @@ func NewClient(cfg *tls.Config) *http.Client {
 var (
 	errNotHeld = errors.New("peer does not hold the piece")
 	errStalled = errors.New("peer stalled")
+	// errImpostor: the server is not the peer the tracker named.
+	errImpostor = errors.New("peer is not who the tracker says")
 )
 
 // readChunk is how much of a piece is read between stall-timer resets and
@@ -71,6 +73,11 @@ func (f *Fetcher) getPiece(ctx context.Context, peer pieces.Peer, list pieces.Pi
 		return fail(err)
 	}
 	defer resp.Body.Close()
+	if f.opts.VerifyPeer != nil {
+		if err := f.opts.VerifyPeer(peer, resp.TLS); err != nil {
+			return fail(fmt.Errorf("%w: %v", errImpostor, err))
+		}
+	}
 	switch resp.StatusCode {
 	case http.StatusOK:
 	case http.StatusNotFound:

@@ -6,6 +6,7 @@ package p2p
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -27,6 +28,11 @@ type Options struct {
 	Self pieces.Peer
 	// Client is the mTLS HTTP client for peers (see NewClient). Required.
 	Client *http.Client
+	// VerifyPeer, if set, checks that the server answering a piece request
+	// is the peer the tracker named, before a byte of the piece is read; a
+	// peer that fails it is dropped for the blob like one that served a
+	// wrong piece.
+	VerifyPeer func(peer pieces.Peer, cs *tls.ConnectionState) error
 	// Concurrency is how many pieces of one blob are in flight (default 4).
 	Concurrency int
 	// WaitAhead is how long an upstream peer may hold a request for a piece
@@ -182,9 +188,13 @@ func (f *Fetcher) Fetch(ctx context.Context, list pieces.PieceList) (string, err
 	r.held = heldBytes(list, r.sw.have)
 	r.lastLanded = r.start
 	if err := f.announce(ctx, p); err != nil {
+		if errors.Is(err, ErrNotTracker) {
+			f.log.Error("refusing the tracker", "digest", list.Digest, "err", err)
+			return "", fmt.Errorf("fetch %s: %w", list.Digest, err)
+		}
 		f.log.Warn("announce to tracker failed; fetching without a place in the pipeline", "digest", list.Digest, "err", err)
 	}
-	r.refresh(ctx)
+	r.refresh(ctx, cancel)
 
 	var wg sync.WaitGroup
 	wg.Add(2 + f.opts.Concurrency)

@@ -80,7 +80,7 @@ func (r *run) worker(ctx context.Context, cancel context.CancelCauseFunc) {
 		r.mu.Unlock()
 		switch {
 		case dropped:
-			r.f.log.Warn("dropped peer for this blob: it served a wrong piece", "digest", r.list.Digest, "peer", j.from.ID, "addr", j.from.Addr, "err", err)
+			r.f.log.Warn("dropped peer for this blob: a wrong piece, or not the peer the tracker named", "digest", r.list.Digest, "peer", j.from.ID, "addr", j.from.Addr, "err", err)
 		case err != nil:
 			r.f.log.Debug("piece failed; asking another peer", "digest", r.list.Digest, "piece", j.piece, "peer", j.from.ID, "err", err)
 		default:
@@ -106,7 +106,7 @@ func (r *run) refreshLoop(ctx context.Context, cancel context.CancelCauseFunc) {
 			return
 		case <-t.C:
 		}
-		r.refresh(ctx)
+		r.refresh(ctx, cancel)
 		r.mu.Lock()
 		idle := time.Since(r.lastLanded)
 		status := r.peerStatusLocked()
@@ -118,10 +118,15 @@ func (r *run) refreshLoop(ctx context.Context, cancel context.CancelCauseFunc) {
 	}
 }
 
-func (r *run) refresh(ctx context.Context) {
+func (r *run) refresh(ctx context.Context, cancel context.CancelCauseFunc) {
 	ctx, c := context.WithTimeout(ctx, 5*time.Second)
 	defer c()
 	states, err := r.f.tracker.Peers(ctx, r.list.Digest)
+	if errors.Is(err, ErrNotTracker) {
+		r.f.log.Error("refusing the tracker", "digest", r.list.Digest, "err", err)
+		cancel(err)
+		return
+	}
 	if err != nil {
 		// The controller may be gone after seeding: carry on with the peers we know.
 		r.f.log.Debug("tracker refresh failed; keeping the known peers", "digest", r.list.Digest, "err", err)

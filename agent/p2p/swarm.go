@@ -34,7 +34,7 @@ type peer struct {
 	inflight   int
 	failures   int
 	suspended  time.Time // unusable until then
-	dropped    bool      // served a wrong piece: never again for this blob
+	dropped    bool      // served a wrong piece, or is not who the tracker named: never again for this blob
 	lastReason string
 }
 
@@ -139,7 +139,7 @@ func (s *swarm) result(j job, err error, now time.Time) (dropped bool) {
 	case err == nil:
 		s.have.Set(j.piece)
 		j.peer.failures = 0
-	case errors.Is(err, pieces.ErrPieceMismatch):
+	case errors.Is(err, pieces.ErrPieceMismatch), errors.Is(err, errImpostor):
 		first := !j.peer.dropped
 		j.peer.dropped = true
 		j.peer.lastReason = err.Error()

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -22,6 +23,10 @@ type Tracker interface {
 	// Peers returns the live peers of blob d in pipeline order (first announcer first).
 	Peers(ctx context.Context, d v1.Hash) ([]pieces.PeerState, error)
 }
+
+// ErrNotTracker says the server at the tracker's address is not the
+// controller (its certificate is another's): a fetch stops at once.
+var ErrNotTracker = errors.New("not the tracker")
 
 // HTTPTracker talks to the tracker's HTTP handler (controller/tracker).
 type HTTPTracker struct {

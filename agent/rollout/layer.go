@@ -73,21 +73,22 @@ func executeLayer(ctx context.Context, sc *agent.StepContext) error {
 	}
 	unlock := lockBlob(h)
 	defer unlock()
-	blob, fetched, err := ensureBlob(ctx, sc, p, h)
+	blob, fetched, err := ensureBlob(ctx, sc, p, h, "layer")
 	if err != nil {
 		return err
 	}
-	records, err := unpack.UnpackFile(ctx, blob, p.Digest, sc.Root)
+	opts := []unpack.Option{unpack.WithMaxBytes(p.MaxUnpackBytes), unpack.WithMaxEntries(p.MaxUnpackEntries), unpack.WithSetuid(p.KeepSetuid)}
+	records, err := unpack.UnpackFile(ctx, blob, p.Digest, sc.Root, opts...)
 	if errors.Is(err, unpack.ErrDigestMismatch) && !fetched {
 		// The cached copy went bad on disk since it was verified: fetch it again.
 		sc.Output("stderr", fmt.Sprintf("cached blob %s does not match its digest any more: fetching it again", blob))
 		if rerr := os.Remove(blob); rerr != nil {
 			return fmt.Errorf("layer %s: %w; and removing the bad cached copy: %v", p.Digest, err, rerr)
 		}
-		if blob, _, err = ensureBlob(ctx, sc, p, h); err != nil {
+		if blob, _, err = ensureBlob(ctx, sc, p, h, "layer"); err != nil {
 			return err
 		}
-		records, err = unpack.UnpackFile(ctx, blob, p.Digest, sc.Root)
+		records, err = unpack.UnpackFile(ctx, blob, p.Digest, sc.Root, opts...)
 	}
 	rec := LayerRecord{Digest: p.Digest, DiffID: p.DiffID, Complete: err == nil, Unpacked: time.Now().UTC(),
 		Records: mergeCreated(old.Records, records)}
@@ -105,13 +106,14 @@ func executeLayer(ctx context.Context, sc *agent.StepContext) error {
 
 // ensureBlob returns the cached blob's path, fetching it through FetchBlob when
 // absent; fetched tells whether it was just fetched (and verified).
-func ensureBlob(ctx context.Context, sc *agent.StepContext, p protocol.LayerPayload, h string) (path string, fetched bool, err error) {
+// what names the blob in messages ("layer", "container image blob").
+func ensureBlob(ctx context.Context, sc *agent.StepContext, p protocol.LayerPayload, h, what string) (path string, fetched bool, err error) {
 	cache := blobPath(sc.DataDir, h)
 	if fi, err := os.Stat(cache); err == nil && fi.Mode().IsRegular() && (p.Size <= 0 || fi.Size() == p.Size) {
 		return cache, false, nil
 	}
 	if err := os.MkdirAll(filepath.Dir(cache), 0o700); err != nil {
-		return "", false, fmt.Errorf("layer %s: blob cache: %w", p.Digest, err)
+		return "", false, fmt.Errorf("%s %s: blob cache: %w", what, p.Digest, err)
 	}
 	part := cache + ".part"
 	fi, err := os.Stat(part)
@@ -124,17 +126,17 @@ func ensureBlob(ctx context.Context, sc *agent.StepContext, p protocol.LayerPayl
 		start := time.Now()
 		verified, err := FetchBlob(ctx, sc, p, part)
 		if err != nil {
-			return "", false, fmt.Errorf("fetch layer %s: %w", p.Digest, err)
+			return "", false, fmt.Errorf("fetch %s %s: %w", what, p.Digest, err)
 		}
 		if !verified {
 			err = verifyBlob(part, p.Digest, h, p.Size)
 		}
 		if err == nil {
 			if err := os.Rename(part, cache); err != nil {
-				return "", false, fmt.Errorf("layer %s: move into the blob cache: %w", p.Digest, err)
+				return "", false, fmt.Errorf("%s %s: move into the blob cache: %w", what, p.Digest, err)
 			}
 			if p.Size > 0 {
-				sc.Output("stdout", fmt.Sprintf("layer %s: fetched %s in %s", protocol.ShortDigest(p.Digest), human.Bytes(p.Size), time.Since(start).Round(time.Millisecond)))
+				sc.Output("stdout", fmt.Sprintf("%s %s: fetched %s in %s", what, protocol.ShortDigest(p.Digest), human.Bytes(p.Size), time.Since(start).Round(time.Millisecond)))
 			}
 			return cache, true, nil
 		}

@@ -58,6 +58,43 @@ type p2pEnv struct {
 	payload  protocol.LayerPayload
 	seedHits atomic.Int64 // piece requests the seed answered
 	urlHits  atomic.Int64 // whole-blob fetches from the controller (the fallback)
+	logs     logBuffer    // what the controller, the seed and the agents logged
+}
+
+// logBuffer keeps log lines for tests that assert a refusal was logged.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if os.Getenv("FLOTILLA_TEST_LOG") != "" {
+		os.Stderr.Write(p)
+	}
+	return b.buf.Write(p)
+}
+
+// has says whether one logged line holds every one of parts.
+func (b *logBuffer) has(parts ...string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, line := range strings.Split(b.buf.String(), "\n") {
+		ok := true
+		for _, p := range parts {
+			ok = ok && strings.Contains(line, p)
+		}
+		if ok {
+			return true
+		}
+	}
+	return false
+}
+
+// log writes Info and above to e.logs.
+func (e *p2pEnv) log() *slog.Logger {
+	return slog.New(slog.NewTextHandler(&e.logs, nil))
 }
 
 func quiet() *slog.Logger {
@@ -71,7 +108,7 @@ func newP2PEnv(t *testing.T, size int) *p2pEnv {
 	t.Helper()
 	e := &p2pEnv{t: t, tr: tracker.New(time.Minute)}
 	var err error
-	if e.seed, err = tracker.NewSeed(t.TempDir(), e.tr, quiet()); err != nil {
+	if e.seed, err = tracker.NewSeed(t.TempDir(), e.tr, e.log()); err != nil {
 		t.Fatal(err)
 	}
 	handlers := map[string]http.Handler{
@@ -81,7 +118,9 @@ func newP2PEnv(t *testing.T, size int) *p2pEnv {
 			http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(e.blob))
 		}),
 	}
-	for p, h := range e.seed.Handlers(controller.AgentFromRequest) {
+	agentHandlers := map[string]http.Handler{}
+	acc := tracker.Access{Identify: controller.AgentFromRequest, Member: func(n string) bool { return e.c.IsMember(n) }, Log: e.log()}
+	for p, h := range e.seed.Handlers(acc) {
 		if p == "/v1/pieces/" {
 			inner := h
 			h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -91,11 +130,11 @@ func newP2PEnv(t *testing.T, size int) *p2pEnv {
 				inner.ServeHTTP(w, r)
 			})
 		}
-		handlers[p] = controller.RequireAgentCert(h)
+		agentHandlers[p] = h
 	}
 	e.dataDir = t.TempDir()
 	e.c, err = controller.New(controller.Options{DataDir: e.dataDir, Listen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0",
-		Advertise: "127.0.0.1", Logger: quiet(), Handlers: handlers})
+		Advertise: "127.0.0.1", Logger: e.log(), Handlers: handlers, AgentHandlers: agentHandlers})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,6 +178,12 @@ type testAgent struct {
 // startAgent runs an agent in this process with its own piece server on
 // loopback, and waits until it serves.
 func (e *p2pEnv) startAgent(name string, dataDir string) *testAgent {
+	e.t.Helper()
+	return e.startAgentWith(name, dataDir, nil)
+}
+
+// startAgentWith is startAgent with a last word on the agent's options.
+func (e *p2pEnv) startAgentWith(name string, dataDir string, mod func(*agent.Options)) *testAgent {
 	t := e.t
 	t.Helper()
 	if dataDir == "" {
@@ -148,12 +193,15 @@ func (e *p2pEnv) startAgent(name string, dataDir string) *testAgent {
 	ctx, cancel := context.WithCancel(context.Background())
 	ta.cancel = cancel
 	opts := agent.Options{Name: name, DataDir: dataDir, Root: ta.root, HeartbeatInterval: time.Second,
-		Logger: quiet().With("node", name), PeerListen: "127.0.0.1:0"}
+		Logger: e.log().With("node", name), PeerListen: "127.0.0.1:0"}
 	if _, err := os.Stat(filepath.Join(dataDir, "credentials.json")); err != nil {
 		// Credentials without a join: the agent asks for its peer certificate over NATS.
 		if opts.Credentials, err = e.c.LocalAgentCredentials(ctx, name, protocol.Facts{}); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if mod != nil {
+		mod(&opts)
 	}
 	a, err := agent.New(ctx, opts)
 	if err != nil {
@@ -295,8 +343,8 @@ func TestLayerStepFetchesPeerToPeer(t *testing.T) {
 	}
 }
 
-// TestPeerServerRefusesStrangers: an agent's piece server serves other agents
-// of the cluster only.
+// TestPeerServerRefusesStrangers: an agent's piece server serves only agents
+// of the cluster that the tracker lists as peers of the blob.
 func TestPeerServerRefusesStrangers(t *testing.T) {
 	e := newP2PEnv(t, 300<<10)
 	a1 := e.startAgent("n1", "")
@@ -313,13 +361,20 @@ func TestPeerServerRefusesStrangers(t *testing.T) {
 	}
 	strangerCert, _ := tls.X509KeyPair(oc, ok)
 	insiderCert := e.peerCert("n2")
+	bystanderCert := e.peerCert("n4")
 	notAgentCert := e.clusterSignedNonAgentCert()
+	// n2 fetches the blob (it announced it to the tracker); n4 does not.
+	if err := e.tr.Announce(pieces.Announcement{Peer: pieces.Peer{ID: "n2", Addr: "https://127.0.0.1:1"}, Digest: e.list.Digest,
+		Have: pieces.NewBitfield(e.list.Count())}); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name  string
 		certs []tls.Certificate
 		want  bool
 	}{
-		{"agent of the cluster", []tls.Certificate{insiderCert}, true},
+		{"agent of the cluster fetching the blob", []tls.Certificate{insiderCert}, true},
+		{"agent of the cluster not fetching the blob", []tls.Certificate{bystanderCert}, false},
 		{"no certificate", nil, false},
 		{"certificate from another CA", []tls.Certificate{strangerCert}, false},
 		{"cluster CA certificate that is not an agent's", []tls.Certificate{notAgentCert}, false},

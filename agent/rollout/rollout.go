@@ -1,5 +1,5 @@
 // Package rollout is the agent side of a rollout: the executors of the layer,
-// file, run, service and undo step kinds (protocol/rollout.go), and the records
+// file, images, run, service and undo step kinds (protocol/rollout.go), and the records
 // under the agent's data dir that let undo steps take back what they did.
 //
 // Layout under the agent's DataDir:
@@ -9,6 +9,7 @@
 //	clusters/<cluster>/layers/<hex>.json  what layer sha256:<hex> placed under the root (LayerRecord)
 //	clusters/<cluster>/files.json       rendered files placed, by path (map[path]FileRecord)
 //	clusters/<cluster>/services.json    units started, in first-start order, with their unit file digest
+//	containers/                         the container image cache (agent/imagecache), owner = cluster
 //
 // Blobs stay cached while any cluster's layers/<hex>.json names them; the undo
 // of the last layer using a blob deletes it.
@@ -32,6 +33,7 @@ func init() {
 	agent.RegisterExecutor(protocol.KindRun, agent.ExecutorFunc(executeRun))
 	agent.RegisterExecutor(protocol.KindService, agent.ExecutorFunc(executeService))
 	agent.RegisterExecutor(protocol.KindUndo, agent.ExecutorFunc(executeUndo))
+	agent.RegisterExecutor(protocol.KindImages, agent.ExecutorFunc(executeImages))
 }
 
 // decodePayload reads a step's JSON payload into v, naming the step in errors.

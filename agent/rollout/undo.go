@@ -44,9 +44,16 @@ func executeUndo(ctx context.Context, sc *agent.StepContext) error {
 		return undoRemoveFile(sc, dir, p.Target)
 	case protocol.UndoRemoveLayer:
 		return undoRemoveLayer(sc, dir, p.Target)
+	case protocol.UndoCleanLvscare:
+		return undoCleanLvscare(ctx, sc, p.Target)
+	case protocol.UndoRemoveImages:
+		if p.Target != p.Cluster {
+			return fmt.Errorf("undo remove-images: target %q is not the step's cluster %q", p.Target, p.Cluster)
+		}
+		return undoRemoveImages(ctx, sc, p.Target)
 	}
-	return fmt.Errorf("undo step %q: unknown kind %q (want %s, %s, %s or %s; upgrade the agent?)", sc.Step.Name, p.Kind,
-		protocol.UndoStopService, protocol.UndoRemoveFile, protocol.UndoRemoveLayer, protocol.UndoForget)
+	return fmt.Errorf("undo step %q: unknown kind %q (want %s, %s, %s, %s, %s or %s; upgrade the agent?)", sc.Step.Name, p.Kind,
+		protocol.UndoStopService, protocol.UndoRemoveFile, protocol.UndoRemoveLayer, protocol.UndoCleanLvscare, protocol.UndoRemoveImages, protocol.UndoForget)
 }
 
 // undoStopService stops and disables a unit and forgets it was started. A unit

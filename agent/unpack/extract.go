@@ -24,8 +24,10 @@ type placer struct {
 	isSlash bool // the root is "/": absolute symlinks in it point inside
 	owners  bool
 	noSync  bool
-	records []Record
-	index   map[string]int // path -> position in records
+	// keepSetuid keeps setuid/setgid bits; by default they are dropped.
+	keepSetuid bool
+	records    []Record
+	index      map[string]int // path -> position in records
 }
 
 func newPlacer(root string, owners bool) (*placer, error) {
@@ -55,7 +57,13 @@ func (p *placer) record(r Record) {
 	p.records = append(p.records, r)
 }
 
-func extract(ctx context.Context, blob io.Reader, digest, root string, o options) ([]Record, error) {
+func extract(ctx context.Context, blob io.ReadSeeker, digest, root string, o options) ([]Record, error) {
+	if err := scan(ctx, blob, root, o); err != nil {
+		return nil, fmt.Errorf("layer %s refused, nothing placed: %w", digest, err)
+	}
+	if _, err := blob.Seek(0, io.SeekStart); err != nil {
+		return nil, fmt.Errorf("layer %s: %w", digest, err)
+	}
 	r, done, err := decompress(blob)
 	if err != nil {
 		return nil, fmt.Errorf("layer %s: %w", digest, err)
@@ -65,7 +73,7 @@ func extract(ctx context.Context, blob io.Reader, digest, root string, o options
 	if err != nil {
 		return nil, err
 	}
-	p.noSync = o.noSync
+	p.noSync, p.keepSetuid = o.noSync, o.keepSetuid
 	defer p.root.Close()
 	if o.maxBytes > 0 {
 		r = &limitReader{r: r, left: o.maxBytes}
@@ -133,6 +141,9 @@ func cleanEntry(name string) (string, error) {
 
 func (p *placer) entry(hdr *tar.Header, name string, r io.Reader) error {
 	mode := hdr.FileInfo().Mode() & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
+	if !p.keepSetuid {
+		mode &^= fs.ModeSetuid | fs.ModeSetgid
+	}
 	switch hdr.Typeflag {
 	case tar.TypeDir:
 		if err := p.mkdirs(name, mode); err != nil {
@@ -237,11 +248,12 @@ func (p *placer) writeFile(name string, mode fs.FileMode, r io.Reader, hdr *tar.
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
-	if err == nil {
-		err = p.root.Chmod(tmp, mode)
-	}
+	// Owner first: a chown clears the setuid and setgid bits a chmod set.
 	if err == nil && hdr != nil && p.owners {
 		err = p.root.Lchown(tmp, hdr.Uid, hdr.Gid)
+	}
+	if err == nil {
+		err = p.root.Chmod(tmp, mode)
 	}
 	if err == nil {
 		err = p.root.Rename(tmp, name)
@@ -429,21 +441,4 @@ func (p *placer) hardlink(name, linkname string) error {
 	rec := p.records[i]
 	p.record(Record{Path: name, Kind: KindHardlink, Mode: rec.Mode, Digest: rec.Digest, Target: src})
 	return nil
-}
-
-type limitReader struct {
-	r    io.Reader
-	left int64
-}
-
-func (l *limitReader) Read(b []byte) (int, error) {
-	if l.left <= 0 {
-		return 0, errors.New("layer is larger than the allowed size")
-	}
-	if int64(len(b)) > l.left {
-		b = b[:l.left]
-	}
-	n, err := l.r.Read(b)
-	l.left -= int64(n)
-	return n, err
 }

@@ -64,16 +64,20 @@ func (e *EntryError) Unwrap() error { return e.Err }
 type Option func(*options)
 
 type options struct {
-	tempDir  string
-	maxBytes int64
-	owners   bool
-	noSync   bool // tests only: skip fsync before rename
+	tempDir    string
+	maxBytes   int64
+	maxEntries int
+	keepSetuid bool
+	freeSpace  func(dir string) (int64, error)
+	owners     bool
+	noSync     bool // tests only: skip fsync before rename
 }
 
 // WithTempDir spools blobs in dir instead of the system temporary directory.
 func WithTempDir(dir string) Option { return func(o *options) { o.tempDir = dir } }
 
-// WithMaxBytes refuses a layer whose uncompressed content exceeds n bytes (0: no limit).
+// WithMaxBytes refuses a layer whose uncompressed tar stream, or the files in
+// it, exceed n bytes (0: DefaultMaxBytes, <0: no limit).
 func WithMaxBytes(n int64) Option { return func(o *options) { o.maxBytes = n } }
 
 // WithOwners sets whether entries keep their uid and gid (default: only when running as root).
@@ -83,9 +87,15 @@ func WithOwners(keep bool) Option { return func(o *options) { o.owners = keep } 
 func withoutSync() Option { return func(o *options) { o.noSync = true } }
 
 func newOptions(opts []Option) options {
-	o := options{owners: os.Geteuid() == 0}
+	o := options{owners: os.Geteuid() == 0, freeSpace: freeSpace}
 	for _, f := range opts {
 		f(&o)
+	}
+	if o.maxBytes == 0 {
+		o.maxBytes = DefaultMaxBytes
+	}
+	if o.maxEntries == 0 {
+		o.maxEntries = DefaultMaxEntries
 	}
 	return o
 }
@@ -93,6 +103,11 @@ func newOptions(opts []Option) options {
 // Unpack verifies blob against digest ("sha256:<hex>") and, only if it matches,
 // extracts it (tar, gzip- or zstd-compressed tar) under root, which is created if missing.
 // It returns what it placed, in order.
+//
+// Before placing anything the layer is read through once and refused with
+// ErrLimit if it exceeds its bounds (WithMaxBytes, WithMaxEntries, path
+// length, free space under root), so a refused layer leaves nothing behind.
+// Setuid and setgid bits are dropped unless WithSetuid(true).
 func Unpack(ctx context.Context, blob io.Reader, digest, root string, opts ...Option) ([]Record, error) {
 	o := newOptions(opts)
 	want, err := DigestHex(digest)

@@ -11,8 +11,8 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 
-	"github.com/flotilla-dev/flotilla/bundle/internal/registrytest"
 	"github.com/flotilla-dev/flotilla/bundle/plan"
+	"github.com/flotilla-dev/flotilla/internal/registrytest"
 	"github.com/flotilla-dev/flotilla/internal/testbin"
 )
 

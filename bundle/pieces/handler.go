@@ -29,10 +29,18 @@ func WithUploadLimit(l *rate.Limiter) HandlerOption { return func(h *handler) { 
 // WithLogger sets where the handler logs refused or failed requests.
 func WithLogger(l *slog.Logger) HandlerOption { return func(h *handler) { h.log = l } }
 
+// WithAuthorize makes every request pass authorize(r, digest) first; an
+// error is answered 403 with its text. Without it the handler serves
+// whoever reached it (the TLS layer decides).
+func WithAuthorize(authorize func(r *http.Request, d v1.Hash) error) HandlerOption {
+	return func(h *handler) { h.authorize = authorize }
+}
+
 type handler struct {
-	store *Store
-	limit *rate.Limiter
-	log   *slog.Logger
+	store     *Store
+	limit     *rate.Limiter
+	log       *slog.Logger
+	authorize func(*http.Request, v1.Hash) error
 }
 
 // NewHandler serves the pieces the store holds:
@@ -55,17 +63,29 @@ func NewHandler(s *Store, opts ...HandlerOption) http.Handler {
 	return mux
 }
 
-func parseDigest(w http.ResponseWriter, r *http.Request) (v1.Hash, bool) {
+// parseDigest reads the request's digest and authorizes the request for it.
+func (h *handler) parseDigest(w http.ResponseWriter, r *http.Request) (v1.Hash, bool) {
 	d, err := v1.NewHash(r.PathValue("digest"))
 	if err != nil || d.Algorithm != "sha256" {
 		http.Error(w, "bad digest: want sha256:<64 hex>", http.StatusBadRequest)
 		return v1.Hash{}, false
 	}
+	if h.authorize != nil {
+		// Blobs not held are not worth a check (nor a question to the tracker).
+		if h.store.lookup(d) == nil {
+			http.Error(w, "blob not held", http.StatusNotFound)
+			return v1.Hash{}, false
+		}
+		if err := h.authorize(r, d); err != nil {
+			http.Error(w, "forbidden: "+err.Error(), http.StatusForbidden)
+			return v1.Hash{}, false
+		}
+	}
 	return d, true
 }
 
 func (h *handler) bitfield(w http.ResponseWriter, r *http.Request) {
-	d, ok := parseDigest(w, r)
+	d, ok := h.parseDigest(w, r)
 	if !ok {
 		return
 	}
@@ -81,7 +101,7 @@ func (h *handler) bitfield(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *handler) piece(w http.ResponseWriter, r *http.Request) {
-	d, ok := parseDigest(w, r)
+	d, ok := h.parseDigest(w, r)
 	if !ok {
 		return
 	}
@@ -139,7 +159,7 @@ func (h *handler) waitPiece(ctx context.Context, d v1.Hash, i int, wait time.Dur
 }
 
 func (h *handler) blob(w http.ResponseWriter, r *http.Request) {
-	d, ok := parseDigest(w, r)
+	d, ok := h.parseDigest(w, r)
 	if !ok {
 		return
 	}

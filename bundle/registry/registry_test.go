@@ -13,8 +13,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/validate"
 
 	"github.com/flotilla-dev/flotilla/bundle/build"
-	"github.com/flotilla-dev/flotilla/bundle/internal/registrytest"
 	"github.com/flotilla-dev/flotilla/bundle/store"
+	"github.com/flotilla-dev/flotilla/internal/registrytest"
 )
 
 func openStore(t testing.TB) *store.Store {

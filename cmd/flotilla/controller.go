@@ -20,6 +20,10 @@ import (
 // agent binaries) on the controller: append from init().
 var controllerHandlers []func(dataDir string) map[string]http.Handler
 
+// controllerAgentHandlers are like controllerHandlers, for agents only: the
+// controller serves them to a peer certificate of a node in its inventory.
+var controllerAgentHandlers []func(dataDir string) map[string]http.Handler
+
 // controllerHooks run after the controller started (e.g. the rollout engine
 // registering admin handlers); append from init().
 var controllerHooks []func(ctx context.Context, c *controller.Controller) error
@@ -66,6 +70,12 @@ Agents join over HTTPS (--http-listen) with a token and then talk NATS over TLS 
 			for _, f := range controllerHandlers {
 				for p, h := range f(opts.DataDir) {
 					opts.Handlers[p] = h
+				}
+			}
+			opts.AgentHandlers = map[string]http.Handler{}
+			for _, f := range controllerAgentHandlers {
+				for p, h := range f(opts.DataDir) {
+					opts.AgentHandlers[p] = h
 				}
 			}
 			c, err := controller.New(opts)

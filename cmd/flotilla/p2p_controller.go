@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/http"
 	"path/filepath"
+	"sync/atomic"
 
 	"github.com/flotilla-dev/flotilla/bundle/store"
 	"github.com/flotilla-dev/flotilla/controller"
@@ -17,23 +18,32 @@ import (
 // from the controller's blob URL alone).
 var p2pSeed *tracker.Seed
 
+// p2pController answers the tracker's inventory questions once it runs.
+var p2pController atomic.Pointer[controller.Controller]
+
 // The tracker and the seed's pieces go on the controller's HTTPS server,
-// for agents only (their peer certificate, mutual TLS).
+// for agents only (their peer certificate, mutual TLS, and a node in the
+// inventory).
 func init() {
-	controllerHandlers = append(controllerHandlers, func(dataDir string) map[string]http.Handler {
-		seed, err := tracker.NewSeed(filepath.Join(dataDir, "seed"), tracker.New(0), slog.Default().With("component", "seed"))
+	controllerAgentHandlers = append(controllerAgentHandlers, func(dataDir string) map[string]http.Handler {
+		log := slog.Default().With("component", "seed")
+		seed, err := tracker.NewSeed(filepath.Join(dataDir, "seed"), tracker.New(0), log)
 		if err != nil {
 			slog.Error("peer-to-peer distribution off: layers come from the controller alone", "err", err)
 			return nil
 		}
 		p2pSeed = seed
-		out := map[string]http.Handler{}
-		for pattern, h := range seed.Handlers(controller.AgentFromRequest) {
-			out[pattern] = controller.RequireAgentCert(h)
-		}
-		return out
+		return seed.Handlers(tracker.Access{
+			Identify: controller.AgentFromRequest,
+			Member: func(node string) bool {
+				c := p2pController.Load()
+				return c != nil && c.IsMember(node)
+			},
+			Log: log,
+		})
 	})
 	controllerHooks = append(controllerHooks, func(ctx context.Context, c *controller.Controller) error {
+		p2pController.Store(c)
 		if p2pSeed != nil {
 			p2pSeed.SetAddr(c.HTTPURL())
 			go p2pSeed.Run(ctx)

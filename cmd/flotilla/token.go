@@ -62,7 +62,7 @@ or removing it first with ` + "`flotilla nodes remove NAME`" + `.`,
 				return cliWriteJSON(cmd, ti)
 			}
 			w := cmd.OutOrStdout()
-			fmt.Fprintf(w, "token:   %s\nexpires: %s\nCA hash: %s\n\nOn each node, as root:\n  %s\n\nor with the binary already there:\n  flotilla agent --controller %s --token %s --ca-hash %s\n",
+			fmt.Fprintf(w, "token:   %s\nexpires: %s\nCA hash: %s\n\nOn each node, as root (it checks the controller's CA against the hash before it fetches and runs anything):\n  %s\n\nor with the binary already there:\n  flotilla agent --controller %s --token %s --ca-hash %s\n",
 				ti.Token, ti.Expires.Local().Format(time.RFC3339), ti.CAHash, ti.Bootstrap, ti.JoinURL, ti.Token, ti.CAHash)
 			return nil
 		},

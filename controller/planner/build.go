@@ -73,7 +73,7 @@ func Plan(in Input) (*ClusterPlan, error) {
 		}
 		byPhase[phase] = append(byPhase[phase], *np)
 		if i == master0 && in.Image.Cmd != nil {
-			hc, err := renderStep(in.Image.Cmd, c, np.Env, dataFor(np, m, facts), nil, nil)
+			hc, err := renderStep(in.Image.Cmd, c, np.Env, dataFor(np, m, facts), nil, nil, nil)
 			if err != nil {
 				errs = append(errs, fmt.Errorf("node %s: CMD: %w", m.agent.Name, err))
 			} else {
@@ -172,10 +172,18 @@ func nodePlan(in Input, c *clusterfile.Cluster, m member, facts ClusterFacts, is
 	np.FromImage = applied.Image
 	data := dataFor(np, m, facts)
 
+	unpack, err := img.Unpack()
+	if err != nil {
+		return nil, err
+	}
+	var up *plan.UnpackPolicy
+	if unpack != (plan.UnpackPolicy{}) {
+		up = &unpack
+	}
 	maxLayerSeq := 0
 	for _, l := range img.LayersFor(roles, isMaster0) {
 		np.Layers = append(np.Layers, Layer{Digest: l.Digest, DiffID: l.DiffID, Size: l.Size, Role: l.Role, Seq: l.Seq,
-			Skip: slices.Contains(applied.Layers, l.Digest)})
+			Skip: slices.Contains(applied.Layers, l.Digest), Unpack: up})
 		maxLayerSeq = max(maxLayerSeq, l.Seq)
 	}
 
@@ -215,9 +223,13 @@ func nodePlan(in Input, c *clusterfile.Cluster, m member, facts ClusterFacts, is
 		np.Files[i].Skip = fileApplied(applied.Files, np.Files[i])
 	}
 
+	if err := planImages(in, np, img, m.agent.Arch, applied, isMaster0); err != nil {
+		return nil, err
+	}
+
 	var services []string
 	for _, s := range img.StepsFor(roles, isMaster0) {
-		st, err := renderStep(&s, c, np.Env, data, np.Layers, np.Files)
+		st, err := renderStep(&s, c, np.Env, data, np.Layers, np.Files, np.Images)
 		if err != nil {
 			return nil, err
 		}
@@ -227,7 +239,7 @@ func nodePlan(in Input, c *clusterfile.Cluster, m member, facts ClusterFacts, is
 		case !known:
 			st.Reason = "new node"
 		default:
-			st.Reason = changedBefore(st.Seq, np.Layers, np.Files)
+			st.Reason = changedBefore(st.Seq, np.Layers, np.Files, np.Images)
 		}
 		if st.Kind == plan.KindService {
 			services = append(services, st.Command)
@@ -235,7 +247,7 @@ func nodePlan(in Input, c *clusterfile.Cluster, m member, facts ClusterFacts, is
 		np.Steps = append(np.Steps, *st)
 	}
 
-	np.Undo = undoFor(applied, services, np.Files, np.Layers)
+	np.Undo = undoFor(applied, services, np.Files, np.Layers, img, np.Images != nil, c.Name)
 	np.Action = ActionNoop
 	switch {
 	case !known:
@@ -248,8 +260,11 @@ func nodePlan(in Input, c *clusterfile.Cluster, m member, facts ClusterFacts, is
 
 // changedBefore explains why a known node runs a step again: the last changed input
 // before it, or the step itself (command, env or role) changed.
-func changedBefore(seq int, layers []Layer, files []File) string {
+func changedBefore(seq int, layers []Layer, files []File, images *Images) string {
 	reason, at := "step or its env changed", -1
+	if images != nil && !images.Skip && images.Seq <= seq {
+		reason, at = "container images changed", images.Seq
+	}
 	for _, l := range layers {
 		if !l.Skip && l.Seq < seq && l.Seq > at {
 			reason, at = "layer "+protocol.ShortDigest(l.Digest)+" changed", l.Seq
@@ -282,7 +297,7 @@ func (n *NodePlan) hasWork() bool {
 			return true
 		}
 	}
-	return false
+	return n.Images != nil && !n.Images.Skip
 }
 
 func fill(f *File, src string, tmpl bool, data *Data) error {
@@ -307,7 +322,7 @@ func fileApplied(applied []AppliedFile, f File) bool {
 }
 
 // renderStep renders a step's command and computes its digest over what precedes it.
-func renderStep(s *plan.Step, c *clusterfile.Cluster, env map[string]string, data *Data, layers []Layer, files []File) (*Step, error) {
+func renderStep(s *plan.Step, c *clusterfile.Cluster, env map[string]string, data *Data, layers []Layer, files []File, images *Images) (*Step, error) {
 	name := fmt.Sprintf("step %s %s (Kubefile line %d)", strings.ToUpper(s.Kind), s.Command, s.Line)
 	cmd := s.Command
 	if strings.Contains(cmd, "{{") {
@@ -331,17 +346,21 @@ func renderStep(s *plan.Step, c *clusterfile.Cluster, env map[string]string, dat
 		timeout = d
 	}
 	st := &Step{Kind: s.Kind, Command: cmd, Role: s.Role, Line: s.Line, Seq: s.Seq, Timeout: timeout, Env: env}
-	st.Digest = stepDigest(st, layers, files)
+	st.Digest = stepDigest(st, layers, files, images)
 	return st, nil
 }
 
 // undoFor lists what a kept node no longer needs: services (reverse start order), then
-// rendered files, then layers.
-func undoFor(a Applied, services []string, files []File, layers []Layer) []Undo {
+// rendered files, then layers, then the cluster's container images when the node gets
+// none any more (a changed set is replaced by the images step itself).
+func undoFor(a Applied, services []string, files []File, layers []Layer, img *plan.Plan, keepImages bool, cluster string) []Undo {
 	var out []Undo
 	for i := len(a.Services) - 1; i >= 0; i-- {
 		if !slices.Contains(services, a.Services[i]) {
 			out = append(out, Undo{Kind: UndoStopService, Target: a.Services[i]})
+			if IsLvscareUnit(img, a.Services[i]) {
+				out = append(out, Undo{Kind: UndoCleanLvscare, Target: a.Services[i]})
+			}
 		}
 	}
 	for i := len(a.Files) - 1; i >= 0; i-- {
@@ -353,6 +372,9 @@ func undoFor(a Applied, services []string, files []File, layers []Layer) []Undo 
 		if !slices.ContainsFunc(layers, func(l Layer) bool { return l.Digest == a.Layers[i] }) {
 			out = append(out, Undo{Kind: UndoRemoveLayer, Target: a.Layers[i]})
 		}
+	}
+	if !keepImages && (len(a.Images) > 0 || a.ImagesDigest != "") {
+		out = append(out, Undo{Kind: UndoRemoveImages, Target: cluster})
 	}
 	return out
 }
@@ -370,7 +392,8 @@ func removals(in Input, selected map[string]bool, order []string) []NodePlan {
 			continue
 		}
 		a := in.Applied[name]
-		np := NodePlan{Node: name, Roles: a.Roles, Action: ActionRemove, FromImage: a.Image, Undo: undoFor(a, nil, nil, nil)}
+		np := NodePlan{Node: name, Roles: a.Roles, Action: ActionRemove, FromImage: a.Image, Undo: undoFor(a, nil, nil, nil, in.Image, false, in.File.Cluster.Name),
+			DropImages: appliedImageNames(a.Images)}
 		if ag, ok := agents[name]; ok {
 			np.Online = ag.Online
 			if len(ag.IPs) > 0 {

@@ -31,7 +31,7 @@ func (p *ClusterPlan) WriteText(w io.Writer) error {
 	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "PHASE\tNODE\tIP\tROLES\tACTION\tFETCH\tFILES\tRUN\tSKIP\tUNDO")
+	fmt.Fprintln(tw, "PHASE\tNODE\tIP\tROLES\tACTION\tFETCH\tFILES\tIMAGES\tRUN\tSKIP\tUNDO")
 	for _, ph := range p.Phases {
 		for _, n := range ph.Nodes {
 			var fetch, files, run, skip int
@@ -56,8 +56,15 @@ func (p *ClusterPlan) WriteText(w io.Writer) error {
 			if !n.Online {
 				ip += " (offline)"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\n", ph.Name, n.Node, strings.TrimSpace(ip),
-				strings.Join(n.Roles, ","), n.Action, fetch, files, run, skip, len(n.Undo))
+			images := "-"
+			if n.Images != nil {
+				images = fmt.Sprint(len(n.Images.Images))
+				if n.Images.Skip {
+					images = "=" + images
+				}
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%d\t%d\t%d\n", ph.Name, n.Node, strings.TrimSpace(ip),
+				strings.Join(n.Roles, ","), n.Action, fetch, files, images, run, skip, len(n.Undo))
 		}
 	}
 	if err := tw.Flush(); err != nil {
@@ -69,7 +76,7 @@ func (p *ClusterPlan) WriteText(w io.Writer) error {
 		}
 		fmt.Fprintf(w, "\n%s (%s):\n", n.Node, n.Action)
 		for _, u := range n.Undo {
-			if u.Kind != UndoRemoveLayer {
+			if u.Kind != UndoRemoveLayer && u.Kind != UndoRemoveImages {
 				fmt.Fprintf(w, "  - %s %s\n", u.Kind, u.Target)
 			}
 		}
@@ -87,6 +94,8 @@ func (p *ClusterPlan) WriteText(w io.Writer) error {
 					mark = "="
 				}
 				fmt.Fprintf(w, "  %s file %s %04o (%s, %s)\n", mark, it.File.Path, it.File.Mode, it.File.Source, protocol.ShortDigest(it.File.Digest))
+			case it.Images != nil:
+				writeImages(w, it.Images)
 			default:
 				mark := ">"
 				if it.Step.Skip {
@@ -100,9 +109,28 @@ func (p *ClusterPlan) WriteText(w io.Writer) error {
 				fmt.Fprintf(w, "  - %s %s\n", u.Kind, protocol.ShortDigest(u.Target))
 			}
 		}
+		for _, name := range n.DropImages {
+			fmt.Fprintf(w, "  - image %s (no longer carried for this node: garbage-collected from its cache)\n", name)
+		}
 	}
 	if p.HealthCheck != nil {
 		fmt.Fprintf(w, "\nhealth check on master0 after every phase: %s\n", p.HealthCheck.Command)
 	}
 	return nil
+}
+
+// writeImages lists the container images of a node's images step.
+func writeImages(w io.Writer, im *Images) {
+	mark, what := "+", "fetch what the node's cache lacks of"
+	if im.Skip {
+		mark, what = "=", "imported already:"
+	}
+	fmt.Fprintf(w, "  %s images for %s: %s %d blobs (%s)\n", mark, im.Platform, what, len(im.Blobs), human.Bytes(im.Size))
+	for _, ci := range im.Images {
+		name := ci.Name
+		if !strings.Contains(name, "@") {
+			name += " " + protocol.ShortDigest(ci.Digest)
+		}
+		fmt.Fprintf(w, "    %s image %s (roles %s)\n", mark, name, strings.Join(ci.Roles, ","))
+	}
 }

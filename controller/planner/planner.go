@@ -39,6 +39,16 @@ type Applied struct {
 	Steps    []string      // digests of the steps that succeeded
 	Files    []AppliedFile // rendered files placed (templates and Configs)
 	Services []string      // units started, in start order
+	// Images are the container images the node's image cache holds for this cluster,
+	// imported by the images step whose digest is ImagesDigest.
+	Images       []AppliedImage
+	ImagesDigest string
+}
+
+// AppliedImage is one container image a node imported.
+type AppliedImage struct {
+	Name   string `json:"name"`
+	Digest string `json:"digest"`
 }
 
 // AppliedFile is one rendered file a node placed.
@@ -59,6 +69,17 @@ type Input struct {
 	ImageByArch map[string]*plan.Plan
 	Agents      []Agent            // the inventory
 	Applied     map[string]Applied // per node name, for this cluster (nodes no longer listed are removed)
+	// Carried returns what a node of platform ("linux/arm64") needs of a carried
+	// container image: every manifest, config and layer blob (the controller walks
+	// its store with bundle/carry). Needed only when the image carries container images.
+	Carried func(img plan.ContainerImage, platform string) ([]ImageBlob, error)
+}
+
+// ImageBlob is one manifest or blob of a carried container image.
+type ImageBlob struct {
+	Digest    string `json:"digest"`
+	Size      int64  `json:"size"`
+	MediaType string `json:"mediaType"`
 }
 
 // Action says what a node's plan does overall.
@@ -109,7 +130,30 @@ type NodePlan struct {
 	Layers    []Layer           `json:"layers,omitempty"`
 	Files     []File            `json:"files,omitempty"`
 	Steps     []Step            `json:"steps,omitempty"`
-	Undo      []Undo            `json:"undo,omitempty"`
+	// Images are the container images the node's roles get (nil: none).
+	Images *Images `json:"images,omitempty"`
+	// DropImages names the container images the node holds for this cluster and no
+	// longer gets (the images step or the remove-images undo drops them).
+	DropImages []string `json:"dropImages,omitempty"`
+	Undo       []Undo   `json:"undo,omitempty"`
+}
+
+// Images is the container images a node gets, imported by one step placed after the
+// layers and files before the node's first run or service step, so that every step
+// can pull them from the node-local mirror. Its digest covers the cluster (the cache
+// owner), the platform and every image's name and digest: a node that imported that
+// set skips it, an upgrade imports the new set (fetching only the blobs the cache
+// lacks) and the steps after it run again when it changed.
+type Images struct {
+	Platform string                `json:"platform"` // linux/<node arch>
+	Images   []plan.ContainerImage `json:"images"`
+	// Blobs is what the images need on Platform (manifests, configs, layers; each
+	// once); Size their total, what a node with an empty cache fetches.
+	Blobs  []ImageBlob `json:"blobs"`
+	Size   int64       `json:"size"`
+	Seq    int         `json:"seq"`
+	Digest string      `json:"digest"`
+	Skip   bool        `json:"skip,omitempty"` // the node imported this set already
 }
 
 // Layer is one image layer a node needs.
@@ -120,6 +164,9 @@ type Layer struct {
 	Role   string `json:"role"`
 	Seq    int    `json:"seq"`
 	Skip   bool   `json:"skip,omitempty"` // already present on the node
+	// Unpack is how the node unpacks it (the image's dev.flotilla.unpack.*
+	// labels); nil: the agent's defaults.
+	Unpack *plan.UnpackPolicy `json:"unpack,omitempty"`
 }
 
 // File is one rendered file to place.
@@ -155,6 +202,12 @@ const (
 	UndoStopService UndoKind = "stop-service" // stop and disable the unit
 	UndoRemoveFile  UndoKind = "remove-file"  // remove a rendered file
 	UndoRemoveLayer UndoKind = "remove-layer" // remove the files a layer placed, except paths a present layer also placed
+	// UndoCleanLvscare follows the stop of an lvscare unit (IsLvscareUnit): a
+	// stopped lvscare leaves its kernel rules in place on purpose.
+	UndoCleanLvscare UndoKind = "clean-lvscare"
+	// UndoRemoveImages drops the cluster's container images from the node's image cache
+	// (blobs another cluster's images use stay); Target is the cluster.
+	UndoRemoveImages UndoKind = "remove-images"
 )
 
 // Undo is one thing to take back on a node: services no longer wanted (reverse start
@@ -168,10 +221,11 @@ type Undo struct {
 
 // Item is one entry of a node's work in run order (exactly one field set).
 type Item struct {
-	Seq   int
-	Layer *Layer
-	File  *File
-	Step  *Step
+	Seq    int
+	Layer  *Layer
+	File   *File
+	Images *Images
+	Step   *Step
 }
 
 // Ordered returns the node's layers, files and steps merged in run order.
@@ -183,6 +237,9 @@ func (n *NodePlan) Ordered() []Item {
 	for i := range n.Files {
 		out = append(out, Item{Seq: n.Files[i].Seq, File: &n.Files[i]})
 	}
+	if n.Images != nil {
+		out = append(out, Item{Seq: n.Images.Seq, Images: n.Images})
+	}
 	for i := range n.Steps {
 		out = append(out, Item{Seq: n.Steps[i].Seq, Step: &n.Steps[i]})
 	}
@@ -192,8 +249,10 @@ func (n *NodePlan) Ordered() []Item {
 			return 0
 		case it.File != nil:
 			return 1
+		case it.Images != nil:
+			return 2
 		}
-		return 2
+		return 3
 	}
 	sort.SliceStable(out, func(i, j int) bool {
 		if out[i].Seq != out[j].Seq {

@@ -100,6 +100,9 @@ func applied(p *ClusterPlan) map[string]Applied {
 				a.Services = append(a.Services, s.Command)
 			}
 		}
+		if n.Images != nil {
+			a.Images, a.ImagesDigest = n.Images.AppliedImages(), n.Images.Digest
+		}
 		out[n.Node] = a
 	}
 	return out
@@ -263,7 +266,7 @@ func TestScaleDown(t *testing.T) {
 		t.Fatalf("\n got %q\nwant %q", got, want)
 	}
 	n2 := p.Node("n2")
-	wantUndo := []Undo{{UndoStopService, "lvscare.service"}, {UndoRemoveFile, "/etc/lvscare.conf"}, {UndoRemoveLayer, lLvscare}, {UndoRemoveLayer, lBin}}
+	wantUndo := []Undo{{UndoStopService, "lvscare.service"}, {UndoCleanLvscare, "lvscare.service"}, {UndoRemoveFile, "/etc/lvscare.conf"}, {UndoRemoveLayer, lLvscare}, {UndoRemoveLayer, lBin}}
 	if !slices.Equal(n2.Undo, wantUndo) || n2.Online {
 		t.Errorf("n2 undo %v online %v, want %v offline", n2.Undo, n2.Online, wantUndo)
 	}
@@ -323,7 +326,7 @@ func TestRoleChange(t *testing.T) {
 		t.Fatalf("\n got %q\nwant %q", got, want)
 	}
 	n2 := p.Node("n2")
-	wantUndo := []Undo{{UndoStopService, "lvscare.service"}, {UndoRemoveFile, "/etc/lvscare.conf"}, {UndoRemoveLayer, lLvscare}}
+	wantUndo := []Undo{{UndoStopService, "lvscare.service"}, {UndoCleanLvscare, "lvscare.service"}, {UndoRemoveFile, "/etc/lvscare.conf"}, {UndoRemoveLayer, lLvscare}}
 	if !slices.Equal(n2.Undo, wantUndo) {
 		t.Errorf("n2 undo %v, want %v", n2.Undo, wantUndo)
 	}

@@ -76,7 +76,7 @@ func sha(b []byte) string {
 }
 
 // stepDigest hashes a step with everything before it that may change its effect.
-func stepDigest(s *Step, layers []Layer, files []File) string {
+func stepDigest(s *Step, layers []Layer, files []File, images *Images) string {
 	h := sha256.New()
 	fmt.Fprintf(h, "kind %q\ncommand %q\nrole %q\n", s.Kind, s.Command, s.Role)
 	keys := make([]string, 0, len(s.Env))
@@ -96,6 +96,9 @@ func stepDigest(s *Step, layers []Layer, files []File) string {
 		if f.Seq < s.Seq {
 			fmt.Fprintf(h, "file %q %o %s\n", f.Path, f.Mode, f.Digest)
 		}
+	}
+	if images != nil && images.Seq <= s.Seq {
+		fmt.Fprintf(h, "images %s\n", images.Digest)
 	}
 	return "sha256:" + hex.EncodeToString(h.Sum(nil))
 }

@@ -157,7 +157,7 @@ func (e *Engine) planFor(ctx context.Context, cf *clusterfile.File, img *image) 
 		return nil, nil, err
 	}
 	p, err := planner.Plan(planner.Input{File: cf, Image: img.plan, ImageDigest: img.digest, ImageByArch: img.byArch,
-		Agents: agents, Applied: applied})
+		Agents: agents, Applied: applied, Carried: e.carried()})
 	if err != nil {
 		return nil, nil, err
 	}

@@ -303,7 +303,7 @@ func (e *Engine) wait(ctx context.Context, run TaskRun, t *protocol.Task, regist
 func cloneApplied(a planner.Applied) planner.Applied {
 	return planner.Applied{Image: a.Image, Roles: append([]string(nil), a.Roles...), Layers: append([]string(nil), a.Layers...),
 		Steps: append([]string(nil), a.Steps...), Files: append([]planner.AppliedFile(nil), a.Files...),
-		Services: append([]string(nil), a.Services...)}
+		Services: append([]string(nil), a.Services...), Images: append([]planner.AppliedImage(nil), a.Images...), ImagesDigest: a.ImagesDigest}
 }
 
 func equalStrings(a, b []string) bool {

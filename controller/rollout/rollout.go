@@ -19,7 +19,6 @@ import (
 	"github.com/flotilla-dev/flotilla/controller"
 	"github.com/flotilla-dev/flotilla/controller/clusterfile"
 	"github.com/flotilla-dev/flotilla/protocol"
-	"github.com/nats-io/nats.go"
 )
 
 // Fleet is what the engine needs from the control plane: the inventory and task
@@ -66,6 +65,9 @@ type Options struct {
 	// DecorateLayer, if set, completes each layer step's payload before dispatch (for
 	// peer-to-peer: Pieces, MaxDownload, MaxUpload). An error fails the rollout's start.
 	DecorateLayer func(ctx context.Context, req LayerRequest) error
+	// MaxImagePieceBytes bounds the piece lists of one images step (default
+	// DefaultMaxImagePieceBytes); blobs past it are fetched from the controller alone.
+	MaxImagePieceBytes int
 	// Infra, if set, makes the machines of spec.infra before an apply is planned
 	// and destroys those no longer wanted after a rollout (see Infra).
 	Infra  Infra
@@ -92,10 +94,10 @@ type Engine struct {
 	// watchers are told when a node registers again while one of its tasks runs: an
 	// agent that restarted lost the task (it may come back before its heartbeats are
 	// missed, so Wait alone would not notice).
-	watchMu   sync.Mutex
-	watchers  map[string]map[int]chan struct{}
-	watchNext int
-	regSub    *nats.Subscription
+	watchMu      sync.Mutex
+	watchers     map[string]map[int]chan struct{}
+	watchNext    int
+	stopRegWatch func()
 }
 
 // New opens the engine's state in the controller's JetStream and its blob token key.
@@ -125,6 +127,9 @@ func New(ctrl *controller.Controller, st *store.Store, opts Options) (*Engine, e
 	if opts.BlobTokenTTL <= 0 {
 		opts.BlobTokenTTL = 24 * time.Hour
 	}
+	if opts.MaxImagePieceBytes <= 0 {
+		opts.MaxImagePieceBytes = DefaultMaxImagePieceBytes
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
@@ -143,17 +148,9 @@ func New(ctrl *controller.Controller, st *store.Store, opts Options) (*Engine, e
 		e.cancel()
 		return nil, err
 	}
-	if nc := ctrl.Conn(); nc != nil {
-		e.regSub, err = nc.Subscribe(protocol.AllRegister, func(m *nats.Msg) {
-			if node, ok := protocol.NodeFromSubject(m.Subject); ok {
-				e.nodeRegistered(node)
-			}
-		})
-		if err != nil {
-			e.cancel()
-			return nil, fmt.Errorf("rollout engine: watch node registrations: %w", err)
-		}
-	}
+	// Registrations the controller accepted (validated, stored), never the raw
+	// subject: a refused or spoofed registration does not wake a rollout.
+	e.stopRegWatch = ctrl.OnRegistered(e.nodeRegistered)
 	return e, nil
 }
 
@@ -203,8 +200,8 @@ func (e *Engine) BlobHandler() http.Handler {
 // and the next engine's Resume continues them.
 func (e *Engine) Close() {
 	e.cancel()
-	if e.regSub != nil {
-		_ = e.regSub.Unsubscribe()
+	if e.stopRegWatch != nil {
+		e.stopRegWatch()
 	}
 	e.wg.Wait()
 }

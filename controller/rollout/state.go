@@ -77,15 +77,20 @@ type appliedRecord struct {
 	Steps    []string              `json:"steps,omitempty"`
 	Files    []planner.AppliedFile `json:"files,omitempty"`
 	Services []string              `json:"services,omitempty"`
-	Updated  time.Time             `json:"updated"`
+	// Images and ImagesDigest: the container images imported for the cluster.
+	Images       []planner.AppliedImage `json:"images,omitempty"`
+	ImagesDigest string                 `json:"imagesDigest,omitempty"`
+	Updated      time.Time              `json:"updated"`
 }
 
 func toRecord(a planner.Applied) appliedRecord {
-	return appliedRecord{Image: a.Image, Roles: a.Roles, Layers: a.Layers, Steps: a.Steps, Files: a.Files, Services: a.Services}
+	return appliedRecord{Image: a.Image, Roles: a.Roles, Layers: a.Layers, Steps: a.Steps, Files: a.Files, Services: a.Services,
+		Images: a.Images, ImagesDigest: a.ImagesDigest}
 }
 
 func (r appliedRecord) applied() planner.Applied {
-	return planner.Applied{Image: r.Image, Roles: r.Roles, Layers: r.Layers, Steps: r.Steps, Files: r.Files, Services: r.Services}
+	return planner.Applied{Image: r.Image, Roles: r.Roles, Layers: r.Layers, Steps: r.Steps, Files: r.Files, Services: r.Services,
+		Images: r.Images, ImagesDigest: r.ImagesDigest}
 }
 
 // state is the engine's view of its KV buckets.

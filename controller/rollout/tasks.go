@@ -60,12 +60,14 @@ func (r *rolloutRun) buildTask(ctx context.Context, np *planner.NodePlan, applie
 				a.Files = slices.DeleteFunc(a.Files, func(f planner.AppliedFile) bool { return f.Path == u.Target })
 			case planner.UndoRemoveLayer:
 				a.Layers = slices.DeleteFunc(a.Layers, func(l string) bool { return l == u.Target })
+			case planner.UndoRemoveImages:
+				a.Images, a.ImagesDigest = nil, ""
 			}
 		})
 	}
 
 	for _, u := range np.Undo {
-		if u.Kind != planner.UndoRemoveLayer {
+		if u.Kind != planner.UndoRemoveLayer && u.Kind != planner.UndoRemoveImages {
 			undo(u)
 		}
 	}
@@ -78,6 +80,9 @@ func (r *rolloutRun) buildTask(ctx context.Context, np *planner.NodePlan, applie
 			}
 			p := protocol.LayerPayload{Cluster: cluster, Digest: l.Digest, DiffID: l.DiffID, Size: l.Size,
 				URL: r.e.blobURL(l.Digest), Token: r.e.tokens.create(np.Node, l.Digest, time.Now().Add(r.e.opts.BlobTokenTTL))}
+			if u := l.Unpack; u != nil {
+				p.MaxUnpackBytes, p.MaxUnpackEntries, p.KeepSetuid = u.MaxBytes, u.MaxEntries, u.KeepSetuid
+			}
 			if d := r.e.opts.DecorateLayer; d != nil {
 				if err := d(ctx, LayerRequest{Cluster: &r.cf.Cluster, Node: np.Node, Payload: &p}); err != nil {
 					return nil, fmt.Errorf("node %s: layer %s: %w", np.Node, l.Digest, err)
@@ -89,6 +94,16 @@ func (r *rolloutRun) buildTask(ctx context.Context, np *planner.NodePlan, applie
 					a.Layers = append(a.Layers, l.Digest)
 				}
 			})
+		case it.Images != nil:
+			im := it.Images
+			if im.Skip {
+				continue
+			}
+			s, err := r.imagesStep(ctx, np.Node, im)
+			if err != nil {
+				return nil, err
+			}
+			add(s, 0, func(a *planner.Applied) { a.Images, a.ImagesDigest = im.AppliedImages(), im.Digest })
 		case it.File != nil:
 			f := *it.File
 			if f.Skip {
@@ -134,10 +149,18 @@ func (r *rolloutRun) buildTask(ctx context.Context, np *planner.NodePlan, applie
 	}
 	var forget []string
 	for _, u := range np.Undo {
-		if u.Kind == planner.UndoRemoveLayer {
+		switch u.Kind {
+		case planner.UndoRemoveLayer:
 			undo(u)
 			forget = append(forget, LayerStepDigest(cluster, u.Target))
+		case planner.UndoRemoveImages:
+			undo(u)
 		}
+	}
+	// The agent skips an images step whose digest it applied: forget the replaced one,
+	// so that going back to that set imports it again.
+	if d := applied.ImagesDigest; d != "" && (np.Images == nil || np.Images.Digest != d) {
+		forget = append(forget, d)
 	}
 	var stale []string
 	for _, d := range applied.Steps {

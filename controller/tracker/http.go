@@ -2,6 +2,7 @@ package tracker
 
 import (
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/http"
 
@@ -15,24 +16,57 @@ type PeersResponse struct {
 	Peers []pieces.PeerState `json:"peers"`
 }
 
-// maxAnnounceBody bounds an announcement: a bitfield of a million pieces is 128 KiB.
-const maxAnnounceBody = 1 << 20
+// Access says who may use the tracker. The zero value lets anyone announce
+// anything (a tracker for tests and `flotilla blob`); the controller sets
+// both functions.
+type Access struct {
+	// Identify returns the node whose peer certificate authenticated r; an
+	// agent announces only itself, never the seed.
+	Identify func(r *http.Request) (node string, ok bool)
+	// Member says whether node is in the controller's inventory now. Peers
+	// lists members only (and the seed), so a removed node stops being
+	// anyone's source at once, whatever it announced before.
+	Member func(node string) bool
+	// Log receives refusals, naming the node; nil: slog.Default().
+	Log *slog.Logger
+}
 
-// Handler serves the tracker over HTTP; mount it on an HTTPS server built
-// with pieces.ServerTLSConfig so only the cluster's agents reach it:
+// Handler serves the tracker over HTTP with no access control; mount it on
+// an HTTPS server built with pieces.ServerTLSConfig so only the cluster's
+// agents reach it. See HandlerWith.
+func (t *Tracker) Handler() http.Handler { return t.HandlerWith(Access{}) }
+
+// HandlerWith serves the tracker over HTTP:
 //
 //	POST /v1/tracker/announce         body: pieces.Announcement; 204 on success
 //	GET  /v1/tracker/peers/<digest>   PeersResponse
-func (t *Tracker) Handler() http.Handler {
+//
+// An announcement is decoded once, strictly (pieces.DecodeAnnouncement), and
+// what is checked is what is recorded.
+func (t *Tracker) HandlerWith(acc Access) http.Handler {
+	log := acc.Log
+	if log == nil {
+		log = slog.Default()
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/tracker/announce", func(w http.ResponseWriter, r *http.Request) {
-		var a pieces.Announcement
-		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxAnnounceBody)).Decode(&a); err != nil {
-			http.Error(w, "announcement: "+err.Error(), http.StatusBadRequest)
+		node, known := "", true
+		if acc.Identify != nil {
+			node, known = acc.Identify(r)
+		}
+		a, err := pieces.DecodeAnnouncement(http.MaxBytesReader(w, r.Body, pieces.MaxAnnouncementSize+1))
+		if err != nil {
+			log.Warn("tracker: refused announcement", "node", node, "remote", r.RemoteAddr, "err", err)
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		if acc.Identify != nil && (!known || a.Peer.ID != node || a.Peer.ID == pieces.SeedID) {
+			log.Warn("tracker: refused an announcement for another peer", "node", node, "peer", a.Peer.ID, "remote", r.RemoteAddr)
+			http.Error(w, fmt.Sprintf("announcement for peer %q from node %q: an agent announces only itself", a.Peer.ID, node), http.StatusForbidden)
 			return
 		}
 		if err := t.Announce(a); err != nil {
-			slog.Debug("tracker: refused announcement", "from", r.RemoteAddr, "err", err)
+			log.Warn("tracker: refused announcement", "node", node, "remote", r.RemoteAddr, "err", err)
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
@@ -44,8 +78,18 @@ func (t *Tracker) Handler() http.Handler {
 			http.Error(w, "digest: "+err.Error(), http.StatusBadRequest)
 			return
 		}
+		peers := t.Peers(d)
+		if acc.Member != nil {
+			kept := peers[:0]
+			for _, p := range peers {
+				if p.ID == pieces.SeedID || acc.Member(p.ID) {
+					kept = append(kept, p)
+				}
+			}
+			peers = kept
+		}
 		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(PeersResponse{Peers: t.Peers(d)})
+		json.NewEncoder(w).Encode(PeersResponse{Peers: peers})
 	})
 	return mux
 }

@@ -1,11 +1,9 @@
 package tracker
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -20,7 +18,7 @@ import (
 )
 
 // SeedID is the peer ID the controller's seed announces.
-const SeedID = "controller"
+const SeedID = pieces.SeedID
 
 // Seed is the controller's copy of the blobs it distributes, served piece by
 // piece as the first peer of every blob, and announced to the tracker.
@@ -197,28 +195,15 @@ func (s *Seed) Withdraw() {
 
 // Handlers returns what the controller mounts on its HTTPS server: the
 // tracker (/v1/tracker/) and the seed's pieces (/v1/pieces/). Wrap them with
-// the controller's client-certificate check; identify names the agent of a
-// request, and an agent may only announce itself.
-func (s *Seed) Handlers(identify func(*http.Request) (string, bool)) map[string]http.Handler {
-	th := s.tr.Handler()
+// the controller's client-certificate and inventory check; acc names the
+// agent of a request (an agent may only announce itself) and which nodes
+// are members.
+func (s *Seed) Handlers(acc Access) map[string]http.Handler {
+	if acc.Log == nil {
+		acc.Log = s.log
+	}
 	return map[string]http.Handler{
-		"/v1/tracker/": http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.Method == http.MethodPost {
-				body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxAnnounceBody))
-				if err != nil {
-					http.Error(w, "announcement: "+err.Error(), http.StatusBadRequest)
-					return
-				}
-				var a pieces.Announcement
-				node, ok := identify(r)
-				if json.Unmarshal(body, &a) == nil && (!ok || a.Peer.ID != node) {
-					http.Error(w, fmt.Sprintf("announcement for peer %q from node %q: an agent announces only itself", a.Peer.ID, node), http.StatusForbidden)
-					return
-				}
-				r.Body = io.NopCloser(bytes.NewReader(body))
-			}
-			th.ServeHTTP(w, r)
-		}),
-		"/v1/pieces/": pieces.NewHandler(s.store, pieces.WithLogger(s.log)),
+		"/v1/tracker/": s.tr.HandlerWith(acc),
+		"/v1/pieces/":  pieces.NewHandler(s.store, pieces.WithLogger(s.log)),
 	}
 }

@@ -76,10 +76,10 @@ func TestSeedAddsOnceAndSurvivesRestart(t *testing.T) {
 
 func TestSeedHandlersLetAgentsAnnounceOnlyThemselves(t *testing.T) {
 	s, _ := NewSeed(t.TempDir(), New(time.Minute), nil)
-	hs := s.Handlers(func(r *http.Request) (string, bool) {
+	hs := s.Handlers(Access{Identify: func(r *http.Request) (string, bool) {
 		n := r.Header.Get("X-Test-Node")
 		return n, n != ""
-	})
+	}})
 	mux := http.NewServeMux()
 	for p, h := range hs {
 		mux.Handle(p, h)

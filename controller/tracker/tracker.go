@@ -18,15 +18,41 @@ import (
 // re-announce well within it while they fetch or serve.
 const DefaultTTL = 30 * time.Second
 
-// Tracker is an in-memory, expiring record of announcements. It is safe for
-// concurrent use.
-type Tracker struct {
-	ttl time.Duration
-	now func() time.Time
+// Default bounds of the tracker's memory. A fleet of thousands of nodes
+// rolling out a handful of images stays far below them; a node that
+// announces made-up blobs fills its own share and then pushes out only its
+// own oldest records.
+const (
+	DefaultMaxBlobsPerPeer = 256     // blobs one peer may be recorded for
+	DefaultMaxPeersPerBlob = 8192    // peers recorded for one blob
+	DefaultMaxEntries      = 1 << 17 // (peer, blob) records in all
+	DefaultMaxHaveBytes    = 256 << 20
+)
 
-	mu    sync.Mutex
-	blobs map[v1.Hash]map[string]*entry
-	seq   uint64
+// Limits bound the tracker's records; zero fields take the defaults.
+type Limits struct {
+	MaxBlobsPerPeer int
+	MaxPeersPerBlob int
+	MaxEntries      int
+	// MaxHaveBytes bounds the bitfields held in all (a bitfield is up to 128 KiB).
+	MaxHaveBytes int
+}
+
+// Tracker is an in-memory, expiring, bounded record of announcements. It is
+// safe for concurrent use.
+type Tracker struct {
+	ttl    time.Duration
+	now    func() time.Time
+	limits Limits
+
+	mu        sync.Mutex
+	blobs     map[v1.Hash]map[string]*entry
+	byPeer    map[string]map[v1.Hash]*entry
+	entries   int
+	haveBytes int
+	seq       uint64
+	swept     time.Time
+	evicted   uint64
 }
 
 type entry struct {
@@ -40,21 +66,38 @@ type Option func(*Tracker)
 // WithClock replaces time.Now (tests).
 func WithClock(now func() time.Time) Option { return func(t *Tracker) { t.now = now } }
 
+// WithLimits replaces the default bounds.
+func WithLimits(l Limits) Option { return func(t *Tracker) { t.limits = l } }
+
 // New returns a tracker whose records expire ttl after their last announcement.
 func New(ttl time.Duration, opts ...Option) *Tracker {
 	if ttl <= 0 {
 		ttl = DefaultTTL
 	}
-	t := &Tracker{ttl: ttl, now: time.Now, blobs: map[v1.Hash]map[string]*entry{}}
+	t := &Tracker{ttl: ttl, now: time.Now, blobs: map[v1.Hash]map[string]*entry{}, byPeer: map[string]map[v1.Hash]*entry{}}
 	for _, o := range opts {
 		o(t)
 	}
+	def := func(v *int, d int) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	def(&t.limits.MaxBlobsPerPeer, DefaultMaxBlobsPerPeer)
+	def(&t.limits.MaxPeersPerBlob, DefaultMaxPeersPerBlob)
+	def(&t.limits.MaxEntries, DefaultMaxEntries)
+	def(&t.limits.MaxHaveBytes, DefaultMaxHaveBytes)
 	return t
 }
 
 // Announce records that a.Peer holds a.Have of blob a.Digest. A peer keeps
 // its place in the blob's order as long as it re-announces within the TTL,
 // so an agent restarted mid-fetch returns to the same spot in the pipeline.
+//
+// At a bound the least recently seen record goes: the peer's own when it
+// announces more blobs than MaxBlobsPerPeer, else the blob's (never the
+// seed's) at MaxPeersPerBlob, else the tracker's at MaxEntries or
+// MaxHaveBytes.
 func (t *Tracker) Announce(a pieces.Announcement) error {
 	if err := validate(a); err != nil {
 		return err
@@ -62,30 +105,146 @@ func (t *Tracker) Announce(a pieces.Announcement) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	now := t.now()
-	t.expireLocked(now)
-	peers := t.blobs[a.Digest]
-	if peers == nil {
-		peers = map[string]*entry{}
-		t.blobs[a.Digest] = peers
+	if now.Sub(t.swept) > t.ttl/10 {
+		t.expireLocked(now)
+		t.swept = now
 	}
-	e := peers[a.Peer.ID]
+	e := t.blobs[a.Digest][a.Peer.ID]
 	if e == nil {
+		t.makeRoomLocked(a.Peer.ID, a.Digest, len(a.Have))
 		t.seq++
 		e = &entry{order: t.seq}
-		peers[a.Peer.ID] = e
+		t.insertLocked(a.Peer.ID, a.Digest, e)
+	} else {
+		t.haveBytes -= len(e.state.Have)
+		for t.haveBytes+len(a.Have) > t.limits.MaxHaveBytes && t.evictLocked(t.oldestLocked(a.Peer.ID, a.Digest)) {
+		}
 	}
 	e.state = pieces.PeerState{Peer: a.Peer, Have: a.Have.Clone(), Complete: a.Complete, Seen: now}
+	t.haveBytes += len(e.state.Have)
 	return nil
+}
+
+// makeRoomLocked evicts records until a new (peer, d) record with a
+// bitfield of have bytes fits every bound.
+func (t *Tracker) makeRoomLocked(peer string, d v1.Hash, have int) {
+	for peer != pieces.SeedID && len(t.byPeer[peer]) >= t.limits.MaxBlobsPerPeer {
+		if !t.evictLocked(t.oldestOfPeerLocked(peer)) {
+			break
+		}
+	}
+	for len(t.blobs[d]) >= t.limits.MaxPeersPerBlob {
+		if !t.evictLocked(t.oldestOfBlobLocked(d)) {
+			break
+		}
+	}
+	for t.entries >= t.limits.MaxEntries || t.haveBytes+have > t.limits.MaxHaveBytes {
+		if !t.evictLocked(t.oldestLocked("", v1.Hash{})) {
+			break
+		}
+	}
+}
+
+type ref struct {
+	peer string
+	d    v1.Hash
+	ok   bool
+}
+
+// oldestOfPeerLocked is the peer's least recently seen record.
+func (t *Tracker) oldestOfPeerLocked(peer string) ref {
+	var best ref
+	var seen time.Time
+	for d, e := range t.byPeer[peer] {
+		if !best.ok || e.state.Seen.Before(seen) {
+			best, seen = ref{peer, d, true}, e.state.Seen
+		}
+	}
+	return best
+}
+
+// oldestOfBlobLocked is blob d's least recently seen record but the seed's.
+func (t *Tracker) oldestOfBlobLocked(d v1.Hash) ref {
+	var best ref
+	var seen time.Time
+	for id, e := range t.blobs[d] {
+		if id != pieces.SeedID && (!best.ok || e.state.Seen.Before(seen)) {
+			best, seen = ref{id, d, true}, e.state.Seen
+		}
+	}
+	return best
+}
+
+// oldestLocked is the least recently seen record, never the seed's nor
+// (keepPeer, keepBlob).
+func (t *Tracker) oldestLocked(keepPeer string, keepBlob v1.Hash) ref {
+	var best ref
+	var seen time.Time
+	for d, peers := range t.blobs {
+		for id, e := range peers {
+			if id == pieces.SeedID || (id == keepPeer && d == keepBlob) {
+				continue
+			}
+			if !best.ok || e.state.Seen.Before(seen) {
+				best, seen = ref{id, d, true}, e.state.Seen
+			}
+		}
+	}
+	return best
+}
+
+func (t *Tracker) evictLocked(r ref) bool {
+	if !r.ok {
+		return false
+	}
+	t.removeLocked(r.peer, r.d)
+	t.evicted++
+	return true
+}
+
+func (t *Tracker) insertLocked(peer string, d v1.Hash, e *entry) {
+	peers := t.blobs[d]
+	if peers == nil {
+		peers = map[string]*entry{}
+		t.blobs[d] = peers
+	}
+	peers[peer] = e
+	held := t.byPeer[peer]
+	if held == nil {
+		held = map[v1.Hash]*entry{}
+		t.byPeer[peer] = held
+	}
+	held[d] = e
+	t.entries++
+}
+
+func (t *Tracker) removeLocked(peer string, d v1.Hash) {
+	e := t.blobs[d][peer]
+	if e == nil {
+		return
+	}
+	t.haveBytes -= len(e.state.Have)
+	t.entries--
+	delete(t.blobs[d], peer)
+	if len(t.blobs[d]) == 0 {
+		delete(t.blobs, d)
+	}
+	delete(t.byPeer[peer], d)
+	if len(t.byPeer[peer]) == 0 {
+		delete(t.byPeer, peer)
+	}
 }
 
 // Peers returns the live peers of blob d in the order they first announced it.
 func (t *Tracker) Peers(d v1.Hash) []pieces.PeerState {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.expireLocked(t.now())
+	now := t.now()
 	es := make([]*entry, 0, len(t.blobs[d]))
 	for _, e := range t.blobs[d] {
-		es = append(es, e)
+		if now.Sub(e.state.Seen) <= t.ttl {
+			es = append(es, e)
+		}
 	}
 	sort.Slice(es, func(i, j int) bool { return es[i].order < es[j].order })
 	out := make([]pieces.PeerState, len(es))
@@ -96,15 +255,26 @@ func (t *Tracker) Peers(d v1.Hash) []pieces.PeerState {
 	return out
 }
 
+// Stats says how much the tracker holds and how many records it evicted at
+// its bounds (not counting expiry).
+type Stats struct {
+	Blobs, Peers, Entries, HaveBytes int
+	Evicted                          uint64
+}
+
+// Stats returns the tracker's current size.
+func (t *Tracker) Stats() Stats {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return Stats{Blobs: len(t.blobs), Peers: len(t.byPeer), Entries: t.entries, HaveBytes: t.haveBytes, Evicted: t.evicted}
+}
+
 // Forget drops every record of peer id (an agent that left the cluster).
 func (t *Tracker) Forget(id string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for d, peers := range t.blobs {
-		delete(peers, id)
-		if len(peers) == 0 {
-			delete(t.blobs, d)
-		}
+	for d := range t.byPeer[id] {
+		t.removeLocked(id, d)
 	}
 }
 
@@ -112,11 +282,8 @@ func (t *Tracker) expireLocked(now time.Time) {
 	for d, peers := range t.blobs {
 		for id, e := range peers {
 			if now.Sub(e.state.Seen) > t.ttl {
-				delete(peers, id)
+				t.removeLocked(id, d)
 			}
-		}
-		if len(peers) == 0 {
-			delete(t.blobs, d)
 		}
 	}
 }
@@ -126,7 +293,7 @@ func validate(a pieces.Announcement) error {
 		return fmt.Errorf("announcement: peer.id %q: want 1 to 253 characters", a.Peer.ID)
 	}
 	u, err := url.Parse(a.Peer.Addr)
-	if err != nil || u.Scheme != "https" || u.Host == "" || (u.Path != "" && u.Path != "/") {
+	if err != nil || u.Scheme != "https" || u.Host == "" || (u.Path != "" && u.Path != "/") || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
 		return fmt.Errorf("announcement from %s: peer.addr %q: want https://host:port", a.Peer.ID, a.Peer.Addr)
 	}
 	if a.Digest.Algorithm != "sha256" || len(a.Digest.Hex) != 64 {

@@ -3,6 +3,7 @@ package tracker
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -137,4 +138,89 @@ func TestHandler(t *testing.T) {
 	if r, _ := http.Get(srv.URL + "/v1/tracker/peers/sha256:zz"); r.StatusCode != http.StatusBadRequest {
 		t.Fatalf("bad digest: %d, want 400", r.StatusCode)
 	}
+}
+
+func blob(i int) v1.Hash {
+	return v1.Hash{Algorithm: "sha256", Hex: fmt.Sprintf("%064x", i)}
+}
+
+// TestTrackerBoundsHoldUnderFlood: a peer announcing thousands of made-up
+// blobs, thousands of peers announcing one blob, and a flood of both keep
+// the tracker within its bounds, evicting the least recently seen records:
+// the flooder's own first, never the seed's.
+func TestTrackerBoundsHoldUnderFlood(t *testing.T) {
+	now := time.Unix(1000, 0)
+	tick := func() time.Time { now = now.Add(time.Millisecond); return now }
+	lim := Limits{MaxBlobsPerPeer: 8, MaxPeersPerBlob: 16, MaxEntries: 64, MaxHaveBytes: 64 * 16}
+	tr := New(time.Hour, WithClock(tick), WithLimits(lim))
+	must := func(a pieces.Announcement) {
+		t.Helper()
+		if err := tr.Announce(a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(ann(SeedID, blobA, 0))
+	must(ann("n1", blobA, 1))
+
+	// One node, 10 000 made-up blobs: it keeps its 8 newest; nobody else loses anything.
+	for i := range 10000 {
+		must(ann("flooder", blob(i), 0))
+	}
+	st := tr.Stats()
+	if got := len(tr.byPeer["flooder"]); got != lim.MaxBlobsPerPeer {
+		t.Errorf("the flooder holds %d records, want its bound %d", got, lim.MaxBlobsPerPeer)
+	}
+	if got := ids(tr.Peers(blobA)); got != SeedID+",n1" {
+		t.Errorf("blob A's peers after the flood: %s, want the seed and n1", got)
+	}
+	if _, ok := tr.byPeer["flooder"][blob(9999)]; !ok {
+		t.Error("the flooder's newest record was evicted instead of its oldest")
+	}
+	t.Logf("after one peer's flood: %+v", st)
+
+	// 1000 peers on one blob: the blob keeps 16 records, the seed among them.
+	for i := range 1000 {
+		must(ann(fmt.Sprintf("p%d", i), blobB, 0))
+	}
+	peers := tr.Peers(blobB)
+	if len(peers) != lim.MaxPeersPerBlob {
+		t.Errorf("blob B has %d peers, want its bound %d", len(peers), lim.MaxPeersPerBlob)
+	}
+	must(ann(SeedID, blobB, 0))
+	for i := range 100 {
+		must(ann(fmt.Sprintf("q%d", i), blobB, 0))
+	}
+	if !strings.Contains(ids(tr.Peers(blobB)), SeedID) {
+		t.Errorf("the seed was evicted from blob B: %s", ids(tr.Peers(blobB)))
+	}
+
+	// Many peers, many blobs: the total stays bounded.
+	for i := range 5000 {
+		must(ann(fmt.Sprintf("r%d", i%300), blob(100000+i), 0))
+	}
+	st = tr.Stats()
+	if st.Entries > lim.MaxEntries || st.HaveBytes > lim.MaxHaveBytes {
+		t.Errorf("after the flood: %+v, want at most %d records and %d bitfield bytes", st, lim.MaxEntries, lim.MaxHaveBytes)
+	}
+	if st.Evicted == 0 {
+		t.Error("nothing was evicted: the flood did not reach the bounds")
+	}
+	// Large bitfields hit the byte bound before the record bound.
+	big := ann("s1", blob(1), 0)
+	big.Have = make(pieces.Bitfield, 512)
+	must(big)
+	big.Peer.ID = "s2"
+	must(big)
+	if st := tr.Stats(); st.HaveBytes > lim.MaxHaveBytes {
+		t.Errorf("bitfield bytes %d over the bound %d", st.HaveBytes, lim.MaxHaveBytes)
+	}
+	// The bookkeeping matches the records.
+	n := 0
+	for _, peers := range tr.blobs {
+		n += len(peers)
+	}
+	if st := tr.Stats(); n != st.Entries {
+		t.Errorf("%d records, the count says %d", n, st.Entries)
+	}
+	t.Logf("after the floods: %+v", tr.Stats())
 }
