@@ -335,7 +335,7 @@ func TestReleaseScaleDown(t *testing.T) {
 
 // A node that joined under a machine's name without that machine's token is
 // not taken for the machine, and the error says how to clear it.
-func TestHostileNodeWithAMachineNameIsNotTaken(t *testing.T) {
+func TestNodeWithAMachineNameIsNotTaken(t *testing.T) {
 	k := startJetStream(t)
 	p := newFakeProvider()
 	ctrl := newFakeController(p)

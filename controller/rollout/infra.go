@@ -2,6 +2,7 @@ package rollout
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/flotilla-dev/flotilla/controller"
@@ -36,6 +37,14 @@ func (e *Engine) provideInfra(ctx context.Context, call *controller.AdminCall, r
 	if e.opts.Infra == nil {
 		return &clusterfile.FieldError{File: path, Line: cf.Cluster.Infra.Line, Field: "spec.infra",
 			Msg: "this controller creates no machines: start it with an infrastructure provider (flotilla controller --infra-sandbox FLEET), or list hosts in spec.hosts"}
+	}
+	// What would fail the plan anyway fails before any machine is made.
+	img, err := e.resolveImage(cf.Cluster.Image)
+	if err != nil {
+		return fmt.Errorf("%s: spec.image: %w", path, err)
+	}
+	if err := cf.Cluster.ValidateRoles(img.plan.Roles); err != nil {
+		return err
 	}
 	name := cf.Cluster.Name
 	return e.opts.Infra.Provide(ctx, &cf.Cluster, func(line string) {
