@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/internal/poll"
+
 	"github.com/flotilla-dev/flotilla/e2e/e2etest"
 	"github.com/flotilla-dev/flotilla/e2e/fleet"
 	"github.com/flotilla-dev/flotilla/e2e/fleet/fleettest"
@@ -148,7 +150,7 @@ func TestApply(t *testing.T) {
 				j, _ := run("node4", "journalctl", "-u", "flotilla-lvscare", "-n", "20", "--no-pager")
 				t.Fatalf("get through the VIP on node4: %v %q\n%s", err, out, j)
 			}
-			time.Sleep(time.Second)
+			time.Sleep(time.Second) // paces the reads through the VIP while lvscare notices the dead backend
 		}
 	})
 	if !ok {
@@ -292,15 +294,9 @@ func applyAsync(ctx context.Context, c *e2etest.Controller, cf string) <-chan ap
 // waitFile waits until path exists (a marker a step writes inside a node's root).
 func waitFile(t *testing.T, path string, timeout time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		if _, err := os.Stat(path); err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s did not appear within %s", path, timeout)
-		}
-		time.Sleep(100 * time.Millisecond)
+	exists := func() bool { _, err := os.Stat(path); return err == nil }
+	if err := poll.Until(context.Background(), timeout, 100*time.Millisecond, exists); err != nil {
+		t.Fatalf("%s did not appear: %v", path, err)
 	}
 }
 

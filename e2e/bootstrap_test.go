@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/internal/poll"
+
 	"github.com/flotilla-dev/flotilla/e2e/e2etest"
 	"github.com/flotilla-dev/flotilla/e2e/fleet"
 	"github.com/flotilla-dev/flotilla/e2e/fleet/fleettest"
@@ -53,7 +55,7 @@ func TestBootstrapOneLiner(t *testing.T) {
 
 	t.Run("ExpiredTokenLeavesNodeClean", func(t *testing.T) {
 		short := c.Token("1s")
-		time.Sleep(1500 * time.Millisecond)
+		time.Sleep(1500 * time.Millisecond) // the token must really have expired: only time passing does that
 		out, err := run("node6", short.Bootstrap+" --timeout 60")
 		if err == nil || !strings.Contains(out, "expired") || !strings.Contains(out, "undid the changes") {
 			t.Fatalf("err=%v, output:\n%s", err, out)
@@ -73,19 +75,16 @@ func TestBootstrapOneLiner(t *testing.T) {
 		if _, err := run("node2", "kill -9 "+pid); err != nil {
 			t.Fatal(err)
 		}
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			p := unit("node2", "MainPID")
-			if p != pid && p != "0" {
-				if _, err := run("node2", "flotilla agent status"); err == nil {
-					break
-				}
+		back := func() bool {
+			if p := unit("node2", "MainPID"); p == pid || p == "0" {
+				return false
 			}
-			if time.Now().After(deadline) {
-				out, _ := run("node2", "journalctl -u flotilla-agent -n 20 --no-pager")
-				t.Fatalf("agent not back after SIGKILL (MainPID %s -> %s):\n%s", pid, p, out)
-			}
-			time.Sleep(250 * time.Millisecond)
+			_, err := run("node2", "flotilla agent status")
+			return err == nil
+		}
+		if err := poll.Until(context.Background(), 30*time.Second, 250*time.Millisecond, back); err != nil {
+			out, _ := run("node2", "journalctl -u flotilla-agent -n 20 --no-pager")
+			t.Fatalf("agent not back after SIGKILL (MainPID %s -> %s): %v\n%s", pid, unit("node2", "MainPID"), err, out)
 		}
 		c.WaitOnline(30*time.Second, "node2")
 	})

@@ -86,7 +86,7 @@ func TestNftablesInNamespaces(t *testing.T) {
 					t.Errorf("request failed %s after the backend died (bound %s): %v", lastFail.Round(time.Millisecond), bound, err)
 				}
 			}
-			time.Sleep(10 * time.Millisecond)
+			time.Sleep(10 * time.Millisecond) // paces the requests whose failures this measures
 		}
 		t.Logf("MEASURED backend death -> last failed request: %s (%d failed requests; bound fall*interval+1s = %s)",
 			lastFail.Round(time.Millisecond), failures, bound)
@@ -128,7 +128,7 @@ func TestNftablesInNamespaces(t *testing.T) {
 		for _, b := range l.backends {
 			b.stop()
 		}
-		time.Sleep(time.Duration(fall)*interval + time.Second)
+		time.Sleep(time.Duration(fall)*interval + time.Second) // past the bound the health checker promises: the state being measured
 		var slowest time.Duration
 		for range 5 {
 			start := time.Now()

@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/internal/poll"
+
 	"github.com/vishvananda/netns"
 
 	"github.com/flotilla-dev/flotilla/internal/testbin"
@@ -322,13 +324,6 @@ func (p *proc) stop(t *testing.T) error {
 // waitFor polls cond every 20ms until it holds or timeout passes; it returns the time it took.
 func waitFor(timeout time.Duration, cond func() bool) (time.Duration, bool) {
 	start := time.Now()
-	for {
-		if cond() {
-			return time.Since(start), true
-		}
-		if time.Since(start) > timeout {
-			return time.Since(start), false
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	err := poll.Until(context.Background(), timeout, 20*time.Millisecond, cond)
+	return time.Since(start), err == nil
 }

@@ -22,6 +22,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/internal/poll"
+
 	"github.com/flotilla-dev/flotilla/e2e/fleet"
 	"github.com/flotilla-dev/flotilla/e2e/fleet/fleettest"
 	"github.com/flotilla-dev/flotilla/packaging"
@@ -199,10 +201,7 @@ func TestBootstrapScriptOnNodes(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(f.Root("node1"), "var/lib/flotilla-other")); err == nil {
 			t.Error("the failed run's data dir was left behind")
 		}
-		deadline := time.Now().Add(10 * time.Second)
-		for show("node1", "ActiveState") != "active" && time.Now().Before(deadline) {
-			time.Sleep(100 * time.Millisecond)
-		}
+		_ = poll.Until(context.Background(), 10*time.Second, 100*time.Millisecond, func() bool { return show("node1", "ActiveState") == "active" })
 		if got := show("node1", "ActiveState"); got != "active" {
 			t.Errorf("previous agent not running again: %s", got)
 		}
@@ -216,12 +215,12 @@ func TestBootstrapScriptOnNodes(t *testing.T) {
 		if _, err := run("node1", "kill -9 "+pid); err != nil {
 			t.Fatal(err)
 		}
-		deadline := time.Now().Add(15 * time.Second)
-		for time.Now().Before(deadline) {
-			if p := show("node1", "MainPID"); p != pid && p != "0" && show("node1", "ActiveState") == "active" {
-				return
-			}
-			time.Sleep(100 * time.Millisecond)
+		restarted := func() bool {
+			p := show("node1", "MainPID")
+			return p != pid && p != "0" && show("node1", "ActiveState") == "active"
+		}
+		if poll.Until(context.Background(), 15*time.Second, 100*time.Millisecond, restarted) == nil {
+			return
 		}
 		t.Errorf("agent not restarted after SIGKILL: %s %s", show("node1", "ActiveState"), show("node1", "MainPID"))
 	})

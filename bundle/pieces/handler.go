@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -41,6 +42,7 @@ type handler struct {
 	limit     *rate.Limiter
 	log       *slog.Logger
 	authorize func(*http.Request, v1.Hash) error
+	bufs      sync.Pool // chunk-sized buffers for serving pieces
 }
 
 // NewHandler serves the pieces the store holds:
@@ -52,7 +54,7 @@ type handler struct {
 // Mount it on an HTTPS server built with ServerTLSConfig: the handler itself
 // does not authenticate.
 func NewHandler(s *Store, opts ...HandlerOption) http.Handler {
-	h := &handler{store: s, log: slog.Default()}
+	h := &handler{store: s, log: slog.Default(), bufs: sync.Pool{New: func() any { b := make([]byte, chunk); return &b }}}
 	for _, o := range opts {
 		o(h)
 	}
@@ -123,15 +125,41 @@ func (h *handler) piece(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusNotFound)
 		return
 	}
-	data, err := p.ReadPiece(i)
+	sr, err := p.pieceReader(i)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusNotFound)
 		return
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
-	w.Header().Set("Content-Length", strconv.Itoa(len(data)))
-	if err := writeLimited(r.Context(), w, data, h.limit); err != nil {
+	w.Header().Set("Content-Length", strconv.FormatInt(sr.Size(), 10))
+	// Straight from the file through one pooled chunk buffer: no allocation
+	// of a whole piece per request (a seed serving 20 peers made 256 KiB of
+	// garbage per piece served).
+	bp := h.bufs.Get().(*[]byte)
+	defer h.bufs.Put(bp)
+	if err := copyLimited(r.Context(), w, sr, *bp, h.limit); err != nil {
 		h.log.Debug("serve piece", "digest", d, "piece", i, "peer", r.RemoteAddr, "err", err)
+	}
+}
+
+// copyLimited copies r to w one buffer at a time, waiting for the limiter (if any) before each write.
+func copyLimited(ctx context.Context, w io.Writer, r io.Reader, buf []byte, l *rate.Limiter) error {
+	for {
+		n, rerr := io.ReadFull(r, buf)
+		if n > 0 {
+			if err := WaitN(ctx, l, n); err != nil {
+				return err
+			}
+			if _, err := w.Write(buf[:n]); err != nil {
+				return err
+			}
+		}
+		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+			return nil
+		}
+		if rerr != nil {
+			return rerr
+		}
 	}
 }
 
@@ -201,24 +229,6 @@ func WaitN(ctx context.Context, l *rate.Limiter, n int) error {
 			return err
 		}
 		n -= c
-	}
-	return nil
-}
-
-func writeLimited(ctx context.Context, w io.Writer, data []byte, l *rate.Limiter) error {
-	if l == nil {
-		_, err := w.Write(data)
-		return err
-	}
-	for len(data) > 0 {
-		n := min(len(data), chunk)
-		if err := WaitN(ctx, l, n); err != nil {
-			return err
-		}
-		if _, err := w.Write(data[:n]); err != nil {
-			return err
-		}
-		data = data[n:]
 	}
 	return nil
 }

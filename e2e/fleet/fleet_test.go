@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/internal/poll"
+
 	"github.com/flotilla-dev/flotilla/e2e/fleet"
 	"github.com/flotilla-dev/flotilla/e2e/fleet/fleettest"
 	"github.com/vishvananda/netlink"
@@ -218,15 +220,9 @@ func assertGone(t *testing.T, name, bridge string, pid int) {
 		t.Errorf("nftables tables left behind: %s", out)
 	}
 	// The node's PID 1 is reaped by its parent a moment after it dies.
-	for i := 0; ; i++ {
-		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err != nil {
-			break
-		}
-		if i == 100 {
-			t.Errorf("node systemd (pid %d) still alive", pid)
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
+	gone := func() bool { _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); return err != nil }
+	if err := poll.Until(context.Background(), 5*time.Second, 50*time.Millisecond, gone); err != nil {
+		t.Errorf("node systemd (pid %d) still alive: %v", pid, err)
 	}
 }
 
