@@ -17,6 +17,7 @@ import (
 	"github.com/flotilla-dev/flotilla/e2e/fleet"
 	"github.com/flotilla-dev/flotilla/e2e/fleet/fleettest"
 	"github.com/flotilla-dev/flotilla/infra"
+	"github.com/flotilla-dev/flotilla/internal/poll"
 	"github.com/flotilla-dev/flotilla/protocol"
 	"github.com/vishvananda/netlink"
 )
@@ -224,16 +225,11 @@ func TestInfraSandbox(t *testing.T) {
 		// Wait until a new machine booted (created), then crash the controller
 		// before its agent can join.
 		target := infraCluster + "-node-4"
-		deadline := time.Now().Add(2 * time.Minute)
-		for {
+		if err := poll.Until(ctx, 2*time.Minute, 50*time.Millisecond, func() bool {
 			g, err := fleet.Open(infraFleet)
-			if err == nil && slices.ContainsFunc(g.Nodes(), func(n fleet.Node) bool { return n.Name == target }) && g.Running(target) {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s never booted", target)
-			}
-			time.Sleep(50 * time.Millisecond)
+			return err == nil && slices.ContainsFunc(g.Nodes(), func(n fleet.Node) bool { return n.Name == target }) && g.Running(target)
+		}); err != nil {
+			t.Fatalf("%s never booted: %v", target, err)
 		}
 		if online, err := c.Online(ctx); err != nil || online[target] {
 			t.Fatalf("%s joined before the kill (%v): the test did not hit the window", target, err)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/flotilla-dev/flotilla/e2e/fleet"
 	"github.com/flotilla-dev/flotilla/e2e/fleet/fleettest"
+	"github.com/flotilla-dev/flotilla/internal/poll"
 	"github.com/vishvananda/netlink"
 )
 
@@ -40,16 +41,11 @@ func TestAddAndRemoveNodes(t *testing.T) {
 		t.Fatal(err)
 	}
 	// User data: ran once, then deleted.
-	deadline := time.Now().Add(60 * time.Second)
-	for {
+	if err := poll.Until(ctx, 60*time.Second, 200*time.Millisecond, func() bool {
 		out, err := f.Exec(ctx, "web-1", "cat", "/root/user-data-ran")
-		if err == nil && strings.TrimSpace(string(out)) == "ran" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("user data did not run: %v %s", err, out)
-		}
-		time.Sleep(200 * time.Millisecond)
+		return err == nil && strings.TrimSpace(string(out)) == "ran"
+	}); err != nil {
+		t.Fatalf("user data did not run: %v", err)
 	}
 	if _, err := os.Stat(filepath.Join(f.Root("web-1"), "var/lib/flotilla-sandbox/user-data")); err == nil {
 		t.Error("user data still on the node after it ran")
