@@ -27,6 +27,7 @@ import (
 	"github.com/flotilla-dev/flotilla/controller/plane"
 	"github.com/flotilla-dev/flotilla/controller/rollout"
 	"github.com/flotilla-dev/flotilla/controller/tracker"
+	"github.com/flotilla-dev/flotilla/infra"
 	"github.com/flotilla-dev/flotilla/protocol"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -80,6 +81,9 @@ type Options struct {
 	Metrics       *prometheus.Registry
 	MetricsListen string
 	MetricsPprof  bool
+	// Infra makes the machines a Clusterfile's spec.infra asks for, with the
+	// providers it names (none: spec.infra is refused with the reason).
+	Infra infra.Options
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -184,8 +188,21 @@ func (c *Controller) Start(ctx context.Context) error {
 	if c.seed != nil {
 		decorate = rollout.PeerToPeer(c.store, c.seed, c.log.With("component", "seed"))
 	}
+	var inf rollout.Infra
+	if len(c.opts.Infra.Providers) > 0 {
+		io := c.opts.Infra
+		if io.Logger == nil {
+			io.Logger = c.log.With("component", "infra")
+		}
+		d, err := infra.New(ctx, c.JetStream(), c.Controller, io)
+		if err != nil {
+			c.Close()
+			return fmt.Errorf("infrastructure driver: %w", err)
+		}
+		inf = d
+	}
 	e, err := rollout.New(c.Controller, c.store, rollout.Options{Blobs: c.blobs, Logger: c.log,
-		UnreachableTimeout: c.opts.UnreachableTimeout, DecorateLayer: decorate})
+		UnreachableTimeout: c.opts.UnreachableTimeout, DecorateLayer: decorate, Infra: inf})
 	if err != nil {
 		c.Close()
 		return err

@@ -1,32 +1,43 @@
 #!/bin/bash
-# demo.sh: flotilla's main job on one machine (make demo). Boots 5 systemd nodes
-# (e2e/fleet), starts a controller on their bridge, joins every node with the bootstrap
-# one-liner, builds examples/etcd, applies examples/etcd/Clusterfile (3 etcd masters,
-# 2 workers behind lvscare's VIP) with live progress, then proves the cluster works.
+# demo.sh: flotilla's main job on one machine (make demo). Brings up the sandbox
+# network (e2e/fleet: a bridge, no nodes), starts a controller on it with the sandbox
+# infrastructure provider, builds examples/etcd and applies examples/etcd/Clusterfile,
+# which asks for machines by count (3 etcd masters, 3 workers behind lvscare's VIP) and
+# lists no host: apply makes the 6 systemd-nspawn machines, each joins with the
+# bootstrap one-liner as its first-boot user data, then the image rolls out with live
+# progress. Then it proves the cluster works.
 #
 #   ./e2e/demo.sh             run the demo (root; Debian 12 with Go); leaves it running
 #   ./e2e/demo.sh containers  the container images demo (make demo-containers): 3 nodes,
 #                             examples/containers carrying a busybox image pushed to a
 #                             throwaway local registry that is stopped before the apply;
 #                             every node pulls it by its original name and runs it
+#                             (its 3 nodes are booted and joined up front, by name)
 #   ./e2e/demo.sh down        tear everything down (make demo-down)
 #
 # Everything lives under $FLOTILLA_DEMO_DIR (default /var/lib/flotilla-demo): the
 # controller's data dir, its image store, its PID file and the logs. A failed or
 # interrupted run cleans up after itself; running it again starts from scratch.
+# FLOTILLA_DEMO_FLEET, FLOTILLA_DEMO_SUBNET and FLOTILLA_DEMO_VIP move the demo to
+# another fleet name, subnet and VIP (the Clusterfile's vip is rewritten to match).
 set -Eeuo pipefail
 
 cd "$(dirname "$0")/.."
 REPO=$PWD
 DIR=${FLOTILLA_DEMO_DIR:-/var/lib/flotilla-demo}
 LOGS=$DIR/logs
-FLEET_NAME=flotilla
-SUBNET=10.77.0.0/24
+FLEET_NAME=${FLOTILLA_DEMO_FLEET:-flotilla}
+SUBNET=${FLOTILLA_DEMO_SUBNET:-10.77.0.0/24}
 MODE=etcd
 [ "${1:-}" = containers ] && MODE=containers
-NODES=5
+# etcd: no node booted up front; the apply makes the machines spec.infra asks for.
+NODES=0
 IMAGE=flotilla-examples/etcd:3.4
-CLUSTERFILE=$REPO/examples/etcd/Clusterfile
+CLUSTERFILE=$DIR/Clusterfile # examples/etcd/Clusterfile with the VIP below
+# The machines examples/etcd/Clusterfile asks for (spec.infra: 3 masters, 3 nodes).
+M1=demo-etcd-master-1 M2=demo-etcd-master-2 M3=demo-etcd-master-3
+N1=demo-etcd-node-1 N2=demo-etcd-node-2
+MACHINES=6
 if [ "$MODE" = containers ]; then
 	NODES=3
 	IMAGE=flotilla-examples/containers:1
@@ -35,7 +46,7 @@ fi
 # The containers demo's throwaway upstream registry (Debian's docker-registry).
 REGISTRY=${FLOTILLA_DEMO_REGISTRY:-127.0.0.1:5000}
 APP_IMAGE=$REGISTRY/flotilla-examples/hello:1
-VIP=10.77.0.100
+VIP=${FLOTILLA_DEMO_VIP:-10.77.0.100}
 BIN=$REPO/bin/flotilla
 FLEET=$DIR/bin/fleet
 export FLOTILLA_STORE=$DIR/images
@@ -87,8 +98,8 @@ down() {
 	elif command -v go >/dev/null; then
 		go run ./e2e/cmd/fleet -name "$FLEET_NAME" down || true
 	fi
-	rm -f /run/systemd/nspawn/"$FLEET_NAME"-node*.nspawn
-	rm -rf "$DIR/controller" "$DIR/images" "$DIR/controller.log" "$DIR/registry" "$DIR/registry.yml"
+	rm -f /run/systemd/nspawn/"$FLEET_NAME"-*.nspawn
+	rm -rf "$DIR/controller" "$DIR/images" "$DIR/controller.log" "$DIR/registry" "$DIR/registry.yml" "$DIR/Clusterfile"
 }
 
 if [ "${1:-}" = down ]; then
@@ -99,6 +110,7 @@ if [ "${1:-}" = down ]; then
 	exit 0
 fi
 [ $# -eq 0 ] || [ "$1" = containers ] || die "usage: $0 [containers|down]"
+case "$VIP" in *[!0-9.]* | '') die "FLOTILLA_DEMO_VIP=$VIP is not an IPv4 address" ;; esac
 [ "$(id -u)" = 0 ] || die "must run as root: the nodes are systemd-nspawn containers in network namespaces"
 command -v go >/dev/null || die "Go is not on PATH (needed to build flotilla)"
 
@@ -155,7 +167,11 @@ note "$("$BIN" version 2>/dev/null | head -1)"
 say "Root filesystem of the nodes (debootstrap once, then cached)"
 ./e2e/rootfs.sh ensure 2>&1 | tee "$LOGS/rootfs.log" | sed 's/^/    /'
 
-say "Booting $NODES nodes (systemd-nspawn, one network namespace each, bridge ${FLEET_NAME}0 on $SUBNET)"
+if [ "$NODES" -gt 0 ]; then
+	say "Booting $NODES nodes (systemd-nspawn, one network namespace each, bridge ${FLEET_NAME}0 on $SUBNET)"
+else
+	say "The sandbox network: bridge ${FLEET_NAME}0 on $SUBNET, no machines yet (the apply makes them)"
+fi
 t=$(now)
 "$FLEET" -name "$FLEET_NAME" -subnet "$SUBNET" -n "$NODES" up >"$LOGS/fleet.log" 2>&1 || {
 	tail -20 "$LOGS/fleet.log" >&2
@@ -164,16 +180,17 @@ t=$(now)
 sed 's/^/    /' "$LOGS/fleet.log" | grep -v '^    time=' || true
 BOOT_S=$(since "$t")
 HOST=$("$FLEET" -name "$FLEET_NAME" host-ip)
-note "booted in ${BOOT_S}s; the controller listens on $HOST"
+note "up in ${BOOT_S}s; the controller listens on $HOST"
 
 say "Starting the controller on $HOST (data dir $DIR/controller, image store $FLOTILLA_STORE)"
 mkdir -p "$DIR/controller"
 setsid "$BIN" controller --data-dir "$DIR/controller" \
 	--listen "$HOST:4222" --http-listen "$HOST:9443" --advertise "$HOST" \
+	--infra-sandbox "$FLEET_NAME" \
 	>"$DIR/controller.log" 2>&1 </dev/null &
 echo $! >"$DIR/controller.pid"
 for i in $(seq 150); do
-	"$BIN" nodes "${CTL[@]}" >/dev/null 2>&1 && break
+	grep -q 'flotilla controller ready' "$DIR/controller.log" 2>/dev/null && "$BIN" nodes "${CTL[@]}" >/dev/null 2>&1 && break
 	[ -d "/proc/$(cat "$DIR/controller.pid")" ] || { tail -20 "$DIR/controller.log" >&2; die "the controller exited"; }
 	[ "$i" -lt 150 ] || die "the controller does not answer after 30s; see $DIR/controller.log"
 	sleep 0.2
@@ -210,28 +227,35 @@ else
 	note "built in $(since "$t")s"
 fi
 
-say "Joining every node with the bootstrap one-liner (flotilla token create)"
-"$BIN" token create "${CTL[@]}" --ttl 1h --description demo >"$LOGS/token.txt"
-ONELINER=$(grep -m1 -- '| sh -s -- --token' "$LOGS/token.txt" | sed 's/^ *//')
-[ -n "$ONELINER" ] || die "token create printed no one-liner; see $LOGS/token.txt"
-note "$(echo "$ONELINER" | sed 's/--token [^ ]*/--token <token>/')"
-t=$(now)
-"$FLEET" -name "$FLEET_NAME" exec-all sh -c "$ONELINER" >"$LOGS/bootstrap.log" 2>&1 || {
-	tail -30 "$LOGS/bootstrap.log" >&2
-	die "the one-liner failed on some node; see $LOGS/bootstrap.log"
-}
-grep -E 'registered|error' "$LOGS/bootstrap.log" | sed 's/^/    /' || true
-for i in $(seq 120); do
-	online=$("$BIN" nodes "${CTL[@]}" -o json 2>/dev/null | grep -o '"online": *true' | wc -l)
-	[ "$online" -ge "$NODES" ] && break
-	[ "$i" -lt 120 ] || die "only $online of $NODES nodes online after 60s"
-	sleep 0.5
-done
-BOOTSTRAP_S=$(since "$t")
-"$BIN" nodes "${CTL[@]}" | sed 's/^/    /'
-note "$NODES nodes joined and online in ${BOOTSTRAP_S}s"
+if [ "$NODES" -gt 0 ]; then
+	say "Joining every node with the bootstrap one-liner (flotilla token create)"
+	"$BIN" token create "${CTL[@]}" --ttl 1h --description demo >"$LOGS/token.txt"
+	ONELINER=$(grep -m1 -- '| sh -s -- --token' "$LOGS/token.txt" | sed 's/^ *//')
+	[ -n "$ONELINER" ] || die "token create printed no one-liner; see $LOGS/token.txt"
+	note "$(echo "$ONELINER" | sed 's/--token [^ ]*/--token <token>/')"
+	t=$(now)
+	"$FLEET" -name "$FLEET_NAME" exec-all sh -c "$ONELINER" >"$LOGS/bootstrap.log" 2>&1 || {
+		tail -30 "$LOGS/bootstrap.log" >&2
+		die "the one-liner failed on some node; see $LOGS/bootstrap.log"
+	}
+	grep -E 'registered|error' "$LOGS/bootstrap.log" | sed 's/^/    /' || true
+	for i in $(seq 120); do
+		online=$("$BIN" nodes "${CTL[@]}" -o json 2>/dev/null | grep -o '"online": *true' | wc -l)
+		[ "$online" -ge "$NODES" ] && break
+		[ "$i" -lt 120 ] || die "only $online of $NODES nodes online after 60s"
+		sleep 0.5
+	done
+	BOOTSTRAP_S=$(since "$t")
+	"$BIN" nodes "${CTL[@]}" | sed 's/^/    /'
+	note "$NODES nodes joined and online in ${BOOTSTRAP_S}s"
+fi
 
-say "flotilla apply -f examples/$MODE/Clusterfile"
+if [ "$MODE" = etcd ]; then
+	sed -e "s/^  vip: .*/  vip: $VIP/" "$REPO/examples/etcd/Clusterfile" >"$CLUSTERFILE"
+	say "flotilla apply -f examples/etcd/Clusterfile (spec.infra: 3 masters, 3 nodes; no host list)"
+else
+	say "flotilla apply -f examples/$MODE/Clusterfile"
+fi
 t=$(now)
 set +e
 "$BIN" apply "${CTL[@]}" -f "$CLUSTERFILE" 2>&1 | tee "$LOGS/apply.log"
@@ -241,6 +265,13 @@ APPLY_S=$(since "$t")
 [ "$rc" -ne 130 ] || exit 130 # Ctrl-C during the apply: clean up as interrupted
 [ "$rc" -eq 0 ] || die "flotilla apply failed (exit $rc); see $LOGS/apply.log and $DIR/controller.log"
 note "applied in ${APPLY_S}s"
+if [ "$MODE" = etcd ]; then
+	# The driver's own figure: from the start of the apply to the last machine's agent online.
+	JOINED_S=$(sed -n 's/.*infra: [0-9]* machine(s) of [^ ]* created and joined in \([0-9.]*\)s.*/\1/p' "$LOGS/apply.log" | tail -1)
+	[ -n "$JOINED_S" ] || JOINED_S="?"
+	"$BIN" nodes "${CTL[@]}" | sed 's/^/    /'
+	note "$MACHINES machines created and joined in ${JOINED_S}s of the ${APPLY_S}s apply"
+fi
 
 ex() { "$FLEET" -name "$FLEET_NAME" exec "$@"; }
 if [ "$MODE" = containers ]; then
@@ -287,41 +318,41 @@ EOT
 fi
 
 say "Proving it: write on one member, read on another, read through the VIP from a worker"
-VALUE="written on node1 at $(date -u +%H:%M:%S)"
-ex node1 /usr/local/bin/etcdctl --endpoints http://127.0.0.1:2379 put flotilla-demo "$VALUE" | sed 's/^/    node1$ etcdctl put flotilla-demo: /'
-GOT=$(ex node3 /usr/local/bin/etcdctl --endpoints http://127.0.0.1:2379 get --print-value-only flotilla-demo | tr -d '\r')
-note "node3\$ etcdctl get flotilla-demo: $GOT"
-[ "$GOT" = "$VALUE" ] || die "node3 read '$GOT', want '$VALUE'"
-ex node2 /usr/local/bin/etcdctl --endpoints http://127.0.0.1:2379 member list -w table | sed 's/^/    /'
+VALUE="written on $M1 at $(date -u +%H:%M:%S)"
+ex "$M1" /usr/local/bin/etcdctl --endpoints http://127.0.0.1:2379 put flotilla-demo "$VALUE" | sed "s/^/    $M1\$ etcdctl put flotilla-demo: /"
+GOT=$(ex "$M3" /usr/local/bin/etcdctl --endpoints http://127.0.0.1:2379 get --print-value-only flotilla-demo | tr -d '\r')
+note "$M3\$ etcdctl get flotilla-demo: $GOT"
+[ "$GOT" = "$VALUE" ] || die "$M3 read '$GOT', want '$VALUE'"
+ex "$M2" /usr/local/bin/etcdctl --endpoints http://127.0.0.1:2379 member list -w table | sed 's/^/    /'
 VIA_VIP=""
 for i in $(seq 30); do
-	VIA_VIP=$(ex node4 /usr/local/bin/etcdctl --dial-timeout 2s --endpoints "http://$VIP:2379" get --print-value-only flotilla-demo 2>/dev/null | tr -d '\r') && [ -n "$VIA_VIP" ] && break
+	VIA_VIP=$(ex "$N1" /usr/local/bin/etcdctl --dial-timeout 2s --endpoints "http://$VIP:2379" get --print-value-only flotilla-demo 2>/dev/null | tr -d '\r') && [ -n "$VIA_VIP" ] && break
 	sleep 1
 done
-note "node4\$ etcdctl --endpoints http://$VIP:2379 get flotilla-demo: $VIA_VIP"
-[ "$VIA_VIP" = "$VALUE" ] || die "node4 read '$VIA_VIP' through the VIP, want '$VALUE'; see 'journalctl -u flotilla-lvscare' on node4"
-ex node5 /usr/local/bin/etcdctl --endpoints "http://$VIP:2379" endpoint health 2>&1 | sed 's/^/    node5$ etcdctl --endpoints VIP endpoint health: /'
+note "$N1\$ etcdctl --endpoints http://$VIP:2379 get flotilla-demo: $VIA_VIP"
+[ "$VIA_VIP" = "$VALUE" ] || die "$N1 read '$VIA_VIP' through the VIP, want '$VALUE'; see 'journalctl -u flotilla-lvscare' on $N1"
+ex "$N2" /usr/local/bin/etcdctl --endpoints "http://$VIP:2379" endpoint health 2>&1 | sed "s/^/    $N2\$ etcdctl --endpoints VIP endpoint health: /"
 
-say "Failover: stop etcd on node1; lvscare on the workers drops it from the VIP"
-N1=$(ex node1 ip -4 -o addr show scope global | awk '{ sub(/\/.*/, "", $4); print $4; exit }')
-ex node1 systemctl stop flotilla-etcd.service
+say "Failover: stop etcd on $M1; lvscare on the workers drops it from the VIP"
+M1IP=$(ex "$M1" ip -4 -o addr show scope global | awk '{ sub(/\/.*/, "", $4); print $4; exit }')
+ex "$M1" systemctl stop flotilla-etcd.service
 t=$(now)
 for i in $(seq 60); do
-	ex node5 journalctl -u flotilla-lvscare.service --no-pager -o cat --since "-30s" 2>/dev/null | grep 'backend down' | grep -q "backend=$N1:2379" && break
-	[ "$i" -lt 60 ] || die "lvscare on node5 did not drop node1 ($N1) within 15s; see 'journalctl -u flotilla-lvscare' on node5"
+	ex "$N2" journalctl -u flotilla-lvscare.service --no-pager -o cat --since "-30s" 2>/dev/null | grep 'backend down' | grep -q "backend=$M1IP:2379" && break
+	[ "$i" -lt 60 ] || die "lvscare on $N2 did not drop $M1 ($M1IP) within 15s; see 'journalctl -u flotilla-lvscare' on $N2"
 	sleep 0.25
 done
 FAILOVER_S=$(since "$t")
-note "node5 lvscare: backend $N1:2379 down, removed from the VIP ${FAILOVER_S}s after the stop"
+note "$N2 lvscare: backend $M1IP:2379 down, removed from the VIP ${FAILOVER_S}s after the stop"
 ok=0
 for i in $(seq 10); do
-	got=$(ex node5 /usr/local/bin/etcdctl --dial-timeout 2s --endpoints "http://$VIP:2379" get --print-value-only flotilla-demo 2>/dev/null | tr -d '\r') || true
+	got=$(ex "$N2" /usr/local/bin/etcdctl --dial-timeout 2s --endpoints "http://$VIP:2379" get --print-value-only flotilla-demo 2>/dev/null | tr -d '\r') || true
 	[ "$got" = "$VALUE" ] && ok=$((ok + 1))
 done
-note "node5\$ etcdctl --endpoints http://$VIP:2379 get flotilla-demo, 10 times: $ok answered"
-[ "$ok" -eq 10 ] || die "only $ok of 10 reads through the VIP answered with node1's etcd stopped"
-ex node1 systemctl start flotilla-etcd.service
-note "node1: etcd started again (lvscare adds it back after 2 good health checks)"
+note "$N2\$ etcdctl --endpoints http://$VIP:2379 get flotilla-demo, 10 times: $ok answered"
+[ "$ok" -eq 10 ] || die "only $ok of 10 reads through the VIP answered with $M1's etcd stopped"
+ex "$M1" systemctl start flotilla-etcd.service
+note "$M1: etcd started again (lvscare adds it back after 2 good health checks)"
 
 say "Applying again: nothing left to do"
 t=$(now)
@@ -334,16 +365,16 @@ trap - EXIT
 cat <<EOF
 
 $(printf '\033[1m')flotilla demo: done in $(since "$T0")s$(printf '\033[0m')
-  boot of $NODES nodes        ${BOOT_S}s
-  bootstrap (one-liner)  ${BOOTSTRAP_S}s   (all $NODES joined and online)
-  apply of etcd          ${APPLY_S}s   (3 masters, 2 workers with lvscare on VIP $VIP)
+  $MACHINES machines from a count  ${JOINED_S}s   (flotilla apply to every agent joined; Sealer's anchor: 30 s for 6 cloud nodes)
+  apply of etcd          ${APPLY_S}s   (machines, then 3 masters and 3 workers with lvscare on VIP $VIP)
   apply again            ${REAPPLY_S}s   (nothing to do)
-  etcd: written on node1, read back on node3 and through the VIP on node4
-  failover               ${FAILOVER_S}s   (node1's etcd stopped until lvscare dropped it; then 10 of 10 reads via the VIP)
+  etcd: written on $M1, read back on $M3 and through the VIP on $N1
+  failover               ${FAILOVER_S}s   ($M1's etcd stopped until lvscare dropped it; then 10 of 10 reads via the VIP)
 
 The cluster keeps running. Try:
   $BIN status ${CTL[*]}
-  $FLEET exec node2 etcdctl member list
-  $FLEET exec node4 etcdctl --endpoints http://$VIP:2379 get flotilla-demo
+  $FLEET -name $FLEET_NAME exec $M2 etcdctl member list
+  $FLEET -name $FLEET_NAME exec $N1 etcdctl --endpoints http://$VIP:2379 get flotilla-demo
+  edit the counts in $CLUSTERFILE and apply it again: $BIN apply ${CTL[*]} -f $CLUSTERFILE
 Logs: $LOGS   Tear down: make demo-down
 EOF

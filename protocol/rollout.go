@@ -147,6 +147,8 @@ type ApplyRequest struct {
 	DryRun      bool   `json:"dryRun,omitempty"`
 	// Detach returns once the rollout started; it goes on in the controller.
 	Detach bool `json:"detach,omitempty"`
+	// KeepInfra (delete) leaves the machines spec.infra made running.
+	KeepInfra bool `json:"keepInfra,omitempty"`
 }
 
 // RolloutEvent is streamed to the CLI while a rollout runs (AdminCall.Send).
@@ -183,6 +185,8 @@ const (
 	RolloutEventPhaseDone = "phase.done"
 	RolloutEventHealth    = "health"
 	RolloutEventDone      = "rollout.done"
+	// RolloutEventInfra is a machine of spec.infra being made, joining or destroyed (Line).
+	RolloutEventInfra = "infra"
 )
 
 // Node outcome statuses.

@@ -25,6 +25,7 @@ func newControllerCmd() *cobra.Command {
 		agentLabel  string
 		agentMirror string
 		hbInterval  time.Duration
+		infraF      infraFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "controller",
@@ -45,6 +46,10 @@ Agents join over HTTPS (--http-listen) with a token and then talk NATS over TLS 
 			ctx := cmd.Context()
 			opts.Logger = slog.Default().With("component", "controller")
 			opts.Handlers = packagingHandlers()
+			var err error
+			if opts.Infra, err = infraF.options(); err != nil {
+				return err
+			}
 			c, err := controller.New(opts)
 			if err != nil {
 				return withFlag(err, controllerFlag)
@@ -82,6 +87,7 @@ Agents join over HTTPS (--http-listen) with a token and then talk NATS over TLS 
 	f.IntVar(&opts.MaxConcurrentJoins, "max-concurrent-joins", 32, "joins handled at once; more get HTTP 503 and agents retry")
 	f.StringVar(&opts.MetricsListen, "metrics-listen", "", "serve Prometheus metrics at http://ADDR/metrics, plain HTTP (e.g. 127.0.0.1:9446; \"\": off)")
 	f.BoolVar(&opts.MetricsPprof, "metrics-pprof", false, "also serve Go's /debug/pprof/ on --metrics-listen (heap and CPU profiles)")
+	infraF.register(f)
 	f.DurationVar(&opts.HTTPReadHeaderTimeout, "http-read-header-timeout", 10*time.Second, "time an HTTPS client has for the TLS handshake and its request headers")
 	return cmd
 }

@@ -12,15 +12,17 @@ import (
 
 func newDeleteCmd() *cobra.Command {
 	var (
-		f   rolloutFlags
-		yes bool
+		f         rolloutFlags
+		yes       bool
+		keepInfra bool
 	)
 	cmd := &cobra.Command{
 		Use:   "delete -f Clusterfile [--yes]",
 		Short: "Undo a cluster on every node: stop its services, remove its files, forget its state",
 		Long: `Undo everything the cluster's rollouts did on every node, in reverse order: stop and
 disable its services, remove the files it placed and the layers it unpacked, then
-forget the cluster in the controller. Progress and the summary are shown as for apply;
+forget the cluster in the controller, then destroy the machines spec.infra made for
+it (unless --keep-infra). Progress and the summary are shown as for apply;
 unreachable nodes are reported. Asks for confirmation on a terminal; without a terminal
 (scripts, CI) --yes is required.`,
 		Example: `  flotilla delete -f Clusterfile
@@ -51,10 +53,12 @@ unreachable nodes are reported. Asks for confirmation on a terminal; without a t
 					return err
 				}
 			}
+			req.KeepInfra = keepInfra
 			return runRollout(cmd, &f, deleteCall(req), false, cluster)
 		},
 	}
 	f.register(cmd)
 	cmd.Flags().BoolVarP(&yes, "yes", "y", false, "do not ask for confirmation")
+	cmd.Flags().BoolVar(&keepInfra, "keep-infra", false, "leave the machines spec.infra made running (they join a later apply of the cluster again)")
 	return cmd
 }

@@ -24,6 +24,9 @@
 //	    stepTimeout: 10m
 //	    retries: 2
 //	  bandwidth: {upload: 100Mbit, download: 1Gbit}   # per node, for layer distribution
+//	  infra:                             # machines created by a provider (see Infra)
+//	    provider: sandbox
+//	    roles: {master: {count: 3}, node: {count: 2, cpus: 1, memory: 512Mi}}
 //
 // A Config document overrides one file on the nodes, as Sealer's Config does:
 //
@@ -83,7 +86,8 @@ type Cluster struct {
 	Image     string            // image reference or digest
 	Env       map[string]string // overrides the image's ENV defaults
 	VIP       string            // virtual IP, empty if none
-	Hosts     []Host
+	Hosts     []Host            // spec.hosts, then one entry per role of spec.infra (Host.Infra)
+	Infra     *Infra            // spec.infra, nil if absent
 	Rollout   Rollout
 	Bandwidth Bandwidth
 
@@ -247,6 +251,9 @@ func (c *Cluster) ValidateRoles(imageRoles []string) error {
 	for i, h := range c.Hosts {
 		for j, r := range h.Roles {
 			field := fmt.Sprintf("spec.hosts[%d].roles[%d]", i, j)
+			if h.Infra {
+				field = "spec.infra.roles." + r
+			}
 			switch {
 			case r == "master0":
 				errs = append(errs, &FieldError{File: c.file, Line: h.Line, Field: field,

@@ -19,6 +19,9 @@ type Host struct {
 	Roles    []string
 	Env      map[string]string // overrides spec.env on these hosts
 	Line     int               // line of the entry, for errors
+	// Infra is set on the entries Parse adds for spec.infra's machines (one per
+	// role, after spec.hosts); Line is then the role's line in spec.infra.
+	Infra bool
 }
 
 // Name is one element of a host entry's names: an agent name, an IP or an IP range.

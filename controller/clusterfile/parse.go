@@ -242,6 +242,7 @@ func (p *parser) cluster(n *yaml.Node) Cluster {
 				}
 			},
 			"hosts":     func(v *yaml.Node, f string) { c.Hosts = p.hosts(v, f) },
+			"infra":     func(v *yaml.Node, f string) { c.Infra = p.infra(v, f) },
 			"rollout":   func(v *yaml.Node, f string) { c.Rollout = p.rollout(v, f) },
 			"bandwidth": func(v *yaml.Node, f string) { c.Bandwidth = p.bandwidth(v, f) },
 		})
@@ -256,8 +257,13 @@ func (p *parser) cluster(n *yaml.Node) Cluster {
 	if !sawImage {
 		p.errf(n, "spec.image", "missing: name the cluster image to apply")
 	}
+	p.addInfraHosts(&c)
 	if len(c.Hosts) == 0 && sawSpec {
-		p.errf(n, "spec.hosts", "missing: list at least one host")
+		if c.Infra != nil {
+			p.errf(n, "spec.infra.roles", "no machines: give a role a count above 0, list hosts in spec.hosts, or delete the cluster (flotilla delete)")
+		} else {
+			p.errf(n, "spec.hosts", "missing: list at least one host (or ask for machines in spec.infra)")
+		}
 	}
 	return c
 }

@@ -121,13 +121,7 @@ func (c *Controller) registerBuiltinAdmin() {
 		if err := a.Decode(&req); err != nil {
 			return nil, err
 		}
-		ti, err := c.tokens.create(ctx, req)
-		if err != nil {
-			return nil, err
-		}
-		ti.CAHash, ti.JoinURL = c.CAHash(), c.HTTPURL()
-		ti.Bootstrap = BootstrapOneLiner(c.HTTPURL(), ti.Token, ti.CAHash)
-		return ti, nil
+		return c.CreateToken(ctx, req)
 	})
 	c.HandleAdmin(protocol.AdminTokenList, func(ctx context.Context, _ *AdminCall) (any, error) { return c.tokens.list(ctx) })
 	c.HandleAdmin(protocol.AdminTokenRevoke, func(ctx context.Context, a *AdminCall) (any, error) {

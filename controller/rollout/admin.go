@@ -131,6 +131,11 @@ func (e *Engine) prepare(ctx context.Context, req protocol.ApplyRequest) (*prepa
 	if err != nil {
 		return nil, err
 	}
+	if req.DryRun {
+		if err := e.planOnlyMadeMachines(ctx, cf); err != nil {
+			return nil, err
+		}
+	}
 	img, err := e.resolveImage(cf.Cluster.Image)
 	if err != nil {
 		return nil, fmt.Errorf("%s: spec.image: %w", req.Path, err)
@@ -174,6 +179,11 @@ func (e *Engine) apply(ctx context.Context, call *plane.AdminCall, dryRun bool) 
 		return nil, err
 	}
 	req.DryRun = req.DryRun || dryRun
+	if !req.DryRun {
+		if err := e.provideInfra(ctx, call, req); err != nil {
+			return nil, err
+		}
+	}
 	p, err := e.prepare(ctx, req)
 	if err != nil {
 		return nil, err
@@ -238,7 +248,7 @@ func (e *Engine) start(ctx context.Context, kind string, cr *ClusterRecord, p *p
 	}
 	now := time.Now().UTC()
 	rec := &Record{ID: plane.NewTaskID(), Cluster: cr.Cluster, Kind: kind, State: StateRunning, Image: cr.Image,
-		ImageDigest: cr.ImageDigest, Started: now}
+		ImageDigest: cr.ImageDigest, Started: now, KeepInfra: p.req.KeepInfra}
 	prev := map[string]protocol.NodeOutcome{}
 	if resumed != nil {
 		rec = resumed
@@ -269,6 +279,7 @@ func (e *Engine) start(ctx context.Context, kind string, cr *ClusterRecord, p *p
 		defer e.wg.Done()
 		res := r.run(e.ctx)
 		if res != nil {
+			r.releaseInfra(e.ctx)
 			e.log.Info("rollout finished", "cluster", cr.Cluster, "rollout", rec.ID, "kind", kind, "ok", res.OK, "halted", res.Halted,
 				"duration", res.Duration, "summary", summary(rec.State, res))
 		} else {
@@ -316,6 +327,9 @@ func (e *Engine) adminDelete(ctx context.Context, call *plane.AdminCall) (any, e
 	}
 	p, err := e.prepareDelete(ctx, req)
 	if err != nil {
+		if res, ok := e.releaseForgotten(ctx, call, req); ok {
+			return res, nil
+		}
 		return nil, err
 	}
 	cr, err := e.state.cluster(ctx, p.cf.Cluster.Name)

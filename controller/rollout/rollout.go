@@ -75,7 +75,10 @@ type Options struct {
 	// MaxImagePieceBytes bounds the piece lists of one images step (default
 	// DefaultMaxImagePieceBytes); blobs past it are fetched from the controller alone.
 	MaxImagePieceBytes int
-	Logger             *slog.Logger
+	// Infra, if set, makes the machines of spec.infra before an apply is planned
+	// and destroys those no longer wanted after a rollout (see Infra).
+	Infra  Infra
+	Logger *slog.Logger
 }
 
 // Engine runs rollouts. Create it after the controller started.

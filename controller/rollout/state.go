@@ -64,6 +64,8 @@ type Record struct {
 	Resumes     int                    `json:"resumes,omitempty"`
 	Outcomes    []protocol.NodeOutcome `json:"outcomes,omitempty"`
 	Health      string                 `json:"health,omitempty"`
+	// KeepInfra: a delete that leaves the cluster's machines running.
+	KeepInfra bool `json:"keepInfra,omitempty"`
 }
 
 // appliedRecord is planner.Applied as stored (the planner's type has no JSON tags).

@@ -34,6 +34,7 @@ type Controller struct {
 	t       testing.TB
 	cmd     *exec.Cmd
 	done    chan struct{}
+	extra   []string // more controller flags
 }
 
 // UnreachableTimeout is the controllers' --unreachable-timeout: short, so that a test
@@ -44,43 +45,64 @@ const UnreachableTimeout = 20 * time.Second
 // admin requests, and kills it in t.Cleanup (printing its log tail if the test failed).
 func StartController(t testing.TB, f *fleet.Fleet) *Controller {
 	t.Helper()
+	return StartControllerArgs(t, f)
+}
+
+// StartControllerArgs is StartController with more `flotilla controller` flags.
+func StartControllerArgs(t testing.TB, f *fleet.Fleet, extra ...string) *Controller {
+	t.Helper()
 	bin, err := testbin.Path()
 	if err != nil {
 		t.Fatalf("flotilla binary: %v", err)
 	}
 	dir := t.TempDir()
 	c := &Controller{t: t, Bin: bin, DataDir: filepath.Join(dir, "controller"), Host: f.HostIP().String(),
-		Log: filepath.Join(dir, "controller.log"), done: make(chan struct{})}
-	lf, err := os.Create(c.Log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.cmd = exec.Command(bin, "controller", "--data-dir", c.DataDir,
-		"--listen", net.JoinHostPort(c.Host, "4222"), "--http-listen", net.JoinHostPort(c.Host, "9443"),
-		"--advertise", c.Host, "--log-level", "debug", "--unreachable-timeout", UnreachableTimeout.String())
-	c.cmd.Stdout, c.cmd.Stderr = lf, lf
-	c.cmd.Env = append(os.Environ(), "FLOTILLA_CONTROLLER=", "FLOTILLA_CREDENTIALS=", "FLOTILLA_AGENT_DIR=")
-	// Dies with the test binary even when a timeout kills it before Cleanup.
-	c.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := c.cmd.Start(); err != nil {
-		lf.Close()
-		t.Fatal(err)
-	}
-	go func() { _ = c.cmd.Wait(); lf.Close(); close(c.done) }()
+		Log: filepath.Join(dir, "controller.log"), extra: extra}
 	t.Cleanup(func() {
-		_ = c.cmd.Process.Signal(syscall.SIGKILL)
-		<-c.done
+		c.Kill()
 		if t.Failed() {
 			t.Logf("--- controller log (tail):\n%s", tail(c.Log, 6000))
 		}
 	})
+	c.Start()
+	return c
+}
+
+// Start starts the controller process (again, after Kill: same data dir, its
+// log appended) and waits until the CLI gets answers.
+func (c *Controller) Start() {
+	t := c.t
+	t.Helper()
+	lf, err := os.OpenFile(c.Log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := append([]string{"controller", "--data-dir", c.DataDir,
+		"--listen", net.JoinHostPort(c.Host, "4222"), "--http-listen", net.JoinHostPort(c.Host, "9443"),
+		"--advertise", c.Host, "--log-level", "debug", "--unreachable-timeout", UnreachableTimeout.String()}, c.extra...)
+	cmd := exec.Command(c.Bin, args...)
+	cmd.Stdout, cmd.Stderr = lf, lf
+	cmd.Env = append(os.Environ(), "FLOTILLA_CONTROLLER=", "FLOTILLA_CREDENTIALS=", "FLOTILLA_AGENT_DIR=")
+	// Dies with the test binary even when a timeout kills it before Cleanup.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		lf.Close()
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); lf.Close(); close(done) }()
+	c.cmd, c.done = cmd, done
 	deadline := time.Now().Add(60 * time.Second)
 	for {
+		// Ready once the rollout engine answers too (its handlers are
+		// registered after the control plane's).
 		if _, err := c.Nodes(context.Background()); err == nil {
-			return c
+			if _, _, err := c.CLI(context.Background(), "status"); err == nil || !strings.Contains(err.Error(), "unknown admin request") {
+				return
+			}
 		}
 		select {
-		case <-c.done:
+		case <-done:
 			t.Fatalf("controller exited:\n%s", tail(c.Log, 4000))
 		case <-time.After(200 * time.Millisecond):
 		}
@@ -88,6 +110,16 @@ func StartController(t testing.TB, f *fleet.Fleet) *Controller {
 			t.Fatalf("controller not answering after 60s:\n%s", tail(c.Log, 4000))
 		}
 	}
+}
+
+// Kill ends the controller process with SIGKILL (a crash) and waits for it.
+func (c *Controller) Kill() {
+	if c.cmd == nil {
+		return
+	}
+	_ = c.cmd.Process.Signal(syscall.SIGKILL)
+	<-c.done
+	c.cmd = nil
 }
 
 // CLI runs a flotilla command against the controller and returns stdout and

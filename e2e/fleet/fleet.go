@@ -67,6 +67,13 @@ type Node struct {
 	Name  string     `json:"name"`
 	Index int        `json:"index"`
 	IP    netip.Addr `json:"ip"`
+	// Tags are the caller's key/value marks on a node added with AddNode
+	// (e.g. which cluster it belongs to).
+	Tags map[string]string `json:"tags,omitempty"`
+	// CPUs and MemoryBytes limit the node (cgroup v1 cpu quota and memory
+	// limit on its cgroups); zero means no limit.
+	CPUs        float64 `json:"cpus,omitempty"`
+	MemoryBytes int64   `json:"memoryBytes,omitempty"`
 }
 
 // Fleet is a running sandbox fleet.
@@ -74,8 +81,10 @@ type Fleet struct {
 	opts   Options
 	prefix netip.Prefix
 	hostIP netip.Addr
-	nodes  []Node
 	log    *slog.Logger
+
+	mu    sync.Mutex // guards nodes
+	nodes []Node
 
 	closeOnce sync.Once
 	closeErr  error
@@ -192,20 +201,21 @@ func (f *Fleet) create(ctx context.Context) error {
 	if err := f.createBridge(); err != nil {
 		return err
 	}
-	for _, n := range f.nodes {
+	nodes := f.Nodes()
+	for _, n := range nodes {
 		if err := f.createNodeNet(n); err != nil {
 			return err
 		}
-		if err := f.prepareRoot(n); err != nil {
+		if err := f.prepareRoot(n, nil); err != nil {
 			return err
 		}
 	}
-	for _, n := range f.nodes {
+	for _, n := range nodes {
 		if err := f.launch(n); err != nil {
 			return err
 		}
 	}
-	for _, n := range f.nodes {
+	for _, n := range nodes {
 		if err := f.WaitRunning(ctx, n.Name); err != nil {
 			return err
 		}
@@ -221,19 +231,41 @@ func Open(name string) (*Fleet, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open fleet %s: %w (is it up?)", name, err)
 	}
-	var o Options
-	if err := json.Unmarshal(b, &o); err != nil {
+	var sv savedFleet
+	if err := json.Unmarshal(b, &sv); err != nil {
 		return nil, fmt.Errorf("open fleet %s: %s: %w", name, path, err)
 	}
-	return newFleet(o)
+	f, err := newFleet(sv.Options)
+	if err != nil {
+		return nil, err
+	}
+	if sv.Nodes != nil {
+		f.nodes = sv.Nodes
+	}
+	return f, nil
 }
 
+// savedFleet is fleet.json: the options and the nodes as they are now (nodes
+// added and removed one by one change the list New derived from N).
+type savedFleet struct {
+	Options
+	Nodes []Node `json:"nodes"`
+}
+
+// save writes fleet.json atomically (callers that change nodes hold the fleet lock).
 func (f *Fleet) save() error {
-	b, err := json.MarshalIndent(f.opts, "", "  ")
+	f.mu.Lock()
+	sv := savedFleet{Options: f.opts, Nodes: append([]Node{}, f.nodes...)}
+	f.mu.Unlock()
+	b, err := json.MarshalIndent(sv, "", "  ")
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(filepath.Join(f.dir(), "fleet.json"), b, 0o644)
+	tmp := filepath.Join(f.dir(), ".fleet.json.tmp")
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(f.dir(), "fleet.json"))
 }
 
 // Close stops every node and removes everything the fleet created. It is
@@ -251,7 +283,11 @@ func (f *Fleet) Close() error {
 func (f *Fleet) Name() string { return f.opts.Name }
 
 // Nodes lists the nodes in index order.
-func (f *Fleet) Nodes() []Node { return append([]Node(nil), f.nodes...) }
+func (f *Fleet) Nodes() []Node {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]Node(nil), f.nodes...)
+}
 
 // HostIP is the host side of the bridge: a controller for the fleet listens there.
 func (f *Fleet) HostIP() netip.Addr { return f.hostIP }
@@ -287,6 +323,8 @@ func (f *Fleet) DBusSocket(node string) (string, error) {
 }
 
 func (f *Fleet) node(name string) (Node, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	for _, n := range f.nodes {
 		if n.Name == name {
 			return n, nil

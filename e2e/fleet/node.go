@@ -41,7 +41,8 @@ done`
 
 // prepareRoot gives the node its own identity in the upper dir and mounts the
 // overlay, unless it is mounted already (a restart after Kill or Stop).
-func (f *Fleet) prepareRoot(n Node) error {
+// userData, if set, is written with the unit that runs it at first boot.
+func (f *Fleet) prepareRoot(n Node, userData []byte) error {
 	dir := f.nodeDir(n.Name)
 	upper, work, merged := filepath.Join(dir, "upper"), filepath.Join(dir, "work"), filepath.Join(dir, "merged")
 	if isOverlay(merged) {
@@ -52,7 +53,16 @@ func (f *Fleet) prepareRoot(n Node) error {
 			return fmt.Errorf("node %s: %w", n.Name, err)
 		}
 	}
-	if _, err := os.Stat(filepath.Join(upper, "etc", "machine-id")); os.IsNotExist(err) {
+	_, err := os.Stat(filepath.Join(upper, "etc", "machine-id"))
+	fresh := os.IsNotExist(err)
+	if fresh {
+		// First boot only, as a cloud's user data; written before the
+		// machine-id, which marks the upper dir as complete.
+		if userData != nil {
+			if err := writeUserData(upper, userData); err != nil {
+				return fmt.Errorf("node %s: user data: %w", n.Name, err)
+			}
+		}
 		id := make([]byte, 16)
 		_, _ = rand.Read(id)
 		if err := os.WriteFile(filepath.Join(upper, "etc", "machine-id"), []byte(hex.EncodeToString(id)+"\n"), 0o444); err != nil {
@@ -61,7 +71,7 @@ func (f *Fleet) prepareRoot(n Node) error {
 	}
 	var hosts strings.Builder
 	hosts.WriteString("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
-	for _, o := range f.nodes {
+	for _, o := range f.Nodes() {
 		fmt.Fprintf(&hosts, "%s\t%s\n", o.IP, o.Name)
 	}
 	files := map[string]string{"hostname": n.Name + "\n", "hosts": hosts.String()}
@@ -90,6 +100,9 @@ func (f *Fleet) launch(n Node) error {
 	u := f.unit(n)
 	cgs, err := nodeCgroups(u)
 	if err != nil {
+		return fmt.Errorf("node %s: %w", n.Name, err)
+	}
+	if err := setLimits(u, n.CPUs, n.MemoryBytes); err != nil {
 		return fmt.Errorf("node %s: %w", n.Name, err)
 	}
 	args := []string{"-c", supervisor, "sh",
@@ -292,7 +305,7 @@ func (f *Fleet) Start(ctx context.Context, node string) error {
 	if f.Running(node) {
 		return fmt.Errorf("node %s is already running", node)
 	}
-	if err := f.prepareRoot(n); err != nil {
+	if err := f.prepareRoot(n, nil); err != nil {
 		return err
 	}
 	if err := f.launch(n); err != nil {

@@ -75,6 +75,8 @@ func (b *Bars) Event(ev protocol.RolloutEvent) {
 		above = append(above, "phase "+ev.Phase+suffix(ev.Line))
 	case protocol.RolloutEventHealth:
 		above = append(above, "health check: "+ev.Line)
+	case protocol.RolloutEventInfra:
+		above = append(above, "infra: "+ev.Line)
 	case protocol.RolloutEventOutput:
 		if b.opts.Verbose {
 			above = append(above, n.name+" | "+ev.Line)

@@ -84,6 +84,8 @@ func (p *Plain) Event(ev protocol.RolloutEvent) {
 		p.line(ev, "phase "+ev.Phase+" done"+suffix(ev.Line))
 	case protocol.RolloutEventHealth:
 		p.line(ev, "health check: "+ev.Line)
+	case protocol.RolloutEventInfra:
+		p.line(ev, "infra: "+ev.Line)
 	case protocol.RolloutEventDone:
 		// The engine puts the rollout's end state (done, failed, halted) in Line.
 		msg := "rollout done"
