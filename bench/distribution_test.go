@@ -23,8 +23,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flotilla-dev/flotilla/bundle/pieces"
-	"github.com/flotilla-dev/flotilla/bundle/pieces/piecestest"
+	"github.com/flotilla-dev/flotilla/p2p/pieces"
+	"github.com/flotilla-dev/flotilla/p2p/pieces/piecestest"
 	"github.com/flotilla-dev/flotilla/internal/testbin"
 )
 

@@ -2,7 +2,7 @@
 // control plane (controller/plane: embedded NATS + JetStream, node inventory,
 // join tokens, signed task dispatch, admin requests, event history), the
 // rollout engine (controller/rollout) with its layer blob server, and the
-// peer-to-peer seed and tracker (controller/tracker). It also resumes the
+// peer-to-peer seed and tracker (p2p/tracker). It also resumes the
 // rollouts a stopped controller left running.
 //
 // New(Options) builds it, Start and Close (or Run) run it. `flotilla controller`
@@ -26,7 +26,7 @@ import (
 	"github.com/flotilla-dev/flotilla/bundle/store"
 	"github.com/flotilla-dev/flotilla/controller/plane"
 	"github.com/flotilla-dev/flotilla/controller/rollout"
-	"github.com/flotilla-dev/flotilla/controller/tracker"
+	"github.com/flotilla-dev/flotilla/p2p/tracker"
 	"github.com/flotilla-dev/flotilla/infra"
 	"github.com/flotilla-dev/flotilla/protocol"
 	"github.com/prometheus/client_golang/prometheus"

@@ -71,7 +71,7 @@ type LayerPayload struct {
 	// with header "Authorization: Bearer <Token>".
 	URL   string `json:"url"`
 	Token string `json:"token"`
-	// Pieces is the blob's piece list for peer-to-peer fetching (bundle/pieces JSON);
+	// Pieces is the blob's piece list for peer-to-peer fetching (p2p/pieces JSON);
 	// empty: fetch from URL only.
 	Pieces json.RawMessage `json:"pieces,omitempty"`
 	// MaxDownload and MaxUpload cap this node's distribution traffic in bytes per

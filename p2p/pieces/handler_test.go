@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flotilla-dev/flotilla/bundle/pieces/piecestest"
+	"github.com/flotilla-dev/flotilla/p2p/pieces/piecestest"
 )
 
 // mtlsServer starts the handler behind mutual TLS and returns it with a
