@@ -23,9 +23,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/internal/testbin"
 	"github.com/flotilla-dev/flotilla/p2p/pieces"
 	"github.com/flotilla-dev/flotilla/p2p/pieces/piecestest"
-	"github.com/flotilla-dev/flotilla/internal/testbin"
 )
 
 // The distribution benchmark: one random layer of S bytes to N hosts, each

@@ -10,9 +10,9 @@ import (
 	"time"
 
 	"github.com/flotilla-dev/flotilla/agent"
+	"github.com/flotilla-dev/flotilla/internal/human"
 	"github.com/flotilla-dev/flotilla/p2p/fetch"
 	"github.com/flotilla-dev/flotilla/p2p/pieces"
-	"github.com/flotilla-dev/flotilla/internal/human"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
 

@@ -11,9 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/internal/poll"
 	"github.com/flotilla-dev/flotilla/p2p/fetch"
 	"github.com/flotilla-dev/flotilla/p2p/pieces"
-	"github.com/flotilla-dev/flotilla/internal/poll"
 )
 
 func fetchAll(t *testing.T, list pieces.PieceList, nodes []*node) []error {

@@ -12,9 +12,9 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"github.com/flotilla-dev/flotilla/internal/poll"
 	"github.com/flotilla-dev/flotilla/p2p/fetch"
 	"github.com/flotilla-dev/flotilla/p2p/pieces"
-	"github.com/flotilla-dev/flotilla/internal/poll"
 )
 
 // The controller (seed and tracker) goes away once every piece is somewhere
