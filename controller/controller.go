@@ -23,6 +23,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/controller/blobserver"
+
 	"github.com/flotilla-dev/flotilla/bundle/store"
 	"github.com/flotilla-dev/flotilla/controller/plane"
 	"github.com/flotilla-dev/flotilla/controller/rollout"
@@ -96,7 +98,7 @@ type Controller struct {
 	opts     Options
 	store    *store.Store        // nil: rollouts are off (storeErr says why)
 	storeErr error               // why the image store could not be opened
-	blobs    *rollout.BlobServer // nil with store
+	blobs    *blobserver.Server // nil with store
 	seed     *tracker.Seed       // nil: peer-to-peer is off, layers come from blob URLs
 	engine   *rollout.Engine     // set by Start
 	cancel   context.CancelFunc  // stops the seed's announcements
@@ -132,10 +134,10 @@ func New(opts Options) (*Controller, error) {
 		log.Error("rollout engine", "err", c.storeErr)
 	} else {
 		var err error
-		if c.blobs, err = rollout.NewBlobServer(opts.DataDir, c.store, log); err != nil {
+		if c.blobs, err = blobserver.New(opts.DataDir, c.store, log); err != nil {
 			return nil, err
 		}
-		handlers["GET "+rollout.BlobPath+"{digest}"] = c.blobs
+		handlers["GET "+blobserver.Path+"{digest}"] = c.blobs
 	}
 	var agentHandlers map[string]http.Handler
 	seedLog := log.With("component", "seed")
