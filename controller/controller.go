@@ -96,12 +96,12 @@ type Controller struct {
 	*plane.Controller
 	log      *slog.Logger
 	opts     Options
-	store    *store.Store        // nil: rollouts are off (storeErr says why)
-	storeErr error               // why the image store could not be opened
+	store    *store.Store       // nil: rollouts are off (storeErr says why)
+	storeErr error              // why the image store could not be opened
 	blobs    *blobserver.Server // nil with store
-	seed     *tracker.Seed       // nil: peer-to-peer is off, layers come from blob URLs
-	engine   *rollout.Engine     // set by Start
-	cancel   context.CancelFunc  // stops the seed's announcements
+	seed     *tracker.Seed      // nil: peer-to-peer is off, layers come from blob URLs
+	engine   *rollout.Engine    // set by Start
+	cancel   context.CancelFunc // stops the seed's announcements
 }
 
 // New prepares a controller: the data dir, the CA, keys and admin credentials

@@ -84,6 +84,18 @@ type LayerPayload struct {
 	MaxUnpackBytes   int64 `json:"maxUnpackBytes,omitempty"`
 	MaxUnpackEntries int   `json:"maxUnpackEntries,omitempty"`
 	KeepSetuid       bool  `json:"keepSetuid,omitempty"`
+	// Contents is what the layer holds as its build recorded it (nil for
+	// images built before flotilla recorded it): the agent checks its bounds
+	// and free space against it instead of reading the layer through once
+	// before unpacking it.
+	Contents *LayerContents `json:"contents,omitempty"`
+}
+
+// LayerContents describes an image layer's tar: what unpacking it places.
+type LayerContents struct {
+	FileBytes   int64 `json:"fileBytes"`   // bytes of regular files
+	Entries     int   `json:"entries"`     // tar entries (files, directories, links)
+	LongestPath int   `json:"longestPath"` // bytes of the longest entry name
 }
 
 // FilePayload is one rendered file a "file" step places.

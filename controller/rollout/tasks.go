@@ -85,6 +85,7 @@ func (r *rolloutRun) buildTask(ctx context.Context, np *planner.NodePlan, applie
 			if u := l.Unpack; u != nil {
 				p.MaxUnpackBytes, p.MaxUnpackEntries, p.KeepSetuid = u.MaxBytes, u.MaxEntries, u.KeepSetuid
 			}
+			p.Contents = l.Contents
 			if d := r.e.opts.DecorateLayer; d != nil {
 				if err := d(ctx, LayerRequest{Cluster: &r.cf.Cluster, Node: np.Node, Payload: &p}); err != nil {
 					return nil, fmt.Errorf("node %s: layer %s: %w", np.Node, l.Digest, err)
