@@ -177,7 +177,7 @@ func run(out, ref, user, arch string, files, links, entrypoint, env []string) er
 	}
 	manifest := blob{"application/vnd.oci.image.manifest.v1+json", manJSON}
 	md := manifest.descriptor(map[string]string{
-		"io.containerd.image.name":         ref,
+		"io.containerd.image.name":          ref,
 		"org.opencontainers.image.ref.name": ref[colon+1:],
 	})
 	md["platform"] = map[string]string{"architecture": arch, "os": "linux"}

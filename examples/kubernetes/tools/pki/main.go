@@ -359,10 +359,15 @@ current-context: default
 
 type keys struct{ mac, enc []byte }
 
+var tokenRE = regexp.MustCompile(`^[A-Za-z0-9._~+/=-]+$`)
+
 func loadKeys() (keys, error) {
 	tok := os.Getenv(tokenEnv)
 	if len(tok) < minTokenLen {
 		return keys{}, fmt.Errorf("$%s must be set to a secret of at least %d characters (the Clusterfile's spec.env); it has %d", tokenEnv, minTokenLen, len(tok))
+	}
+	if !tokenRE.MatchString(tok) {
+		return keys{}, fmt.Errorf("$%s may hold only letters, digits and . _ ~ + / = - (it goes into a systemd EnvironmentFile)", tokenEnv)
 	}
 	mac, err := hkdf.Key(sha256.New, []byte(tok), nil, "flotilla-k8s-pki v1 mac", 32)
 	if err != nil {
