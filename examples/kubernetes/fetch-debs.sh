@@ -44,7 +44,13 @@ if [ -e x/usr/sbin/xtables-nft-multi ]; then
 		ln -sf xtables-nft-multi "x/usr/sbin/$n"
 	done
 fi
-# Debian's containerd unit is replaced by the image's own (containerd.service).
-rm -rf x/usr/lib/systemd x/lib/systemd
+# Debian's containerd unit and config are replaced by the image's own.
+rm -rf x/usr/lib/systemd x/lib/systemd x/etc/containerd
+# Only the CNI plugins the image uses (the package has 16, 60 MB).
+if [ -d x/usr/lib/cni ]; then
+	find x/usr/lib/cni -type f ! -name bridge ! -name host-local ! -name loopback ! -name portmap -delete
+fi
+# Debian's containerd package also ships the v1 shims and legacy iptables; unused.
+rm -f x/usr/bin/containerd-shim x/usr/bin/containerd-shim-runc-v1 x/usr/sbin/*-legacy*
 cp -a x/. "$FLOTILLA_WORKSPACE/"
 ls ./*.deb | sed 's|^\./|fetch-debs.sh: unpacked |'
