@@ -16,8 +16,6 @@ CACHE=${CACHE:-/var/cache/flotilla-k8s/$VERSION}
 export CACHE
 out=$here/_out
 
-"$here/build/build-binaries.sh"
-
 # The tools module (DNS, PKI, image packer), stamped by its sources.
 tstamp=$( (cd "$here/tools" && find . -type f \( -name '*.go' -o -name go.mod -o -name go.sum \) | sort | xargs cat; go version) | sha256sum | cut -c1-16)
 if [ "$(cat "$CACHE/tools/.stamp" 2>/dev/null)" != "$tstamp" ]; then
@@ -44,7 +42,7 @@ fi
 if [ ! -x "$CACHE/busybox/busybox" ]; then
 	echo "fetching Debian's busybox-static"
 	tmp=$(mktemp -d)
-	(cd "$tmp" && apt-get download "busybox-static:$(dpkg --print-architecture)" >/dev/null && dpkg -x ./*.deb x)
+	(cd "$tmp" && apt-get download "busybox-static:$(dpkg --print-architecture)" >apt.log 2>&1 && dpkg -x ./*.deb x) || { cat "$tmp/apt.log" >&2; exit 1; }
 	mkdir -p "$CACHE/busybox"
 	cp "$tmp/x/bin/busybox" "$CACHE/busybox/busybox"
 	rm -rf "$tmp"
@@ -63,6 +61,9 @@ pack busybox.tar -ref flotilla.local/busybox:1.35 -entrypoint /bin/sh -file "$CA
 	-symlink /bin/sh=busybox -symlink /bin/httpd=busybox -symlink /bin/wget=busybox -symlink /bin/nslookup=busybox \
 	-symlink /bin/hostname=busybox -symlink /bin/sleep=busybox -symlink /bin/echo=busybox -symlink /bin/cat=busybox \
 	-symlink /bin/mkdir=busybox -symlink /bin/ls=busybox
+
+# The Kubernetes binaries (one build per version; waits for a build already running).
+"$here/build/build-binaries.sh"
 
 # _out: hard links where the cache and the context share a file system, else copies.
 rm -rf "$out"

@@ -30,6 +30,14 @@ if [ -f "$CACHE/bin/.stamp" ] && [ "$(cat "$CACHE/bin/.stamp")" = "$stamp" ]; th
 fi
 
 mkdir -p "$CACHE"
+# One build per cache at a time: a second caller waits, then finds the stamp.
+if [ -z "${FLOTILLA_K8S_LOCKED:-}" ]; then
+	exec env FLOTILLA_K8S_LOCKED=1 flock "$CACHE/.build.lock" "$0" "$@"
+fi
+if [ -f "$CACHE/bin/.stamp" ] && [ "$(cat "$CACHE/bin/.stamp")" = "$stamp" ]; then
+	echo "kubernetes $VERSION binaries cached in $CACHE/bin (built meanwhile)"
+	exit 0
+fi
 rm -rf "$CACHE/bin.tmp"
 mkdir "$CACHE/bin.tmp"
 pkgs=""
@@ -39,7 +47,11 @@ echo "building kubernetes $VERSION ($CMDS) into $CACHE/bin; about 15 minutes on 
 # shellcheck disable=SC2086
 (cd "$here" && CGO_ENABLED=0 go build -trimpath -ldflags "$ld" -o "$CACHE/bin.tmp/" $pkgs)
 for c in $CMDS; do
-	"$CACHE/bin.tmp/$c" --version >/dev/null
+	case $c in
+	kubectl) v=$("$CACHE/bin.tmp/$c" version --client) ;;
+	*) v=$("$CACHE/bin.tmp/$c" --version) ;;
+	esac
+	case $v in *"$VERSION"*) ;; *) echo "build-binaries.sh: $c reports \"$v\", not $VERSION" >&2; exit 1 ;; esac
 done
 echo "$stamp" > "$CACHE/bin.tmp/.stamp"
 rm -rf "$CACHE/bin"

@@ -24,8 +24,8 @@ import (
 
 	"github.com/miekg/dns"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
+	"k8s.io/apimachinery/pkg/fields"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
@@ -57,13 +57,14 @@ func run(listen, domain, kubeconfig string, ttl uint32, log *slog.Logger) error 
 	if err != nil {
 		return fmt.Errorf("kubernetes client config: %w", err)
 	}
-	cs, err := kubernetes.NewForConfig(cfg)
+	// Only the core/v1 client (not the whole clientset): a smaller binary.
+	cs, err := corev1client.NewForConfig(cfg)
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}
-	factory := informers.NewSharedInformerFactory(cs, 10*time.Minute)
-	inf := factory.Core().V1().Services().Informer()
-	factory.Start(ctx.Done())
+	lw := cache.NewListWatchFromClient(cs.RESTClient(), "services", corev1.NamespaceAll, fields.Everything())
+	inf := cache.NewSharedIndexInformer(lw, &corev1.Service{}, 10*time.Minute, cache.Indexers{})
+	go inf.Run(ctx.Done())
 	syncCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	if !cache.WaitForCacheSync(syncCtx.Done(), inf.HasSynced) {
