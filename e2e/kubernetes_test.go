@@ -246,7 +246,8 @@ spec:
 	// client on node4 (cross-node pod network), by the Service's DNS name.
 	var answers []string
 	waitFor("client on node4 reaches the web pod on node5 through web.default.svc.cluster.local", 2*time.Minute, func() error {
-		out, err := kubectl("node2", "exec", "client", "--", "wget", "-q", "-O-", "-T", "3", "http://web.default.svc.cluster.local/")
+		// Not wget -T: Debian's busybox-static wget segfaults with it (here, 1.35.0).
+		out, err := kubectl("node2", "exec", "client", "--", "timeout", "5", "wget", "-q", "-O-", "http://web.default.svc.cluster.local/")
 		if err != nil {
 			return fmt.Errorf("%v: %s", err, out)
 		}

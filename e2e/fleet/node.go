@@ -443,10 +443,14 @@ const sandboxScript = `for d in /sys/fs/cgroup/*/; do
 done
 [ -e /dev/kmsg ] || mknod -m 600 /dev/kmsg c 1 11`
 
-// kubernetesScript binds files holding the values kubelet insists on over the
-// node's read-only /proc/sys entries (kubelet writes them when they differ, and
-// the kernel is the host's). Fixed text, like sandboxScript.
-const kubernetesScript = `mkdir -p /run/flotilla-sandbox
+// kubernetesScript makes /proc/sys/net writable (nspawn mounts /proc/sys
+// read-only also for a node in a network namespace of its own, which the fleet
+// makes beforehand; ip_forward, bridge-nf-call-iptables and route_localnet are
+// the node's own there) and binds files holding the values kubelet insists on
+// over the node's read-only /proc/sys entries of the shared kernel (kubelet
+// writes them when they differ). Fixed text, like sandboxScript.
+const kubernetesScript = `mount --bind /proc/sys/net /proc/sys/net && mount -o remount,bind,rw /proc/sys/net
+mkdir -p /run/flotilla-sandbox
 for kv in vm/overcommit_memory=1 kernel/panic=10 kernel/panic_on_oops=1; do
   k=${kv%%=*}; v=${kv#*=}
   [ "$(cat /proc/sys/$k)" = "$v" ] && continue

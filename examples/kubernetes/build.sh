@@ -60,7 +60,7 @@ pack k8s-dns.tar -ref flotilla.local/k8s-dns:v1 -user 65534:65534 -entrypoint /f
 pack busybox.tar -ref flotilla.local/busybox:1.35 -entrypoint /bin/sh -file "$CACHE/busybox/busybox=/bin/busybox:0755" \
 	-symlink /bin/sh=busybox -symlink /bin/httpd=busybox -symlink /bin/wget=busybox -symlink /bin/nslookup=busybox \
 	-symlink /bin/hostname=busybox -symlink /bin/sleep=busybox -symlink /bin/echo=busybox -symlink /bin/cat=busybox \
-	-symlink /bin/mkdir=busybox -symlink /bin/ls=busybox
+	-symlink /bin/mkdir=busybox -symlink /bin/ls=busybox -symlink /bin/timeout=busybox -symlink /bin/nc=busybox
 
 # The Kubernetes binaries (one build per version; waits for a build already running).
 "$here/build/build-binaries.sh"
