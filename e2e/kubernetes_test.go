@@ -293,3 +293,21 @@ spec:
 	}
 	stage("kubectl via VIP with master0 killed", start)
 }
+
+// The lvscare templates of examples/kubernetes are copies of lvscare/'s (a cluster
+// image's sources must be inside its context): they must not drift.
+func TestKubernetesExampleLvscareTemplatesMatch(t *testing.T) {
+	for _, name := range []string{"flotilla-lvscare.service.tmpl", "lvscare.yaml.tmpl"} {
+		want, err := os.ReadFile(filepath.Join("../lvscare", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(filepath.Join(k8sExample, "units", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(got) != string(want) {
+			t.Errorf("examples/kubernetes/units/%s differs from lvscare/%s: copy it again (cp lvscare/%s examples/kubernetes/units/)", name, name, name)
+		}
+	}
+}
