@@ -166,6 +166,14 @@ spec:
 	if strings.Contains(progress, hex.EncodeToString(secret)) || strings.Contains(res.Health, hex.EncodeToString(secret)) {
 		t.Errorf("the PKI secret appears in the apply output")
 	}
+	if b, err := os.ReadFile(c.Log); err != nil || strings.Contains(string(b), hex.EncodeToString(secret)) {
+		t.Errorf("the PKI secret appears in the controller's log (or the log is unreadable: %v)", err)
+	}
+	for _, n := range []string{"node1", "node2", "node4"} {
+		if out, err := f.Exec(ctx, n, "journalctl", "--no-pager", "-q", "-o", "cat"); err != nil || strings.Contains(string(out), hex.EncodeToString(secret)) {
+			t.Errorf("%s: the PKI secret appears in the node's journal (or journalctl failed: %v)", n, err)
+		}
+	}
 
 	kubectl := func(node string, args ...string) (string, error) {
 		argv := append([]string{"/usr/local/bin/kubectl", "--kubeconfig", "/etc/kubernetes/admin.conf", "--request-timeout", "10s"}, args...)
