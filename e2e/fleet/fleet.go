@@ -56,6 +56,14 @@ type Options struct {
 	// NetnsRoot/<Name>/<Boot>, so an unremovable leftover of an earlier boot
 	// never blocks a new one.
 	Boot string `json:"boot,omitempty"`
+	// Kubernetes gives every node what kubelet and kube-proxy need on top of
+	// running containers (shared/HOSTS.md, "Kubernetes inside nspawn nodes"):
+	// all capabilities (--capability=all; kube-proxy and kubelet write sysctls
+	// and iptables of the node's own network namespace) and, in the sandbox
+	// unit, files holding the values kubelet expects bound over the read-only
+	// vm.overcommit_memory, kernel.panic and kernel.panic_on_oops (the kernel is
+	// shared, so kubelet must not change them, and cannot).
+	Kubernetes bool `json:"kubernetes,omitempty"`
 	// BootTimeout bounds the wait for one node's systemd to be running (default 60s).
 	BootTimeout time.Duration `json:"bootTimeout,omitempty"`
 	// Logger receives progress (default slog.Default()).

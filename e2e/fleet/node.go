@@ -80,7 +80,7 @@ func (f *Fleet) prepareRoot(n Node, userData []byte) error {
 			return fmt.Errorf("node %s: /etc/%s: %w", n.Name, name, err)
 		}
 	}
-	if err := writeSandboxUnit(upper); err != nil {
+	if err := writeSandboxUnit(upper, f.opts.Kubernetes); err != nil {
 		return fmt.Errorf("node %s: %w", n.Name, err)
 	}
 	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", f.opts.RootFS, upper, work)
@@ -112,7 +112,7 @@ func (f *Fleet) launch(n Node) error {
 		// What a real root host has: nspawn drops CAP_NET_ADMIN from a
 		// container that joins a network namespace made beforehand, and a
 		// node's services (lvscare, kube-proxy, CNI) program its own netns.
-		"--capability=CAP_NET_ADMIN",
+		capabilities(f.opts.Kubernetes),
 		// Container runtimes join a session keyring (runc); nspawn's seccomp
 		// filter refuses that by default.
 		"--system-call-filter=@keyring",
@@ -456,7 +456,35 @@ const sandboxScript = `for d in /sys/fs/cgroup/*/; do
 done
 [ -e /dev/kmsg ] || mknod -m 600 /dev/kmsg c 1 11`
 
-func writeSandboxUnit(upper string) error {
+// kubernetesScript makes /proc/sys/net writable (nspawn mounts /proc/sys
+// read-only also for a node in a network namespace of its own, which the fleet
+// makes beforehand; ip_forward, bridge-nf-call-iptables and route_localnet are
+// the node's own there) and binds files holding the values kubelet insists on
+// over the node's read-only /proc/sys entries of the shared kernel (kubelet
+// writes them when they differ). Fixed text, like sandboxScript.
+const kubernetesScript = `mount --bind /proc/sys/net /proc/sys/net && mount -o remount,bind,rw /proc/sys/net
+mkdir -p /run/flotilla-sandbox
+for kv in vm/overcommit_memory=1 kernel/panic=10 kernel/panic_on_oops=1; do
+  k=${kv%%=*}; v=${kv#*=}
+  [ "$(cat /proc/sys/$k)" = "$v" ] && continue
+  f=/run/flotilla-sandbox/$(echo $k | tr / _)
+  echo $v >$f
+  mount --bind $f /proc/sys/$k
+done`
+
+// capabilities is the nspawn flag that sets what the node's processes may do.
+func capabilities(kubernetes bool) string {
+	if kubernetes {
+		return "--capability=all"
+	}
+	return "--capability=CAP_NET_ADMIN"
+}
+
+func writeSandboxUnit(upper string, kubernetes bool) error {
+	script := sandboxScript
+	if kubernetes {
+		script += "\n" + kubernetesScript
+	}
 	opts := []*unit.UnitOption{
 		unit.NewUnitOption("Unit", "Description", "flotilla sandbox: cgroup v1 controllers writable, /dev/kmsg (what a real host has)"),
 		unit.NewUnitOption("Unit", "DefaultDependencies", "no"),
@@ -464,7 +492,7 @@ func writeSandboxUnit(upper string) error {
 		unit.NewUnitOption("Unit", "Before", "sysinit.target containerd.service kubelet.service"),
 		unit.NewUnitOption("Service", "Type", "oneshot"),
 		unit.NewUnitOption("Service", "RemainAfterExit", "yes"),
-		unit.NewUnitOption("Service", "ExecStart", "/bin/sh -c "+systemdQuote(sandboxScript)),
+		unit.NewUnitOption("Service", "ExecStart", "/bin/sh -c "+systemdQuote(script)),
 		unit.NewUnitOption("Install", "WantedBy", "sysinit.target"),
 	}
 	b, err := io.ReadAll(unit.Serialize(opts))

@@ -1,0 +1,321 @@
+package e2e_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flotilla-dev/flotilla/e2e/e2etest"
+	"github.com/flotilla-dev/flotilla/e2e/fleet"
+	"github.com/flotilla-dev/flotilla/e2e/fleet/fleettest"
+	"github.com/flotilla-dev/flotilla/internal/testbin"
+)
+
+// The Kubernetes scenario has a fleet of its own (fltk, 10.77.11.0/27: host .1,
+// node1..node5 = .2-.6, the apiservers' VIP .20).
+const (
+	k8sFleet   = "fltk"
+	k8sSubnet  = "10.77.11.0/27"
+	k8sVIP     = "10.77.11.20"
+	k8sVersion = "v1.34.4"
+	k8sExample = "../examples/kubernetes"
+)
+
+// k8sWorkload is what the test runs in the cluster: two web pods on two different
+// workers (required anti-affinity; the masters are tainted), a Service in front of
+// them, and a client pod to fetch from it by its DNS name.
+const k8sWorkload = `apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      affinity:
+        podAntiAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+          - topologyKey: kubernetes.io/hostname
+            labelSelector: {matchLabels: {app: web}}
+      containers:
+      - name: web
+        image: flotilla.local/busybox:1.35
+        imagePullPolicy: IfNotPresent
+        command: [/bin/sh, -c, 'mkdir -p /www && echo "hello from $(hostname)" >/www/index.html && exec httpd -f -p 8080 -h /www']
+        ports: [{containerPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client}
+spec:
+  nodeName: node4
+  containers:
+  - name: client
+    image: flotilla.local/busybox:1.35
+    imagePullPolicy: IfNotPresent
+    command: [/bin/sleep, "3600"]
+`
+
+// k8sBuild makes sure examples/kubernetes/_out is complete. With the Kubernetes
+// binaries absent from the cache it skips, unless CI is set: then it builds them
+// (about 15 minutes of a 2-core machine; see examples/kubernetes/README.md).
+func k8sBuild(t *testing.T) {
+	t.Helper()
+	cache := filepath.Join("/var/cache/flotilla-k8s", k8sVersion, "bin", ".stamp")
+	if _, err := os.Stat(cache); err != nil && os.Getenv("CI") == "" {
+		t.Skipf("no cached Kubernetes %s binaries (%s): run examples/kubernetes/build.sh once (about 15 minutes on 2 cores), or set CI=1 to build them here", k8sVersion, cache)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, filepath.Join(k8sExample, "build.sh")).CombinedOutput()
+	if err != nil {
+		t.Fatalf("examples/kubernetes/build.sh: %v\n%s", err, out)
+	}
+	t.Logf("build.sh: %s", strings.TrimSpace(lastLine(string(out))))
+}
+
+func lastLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
+		return s[i+1:]
+	}
+	return s
+}
+
+// TestKubernetes rolls examples/kubernetes out to 3 masters and 2 workers of the
+// sandbox fleet and proves the cluster works: 5 nodes Ready, a Deployment on two
+// workers, a Service reached by its DNS name from a pod on another node, and
+// kubectl through the VIP with master0 gone.
+func TestKubernetes(t *testing.T) {
+	fleettest.Require(t)
+	var stages []string
+	stage := func(name string, start time.Time) {
+		d := time.Since(start).Round(100 * time.Millisecond)
+		stages = append(stages, fmt.Sprintf("%-44s %8s", name, d))
+		t.Logf("stage %s: %s", name, d)
+	}
+	defer func() { t.Logf("stage timings:\n%s", strings.Join(stages, "\n")) }()
+
+	start := time.Now()
+	k8sBuild(t)
+	stage("build.sh (binaries, tools, images; cached)", start)
+
+	e2etest.UseStore(t)
+	start = time.Now()
+	bin, err := testbin.Path()
+	if err != nil {
+		t.Fatalf("flotilla binary: %v", err)
+	}
+	bctx, bcancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	out, err := exec.CommandContext(bctx, bin, "build", "-q", "-t", "e2e/kubernetes:"+k8sVersion, k8sExample).CombinedOutput()
+	bcancel()
+	if err != nil {
+		t.Fatalf("flotilla build: %v\n%s", err, out)
+	}
+	stage("flotilla build (cluster image)", start)
+
+	start = time.Now()
+	env := e2etest.Start(t, fleet.Options{Name: k8sFleet, Subnet: k8sSubnet, N: 5, Kubernetes: true})
+	stage("boot and join 5 nodes", start)
+	f, c := env.Fleet, env.Controller
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+
+	secret := make([]byte, 24)
+	_, _ = rand.Read(secret)
+	cf := filepath.Join(t.TempDir(), "Clusterfile")
+	doc := fmt.Sprintf(`apiVersion: flotilla.dev/v1
+kind: Cluster
+metadata: {name: e2e-k8s}
+spec:
+  image: e2e/kubernetes:%s
+  vip: %s
+  env: {K8S_PKI_TOKEN: %s}
+  hosts:
+    - names: [node1, node2, node3]
+      roles: [master]
+    - names: [node4, node5]
+      roles: [node]
+  rollout: {stepTimeout: 5m}
+`, k8sVersion, k8sVIP, hex.EncodeToString(secret))
+	if err := os.WriteFile(cf, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	start = time.Now()
+	res, progress, err := c.Apply(ctx, cf)
+	if err != nil || res == nil || !res.OK {
+		t.Fatalf("apply: %v\n%+v\n%s", err, res, progress)
+	}
+	stage("flotilla apply (3 masters, 2 workers)", start)
+	t.Logf("health after apply:\n%s", res.Health)
+	if strings.Contains(progress, hex.EncodeToString(secret)) || strings.Contains(res.Health, hex.EncodeToString(secret)) {
+		t.Errorf("the PKI secret appears in the apply output")
+	}
+	if b, err := os.ReadFile(c.Log); err != nil || strings.Contains(string(b), hex.EncodeToString(secret)) {
+		t.Errorf("the PKI secret appears in the controller's log (or the log is unreadable: %v)", err)
+	}
+	for _, n := range []string{"node1", "node2", "node4"} {
+		if out, err := f.Exec(ctx, n, "journalctl", "--no-pager", "-q", "-o", "cat"); err != nil || strings.Contains(string(out), hex.EncodeToString(secret)) {
+			t.Errorf("%s: the PKI secret appears in the node's journal (or journalctl failed: %v)", n, err)
+		}
+	}
+
+	kubectl := func(node string, args ...string) (string, error) {
+		argv := append([]string{"/usr/local/bin/kubectl", "--kubeconfig", "/etc/kubernetes/admin.conf", "--request-timeout", "10s"}, args...)
+		out, err := f.Exec(ctx, node, argv...)
+		return strings.TrimSpace(string(out)), err
+	}
+	// waitFor polls fn every 2 s until it returns nil or the timeout passes.
+	waitFor := func(what string, timeout time.Duration, fn func() error) {
+		t.Helper()
+		end := time.Now().Add(timeout)
+		for {
+			err := fn()
+			if err == nil {
+				return
+			}
+			if time.Now().After(end) {
+				t.Fatalf("%s: not within %s: %v", what, timeout, err)
+			}
+			time.Sleep(2 * time.Second)
+		}
+	}
+
+	start = time.Now()
+	waitFor("5 nodes Ready", 3*time.Minute, func() error {
+		out, err := kubectl("node2", "get", "nodes", "--no-headers")
+		if err != nil {
+			return err
+		}
+		ready := 0
+		for _, l := range strings.Split(out, "\n") {
+			if fs := strings.Fields(l); len(fs) > 1 && fs[1] == "Ready" {
+				ready++
+			}
+		}
+		if ready != 5 {
+			return fmt.Errorf("%d of 5 Ready:\n%s", ready, out)
+		}
+		return nil
+	})
+	stage("5 nodes Ready (after apply)", start)
+	nodesWide, _ := kubectl("node2", "get", "nodes", "-o", "wide")
+	t.Logf("kubectl get nodes -o wide:\n%s", nodesWide)
+
+	start = time.Now()
+	if _, err := f.Exec(ctx, "node2", "/bin/sh", "-c", "cat >/root/workload.yaml <<'EOF'\n"+k8sWorkload+"EOF"); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := kubectl("node2", "apply", "-f", "/root/workload.yaml"); err != nil {
+		t.Fatalf("apply workload: %v\n%s", err, out)
+	}
+	waitFor("deployment web rolled out", 3*time.Minute, func() error {
+		_, err := kubectl("node2", "rollout", "status", "deployment/web", "--timeout", "5s")
+		return err
+	})
+	wide, _ := kubectl("node2", "get", "pods", "-o", "wide", "-l", "app=web")
+	t.Logf("web pods:\n%s", wide)
+	nodesOf, err := kubectl("node2", "get", "pods", "-l", "app=web", "-o", "jsonpath={range .items[*]}{.spec.nodeName}{\" \"}{end}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Fields(nodesOf)
+	if len(got) != 2 || got[0] == got[1] || !strings.HasPrefix(got[0]+got[1], "node") ||
+		strings.Contains(nodesOf, "node1") || strings.Contains(nodesOf, "node2") || strings.Contains(nodesOf, "node3") {
+		t.Fatalf("web pods on %q, want one on each worker (node4, node5)", nodesOf)
+	}
+	stage("deployment of 2 on two workers", start)
+
+	start = time.Now()
+	waitFor("client pod running", 2*time.Minute, func() error {
+		_, err := kubectl("node2", "wait", "--for=condition=Ready", "pod/client", "--timeout", "5s")
+		return err
+	})
+	remotePod, err := kubectl("node2", "get", "pods", "-l", "app=web", "--field-selector", "spec.nodeName=node5", "-o", "jsonpath={.items[0].metadata.name}")
+	if err != nil || remotePod == "" {
+		t.Fatalf("web pod on node5: %v %q", err, remotePod)
+	}
+	// kube-proxy balances at random: fetch until the pod on node5 has answered the
+	// client on node4 (cross-node pod network), by the Service's DNS name.
+	var answers []string
+	waitFor("client on node4 reaches the web pod on node5 through web.default.svc.cluster.local", 2*time.Minute, func() error {
+		// Not wget -T: Debian's busybox-static wget segfaults with it (here, 1.35.0).
+		out, err := kubectl("node2", "exec", "client", "--", "timeout", "5", "wget", "-q", "-O-", "http://web.default.svc.cluster.local/")
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		answers = append(answers, out)
+		if !strings.Contains(out, remotePod) {
+			return fmt.Errorf("answered by another pod: %q", out)
+		}
+		return nil
+	})
+	t.Logf("answers from web.default.svc.cluster.local: %q", answers)
+	stage("pod to Service on another node by DNS name", start)
+
+	// A worker gets the admin kubeconfig too (server: the VIP), so kubectl goes
+	// through lvscare on a master (node2) and on a worker (node4).
+	admin, err := os.ReadFile(filepath.Join(f.Root("node2"), "etc/kubernetes/admin.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(f.Root("node4"), "root/admin.conf"), admin, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	start = time.Now()
+	if err := f.Kill("node1"); err != nil {
+		t.Fatalf("stop master0: %v", err)
+	}
+	for _, node := range []string{"node2", "node4"} {
+		kc := "/etc/kubernetes/admin.conf"
+		if node == "node4" {
+			kc = "/root/admin.conf"
+		}
+		oks := 0
+		waitFor("kubectl on "+node+" through the VIP with master0 stopped (5 answers in a row)", 90*time.Second, func() error {
+			for oks < 5 {
+				out, err := f.Exec(ctx, node, "/usr/local/bin/kubectl", "--kubeconfig", kc, "--request-timeout", "5s", "get", "nodes", "--no-headers")
+				if err != nil {
+					oks = 0
+					return fmt.Errorf("%v: %s", err, out)
+				}
+				oks++
+			}
+			return nil
+		})
+	}
+	stage("kubectl via VIP with master0 killed", start)
+}
+
+// The lvscare templates of examples/kubernetes are copies of lvscare/'s (a cluster
+// image's sources must be inside its context): they must not drift.
+func TestKubernetesExampleLvscareTemplatesMatch(t *testing.T) {
+	for _, name := range []string{"flotilla-lvscare.service.tmpl", "lvscare.yaml.tmpl"} {
+		want, err := os.ReadFile(filepath.Join("../lvscare", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(filepath.Join(k8sExample, "units", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(got) != string(want) {
+			t.Errorf("examples/kubernetes/units/%s differs from lvscare/%s: copy it again (cp lvscare/%s examples/kubernetes/units/)", name, name, name)
+		}
+	}
+}
