@@ -240,7 +240,7 @@ func TestTeardownAfterForeignBindMounts(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	boot := func() *fleet.Fleet {
-		f, err := fleet.New(ctx, fleet.Options{Name: "fltefr", Subnet: "10.77.10.64/28", N: 1})
+		f, err := fleet.New(ctx, fleet.Options{Name: "fltefr", Subnet: "10.77.13.0/28", N: 1})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -301,7 +301,7 @@ func isMountPoint(path string) bool {
 // network namespace (lvscare, kube-proxy and CNI plugins need it), and run
 // containers (cgroups of its own, writable).
 func TestNodeIsARealHost(t *testing.T) {
-	f := fleettest.New(t, fleet.Options{Name: "fltefn", Subnet: "10.77.10.80/28", N: 1})
+	f := fleettest.New(t, fleet.Options{Name: "fltefn", Subnet: "10.77.13.16/28", N: 1})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	out, err := f.Exec(ctx, "node1", "sh", "-c", "grep CapEff /proc/self/status")
