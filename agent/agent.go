@@ -15,8 +15,6 @@ package agent
 import (
 	"context"
 	"crypto/ed25519"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -29,6 +27,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/flotilla-dev/flotilla/internal/natsconn"
 
 	"github.com/flotilla-dev/flotilla/internal/atomicfile"
 	"github.com/flotilla-dev/flotilla/protocol"
@@ -285,13 +285,11 @@ func (a *Agent) Peer() *Peer { return a.peer.Load() }
 // Run connects to NATS (retrying with jittered backoff), registers, heartbeats
 // and runs tasks until ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(a.creds.CAPEM) {
-		return errors.New("credentials: no CA certificate")
+	auth, err := natsconn.Options(a.creds)
+	if err != nil {
+		return err
 	}
-	nc, err := nats.Connect(strings.Join(a.creds.NATSURLs, ","),
-		nats.UserInfo(a.creds.User, a.creds.Password),
-		nats.Secure(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}),
+	nc, err := nats.Connect(strings.Join(a.creds.NATSURLs, ","), append(auth,
 		nats.Name("flotilla-agent "+a.opts.Name),
 		nats.CustomInboxPrefix(protocol.InboxPrefix(a.opts.Name)),
 		nats.RetryOnFailedConnect(true),
@@ -322,7 +320,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.setRegistered(false)
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { a.log.Warn("NATS error", "err", err) }),
-	)
+	)...)
 	if err != nil {
 		return fmt.Errorf("connect to %v: %w", a.creds.NATSURLs, err)
 	}

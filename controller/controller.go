@@ -81,6 +81,12 @@ type Options struct {
 	Metrics       *prometheus.Registry
 	MetricsListen string
 	MetricsPprof  bool
+	// NATSURLs, NATSCreds, NATSAccountKey, NATSCA and Replicas run the
+	// controller on an existing NATS cluster (see plane.Options).
+	NATSURLs                  []string
+	NATSCreds, NATSAccountKey string
+	NATSCA                    string
+	Replicas                  int
 	// Infra makes the machines a Clusterfile's spec.infra asks for, with the
 	// providers it names (none: spec.infra is refused with the reason).
 	Infra infra.Options
@@ -157,7 +163,8 @@ func New(opts Options) (*Controller, error) {
 		NodeEventRate: opts.NodeEventRate, NodeEventBurst: opts.NodeEventBurst, NodeEventHistory: opts.NodeEventHistory,
 		JoinRate: opts.JoinRate, JoinBurst: opts.JoinBurst, MaxJoinSources: opts.MaxJoinSources,
 		MaxConcurrentJoins: opts.MaxConcurrentJoins, HTTPReadHeaderTimeout: opts.HTTPReadHeaderTimeout,
-		Metrics: opts.Metrics, MetricsListen: opts.MetricsListen, MetricsPprof: opts.MetricsPprof})
+		Metrics: opts.Metrics, MetricsListen: opts.MetricsListen, MetricsPprof: opts.MetricsPprof,
+		NATSURLs: opts.NATSURLs, NATSCreds: opts.NATSCreds, NATSAccountKey: opts.NATSAccountKey, NATSCA: opts.NATSCA, Replicas: opts.Replicas})
 	if err != nil {
 		return nil, err
 	}

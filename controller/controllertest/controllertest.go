@@ -38,10 +38,13 @@ type Fleet struct {
 	Controller *Proc
 	// ControllerArgs are extra `flotilla controller` flags (StartWith).
 	ControllerArgs []string
-	mu             sync.Mutex
-	Agents         map[string]*Proc
-	token          string
-	caHash         string
+	// External: the controller uses an existing NATS cluster (StartExternal);
+	// clients take the URLs from the admin credentials.
+	External bool
+	mu       sync.Mutex
+	Agents   map[string]*Proc
+	token    string
+	caHash   string
 }
 
 // Proc is one process started by the fleet.
@@ -69,6 +72,21 @@ func StartWith(t testing.TB, controllerArgs ...string) *Fleet {
 		t.Fatalf("flotilla binary: %v", err)
 	}
 	f := &Fleet{T: t, Bin: bin, Dir: t.TempDir(), Agents: map[string]*Proc{}, NATSPort: freePort(t), HTTPPort: freePort(t), ControllerArgs: controllerArgs}
+	t.Cleanup(f.stopAll)
+	f.StartController()
+	return f
+}
+
+// StartExternal starts a controller on an existing NATS cluster: controllerArgs
+// carry its --nats-url, --nats-creds and --nats-account-key.
+func StartExternal(t testing.TB, controllerArgs ...string) *Fleet {
+	t.Helper()
+	bin, err := testbin.Path()
+	if err != nil {
+		t.Fatalf("flotilla binary: %v", err)
+	}
+	f := &Fleet{T: t, Bin: bin, Dir: t.TempDir(), Agents: map[string]*Proc{}, NATSPort: freePort(t), HTTPPort: freePort(t),
+		ControllerArgs: controllerArgs, External: true}
 	t.Cleanup(f.stopAll)
 	f.StartController()
 	return f
@@ -155,6 +173,9 @@ func (f *Fleet) NewToken(ttl string) (token, caHash string) {
 // Client connects to the controller with its admin credentials (the data dir's
 // admin.creds); close it when done. A restarted controller needs a new one.
 func (f *Fleet) Client() (*client.Client, error) {
+	if f.External {
+		return client.Connect(client.Config{DataDir: f.ControllerDir(), Name: "controllertest"})
+	}
 	return client.Connect(client.Config{DataDir: f.ControllerDir(), Controller: f.NATSURL(), Name: "controllertest"})
 }
 
