@@ -15,6 +15,7 @@ package controller
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -87,6 +88,13 @@ type Options struct {
 	NATSCreds, NATSAccountKey string
 	NATSCA                    string
 	Replicas                  int
+	// HA (with NATSURLs) makes this controller one of two or three against
+	// the same NATS cluster: it waits in Start until it holds the leader lease
+	// (a KV key with LeaseTTL, default DefaultLeaseTTL, renewed with
+	// revision-checked updates), then serves and resumes running rollouts.
+	// A standby serves nothing meanwhile. Lost() closes when the lease is lost.
+	HA       bool
+	LeaseTTL time.Duration
 	// Infra makes the machines a Clusterfile's spec.infra asks for, with the
 	// providers it names (none: spec.infra is refused with the reason).
 	Infra infra.Options
@@ -106,6 +114,7 @@ type Controller struct {
 	seed     *tracker.Seed       // nil: peer-to-peer is off, layers come from blob URLs
 	engine   *rollout.Engine     // set by Start
 	cancel   context.CancelFunc  // stops the seed's announcements
+	lease    *lease              // with Options.HA
 }
 
 // New prepares a controller: the data dir, the CA, keys and admin credentials
@@ -120,6 +129,9 @@ func New(opts Options) (*Controller, error) {
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
+	}
+	if opts.HA && len(opts.NATSURLs) == 0 {
+		return nil, &plane.OptionError{Option: "HA", Err: errors.New("high availability needs an existing NATS cluster (NATS URLs) that the controllers share")}
 	}
 	log := opts.Logger
 	// Before the seed creates its dir inside it (a data dir it created would
@@ -176,11 +188,20 @@ func New(opts Options) (*Controller, error) {
 // resumes the rollouts a stopped controller left running. It returns once
 // everything accepts connections.
 func (c *Controller) Start(ctx context.Context) error {
-	if err := c.Controller.Start(ctx); err != nil {
-		return err
-	}
 	var bg context.Context
 	bg, c.cancel = context.WithCancel(context.Background())
+	if c.opts.HA {
+		l, err := acquireLease(ctx, c.opts, c.log.With("component", "lease"))
+		if err != nil {
+			return fmt.Errorf("leader lease: %w", err)
+		}
+		c.lease = l
+		go l.keep(bg)
+	}
+	if err := c.Controller.Start(ctx); err != nil {
+		c.Close()
+		return err
+	}
 	if c.seed != nil {
 		c.seed.SetAddr(c.HTTPURL())
 		go c.seed.Run(bg)
@@ -223,13 +244,31 @@ func (c *Controller) Start(ctx context.Context) error {
 	return nil
 }
 
-// Run starts the controller, serves until ctx ends, then closes it.
+// Lost is closed when this controller (Options.HA) lost its leader lease:
+// stop it then (a standby leads). Without HA it never closes.
+func (c *Controller) Lost() <-chan struct{} {
+	if c.lease == nil {
+		return nil
+	}
+	return c.lease.lost
+}
+
+// ErrLeaseLost is what Run returns when the leader lease was lost.
+var ErrLeaseLost = errors.New("leader lease lost: another controller leads")
+
+// Run starts the controller, serves until ctx ends (or the lease is lost),
+// then closes it.
 func (c *Controller) Run(ctx context.Context) error {
 	if err := c.Start(ctx); err != nil {
 		return err
 	}
-	<-ctx.Done()
-	return c.Close()
+	select {
+	case <-ctx.Done():
+		return c.Close()
+	case <-c.Lost():
+		c.Close()
+		return ErrLeaseLost
+	}
 }
 
 // Close stops the rollout engine (running rollouts stay recorded as running and
@@ -238,8 +277,12 @@ func (c *Controller) Close() error {
 	if c.engine != nil {
 		c.engine.Close()
 	}
+	err := c.Controller.Close()
+	if c.lease != nil {
+		c.lease.release()
+	}
 	if c.cancel != nil {
 		c.cancel()
 	}
-	return c.Controller.Close()
+	return err
 }

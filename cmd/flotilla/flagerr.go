@@ -64,6 +64,8 @@ func controllerFlag(option string) string {
 		return "--nats-ca"
 	case "Replicas":
 		return "--replicas"
+	case "HA":
+		return "--ha"
 	}
 	return ""
 }

@@ -92,6 +92,32 @@ func StartExternal(t testing.TB, controllerArgs ...string) *Fleet {
 	return f
 }
 
+// StartStandby starts another controller (its own data dir and ports) with
+// from's flags, sharing from's CA, signing key and admin credentials (what
+// the controllers of one HA group share), and waits until admin requests
+// answer (the leader answers them while this one stands by).
+func StartStandby(from *Fleet) *Fleet {
+	t := from.T
+	t.Helper()
+	f := &Fleet{T: t, Bin: from.Bin, Dir: t.TempDir(), Agents: map[string]*Proc{}, NATSPort: freePort(t), HTTPPort: freePort(t),
+		ControllerArgs: from.ControllerArgs, External: from.External}
+	if err := os.MkdirAll(f.ControllerDir(), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"ca.crt", "ca.key", "signing.key", protocol.AdminCredsFile} {
+		data, err := os.ReadFile(filepath.Join(from.ControllerDir(), name))
+		if err != nil {
+			t.Fatalf("standby: %v", err)
+		}
+		if err := os.WriteFile(filepath.Join(f.ControllerDir(), name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(f.stopAll)
+	f.StartController()
+	return f
+}
+
 func freePort(t testing.TB) int {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
