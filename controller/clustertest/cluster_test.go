@@ -26,11 +26,18 @@ import (
 // the controller flags that use them.
 type natsCluster struct {
 	*natstest.Cluster
-	authDir string
-	args    []string
+	authDir  string
+	authConf string
+	args     []string
 }
 
 func startNATSCluster(t *testing.T, extra func(i int) string) *natsCluster {
+	t.Helper()
+	return startNATSServers(t, 3, extra)
+}
+
+// startNATSServers starts n servers (a cluster when n > 1).
+func startNATSServers(t *testing.T, n int, extra func(i int) string) *natsCluster {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("starts nats-server, controller and agent processes")
@@ -47,14 +54,14 @@ func startNATSCluster(t *testing.T, extra func(i int) string) *natsCluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := natstest.StartCluster(t, 3, string(authConf), extra)
+	c := natstest.StartCluster(t, n, string(authConf), extra)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	creds := filepath.Join(authDir, natsauth.FileControllerCreds)
 	if err := natstest.WaitJetStream(ctx, c.URLs(), creds); err != nil {
 		t.Fatal(err)
 	}
-	return &natsCluster{Cluster: c, authDir: authDir, args: []string{
+	return &natsCluster{Cluster: c, authDir: authDir, authConf: string(authConf), args: []string{
 		"--nats-url", strings.Join(c.URLs(), ","),
 		"--nats-creds", creds,
 		"--nats-account-key", filepath.Join(authDir, natsauth.FileAccountKey),
@@ -336,4 +343,46 @@ func waitLog(t *testing.T, p *controllertest.Proc, want string, timeout time.Dur
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// TestSiteLeafNode runs agents at a "site" whose nats-server is a leaf node
+// dialing out to the hub (the controller's NATS): they join, exec and apply
+// across the leaf connection.
+func TestSiteLeafNode(t *testing.T) {
+	store := t.TempDir()
+	t.Setenv("FLOTILLA_STORE", store)
+	leafPort := natstest.FreePort(t)
+	hub := startNATSServers(t, 1, func(int) string {
+		return fmt.Sprintf("leafnodes { listen: %q }\n", fmt.Sprintf("127.0.0.1:%d", leafPort))
+	})
+	iss, err := natsauth.LoadIssuer(filepath.Join(hub.authDir, natsauth.FileAccountKey), filepath.Join(hub.authDir, natsauth.FileControllerCreds))
+	if err != nil {
+		t.Fatal(err)
+	}
+	site := natstest.StartServer(t, "site", fmt.Sprintf("leafnodes { remotes: [ { urls: [%q], credentials: %q, account: %q } ] }\n",
+		fmt.Sprintf("nats-leaf://127.0.0.1:%d", leafPort), filepath.Join(hub.authDir, natsauth.FileLeafCreds), iss.Account())+hub.authConf)
+	f := controllertest.StartExternal(t, hub.args...)
+	slowImage(t, f.Bin, store, 1)
+	names := []string{"s1", "s2"}
+	for _, n := range names {
+		f.StartAgent(n, "--nats-url", site.URL)
+	}
+	f.WaitOnline(60*time.Second, true, names...)
+	for _, n := range names {
+		if !strings.Contains(f.Agents[n].Output(), "url="+site.URL) {
+			t.Errorf("agent %s did not connect to the site's leaf node %s", n, site.URL)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out, errOut, code := f.CLI(ctx, "exec", "--all", "--", "echo", "hello-from-site")
+	if code != 0 || strings.Count(out, "hello-from-site") != len(names) {
+		t.Fatalf("exec --all across the leaf: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+	}
+	out, errOut, code = f.CLI(ctx, "apply", "-f", clusterfile(t, names))
+	if code != 0 {
+		t.Fatalf("apply across the leaf: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+	}
+	waitDone(t, f, 60*time.Second)
+	checkRanOnce(t, f, names)
 }

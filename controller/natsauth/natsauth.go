@@ -25,6 +25,7 @@ const (
 	FileAccountKey      = "account.nk"       // flotilla's account signing key (seed): --nats-account-key
 	FileControllerCreds = "controller.creds" // the controller's own user: --nats-creds
 	FileServerConf      = "auth.conf"        // include it in every nats-server config
+	FileLeafCreds       = "leaf.creds"       // a site's leaf node dials the hub as this user
 )
 
 // Setup is what Init made.
@@ -82,6 +83,10 @@ func Init(dir string) (*Setup, error) {
 	if err != nil {
 		return nil, err
 	}
+	leaf, err := iss.User("flotilla-leaf", nil, nil, false)
+	if err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -92,6 +97,7 @@ func Init(dir string) (*Setup, error) {
 		FileOperatorJWT:     {[]byte(s.OperatorJWT), 0o644},
 		FileAccountKey:      {s.AccountSeed, 0o600},
 		FileControllerCreds: {ctrl, 0o600},
+		FileLeafCreds:       {leaf, 0o600},
 		FileServerConf:      {[]byte(s.ServerConfig()), 0o644},
 	} {
 		if err := os.WriteFile(filepath.Join(dir, name), f.data, f.mode); err != nil {
