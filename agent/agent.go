@@ -109,8 +109,10 @@ type Agent struct {
 	lastHB     time.Time
 	connErr    string // why the last attempt to reach NATS failed; "" once connected
 	connErrAt  time.Time
-	seqMu      sync.Mutex
-	wg         sync.WaitGroup // running tasks
+	// registryAddr is where the registry mirror listens ("" while it does not).
+	registryAddr string
+	seqMu        sync.Mutex
+	wg           sync.WaitGroup // running tasks
 	// bg are the goroutines Run started besides tasks (peer, registry
 	// mirror): Run returns once they ended, so nothing writes to the data
 	// dir after it.
@@ -450,7 +452,7 @@ func (a *Agent) writeStatus() {
 	a.mu.Lock()
 	st := Status{Name: a.opts.Name, Registered: a.registered, Controller: strings.Join(a.creds.NATSURLs, ","),
 		LastHeartbeat: a.lastHB, Running: len(a.running), HeartbeatInterval: a.opts.HeartbeatInterval, PID: os.Getpid(), Updated: time.Now().UTC(),
-		LastError: a.connErr, LastErrorAt: a.connErrAt}
+		LastError: a.connErr, LastErrorAt: a.connErrAt, Registry: a.registryAddr}
 	a.mu.Unlock()
 	st.Connected = a.nc != nil && a.nc.IsConnected()
 	st.Registered = st.Registered && st.Connected

@@ -27,10 +27,10 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"golang.org/x/time/rate"
 
-	"github.com/flotilla-dev/flotilla/agent/p2p"
-	"github.com/flotilla-dev/flotilla/bundle/pieces"
 	"github.com/flotilla-dev/flotilla/internal/atomicfile"
 	"github.com/flotilla-dev/flotilla/internal/httpserve"
+	"github.com/flotilla-dev/flotilla/p2p/fetch"
+	"github.com/flotilla-dev/flotilla/p2p/pieces"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
 
@@ -38,7 +38,7 @@ import (
 const (
 	filePeerKey  = "peer.key"
 	filePeerCert = "peer.crt"
-	dirPeerStore = "p2p" // the piece store (bundle/pieces layout)
+	dirPeerStore = "p2p" // the piece store (p2p/pieces layout)
 )
 
 // DefaultPeerListen is the agent's default --peer-listen.
@@ -56,7 +56,7 @@ type Peer struct {
 	log     *slog.Logger
 	dataDir string
 	store   *pieces.Store
-	fetcher *p2p.Fetcher
+	fetcher *fetch.Fetcher
 	client  *http.Client // to peers; the seed and the tracker go through ctlClient
 	url     string       // https://host:port others reach the server at; "" when it does not serve
 	metrics *metrics
@@ -74,7 +74,7 @@ type Peer struct {
 	srv *http.Server
 
 	progMu   sync.Mutex
-	progress map[v1.Hash]func(p2p.Progress) // per blob being fetched
+	progress map[v1.Hash]func(fetch.Progress) // per blob being fetched
 }
 
 // StepCaps are a step's bandwidth caps in bytes per second (0: none), on top
@@ -91,7 +91,7 @@ func (p *Peer) Store() *pieces.Store { return p.store }
 // every piece checked as it lands and the blob against its digest at the
 // end, and returns its path. Pieces left by an interrupted fetch are kept; a
 // blob already held is not fetched. caps apply while it runs.
-func (p *Peer) Fetch(ctx context.Context, list pieces.PieceList, caps StepCaps, progress func(p2p.Progress)) (string, error) {
+func (p *Peer) Fetch(ctx context.Context, list pieces.PieceList, caps StepCaps, progress func(fetch.Progress)) (string, error) {
 	if err := list.Validate(); err != nil {
 		return "", err
 	}
@@ -111,7 +111,7 @@ func (p *Peer) Fetch(ctx context.Context, list pieces.PieceList, caps StepCaps, 
 }
 
 // onProgress routes the fetcher's progress to the step fetching that blob.
-func (p *Peer) onProgress(pr p2p.Progress) {
+func (p *Peer) onProgress(pr fetch.Progress) {
 	p.progMu.Lock()
 	f := p.progress[pr.Digest]
 	p.progMu.Unlock()
@@ -211,7 +211,7 @@ func (a *Agent) peerURL() string {
 func (a *Agent) startPeer(ctx context.Context) error {
 	o := a.opts
 	p := &Peer{node: o.Name, log: a.log.With("component", "p2p"), dataDir: o.DataDir, maxUp: o.MaxUpload, maxDown: o.MaxDownload,
-		stepCaps: map[*StepCaps]struct{}{}, progress: map[v1.Hash]func(p2p.Progress){}}
+		stepCaps: map[*StepCaps]struct{}{}, progress: map[v1.Hash]func(fetch.Progress){}}
 	p.up, p.down = newLimiter(o.MaxUpload), newLimiter(o.MaxDownload)
 	p.pool = x509.NewCertPool()
 	if !p.pool.AppendCertsFromPEM(a.creds.CAPEM) {
@@ -228,10 +228,10 @@ func (a *Agent) startPeer(ctx context.Context) error {
 		p.store.Close()
 		return fmt.Errorf("peer certificate: %w", err)
 	}
-	p.client = p2p.NewClient(p.clientTLS())
+	p.client = fetch.NewClient(p.clientTLS())
 	p.client.Transport = a.metrics.countFetched(p.client.Transport, a.creds.HTTPURL)
 	p.metrics = a.metrics
-	tr := p2p.NewHTTPTracker(a.creds.HTTPURL, p2p.NewClient(p.controllerTLS()))
+	tr := fetch.NewHTTPTracker(a.creds.HTTPURL, fetch.NewClient(p.controllerTLS()))
 	p.peerSets = newPeerSets(tr, p.log)
 	self := pieces.Peer{}
 	if o.PeerListen != "" {
@@ -239,7 +239,7 @@ func (a *Agent) startPeer(ctx context.Context) error {
 			p.log.Warn("not serving pieces to peers; fetching only", "err", err)
 		}
 	}
-	p.fetcher = p2p.New(p.store, tr, p2p.Options{
+	p.fetcher = fetch.New(p.store, tr, fetch.Options{
 		Self: self, Client: p.client, VerifyPeer: verifyPeerIdentity, DownloadLimit: p.down, Logger: p.log, Progress: p.onProgress,
 	})
 	a.peer.Store(p)

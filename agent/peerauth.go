@@ -14,8 +14,8 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"golang.org/x/time/rate"
 
-	"github.com/flotilla-dev/flotilla/agent/p2p"
-	"github.com/flotilla-dev/flotilla/bundle/pieces"
+	"github.com/flotilla-dev/flotilla/p2p/fetch"
+	"github.com/flotilla-dev/flotilla/p2p/pieces"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
 
@@ -41,7 +41,7 @@ const (
 
 // peerSets caches, per blob, the peer IDs the tracker lists.
 type peerSets struct {
-	tracker p2p.Tracker
+	tracker fetch.Tracker
 	log     *slog.Logger
 	queries *rate.Limiter // all tracker queries, so requests for made-up blobs cannot flood it
 
@@ -57,7 +57,7 @@ type peerSet struct {
 	lastUsed time.Time
 }
 
-func newPeerSets(t p2p.Tracker, log *slog.Logger) *peerSets {
+func newPeerSets(t fetch.Tracker, log *slog.Logger) *peerSets {
 	return &peerSets{tracker: t, log: log, queries: rate.NewLimiter(50, 50), sets: map[v1.Hash]*peerSet{}}
 }
 
@@ -178,7 +178,7 @@ func verifyPeerIdentity(peer pieces.Peer, cs *tls.ConnectionState) error {
 // verified against the cluster CA for the host name of its URL like any
 // HTTPS server's, and never an agent's, however valid (an agent posing as
 // the tracker would choose everyone's peers). A failure wraps
-// p2p.ErrNotTracker, so a fetch stops at once instead of waiting for peers.
+// fetch.ErrNotTracker, so a fetch stops at once instead of waiting for peers.
 func (p *Peer) controllerTLS() *tls.Config {
 	return &tls.Config{
 		MinVersion:           tls.VersionTLS12,
@@ -186,11 +186,11 @@ func (p *Peer) controllerTLS() *tls.Config {
 		InsecureSkipVerify:   true, // verified by VerifyConnection, host name included
 		VerifyConnection: func(cs tls.ConnectionState) error {
 			if len(cs.PeerCertificates) == 0 {
-				return fmt.Errorf("%w: %s sent no certificate", p2p.ErrNotTracker, cs.ServerName)
+				return fmt.Errorf("%w: %s sent no certificate", fetch.ErrNotTracker, cs.ServerName)
 			}
 			leaf := cs.PeerCertificates[0]
 			if isPeerCert(leaf) {
-				return fmt.Errorf("%w: %s presented an agent's certificate (%s), not the controller's", p2p.ErrNotTracker, cs.ServerName, leaf.DNSNames[0])
+				return fmt.Errorf("%w: %s presented an agent's certificate (%s), not the controller's", fetch.ErrNotTracker, cs.ServerName, leaf.DNSNames[0])
 			}
 			opts := x509.VerifyOptions{Roots: p.pool, Intermediates: x509.NewCertPool(), DNSName: cs.ServerName,
 				KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
@@ -198,7 +198,7 @@ func (p *Peer) controllerTLS() *tls.Config {
 				opts.Intermediates.AddCert(c)
 			}
 			if _, err := leaf.Verify(opts); err != nil {
-				return fmt.Errorf("%w: %s: %v", p2p.ErrNotTracker, cs.ServerName, err)
+				return fmt.Errorf("%w: %s: %v", fetch.ErrNotTracker, cs.ServerName, err)
 			}
 			return nil
 		},

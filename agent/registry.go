@@ -50,5 +50,9 @@ func (a *Agent) serveRegistry(ctx context.Context, h *mirror.Server) error {
 		return fmt.Errorf("listen: %w", err)
 	}
 	a.log.Info("registry mirror serving", "addr", l.Addr().String(), "cache", ImageCacheDir(a.opts.DataDir))
+	a.mu.Lock()
+	a.registryAddr = l.Addr().String()
+	a.mu.Unlock()
+	a.writeStatus()
 	return mirror.Serve(ctx, l, h, 0)
 }

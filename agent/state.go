@@ -36,6 +36,8 @@ type Status struct {
 	// (empty once connected), and LastErrorAt when.
 	LastError   string    `json:"lastError,omitempty"`
 	LastErrorAt time.Time `json:"lastErrorAt,omitzero"`
+	// Registry is the address the node-local registry mirror listens on ("": not serving).
+	Registry string `json:"registry,omitempty"`
 }
 
 // ReadStatus reads <dataDir>/status.json.

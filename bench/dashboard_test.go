@@ -27,7 +27,7 @@ func TestGrafanaDashboardNamesExist(t *testing.T) {
 		t.Fatalf("flotilla.json: %v", err)
 	}
 	var defined strings.Builder
-	for _, f := range []string{"../controller/metrics.go", "../agent/metrics.go", "../lvscare/metrics.go"} {
+	for _, f := range []string{"../controller/plane/metrics.go", "../agent/metrics.go", "../lvscare/metrics.go"} {
 		b, err := os.ReadFile(f)
 		if err != nil {
 			t.Fatal(err)

@@ -23,9 +23,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flotilla-dev/flotilla/bundle/pieces"
-	"github.com/flotilla-dev/flotilla/bundle/pieces/piecestest"
 	"github.com/flotilla-dev/flotilla/internal/testbin"
+	"github.com/flotilla-dev/flotilla/p2p/pieces"
+	"github.com/flotilla-dev/flotilla/p2p/pieces/piecestest"
 )
 
 // The distribution benchmark: one random layer of S bytes to N hosts, each
@@ -357,7 +357,7 @@ func runFlotilla(t *testing.T, cg *cpuGroup, bin, work, stores, blob, listFile, 
 		"--seed", blob, "--piece-size="+pieceSize, "--ca", c.ca, "--cert", c.cert, "--key", c.key)
 	defer seed.stop()
 	// Ready once it logs that it seeds (the layer is in its store and announced).
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) { // polls the seed's log: no other signal that it seeds
 		if b, _ := os.ReadFile(seedLog); strings.Contains(string(b), "msg=seeding") {
 			break
 		}
@@ -475,7 +475,7 @@ Subsystem sftp /usr/lib/openssh/sftp-server
 			if time.Now().After(deadline) {
 				t.Fatalf("sshd in %s not answering: %v; see %s", nodeNS(i), err, filepath.Join(dir, fmt.Sprintf("sshd.%d.log", i)))
 			}
-			time.Sleep(100 * time.Millisecond)
+			time.Sleep(100 * time.Millisecond) // each try is a real ssh session; pace them
 		}
 	}
 	return filepath.Join(dir, "id")

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/internal/poll"
+
 	"github.com/flotilla-dev/flotilla/bundle/build"
 	"github.com/flotilla-dev/flotilla/bundle/store"
 	"github.com/flotilla-dev/flotilla/protocol"
@@ -106,14 +108,14 @@ func applyToAll(t *testing.T, cg *cpuGroup, bin, work, stores string, img rollou
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	var tok protocol.TokenInfo
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		out, err := inSeedNS(ctx, cg, bin, "token", "create", "--data-dir", ctlDir, "--ttl", "1h", "-o", "json")
-		if err == nil && json.Unmarshal(out, &tok) == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("controller not ready after 30s: %v; see %s", err, logs)
-		}
+	var terr error
+	tokenMade := func() bool {
+		var out []byte
+		out, terr = inSeedNS(ctx, cg, bin, "token", "create", "--data-dir", ctlDir, "--ttl", "1h", "-o", "json")
+		return terr == nil && json.Unmarshal(out, &tok) == nil
+	}
+	if err := poll.Until(ctx, 30*time.Second, 100*time.Millisecond, tokenMade); err != nil {
+		t.Fatalf("controller not ready: %v (%v); see %s", terr, err, logs)
 	}
 	var agents []*proc
 	for i := 1; i <= n; i++ {
@@ -127,10 +129,11 @@ func applyToAll(t *testing.T, cg *cpuGroup, bin, work, stores string, img rollou
 			a.stop()
 		}
 	}()
-	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+	ready := 0
+	allReady := func() bool {
 		out, _ := inSeedNS(ctx, cg, bin, "nodes", "--data-dir", ctlDir, "-o", "json")
 		var nodes []protocol.NodeInfo
-		ready := 0
+		ready = 0
 		if json.Unmarshal(out, &nodes) == nil {
 			for _, nd := range nodes {
 				if nd.Online && strings.HasSuffix(nd.PeerURL, ":9444") {
@@ -138,12 +141,10 @@ func applyToAll(t *testing.T, cg *cpuGroup, bin, work, stores string, img rollou
 				}
 			}
 		}
-		if ready == n {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("rollout N=%d: %d of %d agents registered with a peer URL after 60s; see %s", n, ready, n, logs)
-		}
+		return ready == n
+	}
+	if err := poll.Until(ctx, 60*time.Second, 200*time.Millisecond, allReady); err != nil {
+		t.Fatalf("%s N=%d: %d of %d agents registered with a peer URL: %v; see %s", method, n, ready, n, err, logs)
 	}
 
 	var names []string

@@ -20,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/internal/poll"
+
 	"github.com/flotilla-dev/flotilla/agent"
 	"github.com/flotilla-dev/flotilla/bundle/build"
 	"github.com/flotilla-dev/flotilla/bundle/store"
@@ -114,9 +116,9 @@ func TestScale(t *testing.T) {
 	t.Logf("%d agents joined in %s, online in %s", n, rep.joinAll.Round(time.Millisecond), rep.online.Round(time.Millisecond))
 
 	// Idle: heartbeats only. Three intervals first, so registration is over.
-	time.Sleep(15 * time.Second)
+	time.Sleep(15 * time.Second) // three heartbeat intervals: what is measured next must be idle
 	s0, c0, w0 := scrape(t, metricsURL), ctl.cpu(t), time.Now()
-	time.Sleep(idle)
+	time.Sleep(idle) // the idle window being measured
 	s1, c1 := scrape(t, metricsURL), ctl.cpu(t)
 	win := time.Since(w0).Seconds()
 	rep.rssConnected = ctl.rss(t)
@@ -254,21 +256,21 @@ func buildScaleImage(t *testing.T, work string) string {
 
 func waitOnline(t *testing.T, url string, n int, timeout time.Duration, errs <-chan error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
+	var (
+		s   promtest.Samples
+		err error
+	)
+	online := func() bool {
 		select {
 		case err := <-errs:
 			t.Fatal(err)
 		default:
 		}
-		s, err := promtest.Scrape(context.Background(), url)
-		if err == nil && int(s.Sum("flotilla_nodes", "state=online")) == n {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d agents not online after %s (last scrape: %v online, err %v)", n, timeout, s.Sum("flotilla_nodes", "state=online"), err)
-		}
-		time.Sleep(250 * time.Millisecond)
+		s, err = promtest.Scrape(context.Background(), url)
+		return err == nil && int(s.Sum("flotilla_nodes", "state=online")) == n
+	}
+	if perr := poll.Until(context.Background(), timeout, 250*time.Millisecond, online); perr != nil {
+		t.Fatalf("%d agents not online after %s (last scrape: %v online, err %v)", n, timeout, s.Sum("flotilla_nodes", "state=online"), err)
 	}
 }
 

@@ -2,7 +2,7 @@
 // control plane (controller/plane: embedded NATS + JetStream, node inventory,
 // join tokens, signed task dispatch, admin requests, event history), the
 // rollout engine (controller/rollout) with its layer blob server, and the
-// peer-to-peer seed and tracker (controller/tracker). It also resumes the
+// peer-to-peer seed and tracker (p2p/tracker). It also resumes the
 // rollouts a stopped controller left running.
 //
 // New(Options) builds it, Start and Close (or Run) run it. `flotilla controller`
@@ -24,11 +24,13 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/controller/blobserver"
+
 	"github.com/flotilla-dev/flotilla/bundle/store"
 	"github.com/flotilla-dev/flotilla/controller/plane"
 	"github.com/flotilla-dev/flotilla/controller/rollout"
-	"github.com/flotilla-dev/flotilla/controller/tracker"
 	"github.com/flotilla-dev/flotilla/infra"
+	"github.com/flotilla-dev/flotilla/p2p/tracker"
 	"github.com/flotilla-dev/flotilla/protocol"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -108,13 +110,13 @@ type Controller struct {
 	*plane.Controller
 	log      *slog.Logger
 	opts     Options
-	store    *store.Store        // nil: rollouts are off (storeErr says why)
-	storeErr error               // why the image store could not be opened
-	blobs    *rollout.BlobServer // nil with store
-	seed     *tracker.Seed       // nil: peer-to-peer is off, layers come from blob URLs
-	engine   *rollout.Engine     // set by Start
-	cancel   context.CancelFunc  // stops the seed's announcements
-	lease    *lease              // with Options.HA
+	store    *store.Store       // nil: rollouts are off (storeErr says why)
+	storeErr error              // why the image store could not be opened
+	blobs    *blobserver.Server // nil with store
+	seed     *tracker.Seed      // nil: peer-to-peer is off, layers come from blob URLs
+	engine   *rollout.Engine    // set by Start
+	cancel   context.CancelFunc // stops the seed's announcements
+	lease    *lease             // with Options.HA
 }
 
 // New prepares a controller: the data dir, the CA, keys and admin credentials
@@ -150,10 +152,10 @@ func New(opts Options) (*Controller, error) {
 		log.Error("rollout engine", "err", c.storeErr)
 	} else {
 		var err error
-		if c.blobs, err = rollout.NewBlobServer(opts.DataDir, c.store, log); err != nil {
+		if c.blobs, err = blobserver.New(opts.DataDir, c.store, log); err != nil {
 			return nil, err
 		}
-		handlers["GET "+rollout.BlobPath+"{digest}"] = c.blobs
+		handlers["GET "+blobserver.Path+"{digest}"] = c.blobs
 	}
 	var agentHandlers map[string]http.Handler
 	seedLog := log.With("component", "seed")

@@ -52,7 +52,7 @@ func (p *fakeProvider) enter(op string) func() {
 	d := p.delay
 	p.mu.Unlock()
 	if d > 0 {
-		time.Sleep(d)
+		time.Sleep(d) // the fake provider's call takes time, as a cloud API's does
 	}
 	return func() { p.mu.Lock(); p.inflight--; p.mu.Unlock() }
 }

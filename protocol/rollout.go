@@ -71,7 +71,7 @@ type LayerPayload struct {
 	// with header "Authorization: Bearer <Token>".
 	URL   string `json:"url"`
 	Token string `json:"token"`
-	// Pieces is the blob's piece list for peer-to-peer fetching (bundle/pieces JSON);
+	// Pieces is the blob's piece list for peer-to-peer fetching (p2p/pieces JSON);
 	// empty: fetch from URL only.
 	Pieces json.RawMessage `json:"pieces,omitempty"`
 	// MaxDownload and MaxUpload cap this node's distribution traffic in bytes per
@@ -84,6 +84,18 @@ type LayerPayload struct {
 	MaxUnpackBytes   int64 `json:"maxUnpackBytes,omitempty"`
 	MaxUnpackEntries int   `json:"maxUnpackEntries,omitempty"`
 	KeepSetuid       bool  `json:"keepSetuid,omitempty"`
+	// Contents is what the layer holds as its build recorded it (nil for
+	// images built before flotilla recorded it): the agent checks its bounds
+	// and free space against it instead of reading the layer through once
+	// before unpacking it.
+	Contents *LayerContents `json:"contents,omitempty"`
+}
+
+// LayerContents describes an image layer's tar: what unpacking it places.
+type LayerContents struct {
+	FileBytes   int64 `json:"fileBytes"`   // bytes of regular files
+	Entries     int   `json:"entries"`     // tar entries (files, directories, links)
+	LongestPath int   `json:"longestPath"` // bytes of the longest entry name
 }
 
 // FilePayload is one rendered file a "file" step places.

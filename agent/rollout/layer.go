@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/flotilla-dev/flotilla/agent"
@@ -67,7 +68,17 @@ func (x *steps) layer(ctx context.Context, sc *agent.StepContext) error {
 		return err
 	}
 	opts := []unpack.Option{unpack.WithMaxBytes(p.MaxUnpackBytes), unpack.WithMaxEntries(p.MaxUnpackEntries), unpack.WithSetuid(p.KeepSetuid)}
-	records, err := unpack.UnpackFile(ctx, blob, p.Digest, sc.Root, opts...)
+	if p.Contents != nil {
+		// Recorded at build time and signed: no pre-pass over the layer.
+		opts = append(opts, unpack.WithDeclaredContents(p.Contents))
+	}
+	first := opts
+	if fetched {
+		// Just fetched and verified (pieces against a signed list, or hashed as
+		// it arrived): no second sha256 over the blob. A cached copy is hashed.
+		first = append(slices.Clip(opts), unpack.WithVerifiedBlob())
+	}
+	records, err := unpack.UnpackFile(ctx, blob, p.Digest, sc.Root, first...)
 	if errors.Is(err, unpack.ErrDigestMismatch) && !fetched {
 		// The cached copy went bad on disk since it was verified: fetch it again.
 		sc.Output("stderr", fmt.Sprintf("cached blob %s does not match its digest any more: fetching it again", blob))

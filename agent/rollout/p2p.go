@@ -10,9 +10,9 @@ import (
 	"time"
 
 	"github.com/flotilla-dev/flotilla/agent"
-	"github.com/flotilla-dev/flotilla/agent/p2p"
-	"github.com/flotilla-dev/flotilla/bundle/pieces"
 	"github.com/flotilla-dev/flotilla/internal/human"
+	"github.com/flotilla-dev/flotilla/p2p/fetch"
+	"github.com/flotilla-dev/flotilla/p2p/pieces"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
 
@@ -82,10 +82,10 @@ func layerPieceList(p protocol.LayerPayload) (pieces.PieceList, error) {
 
 // progressReporter turns fetch progress into step progress at most every
 // ProgressEvery, with the achieved rate for `flotilla apply`.
-func (x *steps) progressReporter(sc *agent.StepContext) func(p2p.Progress) {
+func (x *steps) progressReporter(sc *agent.StepContext) func(fetch.Progress) {
 	var mu sync.Mutex
 	var last time.Time
-	return func(pr p2p.Progress) {
+	return func(pr fetch.Progress) {
 		mu.Lock()
 		defer mu.Unlock()
 		if !pr.Done && time.Since(last) < x.opts.ProgressEvery {

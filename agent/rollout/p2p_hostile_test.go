@@ -15,9 +15,9 @@ import (
 	"time"
 
 	"github.com/flotilla-dev/flotilla/agent"
-	"github.com/flotilla-dev/flotilla/bundle/pieces"
 	"github.com/flotilla-dev/flotilla/controller/controllertest"
-	"github.com/flotilla-dev/flotilla/controller/tracker"
+	"github.com/flotilla-dev/flotilla/p2p/pieces"
+	"github.com/flotilla-dev/flotilla/p2p/tracker"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
 

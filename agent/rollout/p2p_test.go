@@ -32,12 +32,12 @@ import (
 
 	"github.com/flotilla-dev/flotilla/agent"
 	"github.com/flotilla-dev/flotilla/agent/rollout"
-	"github.com/flotilla-dev/flotilla/bundle/pieces"
-	"github.com/flotilla-dev/flotilla/bundle/pieces/piecestest"
 	"github.com/flotilla-dev/flotilla/controller/controllertest"
 	"github.com/flotilla-dev/flotilla/controller/plane"
-	"github.com/flotilla-dev/flotilla/controller/tracker"
 	"github.com/flotilla-dev/flotilla/internal/poll"
+	"github.com/flotilla-dev/flotilla/p2p/pieces"
+	"github.com/flotilla-dev/flotilla/p2p/pieces/piecestest"
+	"github.com/flotilla-dev/flotilla/p2p/tracker"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
 

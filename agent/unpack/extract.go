@@ -13,6 +13,8 @@ import (
 	"os"
 	"path"
 	"strings"
+
+	"github.com/flotilla-dev/flotilla/protocol"
 )
 
 // maxLinkHops bounds symlink resolution, as the kernel's ELOOP does.
@@ -28,6 +30,9 @@ type placer struct {
 	keepSetuid bool
 	records    []Record
 	index      map[string]int // path -> position in records
+	// seenEntries and seenBytes count what was read against declared contents.
+	seenEntries int
+	seenBytes   int64
 }
 
 func newPlacer(root string, owners bool) (*placer, error) {
@@ -58,11 +63,17 @@ func (p *placer) record(r Record) {
 }
 
 func extract(ctx context.Context, blob io.ReadSeeker, digest, root string, o options) ([]Record, error) {
-	if err := scan(ctx, blob, root, o); err != nil {
-		return nil, fmt.Errorf("layer %s refused, nothing placed: %w", digest, err)
-	}
-	if _, err := blob.Seek(0, io.SeekStart); err != nil {
-		return nil, fmt.Errorf("layer %s: %w", digest, err)
+	if o.declared != nil {
+		if err := checkDeclared(o.declared, root, o); err != nil {
+			return nil, fmt.Errorf("layer %s refused, nothing placed: %w", digest, err)
+		}
+	} else {
+		if err := scan(ctx, blob, root, o); err != nil {
+			return nil, fmt.Errorf("layer %s refused, nothing placed: %w", digest, err)
+		}
+		if _, err := blob.Seek(0, io.SeekStart); err != nil {
+			return nil, fmt.Errorf("layer %s: %w", digest, err)
+		}
 	}
 	r, done, err := decompress(blob)
 	if err != nil {
@@ -90,6 +101,9 @@ func extract(ctx context.Context, blob io.ReadSeeker, digest, root string, o opt
 		}
 		if err != nil {
 			return p.records, fmt.Errorf("layer %s: read tar: %w", digest, err)
+		}
+		if err := p.withinDeclared(o.declared, hdr); err != nil {
+			return p.records, fmt.Errorf("layer %s: %w", digest, &EntryError{Entry: truncate(hdr.Name), Err: err})
 		}
 		name, err := cleanEntry(hdr.Name)
 		if err == nil && name != "" {
@@ -440,5 +454,47 @@ func (p *placer) hardlink(name, linkname string) error {
 	}
 	rec := p.records[i]
 	p.record(Record{Path: name, Kind: KindHardlink, Mode: rec.Mode, Digest: rec.Digest, Target: src})
+	return nil
+}
+
+// withinDeclared counts the entry against the layer's declared contents (nil:
+// nothing declared, the pre-pass checked the layer): a layer that holds more
+// than its build recorded stops here.
+func (p *placer) withinDeclared(d *protocol.LayerContents, hdr *tar.Header) error {
+	if d == nil {
+		return nil
+	}
+	p.seenEntries++
+	if hdr.Typeflag == tar.TypeReg || hdr.Typeflag == tar.TypeRegA {
+		p.seenBytes += hdr.Size
+	}
+	if p.seenEntries > d.Entries || p.seenBytes > d.FileBytes {
+		return fmt.Errorf("%w: the layer holds more than its build recorded (%d entries, %d bytes of files)", ErrLimit, d.Entries, d.FileBytes)
+	}
+	return checkNameLen(hdr.Name)
+}
+
+// checkDeclared checks a layer's declared contents against the bounds and the
+// free space under root, before anything is placed.
+func checkDeclared(d *protocol.LayerContents, root string, o options) error {
+	if d.FileBytes < 0 || d.Entries < 0 || d.LongestPath < 0 {
+		return fmt.Errorf("declared contents %+v: negative", *d)
+	}
+	if o.maxBytes > 0 && d.FileBytes > o.maxBytes {
+		return fmt.Errorf("%w: %d bytes of files, more than %d (raise it with the image label dev.flotilla.unpack.max-bytes)", ErrLimit, d.FileBytes, o.maxBytes)
+	}
+	if o.maxEntries > 0 && d.Entries > o.maxEntries {
+		return fmt.Errorf("%w: %d entries, more than %d (raise it with the image label dev.flotilla.unpack.max-entries)", ErrLimit, d.Entries, o.maxEntries)
+	}
+	if d.LongestPath > MaxPathLen {
+		return fmt.Errorf("%w: a path of %d bytes, more than %d", ErrLimit, d.LongestPath, MaxPathLen)
+	}
+	free, err := o.freeSpace(root)
+	if err != nil {
+		return fmt.Errorf("free space under %s: %w", root, err)
+	}
+	if d.FileBytes > free-freeReserve {
+		return fmt.Errorf("%w: %d bytes of files, %d bytes free under %s (keeping %d free)", ErrLimit, d.FileBytes, free, root, int64(freeReserve))
+	}
 	return nil
 }

@@ -25,6 +25,8 @@ import (
 	"io/fs"
 	"os"
 	"strings"
+
+	"github.com/flotilla-dev/flotilla/protocol"
 )
 
 // Kind is what a Record placed.
@@ -71,6 +73,24 @@ type options struct {
 	freeSpace  func(dir string) (int64, error)
 	owners     bool
 	noSync     bool // tests only: skip fsync before rename
+	verified   bool // the caller just proved the blob's digest
+	declared   *protocol.LayerContents
+}
+
+// WithVerifiedBlob says the caller has just proved the blob matches its digest
+// (its pieces matched a signed piece list, or it was hashed as it arrived):
+// UnpackFile then does not hash it once more. A blob read back from a cache
+// is not verified: it may have changed on disk since.
+func WithVerifiedBlob() Option { return func(o *options) { o.verified = true } }
+
+// WithDeclaredContents gives the layer's contents as its build recorded them
+// and the controller's signed step carried them (file bytes, entries, longest
+// path). The bounds and the free space are checked against them before
+// anything is placed, instead of reading the whole layer once more first; the
+// extraction then refuses to go past them. Only for a blob whose digest is
+// proven: the contents are a fact about exactly those bytes.
+func WithDeclaredContents(c *protocol.LayerContents) Option {
+	return func(o *options) { o.declared = c }
 }
 
 // WithTempDir spools blobs in dir instead of the system temporary directory.
@@ -145,6 +165,9 @@ func UnpackFile(ctx context.Context, blobPath, digest, root string, opts ...Opti
 		return nil, fmt.Errorf("open layer %s: %w", digest, err)
 	}
 	defer f.Close()
+	if o.verified {
+		return extract(ctx, f, digest, root, o)
+	}
 	h := sha256.New()
 	if _, err := io.Copy(h, ctxReader{ctx, f}); err != nil {
 		return nil, fmt.Errorf("hash layer %s (%s): %w", digest, blobPath, err)

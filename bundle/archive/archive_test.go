@@ -122,7 +122,7 @@ func TestSaveIsDeterministic(t *testing.T) {
 	buildInto(t, src, "one:1", "one", "")
 	var a, b bytes.Buffer
 	Save(context.Background(), src, &a, []string{"one:1"}, SaveOptions{})
-	time.Sleep(10 * time.Millisecond)
+	time.Sleep(10 * time.Millisecond) // the clock must move: the two saves must still be byte-identical
 	Save(context.Background(), src, &b, []string{"one:1"}, SaveOptions{})
 	if !bytes.Equal(a.Bytes(), b.Bytes()) {
 		t.Error("two saves of the same image differ")

@@ -383,7 +383,7 @@ func (b *builder) addLayer(in kubefile.Instruction, role string, entries []entry
 		return b.errf(in, "%v", err)
 	}
 	b.layers = append(b.layers, layer)
-	b.plan.Layers = append(b.plan.Layers, recipe.Layer{Digest: info.Digest, DiffID: info.DiffID, Size: info.Size, Role: role, Instruction: in.Original, Seq: b.seq})
+	b.plan.Layers = append(b.plan.Layers, recipe.Layer{Digest: info.Digest, DiffID: info.DiffID, Size: info.Size, Role: role, Instruction: in.Original, Seq: b.seq, Contents: info.Contents})
 	b.record(in, info.Digest)
 	return nil
 }

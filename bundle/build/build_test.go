@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/flotilla-dev/flotilla/protocol"
+
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/validate"
 
@@ -170,6 +172,12 @@ func TestBuildPlanSemantics(t *testing.T) {
 	for i, l := range m.Layers {
 		if l.Digest.String() != p.Layers[i].Digest || l.MediaType != "application/vnd.oci.image.layer.v1.tar+gzip" {
 			t.Errorf("manifest layer %d = %s %s, plan says %s", i, l.Digest, l.MediaType, p.Layers[i].Digest)
+		}
+	}
+	// Every layer records what its tar holds, as the tar itself says.
+	for _, l := range p.Layers {
+		if want := tarContents(t, st, l.Digest); l.Contents == nil || *l.Contents != want {
+			t.Errorf("layer %s (%s): recorded contents %+v, the tar holds %+v", l.Digest, l.Instruction, l.Contents, want)
 		}
 	}
 	if files := layerFiles(t, st, p.Layers[0].Digest); !reflect.DeepEqual(files, []string{"usr/local/bin/app.sh -rwxr-xr-x", "usr/local/bin/empty/ -rwxr-xr-x", "usr/local/bin/sub/tool -rw-r--r--"}) {
@@ -414,6 +422,40 @@ func BenchmarkUnchangedRebuild(b *testing.B) {
 		res, err := Build(context.Background(), st, opts)
 		if err != nil || res.NewBlobs != 0 {
 			b.Fatalf("rebuild: %v, %d new blobs", err, res.NewBlobs)
+		}
+	}
+}
+
+// tarContents reads a stored gzip layer and counts what it holds.
+func tarContents(t *testing.T, st *store.Store, digest string) protocol.LayerContents {
+	t.Helper()
+	h, err := v1.NewHash(digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, _, err := st.OpenBlob(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	zr, err := gzip.NewReader(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := tar.NewReader(zr)
+	var c protocol.LayerContents
+	for {
+		hd, err := tr.Next()
+		if err == io.EOF {
+			return c
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Entries++
+		c.LongestPath = max(c.LongestPath, len(hd.Name))
+		if hd.Typeflag == tar.TypeReg {
+			c.FileBytes += hd.Size
 		}
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/klauspost/compress/gzip"
 
 	"github.com/flotilla-dev/flotilla/bundle/progress"
+	"github.com/flotilla-dev/flotilla/protocol"
 )
 
 // entry is one file, directory or symlink of a layer.
@@ -89,9 +90,26 @@ func writeTar(w io.Writer, entries []entry, mtime time.Time) error {
 
 // layerInfo is what the layer cache remembers for a diffID.
 type layerInfo struct {
-	DiffID string `json:"diffID"`
-	Digest string `json:"digest"`
-	Size   int64  `json:"size"`
+	DiffID   string                  `json:"diffID"`
+	Digest   string                  `json:"digest"`
+	Size     int64                   `json:"size"`
+	Contents *protocol.LayerContents `json:"contents,omitempty"`
+}
+
+// contentsOf is what writeTar puts into a layer for entries.
+func contentsOf(entries []entry) *protocol.LayerContents {
+	c := &protocol.LayerContents{Entries: len(entries)}
+	for _, e := range entries {
+		n := len(e.name)
+		if e.typ == tar.TypeDir {
+			n = len(strings.TrimSuffix(e.name, "/")) + 1
+		}
+		c.LongestPath = max(c.LongestPath, n)
+		if e.typ == tar.TypeReg {
+			c.FileBytes += e.size
+		}
+	}
+	return c
 }
 
 // makeLayer returns the layer for entries: the diffID is computed first, and when the
@@ -107,6 +125,7 @@ func (b *builder) makeLayer(label string, entries []entry) (v1.Layer, layerInfo,
 	if b.st.CacheGet(key, &info) && info.DiffID == diffID.String() {
 		if d, err := v1.NewHash(info.Digest); err == nil && b.tx.Has(d) {
 			l, err := b.tx.Layer(d, diffID, info.Size, types.OCILayer)
+			info.Contents = contentsOf(entries)
 			return l, info, err
 		}
 	}
@@ -143,7 +162,7 @@ func (b *builder) makeLayer(label string, entries []entry) (v1.Layer, layerInfo,
 	if err != nil {
 		return nil, layerInfo{}, err
 	}
-	info = layerInfo{DiffID: diffID.String(), Digest: digest.String(), Size: size}
+	info = layerInfo{DiffID: diffID.String(), Digest: digest.String(), Size: size, Contents: contentsOf(entries)}
 	b.pending[key] = info
 	l, err := b.tx.Layer(digest, diffID, size, types.OCILayer)
 	return l, info, err

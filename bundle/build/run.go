@@ -36,7 +36,7 @@ func (b *builder) buildRun(ctx context.Context, in kubefile.Instruction) error {
 		}
 		if layer, info, ok := b.cachedLayer(cached.Layer); ok {
 			b.layers = append(b.layers, layer)
-			b.plan.Layers = append(b.plan.Layers, recipe.Layer{Digest: info.Digest, DiffID: info.DiffID, Size: info.Size, Role: recipe.RoleAll, Instruction: in.Original, Seq: b.seq})
+			b.plan.Layers = append(b.plan.Layers, recipe.Layer{Digest: info.Digest, DiffID: info.DiffID, Size: info.Size, Role: recipe.RoleAll, Instruction: in.Original, Seq: b.seq, Contents: info.Contents})
 			b.record(in, info.Digest)
 			return nil
 		}
@@ -81,7 +81,7 @@ func (b *builder) buildRun(ctx context.Context, in kubefile.Instruction) error {
 		return err
 	}
 	l := b.plan.Layers[n]
-	b.pending[key] = runInfo{Layer: layerInfo{DiffID: l.DiffID, Digest: l.Digest, Size: l.Size}}
+	b.pending[key] = runInfo{Layer: layerInfo{DiffID: l.DiffID, Digest: l.Digest, Size: l.Size, Contents: l.Contents}}
 	return nil
 }
 

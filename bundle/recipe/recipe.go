@@ -76,6 +76,9 @@ type Layer struct {
 	Role        string `json:"role"`   // RoleAll or a role name
 	Instruction string `json:"instruction,omitempty"`
 	Seq         int    `json:"seq"` // position in the instruction sequence (base image first)
+	// Contents is what the layer's tar holds (nil in images built before it
+	// was recorded, and for layers of plain OCI base images).
+	Contents *protocol.LayerContents `json:"contents,omitempty"`
 }
 
 // Template is a file rendered with Go templates over node, cluster and env facts.

@@ -14,12 +14,12 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/spf13/cobra"
 
-	"github.com/flotilla-dev/flotilla/agent/p2p"
-	"github.com/flotilla-dev/flotilla/bundle/pieces"
-	"github.com/flotilla-dev/flotilla/controller/tracker"
 	"github.com/flotilla-dev/flotilla/internal/bandwidth"
 	"github.com/flotilla-dev/flotilla/internal/httpserve"
 	"github.com/flotilla-dev/flotilla/internal/human"
+	"github.com/flotilla-dev/flotilla/p2p/fetch"
+	"github.com/flotilla-dev/flotilla/p2p/pieces"
+	"github.com/flotilla-dev/flotilla/p2p/tracker"
 )
 
 // The blob commands run the peer-to-peer layer distribution on its own, so
@@ -164,7 +164,7 @@ func (f *blobPeerFlags) start(extra map[string]http.Handler) (*blobPeer, error) 
 		st.Close()
 		return nil, fmt.Errorf("--listen %s: %w", f.listen, err)
 	}
-	p := &blobPeer{store: st, client: p2p.NewClient(clientTLS), self: pieces.Peer{ID: f.id, Addr: adv},
+	p := &blobPeer{store: st, client: fetch.NewClient(clientTLS), self: pieces.Peer{ID: f.id, Addr: adv},
 		srv:  httpserve.New(mux, serverTLS, slog.NewLogLogger(slog.Default().Handler(), slog.LevelDebug)),
 		errC: make(chan error, 2)}
 	go func() { p.errC <- p.srv.ServeTLS(ln, "", "") }()
@@ -179,7 +179,7 @@ func (p *blobPeer) stop() {
 	p.store.Close()
 }
 
-// localTracker serves p2p.Tracker from the tracker in this process (the seed's own).
+// localTracker serves fetch.Tracker from the tracker in this process (the seed's own).
 type localTracker struct{ t *tracker.Tracker }
 
 func (l localTracker) Announce(_ context.Context, a pieces.Announcement) error {
@@ -209,7 +209,7 @@ func newBlobServeCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var tr p2p.Tracker
+			var tr fetch.Tracker
 			if trackerListen != "" {
 				t := tracker.New(tracker.DefaultTTL)
 				ca, cert, key, err := pieces.LoadTLSFiles(pf.ca, pf.cert, pf.key)
@@ -236,12 +236,12 @@ func newBlobServeCmd() *cobra.Command {
 			}
 			defer peer.stop()
 			if tr == nil && trackerURL != "" {
-				tr = p2p.NewHTTPTracker(trackerURL, peer.client)
+				tr = fetch.NewHTTPTracker(trackerURL, peer.client)
 			}
 			if tr == nil {
-				tr = p2p.StaticPeers(nil)
+				tr = fetch.StaticPeers(nil)
 			}
-			f := p2p.New(peer.store, tr, p2p.Options{Self: peer.self, Client: peer.client})
+			f := fetch.New(peer.store, tr, fetch.Options{Self: peer.self, Client: peer.client})
 			for _, s := range seeds {
 				list, err := peer.store.Add(ctx, s, ps)
 				if err != nil {
@@ -320,10 +320,10 @@ serving until stopped (or exits with --exit-when-done).`,
 			}
 			defer peer.stop()
 			var lastLog time.Time
-			f := p2p.New(peer.store, p2p.NewHTTPTracker(trURL, peer.client), p2p.Options{
+			f := fetch.New(peer.store, fetch.NewHTTPTracker(trURL, peer.client), fetch.Options{
 				Self: peer.self, Client: peer.client, DownloadLimit: pieces.NewLimiter(int64(down)), AllowPeer: allow,
 				StallTimeout: stall, GiveUpAfter: giveUp, Concurrency: concurrency,
-				Progress: func(p p2p.Progress) {
+				Progress: func(p fetch.Progress) {
 					if time.Since(lastLog) > time.Second || p.Done {
 						lastLog = time.Now()
 						slog.Info("fetch progress", "digest", p.Digest, "held", p.Held, "total", p.Total, "rateMBps", fmt.Sprintf("%.1f", p.Rate/1e6), "peers", p.Peers)

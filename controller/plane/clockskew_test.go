@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/internal/poll"
+
 	"github.com/flotilla-dev/flotilla/agent"
 	"github.com/flotilla-dev/flotilla/controller/plane"
 	"github.com/flotilla-dev/flotilla/protocol"
@@ -45,12 +47,9 @@ func TestClockSkewRefusalNamesTheSkew(t *testing.T) {
 			done := make(chan struct{})
 			go func() { _ = a.Run(ctx); close(done) }()
 			defer func() { cancel(); <-done }()
-			deadline := time.Now().Add(10 * time.Second)
-			for n, ok := c.Node(tc.node); !ok || !n.Online; n, ok = c.Node(tc.node) {
-				if time.Now().After(deadline) {
-					t.Fatalf("agent %s not online", tc.node)
-				}
-				time.Sleep(20 * time.Millisecond)
+			online := func() bool { n, ok := c.Node(tc.node); return ok && n.Online }
+			if err := poll.Until(ctx, 10*time.Second, 20*time.Millisecond, online); err != nil {
+				t.Fatalf("agent %s not online: %v", tc.node, err)
 			}
 			dctx, dcancel := context.WithTimeout(ctx, 20*time.Second)
 			defer dcancel()

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/internal/poll"
+
 	"github.com/flotilla-dev/flotilla/agent"
 	"github.com/flotilla-dev/flotilla/controller/plane"
 	"github.com/flotilla-dev/flotilla/protocol"
@@ -79,15 +81,9 @@ func startAgent(t *testing.T, c *plane.Controller, name, dir string) {
 	done := make(chan struct{})
 	go func() { _ = a.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if n, ok := c.Node(name); ok && n.Online {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("agent %s not online after 10s", name)
-		}
-		time.Sleep(20 * time.Millisecond)
+	online := func() bool { n, ok := c.Node(name); return ok && n.Online }
+	if err := poll.Until(context.Background(), 10*time.Second, 20*time.Millisecond, online); err != nil {
+		t.Fatalf("agent %s not online: %v", name, err)
 	}
 }
 
@@ -241,19 +237,18 @@ func TestDispatch(t *testing.T) {
 		if _, err := r.Wait(ctx); !errors.Is(err, context.DeadlineExceeded) {
 			t.Fatalf("Wait = %v", err)
 		}
-		deadline := time.Now().Add(10 * time.Second)
-		for {
+		final := func() *protocol.TaskResult {
 			evs := rec.events()
-			if n := len(evs); n > 0 && evs[n-1].Final != nil {
-				if !evs[n-1].Final.Canceled {
-					t.Errorf("final %+v, want canceled", evs[n-1].Final)
-				}
-				break
+			if n := len(evs); n > 0 {
+				return evs[n-1].Final
 			}
-			if time.Now().After(deadline) {
-				t.Fatal("no task result after cancel")
-			}
-			time.Sleep(20 * time.Millisecond)
+			return nil
+		}
+		if err := poll.Until(context.Background(), 10*time.Second, 20*time.Millisecond, func() bool { return final() != nil }); err != nil {
+			t.Fatalf("no task result after cancel: %v", err)
+		}
+		if f := final(); !f.Canceled {
+			t.Errorf("final %+v, want canceled", f)
 		}
 	})
 

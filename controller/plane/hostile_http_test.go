@@ -156,7 +156,7 @@ func TestJoinConcurrencyCap(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("no 503 while a join is in flight: HTTP %d %s", code, body)
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond) // each try is a real join; pace them
 	}
 	if !strings.Contains(string(body), "retry later") {
 		t.Errorf("503 body: %s", body)

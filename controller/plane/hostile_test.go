@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/internal/poll"
+
 	"github.com/flotilla-dev/flotilla/controller/controllertest"
 	"github.com/flotilla-dev/flotilla/controller/plane"
 	"github.com/flotilla-dev/flotilla/protocol"
@@ -71,17 +73,16 @@ func adminConn(t *testing.T, f *controllertest.Fleet) *nats.Conn {
 // waitLog waits until the process log has a line containing every one of parts.
 func waitLog(t *testing.T, p *controllertest.Proc, timeout time.Duration, parts ...string) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
+	logged := func() bool {
 		for line := range strings.Lines(p.Output()) {
 			if !slices.ContainsFunc(parts, func(s string) bool { return !strings.Contains(line, s) }) {
-				return
+				return true
 			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no log line of %s contains all of %q; tail:\n%s", p.Name, parts, p.Tail())
-		}
-		time.Sleep(100 * time.Millisecond)
+		return false
+	}
+	if err := poll.Until(context.Background(), timeout, 100*time.Millisecond, logged); err != nil {
+		t.Fatalf("no log line of %s contains all of %q (%v); tail:\n%s", p.Name, parts, err, p.Tail())
 	}
 }
 
@@ -179,7 +180,7 @@ func TestHostileReplySubject(t *testing.T) {
 	}
 
 	t.Run("no ghost node, no faked heartbeat, KV unchanged", func(t *testing.T) {
-		time.Sleep(time.Second) // give a wrongly answered request time to land
+		time.Sleep(time.Second) // a wrongly answered request would land within this; there is no event for "nothing happened"
 		if after := nodeNames(t, f); !slices.Equal(after, before) {
 			t.Errorf("nodes after the attack %v, before %v", after, before)
 		}
@@ -292,10 +293,7 @@ func TestHostileEventFlood(t *testing.T) {
 			t.Error("exec printed an output line the flooding node attributed to a1")
 		}
 	}()
-	deadline := time.Now().Add(20 * time.Second)
-	for flooded.Load() < 1000 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
+	_ = poll.Until(context.Background(), 20*time.Second, 20*time.Millisecond, func() bool { return flooded.Load() >= 1000 })
 	for i := range 3 {
 		want := fmt.Sprintf("good-%d", i)
 		out, errOut, code := f.CLI(ctx, "exec", "--node", "a1", "--", "echo", want)

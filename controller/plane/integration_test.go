@@ -166,7 +166,7 @@ func testBadInput(t *testing.T, f *controllertest.Fleet) {
 	})
 	t.Run("expired token", func(t *testing.T) {
 		tok, _ := f.NewToken("1ms")
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond) // only time passing expires a token
 		out, code := join("bad2", tok)
 		refused(t, "expired token", out, code)
 	})

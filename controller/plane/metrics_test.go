@@ -2,13 +2,14 @@ package plane_test
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/flotilla-dev/flotilla/internal/poll"
 
 	"github.com/flotilla-dev/flotilla/bundle/build"
 	"github.com/flotilla-dev/flotilla/bundle/store"
@@ -120,14 +121,13 @@ func freeAddr(t *testing.T) string {
 
 func mustScrape(t *testing.T, url string) promtest.Samples {
 	t.Helper()
-	var last error
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		s, err := promtest.Scrape(context.Background(), url)
-		if err == nil {
-			return s
-		}
-		last = err
+	var (
+		s    promtest.Samples
+		last error
+	)
+	scraped := func() bool { s, last = promtest.Scrape(context.Background(), url); return last == nil }
+	if err := poll.Until(context.Background(), 10*time.Second, 100*time.Millisecond, scraped); err != nil {
+		t.Fatalf("scrape %s: %v (%v)", url, last, err)
 	}
-	t.Fatalf("scrape %s: %v", url, fmt.Sprint(last))
-	return nil
+	return s
 }

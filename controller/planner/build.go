@@ -183,7 +183,7 @@ func nodePlan(in Input, c *clusterfile.Cluster, m member, facts ClusterFacts, is
 	maxLayerSeq := 0
 	for _, l := range img.LayersFor(roles, isMaster0) {
 		np.Layers = append(np.Layers, Layer{Digest: l.Digest, DiffID: l.DiffID, Size: l.Size, Role: l.Role, Seq: l.Seq,
-			Skip: slices.Contains(applied.Layers, l.Digest), Unpack: up})
+			Skip: slices.Contains(applied.Layers, l.Digest), Unpack: up, Contents: l.Contents})
 		maxLayerSeq = max(maxLayerSeq, l.Seq)
 	}
 

@@ -168,6 +168,8 @@ type Layer struct {
 	// Unpack is how the node unpacks it (the image's dev.flotilla.unpack.*
 	// labels); nil: the agent's defaults.
 	Unpack *recipe.UnpackPolicy `json:"unpack,omitempty"`
+	// Contents is what the layer's tar holds, from the image's recipe (nil if not recorded).
+	Contents *protocol.LayerContents `json:"contents,omitempty"`
 }
 
 // File is one rendered file to place.

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/internal/poll"
+
 	"github.com/flotilla-dev/flotilla/protocol"
 )
 
@@ -225,12 +227,8 @@ func TestResumeFromKV(t *testing.T) {
 		_, err := e.apply(cf)
 		errc <- err
 	}()
-	deadline := time.Now().Add(20 * time.Second)
-	for f.executed("n1", "run:") == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("n1 never started its run steps")
-		}
-		time.Sleep(5 * time.Millisecond)
+	if err := poll.Until(context.Background(), 20*time.Second, 5*time.Millisecond, func() bool { return f.executed("n1", "run:") > 0 }); err != nil {
+		t.Fatalf("n1 never started its run steps: %v", err)
 	}
 	e.eng.Close() // the controller "dies" in the middle of n1
 	if err := <-errc; err == nil || !strings.Contains(err.Error(), "interrupted") {
@@ -291,18 +289,13 @@ func TestConcurrentApply(t *testing.T) {
 		res, _ := e.apply(cf)
 		first <- res
 	}()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	running := func() bool {
 		e.eng.mu.Lock()
-		running := e.eng.active["c1"] != nil
-		e.eng.mu.Unlock()
-		if running {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("rollout never started")
-		}
-		time.Sleep(2 * time.Millisecond)
+		defer e.eng.mu.Unlock()
+		return e.eng.active["c1"] != nil
+	}
+	if err := poll.Until(context.Background(), 20*time.Second, 2*time.Millisecond, running); err != nil {
+		t.Fatalf("rollout never started: %v", err)
 	}
 	_, err := e.apply(clusterfileFor("c1", "test:1", []string{"m1"}, nil, ""))
 	if err == nil || !strings.Contains(err.Error(), "is running") {

@@ -209,7 +209,7 @@ func (f *fakeFleet) execute(n *fakeNode, t *protocol.Task, onEvent func(protocol
 			return
 		}
 		emit(protocol.Event{Type: protocol.EventStepStarted, Step: i, StepName: s.Name})
-		time.Sleep(n.delay)
+		time.Sleep(n.delay) // the fake node's step takes time, as a real one does
 		f.mu.Lock()
 		f.execs[n.name][s.Name]++
 		fail := n.failStep != "" && strings.Contains(s.Name, n.failStep)

@@ -3,8 +3,8 @@ package rollout_test
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -13,6 +13,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/flotilla-dev/flotilla/agent"
+	"github.com/flotilla-dev/flotilla/internal/poll"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -42,16 +45,6 @@ func (m mirrorVia) RoundTrip(r *http.Request) (*http.Response, error) {
 	r.URL.RawQuery = q.Encode()
 	r.URL.Scheme, r.URL.Host, r.Host = "http", m.mirror, m.mirror
 	return http.DefaultTransport.RoundTrip(r)
-}
-
-func loopbackPort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // platformImage is an OCI image for one platform with the given layers.
@@ -166,12 +159,31 @@ func TestContainerImagesThreeAgents(t *testing.T) {
 	reg.Stop() // from here on, only the cluster image has the container images
 
 	f := &fleetT{Fleet: controllertest.Start(t), t: t, dir: dir}
-	ports := map[string]int{}
 	for _, n := range names {
-		ports[n] = loopbackPort(t)
-		f.StartAgent(n, "--registry-listen", fmt.Sprintf("127.0.0.1:%d", ports[n]), "--peer-listen", "127.0.0.1:0")
+		// Port 0: the agent picks a free port and says which in its status
+		// (a port picked here could be taken by another process before it binds).
+		f.StartAgent(n, "--registry-listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0")
 	}
 	f.WaitOnline(60*time.Second, true, names...)
+	ports := map[string]int{}
+	for _, n := range names {
+		var addr string
+		serving := func() bool {
+			st, err := agent.ReadStatus(f.AgentDataDir(n))
+			if err == nil {
+				addr = st.Registry
+			}
+			return addr != ""
+		}
+		if err := poll.Until(context.Background(), 30*time.Second, 50*time.Millisecond, serving); err != nil {
+			t.Fatalf("%s: registry mirror not serving: %v", n, err)
+		}
+		ap, err := netip.ParseAddrPort(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ports[n] = int(ap.Port())
+	}
 	via := func(node string) remote.Option {
 		return remote.WithTransport(mirrorVia{mirror: fmt.Sprintf("127.0.0.1:%d", ports[node])})
 	}

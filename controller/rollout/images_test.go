@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/flotilla-dev/flotilla/controller/blobserver"
+
 	"github.com/flotilla-dev/flotilla/bundle/recipe"
 	"github.com/flotilla-dev/flotilla/controller/clusterfile"
 	"github.com/flotilla-dev/flotilla/controller/planner"
@@ -24,9 +26,13 @@ func TestImagesStepPieceBudget(t *testing.T) {
 		req.Payload.Pieces = json.RawMessage(`{"pad":"` + strings.Repeat("x", 90) + `"}`) // 100 bytes
 		return nil
 	}
+	blobs, err := blobserver.New(t.TempDir(), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	r := &rolloutRun{
 		e: &Engine{opts: Options{BaseURL: "https://controller.test:9443", MaxImagePieceBytes: 250, DecorateLayer: decorate},
-			tokens: &blobTokens{key: []byte("k")}, log: slog.New(slog.NewTextHandler(&logs, nil))},
+			blobs: blobs, log: slog.New(slog.NewTextHandler(&logs, nil))},
 		plan: &planner.ClusterPlan{Cluster: "c1"},
 		cf:   &clusterfile.File{},
 	}

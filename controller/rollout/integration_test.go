@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/internal/poll"
+
 	"github.com/flotilla-dev/flotilla/bundle/build"
 	"github.com/flotilla-dev/flotilla/bundle/store"
 	"github.com/flotilla-dev/flotilla/controller/controllertest"
@@ -285,14 +287,10 @@ func TestFiveAgents(t *testing.T) {
 		out, errOut, code := f.CLI(context.Background(), "apply", "-f", slow)
 		watching <- cliRun{out, errOut, code}
 	}()
-	deadline0 := time.Now().Add(30 * time.Second)
-	for f.status("count").State != "running" {
-		if time.Now().After(deadline0) {
-			t.Fatal("the slow rollout never started")
-		}
-		time.Sleep(50 * time.Millisecond)
+	if err := poll.Until(context.Background(), 30*time.Second, 50*time.Millisecond, func() bool { return f.status("count").State == "running" }); err != nil {
+		t.Fatalf("the slow rollout never started: %v", err)
 	}
-	time.Sleep(1200 * time.Millisecond) // a1 (master0) is in its 2 s step
+	time.Sleep(1200 * time.Millisecond) // a1 (master0) is inside its 2 s step: the kill must land mid-step
 	f.KillController()
 	// The apply that was watching says what happened and how to follow it again.
 	select {
@@ -314,17 +312,14 @@ func TestFiveAgents(t *testing.T) {
 	if _, errOut, code := f.CLI(context.Background(), "apply", "--attach", "no-such-cluster"); code == 0 || !strings.Contains(errOut, "no-such-cluster has no rollout") {
 		t.Errorf("attach to an unknown cluster: exit %d: %s", code, errOut)
 	}
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		s := f.status("count")
-		if s.State == "done" {
-			break
-		}
+	var state string
+	resumed := func() bool {
+		state = f.status("count").State
 		// "interrupted" only until the restarted controller's engine resumed it.
-		if s.State != "running" && s.State != "interrupted" || time.Now().After(deadline) {
-			t.Fatalf("after the controller restart: rollout %s, want it resumed to done", s.State)
-		}
-		time.Sleep(200 * time.Millisecond)
+		return state == "done" || state != "running" && state != "interrupted"
+	}
+	if err := poll.Until(context.Background(), 60*time.Second, 200*time.Millisecond, resumed); err != nil || state != "done" {
+		t.Fatalf("after the controller restart: rollout %s, want it resumed to done (%v)", state, err)
 	}
 	for _, n := range members {
 		got := f.runs(n)
@@ -347,16 +342,13 @@ func TestFiveAgents(t *testing.T) {
 		r, _, err := f.tryApply("-f", slower)
 		done <- result{r, err}
 	}()
-	deadline = time.Now().Add(30 * time.Second)
-	for f.runs("a2")["hello"] == before["a2"]["hello"] { // its first step is done: the slow one runs
-		if time.Now().After(deadline) {
-			t.Fatal("a2 never started the slow rollout")
-		}
-		time.Sleep(50 * time.Millisecond)
+	// Its first step is done: the slow one runs.
+	if err := poll.Until(context.Background(), 30*time.Second, 50*time.Millisecond, func() bool { return f.runs("a2")["hello"] != before["a2"]["hello"] }); err != nil {
+		t.Fatalf("a2 never started the slow rollout: %v", err)
 	}
-	time.Sleep(500 * time.Millisecond) // in "sleep 3"
+	time.Sleep(500 * time.Millisecond) // inside its "sleep 3": the kill must land mid-step
 	f.Agents["a2"].Kill()
-	time.Sleep(time.Second)
+	time.Sleep(time.Second) // the controller must see the agent gone before it comes back
 	f.RestartAgent("a2")
 	r := <-done
 	if r.err != nil {

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/controller/blobserver"
+
 	"github.com/flotilla-dev/flotilla/protocol"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
@@ -203,7 +205,7 @@ func TestBlobHandler(t *testing.T) {
 	srv := httptest.NewServer(e.eng.BlobHandler())
 	defer srv.Close()
 	tok := func(node string, d v1.Hash, exp time.Duration) string {
-		return e.eng.tokens.create(node, d.String(), time.Now().Add(exp))
+		return e.eng.blobs.Token(node, d.String(), time.Now().Add(exp))
 	}
 	missing := v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("ab", 32)}
 	for _, tc := range []struct {
@@ -223,7 +225,7 @@ func TestBlobHandler(t *testing.T) {
 		{"not in store", missing, "Bearer " + tok("n1", missing, time.Hour), "", 404, "blob sha256:abab"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			req, _ := http.NewRequest("GET", srv.URL+BlobPath+tc.digest.String(), nil)
+			req, _ := http.NewRequest("GET", srv.URL+blobserver.Path+tc.digest.String(), nil)
 			if tc.auth != "" {
 				req.Header.Set("Authorization", tc.auth)
 			}

@@ -12,10 +12,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flotilla-dev/flotilla/bundle/pieces"
 	"github.com/flotilla-dev/flotilla/bundle/store"
 	"github.com/flotilla-dev/flotilla/controller/clusterfile"
-	"github.com/flotilla-dev/flotilla/controller/tracker"
+	"github.com/flotilla-dev/flotilla/p2p/pieces"
+	"github.com/flotilla-dev/flotilla/p2p/tracker"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
 

@@ -18,6 +18,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/controller/blobserver"
+
 	"github.com/flotilla-dev/flotilla/bundle/store"
 	"github.com/flotilla-dev/flotilla/controller/clusterfile"
 	"github.com/flotilla-dev/flotilla/controller/plane"
@@ -53,7 +55,7 @@ type Options struct {
 	DataDir string
 	// Blobs is the layer blob server mounted on the controller's HTTPS server; the
 	// engine signs the tokens it checks (default: one made from DataDir's key).
-	Blobs *BlobServer
+	Blobs *blobserver.Server
 	// Fleet defaults to the controller.
 	Fleet Fleet
 	// UnreachableTimeout is how long a node may stay offline before it is reported
@@ -83,14 +85,13 @@ type Options struct {
 
 // Engine runs rollouts. Create it after the controller started.
 type Engine struct {
-	ctrl   *plane.Controller
-	store  *store.Store
-	opts   Options
-	fleet  Fleet
-	state  *state
-	blobs  *BlobServer
-	tokens *blobTokens // blobs.tokens
-	log    *slog.Logger
+	ctrl  *plane.Controller
+	store *store.Store
+	opts  Options
+	fleet Fleet
+	state *state
+	blobs *blobserver.Server
+	log   *slog.Logger
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -149,11 +150,10 @@ func New(ctrl *plane.Controller, st *store.Store, opts Options) (*Engine, error)
 		active: map[string]*active{}, watchers: map[string]map[int]chan struct{}{}}
 	var err error
 	if e.blobs = opts.Blobs; e.blobs == nil {
-		if e.blobs, err = NewBlobServer(opts.DataDir, st, opts.Logger); err != nil {
+		if e.blobs, err = blobserver.New(opts.DataDir, st, opts.Logger); err != nil {
 			return nil, err
 		}
 	}
-	e.tokens = e.blobs.tokens
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	if e.state, err = openState(e.ctx, js); err != nil {
 		e.cancel()

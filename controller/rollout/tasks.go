@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/controller/blobserver"
+
 	"github.com/flotilla-dev/flotilla/bundle/recipe"
 	"github.com/flotilla-dev/flotilla/controller/planner"
 	"github.com/flotilla-dev/flotilla/internal/human"
@@ -79,10 +81,11 @@ func (r *rolloutRun) buildTask(ctx context.Context, np *planner.NodePlan, applie
 				continue
 			}
 			p := protocol.LayerPayload{Cluster: cluster, Digest: l.Digest, DiffID: l.DiffID, Size: l.Size,
-				URL: r.e.blobURL(l.Digest), Token: r.e.tokens.create(np.Node, l.Digest, time.Now().Add(r.e.opts.BlobTokenTTL))}
+				URL: r.e.blobURL(l.Digest), Token: r.e.blobs.Token(np.Node, l.Digest, time.Now().Add(r.e.opts.BlobTokenTTL))}
 			if u := l.Unpack; u != nil {
 				p.MaxUnpackBytes, p.MaxUnpackEntries, p.KeepSetuid = u.MaxBytes, u.MaxEntries, u.KeepSetuid
 			}
+			p.Contents = l.Contents
 			if d := r.e.opts.DecorateLayer; d != nil {
 				if err := d(ctx, LayerRequest{Cluster: &r.cf.Cluster, Node: np.Node, Payload: &p}); err != nil {
 					return nil, fmt.Errorf("node %s: layer %s: %w", np.Node, l.Digest, err)
@@ -191,7 +194,7 @@ func (e *Engine) blobURL(digest string) string {
 	if base == "" {
 		base = e.ctrl.HTTPURL()
 	}
-	return strings.TrimSuffix(base, "/") + BlobPath + digest
+	return strings.TrimSuffix(base, "/") + blobserver.Path + digest
 }
 
 func mustJSON(v any) json.RawMessage {

@@ -17,7 +17,7 @@ func TestStreamingOutlivesWriteTimeout(t *testing.T) {
 		for i := range 8 {
 			fmt.Fprintf(w, "chunk %d\n", i)
 			http.NewResponseController(w).Flush()
-			time.Sleep(100 * time.Millisecond)
+			time.Sleep(100 * time.Millisecond) // a slow stream: the point is that it outlives the write timeout
 		}
 	})
 	mux := http.NewServeMux()

@@ -281,8 +281,7 @@ func TestApplyInterrupt(t *testing.T) {
 		_ = cmd.Process.Kill()
 		t.Fatal("apply request did not reach the controller within 30s")
 	}
-	// Give the CLI a moment to print the streamed event before the interrupt.
-	time.Sleep(200 * time.Millisecond)
+	time.Sleep(200 * time.Millisecond) // the CLI prints the streamed event before the interrupt; its output has no other signal
 	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
 		t.Fatal(err)
 	}

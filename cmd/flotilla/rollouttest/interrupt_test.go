@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/internal/poll"
+
 	"github.com/flotilla-dev/flotilla/controller/controllertest"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
@@ -84,21 +86,21 @@ spec:
 	}
 
 	// The controller finishes the rollout without the CLI.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		st, err := f.Status(ctx, "slow")
-		if err == nil && len(st) == 1 && st[0].State == protocol.RolloutDone {
-			for _, n := range st[0].Nodes {
-				if n.Applied != st[0].ImageDigest {
-					t.Errorf("node %s applied %q, want %q", n.Node, n.Applied, st[0].ImageDigest)
-				}
-			}
-			break
+	var (
+		st   []protocol.ClusterStatus
+		serr error
+	)
+	done := func() bool {
+		st, serr = f.Status(ctx, "slow")
+		return serr == nil && len(st) == 1 && st[0].State == protocol.RolloutDone
+	}
+	if perr := poll.Until(ctx, 30*time.Second, 200*time.Millisecond, done); perr != nil {
+		t.Fatalf("rollout not done 30s after the CLI was interrupted; status %+v (err %v)", st, serr)
+	}
+	for _, n := range st[0].Nodes {
+		if n.Applied != st[0].ImageDigest {
+			t.Errorf("node %s applied %q, want %q", n.Node, n.Applied, st[0].ImageDigest)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("rollout not done 30s after the CLI was interrupted; status %+v (err %v)", st, err)
-		}
-		time.Sleep(200 * time.Millisecond)
 	}
 	for _, n := range names {
 		if _, err := os.Stat(filepath.Join(f.Dir, "roots", n, "slow.done")); err != nil {

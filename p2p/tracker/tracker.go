@@ -11,7 +11,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
-	"github.com/flotilla-dev/flotilla/bundle/pieces"
+	"github.com/flotilla-dev/flotilla/p2p/pieces"
 )
 
 // DefaultTTL is how long an announcement counts without a fresh one; agents

@@ -1,4 +1,4 @@
-package p2p_test
+package fetch_test
 
 import (
 	"bytes"
@@ -13,10 +13,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flotilla-dev/flotilla/agent/p2p"
-	"github.com/flotilla-dev/flotilla/bundle/pieces"
-	"github.com/flotilla-dev/flotilla/bundle/pieces/piecestest"
-	"github.com/flotilla-dev/flotilla/controller/tracker"
+	"github.com/flotilla-dev/flotilla/p2p/fetch"
+	"github.com/flotilla-dev/flotilla/p2p/pieces"
+	"github.com/flotilla-dev/flotilla/p2p/pieces/piecestest"
+	"github.com/flotilla-dev/flotilla/p2p/tracker"
 )
 
 // cluster is a tracker and a CA on loopback; nodes are real piece servers
@@ -47,7 +47,7 @@ func newCluster(t *testing.T) *cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.client = p2p.NewClient(clientTLS)
+	c.client = fetch.NewClient(clientTLS)
 	c.trackerSrv = c.serve(c.tracker.Handler())
 	return c
 }
@@ -65,13 +65,13 @@ type node struct {
 	id       string
 	store    *pieces.Store
 	srv      *httptest.Server
-	fetcher  *p2p.Fetcher
+	fetcher  *fetch.Fetcher
 	served   atomic.Int64 // requests answered with 200
 	requests atomic.Int64 // requests received
 }
 
-func fastOptions() p2p.Options {
-	return p2p.Options{
+func fastOptions() fetch.Options {
+	return fetch.Options{
 		WaitAhead:        time.Second,
 		StallTimeout:     time.Second,
 		GiveUpAfter:      20 * time.Second,
@@ -80,7 +80,7 @@ func fastOptions() p2p.Options {
 	}
 }
 
-func (c *cluster) node(id string, dir string, mod func(*p2p.Options), hopts ...pieces.HandlerOption) *node {
+func (c *cluster) node(id string, dir string, mod func(*fetch.Options), hopts ...pieces.HandlerOption) *node {
 	c.t.Helper()
 	if dir == "" {
 		dir = c.t.TempDir()
@@ -106,7 +106,7 @@ func (c *cluster) node(id string, dir string, mod func(*p2p.Options), hopts ...p
 	if mod != nil {
 		mod(&o)
 	}
-	n.fetcher = p2p.New(st, p2p.NewHTTPTracker(c.trackerSrv.URL, c.client), o)
+	n.fetcher = fetch.New(st, fetch.NewHTTPTracker(c.trackerSrv.URL, c.client), o)
 	return n
 }
 

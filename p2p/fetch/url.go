@@ -1,4 +1,4 @@
-package p2p
+package fetch
 
 import (
 	"context"
@@ -13,7 +13,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"golang.org/x/time/rate"
 
-	"github.com/flotilla-dev/flotilla/bundle/pieces"
+	"github.com/flotilla-dev/flotilla/p2p/pieces"
 )
 
 // FetchURL downloads the whole blob d from one URL (the controller's

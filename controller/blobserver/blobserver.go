@@ -1,4 +1,10 @@
-package rollout
+// Package blobserver serves image blobs (layers, container image blobs) to
+// agents over the controller's HTTPS: GET /v1/blobs/{digest}, with Range so a
+// download resumes, each fetch authorized by a bearer token (an HMAC over the
+// node, the digest and an expiry) that the rollout engine puts into the node's
+// signed step. It is the fallback when the peer-to-peer fetch is not possible.
+// It must not import the rollout engine or the agent.
+package blobserver
 
 import (
 	"crypto/hmac"
@@ -22,11 +28,11 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
-// BlobPath is the HTTPS route agents fetch layer blobs from.
-const BlobPath = "/v1/blobs/"
+// Path is the HTTPS route agents fetch blobs from.
+const Path = "/v1/blobs/"
 
-// BlobKeyFile is the file in the controller's data dir holding the HMAC key of blob tokens.
-const BlobKeyFile = "rollout-blob.key"
+// KeyFile is the file in the controller's data dir holding the HMAC key of blob tokens.
+const KeyFile = "rollout-blob.key"
 
 // blobTokens creates and checks the bearer tokens of blob fetches: an HMAC over the
 // node, the blob digest and an expiry, so a token fetches one blob for a while only.
@@ -34,7 +40,7 @@ type blobTokens struct{ key []byte }
 
 // loadBlobKey reads the key from dataDir, creating it once.
 func loadBlobKey(dataDir string) (*blobTokens, error) {
-	path := filepath.Join(dataDir, BlobKeyFile)
+	path := filepath.Join(dataDir, KeyFile)
 	b, err := os.ReadFile(path)
 	if err == nil && len(b) == 64 {
 		key, err := hex.DecodeString(string(b))
@@ -97,15 +103,14 @@ func (t *blobTokens) check(token, digest string, now time.Time) (string, error) 
 	return node, nil
 }
 
-// BlobServer serves layer blobs to agents at BlobPath, each fetch authorized by a
-// token the engine put in the layer step. It exists before the engine (which needs a
-// started controller): mount it on the controller's HTTPS server, then pass it to
-// New as Options.Blobs.
-type BlobServer struct{ blobHandler }
+// Server serves blobs to agents at Path, each fetch authorized by a token the
+// engine put in the step. It exists before the engine (which needs a started
+// controller): mount it on the controller's HTTPS server, then pass it to the
+// engine (rollout.Options.Blobs).
+type Server struct{ blobHandler }
 
-// NewBlobServer loads the token key from dataDir (creating it once) and serves
-// blobs from st.
-func NewBlobServer(dataDir string, st *store.Store, log *slog.Logger) (*BlobServer, error) {
+// New loads the token key from dataDir (creating it once) and serves blobs from st.
+func New(dataDir string, st *store.Store, log *slog.Logger) (*Server, error) {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -113,7 +118,7 @@ func NewBlobServer(dataDir string, st *store.Store, log *slog.Logger) (*BlobServ
 	if err != nil {
 		return nil, err
 	}
-	return &BlobServer{blobHandler{tokens: t, store: st, log: log.With("component", "rollout"), now: time.Now}}, nil
+	return &Server{blobHandler{tokens: t, store: st, log: log.With("component", "blobs"), now: time.Now}}, nil
 }
 
 // blobHandler serves GET /v1/blobs/{digest} from the store, with Range support so
@@ -131,7 +136,7 @@ func (h *blobHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 		return
 	}
-	digest := strings.TrimPrefix(r.URL.Path, BlobPath)
+	digest := strings.TrimPrefix(r.URL.Path, Path)
 	h2, err := v1.NewHash(digest)
 	if err != nil || h2.Algorithm != "sha256" {
 		http.Error(w, fmt.Sprintf("bad blob digest %q: want sha256:<64 hex>", digest), http.StatusBadRequest)
@@ -185,4 +190,9 @@ func peerCertNode(r *http.Request) (string, bool) {
 		return "", false
 	}
 	return protocol.PeerCertNode(cs.VerifiedChains[0][0].DNSNames[0])
+}
+
+// Token is the bearer token that lets node fetch the blob digest until expires.
+func (s *Server) Token(node, digest string, expires time.Time) string {
+	return s.tokens.create(node, digest, expires)
 }

@@ -1,4 +1,4 @@
-package p2p
+package fetch
 
 import (
 	"bytes"
@@ -12,7 +12,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
-	"github.com/flotilla-dev/flotilla/bundle/pieces"
+	"github.com/flotilla-dev/flotilla/p2p/pieces"
 )
 
 // Tracker is what the fetcher needs from the controller's tracker: tell it
@@ -28,7 +28,7 @@ type Tracker interface {
 // controller (its certificate is another's): a fetch stops at once.
 var ErrNotTracker = errors.New("not the tracker")
 
-// HTTPTracker talks to the tracker's HTTP handler (controller/tracker).
+// HTTPTracker talks to the tracker's HTTP handler (p2p/tracker).
 type HTTPTracker struct {
 	base   string
 	client *http.Client

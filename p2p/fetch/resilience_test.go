@@ -1,4 +1,4 @@
-package p2p_test
+package fetch_test
 
 import (
 	"context"
@@ -12,9 +12,9 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
-	"github.com/flotilla-dev/flotilla/agent/p2p"
-	"github.com/flotilla-dev/flotilla/bundle/pieces"
 	"github.com/flotilla-dev/flotilla/internal/poll"
+	"github.com/flotilla-dev/flotilla/p2p/fetch"
+	"github.com/flotilla-dev/flotilla/p2p/pieces"
 )
 
 // The controller (seed and tracker) goes away once every piece is somewhere
@@ -95,10 +95,10 @@ func TestResumeAfterRestart(t *testing.T) {
 
 	ctx, stop := context.WithCancel(t.Context())
 	var landed atomic.Int64
-	first := c.node("n1", dir, func(o *p2p.Options) {
+	first := c.node("n1", dir, func(o *fetch.Options) {
 		o.Concurrency = 1
 		o.DownloadLimit = pieces.NewLimiter(4 << 20)
-		o.Progress = func(p p2p.Progress) {
+		o.Progress = func(p fetch.Progress) {
 			if landed.Add(1) == 3 {
 				stop() // the agent "dies" after 3 pieces
 			}
@@ -110,8 +110,8 @@ func TestResumeAfterRestart(t *testing.T) {
 	first.store.Close()
 	heldBefore := seed.served.Load()
 
-	var lastProgress p2p.Progress
-	second := c.node("n1", dir, func(o *p2p.Options) { o.Progress = func(p p2p.Progress) { lastProgress = p } })
+	var lastProgress fetch.Progress
+	second := c.node("n1", dir, func(o *fetch.Options) { o.Progress = func(p fetch.Progress) { lastProgress = p } })
 	path, err := second.fetcher.Fetch(t.Context(), list)
 	if err != nil {
 		t.Fatal(err)
@@ -138,7 +138,7 @@ func TestDownloadLimit(t *testing.T) {
 	c := newCluster(t)
 	blob := randomBlob(t, 3<<20)
 	_, list := c.seed(blob)
-	n := c.node("n1", "", func(o *p2p.Options) { o.DownloadLimit = pieces.NewLimiter(2 << 20) })
+	n := c.node("n1", "", func(o *fetch.Options) { o.DownloadLimit = pieces.NewLimiter(2 << 20) })
 	start := time.Now()
 	if _, err := n.fetcher.Fetch(t.Context(), list); err != nil {
 		t.Fatal(err)
@@ -169,7 +169,7 @@ func TestFetchURL(t *testing.T) {
 		if err := os.WriteFile(st.Path(list.Digest)+".download", blob[:1<<20], 0o644); err != nil {
 			t.Fatal(err)
 		}
-		path, err := p2p.FetchURL(t.Context(), c.client, url, st, list.Digest, nil, nil)
+		path, err := fetch.FetchURL(t.Context(), c.client, url, st, list.Digest, nil, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -183,7 +183,7 @@ func TestFetchURL(t *testing.T) {
 		defer st.Close()
 		sum := sha256.Sum256([]byte("something else"))
 		wrong := v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(sum[:])}
-		if _, err := p2p.FetchURL(t.Context(), c.client, url, st, wrong, nil, nil); err == nil {
+		if _, err := fetch.FetchURL(t.Context(), c.client, url, st, wrong, nil, nil); err == nil {
 			t.Fatal("a download with the wrong digest was accepted")
 		}
 		if st.Has(wrong) {

@@ -1,4 +1,4 @@
-package p2p
+package fetch
 
 import (
 	"context"
@@ -11,7 +11,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/flotilla-dev/flotilla/bundle/pieces"
+	"github.com/flotilla-dev/flotilla/p2p/pieces"
 )
 
 // NewClient returns an HTTP client for piece servers and the tracker with

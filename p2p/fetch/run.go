@@ -1,4 +1,4 @@
-package p2p
+package fetch
 
 import (
 	"context"
@@ -8,7 +8,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/flotilla-dev/flotilla/bundle/pieces"
+	"github.com/flotilla-dev/flotilla/p2p/pieces"
 )
 
 // run is one Fetch call in progress.

@@ -1,10 +1,10 @@
-package p2p
+package fetch
 
 import (
 	"errors"
 	"time"
 
-	"github.com/flotilla-dev/flotilla/bundle/pieces"
+	"github.com/flotilla-dev/flotilla/p2p/pieces"
 )
 
 // swarm is one blob's scheduling state: which pieces we hold or are

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flotilla-dev/flotilla/bundle/pieces/piecestest"
+	"github.com/flotilla-dev/flotilla/p2p/pieces/piecestest"
 )
 
 // mtlsServer starts the handler behind mutual TLS and returns it with a
@@ -101,7 +101,7 @@ func TestHandlerWaitsForPiece(t *testing.T) {
 	p, _ := s.Open(l)
 	srv, c, _ := mtlsServer(t, s)
 	go func() {
-		time.Sleep(200 * time.Millisecond)
+		time.Sleep(200 * time.Millisecond) // the piece must land while the request already waits for it
 		p.WritePiece(1, piece(blob, l, 1))
 	}()
 	start := time.Now()

@@ -2,7 +2,7 @@
 // cluster (the controller is just the first peer, the seed), verifies every
 // piece before it is stored, and keeps the tracker told what this agent
 // holds so others fetch from it while it downloads.
-package p2p
+package fetch
 
 import (
 	"context"
@@ -17,7 +17,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"golang.org/x/time/rate"
 
-	"github.com/flotilla-dev/flotilla/bundle/pieces"
+	"github.com/flotilla-dev/flotilla/p2p/pieces"
 )
 
 // Options tune a Fetcher. The zero value of every field has a sensible default.

@@ -1,4 +1,4 @@
-package p2p_test
+package fetch_test
 
 import (
 	"context"
@@ -11,9 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flotilla-dev/flotilla/agent/p2p"
-	"github.com/flotilla-dev/flotilla/bundle/pieces"
 	"github.com/flotilla-dev/flotilla/internal/poll"
+	"github.com/flotilla-dev/flotilla/p2p/fetch"
+	"github.com/flotilla-dev/flotilla/p2p/pieces"
 )
 
 func fetchAll(t *testing.T, list pieces.PieceList, nodes []*node) []error {
@@ -50,7 +50,7 @@ func TestFetchFromPeers(t *testing.T) {
 			seed, list := c.seed(blob)
 			var nodes []*node
 			for i := range 4 {
-				nodes = append(nodes, c.node(fmt.Sprintf("n%d", i), "", func(o *p2p.Options) { o.AllowPeer = tc.allow }))
+				nodes = append(nodes, c.node(fmt.Sprintf("n%d", i), "", func(o *fetch.Options) { o.AllowPeer = tc.allow }))
 			}
 			for i, err := range fetchAll(t, list, nodes) {
 				if err != nil {
@@ -112,10 +112,10 @@ func TestCorruptingPeerIsDropped(t *testing.T) {
 			n := c.node("n1", "", nil)
 			var mu sync.Mutex
 			var heldAtEachStep []int64
-			n.fetcher = p2p.New(n.store, p2p.NewHTTPTracker(c.trackerSrv.URL, c.client), func() p2p.Options {
+			n.fetcher = fetch.New(n.store, fetch.NewHTTPTracker(c.trackerSrv.URL, c.client), func() fetch.Options {
 				o := fastOptions()
 				o.Self, o.Client = pieces.Peer{ID: "n1", Addr: n.srv.URL}, c.client
-				o.Progress = func(p p2p.Progress) {
+				o.Progress = func(p fetch.Progress) {
 					if !p.Done {
 						mu.Lock()
 						heldAtEachStep = append(heldAtEachStep, p.Held)
