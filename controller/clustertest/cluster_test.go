@@ -203,13 +203,28 @@ func TestExistingNATSCluster(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	js := nc.jetStream(t)
-	for _, stream := range []string{"KV_" + plane.NodesBucket, "KV_" + plane.TokensBucket, plane.EventsStream} {
-		s, err := js.Stream(ctx, stream)
-		if err != nil {
-			t.Fatalf("stream %s: %v", stream, err)
+	// Every stream and KV bucket the controller created: 3 replicas.
+	lister := js.ListStreams(ctx)
+	seen := map[string]bool{}
+	for info := range lister.Info() {
+		seen[info.Config.Name] = true
+		if r := info.Config.Replicas; r != 3 {
+			t.Errorf("stream %s has %d replicas, want 3", info.Config.Name, r)
 		}
-		if r := s.CachedInfo().Config.Replicas; r != 3 {
-			t.Errorf("stream %s has %d replicas, want 3", stream, r)
+	}
+	if err := lister.Err(); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"KV_" + plane.NodesBucket, "KV_" + plane.TokensBucket, plane.EventsStream, "KV_flotilla_rollout_rollouts"} {
+		if seen[want] {
+			continue
+		}
+		// A listing in a cluster may miss one; ask for it by name.
+		s, err := js.Stream(ctx, want)
+		if err != nil {
+			t.Errorf("stream %s: %v", want, err)
+		} else if r := s.CachedInfo().Config.Replicas; r != 3 {
+			t.Errorf("stream %s has %d replicas, want 3", want, r)
 		}
 	}
 
