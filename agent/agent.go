@@ -15,8 +15,6 @@ package agent
 import (
 	"context"
 	"crypto/ed25519"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -29,6 +27,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/flotilla-dev/flotilla/internal/natsconn"
 
 	"github.com/flotilla-dev/flotilla/internal/atomicfile"
 	"github.com/flotilla-dev/flotilla/protocol"
@@ -43,6 +43,9 @@ type Options struct {
 	// Token, CAHash or CAFile authenticate the first join; later starts use the
 	// credentials kept in DataDir.
 	Token, CAHash, CAFile string
+	// NATSURLs, when set, replace the NATS URLs of the credentials: a site's
+	// leaf node (nats://leaf:4222) instead of the hub's servers.
+	NATSURLs []string
 	// Credentials, when set, skip the join (an agent inside the controller process).
 	Credentials *protocol.Credentials
 	// Name defaults to the host name.
@@ -287,13 +290,15 @@ func (a *Agent) Peer() *Peer { return a.peer.Load() }
 // Run connects to NATS (retrying with jittered backoff), registers, heartbeats
 // and runs tasks until ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(a.creds.CAPEM) {
-		return errors.New("credentials: no CA certificate")
+	auth, err := natsconn.Options(a.creds)
+	if err != nil {
+		return err
 	}
-	nc, err := nats.Connect(strings.Join(a.creds.NATSURLs, ","),
-		nats.UserInfo(a.creds.User, a.creds.Password),
-		nats.Secure(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}),
+	urls := a.creds.NATSURLs
+	if len(a.opts.NATSURLs) > 0 {
+		urls = a.opts.NATSURLs
+	}
+	nc, err := nats.Connect(strings.Join(urls, ","), append(auth,
 		nats.Name("flotilla-agent "+a.opts.Name),
 		nats.CustomInboxPrefix(protocol.InboxPrefix(a.opts.Name)),
 		nats.RetryOnFailedConnect(true),
@@ -316,7 +321,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		// (RetryOnFailedConnect): an agent given an address nothing answers
 		// on says so at each retry instead of waiting silently.
 		nats.ReconnectErrHandler(func(_ *nats.Conn, err error) {
-			a.log.Warn("cannot reach the controller's NATS; retrying with backoff", "urls", a.creds.NATSURLs, "err", err)
+			a.log.Warn("cannot reach the controller's NATS; retrying with backoff", "urls", urls, "err", err)
 			a.setConnErr(err)
 		}),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
@@ -324,9 +329,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.setRegistered(false)
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { a.log.Warn("NATS error", "err", err) }),
-	)
+	)...)
 	if err != nil {
-		return fmt.Errorf("connect to %v: %w", a.creds.NATSURLs, err)
+		return fmt.Errorf("connect to %v: %w", urls, err)
 	}
 	a.nc = nc
 	defer nc.Close()

@@ -25,8 +25,6 @@ package client
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -37,6 +35,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/flotilla-dev/flotilla/internal/natsconn"
 
 	"github.com/flotilla-dev/flotilla/protocol"
 	"github.com/nats-io/nats.go"
@@ -148,9 +148,9 @@ func Connect(cfg Config) (*Client, error) {
 	if err := json.Unmarshal(data, &cr); err != nil {
 		return nil, &CredentialsError{Path: path, Err: fmt.Errorf("not a flotilla credential file: %w", err)}
 	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(cr.CAPEM) {
-		return nil, &CredentialsError{Path: path, Err: errors.New("no CA certificate")}
+	auth, err := natsconn.Options(&cr)
+	if err != nil {
+		return nil, &CredentialsError{Path: path, Err: err}
 	}
 	urls := cr.NATSURLs
 	if cfg.Controller != "" {
@@ -169,9 +169,8 @@ func Connect(cfg Config) (*Client, error) {
 	if cfg.Name == "" {
 		cfg.Name = "flotilla-client"
 	}
-	nc, err := nats.Connect(strings.Join(urls, ","), nats.UserInfo(cr.User, cr.Password),
-		nats.Secure(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}),
-		nats.Name(cfg.Name), nats.Timeout(cfg.DialTimeout), nats.DontRandomize(), nats.NoReconnect())
+	nc, err := nats.Connect(strings.Join(urls, ","), append(auth,
+		nats.Name(cfg.Name), nats.Timeout(cfg.DialTimeout), nats.DontRandomize(), nats.NoReconnect())...)
 	if err != nil {
 		return nil, &ConnectError{URLs: urls, Err: err}
 	}

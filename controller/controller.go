@@ -15,6 +15,7 @@ package controller
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -83,6 +84,19 @@ type Options struct {
 	Metrics       *prometheus.Registry
 	MetricsListen string
 	MetricsPprof  bool
+	// NATSURLs, NATSCreds, NATSAccountKey, NATSCA and Replicas run the
+	// controller on an existing NATS cluster (see plane.Options).
+	NATSURLs                  []string
+	NATSCreds, NATSAccountKey string
+	NATSCA                    string
+	Replicas                  int
+	// HA (with NATSURLs) makes this controller one of two or three against
+	// the same NATS cluster: it waits in Start until it holds the leader lease
+	// (a KV key with LeaseTTL, default DefaultLeaseTTL, renewed with
+	// revision-checked updates), then serves and resumes running rollouts.
+	// A standby serves nothing meanwhile. Lost() closes when the lease is lost.
+	HA       bool
+	LeaseTTL time.Duration
 	// Infra makes the machines a Clusterfile's spec.infra asks for, with the
 	// providers it names (none: spec.infra is refused with the reason).
 	Infra infra.Options
@@ -102,6 +116,7 @@ type Controller struct {
 	seed     *tracker.Seed      // nil: peer-to-peer is off, layers come from blob URLs
 	engine   *rollout.Engine    // set by Start
 	cancel   context.CancelFunc // stops the seed's announcements
+	lease    *lease             // with Options.HA
 }
 
 // New prepares a controller: the data dir, the CA, keys and admin credentials
@@ -116,6 +131,9 @@ func New(opts Options) (*Controller, error) {
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
+	}
+	if opts.HA && len(opts.NATSURLs) == 0 {
+		return nil, &plane.OptionError{Option: "HA", Err: errors.New("high availability needs an existing NATS cluster (NATS URLs) that the controllers share")}
 	}
 	log := opts.Logger
 	// Before the seed creates its dir inside it (a data dir it created would
@@ -159,7 +177,8 @@ func New(opts Options) (*Controller, error) {
 		NodeEventRate: opts.NodeEventRate, NodeEventBurst: opts.NodeEventBurst, NodeEventHistory: opts.NodeEventHistory,
 		JoinRate: opts.JoinRate, JoinBurst: opts.JoinBurst, MaxJoinSources: opts.MaxJoinSources,
 		MaxConcurrentJoins: opts.MaxConcurrentJoins, HTTPReadHeaderTimeout: opts.HTTPReadHeaderTimeout,
-		Metrics: opts.Metrics, MetricsListen: opts.MetricsListen, MetricsPprof: opts.MetricsPprof})
+		Metrics: opts.Metrics, MetricsListen: opts.MetricsListen, MetricsPprof: opts.MetricsPprof,
+		NATSURLs: opts.NATSURLs, NATSCreds: opts.NATSCreds, NATSAccountKey: opts.NATSAccountKey, NATSCA: opts.NATSCA, Replicas: opts.Replicas})
 	if err != nil {
 		return nil, err
 	}
@@ -171,11 +190,20 @@ func New(opts Options) (*Controller, error) {
 // resumes the rollouts a stopped controller left running. It returns once
 // everything accepts connections.
 func (c *Controller) Start(ctx context.Context) error {
-	if err := c.Controller.Start(ctx); err != nil {
-		return err
-	}
 	var bg context.Context
 	bg, c.cancel = context.WithCancel(context.Background())
+	if c.opts.HA {
+		l, err := acquireLease(ctx, c.opts, c.log.With("component", "lease"))
+		if err != nil {
+			return fmt.Errorf("leader lease: %w", err)
+		}
+		c.lease = l
+		go l.keep(bg)
+	}
+	if err := c.Controller.Start(ctx); err != nil {
+		c.Close()
+		return err
+	}
 	if c.seed != nil {
 		c.seed.SetAddr(c.HTTPURL())
 		go c.seed.Run(bg)
@@ -218,13 +246,31 @@ func (c *Controller) Start(ctx context.Context) error {
 	return nil
 }
 
-// Run starts the controller, serves until ctx ends, then closes it.
+// Lost is closed when this controller (Options.HA) lost its leader lease:
+// stop it then (a standby leads). Without HA it never closes.
+func (c *Controller) Lost() <-chan struct{} {
+	if c.lease == nil {
+		return nil
+	}
+	return c.lease.lost
+}
+
+// ErrLeaseLost is what Run returns when the leader lease was lost.
+var ErrLeaseLost = errors.New("leader lease lost: another controller leads")
+
+// Run starts the controller, serves until ctx ends (or the lease is lost),
+// then closes it.
 func (c *Controller) Run(ctx context.Context) error {
 	if err := c.Start(ctx); err != nil {
 		return err
 	}
-	<-ctx.Done()
-	return c.Close()
+	select {
+	case <-ctx.Done():
+		return c.Close()
+	case <-c.Lost():
+		c.Close()
+		return ErrLeaseLost
+	}
 }
 
 // Close stops the rollout engine (running rollouts stay recorded as running and
@@ -233,8 +279,12 @@ func (c *Controller) Close() error {
 	if c.engine != nil {
 		c.engine.Close()
 	}
+	err := c.Controller.Close()
+	if c.lease != nil {
+		c.lease.release()
+	}
 	if c.cancel != nil {
 		c.cancel()
 	}
-	return c.Controller.Close()
+	return err
 }

@@ -32,6 +32,13 @@ type Credentials struct {
 	NATSURLs []string `json:"natsURLs"`
 	User     string   `json:"user"`
 	Password string   `json:"password"`
+	// JWT and NKeySeed replace User and Password on an existing NATS cluster
+	// (decentralized auth): a user JWT the controller issued and its seed.
+	JWT      string `json:"jwt,omitempty"`
+	NKeySeed string `json:"nkeySeed,omitempty"`
+	// NATSCAPEM is the CA of an existing NATS cluster's TLS certificates
+	// (empty: the embedded server's, CAPEM, or the system's for tls:// URLs).
+	NATSCAPEM []byte `json:"natsCAPEM,omitempty"`
 	// CAPEM is the controller CA that signs the NATS and HTTPS server certificates.
 	CAPEM []byte `json:"caPEM"`
 	// SigningKey is the controller's ed25519 task-signing public key.

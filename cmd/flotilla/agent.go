@@ -55,6 +55,7 @@ Steps place files under --root (exported to steps as FLOTILLA_ROOT).`,
 	f.StringVar(&opts.CAHash, "ca-hash", "", "sha256:<hex> of the controller's CA PEM (printed by `flotilla token create`)")
 	f.StringVar(&opts.CAFile, "ca-file", "", "the controller's CA certificate file, instead of --ca-hash")
 	f.StringVar(&opts.Name, "name", "", "node name (default: host name)")
+	f.StringSliceVar(&opts.NATSURLs, "nats-url", nil, "connect to these NATS URLs instead of the controller's (a site's leaf node: nats://leaf:4222)")
 	f.StringVar(&labels, "labels", "", "node labels, k=v,k2=v2")
 	f.StringVar(&opts.Root, "root", "/", "where steps place files (FLOTILLA_ROOT)")
 	f.StringVar(&opts.DataDir, "data-dir", "/var/lib/flotilla-agent", "the agent's own state: credentials, applied steps, status.json")

@@ -61,8 +61,12 @@ Agents join over HTTPS (--http-listen) with a token and then talk NATS over TLS 
 			fmt.Fprintf(cmd.ErrOrStderr(), "flotilla controller ready\n  NATS   %s\n  HTTPS  %s\n  CA     %s\n  admin  %s\nCreate a join token with: flotilla token create --ttl 24h\n",
 				c.NATSURL(), c.HTTPURL(), c.CAHash(), c.AdminCredsPath())
 			if !localAgent {
-				<-ctx.Done()
-				return nil
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-c.Lost():
+					return controller.ErrLeaseLost
+				}
 			}
 			return runLocalAgent(ctx, c, opts.DataDir, agentName, agentLabel, agentMirror, hbInterval)
 		},
@@ -87,6 +91,13 @@ Agents join over HTTPS (--http-listen) with a token and then talk NATS over TLS 
 	f.IntVar(&opts.MaxConcurrentJoins, "max-concurrent-joins", 32, "joins handled at once; more get HTTP 503 and agents retry")
 	f.StringVar(&opts.MetricsListen, "metrics-listen", "", "serve Prometheus metrics at http://ADDR/metrics, plain HTTP (e.g. 127.0.0.1:9446; \"\": off)")
 	f.BoolVar(&opts.MetricsPprof, "metrics-pprof", false, "also serve Go's /debug/pprof/ on --metrics-listen (heap and CPU profiles)")
+	f.StringSliceVar(&opts.NATSURLs, "nats-url", nil, "use this existing NATS cluster (JetStream, JWT auth) instead of the embedded server: nats://a:4222,nats://b:4222,... (see `flotilla nats-auth init`)")
+	f.StringVar(&opts.NATSCreds, "nats-creds", "", "with --nats-url: the controller's NATS user (.creds file)")
+	f.StringVar(&opts.NATSAccountKey, "nats-account-key", "", "with --nats-url: the account signing key (seed file) node and admin users are issued with")
+	f.StringVar(&opts.NATSCA, "nats-ca", "", "with --nats-url: CA (PEM) of the cluster's TLS certificates for tls:// URLs (default: system roots)")
+	f.IntVar(&opts.Replicas, "replicas", 0, "JetStream replicas of every stream and KV bucket (0: 3 when the cluster has 3+ servers, else 1)")
+	f.BoolVar(&opts.HA, "ha", false, "with --nats-url: one of several controllers; lead while holding the lease in JetStream KV, stand by otherwise")
+	f.DurationVar(&opts.LeaseTTL, "lease-ttl", controller.DefaultLeaseTTL, "with --ha: how long the leader lease outlives the leader's last renewal (a standby takes over after it)")
 	infraF.register(f)
 	f.DurationVar(&opts.HTTPReadHeaderTimeout, "http-read-header-timeout", 10*time.Second, "time an HTTPS client has for the TLS handshake and its request headers")
 	return cmd

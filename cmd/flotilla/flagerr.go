@@ -54,6 +54,18 @@ func controllerFlag(option string) string {
 		return "--http-listen"
 	case "Advertise":
 		return "--advertise"
+	case "NATSURLs":
+		return "--nats-url"
+	case "NATSCreds":
+		return "--nats-creds"
+	case "NATSAccountKey":
+		return "--nats-account-key"
+	case "NATSCA":
+		return "--nats-ca"
+	case "Replicas":
+		return "--replicas"
+	case "HA":
+		return "--ha"
 	}
 	return ""
 }

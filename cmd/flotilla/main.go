@@ -55,7 +55,7 @@ onto a fleet of hosts through agents that take orders from a controller over NAT
 	root.PersistentFlags().String("log-format", envOr("FLOTILLA_LOG_FORMAT", "text"), "log format: text or json")
 	root.AddCommand(
 		// the fleet: controller and agent
-		newControllerCmd(), newAgentCmd(), newLvscareCmd(), newBlobCmd(),
+		newControllerCmd(), newAgentCmd(), newLvscareCmd(), newBlobCmd(), newNATSAuthCmd(),
 		// admin actions, through the client package
 		newNodesCmd(), newExecCmd(), newTokenCmd(), newPlanCmd(), newApplyCmd(),
 		newStatusCmd(), newDeleteCmd(), newLogsCmd(),

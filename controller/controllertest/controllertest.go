@@ -38,10 +38,13 @@ type Fleet struct {
 	Controller *Proc
 	// ControllerArgs are extra `flotilla controller` flags (StartWith).
 	ControllerArgs []string
-	mu             sync.Mutex
-	Agents         map[string]*Proc
-	token          string
-	caHash         string
+	// External: the controller uses an existing NATS cluster (StartExternal);
+	// clients take the URLs from the admin credentials.
+	External bool
+	mu       sync.Mutex
+	Agents   map[string]*Proc
+	token    string
+	caHash   string
 }
 
 // Proc is one process started by the fleet.
@@ -69,6 +72,47 @@ func StartWith(t testing.TB, controllerArgs ...string) *Fleet {
 		t.Fatalf("flotilla binary: %v", err)
 	}
 	f := &Fleet{T: t, Bin: bin, Dir: t.TempDir(), Agents: map[string]*Proc{}, NATSPort: freePort(t), HTTPPort: freePort(t), ControllerArgs: controllerArgs}
+	t.Cleanup(f.stopAll)
+	f.StartController()
+	return f
+}
+
+// StartExternal starts a controller on an existing NATS cluster: controllerArgs
+// carry its --nats-url, --nats-creds and --nats-account-key.
+func StartExternal(t testing.TB, controllerArgs ...string) *Fleet {
+	t.Helper()
+	bin, err := testbin.Path()
+	if err != nil {
+		t.Fatalf("flotilla binary: %v", err)
+	}
+	f := &Fleet{T: t, Bin: bin, Dir: t.TempDir(), Agents: map[string]*Proc{}, NATSPort: freePort(t), HTTPPort: freePort(t),
+		ControllerArgs: controllerArgs, External: true}
+	t.Cleanup(f.stopAll)
+	f.StartController()
+	return f
+}
+
+// StartStandby starts another controller (its own data dir and ports) with
+// from's flags, sharing from's CA, signing key and admin credentials (what
+// the controllers of one HA group share), and waits until admin requests
+// answer (the leader answers them while this one stands by).
+func StartStandby(from *Fleet) *Fleet {
+	t := from.T
+	t.Helper()
+	f := &Fleet{T: t, Bin: from.Bin, Dir: t.TempDir(), Agents: map[string]*Proc{}, NATSPort: freePort(t), HTTPPort: freePort(t),
+		ControllerArgs: from.ControllerArgs, External: from.External}
+	if err := os.MkdirAll(f.ControllerDir(), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"ca.crt", "ca.key", "signing.key", protocol.AdminCredsFile} {
+		data, err := os.ReadFile(filepath.Join(from.ControllerDir(), name))
+		if err != nil {
+			t.Fatalf("standby: %v", err)
+		}
+		if err := os.WriteFile(filepath.Join(f.ControllerDir(), name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 	t.Cleanup(f.stopAll)
 	f.StartController()
 	return f
@@ -155,6 +199,9 @@ func (f *Fleet) NewToken(ttl string) (token, caHash string) {
 // Client connects to the controller with its admin credentials (the data dir's
 // admin.creds); close it when done. A restarted controller needs a new one.
 func (f *Fleet) Client() (*client.Client, error) {
+	if f.External {
+		return client.Connect(client.Config{DataDir: f.ControllerDir(), Name: "controllertest"})
+	}
 	return client.Connect(client.Config{DataDir: f.ControllerDir(), Controller: f.NATSURL(), Name: "controllertest"})
 }
 

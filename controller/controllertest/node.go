@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/internal/natsconn"
 	"github.com/flotilla-dev/flotilla/protocol"
 	"github.com/nats-io/nats.go"
 )
@@ -95,6 +96,14 @@ func (f *Fleet) AgentCredentials(name string) *protocol.Credentials {
 
 // ConnectNode connects to NATS as node cr.Node (its inbox prefix, as agents use).
 func (f *Fleet) ConnectNode(cr *protocol.Credentials, opts ...nats.Option) (*nats.Conn, error) {
+	if f.External {
+		auth, err := natsconn.Options(cr)
+		if err != nil {
+			return nil, err
+		}
+		return nats.Connect(strings.Join(cr.NATSURLs, ","), append(append(auth, nats.CustomInboxPrefix(protocol.InboxPrefix(cr.Node)),
+			nats.NoReconnect(), nats.Timeout(5*time.Second)), opts...)...)
+	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(cr.CAPEM)
 	return nats.Connect(f.NATSURL(), append([]nats.Option{nats.UserInfo(cr.User, cr.Password), nats.Secure(&tls.Config{RootCAs: pool}),

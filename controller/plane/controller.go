@@ -17,18 +17,23 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
+	"os"
+	"strings"
 
 	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/controller/natsauth"
 	"github.com/flotilla-dev/flotilla/protocol"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
@@ -81,6 +86,23 @@ type Options struct {
 	// /debug/pprof/ there.
 	MetricsListen string
 	MetricsPprof  bool
+
+	// NATSURLs, when set, make the controller use an existing NATS cluster
+	// (JetStream enabled, decentralized JWT auth) instead of the embedded
+	// server: Listen is then unused, and agents and the CLI get these URLs.
+	NATSURLs []string
+	// NATSCreds is the controller's own user (.creds file, full permissions in
+	// flotilla's account); NATSAccountKey is that account's signing key (seed
+	// file), with which the controller issues each node and the CLI a user JWT
+	// with the same permissions the embedded server gives them. Both are
+	// required with NATSURLs (see `flotilla nats-auth init`).
+	NATSCreds, NATSAccountKey string
+	// NATSCA is a PEM file with the CA of the cluster's TLS certificates, for
+	// tls:// URLs (default: the system's roots).
+	NATSCA string
+	// Replicas is the JetStream replica count of every stream and KV bucket
+	// the controller creates (0: 3 when the cluster has 3 or more servers, else 1).
+	Replicas int
 }
 
 // Controller is a running control plane.
@@ -89,10 +111,14 @@ type Controller struct {
 	log  *slog.Logger
 	pki  *pki
 
-	ns   *server.Server
-	nc   *nats.Conn
-	js   jetstream.JetStream
-	http *http.Server
+	ns *server.Server // nil on an existing NATS cluster (Options.NATSURLs)
+	nc *nats.Conn
+	js jetstream.JetStream
+	// issuer signs the users of an existing NATS cluster; natsCA is its CA (or nil).
+	issuer   *natsauth.Issuer
+	natsCA   []byte
+	replicas int
+	http     *http.Server
 
 	natsAddr, httpAddr net.Addr
 	internalPass       string
@@ -144,6 +170,9 @@ func New(opts Options) (*Controller, error) {
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
+	}
+	if err := checkExternal(&opts); err != nil {
+		return nil, err
 	}
 	adv, err := advertiseFor(opts.Listen, opts.HTTPListen, opts.Advertise)
 	if err != nil {
@@ -216,7 +245,92 @@ func (c *Controller) Start(ctx context.Context) error {
 	return nil
 }
 
+func checkExternal(opts *Options) error {
+	if opts.Replicas < 0 || opts.Replicas > 5 {
+		return &OptionError{Option: "Replicas", Err: fmt.Errorf("JetStream replicas %d: want 0 (automatic) to 5", opts.Replicas)}
+	}
+	if len(opts.NATSURLs) == 0 {
+		if opts.NATSCreds != "" || opts.NATSAccountKey != "" || opts.NATSCA != "" {
+			return &OptionError{Option: "NATSURLs", Err: errors.New("NATS credentials, account key or CA given without the URLs of the NATS cluster")}
+		}
+		return nil
+	}
+	for _, u := range opts.NATSURLs {
+		pu, err := url.Parse(u)
+		if err != nil || pu.Host == "" || (pu.Scheme != "nats" && pu.Scheme != "tls") {
+			return &OptionError{Option: "NATSURLs", Err: fmt.Errorf("NATS URL %q: want nats://HOST:PORT or tls://HOST:PORT", u)}
+		}
+		if pu.User != nil {
+			return &OptionError{Option: "NATSURLs", Err: fmt.Errorf("NATS URL %q: no user in the URL (give NATS credentials)", pu.Redacted())}
+		}
+	}
+	if opts.NATSCreds == "" {
+		return &OptionError{Option: "NATSCreds", Err: errors.New("an existing NATS cluster needs the controller's NATS credentials (.creds file)")}
+	}
+	if opts.NATSAccountKey == "" {
+		return &OptionError{Option: "NATSAccountKey", Err: errors.New("an existing NATS cluster needs the account signing key the controller issues node users with")}
+	}
+	return nil
+}
+
+// connectExternal connects to an existing NATS cluster with the controller's
+// credentials and loads the account signing key.
+func (c *Controller) connectExternal() error {
+	iss, err := natsauth.LoadIssuer(c.opts.NATSAccountKey, c.opts.NATSCreds)
+	if err != nil {
+		return &OptionError{Option: "NATSAccountKey", Err: err}
+	}
+	c.issuer = iss
+	c.auth = &authenticator{c: c, agents: map[string][]byte{}}
+	nopts := []nats.Option{nats.UserCredentials(c.opts.NATSCreds), nats.Name("flotilla-controller"), nats.MaxReconnects(-1),
+		nats.RetryOnFailedConnect(false), nats.Timeout(5 * time.Second),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { c.log.Warn("disconnected from NATS", "err", err) }),
+		nats.ReconnectHandler(func(nc *nats.Conn) { c.log.Info("reconnected to NATS", "url", nc.ConnectedUrlRedacted()) })}
+	if c.opts.NATSCA != "" {
+		if c.natsCA, err = os.ReadFile(c.opts.NATSCA); err != nil {
+			return &OptionError{Option: "NATSCA", Err: err}
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(c.natsCA) {
+			return &OptionError{Option: "NATSCA", Err: fmt.Errorf("%s: no PEM certificate", c.opts.NATSCA)}
+		}
+		nopts = append(nopts, nats.Secure(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}))
+	}
+	nc, err := nats.Connect(strings.Join(c.opts.NATSURLs, ","), nopts...)
+	if err != nil {
+		return fmt.Errorf("connect to NATS %v: %w", c.opts.NATSURLs, err)
+	}
+	c.nc = nc
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	c.replicas = c.opts.Replicas
+	if c.replicas == 0 {
+		c.replicas = 1
+		if len(nc.Servers()) >= 3 {
+			c.replicas = 3
+		}
+	}
+	c.js = js
+	if c.replicas > 1 {
+		c.js = replicated{JetStream: js, n: c.replicas}
+	}
+	c.log.Info("using an existing NATS cluster", "url", nc.ConnectedUrlRedacted(), "servers", len(nc.Servers()), "replicas", c.replicas, "account", iss.Account())
+	return nil
+}
+
+// Replicas is the JetStream replica count of the streams and buckets this
+// controller creates (through JetStream()).
+func (c *Controller) Replicas() int { return max(c.replicas, 1) }
+
+// External reports whether the controller uses an existing NATS cluster.
+func (c *Controller) External() bool { return c.issuer != nil }
+
 func (c *Controller) startNATS() error {
+	if len(c.opts.NATSURLs) > 0 {
+		return c.connectExternal()
+	}
 	host, portS, err := net.SplitHostPort(c.opts.Listen)
 	if err != nil {
 		return &OptionError{Option: "Listen", Err: fmt.Errorf("NATS listen address %q: %w", c.opts.Listen, err)}
@@ -359,6 +473,9 @@ func (c *Controller) JetStream() jetstream.JetStream { return c.js }
 
 // NATSURL is the URL agents and the CLI use: tls://ADVERTISE:PORT.
 func (c *Controller) NATSURL() string {
+	if len(c.opts.NATSURLs) > 0 {
+		return strings.Join(c.opts.NATSURLs, ",")
+	}
 	return "tls://" + net.JoinHostPort(c.opts.Advertise, strconv.Itoa(addrPort(c.natsAddr)))
 }
 

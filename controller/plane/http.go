@@ -196,6 +196,26 @@ func (c *Controller) admitNode(ctx context.Context, name string, facts protocol.
 	if ok {
 		c.disconnectNode(name)
 	}
+	if c.issuer != nil {
+		pub, sub := protocol.AgentPermissions(name)
+		tok, seed, key, err := c.issuer.UserJWT(AgentUser(name), pub, sub, true)
+		if err != nil {
+			return nil, fmt.Errorf("node %s: NATS user: %w", name, err)
+		}
+		// nats-server names a user by its key (e.g. in permission violations).
+		c.log.Info("issued the node a NATS user", "node", name, "natsUser", key)
+		return &protocol.Credentials{
+			Node:       name,
+			NATSURLs:   c.opts.NATSURLs,
+			User:       AgentUser(name),
+			JWT:        tok,
+			NKeySeed:   seed,
+			NATSCAPEM:  c.natsCA,
+			CAPEM:      c.pki.caPEM,
+			SigningKey: c.SigningKey(),
+			HTTPURL:    c.HTTPURL(),
+		}, nil
+	}
 	return &protocol.Credentials{
 		Node:       name,
 		NATSURLs:   []string{c.NATSURL()},
@@ -223,13 +243,22 @@ func (c *Controller) LocalAgentCredentials(ctx context.Context, name string, fac
 	if err != nil {
 		return nil, err
 	}
-	cr.NATSURLs = []string{"tls://" + localNATSHostPort(c)}
+	if c.issuer == nil {
+		cr.NATSURLs = []string{"tls://" + localNATSHostPort(c)}
+	}
 	return cr, nil
 }
 
 // disconnectNode closes the NATS connections of a node whose credentials were
 // replaced, so that an old agent of the same name stops receiving its tasks.
 func (c *Controller) disconnectNode(name string) {
+	if c.ns == nil {
+		// An existing NATS cluster: the controller cannot close the node's
+		// connections; its messages are refused once it is out of the
+		// inventory, and its old user JWT is revoked by the cluster's admin.
+		c.log.Warn("node credentials replaced or removed on an external NATS cluster: its previous NATS user stays valid there until revoked in the account", "node", name)
+		return
+	}
 	cz, err := c.ns.Connz(&server.ConnzOptions{User: AgentUser(name), Limit: 1024})
 	if err != nil {
 		c.log.Warn("list connections of re-joined node", "node", name, "err", err)

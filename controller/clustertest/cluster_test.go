@@ -1,0 +1,403 @@
+package clustertest
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flotilla-dev/flotilla/controller/controllertest"
+	"github.com/flotilla-dev/flotilla/controller/natsauth"
+	"github.com/flotilla-dev/flotilla/controller/plane"
+	"github.com/flotilla-dev/flotilla/internal/natstest"
+	"github.com/flotilla-dev/flotilla/internal/testbin"
+	"github.com/flotilla-dev/flotilla/protocol"
+	"github.com/nats-io/jwt/v2"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// natsCluster is three nats-server processes trusting a fresh operator, and
+// the controller flags that use them.
+type natsCluster struct {
+	*natstest.Cluster
+	authDir  string
+	authConf string
+	args     []string
+}
+
+func startNATSCluster(t *testing.T, extra func(i int) string) *natsCluster {
+	t.Helper()
+	return startNATSServers(t, 3, extra)
+}
+
+// startNATSServers starts n servers (a cluster when n > 1).
+func startNATSServers(t *testing.T, n int, extra func(i int) string) *natsCluster {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("starts nats-server, controller and agent processes")
+	}
+	bin, err := testbin.Path()
+	if err != nil {
+		t.Fatalf("flotilla binary: %v", err)
+	}
+	authDir := filepath.Join(t.TempDir(), "nats-auth")
+	if out, err := exec.Command(bin, "nats-auth", "init", "--dir", authDir).CombinedOutput(); err != nil {
+		t.Fatalf("flotilla nats-auth init: %v\n%s", err, out)
+	}
+	authConf, err := os.ReadFile(filepath.Join(authDir, natsauth.FileServerConf))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := natstest.StartCluster(t, n, string(authConf), extra)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	creds := filepath.Join(authDir, natsauth.FileControllerCreds)
+	if err := natstest.WaitJetStream(ctx, c.URLs(), creds); err != nil {
+		t.Fatal(err)
+	}
+	return &natsCluster{Cluster: c, authDir: authDir, authConf: string(authConf), args: []string{
+		"--nats-url", strings.Join(c.URLs(), ","),
+		"--nats-creds", creds,
+		"--nats-account-key", filepath.Join(authDir, natsauth.FileAccountKey),
+	}}
+}
+
+// jetStream connects as the controller's user.
+func (c *natsCluster) jetStream(t *testing.T) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(strings.Join(c.URLs(), ","), nats.UserCredentials(filepath.Join(c.authDir, natsauth.FileControllerCreds)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// slowImage builds an image whose one step takes a few seconds and leaves a
+// marker per run (one line per run: a step run twice leaves two lines).
+func slowImage(t *testing.T, bin, store string, seconds int) {
+	t.Helper()
+	src := t.TempDir()
+	writeFile(t, filepath.Join(src, "Kubefile"), "FROM scratch\nCOPY --chmod=0755 slow.sh /usr/local/bin/slow\nON all RUN \"${FLOTILLA_ROOT:-}/usr/local/bin/slow\"\n")
+	writeFile(t, filepath.Join(src, "slow.sh"), fmt.Sprintf("#!/bin/sh\necho starting\nsleep %d\necho ran >> \"${FLOTILLA_ROOT:-}/slow.runs\"\n", seconds))
+	build := exec.Command(bin, "build", "-t", "slow:1.0", src)
+	build.Env = append(os.Environ(), "FLOTILLA_STORE="+store)
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("flotilla build: %v\n%s", err, out)
+	}
+}
+
+func clusterfile(t *testing.T, names []string) string {
+	t.Helper()
+	cf := filepath.Join(t.TempDir(), "Clusterfile")
+	writeFile(t, cf, fmt.Sprintf("apiVersion: flotilla.dev/v1\nkind: Cluster\nmetadata: {name: slow}\nspec:\n  image: slow:1.0\n  hosts:\n    - names: [%s]\n      roles: [node]\n",
+		strings.Join(names, ", ")))
+	return cf
+}
+
+// startApply starts `flotilla apply` and returns once a node runs the step.
+func startApply(t *testing.T, ctx context.Context, f *controllertest.Fleet, cf string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.CommandContext(ctx, f.Bin, "apply", "-f", cf, "--data-dir", f.ControllerDir())
+	cmd.Env = append(os.Environ(), "FLOTILLA_CONTROLLER=", "FLOTILLA_CREDENTIALS=")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		if strings.Contains(sc.Text(), "run: ") {
+			go func() {
+				for sc.Scan() {
+				}
+			}()
+			return cmd
+		}
+	}
+	_ = cmd.Wait()
+	t.Fatalf("apply ended before a node ran the step")
+	return nil
+}
+
+// waitDone waits for the rollout of cluster slow to be done on every node.
+func waitDone(t *testing.T, f *controllertest.Fleet, timeout time.Duration) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	for {
+		// Each request has its own timeout: one sent while the controller
+		// reconnects (or before a standby leads) gets no answer.
+		cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
+		st, err := f.Status(cctx, "slow")
+		ccancel()
+		if err == nil && len(st) == 1 && st[0].State == protocol.RolloutDone {
+			for _, n := range st[0].Nodes {
+				if n.Applied != st[0].ImageDigest {
+					t.Errorf("node %s applied %q, want %q", n.Node, n.Applied, st[0].ImageDigest)
+				}
+			}
+			return
+		}
+		if ctx.Err() != nil {
+			t.Logf("controller log:\n%s", f.Controller.Output())
+			t.Fatalf("rollout not done after %s; status %+v (err %v)", timeout, st, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// checkRanOnce asserts the slow step ran exactly once on every node.
+func checkRanOnce(t *testing.T, f *controllertest.Fleet, names []string) {
+	t.Helper()
+	for _, n := range names {
+		data, err := os.ReadFile(filepath.Join(f.Dir, "roots", n, "slow.runs"))
+		if err != nil {
+			t.Errorf("the slow step did not finish on %s: %v", n, err)
+			continue
+		}
+		if runs := strings.Count(string(data), "ran"); runs != 1 {
+			t.Errorf("the slow step ran %d times on %s, want once", runs, n)
+		}
+	}
+}
+
+// TestExistingNATSCluster runs a controller on three nats-server processes:
+// every bucket and stream has 3 replicas, agents join with issued user JWTs,
+// exec works, an agent cannot reach another node's subjects, and a rollout
+// completes although one nats-server is killed while it runs.
+func TestExistingNATSCluster(t *testing.T) {
+	store := t.TempDir()
+	t.Setenv("FLOTILLA_STORE", store)
+	nc := startNATSCluster(t, nil)
+	f := controllertest.StartExternal(t, nc.args...)
+	slowImage(t, f.Bin, store, 4)
+	names := []string{"a1", "a2", "a3"}
+	for _, n := range names {
+		f.StartAgent(n)
+	}
+	f.WaitOnline(60*time.Second, true, names...)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	js := nc.jetStream(t)
+	// Every stream and KV bucket the controller created: 3 replicas.
+	lister := js.ListStreams(ctx)
+	seen := map[string]bool{}
+	for info := range lister.Info() {
+		seen[info.Config.Name] = true
+		if r := info.Config.Replicas; r != 3 {
+			t.Errorf("stream %s has %d replicas, want 3", info.Config.Name, r)
+		}
+	}
+	if err := lister.Err(); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"KV_" + plane.NodesBucket, "KV_" + plane.TokensBucket, plane.EventsStream, "KV_flotilla_rollout_rollouts"} {
+		if seen[want] {
+			continue
+		}
+		// A listing in a cluster may miss one; ask for it by name.
+		s, err := js.Stream(ctx, want)
+		if err != nil {
+			t.Errorf("stream %s: %v", want, err)
+		} else if r := s.CachedInfo().Config.Replicas; r != 3 {
+			t.Errorf("stream %s has %d replicas, want 3", want, r)
+		}
+	}
+
+	out, errOut, code := f.CLI(ctx, "exec", "--all", "--", "echo", "hello-from-cluster")
+	if code != 0 || strings.Count(out, "hello-from-cluster") != len(names) {
+		t.Fatalf("exec --all: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+	}
+
+	t.Run("TestHostileAgentUser", func(t *testing.T) { hostileAgentUser(t, nc, f) })
+
+	cmd := startApply(t, ctx, f, clusterfile(t, names))
+	victim := nc.Servers[0]
+	victim.Kill()
+	t.Logf("killed nats-server %s (%s) mid-rollout", victim.Name, victim.URL)
+	waitDone(t, f, 90*time.Second)
+	_ = cmd.Process.Kill() // it may have lost its server; the rollout is what counts
+	_ = cmd.Wait()
+	checkRanOnce(t, f, names)
+}
+
+// hostileAgentUser connects with a node's issued user JWT and tries to read
+// another node's tasks and to send admin requests: the cluster refuses both.
+func hostileAgentUser(t *testing.T, nc *natsCluster, f *controllertest.Fleet) {
+	cr := f.AgentCredentials("a1")
+	if cr.JWT == "" || cr.Password != "" {
+		t.Fatalf("agent credentials on an external cluster: want a user JWT and no password, got JWT %t password %t", cr.JWT != "", cr.Password != "")
+	}
+	errs := make(chan error, 10)
+	conn, err := f.ConnectNode(cr, nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { errs <- err }))
+	if err != nil {
+		t.Fatalf("connect as a1: %v", err)
+	}
+	defer conn.Close()
+	got := make(chan *nats.Msg, 1)
+	if _, err := conn.Subscribe(protocol.ToNode("a2")+".>", func(m *nats.Msg) { got <- m }); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.Flush()
+	select {
+	case err := <-errs:
+		if !strings.Contains(strings.ToLower(err.Error()), "permissions violation") {
+			t.Errorf("subscribing to a2's subjects: %v, want a permissions violation", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Errorf("subscribing to another node's subjects was not refused")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if _, err := conn.RequestWithContext(ctx, protocol.AdminSubject(protocol.AdminNodes), []byte("{}")); err == nil {
+		t.Errorf("an agent's user sent an admin request and got an answer")
+	}
+	// The refusal is logged by the server naming the user, and the controller
+	// logged which node that user is.
+	uc, err := jwt.DecodeUserClaims(cr.JWT)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(f.Controller.Output(), "node=a1 natsUser="+uc.Subject) {
+		t.Errorf("controller did not log a1's NATS user %s", uc.Subject)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var logs strings.Builder
+		for _, s := range nc.Servers {
+			data, _ := os.ReadFile(s.Log)
+			logs.Write(data)
+		}
+		if strings.Contains(logs.String(), "Subscription Violation") && strings.Contains(logs.String(), uc.Subject) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no nats-server logged a subscription violation by a1's user %s", uc.Subject)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestControllerFailover runs two controllers with --ha on one NATS cluster,
+// kills the leader (SIGKILL) while a rollout runs: the standby takes the
+// lease, resumes the rollout from KV and completes it, and no node ran the
+// step twice.
+func TestControllerFailover(t *testing.T) {
+	store := t.TempDir()
+	t.Setenv("FLOTILLA_STORE", store)
+	nc := startNATSCluster(t, nil)
+	args := append(append([]string{}, nc.args...), "--ha", "--lease-ttl", "3s")
+	leader := controllertest.StartExternal(t, args...)
+	standby := controllertest.StartStandby(leader)
+	waitLog(t, standby.Controller, "standby: another controller holds the leader lease", 20*time.Second)
+
+	slowImage(t, leader.Bin, store, 6)
+	names := []string{"h1", "h2", "h3"}
+	for _, n := range names {
+		leader.StartAgent(n)
+	}
+	leader.WaitOnline(60*time.Second, true, names...)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := startApply(t, ctx, leader, clusterfile(t, names))
+	killed := time.Now()
+	leader.KillController()
+	waitLog(t, standby.Controller, "leader lease acquired", 30*time.Second)
+	took := time.Since(killed)
+	waitLog(t, standby.Controller, "controller ready", 30*time.Second)
+	t.Logf("standby took the lease %.1fs after the leader was killed; serving %.1fs after", took.Seconds(), time.Since(killed).Seconds())
+	if took > 10*time.Second {
+		t.Errorf("takeover took %s, want a few seconds", took)
+	}
+	waitDone(t, leader, 90*time.Second)
+	t.Logf("rollout done %.1fs after the leader was killed", time.Since(killed).Seconds())
+	if d := os.Getenv("CLUSTERTEST_LOGS"); d != "" {
+		_ = os.WriteFile(filepath.Join(d, "standby.log"), []byte(standby.Controller.Output()), 0o644)
+		_ = os.WriteFile(filepath.Join(d, "leader.log"), []byte(leader.Controller.Output()), 0o644)
+	}
+	checkRanOnce(t, leader, names)
+	// The CLI watched the killed leader's stream; it is not needed any more.
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	if !strings.Contains(standby.Controller.Output(), "resumed=true") {
+		t.Errorf("the standby did not resume the rollout")
+	}
+}
+
+func waitLog(t *testing.T, p *controllertest.Proc, want string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !strings.Contains(p.Output(), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not log %q within %s; log:\n%s", p.Name, want, timeout, p.Tail())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestSiteLeafNode runs agents at a "site" whose nats-server is a leaf node
+// dialing out to the hub (the controller's NATS): they join, exec and apply
+// across the leaf connection.
+func TestSiteLeafNode(t *testing.T) {
+	store := t.TempDir()
+	t.Setenv("FLOTILLA_STORE", store)
+	leafPort := natstest.FreePort(t)
+	hub := startNATSServers(t, 1, func(int) string {
+		return fmt.Sprintf("leafnodes { listen: %q }\n", fmt.Sprintf("127.0.0.1:%d", leafPort))
+	})
+	iss, err := natsauth.LoadIssuer(filepath.Join(hub.authDir, natsauth.FileAccountKey), filepath.Join(hub.authDir, natsauth.FileControllerCreds))
+	if err != nil {
+		t.Fatal(err)
+	}
+	site := natstest.StartServer(t, "site", fmt.Sprintf("leafnodes { remotes: [ { urls: [%q], credentials: %q, account: %q } ] }\n",
+		fmt.Sprintf("nats-leaf://127.0.0.1:%d", leafPort), filepath.Join(hub.authDir, natsauth.FileLeafCreds), iss.Account())+hub.authConf)
+	f := controllertest.StartExternal(t, hub.args...)
+	slowImage(t, f.Bin, store, 1)
+	names := []string{"s1", "s2"}
+	for _, n := range names {
+		f.StartAgent(n, "--nats-url", site.URL)
+	}
+	f.WaitOnline(60*time.Second, true, names...)
+	for _, n := range names {
+		if !strings.Contains(f.Agents[n].Output(), "url="+site.URL) {
+			t.Errorf("agent %s did not connect to the site's leaf node %s", n, site.URL)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out, errOut, code := f.CLI(ctx, "exec", "--all", "--", "echo", "hello-from-site")
+	if code != 0 || strings.Count(out, "hello-from-site") != len(names) {
+		t.Fatalf("exec --all across the leaf: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+	}
+	out, errOut, code = f.CLI(ctx, "apply", "-f", clusterfile(t, names))
+	if code != 0 {
+		t.Fatalf("apply across the leaf: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+	}
+	waitDone(t, f, 60*time.Second)
+	checkRanOnce(t, f, names)
+}

@@ -1,0 +1,135 @@
+package plane
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// kvRetryFor bounds how long a KV operation is retried while a replicated
+// bucket elects a new leader (a NATS server of the cluster went away).
+const kvRetryFor = 30 * time.Second
+
+// replicated gives every stream and KV bucket created through it n replicas
+// unless its config names a count, and hands out KV buckets whose operations
+// ride out a leader election of the cluster.
+type replicated struct {
+	jetstream.JetStream
+	n int
+}
+
+func (r replicated) CreateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	cfg.Replicas = cmp.Or(cfg.Replicas, r.n)
+	kv, err := r.JetStream.CreateKeyValue(ctx, cfg)
+	return retryKV(kv), err
+}
+
+func (r replicated) CreateOrUpdateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	cfg.Replicas = cmp.Or(cfg.Replicas, r.n)
+	kv, err := r.JetStream.CreateOrUpdateKeyValue(ctx, cfg)
+	return retryKV(kv), err
+}
+
+func (r replicated) UpdateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	cfg.Replicas = cmp.Or(cfg.Replicas, r.n)
+	kv, err := r.JetStream.UpdateKeyValue(ctx, cfg)
+	return retryKV(kv), err
+}
+
+func (r replicated) KeyValue(ctx context.Context, bucket string) (jetstream.KeyValue, error) {
+	kv, err := r.JetStream.KeyValue(ctx, bucket)
+	return retryKV(kv), err
+}
+
+func (r replicated) CreateStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+	cfg.Replicas = cmp.Or(cfg.Replicas, r.n)
+	return r.JetStream.CreateStream(ctx, cfg)
+}
+
+func (r replicated) CreateOrUpdateStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+	cfg.Replicas = cmp.Or(cfg.Replicas, r.n)
+	return r.JetStream.CreateOrUpdateStream(ctx, cfg)
+}
+
+func (r replicated) UpdateStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+	cfg.Replicas = cmp.Or(cfg.Replicas, r.n)
+	return r.JetStream.UpdateStream(ctx, cfg)
+}
+
+// retryingKV retries operations the stream did not receive (no responders:
+// its leader is being elected) and, for idempotent ones, timeouts.
+type retryingKV struct{ jetstream.KeyValue }
+
+func retryKV(kv jetstream.KeyValue) jetstream.KeyValue {
+	if kv == nil {
+		return nil
+	}
+	return retryingKV{kv}
+}
+
+func unreceived(err error) bool {
+	return errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders)
+}
+
+func lost(err error) bool {
+	return unreceived(err) || errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.DeadlineExceeded)
+}
+
+// retry runs op until it succeeds, fails for another reason, ctx ends or
+// kvRetryFor passed.
+func retry[T any](ctx context.Context, what string, again func(error) bool, op func(context.Context) (T, error)) (T, error) {
+	deadline := time.Now().Add(kvRetryFor)
+	wait := 100 * time.Millisecond
+	for {
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		v, err := op(actx)
+		cancel()
+		if err == nil || !again(err) || ctx.Err() != nil || time.Now().After(deadline) {
+			if err != nil && again(err) {
+				err = fmt.Errorf("%s: gave up retrying for %s: %w", what, kvRetryFor, err)
+			}
+			return v, err
+		}
+		select {
+		case <-ctx.Done():
+			return v, err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 2*time.Second)
+	}
+}
+
+func (k retryingKV) Get(ctx context.Context, key string) (jetstream.KeyValueEntry, error) {
+	return retry(ctx, "KV get", lost, func(ctx context.Context) (jetstream.KeyValueEntry, error) { return k.KeyValue.Get(ctx, key) })
+}
+
+func (k retryingKV) Put(ctx context.Context, key string, value []byte) (uint64, error) {
+	return retry(ctx, "KV put", lost, func(ctx context.Context) (uint64, error) { return k.KeyValue.Put(ctx, key, value) })
+}
+
+func (k retryingKV) PutString(ctx context.Context, key string, value string) (uint64, error) {
+	return k.Put(ctx, key, []byte(value))
+}
+
+func (k retryingKV) Create(ctx context.Context, key string, value []byte, opts ...jetstream.KVCreateOpt) (uint64, error) {
+	return retry(ctx, "KV create", unreceived, func(ctx context.Context) (uint64, error) { return k.KeyValue.Create(ctx, key, value, opts...) })
+}
+
+func (k retryingKV) Update(ctx context.Context, key string, value []byte, revision uint64) (uint64, error) {
+	return retry(ctx, "KV update", unreceived, func(ctx context.Context) (uint64, error) { return k.KeyValue.Update(ctx, key, value, revision) })
+}
+
+func (k retryingKV) Delete(ctx context.Context, key string, opts ...jetstream.KVDeleteOpt) error {
+	_, err := retry(ctx, "KV delete", lost, func(ctx context.Context) (struct{}, error) { return struct{}{}, k.KeyValue.Delete(ctx, key, opts...) })
+	return err
+}
+
+func (k retryingKV) Purge(ctx context.Context, key string, opts ...jetstream.KVDeleteOpt) error {
+	_, err := retry(ctx, "KV purge", lost, func(ctx context.Context) (struct{}, error) { return struct{}{}, k.KeyValue.Purge(ctx, key, opts...) })
+	return err
+}
