@@ -76,22 +76,25 @@ func (l *eventLog) allow(node string) bool {
 }
 
 // ingest handles every flotilla.v1.from.*.events.> message. It runs on one
-// goroutine for all nodes, so the rate check comes first and costs nothing else.
+// goroutine for all nodes, so the cheap checks (a known task, the node's rate)
+// come before any decoding.
 func (l *eventLog) ingest(m *nats.Msg) {
 	c := l.c
 	node, ok := protocol.NodeFromSubject(m.Subject)
 	if !ok {
 		return
 	}
-	if !l.allow(node) {
-		c.offenses.warn(node, "event flood", "node sends events faster than its limit: they are not kept in the event history",
-			"limitPerSecond", c.opts.NodeEventRate, "burst", c.opts.NodeEventBurst)
-		return
-	}
+	// Events for tasks this controller never gave the node are dropped first
+	// (a map lookup), so they neither use up the node's rate nor hide behind it.
 	task, ok := protocol.TaskFromEventsSubject(m.Subject)
 	if !ok || !c.dispatched(m.Subject) {
 		c.offenses.warn(node, "event for unknown task", "dropping an event for a task the controller has not dispatched to this node (or that ended)",
 			"subject", m.Subject)
+		return
+	}
+	if !l.allow(node) {
+		c.offenses.warn(node, "event flood", "node sends events faster than its limit: they are not kept in the event history",
+			"limitPerSecond", c.opts.NodeEventRate, "burst", c.opts.NodeEventBurst)
 		return
 	}
 	ev, err := protocol.DecodeEvent(m.Data, node, task)
