@@ -74,8 +74,8 @@ func build(t *testing.T, st *store.Store, dir string, opts Options) (*Result, v1
 	return res, img, p
 }
 
-// layerFiles lists a layer's tar entries as "name mode uid mtime".
-func layerFiles(t *testing.T, st *store.Store, digest string) []string {
+// layerHeaders reads a stored gzip layer's tar headers (checking the gzip header has no mtime).
+func layerHeaders(t *testing.T, st *store.Store, digest string) []*tar.Header {
 	t.Helper()
 	h, err := v1.NewHash(digest)
 	if err != nil {
@@ -94,15 +94,24 @@ func layerFiles(t *testing.T, st *store.Store, digest string) []string {
 		t.Errorf("gzip header carries mtime %v", zr.ModTime)
 	}
 	tr := tar.NewReader(zr)
-	var out []string
+	var out []*tar.Header
 	for {
 		hd, err := tr.Next()
 		if err == io.EOF {
-			break
+			return out
 		}
 		if err != nil {
 			t.Fatal(err)
 		}
+		out = append(out, hd)
+	}
+}
+
+// layerFiles lists a layer's tar entries as "name mode".
+func layerFiles(t *testing.T, st *store.Store, digest string) []string {
+	t.Helper()
+	var out []string
+	for _, hd := range layerHeaders(t, st, digest) {
 		if hd.Uid != 0 || hd.Gid != 0 || hd.ModTime.Unix() != 0 {
 			t.Errorf("%s: uid %d gid %d mtime %v, want 0 0 1970", hd.Name, hd.Uid, hd.Gid, hd.ModTime)
 		}
@@ -426,36 +435,16 @@ func BenchmarkUnchangedRebuild(b *testing.B) {
 	}
 }
 
-// tarContents reads a stored gzip layer and counts what it holds.
+// tarContents counts what a stored gzip layer holds.
 func tarContents(t *testing.T, st *store.Store, digest string) protocol.LayerContents {
 	t.Helper()
-	h, err := v1.NewHash(digest)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rc, _, err := st.OpenBlob(h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
-	zr, err := gzip.NewReader(rc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr := tar.NewReader(zr)
 	var c protocol.LayerContents
-	for {
-		hd, err := tr.Next()
-		if err == io.EOF {
-			return c
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
+	for _, hd := range layerHeaders(t, st, digest) {
 		c.Entries++
 		c.LongestPath = max(c.LongestPath, len(hd.Name))
 		if hd.Typeflag == tar.TypeReg {
 			c.FileBytes += hd.Size
 		}
 	}
+	return c
 }

@@ -6,6 +6,8 @@ import (
 	"io"
 	"net/http"
 
+	"github.com/flotilla-dev/flotilla/bundle/regclient"
+
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -27,23 +29,10 @@ type Options struct {
 	Progress progress.Reporter // nil: silent
 }
 
-func (o Options) nameOpts() []name.Option {
-	if o.Insecure {
-		return []name.Option{name.Insecure}
-	}
-	return nil
-}
+func (o Options) nameOpts() []name.Option { return regclient.NameOptions(o.Insecure) }
 
 func (o Options) remoteOpts(ctx context.Context) []remote.Option {
-	kc := o.Keychain
-	if kc == nil {
-		kc = authn.DefaultKeychain
-	}
-	opts := []remote.Option{remote.WithContext(ctx), remote.WithAuthFromKeychain(kc), remote.WithUserAgent("flotilla")}
-	if o.Transport != nil {
-		opts = append(opts, remote.WithTransport(o.Transport))
-	}
-	return opts
+	return regclient.RemoteOptions(ctx, o.Keychain, o.Transport)
 }
 
 // Pull stages the image ref names into tx: its manifest or index, every child manifest

@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/bundle/regclient"
+
 	"github.com/docker/cli/cli/config"
 	"github.com/docker/cli/cli/config/types"
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -38,22 +40,10 @@ func (o Options) timeout() time.Duration {
 	return time.Hour
 }
 
-func (o Options) nameOpts() []name.Option {
-	if o.Insecure {
-		return []name.Option{name.Insecure}
-	}
-	return nil
-}
+func (o Options) nameOpts() []name.Option { return regclient.NameOptions(o.Insecure) }
 
 func (o Options) remoteOpts(ctx context.Context) []remote.Option {
-	kc := o.Keychain
-	if kc == nil {
-		kc = authn.DefaultKeychain
-	}
-	opts := []remote.Option{remote.WithContext(ctx), remote.WithAuthFromKeychain(kc), remote.WithUserAgent("flotilla")}
-	if o.Transport != nil {
-		opts = append(opts, remote.WithTransport(o.Transport))
-	}
+	opts := regclient.RemoteOptions(ctx, o.Keychain, o.Transport)
 	jobs := o.Jobs
 	if jobs == 0 {
 		jobs = 4
