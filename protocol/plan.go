@@ -135,6 +135,24 @@ type PlannedUndo struct {
 	Target string   `json:"target"`
 }
 
+// The kinds of a node's work, in the order they run at an equal Seq.
+const (
+	RankLayer = iota
+	RankFile
+	RankImages
+	RankStep
+)
+
+// RunsBefore is the run order of a node's work, the one rule the planner and
+// every reader of a plan follow: by Seq (the instruction's place in the
+// image), and at an equal Seq by kind (RankLayer first, RankStep last).
+func RunsBefore(seqA, rankA, seqB, rankB int) bool {
+	if seqA != seqB {
+		return seqA < seqB
+	}
+	return rankA < rankB
+}
+
 // PlanItem is one entry of a node's work in run order (exactly one field set).
 type PlanItem struct {
 	Seq    int
@@ -163,21 +181,15 @@ func (n *NodePlan) Ordered() []PlanItem {
 	rank := func(it PlanItem) int {
 		switch {
 		case it.Layer != nil:
-			return 0
+			return RankLayer
 		case it.File != nil:
-			return 1
+			return RankFile
 		case it.Images != nil:
-			return 2
+			return RankImages
 		}
-		return 3
+		return RankStep
 	}
-	sort.SliceStable(out, func(i, j int) bool {
-		a, b := out[i], out[j]
-		if a.Seq != b.Seq {
-			return a.Seq < b.Seq
-		}
-		return rank(a) < rank(b)
-	})
+	sort.SliceStable(out, func(i, j int) bool { return RunsBefore(out[i].Seq, rank(out[i]), out[j].Seq, rank(out[j])) })
 	return out
 }
 

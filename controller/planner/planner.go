@@ -245,20 +245,15 @@ func (n *NodePlan) Ordered() []Item {
 	rank := func(it Item) int {
 		switch {
 		case it.Layer != nil:
-			return 0
+			return protocol.RankLayer
 		case it.File != nil:
-			return 1
+			return protocol.RankFile
 		case it.Images != nil:
-			return 2
+			return protocol.RankImages
 		}
-		return 3
+		return protocol.RankStep
 	}
-	sort.SliceStable(out, func(i, j int) bool {
-		if out[i].Seq != out[j].Seq {
-			return out[i].Seq < out[j].Seq
-		}
-		return rank(out[i]) < rank(out[j])
-	})
+	sort.SliceStable(out, func(i, j int) bool { return protocol.RunsBefore(out[i].Seq, rank(out[i]), out[j].Seq, rank(out[j])) })
 	return out
 }
 
