@@ -106,15 +106,42 @@ func (m *Manager) unitError(ctx context.Context, unit string, cause error) error
 	if s, err := m.State(ctx, unit); err == nil {
 		e.ActiveState, e.SubState, e.Result = s.Active, s.Sub, s.Result
 	}
-	// journald may not have the unit's last lines yet right after it died.
-	time.Sleep(200 * time.Millisecond)
-	j, err := m.opts.Journal(ctx, unit, m.opts.JournalLines)
-	if err != nil {
-		j = fmt.Sprintf("(journal unavailable: %v)\n%s", err, j)
-	}
-	e.Journal = j
+	e.Journal = m.settledJournal(ctx, unit)
 	return e
 }
+
+// settledJournal reads a unit's last journal lines once journald has them
+// all. Right after a unit dies, systemd's own lines ("status=203/EXEC") may be
+// in while the lines its processes wrote on their own streams ("Failed to
+// execute …") are still queued, so it reads until two reads journalSettle
+// apart agree, for at most journalSettleMax.
+func (m *Manager) settledJournal(ctx context.Context, unit string) string {
+	var prev string
+	var j string
+	var err error
+	deadline := time.Now().Add(journalSettleMax)
+	for {
+		select {
+		case <-ctx.Done():
+			return fmt.Sprintf("(journal unavailable: %v)\n%s", ctx.Err(), prev)
+		case <-time.After(journalSettle):
+		}
+		j, err = m.opts.Journal(ctx, unit, m.opts.JournalLines)
+		if err != nil {
+			return fmt.Sprintf("(journal unavailable: %v)\n%s", err, j)
+		}
+		if (j == prev && strings.TrimSpace(j) != "") || time.Now().After(deadline) {
+			return j
+		}
+		prev = j
+	}
+}
+
+// journalSettle and journalSettleMax bound settledJournal's wait.
+const (
+	journalSettle    = 150 * time.Millisecond
+	journalSettleMax = 3 * time.Second
+)
 
 func isNoSuchUnit(err error) bool {
 	var de godbus.Error

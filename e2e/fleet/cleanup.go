@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -68,11 +69,15 @@ func cleanup(root, name, bridge string, log *slog.Logger) error {
 	}
 	// 2. Cgroups in every hierarchy (systemd inside a node may create some in v1 controllers too).
 	hierarchies, _ := filepath.Glob("/sys/fs/cgroup/*")
+	seen := map[string]bool{}
 	for _, h := range hierarchies {
 		cgs, _ := filepath.Glob(filepath.Join(h, prefix+"*"))
 		for _, cg := range cgs {
-			if err := removeCgroupTree(cg, true); err != nil {
-				errs = append(errs, err)
+			if u := filepath.Base(cg); !seen[u] {
+				seen[u] = true
+				if err := removeNodeCgroups(context.Background(), u, 20*time.Second); err != nil {
+					errs = append(errs, err)
+				}
 			}
 		}
 	}

@@ -403,3 +403,62 @@ func BenchmarkBoot5(b *testing.B) {
 		}
 	}
 }
+
+// Closing a fleet whose nodes run containers: kubelet and runc leave
+// processes in nested cgroups of every v1 controller (kubepods/…/<container>),
+// which stay busy for a moment after the node is killed. Close still removes
+// every cgroup of the fleet, in every hierarchy, and says nothing failed.
+func TestCloseRemovesNestedCgroups(t *testing.T) {
+	fleettest.Require(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	f, err := fleet.New(ctx, fleet.Options{Name: "fltefk", Subnet: "10.77.13.32/28", N: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := false
+	t.Cleanup(func() {
+		if !closed {
+			_ = f.Close()
+		}
+	})
+	// Like runc with the cgroupfs driver: one process per container, placed in
+	// a nested cgroup of each controller, several containers per node.
+	const script = `set -e
+for n in 1 2 3; do
+  sleep infinity </dev/null >/dev/null 2>&1 &
+  pid=$!
+  for c in cpu,cpuacct blkio memory pids devices cpuset; do
+    d=/sys/fs/cgroup/$c/kubepods/besteffort/pod$n/ctr
+    [ -d /sys/fs/cgroup/$c ] || continue
+    mkdir -p "$d"
+    case $c in cpuset)
+      for p in /sys/fs/cgroup/cpuset/kubepods /sys/fs/cgroup/cpuset/kubepods/besteffort /sys/fs/cgroup/cpuset/kubepods/besteffort/pod$n "$d"; do
+        cat /sys/fs/cgroup/cpuset/cpuset.cpus > "$p/cpuset.cpus"; cat /sys/fs/cgroup/cpuset/cpuset.mems > "$p/cpuset.mems"
+      done ;;
+    esac
+    echo $pid > "$d/cgroup.procs"
+  done
+done`
+	var nested []string
+	for _, node := range []string{"node1", "node2"} {
+		if out, err := f.Exec(ctx, node, "sh", "-c", script); err != nil {
+			t.Fatalf("%s: start processes in nested cgroups: %v: %s", node, err, out)
+		}
+		found, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", "fltefk-"+node, "**", "kubepods", "besteffort", "pod3", "ctr"))
+		direct, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", "fltefk-"+node, "kubepods", "besteffort", "pod3", "ctr"))
+		nested = append(nested, found...)
+		nested = append(nested, direct...)
+	}
+	if len(nested) < 2 {
+		t.Fatalf("found %d nested container cgroups on the host, want them under both nodes' cgroups: %v", len(nested), nested)
+	}
+	closed = true
+	if err := f.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	left, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", "fltefk-*"))
+	if len(left) > 0 {
+		t.Errorf("cgroups left after Close: %v", left)
+	}
+}

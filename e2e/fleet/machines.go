@@ -157,11 +157,8 @@ func (f *Fleet) RemoveNode(ctx context.Context, name string) error {
 	if err := f.waitGone(ctx, name, 10*time.Second); err != nil {
 		errs = append(errs, err)
 	}
-	hierarchies, _ := filepath.Glob("/sys/fs/cgroup/*")
-	for _, h := range hierarchies {
-		if err := removeCgroupTree(filepath.Join(h, u), true); err != nil {
-			errs = append(errs, err)
-		}
+	if err := removeNodeCgroups(ctx, u, 20*time.Second); err != nil {
+		errs = append(errs, err)
 	}
 	merged := f.Root(name)
 	var st unix.Stat_t

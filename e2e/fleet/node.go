@@ -11,12 +11,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/unit"
+	"github.com/flotilla-dev/flotilla/internal/poll"
 	"golang.org/x/sys/unix"
 )
 
@@ -430,6 +432,45 @@ func removeCgroupTree(dir string, self bool) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// removeNodeCgroups removes the cgroups named unit in every hierarchy,
+// descendants first. Processes a node started (kubelet's pods, containerd's
+// shims) live in nested v1 cgroups and, once killed, keep them busy until
+// the kernel releases them, later than the unified tree empties; so each
+// round kills whatever is still listed in any hierarchy and tries again
+// until timeout. The error names what is left and which processes hold it.
+func removeNodeCgroups(ctx context.Context, unit string, timeout time.Duration) error {
+	hierarchies, _ := filepath.Glob("/sys/fs/cgroup/*")
+	var last error
+	err := poll.Until(ctx, timeout, 50*time.Millisecond, func() bool {
+		var errs []error
+		for _, h := range hierarchies {
+			dir := filepath.Join(h, unit)
+			for _, pid := range cgroupProcs(dir) {
+				_ = unix.Kill(pid, unix.SIGKILL)
+			}
+			if err := removeCgroupTree(dir, true); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		last = errors.Join(errs...)
+		return last == nil
+	})
+	if err == nil {
+		return nil
+	}
+	var held []string
+	for _, h := range hierarchies {
+		for _, pid := range cgroupProcs(filepath.Join(h, unit)) {
+			comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+			held = append(held, fmt.Sprintf("%d (%s) in %s", pid, strings.TrimSpace(string(comm)), filepath.Base(h)))
+		}
+	}
+	if len(held) > 0 {
+		return fmt.Errorf("cgroups of %s still busy after %s, held by %s: %w", unit, timeout, strings.Join(slices.Compact(held), ", "), last)
+	}
+	return fmt.Errorf("cgroups of %s still busy after %s: %w", unit, timeout, last)
 }
 
 func tail(path string, n int) string {
