@@ -72,7 +72,7 @@ func TestHostileValuesRenderInertInRunAndCmd(t *testing.T) {
 			ip := "fe80::1%" + tc.v
 			want := []string{
 				"n-" + tc.v + "\n" + ip + "\n" + tc.v + "\n" + tc.v + "\n", // RUN
-				ip + "\n" + tc.v + "\n", // CMD
+				ip + "\n" + tc.v + "\n",          // CMD
 				"n-" + tc.v + "\n" + tc.v + "\n", // CLEANUP
 			}
 			for i, st := range np.Steps {
