@@ -137,8 +137,9 @@ func TestKubernetes(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 
-	secret := make([]byte, 24)
+	secret, masterSecret := make([]byte, 24), make([]byte, 24)
 	_, _ = rand.Read(secret)
+	_, _ = rand.Read(masterSecret)
 	cf := filepath.Join(t.TempDir(), "Clusterfile")
 	doc := fmt.Sprintf(`apiVersion: flotilla.dev/v1
 kind: Cluster
@@ -150,10 +151,11 @@ spec:
   hosts:
     - names: [node1, node2, node3]
       roles: [master]
+      env: {K8S_PKI_MASTER_TOKEN: %s}
     - names: [node4, node5]
       roles: [node]
   rollout: {stepTimeout: 5m}
-`, k8sVersion, k8sVIP, hex.EncodeToString(secret))
+`, k8sVersion, k8sVIP, hex.EncodeToString(secret), hex.EncodeToString(masterSecret))
 	if err := os.WriteFile(cf, []byte(doc), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -164,16 +166,30 @@ spec:
 	}
 	stage("flotilla apply (3 masters, 2 workers)", start)
 	t.Logf("health after apply:\n%s", res.Health)
-	if strings.Contains(progress, hex.EncodeToString(secret)) || strings.Contains(res.Health, hex.EncodeToString(secret)) {
-		t.Errorf("the PKI secret appears in the apply output")
-	}
-	if b, err := os.ReadFile(c.Log); err != nil || strings.Contains(string(b), hex.EncodeToString(secret)) {
-		t.Errorf("the PKI secret appears in the controller's log (or the log is unreadable: %v)", err)
-	}
-	for _, n := range []string{"node1", "node2", "node4"} {
-		if out, err := f.Exec(ctx, n, "journalctl", "--no-pager", "-q", "-o", "cat"); err != nil || strings.Contains(string(out), hex.EncodeToString(secret)) {
-			t.Errorf("%s: the PKI secret appears in the node's journal (or journalctl failed: %v)", n, err)
+	for _, sec := range []string{hex.EncodeToString(secret), hex.EncodeToString(masterSecret)} {
+		if strings.Contains(progress, sec) || strings.Contains(res.Health, sec) {
+			t.Errorf("a PKI secret appears in the apply output")
 		}
+		if b, err := os.ReadFile(c.Log); err != nil || strings.Contains(string(b), sec) {
+			t.Errorf("a PKI secret appears in the controller's log (or the log is unreadable: %v)", err)
+		}
+		for _, n := range []string{"node1", "node2", "node4"} {
+			if out, err := f.Exec(ctx, n, "journalctl", "--no-pager", "-q", "-o", "cat"); err != nil || strings.Contains(string(out), sec) {
+				t.Errorf("%s: a PKI secret appears in the node's journal (or journalctl failed: %v)", n, err)
+			}
+		}
+	}
+	// A worker, compromised, tries the control-plane PKI (the CA keys) from
+	// master0 with the only secret it holds: refused, and master0 logs it.
+	hostile := fmt.Sprintf("K8S_PKI_TOKEN=another-secret-of-at-least-32-characters K8S_PKI_MASTER_TOKEN=%s /usr/local/bin/flotilla-k8s-pki fetch --what master --dir /tmp/stolen --server 10.77.11.2:6290 --wait 1s", hex.EncodeToString(secret))
+	if out, err := f.Exec(ctx, "node4", "/bin/sh", "-c", hostile); err == nil || !strings.Contains(string(out), "401") {
+		t.Errorf("node4 fetching the master PKI with the node secret: %v, want a 401:\n%s", err, out)
+	}
+	if out, _ := f.Exec(ctx, "node4", "/bin/sh", "-c", "ls /tmp/stolen/pki 2>/dev/null; test -e /etc/kubernetes/pki/ca.key && echo ca.key"); strings.TrimSpace(string(out)) != "" {
+		t.Errorf("node4 holds control-plane keys: %s", out)
+	}
+	if out, _ := f.Exec(ctx, "node1", "journalctl", "--no-pager", "-q", "-o", "cat", "-u", "flotilla-k8s-pki.service"); !strings.Contains(string(out), "refused") || !strings.Contains(string(out), "10.77.11.5") {
+		t.Errorf("master0 did not log node4's refused request:\n%s", out)
 	}
 
 	kubectl := func(node string, args ...string) (string, error) {
