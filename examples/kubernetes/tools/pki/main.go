@@ -64,10 +64,10 @@ import (
 const (
 	tokenEnv       = "K8S_PKI_TOKEN"        // every node: /v1/node/NAME
 	masterTokenEnv = "K8S_PKI_MASTER_TOKEN" // masters only: /v1/master
-	minTokenLen   = 32
-	maxClockSkew  = 5 * time.Minute
-	maxBundleSize = 1 << 20
-	validity      = 10 * 365 * 24 * time.Hour
+	minTokenLen    = 32
+	maxClockSkew   = 5 * time.Minute
+	maxBundleSize  = 1 << 20
+	validity       = 10 * 365 * 24 * time.Hour
 )
 
 func main() {
@@ -432,7 +432,7 @@ type server struct {
 	keys   keys // tokenEnv's: /v1/node/NAME
 	master keys // masterTokenEnv's: /v1/master
 	log    *slog.Logger
-	mu   sync.Mutex // one bundle at a time: bounded CPU and memory
+	mu     sync.Mutex // one bundle at a time: bounded CPU and memory
 }
 
 func cmdServe(args []string, log *slog.Logger) error {
