@@ -113,7 +113,7 @@ type flatFn struct {
 // topFunctions merges profiles with `go tool pprof -top` and returns every
 // function's flat time, largest first, and the total sampled.
 func topFunctions(files []string) ([]flatFn, float64, error) {
-	args := append([]string{"tool", "pprof", "-top", "-unit=ms", "-nodecount=100000"}, files...)
+	args := append([]string{"tool", "pprof", "-top", "-unit=ms", "-nodecount=100000", "-nodefraction=0", "-edgefraction=0"}, files...)
 	out, err := exec.Command("go", args...).Output()
 	if err != nil {
 		return nil, 0, fmt.Errorf("go tool pprof %s: %w", strings.Join(files, " "), err)

@@ -108,7 +108,9 @@ func main() {
 func run() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	stopProfile, err := startCPUProfile(os.Getenv(cpuProfileEnv))
+	prof := os.Getenv(cpuProfileEnv)
+	os.Unsetenv(cpuProfileEnv) // a child process (lvscare --clean) must not write over it
+	stopProfile, err := startCPUProfile(prof)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "error:", err)
 		return 1
