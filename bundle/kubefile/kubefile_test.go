@@ -27,6 +27,8 @@ ON master SERVICE etcd.service
 ON master0 RUN etcdctl endpoint health
 ON node IMAGE -f images.txt registry.local/app@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
 CMD ["etcdctl", "--endpoints={{ .VIP }}:2379", "endpoint health"]
+ON node CLEANUP kubectl drain {{ .Node.Name }}
+CLEANUP rm -rf /var/lib/x
 `
 
 func TestParseGood(t *testing.T) {
@@ -56,6 +58,8 @@ func TestParseGood(t *testing.T) {
 		{18, "master0", Run, []string{"etcdctl endpoint health"}},
 		{19, "node", Image, []string{"-f", "images.txt", "registry.local/app@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"}},
 		{20, "", Cmd, []string{`etcdctl '--endpoints={{ .VIP }}:2379' 'endpoint health'`}},
+		{21, "node", Cleanup, []string{"kubectl drain {{ .Node.Name }}"}},
+		{22, "", Cleanup, []string{"rm -rf /var/lib/x"}},
 	}
 	if len(kf.Instructions) != len(want) {
 		t.Fatalf("got %d instructions, want %d: %+v", len(kf.Instructions), len(want), kf.Instructions)
@@ -79,6 +83,9 @@ func TestParseGood(t *testing.T) {
 	if !kf.Instructions[12].RunTime() || kf.Instructions[9].RunTime() || kf.Instructions[13].RunTime() || !kf.Instructions[14].RunTime() {
 		t.Error("RunTime() wrong for ON RUN / RUN / ON IMAGE / CMD")
 	}
+	if !kf.Instructions[15].RunTime() || !kf.Instructions[16].RunTime() {
+		t.Error("RunTime() false for CLEANUP")
+	}
 }
 
 func TestParseErrors(t *testing.T) {
@@ -100,7 +107,7 @@ func TestParseErrors(t *testing.T) {
 		{"ON no role", "FROM scratch\nON\n", "Kubefile:2: ON needs a role"},
 		{"ON bad role", "FROM scratch\nON Master RUN x\n", "Kubefile:2: invalid role \"Master\""},
 		{"ON no instruction", "FROM scratch\nON node\n", "Kubefile:2: ON node needs an instruction"},
-		{"ON FROM", "FROM scratch\nON node FROM x\n", "Kubefile:2: ON node FROM: only COPY, ADD, RUN, SERVICE and IMAGE"},
+		{"ON FROM", "FROM scratch\nON node FROM x\n", "Kubefile:2: ON node FROM: only COPY, ADD, RUN, SERVICE, IMAGE and CLEANUP"},
 		{"SERVICE without role", "FROM scratch\nSERVICE a.service\n", "Kubefile:2: SERVICE needs a role"},
 		{"SERVICE two units", "FROM scratch\nON node SERVICE a b\n", "Kubefile:2: ON node SERVICE takes one unit name, got 2"},
 		{"ENV no value", "FROM scratch\nENV FOO\n", "Kubefile:2: ENV FOO has no value"},
@@ -108,6 +115,7 @@ func TestParseErrors(t *testing.T) {
 		{"LABEL no equals", "FROM scratch\nLABEL a b\n", "Kubefile:2: LABEL a: want key=value"},
 		{"ARG bad", "ARG A=1 B=2\nFROM scratch\n", "Kubefile:1: ARG takes one NAME"},
 		{"RUN empty", "FROM scratch\nRUN\n", "Kubefile:2: RUN needs a command"},
+		{"CLEANUP empty", "FROM scratch\nON node CLEANUP\n", "Kubefile:2: CLEANUP needs a command"},
 		{"CMD twice", "FROM scratch\nCMD a\nCMD b\n", "Kubefile:3: second CMD (first at line 2)"},
 		{"CMD bad JSON", "FROM scratch\nCMD [\"a\",\n", "Kubefile:2: CMD: invalid JSON array"},
 		{"IMAGE empty", "FROM scratch\nIMAGE\n", "Kubefile:2: IMAGE needs at least one"},
