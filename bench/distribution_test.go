@@ -145,6 +145,13 @@ func TestDistributionBenchmark(t *testing.T) {
 			t.Logf("N=%2d %-9s T=%6.2fs  T/(S/B)=%.2f  CPU busy %.0f%%  %.1f CPU s per delivered GiB", n, m, r.t.Seconds(), r.t.Seconds()/ideal.Seconds(), r.cpu*100,
 				r.cpuSec/(float64(n)*float64(size)/(1<<30)))
 			results = append(results, r)
+			if dir := os.Getenv("FLOTILLA_BENCH_PROFILE"); dir != "" && m != "scp" {
+				sum, err := summarizeProfiles(filepath.Join(dir, fmt.Sprintf("%s-%d", m, n)))
+				if err != nil {
+					t.Errorf("CPU profiles of %s N=%d: %v", m, n, err)
+				}
+				t.Logf("N=%2d %s: where the CPU went (Go CPU profiles, flat):\n%s", n, m, sum)
+			}
 		}
 	}
 	var shown []string
@@ -304,6 +311,14 @@ func startIn(t *testing.T, cg *cpuGroup, ns string, logFile string, stdout io.Wr
 	t.Helper()
 	cmd := exec.Command("ip", append([]string{"netns", "exec", ns, name}, args...)...)
 	cg.adopt(cmd)
+	if dir := os.Getenv("FLOTILLA_BENCH_PROFILE"); dir != "" {
+		// <dir>/<method>-<N>/<process>.pprof, named like the process's log.
+		prof := filepath.Join(dir, filepath.Base(filepath.Dir(logFile)), strings.TrimSuffix(filepath.Base(logFile), ".log")+".pprof")
+		if err := os.MkdirAll(filepath.Dir(prof), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		cmd.Env = append(os.Environ(), "FLOTILLA_CPU_PROFILE="+prof)
+	}
 	lf, err := os.Create(logFile)
 	if err != nil {
 		t.Fatal(err)

@@ -33,7 +33,14 @@ type placer struct {
 	// seenEntries and seenBytes count what was read against declared contents.
 	seenEntries int
 	seenBytes   int64
+	// copyBuf carries file contents from the layer to the files placed:
+	// large, so a file costs a few big read and write calls, not one
+	// pair per 32 KiB (io.Copy's buffer), which on a VM cost more than the copy.
+	copyBuf []byte
 }
+
+// copyChunk is the size of placer.copyBuf.
+const copyChunk = 1 << 20
 
 func newPlacer(root string, owners bool) (*placer, error) {
 	if err := os.MkdirAll(root, 0o755); err != nil {
@@ -255,7 +262,10 @@ func (p *placer) writeFile(name string, mode fs.FileMode, r io.Reader, hdr *tar.
 		return fmt.Errorf("create %s: %w", name, err)
 	}
 	h := sha256.New()
-	_, err = io.Copy(io.MultiWriter(f, h), r)
+	if p.copyBuf == nil {
+		p.copyBuf = make([]byte, copyChunk)
+	}
+	_, err = io.CopyBuffer(io.MultiWriter(f, h), r, p.copyBuf)
 	if err == nil && !p.noSync {
 		err = f.Sync()
 	}

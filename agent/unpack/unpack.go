@@ -193,9 +193,13 @@ func DigestHex(d string) (string, error) {
 	return strings.ToLower(hexPart), nil
 }
 
+// readChunk is the read buffer of a layer blob: a compressed layer is read
+// in calls of this size, not bufio's default 4 KiB.
+const readChunk = 256 << 10
+
 // decompress sniffs the blob's first bytes.
 func decompress(r io.Reader) (io.Reader, func(), error) {
-	br := bufio.NewReader(r)
+	br := bufio.NewReaderSize(r, readChunk)
 	magic, _ := br.Peek(4)
 	switch {
 	case len(magic) >= 2 && magic[0] == 0x1f && magic[1] == 0x8b:

@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"runtime/pprof"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -34,30 +33,8 @@ func newBlobCmd() *cobra.Command {
   flotilla blob serve --dir /tmp/seed --listen 10.0.0.1:7443 --tracker-listen 10.0.0.1:7444 --seed layer.tar --ca ca.pem --cert c.pem --key k.pem
   flotilla blob fetch --list pieces.json --tracker https://10.0.0.1:7444 --dir /tmp/n1 --listen 10.0.0.11:7443 --id n1 --ca ca.pem --cert n.pem --key nk.pem`,
 	}
-	var cpuProfile string
-	var stopProfile func()
-	cmd.PersistentFlags().StringVar(&cpuProfile, "cpuprofile", "", "write a Go CPU profile to this file (benchmark analysis)")
 	cmd.PersistentPreRunE = func(c *cobra.Command, args []string) error {
-		if err := setupLoggingFrom(c); err != nil { // cobra runs one PersistentPreRunE: this one, not the root's
-			return err
-		}
-		if cpuProfile == "" {
-			return nil
-		}
-		f, err := os.Create(cpuProfile)
-		if err != nil {
-			return fmt.Errorf("--cpuprofile: %w", err)
-		}
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return fmt.Errorf("--cpuprofile: %w", err)
-		}
-		stopProfile = func() { pprof.StopCPUProfile(); f.Close() }
-		return nil
-	}
-	cmd.PersistentPostRun = func(*cobra.Command, []string) {
-		if stopProfile != nil {
-			stopProfile()
-		}
+		return setupLoggingFrom(c) // cobra runs one PersistentPreRunE: this one, not the root's
 	}
 	cmd.AddCommand(newBlobPiecesCmd(), newBlobServeCmd(), newBlobFetchCmd())
 	return cmd

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -100,19 +101,60 @@ func envOr(key, def string) string {
 }
 
 func main() {
+	os.Exit(run())
+}
+
+// run is main without os.Exit, so deferred work (the CPU profile) finishes.
+func run() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	err := newRootCmd().ExecuteContext(ctx)
+	prof := os.Getenv(cpuProfileEnv)
+	os.Unsetenv(cpuProfileEnv) // a child process (lvscare --clean) must not write over it
+	stopProfile, err := startCPUProfile(prof)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "error:", err)
+		return 1
+	}
+	defer stopProfile()
+	err = newRootCmd().ExecuteContext(ctx)
 	if err == nil {
-		return
+		return 0
 	}
 	var ee *exitError
 	if errors.As(err, &ee) {
 		if ee.err != nil {
 			fmt.Fprintln(os.Stderr, "error:", ee.err)
 		}
-		os.Exit(ee.code)
+		return ee.code
 	}
 	fmt.Fprintln(os.Stderr, "error:", err)
-	os.Exit(1)
+	return 1
+}
+
+// cpuProfileEnv names a file to write a Go CPU profile of the whole process
+// to, from start to exit (SIGTERM included): for benchmarks
+// (FLOTILLA_BENCH_PROFILE in bench/) and performance work, never set in
+// production. The file is created with mode 0600.
+const cpuProfileEnv = "FLOTILLA_CPU_PROFILE"
+
+// startCPUProfile starts a CPU profile into path, if path is not empty, and
+// returns the function that stops it and closes the file.
+func startCPUProfile(path string) (func(), error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", cpuProfileEnv, err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%s %s: %w", cpuProfileEnv, path, err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		if err := f.Close(); err != nil {
+			fmt.Fprintf(os.Stderr, "error: %s %s: %v\n", cpuProfileEnv, path, err)
+		}
+	}, nil
 }

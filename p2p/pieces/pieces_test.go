@@ -131,45 +131,72 @@ func piece(blob []byte, l PieceList, i int) []byte {
 
 func TestStoreWriteFinish(t *testing.T) {
 	blob, l := newTestBlob(t, 4<<20+100)
-	s, err := OpenStore(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	p, err := s.Open(l)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bad := bytes.Clone(piece(blob, l, 1))
-	bad[0] ^= 0xff
-	if err := p.WritePiece(1, bad); !errors.Is(err, ErrPieceMismatch) {
-		t.Fatalf("WritePiece(corrupt) = %v, want ErrPieceMismatch", err)
-	}
-	if p.Has(1) {
-		t.Fatal("a corrupt piece is recorded as held")
-	}
-	if _, err := p.Finish(); err == nil {
-		t.Fatal("Finish with no pieces: no error")
-	}
-	// Out of order, so the whole-blob hash must catch up over held pieces.
-	for _, i := range []int{4, 2, 0, 3, 1} {
-		if err := p.WritePiece(i, piece(blob, l, i)); err != nil {
-			t.Fatalf("WritePiece(%d): %v", i, err)
-		}
-	}
-	got, err := p.ReadPiece(3)
-	if err != nil || !bytes.Equal(got, piece(blob, l, 3)) {
-		t.Fatalf("ReadPiece(3) = %d bytes, %v", len(got), err)
-	}
-	path, err := p.Finish()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if b, _ := os.ReadFile(path); !bytes.Equal(b, blob) || !s.Has(l.Digest) || !p.Complete() {
-		t.Fatal("finished blob differs from the original")
-	}
-	if _, err := os.Stat(path + ".partial"); !os.IsNotExist(err) {
-		t.Fatalf(".partial still there after Finish: %v", err)
+	// The whole-blob hash reaches pieces that landed out of order from
+	// copies kept in memory, or, past the bound, by reading them back.
+	for _, tc := range []struct {
+		name       string
+		earlyLimit int64
+	}{
+		{"copies kept", maxEarlyBytes},
+		{"one piece kept, the rest read back", l.PieceSize},
+		{"all read back", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := OpenStore(t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			p, err := s.Open(l)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p.earlyLimit = tc.earlyLimit
+			bad := bytes.Clone(piece(blob, l, 1))
+			bad[0] ^= 0xff
+			if err := p.WritePiece(1, bad); !errors.Is(err, ErrPieceMismatch) {
+				t.Fatalf("WritePiece(corrupt) = %v, want ErrPieceMismatch", err)
+			}
+			if p.Has(1) {
+				t.Fatal("a corrupt piece is recorded as held")
+			}
+			if _, err := p.Finish(); err == nil {
+				t.Fatal("Finish with no pieces: no error")
+			}
+			// Out of order, so the whole-blob hash must catch up over held
+			// pieces. The caller's buffer is reused at once (as the fetcher's
+			// pool does): what the store kept must be its own copy.
+			buf := make([]byte, l.PieceSize)
+			for _, i := range []int{4, 2, 0, 3, 1} {
+				data := buf[:copy(buf, piece(blob, l, i))]
+				if err := p.WritePiece(i, data); err != nil {
+					t.Fatalf("WritePiece(%d): %v", i, err)
+				}
+				for k := range buf {
+					buf[k] = 0xa5
+				}
+			}
+			if p.earlyBytes > tc.earlyLimit {
+				t.Fatalf("%d bytes of early pieces kept, bound %d", p.earlyBytes, tc.earlyLimit)
+			}
+			got, err := p.ReadPiece(3)
+			if err != nil || !bytes.Equal(got, piece(blob, l, 3)) {
+				t.Fatalf("ReadPiece(3) = %d bytes, %v", len(got), err)
+			}
+			path, err := p.Finish()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if b, _ := os.ReadFile(path); !bytes.Equal(b, blob) || !s.Has(l.Digest) || !p.Complete() {
+				t.Fatal("finished blob differs from the original")
+			}
+			if _, err := os.Stat(path + ".partial"); !os.IsNotExist(err) {
+				t.Fatalf(".partial still there after Finish: %v", err)
+			}
+			if len(p.early) != 0 || p.earlyBytes != 0 {
+				t.Fatalf("%d early pieces (%d bytes) still kept after Finish", len(p.early), p.earlyBytes)
+			}
+		})
 	}
 }
 
