@@ -59,6 +59,10 @@ type NodePlan struct {
 	// no longer gets.
 	DropImages []string      `json:"dropImages,omitempty"`
 	Undo       []PlannedUndo `json:"undo,omitempty"`
+	// Cleanup are the image's CLEANUP commands for the node's roles. A node that
+	// stays only records them; a node that leaves the cluster (Action remove)
+	// runs them, last first, before its Undo.
+	Cleanup []PlannedStep `json:"cleanup,omitempty"`
 }
 
 // PlannedImages is a node's images step: the container images it imports

@@ -329,6 +329,15 @@ func (b *builder) step(ctx context.Context, in kubefile.Instruction) error {
 	case kubefile.Cmd:
 		b.plan.Cmd = &recipe.Step{Role: recipe.RoleMaster0, Kind: recipe.KindRun, Command: in.Args[0], Line: in.Line, Seq: b.seq}
 		b.record(in, "")
+	case kubefile.Cleanup:
+		role := in.Role
+		if role == "" {
+			role = recipe.RoleAll
+		} else {
+			b.addRole(role)
+		}
+		b.plan.Cleanup = append(b.plan.Cleanup, recipe.Step{Role: role, Kind: recipe.KindRun, Command: in.Args[0], Line: in.Line, Seq: b.seq})
+		b.record(in, "")
 	case kubefile.Image:
 		return b.images(ctx, in)
 	default:
@@ -490,6 +499,7 @@ func (b *builder) from(ctx context.Context, in kubefile.Instruction, ref string)
 	b.plan.Templates = append(b.plan.Templates, base.Templates...)
 	b.plan.Steps = append(b.plan.Steps, base.Steps...)
 	b.plan.Cmd = base.Cmd
+	b.plan.Cleanup = append(b.plan.Cleanup, base.Cleanup...)
 	if err := b.checkInherited(in, ref, base.Images); err != nil {
 		return err
 	}

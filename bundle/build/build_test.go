@@ -315,7 +315,7 @@ func TestFromInheritsBase(t *testing.T) {
 	_, _, bp := build(t, st, base, Options{Tags: []string{"base:1"}})
 	dir := t.TempDir()
 	writeTree(t, dir, map[string]string{
-		"Kubefile": "FROM base:1\nENV EXTRA=1\nON edge COPY x /opt/x\nON edge RUN use-x\n",
+		"Kubefile": "FROM base:1\nENV EXTRA=1\nON edge COPY x /opt/x\nON edge RUN use-x\nCLEANUP bye\nON edge CLEANUP undo-x\n",
 		"x":        "x",
 	})
 	_, img, p := build(t, st, dir, Options{Tags: []string{"derived:1"}})
@@ -328,6 +328,16 @@ func TestFromInheritsBase(t *testing.T) {
 	}
 	if !reflect.DeepEqual(p.Roles, []string{"master", "node", "ingress", "edge"}) || p.Cmd == nil || len(p.Steps) != 4 || p.Env["APP_VERSION"] != "1" || p.Env["EXTRA"] != "1" {
 		t.Errorf("derived plan roles %v cmd %v steps %d env %v", p.Roles, p.Cmd, len(p.Steps), p.Env)
+	}
+	wantCleanup := []recipe.Step{{Role: recipe.RoleAll, Kind: recipe.KindRun, Command: "bye", Line: 5}, {Role: "edge", Kind: recipe.KindRun, Command: "undo-x", Line: 6}}
+	if len(p.Cleanup) != 2 || p.Cleanup[0].Command != "bye" || p.Cleanup[0].Role != recipe.RoleAll || p.Cleanup[1].Command != "undo-x" || p.Cleanup[1].Role != "edge" || p.Cleanup[1].Line != 6 {
+		t.Errorf("derived cleanup = %+v, want %+v", p.Cleanup, wantCleanup)
+	}
+	dir2 := t.TempDir()
+	writeTree(t, dir2, map[string]string{"Kubefile": "FROM derived:1\nCLEANUP last\n"})
+	_, _, p2 := build(t, st, dir2, Options{Tags: []string{"derived:2"}})
+	if len(p2.Cleanup) != 3 || p2.Cleanup[0].Command != "bye" || p2.Cleanup[2].Command != "last" {
+		t.Errorf("an image FROM derived:1 has cleanup %+v, want the base's two then its own", p2.Cleanup)
 	}
 	cf, _ := img.ConfigFile()
 	nonEmpty := 0

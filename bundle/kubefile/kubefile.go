@@ -27,6 +27,7 @@ const (
 	Image   = "IMAGE"
 	Service = "SERVICE"
 	Cmd     = "CMD"
+	Cleanup = "CLEANUP"
 	On      = "ON"
 )
 
@@ -50,8 +51,8 @@ type Instruction struct {
 	Command  string // upper-case keyword (From, Copy, Run, …); for ON, the inner keyword
 	Original string // the instruction as written, continuations joined, comment stripped
 	// Args depends on Command: FROM [image]; COPY/ADD sources… then destination;
-	// RUN/CMD [shell command]; SERVICE [unit]; IMAGE references… and "-f", file pairs
-	// (with --from, the one reference).
+	// RUN/CMD/CLEANUP [shell command]; SERVICE [unit]; IMAGE references… and "-f", file
+	// pairs (with --from, the one reference).
 	Args []string
 	// ImageFrom is the PATH of `IMAGE --from PATH REF`: an OCI image layout (directory
 	// or tar) in the build context that the image is read from instead of a registry.
@@ -65,7 +66,7 @@ type Instruction struct {
 
 // RunTime reports whether the instruction runs on the nodes at rollout time.
 func (in Instruction) RunTime() bool {
-	return in.Command == Service || in.Command == Cmd || (in.Role != "" && in.Command == Run)
+	return in.Command == Service || in.Command == Cmd || in.Command == Cleanup || (in.Role != "" && in.Command == Run)
 }
 
 // Error is a syntax error at a Kubefile line.
@@ -212,7 +213,7 @@ func parseInstruction(l line) (Instruction, string) {
 	if kwU == On {
 		role, inner := splitWord(rest)
 		if role == "" {
-			return in, "ON needs a role and an instruction: ON <role> COPY|ADD|RUN|SERVICE|IMAGE …"
+			return in, "ON needs a role and an instruction: ON <role> COPY|ADD|RUN|SERVICE|IMAGE|CLEANUP …"
 		}
 		if !ValidRole(role) {
 			return in, fmt.Sprintf("invalid role %q: use master0, master, node, all or a lower-case name ([a-z][a-z0-9_-]*)", role)
@@ -221,11 +222,11 @@ func parseInstruction(l line) (Instruction, string) {
 		kw, rest = splitWord(inner)
 		kwU = strings.ToUpper(kw)
 		switch kwU {
-		case Copy, Add, Run, Service, Image:
+		case Copy, Add, Run, Service, Image, Cleanup:
 		case "":
-			return in, fmt.Sprintf("ON %s needs an instruction: COPY, ADD, RUN, SERVICE or IMAGE", role)
+			return in, fmt.Sprintf("ON %s needs an instruction: COPY, ADD, RUN, SERVICE, IMAGE or CLEANUP", role)
 		default:
-			return in, fmt.Sprintf("ON %s %s: only COPY, ADD, RUN, SERVICE and IMAGE can be scoped to a role", role, kw)
+			return in, fmt.Sprintf("ON %s %s: only COPY, ADD, RUN, SERVICE, IMAGE and CLEANUP can be scoped to a role", role, kw)
 		}
 	}
 	in.Command = kwU
@@ -264,7 +265,7 @@ func parseInstruction(l line) (Instruction, string) {
 		in.Pairs = pairs
 	case Copy, Add:
 		return parseCopy(in, kwU, rest)
-	case Run, Cmd:
+	case Run, Cmd, Cleanup:
 		cmd, msg := shellCommand(rest)
 		if msg != "" {
 			return in, kwU + ": " + msg
@@ -324,7 +325,7 @@ func parseInstruction(l line) (Instruction, string) {
 	case "WORKDIR", "USER", "EXPOSE", "VOLUME", "ENTRYPOINT", "HEALTHCHECK", "SHELL", "STOPSIGNAL", "ONBUILD", "MAINTAINER":
 		return in, fmt.Sprintf("%s is a Dockerfile instruction a Kubefile does not support", kwU)
 	default:
-		return in, fmt.Sprintf("unknown instruction %q: want FROM, ARG, ENV, LABEL, COPY, ADD, RUN, IMAGE, CMD or ON <role> …", kw)
+		return in, fmt.Sprintf("unknown instruction %q: want FROM, ARG, ENV, LABEL, COPY, ADD, RUN, IMAGE, CMD, CLEANUP or ON <role> …", kw)
 	}
 	return in, ""
 }

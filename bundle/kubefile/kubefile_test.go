@@ -29,6 +29,8 @@ ON node IMAGE -f images.txt registry.local/app@sha256:0123456789abcdef0123456789
 IMAGE --from _out/images/pause.tar registry.k8s.io/pause:3.10
 ON all IMAGE --from=img/dns k8s-dns:v1
 CMD ["etcdctl", "--endpoints={{ .VIP }}:2379", "endpoint health"]
+ON node CLEANUP kubectl drain {{ .Node.Name }}
+CLEANUP rm -rf /var/lib/x
 `
 
 func TestParseGood(t *testing.T) {
@@ -60,6 +62,8 @@ func TestParseGood(t *testing.T) {
 		{20, "", Image, []string{"registry.k8s.io/pause:3.10"}},
 		{21, "all", Image, []string{"k8s-dns:v1"}},
 		{22, "", Cmd, []string{`etcdctl '--endpoints={{ .VIP }}:2379' 'endpoint health'`}},
+		{23, "node", Cleanup, []string{"kubectl drain {{ .Node.Name }}"}},
+		{24, "", Cleanup, []string{"rm -rf /var/lib/x"}},
 	}
 	if len(kf.Instructions) != len(want) {
 		t.Fatalf("got %d instructions, want %d: %+v", len(kf.Instructions), len(want), kf.Instructions)
@@ -86,6 +90,9 @@ func TestParseGood(t *testing.T) {
 	if !kf.Instructions[12].RunTime() || kf.Instructions[9].RunTime() || kf.Instructions[13].RunTime() || !kf.Instructions[16].RunTime() || kf.Instructions[15].RunTime() {
 		t.Error("RunTime() wrong for ON RUN / RUN / ON IMAGE / CMD")
 	}
+	if !kf.Instructions[17].RunTime() || !kf.Instructions[18].RunTime() {
+		t.Error("RunTime() false for CLEANUP")
+	}
 }
 
 func TestParseErrors(t *testing.T) {
@@ -107,7 +114,7 @@ func TestParseErrors(t *testing.T) {
 		{"ON no role", "FROM scratch\nON\n", "Kubefile:2: ON needs a role"},
 		{"ON bad role", "FROM scratch\nON Master RUN x\n", "Kubefile:2: invalid role \"Master\""},
 		{"ON no instruction", "FROM scratch\nON node\n", "Kubefile:2: ON node needs an instruction"},
-		{"ON FROM", "FROM scratch\nON node FROM x\n", "Kubefile:2: ON node FROM: only COPY, ADD, RUN, SERVICE and IMAGE"},
+		{"ON FROM", "FROM scratch\nON node FROM x\n", "Kubefile:2: ON node FROM: only COPY, ADD, RUN, SERVICE, IMAGE and CLEANUP"},
 		{"SERVICE without role", "FROM scratch\nSERVICE a.service\n", "Kubefile:2: SERVICE needs a role"},
 		{"SERVICE two units", "FROM scratch\nON node SERVICE a b\n", "Kubefile:2: ON node SERVICE takes one unit name, got 2"},
 		{"ENV no value", "FROM scratch\nENV FOO\n", "Kubefile:2: ENV FOO has no value"},
@@ -115,6 +122,7 @@ func TestParseErrors(t *testing.T) {
 		{"LABEL no equals", "FROM scratch\nLABEL a b\n", "Kubefile:2: LABEL a: want key=value"},
 		{"ARG bad", "ARG A=1 B=2\nFROM scratch\n", "Kubefile:1: ARG takes one NAME"},
 		{"RUN empty", "FROM scratch\nRUN\n", "Kubefile:2: RUN needs a command"},
+		{"CLEANUP empty", "FROM scratch\nON node CLEANUP\n", "Kubefile:2: CLEANUP needs a command"},
 		{"CMD twice", "FROM scratch\nCMD a\nCMD b\n", "Kubefile:3: second CMD (first at line 2)"},
 		{"CMD bad JSON", "FROM scratch\nCMD [\"a\",\n", "Kubefile:2: CMD: invalid JSON array"},
 		{"IMAGE empty", "FROM scratch\nIMAGE\n", "Kubefile:2: IMAGE needs at least one"},

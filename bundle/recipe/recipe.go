@@ -55,6 +55,11 @@ type Recipe struct {
 	Steps []Step `json:"steps,omitempty"`
 	// Cmd is the health check run on master0 after every phase (may be nil).
 	Cmd *Step `json:"cmd,omitempty"`
+	// Cleanup are the CLEANUP commands in Kubefile order (a base image's first): what a
+	// node of their role runs when it leaves the cluster (removed from the Clusterfile,
+	// or the cluster deleted), last first, before its services are stopped and its
+	// files removed. Kind is KindRun.
+	Cleanup []Step `json:"cleanup,omitempty"`
 	// Images are the container images carried for the node-local registry mirror, in
 	// Kubefile order (a base image's first). Their manifests and blobs travel inside the
 	// cluster image (see bundle/carry); the planner ships each node those of its roles.
@@ -185,6 +190,18 @@ func (p *Recipe) LayersFor(hostRoles []string, isMaster0 bool) []Layer {
 func (p *Recipe) StepsFor(hostRoles []string, isMaster0 bool) []Step {
 	var out []Step
 	for _, s := range p.Steps {
+		if RoleMatches(s.Role, hostRoles, isMaster0) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// CleanupFor returns the CLEANUP commands a host with the given roles runs when it
+// leaves the cluster, in Kubefile order.
+func (p *Recipe) CleanupFor(hostRoles []string, isMaster0 bool) []Step {
+	var out []Step
+	for _, s := range p.Cleanup {
 		if RoleMatches(s.Role, hostRoles, isMaster0) {
 			out = append(out, s)
 		}

@@ -247,6 +247,15 @@ func nodePlan(in Input, c *clusterfile.Cluster, m member, facts ClusterFacts, is
 		np.Steps = append(np.Steps, *st)
 	}
 
+	for _, s := range img.CleanupFor(roles, isMaster0) {
+		st, err := renderStep(&s, c, np.Env, data, nil, nil, nil)
+		if err != nil {
+			return nil, err
+		}
+		st.Reason = "runs when the node leaves the cluster"
+		np.Cleanup = append(np.Cleanup, *st)
+	}
+
 	np.Undo = undoFor(applied, services, np.Files, np.Layers, img, np.Images != nil, c.Name)
 	np.Action = ActionNoop
 	switch {
@@ -393,7 +402,10 @@ func removals(in Input, selected map[string]bool, order []string) []NodePlan {
 		}
 		a := in.Applied[name]
 		np := NodePlan{Node: name, Roles: a.Roles, Action: ActionRemove, FromImage: a.Image, Undo: undoFor(a, nil, nil, nil, in.Image, false, in.File.Cluster.Name),
-			DropImages: appliedImageNames(a.Images)}
+			DropImages: appliedImageNames(a.Images), Cleanup: slices.Clone(a.Cleanup)}
+		for i := range np.Cleanup {
+			np.Cleanup[i].Reason = "the node leaves the cluster"
+		}
 		if ag, ok := agents[name]; ok {
 			np.Online = ag.Online
 			if len(ag.IPs) > 0 {

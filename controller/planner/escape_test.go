@@ -39,6 +39,8 @@ func hostilePlan(t *testing.T, v string) *NodePlan {
 			Command: `printf '%s\n' {{ .Node.Name }} {{ .Node.IP }} {{ index .Node.Labels "rack" }} {{ .Env.EVIL }}`}},
 		Cmd: &recipe.Step{Role: recipe.RoleMaster0, Kind: recipe.KindRun, Line: 4, Seq: 3,
 			Command: `printf '%s\n' {{ range .Cluster.Masters }}{{ . }} {{ end }}{{ .Node.Labels.rack }}`},
+		Cleanup: []recipe.Step{{Role: recipe.RoleMaster, Kind: recipe.KindRun, Line: 5, Seq: 4,
+			Command: `printf '%s\n' {{ .Node.Name }} {{ .Env.EVIL }}`}},
 	}
 	ip, err := netip.ParseAddr("fe80::1%" + v)
 	if err != nil {
@@ -53,11 +55,14 @@ func hostilePlan(t *testing.T, v string) *NodePlan {
 	if np == nil || p.HealthCheck == nil {
 		t.Fatalf("no plan for %q or no CMD: %+v", a.Name, p)
 	}
-	np.Steps = append(np.Steps, *p.HealthCheck)
+	if len(np.Cleanup) != 1 {
+		t.Fatalf("plan for %q has %d CLEANUP commands, want 1", a.Name, len(np.Cleanup))
+	}
+	np.Steps = append(np.Steps, *p.HealthCheck, np.Cleanup[0])
 	return np
 }
 
-// TestHostileValuesRenderInertInRunAndCmd runs every rendered RUN and CMD with
+// TestHostileValuesRenderInertInRunAndCmd runs every rendered RUN, CMD and CLEANUP with
 // /bin/sh: each value comes back as one argument, byte for byte, and nothing
 // it says runs.
 func TestHostileValuesRenderInertInRunAndCmd(t *testing.T) {
@@ -67,7 +72,8 @@ func TestHostileValuesRenderInertInRunAndCmd(t *testing.T) {
 			ip := "fe80::1%" + tc.v
 			want := []string{
 				"n-" + tc.v + "\n" + ip + "\n" + tc.v + "\n" + tc.v + "\n", // RUN
-				ip + "\n" + tc.v + "\n", // CMD
+				ip + "\n" + tc.v + "\n",          // CMD
+				"n-" + tc.v + "\n" + tc.v + "\n", // CLEANUP
 			}
 			for i, st := range np.Steps {
 				dir := t.TempDir()

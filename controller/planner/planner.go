@@ -44,6 +44,11 @@ type Applied struct {
 	// imported by the images step whose digest is ImagesDigest.
 	Images       []AppliedImage
 	ImagesDigest string
+	// Cleanup are the rendered CLEANUP commands of the image the node last got (its
+	// roles' ones, Kubefile order): what it runs when it leaves the cluster. Kept
+	// here, not rendered again at removal, because a leaving node's facts (its
+	// host entry, env, the masters it saw) may be gone from the Clusterfile.
+	Cleanup []Step
 }
 
 // AppliedImage is one container image a node imported.
@@ -137,6 +142,10 @@ type NodePlan struct {
 	// longer gets (the images step or the remove-images undo drops them).
 	DropImages []string `json:"dropImages,omitempty"`
 	Undo       []Undo   `json:"undo,omitempty"`
+	// Cleanup are the node's CLEANUP commands, rendered: a kept node's are recorded
+	// in its applied state; a removed node (ActionRemove) runs its recorded ones,
+	// last first, before its Undo.
+	Cleanup []Step `json:"cleanup,omitempty"`
 }
 
 // Images is the container images a node gets, imported by one step placed after the

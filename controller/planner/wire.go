@@ -36,6 +36,9 @@ func (n *NodePlan) wire() protocol.NodePlan {
 	for _, u := range n.Undo {
 		out.Undo = append(out.Undo, protocol.PlannedUndo{Kind: u.Kind, Target: u.Target})
 	}
+	for _, s := range n.Cleanup {
+		out.Cleanup = append(out.Cleanup, s.wire())
+	}
 	out.DropImages = n.DropImages
 	if im := n.Images; im != nil {
 		w := &protocol.PlannedImages{Platform: im.Platform, Size: im.Size, Seq: im.Seq, Digest: im.Digest, Skip: im.Skip,

@@ -25,6 +25,8 @@ type fakeFleet struct {
 	execs map[string]map[string]int
 	// spans records every task's start and end, in start order.
 	spans []span
+	// tasks are the tasks each node accepted, in dispatch order.
+	tasks map[string][]*protocol.Task
 }
 
 type span struct {
@@ -50,7 +52,7 @@ type fakeNode struct {
 }
 
 func newFakeFleet(names ...string) *fakeFleet {
-	f := &fakeFleet{nodes: map[string]*fakeNode{}, execs: map[string]map[string]int{}}
+	f := &fakeFleet{nodes: map[string]*fakeNode{}, execs: map[string]map[string]int{}, tasks: map[string][]*protocol.Task{}}
 	for i, n := range names {
 		f.add(n, fmt.Sprintf("10.9.0.%d", i+1))
 	}
@@ -93,6 +95,17 @@ func (f *fakeFleet) Nodes(context.Context) ([]protocol.NodeInfo, error) {
 			Facts: protocol.Facts{Hostname: n.name, IPs: []string{n.ip}, Arch: "amd64", OS: "linux"}})
 	}
 	return out, nil
+}
+
+// lastTask returns the last task node accepted (nil if none).
+func (f *fakeFleet) lastTask(node string) *protocol.Task {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	ts := f.tasks[node]
+	if len(ts) == 0 {
+		return nil
+	}
+	return ts[len(ts)-1]
 }
 
 // executed returns how often node ran steps whose name contains substr.
@@ -150,6 +163,7 @@ func (f *fakeFleet) Dispatch(ctx context.Context, t *protocol.Task, onEvent func
 	}
 	dieAfter, restartAfter := n.dieAfter, n.restartAfter
 	n.dieAfter, n.restartAfter = 0, 0
+	f.tasks[t.Node] = append(f.tasks[t.Node], t)
 	f.mu.Unlock()
 	if t.ID == "" {
 		t.ID = plane.NewTaskID()

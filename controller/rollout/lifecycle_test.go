@@ -274,3 +274,84 @@ func TestRemoveUnreachable(t *testing.T) {
 		t.Errorf("removal retried: %s; n2 keeps %d digests", statuses(res), len(f.node("n2").applied))
 	}
 }
+
+// TestCleanupOnLeave: CLEANUP commands never run on a node that stays; a node
+// that leaves (scale down, delete) runs its roles' ones, rendered for it when
+// it was applied, last first and before anything is undone; an upgrade that
+// changes them is what a later removal runs.
+func TestCleanupOnLeave(t *testing.T) {
+	const kf = testKubefile + `ON node CLEANUP echo leaving {{ .Node.Name }} "$CLEANUP_ENV"
+CLEANUP echo bye
+`
+	f := newFakeFleet("m1", "n1", "n2")
+	e := newEnv(t, f)
+	ctx := context.Background()
+	buildImage(t, e.store, "test:c1", kf, testFiles)
+	res := e.mustApply(clusterfileFor("c1", "test:c1", []string{"m1"}, []string{"n1", "n2"}, ""))
+	if !res.OK {
+		t.Fatalf("apply: %s", statuses(res))
+	}
+	for _, n := range []string{"m1", "n1", "n2"} {
+		if c := f.executedPrefix(n, "cleanup:"); c != 0 {
+			t.Errorf("%s ran %d cleanup steps while joining", n, c)
+		}
+	}
+	applied, err := e.eng.state.appliedOf(ctx, "c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := applied["n1"].Cleanup; len(got) != 2 || !strings.Contains(got[0].Command, "leaving") || !strings.Contains(got[0].Command, "n1") || got[1].Command != "echo bye" {
+		t.Errorf("n1's recorded cleanup = %+v, want its leave command rendered for n1, then echo bye", got)
+	}
+	if got := applied["m1"].Cleanup; len(got) != 1 || got[0].Command != "echo bye" {
+		t.Errorf("m1's recorded cleanup = %+v, want only the all-roles one", got)
+	}
+
+	// scale down: n2 runs echo bye, then its leave command, then its undo.
+	res = e.mustApply(clusterfileFor("c1", "test:c1", []string{"m1"}, []string{"n1"}, ""))
+	if o := outcomes(res)["n2"]; !res.OK || o.Status != protocol.NodeOK {
+		t.Fatalf("scale down: %s", statuses(res))
+	}
+	task := f.lastTask("n2")
+	if task == nil || len(task.Steps) < 3 {
+		t.Fatalf("n2's removal task: %+v", task)
+	}
+	if s := task.Steps[0]; s.Kind != protocol.KindRun || s.Shell != "echo bye" {
+		t.Errorf("n2's first removal step = %s %q, want run echo bye", s.Kind, s.Shell)
+	}
+	if s := task.Steps[1]; s.Kind != protocol.KindRun || !strings.Contains(s.Shell, "leaving") || !strings.Contains(s.Shell, "n2") || s.Digest != "" {
+		t.Errorf("n2's second removal step = %s %q (digest %q), want its leave command, no digest", s.Kind, s.Shell, s.Digest)
+	}
+	if s := task.Steps[2]; s.Kind != protocol.KindUndo {
+		t.Errorf("n2's third removal step = %s %s, want the undo after the cleanup", s.Kind, s.Name)
+	}
+	for _, n := range []string{"m1", "n1"} {
+		if c := f.executedPrefix(n, "cleanup:"); c != 0 {
+			t.Errorf("kept node %s ran %d cleanup steps", n, c)
+		}
+	}
+
+	// upgrade that changes only the cleanup: the nodes record the new one.
+	buildImage(t, e.store, "test:c2", strings.Replace(kf, "echo bye", "echo bye2", 1), testFiles)
+	res = e.mustApply(clusterfileFor("c1", "test:c2", []string{"m1"}, []string{"n1"}, ""))
+	if !res.OK {
+		t.Fatalf("upgrade: %s", statuses(res))
+	}
+	// delete: every node leaves and runs what it recorded.
+	out, err := e.eng.adminDelete(ctx, call(t, protocol.AdminDelete, protocol.ApplyRequest{Clusterfile: []byte(clusterfileFor("c1", "test:c2", []string{"m1"}, []string{"n1"}, "")), Path: "Clusterfile"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dres := out.(*protocol.ApplyResult); !dres.OK {
+		t.Fatalf("delete: %s", statuses(dres))
+	}
+	if s := f.lastTask("m1").Steps[0]; s.Shell != "echo bye2" {
+		t.Errorf("m1's first delete step runs %q, want echo bye2 (the upgraded image's)", s.Shell)
+	}
+	if c := f.executedPrefix("m1", "cleanup: echo leaving"); c != 0 {
+		t.Errorf("master m1 ran the node role's cleanup %d times", c)
+	}
+	if s := f.lastTask("n1").Steps; len(s) < 2 || s[0].Shell != "echo bye2" || !strings.Contains(s[1].Shell, "n1") {
+		t.Errorf("n1's delete task starts with %v, want echo bye2 then its leave command", s[:min(2, len(s))])
+	}
+}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -182,6 +184,10 @@ func (r *rolloutRun) stepDone(ctx context.Context, np *planner.NodePlan, nt *nod
 	if rec := nt.record[i]; rec != nil {
 		rec(&ns.applied)
 	}
+	if np.Action != planner.ActionRemove {
+		// Some of this image's work is on the node now: so is its way out.
+		ns.applied.Cleanup = np.Cleanup
+	}
 	if err := r.e.state.putApplied(ctx, r.plan.Cluster, np.Node, ns.applied); err != nil {
 		r.e.log.Warn("record applied step", "cluster", r.plan.Cluster, "node", np.Node, "step", nt.steps[i].Name, "err", err)
 	}
@@ -235,7 +241,8 @@ func (r *rolloutRun) completeNode(ctx context.Context, np *planner.NodePlan, ns 
 		}
 	}
 	a.Steps = keep
-	if np.Action == planner.ActionNoop && known && prev.Image == a.Image && equalStrings(prev.Roles, a.Roles) {
+	a.Cleanup = np.Cleanup
+	if np.Action == planner.ActionNoop && known && prev.Image == a.Image && equalStrings(prev.Roles, a.Roles) && sameCleanup(prev.Cleanup, a.Cleanup) {
 		return // nothing changed: no write, so a no-op apply stays fast
 	}
 	if err := r.e.state.putApplied(ctx, r.plan.Cluster, np.Node, *a); err != nil {
@@ -304,7 +311,16 @@ func (e *Engine) wait(ctx context.Context, run TaskRun, t *protocol.Task, regist
 func cloneApplied(a planner.Applied) planner.Applied {
 	return planner.Applied{Image: a.Image, Roles: append([]string(nil), a.Roles...), Layers: append([]string(nil), a.Layers...),
 		Steps: append([]string(nil), a.Steps...), Files: append([]planner.AppliedFile(nil), a.Files...),
-		Services: append([]string(nil), a.Services...), Images: append([]planner.AppliedImage(nil), a.Images...), ImagesDigest: a.ImagesDigest}
+		Services: append([]string(nil), a.Services...), Images: append([]planner.AppliedImage(nil), a.Images...), ImagesDigest: a.ImagesDigest,
+		Cleanup: append([]planner.Step(nil), a.Cleanup...)}
+}
+
+// sameCleanup tells whether two recorded CLEANUP lists run the same commands
+// with the same env and timeouts.
+func sameCleanup(a, b []planner.Step) bool {
+	return slices.EqualFunc(a, b, func(x, y planner.Step) bool {
+		return x.Command == y.Command && x.Timeout == y.Timeout && maps.Equal(x.Env, y.Env)
+	})
 }
 
 func equalStrings(a, b []string) bool {

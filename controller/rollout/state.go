@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/bundle/recipe"
 	"github.com/flotilla-dev/flotilla/controller/planner"
 	"github.com/flotilla-dev/flotilla/protocol"
 	"github.com/nats-io/nats.go/jetstream"
@@ -79,17 +80,37 @@ type appliedRecord struct {
 	// Images and ImagesDigest: the container images imported for the cluster.
 	Images       []planner.AppliedImage `json:"images,omitempty"`
 	ImagesDigest string                 `json:"imagesDigest,omitempty"`
-	Updated      time.Time              `json:"updated"`
+	// Cleanup: the rendered CLEANUP commands the node runs when it leaves.
+	Cleanup []cleanupRecord `json:"cleanup,omitempty"`
+	Updated time.Time       `json:"updated"`
+}
+
+// cleanupRecord is a planner.Step of Applied.Cleanup as stored: with its env,
+// which planner.Step never prints.
+type cleanupRecord struct {
+	Command string            `json:"command"`
+	Role    string            `json:"role,omitempty"`
+	Line    int               `json:"line,omitempty"`
+	Timeout time.Duration     `json:"timeout,omitempty"`
+	Env     map[string]string `json:"env,omitempty"`
 }
 
 func toRecord(a planner.Applied) appliedRecord {
-	return appliedRecord{Image: a.Image, Roles: a.Roles, Layers: a.Layers, Steps: a.Steps, Files: a.Files, Services: a.Services,
+	r := appliedRecord{Image: a.Image, Roles: a.Roles, Layers: a.Layers, Steps: a.Steps, Files: a.Files, Services: a.Services,
 		Images: a.Images, ImagesDigest: a.ImagesDigest}
+	for _, c := range a.Cleanup {
+		r.Cleanup = append(r.Cleanup, cleanupRecord{Command: c.Command, Role: c.Role, Line: c.Line, Timeout: c.Timeout, Env: c.Env})
+	}
+	return r
 }
 
 func (r appliedRecord) applied() planner.Applied {
-	return planner.Applied{Image: r.Image, Roles: r.Roles, Layers: r.Layers, Steps: r.Steps, Files: r.Files, Services: r.Services,
+	a := planner.Applied{Image: r.Image, Roles: r.Roles, Layers: r.Layers, Steps: r.Steps, Files: r.Files, Services: r.Services,
 		Images: r.Images, ImagesDigest: r.ImagesDigest}
+	for _, c := range r.Cleanup {
+		a.Cleanup = append(a.Cleanup, planner.Step{Kind: recipe.KindRun, Command: c.Command, Role: c.Role, Line: c.Line, Timeout: c.Timeout, Env: c.Env})
+	}
+	return a
 }
 
 // state is the engine's view of its KV buckets.

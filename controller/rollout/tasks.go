@@ -68,6 +68,17 @@ func (r *rolloutRun) buildTask(ctx context.Context, np *planner.NodePlan, applie
 		})
 	}
 
+	// A leaving node runs its CLEANUP commands first, last first, while its
+	// services still run (a Kubernetes node drains itself through its kubelet's
+	// credentials, say). They carry no digest: a removal that is resumed runs
+	// them again, so they must be safe to repeat.
+	if np.Action == planner.ActionRemove {
+		for i := len(np.Cleanup) - 1; i >= 0; i-- {
+			st := np.Cleanup[i]
+			name := "cleanup: " + oneLine(st.Command, 60)
+			add(protocol.Step{Kind: protocol.KindRun, Shell: st.Command, Env: st.Env, Timeout: st.Timeout, Name: name}, 0, nil)
+		}
+	}
 	for _, u := range np.Undo {
 		if u.Kind != planner.UndoRemoveLayer && u.Kind != planner.UndoRemoveImages {
 			undo(u)

@@ -435,11 +435,12 @@ func removeCgroupTree(dir string, self bool) error {
 }
 
 // removeNodeCgroups removes the cgroups named unit in every hierarchy,
-// descendants first. Processes a node started (kubelet's pods, containerd's
-// shims) live in nested v1 cgroups and, once killed, keep them busy until
-// the kernel releases them, later than the unified tree empties; so each
-// round kills whatever is still listed in any hierarchy and tries again
-// until timeout. The error names what is left and which processes hold it.
+// descendants first. A killed process no longer shows in the unified tree's
+// cgroup.procs, but it keeps its v1 cgroups populated (rmdir: EBUSY) until it
+// has been reaped, which for a node with many processes (etcd, apiservers,
+// kubelet's pods) comes a moment after the node's PID namespace died: CI saw
+// exactly that. So each round kills whatever any hierarchy still lists and
+// tries again until timeout. The error names what is left and who holds it.
 func removeNodeCgroups(ctx context.Context, unit string, timeout time.Duration) error {
 	hierarchies, _ := filepath.Glob("/sys/fs/cgroup/*")
 	var last error

@@ -31,10 +31,13 @@ if [ "$(cat "$CACHE/tools/.stamp" 2>/dev/null)" != "$tstamp" ]; then
 fi
 
 # pause: static, from the kubernetes module's build/pause/linux/pause.c.
-# go list -m names the module's directory only once it is in the module cache.
-(cd "$here/build" && go mod download k8s.io/kubernetes)
-moddir=$(cd "$here/build" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)
-[ -f "$moddir/build/pause/linux/pause.c" ] || { echo "build.sh: no build/pause/linux/pause.c in the k8s.io/kubernetes module ($moddir)" >&2; exit 1; }
+# `go list -m` names no directory for a module not yet in the module cache (a fresh
+# machine): download it first.
+moddir=$(cd "$here/build" && go mod download k8s.io/kubernetes && go list -m -f '{{.Dir}}' k8s.io/kubernetes)
+if [ -z "$moddir" ] || [ ! -f "$moddir/build/pause/linux/pause.c" ]; then
+	echo "build.sh: k8s.io/kubernetes $VERSION: no build/pause/linux/pause.c in the module cache (dir: '${moddir}')" >&2
+	exit 1
+fi
 if [ ! -x "$CACHE/pause/pause" ]; then
 	echo "building pause from $moddir/build/pause/linux/pause.c"
 	mkdir -p "$CACHE/pause"

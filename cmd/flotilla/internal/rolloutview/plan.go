@@ -75,6 +75,11 @@ func WritePlan(w io.Writer, p *protocol.ClusterPlan) error {
 			continue
 		}
 		fmt.Fprintf(w, "\n%s (%s):\n", n.Node, n.Action)
+		if n.Action == protocol.ActionRemove {
+			for i := len(n.Cleanup) - 1; i >= 0; i-- {
+				fmt.Fprintf(w, "  > cleanup %s (Kubefile line %d)\n", n.Cleanup[i].Command, n.Cleanup[i].Line)
+			}
+		}
 		for _, u := range n.Undo {
 			if u.Kind != protocol.UndoRemoveLayer && u.Kind != protocol.UndoRemoveImages {
 				fmt.Fprintf(w, "  - %s %s\n", u.Kind, u.Target)
