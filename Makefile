@@ -27,6 +27,9 @@ test: deps build lint
 	@# here when not cached: 15 to 45 minutes on 2 cores, then seconds.
 	@if [ -n "$$CI" ]; then ./examples/kubernetes/build.sh; fi
 	FLOTILLA_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 25m ./...
+	@# examples/kubernetes/tools is a module of its own: its PKI tool guards the cluster's
+	@# CA keys. (Its DNS tests link client-go: minutes on 2 cores; run them by hand.)
+	cd examples/kubernetes/tools && $(GO) test -count=1 ./pki
 	@# The fleet tests again (Kubernetes aside: it alone takes minutes), right after the first run.
 	FLOTILLA_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 10m -skip '^TestKubernetes$$' ./e2e/...
 	./.ci/check-clean.sh

@@ -102,8 +102,9 @@ func lastLine(s string) string {
 
 // TestKubernetes rolls examples/kubernetes out to 3 masters and 2 workers of the
 // sandbox fleet and proves the cluster works: 5 nodes Ready, a Deployment on two
-// workers, a Service reached by its DNS name from a pod on another node, and
-// kubectl through the VIP with master0 gone.
+// workers, a Service reached by its DNS name from a pod on another node, a worker
+// that leaves (drained, deleted, its node clean) and comes back, and kubectl
+// through the VIP with master0 gone.
 func TestKubernetes(t *testing.T) {
 	fleettest.Require(t)
 	var stages []string
@@ -139,8 +140,9 @@ func TestKubernetes(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 
-	secret := make([]byte, 24)
+	secret, masterSecret := make([]byte, 24), make([]byte, 24)
 	_, _ = rand.Read(secret)
+	_, _ = rand.Read(masterSecret)
 	cf := filepath.Join(t.TempDir(), "Clusterfile")
 	doc := fmt.Sprintf(`apiVersion: flotilla.dev/v1
 kind: Cluster
@@ -152,10 +154,11 @@ spec:
   hosts:
     - names: [node1, node2, node3]
       roles: [master]
+      env: {K8S_PKI_MASTER_TOKEN: %s}
     - names: [node4, node5]
       roles: [node]
   rollout: {stepTimeout: 5m}
-`, k8sVersion, k8sVIP, hex.EncodeToString(secret))
+`, k8sVersion, k8sVIP, hex.EncodeToString(secret), hex.EncodeToString(masterSecret))
 	if err := os.WriteFile(cf, []byte(doc), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -166,16 +169,30 @@ spec:
 	}
 	stage("flotilla apply (3 masters, 2 workers)", start)
 	t.Logf("health after apply:\n%s", res.Health)
-	if strings.Contains(progress, hex.EncodeToString(secret)) || strings.Contains(res.Health, hex.EncodeToString(secret)) {
-		t.Errorf("the PKI secret appears in the apply output")
-	}
-	if b, err := os.ReadFile(c.Log); err != nil || strings.Contains(string(b), hex.EncodeToString(secret)) {
-		t.Errorf("the PKI secret appears in the controller's log (or the log is unreadable: %v)", err)
-	}
-	for _, n := range []string{"node1", "node2", "node4"} {
-		if out, err := f.Exec(ctx, n, "journalctl", "--no-pager", "-q", "-o", "cat"); err != nil || strings.Contains(string(out), hex.EncodeToString(secret)) {
-			t.Errorf("%s: the PKI secret appears in the node's journal (or journalctl failed: %v)", n, err)
+	for _, sec := range []string{hex.EncodeToString(secret), hex.EncodeToString(masterSecret)} {
+		if strings.Contains(progress, sec) || strings.Contains(res.Health, sec) {
+			t.Errorf("a PKI secret appears in the apply output")
 		}
+		if b, err := os.ReadFile(c.Log); err != nil || strings.Contains(string(b), sec) {
+			t.Errorf("a PKI secret appears in the controller's log (or the log is unreadable: %v)", err)
+		}
+		for _, n := range []string{"node1", "node2", "node4"} {
+			if out, err := f.Exec(ctx, n, "journalctl", "--no-pager", "-q", "-o", "cat"); err != nil || strings.Contains(string(out), sec) {
+				t.Errorf("%s: a PKI secret appears in the node's journal (or journalctl failed: %v)", n, err)
+			}
+		}
+	}
+	// A worker, compromised, tries the control-plane PKI (the CA keys) from
+	// master0 with the only secret it holds: refused, and master0 logs it.
+	hostile := fmt.Sprintf("K8S_PKI_TOKEN=another-secret-of-at-least-32-characters K8S_PKI_MASTER_TOKEN=%s /usr/local/bin/flotilla-k8s-pki fetch --what master --dir /tmp/stolen --server 10.77.11.2:6290 --wait 1s", hex.EncodeToString(secret))
+	if out, err := f.Exec(ctx, "node4", "/bin/sh", "-c", hostile); err == nil || !strings.Contains(string(out), "401") {
+		t.Errorf("node4 fetching the master PKI with the node secret: %v, want a 401:\n%s", err, out)
+	}
+	if out, _ := f.Exec(ctx, "node4", "/bin/sh", "-c", "ls /tmp/stolen/pki 2>/dev/null; test -e /etc/kubernetes/pki/ca.key && echo ca.key"); strings.TrimSpace(string(out)) != "" {
+		t.Errorf("node4 holds control-plane keys: %s", out)
+	}
+	if out, _ := f.Exec(ctx, "node1", "journalctl", "--no-pager", "-q", "-o", "cat", "-u", "flotilla-k8s-pki.service"); !strings.Contains(string(out), "refused") || !strings.Contains(string(out), "10.77.11.5") {
+		t.Errorf("master0 did not log node4's refused request:\n%s", out)
 	}
 
 	kubectl := func(node string, args ...string) (string, error) {
@@ -271,6 +288,64 @@ spec:
 	})
 	t.Logf("answers from web.default.svc.cluster.local: %q", answers)
 	stage("pod to Service on another node by DNS name", start)
+
+	// Scale down: node5 leaves the Clusterfile. Its CLEANUP drains it, deletes
+	// its Node object and takes back what Kubernetes made on it.
+	start = time.Now()
+	down := strings.Replace(doc, "names: [node4, node5]", "names: [node4]", 1)
+	if err := os.WriteFile(cf, []byte(down), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	res, progress, err = c.Apply(ctx, cf)
+	if err != nil || res == nil || !res.OK {
+		t.Fatalf("apply without node5: %v\n%+v\n%s", err, res, progress)
+	}
+	if !strings.Contains(progress, "cleanup: flotilla-k8s-leave") || !strings.Contains(progress, "cleanup: flotilla-k8s-reset") {
+		t.Errorf("node5's removal did not run its CLEANUP steps:\n%s", progress)
+	}
+	if out, err := kubectl("node2", "get", "nodes", "--no-headers", "-o", "custom-columns=NAME:.metadata.name"); err != nil || strings.Contains(out, "node5") || len(strings.Fields(out)) != 4 {
+		t.Errorf("nodes after node5 left: %v\n%s", err, out)
+	}
+	if out, err := kubectl("node2", "get", "pods", "-A", "--field-selector", "spec.nodeName=node5", "--no-headers"); err != nil || out != "" && !strings.Contains(out, "No resources") {
+		t.Errorf("pods still bound to node5 after it left: %v\n%s", err, out)
+	}
+	// What must be gone from node5 (names of what is left, one word each).
+	const leftovers = `left=""
+ip link show cni0 >/dev/null 2>&1 && left="$left cni0"
+ip -4 route | grep -q '^10\.244\.' && left="$left pod-routes"
+[ -e /etc/kubernetes/kubelet.conf ] && left="$left kubelet.conf"
+[ -e /var/lib/kubelet/pods ] && left="$left kubelet-pods"
+[ -n "$(ls -A /var/lib/containerd 2>/dev/null)" ] && left="$left containerd-state"
+iptables -t nat -S | grep -q -- '-N KUBE-' && left="$left KUBE-chains"
+iptables -t nat -S | grep -q -- '-N CNI-' && left="$left CNI-chains"
+iptables -t nat -S | grep -q flotilla-k8s && left="$left masquerade"
+for u in containerd kubelet kube-proxy flotilla-lvscare; do systemctl is-active -q "$u" && left="$left $u"; done
+grep -q ' /var/lib/kubelet/\| /run/containerd/' /proc/self/mountinfo && left="$left mounts"
+echo "$left"`
+	if out, err := f.Exec(ctx, "node5", "/bin/sh", "-c", leftovers); err != nil || strings.TrimSpace(string(out)) != "" {
+		t.Errorf("node5 after it left the cluster: %v; left behind:%s", err, out)
+	}
+	stage("scale down: node5 drained, deleted, reset", start)
+
+	// Scale up: node5 comes back (a node that was reset joins like a new one),
+	// and the web replica that had nowhere to go runs on it again.
+	start = time.Now()
+	if err := os.WriteFile(cf, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	res, progress, err = c.Apply(ctx, cf)
+	if err != nil || res == nil || !res.OK {
+		t.Fatalf("apply with node5 again: %v\n%+v\n%s", err, res, progress)
+	}
+	waitFor("node5 Ready again and web rolled out on two workers", 3*time.Minute, func() error {
+		out, err := kubectl("node2", "get", "node", "node5", "--no-headers")
+		if err != nil || !strings.Contains(out, " Ready ") {
+			return fmt.Errorf("node5: %v %s", err, out)
+		}
+		_, err = kubectl("node2", "rollout", "status", "deployment/web", "--timeout", "5s")
+		return err
+	})
+	stage("scale up: node5 joins again", start)
 
 	// A worker gets the admin kubeconfig too (server: the VIP), so kubectl goes
 	// through lvscare on a master (node2) and on a worker (node4).

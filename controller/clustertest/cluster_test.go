@@ -15,6 +15,7 @@ import (
 	"github.com/flotilla-dev/flotilla/controller/natsauth"
 	"github.com/flotilla-dev/flotilla/controller/plane"
 	"github.com/flotilla-dev/flotilla/internal/natstest"
+	"github.com/flotilla-dev/flotilla/internal/poll"
 	"github.com/flotilla-dev/flotilla/internal/testbin"
 	"github.com/flotilla-dev/flotilla/protocol"
 	"github.com/nats-io/jwt/v2"
@@ -285,20 +286,16 @@ func hostileAgentUser(t *testing.T, nc *natsCluster, f *controllertest.Fleet) {
 	if !strings.Contains(f.Controller.Output(), "node=a1 natsUser="+uc.Subject) {
 		t.Errorf("controller did not log a1's NATS user %s", uc.Subject)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	err = poll.Until(context.Background(), 5*time.Second, 100*time.Millisecond, func() bool {
 		var logs strings.Builder
 		for _, s := range nc.Servers {
 			data, _ := os.ReadFile(s.Log)
 			logs.Write(data)
 		}
-		if strings.Contains(logs.String(), "Subscription Violation") && strings.Contains(logs.String(), uc.Subject) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no nats-server logged a subscription violation by a1's user %s", uc.Subject)
-		}
-		time.Sleep(100 * time.Millisecond)
+		return strings.Contains(logs.String(), "Subscription Violation") && strings.Contains(logs.String(), uc.Subject)
+	})
+	if err != nil {
+		t.Fatalf("no nats-server logged a subscription violation by a1's user %s: %v", uc.Subject, err)
 	}
 }
 
@@ -351,12 +348,8 @@ func TestControllerFailover(t *testing.T) {
 
 func waitLog(t *testing.T, p *controllertest.Proc, want string, timeout time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !strings.Contains(p.Output(), want) {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s did not log %q within %s; log:\n%s", p.Name, want, timeout, p.Tail())
-		}
-		time.Sleep(50 * time.Millisecond)
+	if err := poll.Until(context.Background(), timeout, 50*time.Millisecond, func() bool { return strings.Contains(p.Output(), want) }); err != nil {
+		t.Fatalf("%s did not log %q within %s; log:\n%s", p.Name, want, timeout, p.Tail())
 	}
 }
 

@@ -9,17 +9,19 @@
 // kubeconfigs of the admin, controller-manager, scheduler and kube-proxy. Files
 // that exist are kept, so a second run changes nothing.
 //
-// serve (a unit on master0) hands them to the other nodes over the node network.
-// Both sides know a shared secret, $K8S_PKI_TOKEN (at least 32 characters, from
-// the Clusterfile's env; never in the image, never on a command line, never
-// logged). From it HKDF derives a MAC key and an encryption key: a request
+// serve (a unit on master0) hands them to the other nodes over the node network,
+// under two secrets (at least 32 characters each, from the Clusterfile's env;
+// never in the image, never on a command line, never logged):
+// $K8S_PKI_MASTER_TOKEN, which only the masters get (the masters' host entry's
+// env), for /v1/master, the whole control-plane PKI with the CA keys; and
+// $K8S_PKI_TOKEN, which every node gets, for /v1/node/NAME: the cluster CA's
+// certificate, kube-proxy's kubeconfig and a kubelet kubeconfig for NAME made on
+// the spot. So a worker, compromised or not, never holds what opens the CA key.
+// From each secret HKDF derives a MAC key and an encryption key: a request
 // carries an HMAC over method, path and a timestamp (refused if off by more than
 // 5 minutes, logged with the sender's address); an answer is AES-256-GCM with
-// the request path as additional data, so only a holder of the secret can read
-// it and an answer for one path cannot pass for another. /v1/master is the whole
-// control-plane PKI (for the other masters); /v1/node/NAME is the cluster CA's
-// certificate, kube-proxy's kubeconfig and a kubelet kubeconfig for NAME made on
-// the spot (every node, masters included).
+// the request path as additional data, so only a holder of the path's secret can
+// read it and an answer for one path cannot pass for another.
 package main
 
 import (
@@ -60,7 +62,8 @@ import (
 )
 
 const (
-	tokenEnv      = "K8S_PKI_TOKEN"
+	tokenEnv       = "K8S_PKI_TOKEN"        // every node: /v1/node/NAME
+	masterTokenEnv = "K8S_PKI_MASTER_TOKEN" // masters only: /v1/master
 	minTokenLen   = 32
 	maxClockSkew  = 5 * time.Minute
 	maxBundleSize = 1 << 20
@@ -361,13 +364,22 @@ type keys struct{ mac, enc []byte }
 
 var tokenRE = regexp.MustCompile(`^[A-Za-z0-9._~+/=-]+$`)
 
-func loadKeys() (keys, error) {
-	tok := os.Getenv(tokenEnv)
+// loadKeys derives the keys of the secret in the environment variable env
+// (tokenEnv or masterTokenEnv).
+func loadKeys(env string) (keys, error) {
+	tok := os.Getenv(env)
+	where := "the Clusterfile's spec.env"
+	if env == masterTokenEnv {
+		where = "the env of the Clusterfile's masters entry, not spec.env: workers must not get it"
+	}
 	if len(tok) < minTokenLen {
-		return keys{}, fmt.Errorf("$%s must be set to a secret of at least %d characters (the Clusterfile's spec.env); it has %d", tokenEnv, minTokenLen, len(tok))
+		return keys{}, fmt.Errorf("$%s must be set to a secret of at least %d characters (%s); it has %d", env, minTokenLen, where, len(tok))
 	}
 	if !tokenRE.MatchString(tok) {
-		return keys{}, fmt.Errorf("$%s may hold only letters, digits and . _ ~ + / = - (it goes into a systemd EnvironmentFile)", tokenEnv)
+		return keys{}, fmt.Errorf("$%s may hold only letters, digits and . _ ~ + / = - (it goes into a systemd EnvironmentFile)", env)
+	}
+	if env == masterTokenEnv && tok == os.Getenv(tokenEnv) {
+		return keys{}, fmt.Errorf("$%s must differ from $%s: every node holds the latter", masterTokenEnv, tokenEnv)
 	}
 	mac, err := hkdf.Key(sha256.New, []byte(tok), nil, "flotilla-k8s-pki v1 mac", 32)
 	if err != nil {
@@ -416,9 +428,10 @@ func masterFiles(dir string) ([]string, error) {
 }
 
 type server struct {
-	dir  string
-	keys keys
-	log  *slog.Logger
+	dir    string
+	keys   keys // tokenEnv's: /v1/node/NAME
+	master keys // masterTokenEnv's: /v1/master
+	log    *slog.Logger
 	mu   sync.Mutex // one bundle at a time: bounded CPU and memory
 }
 
@@ -427,14 +440,18 @@ func cmdServe(args []string, log *slog.Logger) error {
 	dir := fs.String("dir", "/etc/kubernetes", "the PKI made by init")
 	listen := fs.String("listen", "", "address to serve on (the node's IP and a port)")
 	_ = fs.Parse(args)
-	k, err := loadKeys()
+	k, err := loadKeys(tokenEnv)
+	if err != nil {
+		return err
+	}
+	mk, err := loadKeys(masterTokenEnv)
 	if err != nil {
 		return err
 	}
 	if _, _, err := loadPair(filepath.Join(*dir, "pki/ca")); err != nil {
 		return fmt.Errorf("no CA in %s (run init first): %w", *dir, err)
 	}
-	s := &server{dir: *dir, keys: k, log: log}
+	s := &server{dir: *dir, keys: k, master: mk, log: log}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	hs := &http.Server{Addr: *listen, Handler: s, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
@@ -469,8 +486,12 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, r, http.StatusUnauthorized, "timestamp off by more than 5 minutes")
 		return
 	}
-	if !hmac.Equal([]byte(mac), []byte(s.keys.sign(r.Method, r.URL.Path, ts))) {
-		s.refuse(w, r, http.StatusUnauthorized, "bad MAC (wrong secret?)")
+	k := s.keys
+	if r.URL.Path == "/v1/master" {
+		k = s.master
+	}
+	if !hmac.Equal([]byte(mac), []byte(k.sign(r.Method, r.URL.Path, ts))) {
+		s.refuse(w, r, http.StatusUnauthorized, "bad MAC (wrong secret for this path?)")
 		return
 	}
 	s.mu.Lock()
@@ -496,7 +517,7 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "internal error", http.StatusInternalServerError)
 		return
 	}
-	body, err := seal(s.keys, r.URL.Path, files)
+	body, err := seal(k, r.URL.Path, files)
 	if err != nil {
 		s.log.Error("seal", "path", r.URL.Path, "err", err)
 		http.Error(w, "internal error", http.StatusInternalServerError)
@@ -606,21 +627,21 @@ func cmdFetch(args []string) error {
 	node := fs.String("node", "", "this node's name (--what node)")
 	wait := fs.Duration("wait", 3*time.Minute, "how long to retry while master0 does not answer")
 	_ = fs.Parse(args)
-	k, err := loadKeys()
-	if err != nil {
-		return err
-	}
-	var path, marker string
+	var path, marker, env string
 	switch *what {
 	case "master":
-		path, marker = "/v1/master", "pki/ca.key"
+		path, marker, env = "/v1/master", "pki/ca.key", masterTokenEnv
 	case "node":
 		if !nodeNameRE.MatchString(*node) {
 			return fmt.Errorf("--node %q is not a DNS-1123 subdomain", *node)
 		}
-		path, marker = "/v1/node/"+*node, "kubelet.conf"
+		path, marker, env = "/v1/node/"+*node, "kubelet.conf", tokenEnv
 	default:
 		return fmt.Errorf("--what %q: want master or node", *what)
+	}
+	k, err := loadKeys(env)
+	if err != nil {
+		return err
 	}
 	if _, err := os.Stat(filepath.Join(*dir, marker)); err == nil {
 		fmt.Printf("flotilla-k8s-pki: %s exists; nothing to fetch\n", filepath.Join(*dir, marker))
@@ -642,7 +663,7 @@ func cmdFetch(args []string) error {
 	}
 	plain, err := a.Open(nil, body[:a.NonceSize()], body[a.NonceSize():], []byte(path))
 	if err != nil {
-		return errors.New("answer does not decrypt with our secret (a different K8S_PKI_TOKEN on master0?)")
+		return fmt.Errorf("answer does not decrypt with our secret (a different $%s on master0?)", env)
 	}
 	p := &pkiDir{dir: *dir}
 	tr := tar.NewReader(bytes.NewReader(plain))

@@ -15,21 +15,29 @@ import (
 	"time"
 )
 
-const testToken = "0123456789abcdef0123456789abcdef-test"
+const (
+	testToken       = "0123456789abcdef0123456789abcdef-test"
+	testMasterToken = "fedcba9876543210fedcba9876543210-master"
+)
 
 func setup(t *testing.T) (dir string, srv *httptest.Server, logs *bytes.Buffer) {
 	t.Helper()
 	t.Setenv(tokenEnv, testToken)
+	t.Setenv(masterTokenEnv, testMasterToken)
 	dir = t.TempDir()
 	if err := cmdInit([]string{"--dir", dir, "--vip", "10.77.11.20", "--masters", "10.77.11.2,10.77.11.3,10.77.11.4"}); err != nil {
 		t.Fatal(err)
 	}
-	k, err := loadKeys()
+	k, err := loadKeys(tokenEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mk, err := loadKeys(masterTokenEnv)
 	if err != nil {
 		t.Fatal(err)
 	}
 	logs = &bytes.Buffer{}
-	s := &server{dir: dir, keys: k, log: slog.New(slog.NewTextHandler(logs, nil))}
+	s := &server{dir: dir, keys: k, master: mk, log: slog.New(slog.NewTextHandler(logs, nil))}
 	srv = httptest.NewServer(s)
 	t.Cleanup(srv.Close)
 	return dir, srv, logs
@@ -87,8 +95,8 @@ func TestFetchMasterAndNode(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(n, "pki/ca.key")); err == nil {
 		t.Error("node bundle carries the CA key")
 	}
-	if strings.Contains(logs.String(), testToken) {
-		t.Error("the token appears in the server's log")
+	if strings.Contains(logs.String(), testToken) || strings.Contains(logs.String(), testMasterToken) {
+		t.Error("a token appears in the server's log")
 	}
 }
 
@@ -97,7 +105,8 @@ func TestFetchMasterAndNode(t *testing.T) {
 // is logged with the sender.
 func TestHostileRequestsRefused(t *testing.T) {
 	_, srv, logs := setup(t)
-	k, _ := loadKeys()
+	k, _ := loadKeys(tokenEnv)
+	mk, _ := loadKeys(masterTokenEnv)
 	wrong := keys{mac: bytes.Repeat([]byte{1}, 32), enc: bytes.Repeat([]byte{2}, 32)}
 	now := time.Now().Unix()
 	cases := []struct {
@@ -106,8 +115,9 @@ func TestHostileRequestsRefused(t *testing.T) {
 	}{
 		{"no auth", "/v1/master", "", http.StatusUnauthorized},
 		{"wrong secret", "/v1/master", "Flotilla-PKI " + itoa(now) + ":" + wrong.sign("GET", "/v1/master", now), http.StatusUnauthorized},
-		{"stale", "/v1/master", "Flotilla-PKI " + itoa(now-3600) + ":" + k.sign("GET", "/v1/master", now-3600), http.StatusUnauthorized},
-		{"mac of another path", "/v1/master", "Flotilla-PKI " + itoa(now) + ":" + k.sign("GET", "/v1/node/node4", now), http.StatusUnauthorized},
+		{"a worker's secret for the master PKI", "/v1/master", "Flotilla-PKI " + itoa(now) + ":" + k.sign("GET", "/v1/master", now), http.StatusUnauthorized},
+		{"stale", "/v1/master", "Flotilla-PKI " + itoa(now-3600) + ":" + mk.sign("GET", "/v1/master", now-3600), http.StatusUnauthorized},
+		{"mac of another path", "/v1/master", "Flotilla-PKI " + itoa(now) + ":" + mk.sign("GET", "/v1/node/node4", now), http.StatusUnauthorized},
 		{"bad node name", "/v1/node/..%2fetc", "Flotilla-PKI " + itoa(now) + ":" + k.sign("GET", "/v1/node/../etc", now), http.StatusBadRequest},
 		{"unknown path", "/v1/ca.key", "Flotilla-PKI " + itoa(now) + ":" + k.sign("GET", "/v1/ca.key", now), http.StatusNotFound},
 	}
@@ -135,19 +145,31 @@ func TestHostileRequestsRefused(t *testing.T) {
 
 func TestFetchWithWrongSecretFails(t *testing.T) {
 	_, srv, _ := setup(t)
-	t.Setenv(tokenEnv, "another-secret-of-at-least-32-characters")
-	err := cmdFetch([]string{"--what", "master", "--dir", t.TempDir(), "--server", strings.TrimPrefix(srv.URL, "http://"), "--wait", "1s"})
+	host := strings.TrimPrefix(srv.URL, "http://")
+	// A worker holds only the node secret: it tries it for the master PKI.
+	t.Setenv(masterTokenEnv, "another-secret-of-at-least-32-characters")
+	err := cmdFetch([]string{"--what", "master", "--dir", t.TempDir(), "--server", host, "--wait", "1s"})
 	if err == nil || !strings.Contains(err.Error(), "401") {
-		t.Fatalf("err = %v, want a 401", err)
+		t.Fatalf("master fetch with another secret: err = %v, want a 401", err)
+	}
+	t.Setenv(tokenEnv, "another-secret-of-at-least-32-characters")
+	err = cmdFetch([]string{"--what", "node", "--node", "node4", "--dir", t.TempDir(), "--server", host, "--wait", "1s"})
+	if err == nil || !strings.Contains(err.Error(), "401") {
+		t.Fatalf("node fetch with a wrong secret: err = %v, want a 401", err)
 	}
 }
 
 func TestTokenRules(t *testing.T) {
 	for _, tok := range []string{"", "short", strings.Repeat("a", 31), strings.Repeat("a", 31) + "\n", strings.Repeat("a", 32) + " x"} {
 		t.Setenv(tokenEnv, tok)
-		if _, err := loadKeys(); err == nil {
+		if _, err := loadKeys(tokenEnv); err == nil {
 			t.Errorf("token %q accepted", tok)
 		}
+	}
+	t.Setenv(tokenEnv, testToken)
+	t.Setenv(masterTokenEnv, testToken)
+	if _, err := loadKeys(masterTokenEnv); err == nil || !strings.Contains(err.Error(), "must differ") {
+		t.Errorf("a master token equal to the node token: err = %v, want refused", err)
 	}
 }
 
