@@ -1,10 +1,13 @@
 package e2e_test
 
 import (
+	"archive/tar"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -263,6 +266,7 @@ spec:
 		_, err := kubectl("node2", "wait", "--for=condition=Ready", "pod/client", "--timeout", "5s")
 		return err
 	})
+	k8sImagesFromMirror(ctx, t, f, "node4")
 	remotePod, err := kubectl("node2", "get", "pods", "-l", "app=web", "--field-selector", "spec.nodeName=node5", "-o", "jsonpath={.items[0].metadata.name}")
 	if err != nil || remotePod == "" {
 		t.Fatalf("web pod on node5: %v %q", err, remotePod)
@@ -375,6 +379,99 @@ echo "$left"`
 		})
 	}
 	stage("kubectl via VIP with master0 killed", start)
+}
+
+// k8sImagesFromMirror proves that node's container images came through the agent's
+// registry mirror, carried in the cluster image (IMAGE --from), and not from an
+// import: containerd (CRI) holds registry.k8s.io/pause:3.10 (the sandbox image) and
+// flotilla.local/busybox:1.35 with the digests of build.sh's archives, pulled
+// (containerd labels pulled content with its distribution source, an import does
+// not), the agent's journal has the mirror serving those manifests, and the old
+// import directory does not exist.
+func k8sImagesFromMirror(ctx context.Context, t *testing.T, f *fleet.Fleet, node string) {
+	t.Helper()
+	journal, err := f.Exec(ctx, node, "journalctl", "-u", "flotilla-agent", "--no-pager", "-q", "-o", "cat")
+	if err != nil {
+		t.Fatalf("%s: agent journal: %v", node, err)
+	}
+	for _, im := range []struct{ archive, name, repo string }{
+		{"pause.tar", "registry.k8s.io/pause:3.10", "registry.k8s.io/pause"},
+		{"busybox.tar", "flotilla.local/busybox:1.35", "flotilla.local/busybox"},
+	} {
+		digest := ociArchiveDigest(t, filepath.Join(k8sExample, "_out/images", im.archive))
+		out, err := f.Exec(ctx, node, "/usr/bin/ctr", "-n", "k8s.io", "images", "ls", "name=="+im.name)
+		if err != nil || !strings.Contains(string(out), digest) {
+			t.Errorf("%s: containerd does not hold %s as %s (the carried digest): %v\n%s", node, im.name, digest, err, out)
+		}
+		info, err := f.Exec(ctx, node, "/usr/bin/ctr", "-n", "k8s.io", "content", "ls")
+		if err != nil || !contentPulledFrom(string(info), digest, im.repo) {
+			t.Errorf("%s: containerd's content %s has no distribution source label of %s (not pulled?): %v\n%s", node, digest, im.repo, err, info)
+		}
+		served := false
+		for _, l := range strings.Split(string(journal), "\n") {
+			if strings.Contains(l, "registry mirror served a manifest") && strings.Contains(l, im.repo) && strings.Contains(l, digest) {
+				served = true
+			}
+		}
+		if !served {
+			t.Errorf("%s: the agent's mirror never served %s (%s); agent journal:\n%s", node, im.name, digest, lastLines(string(journal), 40))
+		} else {
+			t.Logf("%s: %s %s pulled by containerd through the agent's mirror", node, im.name, digest)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(f.Root(node), "var/lib/flotilla-k8s/images")); !os.IsNotExist(err) {
+		t.Errorf("%s: /var/lib/flotilla-k8s/images exists (%v): images are carried, not copied and imported", node, err)
+	}
+}
+
+// contentPulledFrom reports whether ctr content ls lists digest with the label
+// containerd.io/distribution.source.<registry>=<repo> a pull sets.
+func contentPulledFrom(ls, digest, repo string) bool {
+	registry, path, _ := strings.Cut(repo, "/")
+	for _, l := range strings.Split(ls, "\n") {
+		if strings.HasPrefix(l, digest) && strings.Contains(l, "containerd.io/distribution.source."+registry+"="+path) {
+			return true
+		}
+	}
+	return false
+}
+
+func lastLines(s string, n int) string {
+	ls := strings.Split(strings.TrimSpace(s), "\n")
+	if len(ls) > n {
+		ls = ls[len(ls)-n:]
+	}
+	return strings.Join(ls, "\n")
+}
+
+// ociArchiveDigest returns the digest of the one image an OCI layout tar (as
+// tools/ociimage writes it) holds: its index.json's only entry.
+func ociArchiveDigest(t *testing.T, path string) string {
+	t.Helper()
+	fh, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fh.Close()
+	tr := tar.NewReader(fh)
+	for {
+		h, err := tr.Next()
+		if err != nil {
+			t.Fatalf("%s: no index.json: %v", path, err)
+		}
+		if strings.TrimPrefix(h.Name, "./") != "index.json" {
+			continue
+		}
+		var idx struct {
+			Manifests []struct {
+				Digest string `json:"digest"`
+			} `json:"manifests"`
+		}
+		if err := json.NewDecoder(io.LimitReader(tr, 1<<20)).Decode(&idx); err != nil || len(idx.Manifests) != 1 {
+			t.Fatalf("%s: index.json: %v (%d entries, want 1)", path, err, len(idx.Manifests))
+		}
+		return idx.Manifests[0].Digest
+	}
 }
 
 // The lvscare templates of examples/kubernetes are copies of lvscare/'s (a cluster

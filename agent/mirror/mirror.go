@@ -243,7 +243,11 @@ func (s *Server) manifest(w http.ResponseWriter, r *http.Request, registry, name
 		s.notFound(w, r, "MANIFEST_UNKNOWN", registry, name, ref, err)
 		return
 	}
-	s.serveBlob(w, r, d, string(d.MediaType), "MANIFEST_UNKNOWN", registry, name, ref)
+	if s.serveBlob(w, r, d, string(d.MediaType), "MANIFEST_UNKNOWN", registry, name, ref) {
+		// One line per manifest a runtime resolves or fetches (not per blob): the
+		// node's journal says which images its runtime took from the mirror.
+		s.log.Info("registry mirror served a manifest", "image", registry+"/"+name, "ref", ref, "digest", d.Digest.String(), "method", r.Method)
+	}
 }
 
 func (s *Server) blob(w http.ResponseWriter, r *http.Request, registry, name, ref string) {
@@ -267,12 +271,12 @@ func (s *Server) notFound(w http.ResponseWriter, r *http.Request, code, registry
 }
 
 // serveBlob answers with the blob's bytes (Range, HEAD and If-None-Match handled by
-// http.ServeContent) and the registry headers.
-func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, d v1.Descriptor, contentType, code, registry, name, ref string) {
+// http.ServeContent) and the registry headers; false when the blob is missing.
+func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, d v1.Descriptor, contentType, code, registry, name, ref string) bool {
 	f, err := s.c.Open(d.Digest)
 	if err != nil {
 		s.notFound(w, r, code, registry, name, ref, err)
-		return
+		return false
 	}
 	defer f.Close()
 	w.Header().Set("Content-Type", contentType)
@@ -280,6 +284,7 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, d v1.Descript
 	w.Header().Set("ETag", `"`+d.Digest.String()+`"`)
 	w.Header().Set("Accept-Ranges", "bytes")
 	http.ServeContent(w, r, "", time.Time{}, f)
+	return true
 }
 
 func (s *Server) tags(w http.ResponseWriter, r *http.Request, registry, name string) {

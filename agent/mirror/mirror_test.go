@@ -278,6 +278,40 @@ func TestHostileMirrorRequests(t *testing.T) {
 	}
 }
 
+// TestMirrorLogsServedManifests: every manifest served (GET or HEAD, by tag or
+// digest) is one Info line naming the image and digest; blobs and misses are not.
+func TestMirrorLogsServedManifests(t *testing.T) {
+	c := newContent(t)
+	logs := &syncBuffer{}
+	srv := httptest.NewServer(mirror.New(mirror.Options{Content: c.cache, Logger: slog.New(slog.NewTextHandler(logs, nil))}))
+	defer srv.Close()
+	for _, r := range []struct{ method, path string }{
+		{"HEAD", "/v2/library/nginx/manifests/1.27?ns=docker.io"},
+		{"GET", "/v2/team/app/manifests/" + c.appAMD.String() + "?ns=registry.local:5000"},
+		{"GET", "/v2/library/nginx/blobs/" + c.nginxLayer.String()},
+		{"GET", "/v2/library/nginx/manifests/1.28"},
+	} {
+		req, _ := http.NewRequest(r.method, srv.URL+r.path, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	l := logs.String()
+	for _, want := range []string{
+		`msg="registry mirror served a manifest" image=docker.io/library/nginx ref=1.27 digest=` + c.nginx.String() + " method=HEAD",
+		`msg="registry mirror served a manifest" image=registry.local:5000/team/app ref=` + c.appAMD.String() + " digest=" + c.appAMD.String() + " method=GET",
+	} {
+		if !strings.Contains(l, want) {
+			t.Errorf("log lacks %q:\n%s", want, l)
+		}
+	}
+	if n := strings.Count(l, "served a manifest"); n != 2 {
+		t.Errorf("%d manifests logged, want 2 (no blob, no miss):\n%s", n, l)
+	}
+}
+
 func firstLine(s string) string { l, _, _ := strings.Cut(s, "\r\n"); return l }
 
 // TestConnectionLimit: with two connections held open, a third request waits until

@@ -21,13 +21,21 @@ import (
 const maxImageList = 1 << 20
 
 // images handles IMAGE and ON role IMAGE: every reference (also those listed in -f
-// files) is pulled into the build's transaction and recorded in the plan.
+// files) is pulled into the build's transaction and recorded in the plan; with
+// --from PATH, the one reference is read from an OCI image layout in the context.
 func (b *builder) images(ctx context.Context, in kubefile.Instruction) error {
 	role := in.Role
 	if role == "" {
 		role = recipe.RoleAll
 	} else {
 		b.addRole(role)
+	}
+	if in.ImageFrom != "" {
+		if err := b.imageFromLayout(ctx, in, role); err != nil {
+			return err
+		}
+		b.record(in, "")
+		return nil
 	}
 	var refs []string
 	for i := 0; i < len(in.Args); i++ {
@@ -119,8 +127,63 @@ func (b *builder) carryImage(ctx context.Context, in kubefile.Instruction, ref, 
 		ci = recipe.ContainerImage{Ref: ref, Name: r.Name(), Digest: desc.Digest.String(), MediaType: string(desc.MediaType), Size: desc.Size}
 		b.pulled[r.Name()] = ci
 	}
+	b.addImage(ci, role)
+	return nil
+}
+
+// addImage adds a pulled image to the plan for role.
+func (b *builder) addImage(ci recipe.ContainerImage, role string) {
 	ci.Roles = []string{role}
 	b.plan.Images = append(b.plan.Images, ci)
+}
+
+// imageFromLayout handles IMAGE --from PATH REF: the image is read from the OCI image
+// layout (directory or tar) at PATH in the build context, verified blob by blob, and
+// carried under REF with its digests unchanged. The layout is read at every build
+// (what it holds is the cache key, as a COPY's file contents are); blobs the store
+// already has are not read again. The same name carried twice must be the same image.
+func (b *builder) imageFromLayout(ctx context.Context, in kubefile.Instruction, role string) error {
+	from, err := b.expand(in, in.ImageFrom)
+	if err != nil {
+		return err
+	}
+	ref, err := b.expand(in, in.Args[0])
+	if err != nil {
+		return err
+	}
+	r, err := carry.ParseRef(ref)
+	if err != nil {
+		return b.errf(in, "%v", err)
+	}
+	paths, err := b.resolveSource(in, from)
+	if err != nil {
+		return err
+	}
+	if len(paths) != 1 {
+		return b.errf(in, "--from %s matches %d files: name one OCI image layout", from, len(paths))
+	}
+	key := "layout\x00" + paths[0] + "\x00" + r.Name()
+	ci, ok := b.pulled[key]
+	if !ok {
+		o := b.opts.Carry
+		o.Progress = b.opts.Progress
+		desc, err := carry.PullLayout(ctx, b.tx, paths[0], r, o)
+		if err != nil {
+			return b.errf(in, "container image %s --from %s: %v", ref, from, err)
+		}
+		ci = recipe.ContainerImage{Ref: ref, Name: r.Name(), Digest: desc.Digest.String(), MediaType: string(desc.MediaType), Size: desc.Size}
+		b.pulled[key] = ci
+	}
+	for i := range b.plan.Images {
+		if have := b.plan.Images[i]; have.Name == r.Name() {
+			if have.Digest != ci.Digest {
+				return b.errf(in, "container image %s --from %s is %s, but the image already carries %s as %s", ref, from, ci.Digest, have.Name, have.Digest)
+			}
+			b.plan.Images[i].Roles = addImageRole(have.Roles, role)
+			return nil
+		}
+	}
+	b.addImage(ci, role)
 	return nil
 }
 

@@ -44,37 +44,80 @@ func Pull(ctx context.Context, tx *store.Txn, ref Ref, o Options) (v1.Descriptor
 	if err != nil {
 		return v1.Descriptor{}, fmt.Errorf("pull %s: %w", ref.Name(), err)
 	}
-	p := &puller{ctx: ctx, tx: tx, repo: nr.Context(), opts: o.remoteOpts(ctx), rep: progress.OrNop(o.Progress)}
-	rd, err := remote.Get(nr, p.opts...)
+	src := &registrySource{repo: nr.Context(), opts: o.remoteOpts(ctx)}
+	rd, err := remote.Get(nr, src.opts...)
 	if err != nil {
 		return v1.Descriptor{}, fmt.Errorf("pull %s: %w", ref.Name(), err)
 	}
 	desc := v1.Descriptor{MediaType: rd.MediaType, Size: rd.Size, Digest: rd.Digest}
-	raw := rd.Manifest
 	if ref.Digest != "" && desc.Digest.String() != ref.Digest {
 		return v1.Descriptor{}, fmt.Errorf("pull %s: the registry served %s", ref.Name(), desc.Digest)
 	}
-	if err := checkMediaType(desc); err != nil {
+	p := &puller{ctx: ctx, tx: tx, src: src, rep: progress.OrNop(o.Progress)}
+	desc, err = p.pull(desc, rd.Manifest, ref, o.Platform)
+	if err != nil {
 		return v1.Descriptor{}, fmt.Errorf("pull %s: %w", ref.Name(), err)
 	}
-	if IsIndex(desc.MediaType) && o.Platform != nil && ref.Digest == "" {
-		if desc, raw, err = p.narrow(desc, raw, *o.Platform); err != nil {
-			return v1.Descriptor{}, fmt.Errorf("pull %s: %w", ref.Name(), err)
-		}
-	}
-	if err := p.walk(desc, raw, 0); err != nil {
-		return v1.Descriptor{}, fmt.Errorf("pull %s: %w", ref.Name(), err)
-	}
-	p.rep.Wait()
 	return desc, nil
 }
 
-type puller struct {
-	ctx  context.Context
-	tx   *store.Txn
+// source is where a puller reads an image's manifests and blobs: a registry
+// (registrySource) or a local OCI image layout (layoutSource). Neither is trusted:
+// the puller verifies every manifest and the transaction every blob against its digest.
+type source interface {
+	// manifest returns the bytes of the manifest or index d names.
+	manifest(d v1.Descriptor) ([]byte, error)
+	// blob opens the config or layer blob d.
+	blob(d v1.Descriptor) (io.ReadCloser, error)
+}
+
+// registrySource reads from one repository of a registry.
+type registrySource struct {
 	repo name.Repository
 	opts []remote.Option
-	rep  progress.Reporter
+}
+
+func (r *registrySource) manifest(d v1.Descriptor) ([]byte, error) {
+	rd, err := remote.Get(r.repo.Digest(d.Digest.String()), r.opts...)
+	if err != nil {
+		return nil, err
+	}
+	return rd.Manifest, nil
+}
+
+func (r *registrySource) blob(d v1.Descriptor) (io.ReadCloser, error) {
+	l, err := remote.Layer(r.repo.Digest(d.Digest.String()), r.opts...)
+	if err != nil {
+		return nil, err
+	}
+	return l.Compressed()
+}
+
+type puller struct {
+	ctx context.Context
+	tx  *store.Txn
+	src source
+	rep progress.Reporter
+}
+
+// pull stages the image whose top manifest or index is desc (raw, not yet verified):
+// narrowed to platform when it is an index named by a tag, then everything it
+// references. It returns the descriptor of what was staged as the image.
+func (p *puller) pull(desc v1.Descriptor, raw []byte, ref Ref, platform *v1.Platform) (v1.Descriptor, error) {
+	if err := checkMediaType(desc); err != nil {
+		return v1.Descriptor{}, err
+	}
+	var err error
+	if IsIndex(desc.MediaType) && platform != nil && ref.Digest == "" {
+		if desc, raw, err = p.narrow(desc, raw, *platform); err != nil {
+			return v1.Descriptor{}, err
+		}
+	}
+	if err := p.walk(desc, raw, 0); err != nil {
+		return v1.Descriptor{}, err
+	}
+	p.rep.Wait()
+	return desc, nil
 }
 
 // narrow picks the platform's entry of an index.
@@ -100,7 +143,7 @@ func (p *puller) narrow(idx v1.Descriptor, raw []byte, want v1.Platform) (v1.Des
 	return v1.Descriptor{}, nil, fmt.Errorf("index %s has no %s manifest (it has %v)", idx.Digest, want.String(), have)
 }
 
-// manifest reads a child manifest from the transaction or the registry.
+// manifest reads a child manifest from the transaction or the source.
 func (p *puller) manifest(d v1.Descriptor) ([]byte, error) {
 	if p.tx.Has(d.Digest) {
 		return p.tx.ReadBlob(d.Digest)
@@ -108,11 +151,11 @@ func (p *puller) manifest(d v1.Descriptor) ([]byte, error) {
 	if d.Size > MaxManifestSize {
 		return nil, fmt.Errorf("manifest %s is %d bytes, more than the %d a manifest may have", d.Digest, d.Size, MaxManifestSize)
 	}
-	rd, err := remote.Get(p.repo.Digest(d.Digest.String()), p.opts...)
+	b, err := p.src.manifest(d)
 	if err != nil {
 		return nil, fmt.Errorf("manifest %s: %w", d.Digest, err)
 	}
-	return rd.Manifest, nil
+	return b, nil
 }
 
 // walk stages a verified manifest and everything it references.
@@ -155,11 +198,7 @@ func (p *puller) blob(d v1.Descriptor) error {
 	if p.tx.Has(d.Digest) {
 		return nil
 	}
-	l, err := remote.Layer(p.repo.Digest(d.Digest.String()), p.opts...)
-	if err != nil {
-		return fmt.Errorf("blob %s: %w", d.Digest, err)
-	}
-	rc, err := l.Compressed()
+	rc, err := p.src.blob(d)
 	if err != nil {
 		return fmt.Errorf("blob %s: %w", d.Digest, err)
 	}

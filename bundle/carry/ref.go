@@ -1,6 +1,7 @@
 // Package carry puts container images inside cluster images: it pulls each image a
 // Kubefile's IMAGE names byte for byte (every manifest, index and blob keeps its
-// digest), lays them out as extra descriptors of the cluster image's OCI index, lists
+// digest) from a registry (Pull) or from an OCI image layout directory or tar
+// (PullLayout, for IMAGE --from), both through one verifying walker, lays them out as extra descriptors of the cluster image's OCI index, lists
 // them back, walks an image's manifests and blobs for one platform (what a node needs),
 // and finds image references in a build context that the Kubefile forgot.
 package carry

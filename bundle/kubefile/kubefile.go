@@ -51,8 +51,12 @@ type Instruction struct {
 	Command  string // upper-case keyword (From, Copy, Run, …); for ON, the inner keyword
 	Original string // the instruction as written, continuations joined, comment stripped
 	// Args depends on Command: FROM [image]; COPY/ADD sources… then destination;
-	// RUN/CMD/CLEANUP [shell command]; SERVICE [unit]; IMAGE references… and "-f", file pairs.
+	// RUN/CMD/CLEANUP [shell command]; SERVICE [unit]; IMAGE references… and "-f", file
+	// pairs (with --from, the one reference).
 	Args []string
+	// ImageFrom is the PATH of `IMAGE --from PATH REF`: an OCI image layout (directory
+	// or tar) in the build context that the image is read from instead of a registry.
+	ImageFrom string
 	// Pairs holds ARG, ENV and LABEL key/values in order.
 	Pairs []KeyValue
 	// Chmod is the --chmod value of COPY/ADD as permission bits; HasChmod tells if given.
@@ -285,7 +289,23 @@ func parseInstruction(l line) (Instruction, string) {
 	case Image:
 		args := strings.Fields(rest)
 		if len(args) == 0 {
-			return in, "IMAGE needs at least one container image reference (or -f FILE)"
+			return in, "IMAGE needs at least one container image reference (or -f FILE, or --from PATH REF)"
+		}
+		if from, ok := strings.CutPrefix(args[0], "--from="); ok || args[0] == "--from" {
+			if !ok {
+				if len(args) < 2 || strings.HasPrefix(args[1], "-") {
+					return in, "IMAGE --from needs a path: IMAGE --from images/pause.tar registry.k8s.io/pause:3.10"
+				}
+				from, args = args[1], args[1:]
+			}
+			if from == "" {
+				return in, "IMAGE --from needs a path: IMAGE --from images/pause.tar registry.k8s.io/pause:3.10"
+			}
+			if len(args) != 2 || strings.HasPrefix(args[1], "-") {
+				return in, fmt.Sprintf("IMAGE --from %s takes exactly one container image reference after the path, got %d words: IMAGE --from PATH REF", from, len(args)-1)
+			}
+			in.ImageFrom, in.Args = from, args[1:]
+			break
 		}
 		for i := 0; i < len(args); i++ {
 			switch {
@@ -293,8 +313,10 @@ func parseInstruction(l line) (Instruction, string) {
 				i++
 			case args[i] == "-f":
 				return in, "IMAGE -f needs a file: IMAGE -f images.txt"
+			case args[i] == "--from" || strings.HasPrefix(args[i], "--from="):
+				return in, "IMAGE --from must come first: IMAGE --from PATH REF (one image per instruction)"
 			case strings.HasPrefix(args[i], "-"):
-				return in, fmt.Sprintf("IMAGE: flag %s is not supported (only -f FILE)", args[i])
+				return in, fmt.Sprintf("IMAGE: flag %s is not supported (only -f FILE, or --from PATH REF)", args[i])
 			}
 		}
 		in.Args = args

@@ -26,6 +26,8 @@ IMAGE docker.io/library/nginx:1.27 busybox:1
 ON master SERVICE etcd.service
 ON master0 RUN etcdctl endpoint health
 ON node IMAGE -f images.txt registry.local/app@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
+IMAGE --from _out/images/pause.tar registry.k8s.io/pause:3.10
+ON all IMAGE --from=img/dns k8s-dns:v1
 CMD ["etcdctl", "--endpoints={{ .VIP }}:2379", "endpoint health"]
 ON node CLEANUP kubectl drain {{ .Node.Name }}
 CLEANUP rm -rf /var/lib/x
@@ -57,9 +59,11 @@ func TestParseGood(t *testing.T) {
 		{17, "master", Service, []string{"etcd.service"}},
 		{18, "master0", Run, []string{"etcdctl endpoint health"}},
 		{19, "node", Image, []string{"-f", "images.txt", "registry.local/app@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"}},
-		{20, "", Cmd, []string{`etcdctl '--endpoints={{ .VIP }}:2379' 'endpoint health'`}},
-		{21, "node", Cleanup, []string{"kubectl drain {{ .Node.Name }}"}},
-		{22, "", Cleanup, []string{"rm -rf /var/lib/x"}},
+		{20, "", Image, []string{"registry.k8s.io/pause:3.10"}},
+		{21, "all", Image, []string{"k8s-dns:v1"}},
+		{22, "", Cmd, []string{`etcdctl '--endpoints={{ .VIP }}:2379' 'endpoint health'`}},
+		{23, "node", Cleanup, []string{"kubectl drain {{ .Node.Name }}"}},
+		{24, "", Cleanup, []string{"rm -rf /var/lib/x"}},
 	}
 	if len(kf.Instructions) != len(want) {
 		t.Fatalf("got %d instructions, want %d: %+v", len(kf.Instructions), len(want), kf.Instructions)
@@ -80,10 +84,13 @@ func TestParseGood(t *testing.T) {
 	if in := kf.Instructions[6]; !in.HasChmod || in.Chmod != 0o755 {
 		t.Errorf("chmod = %o %v", in.Chmod, in.HasChmod)
 	}
-	if !kf.Instructions[12].RunTime() || kf.Instructions[9].RunTime() || kf.Instructions[13].RunTime() || !kf.Instructions[14].RunTime() {
+	if a, b := kf.Instructions[14].ImageFrom, kf.Instructions[15].ImageFrom; a != "_out/images/pause.tar" || b != "img/dns" || kf.Instructions[13].ImageFrom != "" {
+		t.Errorf("IMAGE --from paths = %q %q", a, b)
+	}
+	if !kf.Instructions[12].RunTime() || kf.Instructions[9].RunTime() || kf.Instructions[13].RunTime() || !kf.Instructions[16].RunTime() || kf.Instructions[15].RunTime() {
 		t.Error("RunTime() wrong for ON RUN / RUN / ON IMAGE / CMD")
 	}
-	if !kf.Instructions[15].RunTime() || !kf.Instructions[16].RunTime() {
+	if !kf.Instructions[17].RunTime() || !kf.Instructions[18].RunTime() {
 		t.Error("RunTime() false for CLEANUP")
 	}
 }
@@ -121,6 +128,13 @@ func TestParseErrors(t *testing.T) {
 		{"IMAGE empty", "FROM scratch\nIMAGE\n", "Kubefile:2: IMAGE needs at least one"},
 		{"IMAGE -f without file", "FROM scratch\nIMAGE nginx -f\n", "Kubefile:2: IMAGE -f needs a file"},
 		{"IMAGE unknown flag", "FROM scratch\nON node IMAGE --platform=x nginx\n", "Kubefile:2: IMAGE: flag --platform=x is not supported"},
+		{"IMAGE --from without path", "FROM scratch\nIMAGE --from\n", "Kubefile:2: IMAGE --from needs a path"},
+		{"IMAGE --from= empty", "FROM scratch\nIMAGE --from= x:1\n", "Kubefile:2: IMAGE --from needs a path"},
+		{"IMAGE --from path is a flag", "FROM scratch\nIMAGE --from -f x:1\n", "Kubefile:2: IMAGE --from needs a path"},
+		{"IMAGE --from without ref", "FROM scratch\nIMAGE --from a.tar\n", "Kubefile:2: IMAGE --from a.tar takes exactly one container image reference after the path, got 0"},
+		{"IMAGE --from two refs", "FROM scratch\n\nON node IMAGE --from a.tar x:1 y:2\n", "Kubefile:3: IMAGE --from a.tar takes exactly one container image reference after the path, got 2"},
+		{"IMAGE --from then -f", "FROM scratch\nIMAGE --from=a.tar -f list\n", "Kubefile:2: IMAGE --from a.tar takes exactly one"},
+		{"IMAGE --from not first", "FROM scratch\nIMAGE x:1 --from a.tar y:1\n", "Kubefile:2: IMAGE --from must come first"},
 		{"continuation at EOF", "FROM scratch\nRUN a \\\n", "Kubefile:2: line continuation"},
 		{"unterminated quote", "FROM scratch\nENV A=\"x\n", "Kubefile:2: ENV: unterminated \" quote"},
 		{"Dockerfile-only", "FROM scratch\nWORKDIR /x\n", "Kubefile:2: WORKDIR is a Dockerfile instruction"},

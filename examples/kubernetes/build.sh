@@ -3,8 +3,10 @@
 # Builds, or finds cached, everything the Kubefile copies, and puts it into _out/:
 #   _out/master/  kube-apiserver kube-controller-manager kube-scheduler
 #   _out/node/    kubelet kube-proxy kubectl flotilla-k8s-pki
-#   _out/images/  OCI archives: registry.k8s.io/pause:3.10, flotilla.local/k8s-dns:v1,
-#                 flotilla.local/busybox:1.35 (for tests and demos)
+#   _out/images/  OCI archives (OCI layout tars): registry.k8s.io/pause:3.10,
+#                 flotilla.local/k8s-dns:v1, flotilla.local/busybox:1.35 (for tests
+#                 and demos); the Kubefile carries them (IMAGE --from) and every
+#                 node's registry mirror serves them to containerd
 # Everything is cached under $CACHE (/var/cache/flotilla-k8s/<version>): the
 # Kubernetes binaries by build/build-binaries.sh (about 15 minutes on 2 cores the
 # first time), the rest here by a stamp of its inputs. Needs Go, gcc (static
