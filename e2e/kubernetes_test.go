@@ -18,7 +18,9 @@ import (
 	"github.com/flotilla-dev/flotilla/e2e/e2etest"
 	"github.com/flotilla-dev/flotilla/e2e/fleet"
 	"github.com/flotilla-dev/flotilla/e2e/fleet/fleettest"
+	"github.com/flotilla-dev/flotilla/internal/poll"
 	"github.com/flotilla-dev/flotilla/internal/testbin"
+	"github.com/flotilla-dev/flotilla/protocol"
 )
 
 // The Kubernetes scenario has a fleet of its own (fltk, 10.77.11.0/27: host .1,
@@ -203,16 +205,9 @@ spec:
 	// waitFor polls fn every 2 s until it returns nil or the timeout passes.
 	waitFor := func(what string, timeout time.Duration, fn func() error) {
 		t.Helper()
-		end := time.Now().Add(timeout)
-		for {
-			err := fn()
-			if err == nil {
-				return
-			}
-			if time.Now().After(end) {
-				t.Fatalf("%s: not within %s: %v", what, timeout, err)
-			}
-			time.Sleep(2 * time.Second)
+		var err error
+		if poll.Until(ctx, timeout, 2*time.Second, func() bool { err = fn(); return err == nil }) != nil {
+			t.Fatalf("%s: not within %s: %v", what, timeout, err)
 		}
 	}
 
@@ -296,6 +291,32 @@ spec:
 	if err := os.WriteFile(cf, []byte(down), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// The nodes that stay run the routes unit again (it names every node) and
+	// nothing else: no restart of containerd, the control plane or kubelet.
+	planOut, planErr, err := c.CLI(ctx, "plan", "-f", cf, "-o", "json")
+	if err != nil {
+		t.Fatalf("plan without node5: %v\n%s", err, planErr)
+	}
+	var plan protocol.ClusterPlan
+	if err := json.Unmarshal([]byte(planOut), &plan); err != nil {
+		t.Fatalf("plan -o json: %v", err)
+	}
+	for _, ph := range plan.Phases {
+		for _, n := range ph.Nodes {
+			var runs []string
+			for _, st := range n.Steps {
+				if !st.Skip {
+					runs = append(runs, st.Command)
+				}
+			}
+			switch {
+			case n.Node == "node5" && n.Action != protocol.ActionRemove:
+				t.Errorf("plan: node5 %s, want remove", n.Action)
+			case n.Node != "node5" && (len(runs) != 1 || runs[0] != "flotilla-k8s-routes.service"):
+				t.Errorf("plan: %s runs %q when node5 leaves, want only flotilla-k8s-routes.service", n.Node, runs)
+			}
+		}
+	}
 	res, progress, err = c.Apply(ctx, cf)
 	if err != nil || res == nil || !res.OK {
 		t.Fatalf("apply without node5: %v\n%+v\n%s", err, res, progress)
@@ -313,6 +334,7 @@ spec:
 	const leftovers = `left=""
 ip link show cni0 >/dev/null 2>&1 && left="$left cni0"
 ip -4 route | grep -q '^10\.244\.' && left="$left pod-routes"
+[ -e /etc/containerd/certs.d/_default/hosts.toml ] && left="$left mirror-hosts.toml"
 [ -e /etc/kubernetes/kubelet.conf ] && left="$left kubelet.conf"
 [ -e /var/lib/kubelet/pods ] && left="$left kubelet-pods"
 [ -n "$(ls -A /var/lib/containerd 2>/dev/null)" ] && left="$left containerd-state"
