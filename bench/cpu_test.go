@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"context"
 	"crypto/sha256"
 	"fmt"
 	"os"
@@ -11,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/flotilla-dev/flotilla/internal/poll"
 
 	"golang.org/x/sys/unix"
 )
@@ -39,11 +42,10 @@ func newCPUGroup(t *testing.T) *cpuGroup {
 	t.Cleanup(func() {
 		fd.Close()
 		// Processes are gone by now (each start registered its own stop first).
-		for range 50 {
-			if unix.Rmdir(dir) == nil || !strings.Contains(fmt.Sprint(unix.Rmdir(dir)), "busy") {
-				return
-			}
-			time.Sleep(100 * time.Millisecond) // a killed process leaves its cgroup a moment after it is reaped
+		// A killed process leaves its cgroup a moment after it is reaped.
+		gone := func() bool { err := unix.Rmdir(dir); return err == nil || err != unix.EBUSY }
+		if err := poll.Until(context.Background(), 5*time.Second, 100*time.Millisecond, gone); err != nil {
+			t.Errorf("cgroup %s: still busy: %v", dir, err)
 		}
 	})
 	return g

@@ -23,6 +23,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/internal/poll"
+
 	"github.com/flotilla-dev/flotilla/internal/testbin"
 	"github.com/flotilla-dev/flotilla/p2p/pieces"
 	"github.com/flotilla-dev/flotilla/p2p/pieces/piecestest"
@@ -372,18 +374,19 @@ func runFlotilla(t *testing.T, cg *cpuGroup, bin, work, stores, blob, listFile, 
 		"--seed", blob, "--piece-size="+pieceSize, "--ca", c.ca, "--cert", c.cert, "--key", c.key)
 	defer seed.stop()
 	// Ready once it logs that it seeds (the layer is in its store and announced).
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) { // polls the seed's log: no other signal that it seeds
-		if b, _ := os.ReadFile(seedLog); strings.Contains(string(b), "msg=seeding") {
-			break
-		}
+	exited := false
+	seeding := func() bool {
 		select {
 		case <-seed.done:
-			t.Fatalf("seed exited; see %s", seedLog)
+			exited = true
+			return true
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("seed not ready after 30s; see %s", seedLog)
-		}
+		b, _ := os.ReadFile(seedLog)
+		return strings.Contains(string(b), "msg=seeding")
+	}
+	if err := poll.Until(context.Background(), 30*time.Second, 50*time.Millisecond, seeding); err != nil || exited {
+		t.Fatalf("seed not seeding (exited %v, %v); see %s", exited, err, seedLog)
 	}
 
 	type done struct {

@@ -146,27 +146,26 @@ func startApply(t *testing.T, ctx context.Context, f *controllertest.Fleet, cf s
 // waitDone waits for the rollout of cluster slow to be done on every node.
 func waitDone(t *testing.T, f *controllertest.Fleet, timeout time.Duration) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	for {
+	var (
+		st  []protocol.ClusterStatus
+		err error
+	)
+	done := func() bool {
 		// Each request has its own timeout: one sent while the controller
 		// reconnects (or before a standby leads) gets no answer.
-		cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
-		st, err := f.Status(cctx, "slow")
-		ccancel()
-		if err == nil && len(st) == 1 && st[0].State == protocol.RolloutDone {
-			for _, n := range st[0].Nodes {
-				if n.Applied != st[0].ImageDigest {
-					t.Errorf("node %s applied %q, want %q", n.Node, n.Applied, st[0].ImageDigest)
-				}
-			}
-			return
+		cctx, ccancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer ccancel()
+		st, err = f.Status(cctx, "slow")
+		return err == nil && len(st) == 1 && st[0].State == protocol.RolloutDone
+	}
+	if poll.Until(context.Background(), timeout, 200*time.Millisecond, done) != nil {
+		t.Logf("controller log:\n%s", f.Controller.Output())
+		t.Fatalf("rollout not done after %s; status %+v (err %v)", timeout, st, err)
+	}
+	for _, n := range st[0].Nodes {
+		if n.Applied != st[0].ImageDigest {
+			t.Errorf("node %s applied %q, want %q", n.Node, n.Applied, st[0].ImageDigest)
 		}
-		if ctx.Err() != nil {
-			t.Logf("controller log:\n%s", f.Controller.Output())
-			t.Fatalf("rollout not done after %s; status %+v (err %v)", timeout, st, err)
-		}
-		time.Sleep(200 * time.Millisecond)
 	}
 }
 
