@@ -140,17 +140,15 @@ func TestApply(t *testing.T) {
 			}
 		}
 		// Through lvscare's VIP from a worker; lvscare needs a health round or two.
-		deadline := time.Now().Add(20 * time.Second)
-		for {
-			out, err := run("node4", etcdctl, "--dial-timeout", "2s", "--endpoints", "http://"+applyVIP+":2379", "get", "--print-value-only", "e2e-key")
-			if err == nil && out == value {
-				break
-			}
-			if time.Now().After(deadline) {
-				j, _ := run("node4", "journalctl", "-u", "flotilla-lvscare", "-n", "20", "--no-pager")
-				t.Fatalf("get through the VIP on node4: %v %q\n%s", err, out, j)
-			}
-			time.Sleep(time.Second) // paces the reads through the VIP while lvscare notices the dead backend
+		var out string
+		var getErr error
+		viaVIP := func() bool {
+			out, getErr = run("node4", etcdctl, "--dial-timeout", "2s", "--endpoints", "http://"+applyVIP+":2379", "get", "--print-value-only", "e2e-key")
+			return getErr == nil && out == value
+		}
+		if poll.Until(ctx, 20*time.Second, time.Second, viaVIP) != nil {
+			j, _ := run("node4", "journalctl", "-u", "flotilla-lvscare", "-n", "20", "--no-pager")
+			t.Fatalf("get through the VIP on node4: %v %q\n%s", getErr, out, j)
 		}
 	})
 	if !ok {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/flotilla-dev/flotilla/controller/controllertest"
+	"github.com/flotilla-dev/flotilla/internal/poll"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
 
@@ -139,24 +140,24 @@ func TestJoinConcurrencyCap(t *testing.T) {
 	fmt.Fprintf(hold, "POST %s HTTP/1.1\r\nHost: controller\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{", protocol.PathJoin)
 	var code int
 	var body []byte
-	deadline := time.Now().Add(10 * time.Second)
-	for { // the held request reaches the handler a moment after its headers
+	// The held request reaches the handler a moment after its headers.
+	busy := func() bool {
 		t0 := time.Now()
 		var err error
 		code, body, err = f.PostJoin(ctx, protocol.JoinRequest{Token: tok, Name: "n1", Facts: honestFacts()})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if code == http.StatusServiceUnavailable {
-			if d := time.Since(t0); d > 2*time.Second {
-				t.Errorf("503 took %s", d)
-			}
-			break
+		if code != http.StatusServiceUnavailable {
+			return false
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no 503 while a join is in flight: HTTP %d %s", code, body)
+		if d := time.Since(t0); d > 2*time.Second {
+			t.Errorf("503 took %s", d)
 		}
-		time.Sleep(50 * time.Millisecond) // each try is a real join; pace them
+		return true
+	}
+	if err := poll.Until(ctx, 10*time.Second, 50*time.Millisecond, busy); err != nil {
+		t.Fatalf("no 503 while a join is in flight: HTTP %d %s", code, body)
 	}
 	if !strings.Contains(string(body), "retry later") {
 		t.Errorf("503 body: %s", body)

@@ -21,14 +21,15 @@ import (
 
 // countKubefile extends examples/hello with steps that append a line to runs.log each
 // time they execute (so the test counts executions), a layer the upgrade changes, and
-// a step after it whose duration SLOW sets.
+// a step after it whose duration SLOW sets (it logs "slow" as it starts, so a test can
+// act while it runs).
 const countKubefile = `FROM scratch
 ENV  GREETING=hello SLOW=0
 COPY --chmod=0755 hello.sh /usr/local/bin/flotilla-hello
 COPY hello.conf.tmpl /etc/flotilla-hello/
 ON all RUN "${FLOTILLA_ROOT:-}/usr/local/bin/flotilla-hello" && echo hello >> "${FLOTILLA_ROOT:-}/var/lib/flotilla-hello/runs.log"
 COPY extra.txt /opt/flotilla-test/
-ON all RUN sleep "$SLOW"; echo "extra $(cat "${FLOTILLA_ROOT:-}/opt/flotilla-test/extra.txt")" >> "${FLOTILLA_ROOT:-}/var/lib/flotilla-hello/runs.log"
+ON all RUN echo slow >> "${FLOTILLA_ROOT:-}/var/lib/flotilla-hello/runs.log"; sleep "$SLOW"; echo "extra $(cat "${FLOTILLA_ROOT:-}/opt/flotilla-test/extra.txt")" >> "${FLOTILLA_ROOT:-}/var/lib/flotilla-hello/runs.log"
 `
 
 // buildDir builds a context dir (files copied from examples/hello plus extra) into st.
@@ -287,10 +288,10 @@ func TestFiveAgents(t *testing.T) {
 		out, errOut, code := f.CLI(context.Background(), "apply", "-f", slow)
 		watching <- cliRun{out, errOut, code}
 	}()
-	if err := poll.Until(context.Background(), 30*time.Second, 50*time.Millisecond, func() bool { return f.status("count").State == "running" }); err != nil {
-		t.Fatalf("the slow rollout never started: %v", err)
+	// The kill lands while a1 (master0) is inside its 2 s step.
+	if err := poll.Until(context.Background(), 30*time.Second, 20*time.Millisecond, func() bool { return f.runs("a1")["slow"] != before["a1"]["slow"] }); err != nil {
+		t.Fatalf("a1 never started the slow step: %v", err)
 	}
-	time.Sleep(1200 * time.Millisecond) // a1 (master0) is inside its 2 s step: the kill must land mid-step
 	f.KillController()
 	// The apply that was watching says what happened and how to follow it again.
 	select {
@@ -342,11 +343,10 @@ func TestFiveAgents(t *testing.T) {
 		r, _, err := f.tryApply("-f", slower)
 		done <- result{r, err}
 	}()
-	// Its first step is done: the slow one runs.
-	if err := poll.Until(context.Background(), 30*time.Second, 50*time.Millisecond, func() bool { return f.runs("a2")["hello"] != before["a2"]["hello"] }); err != nil {
-		t.Fatalf("a2 never started the slow rollout: %v", err)
+	// The kill lands while a2 is inside its 3 s step.
+	if err := poll.Until(context.Background(), 30*time.Second, 20*time.Millisecond, func() bool { return f.runs("a2")["slow"] != before["a2"]["slow"] }); err != nil {
+		t.Fatalf("a2 never started the slow step: %v", err)
 	}
-	time.Sleep(500 * time.Millisecond) // inside its "sleep 3": the kill must land mid-step
 	f.Agents["a2"].Kill()
 	time.Sleep(time.Second) // the controller must see the agent gone before it comes back
 	f.RestartAgent("a2")

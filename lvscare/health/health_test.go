@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -50,8 +51,13 @@ func TestStateObserve(t *testing.T) {
 }
 
 // fakeProber fails for the backends in down and blocks for those in slow until ctx ends.
+// No probe answers before together probes have been in flight at once (or its ctx ends),
+// so a checker that probes one backend after another shows up in maxSeen.
 type fakeProber struct {
 	down, slow map[netip.AddrPort]bool
+	together   int32
+	allIn      chan struct{}
+	once       sync.Once
 	inflight   atomic.Int32
 	maxSeen    atomic.Int32
 }
@@ -65,7 +71,14 @@ func (f *fakeProber) Probe(ctx context.Context, b netip.AddrPort) error {
 			break
 		}
 	}
-	time.Sleep(20 * time.Millisecond) // let the other probes start
+	if n >= f.together {
+		f.once.Do(func() { close(f.allIn) })
+	}
+	select {
+	case <-f.allIn:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 	if f.slow[b] {
 		<-ctx.Done()
 		return ctx.Err()
@@ -80,7 +93,7 @@ func TestCheckerRoundConcurrentWithTimeouts(t *testing.T) {
 	a := netip.MustParseAddrPort("10.0.0.1:80")
 	b := netip.MustParseAddrPort("10.0.0.2:80")
 	c := netip.MustParseAddrPort("10.0.0.3:80")
-	p := &fakeProber{down: map[netip.AddrPort]bool{b: true}, slow: map[netip.AddrPort]bool{c: true}}
+	p := &fakeProber{down: map[netip.AddrPort]bool{b: true}, slow: map[netip.AddrPort]bool{c: true}, together: 3, allIn: make(chan struct{})}
 	ch := &Checker{Prober: p, Timeout: 200 * time.Millisecond, Fall: 2, Rise: 2}
 	start := time.Now()
 	res := ch.Round(context.Background(), []netip.AddrPort{a, b, c})

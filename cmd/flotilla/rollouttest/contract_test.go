@@ -272,6 +272,30 @@ func TestApplyInterrupt(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	cmd, o, e := s.command(ctx, "apply", "-f", s.clusterfile())
+	// The interrupt goes in once the CLI has printed the streamed start event.
+	cmd.Stdout = nil
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const startLine = "rollout r-9 of cluster hello started"
+	printed := make(chan struct{})
+	copied := make(chan struct{})
+	go func() {
+		defer close(copied)
+		var once sync.Once
+		buf := make([]byte, 4096)
+		for {
+			n, err := stdout.Read(buf)
+			o.Write(buf[:n])
+			if strings.Contains(o.String(), startLine) {
+				once.Do(func() { close(printed) })
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -281,10 +305,17 @@ func TestApplyInterrupt(t *testing.T) {
 		_ = cmd.Process.Kill()
 		t.Fatal("apply request did not reach the controller within 30s")
 	}
-	time.Sleep(200 * time.Millisecond) // the CLI prints the streamed event before the interrupt; its output has no other signal
+	select {
+	case <-printed:
+	case <-time.After(30 * time.Second):
+		_ = cmd.Process.Kill()
+		<-copied
+		t.Fatalf("the CLI did not print the streamed start within 30s\nstdout:\n%s", o)
+	}
 	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
 		t.Fatal(err)
 	}
+	<-copied
 	code := exitCode(t, cmd.Wait())
 	if code != 130 {
 		t.Fatalf("exit code %d after Ctrl-C, want 130\nstdout:\n%s\nstderr:\n%s", code, o, e)
@@ -292,7 +323,7 @@ func TestApplyInterrupt(t *testing.T) {
 	if want := "the rollout goes on in the controller; follow it with: flotilla status hello"; !strings.Contains(e.String(), want) {
 		t.Errorf("stderr lacks %q:\n%s", want, e)
 	}
-	if !strings.Contains(o.String(), "rollout r-9 of cluster hello started") {
+	if !strings.Contains(o.String(), startLine) {
 		t.Errorf("stdout lacks the streamed start:\n%s", o)
 	}
 }
