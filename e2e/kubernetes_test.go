@@ -338,14 +338,21 @@ ip -4 route | grep -q '^10\.244\.' && left="$left pod-routes"
 [ -e /etc/kubernetes/kubelet.conf ] && left="$left kubelet.conf"
 [ -e /var/lib/kubelet/pods ] && left="$left kubelet-pods"
 [ -n "$(ls -A /var/lib/containerd 2>/dev/null)" ] && left="$left containerd-state"
-iptables -t nat -S | grep -q -- '-N KUBE-' && left="$left KUBE-chains"
-iptables -t nat -S | grep -q -- '-N CNI-' && left="$left CNI-chains"
-iptables -t nat -S | grep -q flotilla-k8s && left="$left masquerade"
 for u in containerd kubelet kube-proxy flotilla-lvscare; do systemctl is-active -q "$u" && left="$left $u"; done
 grep -q ' /var/lib/kubelet/\| /run/containerd/' /proc/self/mountinfo && left="$left mounts"
 echo "$left"`
 	if out, err := f.Exec(ctx, "node5", "/bin/sh", "-c", leftovers); err != nil || strings.TrimSpace(string(out)) != "" {
 		t.Errorf("node5 after it left the cluster: %v; left behind:%s", err, out)
+	}
+	// The node's iptables went with the image's files: read its netns's rules with the host's nft.
+	rules, err := exec.CommandContext(ctx, "nsenter", "--net="+f.NetnsPath("node5"), "nft", "list", "ruleset").CombinedOutput()
+	if err != nil {
+		t.Errorf("nft list ruleset in node5's netns: %v\n%s", err, rules)
+	}
+	for _, left := range []string{"chain KUBE-", "chain CNI-", "flotilla-k8s"} {
+		if strings.Contains(string(rules), left) {
+			t.Errorf("node5 after it left the cluster: its netns still has %q:\n%s", left, rules)
+		}
 	}
 	stage("scale down: node5 drained, deleted, reset", start)
 
