@@ -6,7 +6,7 @@ BIN       := bin/flotilla
 FUZZTIME  ?= 15s
 export CGO_ENABLED=0
 
-.PHONY: deps build build-all test test-unit fuzz lint bench bench-distribution bench-scale demo demo-containers demo-k8s demo-down package clean
+.PHONY: deps build build-all test test-unit fuzz lint bench bench-distribution bench-mirror bench-scale demo demo-containers demo-k8s demo-down package clean
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/flotilla
@@ -56,6 +56,11 @@ bench: build
 
 bench-distribution: build
 	FLOTILLA_BENCH=1 FLOTILLA_BIN=$(CURDIR)/$(BIN) $(GO) test -run='^TestDistributionBenchmark$$' -v -timeout 60m ./bench/
+
+# bench-mirror: 5 sandbox nodes with containerd pull ten carried container images
+# (200 MiB) through their node's mirror, then from a registry on the controller host.
+bench-mirror: build
+	FLOTILLA_BENCH=1 FLOTILLA_BIN=$(CURDIR)/$(BIN) $(GO) test -run='^TestMirrorPullBenchmark$$' -v -timeout 40m ./bench/
 
 # bench-scale: one controller process and 2,000 agents (real agent code, stub
 # executors) on loopback; prints the table and writes it to the READMEs.

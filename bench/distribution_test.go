@@ -69,7 +69,7 @@ func TestDistributionBenchmark(t *testing.T) {
 	probe := cpuProbe()
 	sizeMiB := envInt(t, "FLOTILLA_BENCH_SIZE_MIB", 128)
 	ns := envInts(t, "FLOTILLA_BENCH_NODES", "5,10,20")
-	methods := strings.Split(envOr("FLOTILLA_BENCH_METHODS", "p2p,rollout,seed-only,scp"), ",")
+	methods := strings.Split(envOr("FLOTILLA_BENCH_METHODS", "p2p,rollout,images,seed-only,scp"), ",")
 	maxN := 0
 	for _, n := range ns {
 		maxN = max(maxN, n)

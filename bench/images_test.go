@@ -40,7 +40,7 @@ func buildImagesImage(t *testing.T, work, stores string, size int64) rolloutImag
 	defer reg.Stop()
 	var refs []string
 	for i := range benchImages {
-		l, err := random.Layer(size/benchImages, types.OCIUncompressedLayer)
+		l, err := random.Layer(size/benchImages, types.OCILayer) // gzip: what remote.Write sends
 		if err != nil {
 			t.Fatal(err)
 		}

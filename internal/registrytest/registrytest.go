@@ -26,6 +26,7 @@ const Binary = "/usr/bin/docker-registry"
 // Storage is the registry's root directory.
 type Registry struct {
 	Host    string
+	Addr    string // the registry's own host:port, without the counting proxy
 	Storage string
 	mu      sync.Mutex
 	counts  map[string]int
@@ -36,6 +37,9 @@ type Registry struct {
 type Options struct {
 	// HtpasswdFile enables basic auth with this bcrypt htpasswd file.
 	HtpasswdFile string
+	// Listen is the registry's own address (default 127.0.0.1:0, a free loopback
+	// port); the counting proxy in Host always listens on loopback.
+	Listen string
 }
 
 // Start runs the registry for the test and stops it (by PID) at cleanup. Without the
@@ -50,7 +54,11 @@ func Start(t testing.TB, o Options) *Registry {
 	}
 	dir := t.TempDir()
 	storage := filepath.Join(dir, "storage")
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	listen := o.Listen
+	if listen == "" {
+		listen = "127.0.0.1:0"
+	}
+	l, err := net.Listen("tcp", listen)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +118,7 @@ http:
 		case <-time.After(30 * time.Millisecond):
 		}
 	}
-	r := &Registry{Storage: storage, counts: map[string]int{}}
+	r := &Registry{Addr: addr, Storage: storage, counts: map[string]int{}}
 	target, _ := url.Parse("http://" + addr)
 	proxy := httputil.NewSingleHostReverseProxy(target)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
