@@ -165,7 +165,7 @@ func applyToAll(t *testing.T, cg *cpuGroup, bin, work, stores string, img rollou
 	for _, o := range res.Nodes {
 		rates = append(rates, fmt.Sprintf("%s %.1fMB/s", o.Node, o.Rate/1e6))
 	}
-	t.Logf("rollout N=%d: node rates %s", n, strings.Join(rates, ", "))
+	t.Logf("%s N=%d: node rates (layer steps) %s", method, n, strings.Join(rates, ", "))
 	for i := 1; i <= n; i++ {
 		if err := check(filepath.Join(dir, fmt.Sprintf("n%d", i))); err != nil {
 			t.Fatalf("%s N=%d: n%d: %v", method, n, i, err)
