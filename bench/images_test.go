@@ -39,24 +39,8 @@ func buildImagesImage(t *testing.T, work, stores string, size int64) rolloutImag
 	reg := registrytest.Start(t, registrytest.Options{})
 	defer reg.Stop()
 	var refs []string
-	for i := range benchImages {
-		l, err := random.Layer(size/benchImages, types.OCILayer) // gzip: what remote.Write sends
-		if err != nil {
-			t.Fatal(err)
-		}
-		img, err := mutate.AppendLayers(mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.OCIManifestSchema1), types.OCIConfigJSON), l)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ref := fmt.Sprintf("%s/bench/app%d:1", reg.Host, i)
-		r, err := name.ParseReference(ref)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := remote.Write(r, img); err != nil {
-			t.Fatalf("push %s: %v", ref, err)
-		}
-		refs = append(refs, ref)
+	for _, p := range pushRandomImages(t, context.Background(), reg.Host, size) {
+		refs = append(refs, reg.Host+"/"+p)
 	}
 	img := rolloutImage{storeDir: filepath.Join(stores, "images-store"), ref: "bench-images:1"}
 	st, err := store.Open(img.storeDir)
@@ -72,6 +56,35 @@ func buildImagesImage(t *testing.T, work, stores string, size int64) rolloutImag
 		t.Fatalf("build the benchmark image with %d container images: %v", benchImages, err)
 	}
 	return img
+}
+
+// pushRandomImages pushes benchImages container images of total/benchImages
+// random bytes each (one gzip layer: what remote.Write sends, whatever media type
+// random.Layer is told) to the registry at host, and returns their
+// repository:tag paths (bench/app<i>:1).
+func pushRandomImages(t *testing.T, ctx context.Context, host string, total int64) []string {
+	t.Helper()
+	var paths []string
+	for i := range benchImages {
+		l, err := random.Layer(total/benchImages, types.OCILayer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		img, err := mutate.AppendLayers(mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.OCIManifestSchema1), types.OCIConfigJSON), l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := fmt.Sprintf("bench/app%d:1", i)
+		r, err := name.ParseReference(host + "/" + p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := remote.Write(r, img, remote.WithContext(ctx)); err != nil {
+			t.Fatalf("push %s: %v", r, err)
+		}
+		paths = append(paths, p)
+	}
+	return paths
 }
 
 // imagesCached checks that the agent in agentDir holds every benchmark image.

@@ -18,12 +18,6 @@ import (
 	"github.com/flotilla-dev/flotilla/e2e/fleet"
 	"github.com/flotilla-dev/flotilla/e2e/fleet/fleettest"
 	"github.com/flotilla-dev/flotilla/internal/registrytest"
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/random"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
 // The mirror pull benchmark's fleet: 5 nspawn nodes with containerd (fleet fltbm,
@@ -77,26 +71,7 @@ func TestMirrorPullBenchmark(t *testing.T) {
 	if _, err := busyboximage.Push(ctx, img, app); err != nil {
 		t.Fatal(err)
 	}
-	var paths []string // repository:tag, the same under both registry addresses
-	for i := range benchImages {
-		l, err := random.Layer(int64(sizeMiB)<<20/benchImages, types.OCILayer) // gzip: what remote.Write sends
-		if err != nil {
-			t.Fatal(err)
-		}
-		im, err := mutate.AppendLayers(mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.OCIManifestSchema1), types.OCIConfigJSON), l)
-		if err != nil {
-			t.Fatal(err)
-		}
-		p := fmt.Sprintf("bench/app%d:1", i)
-		r, err := name.ParseReference(reg.Host + "/" + p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := remote.Write(r, im, remote.WithContext(ctx)); err != nil {
-			t.Fatalf("push %s: %v", r, err)
-		}
-		paths = append(paths, p)
-	}
+	paths := pushRandomImages(t, ctx, reg.Host, int64(sizeMiB)<<20) // repository:tag, the same under both registry addresses
 
 	// The cluster image: examples/containers carrying the app and the ten.
 	dir := filepath.Join(t.TempDir(), "containers")
