@@ -69,12 +69,28 @@ type Config struct {
 	DialTimeout time.Duration
 	// Name is the NATS connection name the controller logs (default "flotilla-client").
 	Name string
+	// Logger gets the notes of calls that wait, such as "no leader yet,
+	// retrying" during a controller failover (default slog.Default()).
+	Logger *slog.Logger
 }
 
-// Client is an admin connection to one controller. It is safe for concurrent use.
+// Client is an admin connection to the controllers behind one NATS address:
+// one controller, or the leader of an HA group (whichever leads answers). It
+// is safe for concurrent use.
 type Client struct {
-	nc *nats.Conn
+	nc  *nats.Conn
+	log *slog.Logger
 }
+
+// ErrNoLeader says no controller answered admin requests within the call's
+// timeout: none runs, or one is starting, or (HA) the leader died and no
+// standby took its lease yet. Calls retry until their timeout before they
+// return it.
+var ErrNoLeader = errors.New("no controller is serving admin requests (none running, one starting, or no leader elected yet)")
+
+// noLeaderRetry is how long a call waits between tries while no controller
+// serves admin requests.
+const noLeaderRetry = 250 * time.Millisecond
 
 // ErrControllerLost says the connection to the controller ended while a call
 // waited for its answer (the controller stopped or crashed). A rollout goes on
@@ -174,16 +190,38 @@ func Connect(cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, &ConnectError{URLs: urls, Err: err}
 	}
-	return &Client{nc: nc}, nil
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Client{nc: nc, log: cfg.Logger}, nil
 }
 
 // Close ends the connection.
 func (c *Client) Close() { c.nc.Close() }
 
-// call sends one admin request and decodes the reply body into out. onStream, if
-// set, receives the messages streamed before the reply: they and the reply arrive
-// on one inbox, so none is lost or reordered. timeout applies when ctx has no deadline.
-func (c *Client) call(ctx context.Context, name string, body, out any, timeout time.Duration, onStream func([]byte)) error {
+// callOpts say how one admin call waits.
+type callOpts struct {
+	// timeout applies when ctx has no deadline.
+	timeout time.Duration
+	// onStream, if set, receives the messages streamed before the reply.
+	onStream func([]byte)
+	// resend: the request may be sent again when the controller handling it
+	// stopped (reads, and writes whose repetition changes nothing).
+	resend bool
+}
+
+// call sends one admin request and decodes the reply body into out. The
+// streamed messages and the reply arrive on one inbox, so none is lost or
+// reordered.
+//
+// While no controller serves admin requests (NATS answers "no responders":
+// a controller starting, or a failover between HA controllers) the request
+// was delivered to nobody, so it is sent again until one answers or the
+// timeout ends (ErrNoLeader). A controller that stops sending keepalives
+// (protocol.HeaderKeepalive) while handling the request stopped: the call
+// sends it again to the next leader when o.resend allows, and otherwise
+// ends with ErrControllerLost.
+func (c *Client) call(ctx context.Context, name string, body, out any, o callOpts) error {
 	req := protocol.AdminRequest{}
 	if body != nil {
 		b, err := json.Marshal(body)
@@ -193,9 +231,8 @@ func (c *Client) call(ctx context.Context, name string, body, out any, timeout t
 		req.Body = b
 	}
 	inbox := c.nc.NewInbox()
-	if onStream != nil {
-		req.Stream = inbox
-	}
+	// Always streamed: the controller's keepalives come on the stream.
+	req.Stream = inbox
 	sub, err := c.nc.SubscribeSync(inbox)
 	if err != nil {
 		return fmt.Errorf("admin %s: %w", name, err)
@@ -205,30 +242,47 @@ func (c *Client) call(ctx context.Context, name string, body, out any, timeout t
 	if err != nil {
 		return fmt.Errorf("admin %s: %w", name, err)
 	}
-	if err := c.nc.PublishRequest(protocol.AdminSubject(name), inbox, data); err != nil {
-		return fmt.Errorf("admin %s: %w", name, err)
-	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, timeout)
+		ctx, cancel = context.WithTimeout(ctx, o.timeout)
 		defer cancel()
 	}
+	waiting := time.Time{} // when the first "no responders" came
+	noLeader := func() error {
+		return fmt.Errorf("admin %s: %w: waited %s (is `flotilla controller` running? with --ha, see each controller's log for the lease)",
+			name, ErrNoLeader, time.Since(waiting).Round(time.Millisecond))
+	}
 	for {
-		m, err := sub.NextMsgWithContext(ctx)
-		if err != nil {
-			if errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, nats.ErrNoServers) || !c.nc.IsConnected() {
-				return fmt.Errorf("admin %s: %w: %v", name, ErrControllerLost, err)
+		if err := c.nc.PublishRequest(protocol.AdminSubject(name), inbox, data); err != nil {
+			return fmt.Errorf("admin %s: %w", name, err)
+		}
+		m, err := c.answer(ctx, name, sub, o.onStream)
+		switch {
+		case err == nil && m.Header.Get("Status") != "503":
+		case err != nil && !waiting.IsZero() && ctx.Err() != nil:
+			return noLeader()
+		case err == nil, errors.Is(err, nats.ErrNoResponders):
+			if waiting.IsZero() {
+				waiting = time.Now()
+				c.log.Warn("no controller is serving admin requests yet (one starting, or a standby taking over); retrying", "request", name)
 			}
-			return fmt.Errorf("admin %s: no answer from the controller: %w", name, err)
-		}
-		if m.Header.Get("Status") == "503" {
-			return fmt.Errorf("admin %s: the controller is not answering (starting up?)", name)
-		}
-		if m.Header.Get(protocol.HeaderStream) != "" {
-			if onStream != nil {
-				onStream(m.Data)
+			select {
+			case <-ctx.Done():
+				return noLeader()
+			case <-time.After(noLeaderRetry):
 			}
 			continue
+		case errors.Is(err, ErrControllerLost) && o.resend && c.nc.IsConnected() && ctx.Err() == nil:
+			// NATS is still here: with HA another controller leads, or soon will.
+			c.log.Warn("the controller handling this request stopped; sending it to the next leader", "request", name, "err", err)
+			continue
+		case errors.Is(err, ErrControllerLost) && c.nc.IsConnected():
+			return fmt.Errorf("%w; it may or may not have been carried out: check before sending it again", err)
+		default:
+			return err
+		}
+		if !waiting.IsZero() {
+			c.log.Info("a controller answers now", "request", name, "waited", time.Since(waiting).Round(time.Millisecond))
 		}
 		var reply protocol.AdminReply
 		if err := json.Unmarshal(m.Data, &reply); err != nil {
@@ -243,6 +297,39 @@ func (c *Client) call(ctx context.Context, name string, body, out any, timeout t
 			}
 		}
 		return nil
+	}
+}
+
+// answer waits for the reply (or a "no responders" status) on sub, handing
+// streamed messages to onStream. A controller sends its first keepalive as
+// soon as it has the request and then one every
+// protocol.AdminKeepaliveInterval: a silence of protocol.AdminKeepaliveMisses
+// intervals means it stopped.
+func (c *Client) answer(ctx context.Context, name string, sub *nats.Subscription, onStream func([]byte)) (*nats.Msg, error) {
+	silence := protocol.AdminKeepaliveMisses * protocol.AdminKeepaliveInterval
+	last := time.Now()
+	for {
+		wctx, cancel := context.WithDeadline(ctx, last.Add(silence))
+		m, err := sub.NextMsgWithContext(wctx)
+		cancel()
+		switch {
+		case err == nil:
+		case errors.Is(err, nats.ErrNoResponders):
+			return nil, err
+		case errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, nats.ErrNoServers) || !c.nc.IsConnected():
+			return nil, fmt.Errorf("admin %s: %w: %v", name, ErrControllerLost, err)
+		case ctx.Err() == nil:
+			return nil, fmt.Errorf("admin %s: %w: nothing from it for %s", name, ErrControllerLost, silence)
+		default:
+			return nil, fmt.Errorf("admin %s: no answer from the controller: %w", name, err)
+		}
+		if m.Header.Get(protocol.HeaderStream) == "" {
+			return m, nil
+		}
+		last = time.Now()
+		if m.Header.Get(protocol.HeaderKeepalive) == "" && onStream != nil {
+			onStream(m.Data)
+		}
 	}
 }
 
@@ -265,7 +352,7 @@ func streamOf[T any](name string, fn func(T)) func([]byte) {
 // Nodes lists the inventory, online or not.
 func (c *Client) Nodes(ctx context.Context) ([]protocol.NodeInfo, error) {
 	var nodes []protocol.NodeInfo
-	if err := c.call(ctx, protocol.AdminNodes, nil, &nodes, DefaultTimeout, nil); err != nil {
+	if err := c.call(ctx, protocol.AdminNodes, nil, &nodes, callOpts{timeout: DefaultTimeout, resend: true}); err != nil {
 		return nil, err
 	}
 	return nodes, nil
@@ -274,14 +361,14 @@ func (c *Client) Nodes(ctx context.Context) ([]protocol.NodeInfo, error) {
 // RemoveNode removes a node from the inventory: its credentials stop working and
 // its connections are closed; the name may join again with a new token.
 func (c *Client) RemoveNode(ctx context.Context, name string) error {
-	return c.call(ctx, protocol.AdminNodesRemove, protocol.NodesRemove{Name: name}, nil, DefaultTimeout, nil)
+	return c.call(ctx, protocol.AdminNodesRemove, protocol.NodesRemove{Name: name}, nil, callOpts{timeout: DefaultTimeout})
 }
 
 // LabelNode sets req.Set and removes req.Remove on node req.Name's labels (the
 // ones Clusterfile selectors match) and returns the node as it is now.
 func (c *Client) LabelNode(ctx context.Context, req protocol.NodesLabel) (protocol.NodeInfo, error) {
 	var n protocol.NodeInfo
-	err := c.call(ctx, protocol.AdminNodesLabel, req, &n, DefaultTimeout, nil)
+	err := c.call(ctx, protocol.AdminNodesLabel, req, &n, callOpts{timeout: DefaultTimeout, resend: true})
 	return n, err
 }
 
@@ -296,7 +383,7 @@ func (c *Client) Exec(ctx context.Context, req protocol.ExecRequest, onOutput fu
 			onOutput(ev)
 		}
 	}
-	if err := c.call(ctx, protocol.AdminExec, req, &reply, req.Timeout+30*time.Second, streamOf(protocol.AdminExec, on)); err != nil {
+	if err := c.call(ctx, protocol.AdminExec, req, &reply, callOpts{timeout: req.Timeout + 30*time.Second, onStream: streamOf(protocol.AdminExec, on)}); err != nil {
 		return nil, err
 	}
 	return &reply, nil
@@ -308,14 +395,14 @@ func (c *Client) Exec(ctx context.Context, req protocol.ExecRequest, onOutput fu
 // and the bootstrap one-liner; they are never shown again.
 func (c *Client) CreateToken(ctx context.Context, req protocol.TokenCreate) (protocol.TokenInfo, error) {
 	var ti protocol.TokenInfo
-	err := c.call(ctx, protocol.AdminTokenCreate, req, &ti, DefaultTimeout, nil)
+	err := c.call(ctx, protocol.AdminTokenCreate, req, &ti, callOpts{timeout: DefaultTimeout})
 	return ti, err
 }
 
 // Tokens lists the join tokens (without their secrets).
 func (c *Client) Tokens(ctx context.Context) ([]protocol.TokenInfo, error) {
 	var list []protocol.TokenInfo
-	if err := c.call(ctx, protocol.AdminTokenList, nil, &list, DefaultTimeout, nil); err != nil {
+	if err := c.call(ctx, protocol.AdminTokenList, nil, &list, callOpts{timeout: DefaultTimeout, resend: true}); err != nil {
 		return nil, err
 	}
 	return list, nil
@@ -323,14 +410,14 @@ func (c *Client) Tokens(ctx context.Context) ([]protocol.TokenInfo, error) {
 
 // RevokeToken revokes the join token with this ID; nodes that joined with it keep working.
 func (c *Client) RevokeToken(ctx context.Context, id string) error {
-	return c.call(ctx, protocol.AdminTokenRevoke, protocol.TokenRevoke{ID: id}, nil, DefaultTimeout, nil)
+	return c.call(ctx, protocol.AdminTokenRevoke, protocol.TokenRevoke{ID: id}, nil, callOpts{timeout: DefaultTimeout})
 }
 
 // Plan asks what applying the Clusterfile would do on each node; it changes nothing.
 func (c *Client) Plan(ctx context.Context, req protocol.ApplyRequest) (*protocol.ClusterPlan, error) {
 	req.DryRun = true
 	var p protocol.ClusterPlan
-	if err := c.call(ctx, protocol.AdminPlan, req, &p, DefaultPlanTimeout, nil); err != nil {
+	if err := c.call(ctx, protocol.AdminPlan, req, &p, callOpts{timeout: DefaultPlanTimeout, resend: true}); err != nil {
 		return nil, err
 	}
 	return &p, nil
@@ -360,14 +447,19 @@ func (c *Client) Attach(ctx context.Context, cluster string, onEvent func(protoc
 }
 
 func (c *Client) rollout(ctx context.Context, name string, body any, onEvent func(protocol.RolloutEvent)) (*protocol.ApplyResult, error) {
-	var res protocol.ApplyResult
 	// Always ask for the stream: the controller streams to an inbox it was given.
 	on := func(ev protocol.RolloutEvent) {
 		if onEvent != nil {
 			onEvent(ev)
 		}
 	}
-	if err := c.call(ctx, name, body, &res, DefaultRolloutTimeout, streamOf(name, on)); err != nil {
+	// An apply or attach sent again reaches the next leader, which resumed
+	// the rollout, and follows the same one: the same Clusterfile attaches to
+	// the running rollout, one that never started starts, steps done are
+	// skipped. A delete is not sent again (its cluster may be gone by then).
+	var res protocol.ApplyResult
+	o := callOpts{timeout: DefaultRolloutTimeout, onStream: streamOf(name, on), resend: name != protocol.AdminDelete}
+	if err := c.call(ctx, name, body, &res, o); err != nil {
 		return nil, err
 	}
 	return &res, nil
@@ -377,7 +469,7 @@ func (c *Client) rollout(ctx context.Context, name string, body any, onEvent fun
 // desired image, last rollout, and per node its applied image and drift.
 func (c *Client) Status(ctx context.Context, cluster string) ([]protocol.ClusterStatus, error) {
 	var list []protocol.ClusterStatus
-	if err := c.call(ctx, protocol.AdminStatus, protocol.StatusRequest{Cluster: cluster}, &list, DefaultQueryTimeout, nil); err != nil {
+	if err := c.call(ctx, protocol.AdminStatus, protocol.StatusRequest{Cluster: cluster}, &list, callOpts{timeout: DefaultQueryTimeout, resend: true}); err != nil {
 		return nil, err
 	}
 	return list, nil
@@ -387,8 +479,16 @@ func (c *Client) Status(ctx context.Context, cluster string) ([]protocol.Cluster
 // oldest first (req.Limit 0: all it keeps).
 func (c *Client) Logs(ctx context.Context, req protocol.LogsRequest) ([]protocol.Event, error) {
 	var evs []protocol.Event
-	if err := c.call(ctx, protocol.AdminLogs, req, &evs, DefaultQueryTimeout, nil); err != nil {
+	if err := c.call(ctx, protocol.AdminLogs, req, &evs, callOpts{timeout: DefaultQueryTimeout, resend: true}); err != nil {
 		return nil, err
 	}
 	return evs, nil
+}
+
+// Controller says which controller serves admin requests (the leader, with
+// HA) and since when.
+func (c *Client) Controller(ctx context.Context) (protocol.ControllerInfo, error) {
+	var info protocol.ControllerInfo
+	err := c.call(ctx, protocol.AdminController, nil, &info, callOpts{timeout: DefaultTimeout, resend: true})
+	return info, err
 }

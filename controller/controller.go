@@ -100,6 +100,8 @@ type Options struct {
 	// Infra makes the machines a Clusterfile's spec.infra asks for, with the
 	// providers it names (none: spec.infra is refused with the reason).
 	Infra infra.Options
+	// Version is this build's version, as `flotilla controller status` shows it.
+	Version string
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -178,7 +180,9 @@ func New(opts Options) (*Controller, error) {
 		JoinRate: opts.JoinRate, JoinBurst: opts.JoinBurst, MaxJoinSources: opts.MaxJoinSources,
 		MaxConcurrentJoins: opts.MaxConcurrentJoins, HTTPReadHeaderTimeout: opts.HTTPReadHeaderTimeout,
 		Metrics: opts.Metrics, MetricsListen: opts.MetricsListen, MetricsPprof: opts.MetricsPprof,
-		NATSURLs: opts.NATSURLs, NATSCreds: opts.NATSCreds, NATSAccountKey: opts.NATSAccountKey, NATSCA: opts.NATSCA, Replicas: opts.Replicas})
+		NATSURLs: opts.NATSURLs, NATSCreds: opts.NATSCreds, NATSAccountKey: opts.NATSAccountKey, NATSCA: opts.NATSCA, Replicas: opts.Replicas,
+		// Admin requests are served once the rollout engine is ready (Start).
+		ServeAdminLater: true})
 	if err != nil {
 		return nil, err
 	}
@@ -187,8 +191,10 @@ func New(opts Options) (*Controller, error) {
 }
 
 // Start runs the control plane, then the seed and the rollout engine, and
-// resumes the rollouts a stopped controller left running. It returns once
-// everything accepts connections.
+// resumes the rollouts a stopped controller left running. Only then does it
+// answer admin requests: a request never reaches a controller (a leader just
+// elected, one starting) that cannot serve it yet; it waits for one instead.
+// It returns once everything accepts connections.
 func (c *Controller) Start(ctx context.Context) error {
 	var bg context.Context
 	bg, c.cancel = context.WithCancel(context.Background())
@@ -198,16 +204,33 @@ func (c *Controller) Start(ctx context.Context) error {
 			return fmt.Errorf("leader lease: %w", err)
 		}
 		c.lease = l
-		go l.keep(bg)
+		// A controller that lost the lease stops answering at once, before
+		// the lease can expire on the server and a standby take it.
+		l.start(func() { c.Controller.StopAdmin() })
 	}
 	if err := c.Controller.Start(ctx); err != nil {
 		c.Close()
 		return err
 	}
+	c.HandleAdmin(protocol.AdminController, c.adminInfo)
 	if c.seed != nil {
 		c.seed.SetAddr(c.HTTPURL())
 		go c.seed.Run(bg)
 	}
+	if err := c.startEngine(ctx); err != nil {
+		c.Close()
+		return err
+	}
+	if err := c.serveAdmin(); err != nil {
+		c.Close()
+		return err
+	}
+	return nil
+}
+
+// startEngine starts the rollout engine and resumes the rollouts left running;
+// without an image store, the rollout requests answer why.
+func (c *Controller) startEngine(ctx context.Context) error {
 	if c.store == nil {
 		for _, name := range []string{protocol.AdminPlan, protocol.AdminApply, protocol.AdminStatus, protocol.AdminDelete, protocol.AdminAttach} {
 			c.HandleAdmin(name, func(context.Context, *plane.AdminCall) (any, error) { return nil, c.storeErr })
@@ -226,7 +249,6 @@ func (c *Controller) Start(ctx context.Context) error {
 		}
 		d, err := infra.New(ctx, c.JetStream(), c.Controller, io)
 		if err != nil {
-			c.Close()
 			return fmt.Errorf("infrastructure driver: %w", err)
 		}
 		inf = d
@@ -234,7 +256,6 @@ func (c *Controller) Start(ctx context.Context) error {
 	e, err := rollout.New(c.Controller, c.store, rollout.Options{Blobs: c.blobs, Logger: c.log,
 		UnreachableTimeout: c.opts.UnreachableTimeout, DecorateLayer: decorate, Infra: inf})
 	if err != nil {
-		c.Close()
 		return err
 	}
 	c.engine = e
@@ -244,6 +265,44 @@ func (c *Controller) Start(ctx context.Context) error {
 		c.log.Error("resume interrupted rollouts", "err", err)
 	}
 	return nil
+}
+
+// serveAdmin answers admin requests from now on, unless the lease was lost
+// meanwhile.
+func (c *Controller) serveAdmin() error {
+	select {
+	case <-c.Lost():
+		return ErrLeaseLost
+	default:
+	}
+	if err := c.Controller.ServeAdmin(); err != nil {
+		return err
+	}
+	c.log.Info("serving admin requests", "id", c.id(), "ha", c.opts.HA)
+	return nil
+}
+
+// id names this controller process in ControllerInfo and the lease.
+func (c *Controller) id() string {
+	if c.lease != nil {
+		return c.lease.id
+	}
+	return processID(c.opts.Advertise)
+}
+
+func processID(advertise string) string {
+	host, _ := os.Hostname()
+	return fmt.Sprintf("%s/%d/%s", host, os.Getpid(), advertise)
+}
+
+// adminInfo answers protocol.AdminController: which controller serves, since when.
+func (c *Controller) adminInfo(context.Context, *plane.AdminCall) (any, error) {
+	info := protocol.ControllerInfo{ID: c.id(), Version: c.opts.Version, HA: c.opts.HA, LeaderSince: c.ServingSince(),
+		NATS: c.NATSURL(), HTTPS: c.HTTPURL()}
+	if c.lease != nil {
+		info.LeaseTTL = c.lease.ttl
+	}
+	return info, nil
 }
 
 // Lost is closed when this controller (Options.HA) lost its leader lease:
@@ -276,6 +335,9 @@ func (c *Controller) Run(ctx context.Context) error {
 // Close stops the rollout engine (running rollouts stay recorded as running and
 // resume at the next Start), the seed and the control plane.
 func (c *Controller) Close() error {
+	if c.Controller != nil {
+		c.Controller.StopAdmin()
+	}
 	if c.engine != nil {
 		c.engine.Close()
 	}

@@ -26,13 +26,29 @@ const (
 // lease is the leader lease this controller holds: a KV key that expires
 // (the bucket's TTL) unless renewed, renewed with revision-checked updates.
 type lease struct {
-	log  *slog.Logger
-	nc   *nats.Conn
-	kv   jetstream.KeyValue
-	id   string
-	ttl  time.Duration
-	rev  uint64
+	log *slog.Logger
+	nc  *nats.Conn
+	kv  jetstream.KeyValue
+	id  string
+	ttl time.Duration
+	rev uint64
+	// sent is when the write that stored rev was sent: the server expires the
+	// lease no earlier than ttl after it.
+	sent time.Time
 	lost chan struct{}
+	// stopKeep ends keep; kept is closed when it returned.
+	stopKeep context.CancelFunc
+	kept     chan struct{}
+}
+
+// start renews the lease in the background until release (see keep).
+func (l *lease) start(onLost func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	l.stopKeep, l.kept = cancel, make(chan struct{})
+	go func() {
+		defer close(l.kept)
+		l.keep(ctx, onLost)
+	}()
 }
 
 // acquireLease waits until this controller holds the lease (or ctx ends).
@@ -69,8 +85,7 @@ func acquireLease(ctx context.Context, opts Options, log *slog.Logger) (*lease, 
 			replicas = 3
 		}
 	}
-	host, _ := os.Hostname()
-	l := &lease{log: log, nc: nc, ttl: ttl, lost: make(chan struct{}), id: fmt.Sprintf("%s/%d/%s", host, os.Getpid(), opts.Advertise)}
+	l := &lease{log: log, nc: nc, ttl: ttl, lost: make(chan struct{}), id: processID(opts.Advertise)}
 	for {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		l.kv, err = js.CreateOrUpdateKeyValue(cctx, jetstream.KeyValueConfig{Bucket: LeaseBucket,
@@ -90,6 +105,7 @@ func acquireLease(ctx context.Context, opts Options, log *slog.Logger) (*lease, 
 	waiting := ""
 	for {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		sent := time.Now()
 		rev, err := l.kv.Create(cctx, leaseKey, []byte(l.id))
 		var holder string
 		if errors.Is(err, jetstream.ErrKeyExists) {
@@ -100,7 +116,7 @@ func acquireLease(ctx context.Context, opts Options, log *slog.Logger) (*lease, 
 		cancel()
 		switch {
 		case err == nil:
-			l.rev = rev
+			l.rev, l.sent = rev, sent
 			log.Info("leader lease acquired: this controller leads", "id", l.id, "ttl", ttl)
 			return l, nil
 		case errors.Is(err, jetstream.ErrKeyExists):
@@ -120,33 +136,45 @@ func acquireLease(ctx context.Context, opts Options, log *slog.Logger) (*lease, 
 	}
 }
 
-// keep renews the lease every ttl/5 until ctx ends; when a renewal is refused
-// (another controller took it) or none succeeded for ttl, it closes lost.
-func (l *lease) keep(ctx context.Context) {
-	t := time.NewTicker(l.ttl / 5)
+// keep renews the lease every ttl/10 until ctx ends. When a renewal is
+// refused (another controller took it) or none succeeded for long enough that
+// the lease may expire on the server, it calls onLost and closes lost.
+//
+// The server expires the key ttl after the last renewal it stored, which is
+// no earlier than the moment that renewal was sent (sent). A renewal may run
+// until sent+0.8*ttl, and keep gives up once that moment passed without one,
+// so the old leader stops answering before a standby can take the lease:
+// there is never a moment with two leaders (clocks run at the same rate; no
+// clock needs to agree with another).
+func (l *lease) keep(ctx context.Context, onLost func()) {
+	t := time.NewTicker(l.ttl / 10)
 	defer t.Stop()
-	last := time.Now()
+	lose := func(msg string, err error) {
+		l.log.Error(msg, "id", l.id, "err", err)
+		onLost()
+		close(l.lost)
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		cctx, cancel := context.WithTimeout(ctx, l.ttl/2)
+		deadline := l.sent.Add(l.ttl * 8 / 10)
+		try := time.Now()
+		cctx, cancel := context.WithDeadline(ctx, deadline)
 		rev, err := l.kv.Update(cctx, leaseKey, []byte(l.id), l.rev)
 		cancel()
 		switch {
 		case err == nil:
-			l.rev, last = rev, time.Now()
+			l.rev, l.sent = rev, try
 		case ctx.Err() != nil:
 			return
 		case errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyNotFound) || strings.Contains(err.Error(), "wrong last sequence"):
-			l.log.Error("leader lease lost: another controller leads now; stopping", "id", l.id, "err", err)
-			close(l.lost)
+			lose("leader lease lost: another controller leads now; stopping", err)
 			return
-		case time.Since(last) > l.ttl:
-			l.log.Error("leader lease not renewed within its TTL; stopping", "id", l.id, "err", err)
-			close(l.lost)
+		case !time.Now().Before(deadline):
+			lose("leader lease not renewed in time; stopping so that a standby can lead", err)
 			return
 		default:
 			l.log.Warn("leader lease renewal failed; retrying", "err", err)
@@ -156,6 +184,10 @@ func (l *lease) keep(ctx context.Context) {
 
 // release gives the lease up so that a standby takes over at once.
 func (l *lease) release() {
+	if l.stopKeep != nil {
+		l.stopKeep()
+		<-l.kept
+	}
 	select {
 	case <-l.lost:
 	default:

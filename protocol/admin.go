@@ -16,6 +16,21 @@ type AdminRequest struct {
 // HeaderStream marks a message on an admin inbox as intermediate (not the reply).
 const HeaderStream = "Flotilla-Stream"
 
+// HeaderKeepalive marks an intermediate message that carries nothing but the
+// news that the controller serving a streamed request is alive. It is sent
+// every AdminKeepaliveInterval until the reply, so that a client notices a
+// controller that died mid-request (with an external NATS cluster its
+// connection stays up) and can go on with the new leader.
+const HeaderKeepalive = "Flotilla-Keepalive"
+
+// AdminKeepaliveInterval is how often a controller sends HeaderKeepalive on a
+// streamed request; a client that saw one and then nothing for
+// AdminKeepaliveMisses intervals takes the controller for gone.
+const (
+	AdminKeepaliveInterval = 2 * time.Second
+	AdminKeepaliveMisses   = 4
+)
+
 // AdminReply is the controller's final answer to an AdminRequest.
 type AdminReply struct {
 	OK    bool            `json:"ok"`
@@ -32,7 +47,26 @@ const (
 	AdminExec        = "exec"
 	AdminNodesRemove = "nodes.remove"
 	AdminNodesLabel  = "nodes.label"
+	AdminController  = "controller"
 )
+
+// ControllerInfo says which controller answers admin requests (the leader,
+// with HA) and since when. Only a controller that serves (leads) answers.
+type ControllerInfo struct {
+	// ID names the controller process: HOST/PID/ADVERTISE.
+	ID      string `json:"id"`
+	Version string `json:"version,omitempty"`
+	// HA is true when this controller is one of several on a shared NATS
+	// cluster, leading while it holds the leader lease.
+	HA bool `json:"ha"`
+	// LeaderSince is when it took the lease (HA) or started serving.
+	LeaderSince time.Time `json:"leaderSince"`
+	// LeaseTTL is how long the lease outlives its holder (HA): the longest a
+	// failover leaves admin requests without a leader.
+	LeaseTTL time.Duration `json:"leaseTTL,omitempty"`
+	NATS     string        `json:"nats"`
+	HTTPS    string        `json:"https"`
+}
 
 // NodesRemove removes a node from the inventory: its credentials stop working
 // and its connections are closed; its name may join again with a new token.

@@ -11,7 +11,6 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,6 +21,7 @@ import (
 	"github.com/flotilla-dev/flotilla/agent/imagecache/imagecachetest"
 	"github.com/flotilla-dev/flotilla/agent/mirror"
 	"github.com/flotilla-dev/flotilla/bundle/recipe"
+	"github.com/flotilla-dev/flotilla/internal/syncbuf"
 )
 
 // content is a cache holding docker.io/library/nginx:1.27 (one image), a two-platform
@@ -186,19 +186,6 @@ func trim(b []byte) string {
 	return string(b)
 }
 
-// syncBuffer is a log sink safe for the server's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
-
 // serve runs the real mirror server on a loopback port.
 func serve(t *testing.T, h http.Handler, maxConns int) string {
 	t.Helper()
@@ -241,7 +228,7 @@ func rawRequest(t *testing.T, addr, line string) string {
 // is logged naming the requester.
 func TestHostileMirrorRequests(t *testing.T) {
 	c := newContent(t)
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	h := mirror.New(mirror.Options{Content: c.cache, Logger: slog.New(slog.NewTextHandler(logs, nil))})
 	addr := serve(t, h, 0)
 	before, _ := c.cache.Images()
@@ -282,7 +269,7 @@ func TestHostileMirrorRequests(t *testing.T) {
 // digest) is one Info line naming the image and digest; blobs and misses are not.
 func TestMirrorLogsServedManifests(t *testing.T) {
 	c := newContent(t)
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	srv := httptest.NewServer(mirror.New(mirror.Options{Content: c.cache, Logger: slog.New(slog.NewTextHandler(logs, nil))}))
 	defer srv.Close()
 	for _, r := range []struct{ method, path string }{

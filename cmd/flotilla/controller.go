@@ -46,6 +46,7 @@ Agents join over HTTPS (--http-listen) with a token and then talk NATS over TLS 
 			ctx := cmd.Context()
 			opts.Logger = slog.Default().With("component", "controller")
 			opts.Handlers = packagingHandlers()
+			opts.Version = version
 			var err error
 			if opts.Infra, err = infraF.options(); err != nil {
 				return err
@@ -99,6 +100,7 @@ Agents join over HTTPS (--http-listen) with a token and then talk NATS over TLS 
 	f.BoolVar(&opts.HA, "ha", false, "with --nats-url: one of several controllers; lead while holding the lease in JetStream KV, stand by otherwise")
 	f.DurationVar(&opts.LeaseTTL, "lease-ttl", controller.DefaultLeaseTTL, "with --ha: how long the leader lease outlives the leader's last renewal (a standby takes over after it)")
 	infraF.register(f)
+	cmd.AddCommand(newControllerStatusCmd())
 	f.DurationVar(&opts.HTTPReadHeaderTimeout, "http-read-header-timeout", 10*time.Second, "time an HTTPS client has for the TLS handshake and its request headers")
 	return cmd
 }

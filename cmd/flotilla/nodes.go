@@ -59,7 +59,11 @@ func newNodesCmd() *cobra.Command {
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, status, addr, n.Facts.Arch, n.Facts.AgentVersion, seen, labelString(n.Labels))
 			}
-			return tw.Flush()
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			writeControllerLine(cmd.Context(), cmd.OutOrStdout(), c)
+			return nil
 		},
 	}
 	conn.register(cmd)

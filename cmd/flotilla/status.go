@@ -61,7 +61,11 @@ Clusterfile with -f.`,
 				}
 				return cliWriteJSON(cmd, list)
 			}
-			return rolloutview.WriteStatus(cmd.OutOrStdout(), list)
+			if err := rolloutview.WriteStatus(cmd.OutOrStdout(), list); err != nil {
+				return err
+			}
+			writeControllerLine(cmd.Context(), cmd.OutOrStdout(), c)
+			return nil
 		},
 	}
 	conn.register(cmd)

@@ -3,7 +3,10 @@ package clustertest
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +19,7 @@ import (
 	"github.com/flotilla-dev/flotilla/controller/plane"
 	"github.com/flotilla-dev/flotilla/internal/natstest"
 	"github.com/flotilla-dev/flotilla/internal/poll"
+	"github.com/flotilla-dev/flotilla/internal/syncbuf"
 	"github.com/flotilla-dev/flotilla/internal/testbin"
 	"github.com/flotilla-dev/flotilla/protocol"
 	"github.com/nats-io/jwt/v2"
@@ -116,31 +120,72 @@ func clusterfile(t *testing.T, names []string) string {
 	return cf
 }
 
+// applyRun is a `flotilla apply` process; its stdout and stderr are kept
+// whole so that a failure shows what the CLI said.
+type applyRun struct {
+	cmd            *exec.Cmd
+	stdout, stderr syncbuf.Buffer
+	done           chan struct{}
+	err            error // of Wait, once done is closed
+}
+
 // startApply starts `flotilla apply` and returns once a node runs the step.
-func startApply(t *testing.T, ctx context.Context, f *controllertest.Fleet, cf string) *exec.Cmd {
+func startApply(t *testing.T, ctx context.Context, f *controllertest.Fleet, cf string) *applyRun {
 	t.Helper()
-	cmd := exec.CommandContext(ctx, f.Bin, "apply", "-f", cf, "--data-dir", f.ControllerDir())
-	cmd.Env = append(os.Environ(), "FLOTILLA_CONTROLLER=", "FLOTILLA_CREDENTIALS=")
-	stdout, err := cmd.StdoutPipe()
+	r := &applyRun{done: make(chan struct{})}
+	r.cmd = exec.CommandContext(ctx, f.Bin, "apply", "-f", cf, "--data-dir", f.ControllerDir())
+	r.cmd.Env = append(os.Environ(), "FLOTILLA_CONTROLLER=", "FLOTILLA_CREDENTIALS=")
+	r.cmd.Stderr = &r.stderr
+	stdout, err := r.cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := cmd.Start(); err != nil {
+	if err := r.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	sc := bufio.NewScanner(stdout)
-	for sc.Scan() {
-		if strings.Contains(sc.Text(), "run: ") {
-			go func() {
-				for sc.Scan() {
-				}
-			}()
-			return cmd
+	running := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			fmt.Fprintln(&r.stdout, sc.Text())
+			if strings.Contains(sc.Text(), "run: ") && running != nil {
+				close(running)
+				running = nil
+			}
 		}
+		r.err = r.cmd.Wait()
+		close(r.done)
+	}()
+	select {
+	case <-running:
+		return r
+	case <-r.done:
+		t.Fatalf("apply ended before a node ran the step (%v)\nstdout:\n%s\nstderr:\n%s", r.err, r.stdout.String(), r.stderr.String())
+	case <-ctx.Done():
+		t.Fatalf("no node ran the step: %v\nstdout:\n%s\nstderr:\n%s", ctx.Err(), r.stdout.String(), r.stderr.String())
 	}
-	_ = cmd.Wait()
-	t.Fatalf("apply ended before a node ran the step")
 	return nil
+}
+
+// stop ends the apply process (by its PID) and waits for it.
+func (r *applyRun) stop() {
+	_ = r.cmd.Process.Kill()
+	<-r.done
+}
+
+// wait waits for the apply to end by itself and fails the test unless it
+// exited 0.
+func (r *applyRun) wait(t *testing.T, timeout time.Duration) {
+	t.Helper()
+	select {
+	case <-r.done:
+	case <-time.After(timeout):
+		r.stop()
+		t.Fatalf("apply did not end within %s\nstdout:\n%s\nstderr:\n%s", timeout, r.stdout.String(), r.stderr.String())
+	}
+	if r.err != nil {
+		t.Fatalf("apply: %v\nstdout:\n%s\nstderr:\n%s", r.err, r.stdout.String(), r.stderr.String())
+	}
 }
 
 // waitDone waits for the rollout of cluster slow to be done on every node.
@@ -235,13 +280,12 @@ func TestExistingNATSCluster(t *testing.T) {
 
 	t.Run("TestHostileAgentUser", func(t *testing.T) { hostileAgentUser(t, nc, f) })
 
-	cmd := startApply(t, ctx, f, clusterfile(t, names))
+	run := startApply(t, ctx, f, clusterfile(t, names))
 	victim := nc.Servers[0]
 	victim.Kill()
 	t.Logf("killed nats-server %s (%s) mid-rollout", victim.Name, victim.URL)
 	waitDone(t, f, 90*time.Second)
-	_ = cmd.Process.Kill() // it may have lost its server; the rollout is what counts
-	_ = cmd.Wait()
+	run.stop() // it may have lost its server; the rollout is what counts
 	checkRanOnce(t, f, names)
 }
 
@@ -306,10 +350,21 @@ func TestControllerFailover(t *testing.T) {
 	store := t.TempDir()
 	t.Setenv("FLOTILLA_STORE", store)
 	nc := startNATSCluster(t, nil)
-	args := append(append([]string{}, nc.args...), "--ha", "--lease-ttl", "3s")
+	// One metrics address for both: only the leader serves (a standby
+	// listens on nothing), and the standby leads only once the leader died.
+	metrics := fmt.Sprintf("127.0.0.1:%d", natstest.FreePort(t))
+	args := append(append([]string{}, nc.args...), "--ha", "--lease-ttl", "3s", "--metrics-listen", metrics)
 	leader := controllertest.StartExternal(t, args...)
 	standby := controllertest.StartStandby(leader)
 	waitLog(t, standby.Controller, "standby: another controller holds the leader lease", 20*time.Second)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	before := controllerInfo(t, ctx, leader)
+	if !before.HA || !strings.Contains(before.ID, fmt.Sprintf("/%d/", leader.Controller.PID())) || before.LeaderSince.IsZero() {
+		t.Errorf("controller status before the failover = %+v; want the first controller (pid %d), HA, with a time", before, leader.Controller.PID())
+	}
+	checkLeaderMetric(t, ctx, metrics)
 
 	slowImage(t, leader.Bin, store, 6)
 	names := []string{"h1", "h2", "h3"}
@@ -318,31 +373,92 @@ func TestControllerFailover(t *testing.T) {
 	}
 	leader.WaitOnline(60*time.Second, true, names...)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := startApply(t, ctx, leader, clusterfile(t, names))
+	run := startApply(t, ctx, leader, clusterfile(t, names))
 	killed := time.Now()
 	leader.KillController()
+	// An admin request sent while no controller leads waits for the next one.
+	out, errOut, code := leader.CLI(ctx, "nodes", "-o", "json")
+	if code != 0 || !strings.Contains(out, `"h1"`) {
+		t.Errorf("nodes during the failover: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+	}
 	waitLog(t, standby.Controller, "leader lease acquired", 30*time.Second)
 	took := time.Since(killed)
-	waitLog(t, standby.Controller, "controller ready", 30*time.Second)
+	waitLog(t, standby.Controller, "serving admin requests", 30*time.Second)
 	t.Logf("standby took the lease %.1fs after the leader was killed; serving %.1fs after", took.Seconds(), time.Since(killed).Seconds())
 	if took > 10*time.Second {
 		t.Errorf("takeover took %s, want a few seconds", took)
 	}
-	waitDone(t, leader, 90*time.Second)
-	t.Logf("rollout done %.1fs after the leader was killed", time.Since(killed).Seconds())
+	// The apply whose controller died follows the rollout on the new leader
+	// and ends with its result.
+	run.wait(t, 90*time.Second)
+	t.Logf("apply done %.1fs after the leader was killed", time.Since(killed).Seconds())
+	if !strings.Contains(run.stderr.String(), "sending it to the next leader") {
+		t.Errorf("the apply did not say that it follows the rollout on the next leader; stderr:\n%s", run.stderr.String())
+	}
+	if strings.Contains(run.stderr.String(), "unknown admin request") {
+		t.Errorf("a controller answered \"unknown admin request\"; stderr:\n%s", run.stderr.String())
+	}
+	waitDone(t, leader, 30*time.Second)
 	if d := os.Getenv("CLUSTERTEST_LOGS"); d != "" {
 		_ = os.WriteFile(filepath.Join(d, "standby.log"), []byte(standby.Controller.Output()), 0o644)
 		_ = os.WriteFile(filepath.Join(d, "leader.log"), []byte(leader.Controller.Output()), 0o644)
 	}
 	checkRanOnce(t, leader, names)
-	// The CLI watched the killed leader's stream; it is not needed any more.
-	_ = cmd.Process.Kill()
-	_ = cmd.Wait()
 	if !strings.Contains(standby.Controller.Output(), "resumed=true") {
 		t.Errorf("the standby did not resume the rollout")
 	}
+	after := controllerInfo(t, ctx, leader)
+	if !strings.Contains(after.ID, fmt.Sprintf("/%d/", standby.Controller.PID())) || !after.LeaderSince.After(killed) {
+		t.Errorf("controller status after the failover = %+v; want the standby (pid %d), leading since after %s", after, standby.Controller.PID(), killed)
+	}
+	checkLeaderMetric(t, ctx, metrics)
+}
+
+// controllerInfo runs `flotilla controller status -o json`.
+func controllerInfo(t *testing.T, ctx context.Context, f *controllertest.Fleet) protocol.ControllerInfo {
+	t.Helper()
+	out, errOut, code := f.CLI(ctx, "controller", "status", "-o", "json")
+	var info protocol.ControllerInfo
+	if code != 0 {
+		t.Fatalf("controller status: exit %d\n%s%s", code, out, errOut)
+	}
+	if err := json.Unmarshal([]byte(out), &info); err != nil {
+		t.Fatalf("controller status -o json: %v\n%s", err, out)
+	}
+	return info
+}
+
+// checkLeaderMetric asserts that the controller serving metrics at addr
+// says it leads, and since when.
+func checkLeaderMetric(t *testing.T, ctx context.Context, addr string) {
+	t.Helper()
+	var body string
+	err := poll.Until(ctx, 20*time.Second, 100*time.Millisecond, func() bool {
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		body = string(b)
+		return strings.Contains(body, "\nflotilla_controller_leader 1\n")
+	})
+	if err != nil {
+		t.Fatalf("no controller at %s says flotilla_controller_leader 1: %v\n%s", addr, err, grepLines(body, "flotilla_controller_leader"))
+	}
+	if strings.Contains(body, "\nflotilla_controller_leader_since_timestamp_seconds 0\n") || !strings.Contains(body, "flotilla_controller_leader_since_timestamp_seconds") {
+		t.Errorf("leader without a leader-since time:\n%s", grepLines(body, "flotilla_controller_leader"))
+	}
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
 
 func waitLog(t *testing.T, p *controllertest.Proc, want string, timeout time.Duration) {

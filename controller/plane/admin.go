@@ -94,7 +94,9 @@ func (c *Controller) onAdmin(m *nats.Msg) {
 		case h == nil:
 			err = fmt.Errorf("unknown admin request %q: is the controller older than this CLI?", name)
 		default:
+			stop := c.keepalive(req.Stream)
 			body, err = h(c.ctx, &AdminCall{Name: name, Body: req.Body, c: c, stream: req.Stream})
+			stop()
 		}
 		if err != nil {
 			reply.Error = err.Error()
@@ -112,6 +114,42 @@ func (c *Controller) onAdmin(m *nats.Msg) {
 			_ = m.Respond(data)
 		}
 	}()
+}
+
+// keepalive tells the caller of a streamed request, every
+// protocol.AdminKeepaliveInterval until stop, that this controller still works
+// on it: a client whose controller died can then tell (see
+// protocol.HeaderKeepalive) instead of waiting out its timeout.
+func (c *Controller) keepalive(stream string) (stop func()) {
+	if stream == "" {
+		return func() {}
+	}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(protocol.AdminKeepaliveInterval)
+		defer t.Stop()
+		send := func() {
+			m := nats.NewMsg(stream)
+			m.Header.Set(protocol.HeaderStream, "1")
+			m.Header.Set(protocol.HeaderKeepalive, "1")
+			_ = c.nc.PublishMsg(m)
+		}
+		send() // at once: the client knows from now on that keepalives come
+		for {
+			select {
+			case <-done:
+				return
+			case <-c.ctx.Done():
+				return
+			case <-t.C:
+				send()
+			}
+		}
+	}()
+	return func() { close(done); wg.Wait() }
 }
 
 func (c *Controller) registerBuiltinAdmin() {

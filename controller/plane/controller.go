@@ -103,6 +103,11 @@ type Options struct {
 	// Replicas is the JetStream replica count of every stream and KV bucket
 	// the controller creates (0: 3 when the cluster has 3 or more servers, else 1).
 	Replicas int
+	// ServeAdminLater leaves the admin subjects unsubscribed after Start: the
+	// owner registers its own handlers (the rollout engine) and then calls
+	// ServeAdmin, so that no admin request ever reaches a controller that
+	// cannot serve it yet. Without it Start serves them.
+	ServeAdminLater bool
 }
 
 // Controller is a running control plane.
@@ -149,6 +154,10 @@ type Controller struct {
 	closed  bool
 	subs    []*nats.Subscription
 	acks    *ackMux
+	// adminSub is the admin subjects' subscription while they are served.
+	adminSubMu  sync.Mutex
+	adminSub    *nats.Subscription
+	leaderSince time.Time // when ServeAdmin subscribed; zero while not serving
 
 	reg         *prometheus.Registry
 	metrics     *Metrics
@@ -422,7 +431,6 @@ func (c *Controller) subscribe() error {
 		protocol.AllRegister:  c.fromNode(c.onRegister),
 		protocol.AllHeartbeat: c.fromNode(c.onHeartbeat),
 		protocol.AllEvents:    c.fromNode(c.events.ingest),
-		protocol.AllAdmin:     c.onAdmin,
 	} {
 		sub, err := c.nc.Subscribe(subj, h)
 		if err != nil {
@@ -430,7 +438,60 @@ func (c *Controller) subscribe() error {
 		}
 		c.subs = append(c.subs, sub)
 	}
+	if !c.opts.ServeAdminLater {
+		return c.ServeAdmin()
+	}
 	return c.nc.Flush()
+}
+
+// ServeAdmin subscribes to the admin subjects: from now on this controller
+// answers admin requests. Call it once every handler is registered
+// (Options.ServeAdminLater); until then a request finds no responder and the
+// client waits for one, which is right during a start or a failover.
+func (c *Controller) ServeAdmin() error {
+	c.adminSubMu.Lock()
+	defer c.adminSubMu.Unlock()
+	if c.adminSub != nil {
+		return nil
+	}
+	sub, err := c.nc.Subscribe(protocol.AllAdmin, c.onAdmin)
+	if err != nil {
+		return fmt.Errorf("subscribe %s: %w", protocol.AllAdmin, err)
+	}
+	c.adminSub = sub
+	c.leaderSince = time.Now().UTC()
+	c.metrics.Leader.Set(1)
+	c.metrics.LeaderSince.Set(float64(c.leaderSince.UnixMilli()) / 1000)
+	return c.nc.Flush()
+}
+
+// ServingSince is when this controller began to serve admin requests (to
+// lead), zero while it does not.
+func (c *Controller) ServingSince() time.Time {
+	c.adminSubMu.Lock()
+	defer c.adminSubMu.Unlock()
+	return c.leaderSince
+}
+
+// StopAdmin unsubscribes from the admin subjects (requests then go to another
+// controller, or wait for one); the requests being handled run on. Close
+// calls it first; a controller that lost its leader lease calls it at once.
+func (c *Controller) StopAdmin() {
+	c.adminSubMu.Lock()
+	defer c.adminSubMu.Unlock()
+	if c.adminSub == nil {
+		return
+	}
+	if err := c.adminSub.Unsubscribe(); err != nil {
+		c.log.Warn("unsubscribe from admin requests", "err", err)
+	}
+	c.adminSub = nil
+	c.leaderSince = time.Time{}
+	c.metrics.Leader.Set(0)
+	c.metrics.LeaderSince.Set(0)
+	if c.nc != nil {
+		_ = c.nc.Flush()
+	}
 }
 
 // Close stops HTTPS, NATS and every background goroutine.
@@ -441,6 +502,9 @@ func (c *Controller) Close() error {
 		return nil
 	}
 	c.closed = true
+	if c.nc != nil {
+		c.StopAdmin()
+	}
 	if c.cancel != nil {
 		c.cancel()
 	}

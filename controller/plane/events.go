@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/internal/poll"
 	"github.com/flotilla-dev/flotilla/protocol"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -207,15 +208,32 @@ func (c *Controller) NodeEvents(ctx context.Context, node string, limit int) ([]
 	if total == 0 {
 		return nil, nil
 	}
-	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subj}})
+	// On a NATS cluster reading now and then finds no responder (the
+	// stream's leader moving): read again within ctx.
+	var out []protocol.Event
+	if perr := poll.Until(ctx, 10*time.Second, 200*time.Millisecond, func() bool {
+		out, err = readEvents(ctx, stream, subj, total, limit)
+		return !errors.Is(err, nats.ErrNoResponders)
+	}); perr != nil && err == nil {
+		err = perr
+	}
 	if err != nil {
 		return nil, fmt.Errorf("read events of %s: %w", node, err)
+	}
+	return out, nil
+}
+
+// readEvents reads the newest limit of the total events on subj.
+func readEvents(ctx context.Context, stream jetstream.Stream, subj string, total, limit int) ([]protocol.Event, error) {
+	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subj}})
+	if err != nil {
+		return nil, err
 	}
 	out := make([]protocol.Event, 0, min(total, limit))
 	for read := 0; read < total; {
 		batch, err := cons.Fetch(min(total-read, 500), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
-			return nil, fmt.Errorf("read events of %s: %w", node, err)
+			return nil, err
 		}
 		n := 0
 		for m := range batch.Messages() {
@@ -229,7 +247,7 @@ func (c *Controller) NodeEvents(ctx context.Context, node string, limit int) ([]
 			}
 		}
 		if batch.Error() != nil && !errors.Is(batch.Error(), nats.ErrTimeout) {
-			return nil, fmt.Errorf("read events of %s: %w", node, batch.Error())
+			return nil, batch.Error()
 		}
 		if n == 0 { // the stream moved on (age or limits) while we read
 			break

@@ -41,6 +41,10 @@ type Metrics struct {
 	// 429/503 limited).
 	HTTPRequests *prometheus.CounterVec
 	HTTPBytes    *prometheus.CounterVec
+	// Leader is 1 while this controller serves admin requests (with HA: holds
+	// the leader lease); LeaderSince is when it started to.
+	Leader      prometheus.Gauge
+	LeaderSince prometheus.Gauge
 }
 
 // durationBuckets span a 1 ms exec on one node to a long rollout.
@@ -66,9 +70,13 @@ func newMetrics(c *Controller, reg *prometheus.Registry) (*Metrics, error) {
 			Help: "Requests the controller's HTTPS listener answered, by route and status code."}, []string{"route", "code"}),
 		HTTPBytes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flotilla_http_response_bytes_total",
 			Help: "Response body bytes the controller's HTTPS listener served, by route (pieces and blobs: peer-to-peer seeding)."}, []string{"route"}),
+		Leader: prometheus.NewGauge(prometheus.GaugeOpts{Name: "flotilla_controller_leader",
+			Help: "1 while this controller leads: it holds the leader lease (HA) and serves admin requests; 0 otherwise."}),
+		LeaderSince: prometheus.NewGauge(prometheus.GaugeOpts{Name: "flotilla_controller_leader_since_timestamp_seconds",
+			Help: "Unix time this controller began to lead (0: it does not)."}),
 	}
 	cs := []prometheus.Collector{m.ExecFanout, m.Tasks, m.Rollouts, m.RolloutDuration, m.Steps, m.StepDuration, m.NodeOutcomes,
-		m.HTTPRequests, m.HTTPBytes, &stateCollector{c: c},
+		m.HTTPRequests, m.HTTPBytes, m.Leader, m.LeaderSince, &stateCollector{c: c},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})}
 	for _, col := range cs {
 		if err := reg.Register(col); err != nil {

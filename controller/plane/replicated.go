@@ -25,25 +25,49 @@ type replicated struct {
 
 func (r replicated) CreateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
 	cfg.Replicas = cmp.Or(cfg.Replicas, r.n)
-	kv, err := r.JetStream.CreateKeyValue(ctx, cfg)
-	return retryKV(kv), err
+	return r.consistent(ctx, cfg.Bucket)(r.JetStream.CreateKeyValue(ctx, cfg))
 }
 
 func (r replicated) CreateOrUpdateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
 	cfg.Replicas = cmp.Or(cfg.Replicas, r.n)
-	kv, err := r.JetStream.CreateOrUpdateKeyValue(ctx, cfg)
-	return retryKV(kv), err
+	return r.consistent(ctx, cfg.Bucket)(r.JetStream.CreateOrUpdateKeyValue(ctx, cfg))
 }
 
 func (r replicated) UpdateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
 	cfg.Replicas = cmp.Or(cfg.Replicas, r.n)
-	kv, err := r.JetStream.UpdateKeyValue(ctx, cfg)
-	return retryKV(kv), err
+	return r.consistent(ctx, cfg.Bucket)(r.JetStream.UpdateKeyValue(ctx, cfg))
 }
 
 func (r replicated) KeyValue(ctx context.Context, bucket string) (jetstream.KeyValue, error) {
-	kv, err := r.JetStream.KeyValue(ctx, bucket)
-	return retryKV(kv), err
+	return r.consistent(ctx, bucket)(r.JetStream.KeyValue(ctx, bucket))
+}
+
+// consistent turns off direct gets on the bucket's stream and binds to it
+// again, then makes its operations retrying. A direct get may be answered by
+// any replica, and a follower can lag behind the write that a controller
+// just acknowledged: after a failover, the new leader read a join token the
+// old one had created (and the admin had been told of) as unknown. Without
+// direct gets every read goes to the stream's leader and sees every
+// acknowledged write.
+func (r replicated) consistent(ctx context.Context, bucket string) func(jetstream.KeyValue, error) (jetstream.KeyValue, error) {
+	return func(kv jetstream.KeyValue, err error) (jetstream.KeyValue, error) {
+		if err != nil {
+			return retryKV(kv), err
+		}
+		name := "KV_" + bucket
+		s, err := r.JetStream.Stream(ctx, name)
+		if err != nil {
+			return nil, fmt.Errorf("KV %s: %w", bucket, err)
+		}
+		if cfg := s.CachedInfo().Config; cfg.AllowDirect {
+			cfg.AllowDirect = false
+			if _, err := r.JetStream.UpdateStream(ctx, cfg); err != nil {
+				return nil, fmt.Errorf("KV %s: read from the stream leader only: %w", bucket, err)
+			}
+		}
+		kv, err = r.JetStream.KeyValue(ctx, bucket)
+		return retryKV(kv), err
+	}
 }
 
 func (r replicated) CreateStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
