@@ -145,13 +145,15 @@ func (f *Fleet) StartController() {
 		"--listen", fmt.Sprintf("127.0.0.1:%d", f.NATSPort),
 		"--http-listen", fmt.Sprintf("127.0.0.1:%d", f.HTTPPort),
 		"--advertise", "127.0.0.1", "--log-level", "debug"}, f.ControllerArgs...)...)
-	deadline := time.Now().Add(30 * time.Second)
+	// A controller on a NATS cluster that just started waits for it to settle
+	// (minutes at worst on a busy host); one that fails exits, seen at once.
+	deadline := time.Now().Add(3 * time.Minute)
 	for {
 		if _, err := f.Nodes(context.Background()); err == nil {
 			return
 		}
 		if time.Now().After(deadline) {
-			f.T.Fatalf("controller not answering after 30s; log:\n%s", f.Controller.Tail())
+			f.T.Fatalf("controller not answering after 3m; log:\n%s", f.Controller.Tail())
 		}
 		select {
 		case <-f.Controller.done:

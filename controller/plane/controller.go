@@ -398,7 +398,8 @@ func (c *Controller) startNATS() error {
 }
 
 func (c *Controller) openState(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	// Long enough for an external cluster to settle (see settle).
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
 	var err error
 	if c.inv, err = openInventory(ctx, c.js, c.log); err != nil {

@@ -25,21 +25,74 @@ type replicated struct {
 
 func (r replicated) CreateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
 	cfg.Replicas = cmp.Or(cfg.Replicas, r.n)
-	return r.consistent(ctx, cfg.Bucket)(r.JetStream.CreateKeyValue(ctx, cfg))
+	return r.consistent(ctx, cfg.Bucket)(settle(ctx, "create KV "+cfg.Bucket, func(ctx context.Context) (jetstream.KeyValue, error) {
+		return r.JetStream.CreateKeyValue(ctx, cfg)
+	}))
 }
 
 func (r replicated) CreateOrUpdateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
 	cfg.Replicas = cmp.Or(cfg.Replicas, r.n)
-	return r.consistent(ctx, cfg.Bucket)(r.JetStream.CreateOrUpdateKeyValue(ctx, cfg))
+	return r.consistent(ctx, cfg.Bucket)(settle(ctx, "open KV "+cfg.Bucket, func(ctx context.Context) (jetstream.KeyValue, error) {
+		return r.JetStream.CreateOrUpdateKeyValue(ctx, cfg)
+	}))
 }
 
 func (r replicated) UpdateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
 	cfg.Replicas = cmp.Or(cfg.Replicas, r.n)
-	return r.consistent(ctx, cfg.Bucket)(r.JetStream.UpdateKeyValue(ctx, cfg))
+	return r.consistent(ctx, cfg.Bucket)(settle(ctx, "update KV "+cfg.Bucket, func(ctx context.Context) (jetstream.KeyValue, error) {
+		return r.JetStream.UpdateKeyValue(ctx, cfg)
+	}))
 }
 
 func (r replicated) KeyValue(ctx context.Context, bucket string) (jetstream.KeyValue, error) {
-	return r.consistent(ctx, bucket)(r.JetStream.KeyValue(ctx, bucket))
+	return r.consistent(ctx, bucket)(settle(ctx, "bind KV "+bucket, func(ctx context.Context) (jetstream.KeyValue, error) {
+		return r.JetStream.KeyValue(ctx, bucket)
+	}))
+}
+
+// Creating a replicated stream needs a settled cluster: one that just started
+// (or lost a server) answers "no suitable peers", "temporarily unavailable"
+// or not at all for a while, most of all on a busy host. Creation and binding
+// are idempotent, so they are tried again for up to settleFor (each try with
+// settleTry) instead of failing the controller's start.
+const (
+	settleFor = 2 * time.Minute
+	settleTry = 15 * time.Second
+)
+
+// unsettled says err is one a settling cluster gives.
+func unsettled(err error) bool {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		// 10005 no suitable peers for placement, 10006 cluster not active,
+		// 10007 not assigned, 10008 temporarily unavailable, 10009 not leader.
+		return apiErr.ErrorCode >= 10005 && apiErr.ErrorCode <= 10009
+	}
+	return lost(err) || errors.Is(err, nats.ErrConnectionReconnecting) || errors.Is(err, nats.ErrDisconnected)
+}
+
+// settle runs op until it succeeds, fails for a reason of its own, ctx ends or
+// settleFor passed.
+func settle[T any](ctx context.Context, what string, op func(context.Context) (T, error)) (T, error) {
+	deadline := time.Now().Add(settleFor)
+	wait := 250 * time.Millisecond
+	for {
+		actx, cancel := context.WithTimeout(ctx, settleTry)
+		v, err := op(actx)
+		cancel()
+		if err == nil || !unsettled(err) || ctx.Err() != nil || time.Now().After(deadline) {
+			if err != nil && unsettled(err) {
+				err = fmt.Errorf("%s: the NATS cluster did not settle within %s: %w", what, settleFor, err)
+			}
+			return v, err
+		}
+		select {
+		case <-ctx.Done():
+			return v, err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 2*time.Second)
+	}
 }
 
 // consistent turns off direct gets on the bucket's stream and binds to it
@@ -55,29 +108,29 @@ func (r replicated) consistent(ctx context.Context, bucket string) func(jetstrea
 			return retryKV(kv), err
 		}
 		name := "KV_" + bucket
-		s, err := r.JetStream.Stream(ctx, name)
+		s, err := settle(ctx, "stream "+name, func(ctx context.Context) (jetstream.Stream, error) { return r.JetStream.Stream(ctx, name) })
 		if err != nil {
 			return nil, fmt.Errorf("KV %s: %w", bucket, err)
 		}
 		if cfg := s.CachedInfo().Config; cfg.AllowDirect {
 			cfg.AllowDirect = false
-			if _, err := r.JetStream.UpdateStream(ctx, cfg); err != nil {
+			if _, err := settle(ctx, "update stream "+name, func(ctx context.Context) (jetstream.Stream, error) { return r.JetStream.UpdateStream(ctx, cfg) }); err != nil {
 				return nil, fmt.Errorf("KV %s: read from the stream leader only: %w", bucket, err)
 			}
 		}
-		kv, err = r.JetStream.KeyValue(ctx, bucket)
+		kv, err = settle(ctx, "bind KV "+bucket, func(ctx context.Context) (jetstream.KeyValue, error) { return r.JetStream.KeyValue(ctx, bucket) })
 		return retryKV(kv), err
 	}
 }
 
 func (r replicated) CreateStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
 	cfg.Replicas = cmp.Or(cfg.Replicas, r.n)
-	return r.JetStream.CreateStream(ctx, cfg)
+	return settle(ctx, "create stream "+cfg.Name, func(ctx context.Context) (jetstream.Stream, error) { return r.JetStream.CreateStream(ctx, cfg) })
 }
 
 func (r replicated) CreateOrUpdateStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
 	cfg.Replicas = cmp.Or(cfg.Replicas, r.n)
-	return r.JetStream.CreateOrUpdateStream(ctx, cfg)
+	return settle(ctx, "open stream "+cfg.Name, func(ctx context.Context) (jetstream.Stream, error) { return r.JetStream.CreateOrUpdateStream(ctx, cfg) })
 }
 
 func (r replicated) UpdateStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error) {

@@ -119,7 +119,9 @@ type state struct {
 }
 
 func openState(ctx context.Context, js jetstream.JetStream) (*state, error) {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	// A NATS cluster that is still settling makes bucket creation wait (see
+	// controller/plane's settle): minutes on a busy host, not seconds.
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
 	open := func(bucket, desc string) (jetstream.KeyValue, error) {
 		kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucket, Description: desc,
