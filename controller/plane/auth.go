@@ -76,6 +76,9 @@ func (a *authenticator) Check(ca server.ClientAuthentication) bool {
 			a.c.log.Warn("agent connection refused: unknown node or wrong credentials", "node", node, "remote", ca.RemoteAddress())
 			return false
 		}
+		if ip := sourceIP(ca.RemoteAddress().String()); ip != "" {
+			a.c.conns.set(node, ip)
+		}
 		pub, sub := protocol.AgentPermissions(node)
 		ca.RegisterUser(&server.User{Username: o.Username, Account: a.global, Permissions: &server.Permissions{
 			Publish:   &server.SubjectPermission{Allow: pub},

@@ -133,6 +133,7 @@ type Controller struct {
 	tokens   *tokenStore
 	seq      *sequencer
 	auth     *authenticator
+	conns    connAddrs // source address of each node's NATS connection
 	offenses *offenses
 	clockLog *offenses // clock-skew warnings, rarer
 	events   *eventLog

@@ -118,7 +118,7 @@ func (c *Controller) handleJoin(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	cr, err := c.joinNode(ctx, req)
+	cr, err := c.joinNode(ctx, req, sourceIP(r.RemoteAddr))
 	switch {
 	case errors.Is(err, errNodeExists):
 		fail(http.StatusConflict, err.Error(), err)
@@ -149,7 +149,8 @@ var errNodeExists = errors.New("already in the inventory")
 // name, or an existing one only with a token created --for it. The token's
 // use is counted here, under joinMu, so that two joins of one name cannot both
 // pass the check.
-func (c *Controller) joinNode(ctx context.Context, req *protocol.JoinRequest) (*protocol.Credentials, error) {
+// joinIP is the join's source address, which selects the node from now on.
+func (c *Controller) joinNode(ctx context.Context, req *protocol.JoinRequest, joinIP string) (*protocol.Credentials, error) {
 	c.joinMu.Lock()
 	defer c.joinMu.Unlock()
 	old, exists := c.inv.get(req.Name)
@@ -173,11 +174,11 @@ func (c *Controller) joinNode(ctx context.Context, req *protocol.JoinRequest) (*
 		maps.Copy(labels, req.Facts.Labels)
 	}
 	maps.Copy(labels, tok.Labels)
-	return c.admitNode(ctx, req.Name, req.Facts, labels)
+	return c.admitNode(ctx, req.Name, req.Facts, labels, joinIP)
 }
 
 // admitNode creates or replaces a node's record with fresh credentials.
-func (c *Controller) admitNode(ctx context.Context, name string, facts protocol.Facts, labels map[string]string) (*protocol.Credentials, error) {
+func (c *Controller) admitNode(ctx context.Context, name string, facts protocol.Facts, labels map[string]string, joinIP string) (*protocol.Credentials, error) {
 	secret := randomSecret()
 	rec, ok := c.inv.get(name)
 	if !ok {
@@ -188,7 +189,7 @@ func (c *Controller) admitNode(ctx context.Context, name string, facts protocol.
 	if len(labels) == 0 {
 		labels = nil
 	}
-	rec.Facts, rec.Labels, rec.SecretHash = facts, labels, hashSecret(secret)
+	rec.Facts, rec.Labels, rec.SecretHash, rec.JoinIP = facts, labels, hashSecret(secret), joinIP
 	if err := c.inv.put(ctx, &rec); err != nil {
 		return nil, err
 	}
@@ -239,7 +240,8 @@ func (c *Controller) LocalAgentCredentials(ctx context.Context, name string, fac
 	// The local agent's labels are the controller's own flags: admin-chosen.
 	c.joinMu.Lock()
 	defer c.joinMu.Unlock()
-	cr, err := c.admitNode(ctx, name, facts, maps.Clone(facts.Labels))
+	// In this process: no join, no source address (an admin may pin one).
+	cr, err := c.admitNode(ctx, name, facts, maps.Clone(facts.Labels), "")
 	if err != nil {
 		return nil, err
 	}

@@ -29,6 +29,10 @@ type NodeRecord struct {
 	HeartbeatInterval time.Duration     `json:"heartbeatInterval,omitempty"`
 	PeerURL           string            `json:"peerURL,omitempty"`
 	LastSeen          time.Time         `json:"lastSeen,omitempty"`
+	// JoinIP is the source address of the node's last join; PinnedIPs the
+	// addresses an admin pinned (see addresses.go).
+	JoinIP    string   `json:"joinIP,omitempty"`
+	PinnedIPs []string `json:"pinnedIPs,omitempty"`
 }
 
 // inventory is the node list: KV for persistence, memory for liveness.
@@ -238,13 +242,21 @@ func (c *Controller) Nodes(ctx context.Context) ([]protocol.NodeInfo, error) {
 	if c.inv == nil {
 		return nil, errors.New("controller not started")
 	}
-	return c.inv.list(), ctx.Err()
+	list := c.inv.list()
+	for i := range list {
+		list[i] = c.withAddresses(list[i])
+	}
+	return list, ctx.Err()
 }
 
 // Node returns one node's record (without listing the inventory: the
 // rollout engine asks it for every node it dispatches to).
 func (c *Controller) Node(name string) (protocol.NodeInfo, bool) {
-	return c.inv.info(name)
+	n, ok := c.inv.info(name)
+	if ok {
+		n = c.withAddresses(n)
+	}
+	return n, ok
 }
 
 func (c *Controller) onRegister(m *nats.Msg) {

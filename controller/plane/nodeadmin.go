@@ -26,6 +26,13 @@ func (c *Controller) registerNodeAdmin() {
 		}
 		return c.LabelNode(ctx, req)
 	})
+	c.HandleAdmin(protocol.AdminNodesAddr, func(ctx context.Context, a *AdminCall) (any, error) {
+		var req protocol.NodesAddress
+		if err := a.Decode(&req); err != nil {
+			return nil, err
+		}
+		return c.PinAddresses(ctx, req)
+	})
 }
 
 // RemoveNode deletes a node from the inventory, revokes its NATS credentials
@@ -45,6 +52,7 @@ func (c *Controller) RemoveNode(ctx context.Context, name string) error {
 		return err
 	}
 	c.disconnectNode(name)
+	c.conns.forget(name)
 	c.log.Info("node removed by the admin: its credentials no longer work", "node", name)
 	return nil
 }

@@ -25,9 +25,14 @@ import (
 
 // Agent is what the inventory knows of one agent.
 type Agent struct {
-	Name   string
-	IPs    []netip.Addr
-	Arch   string
+	Name string
+	// IPs are the addresses the agent reports (claims): rendered into
+	// templates, never used to select it.
+	IPs []netip.Addr
+	// VerifiedIPs are the addresses the controller saw it come from or an
+	// admin pinned: the only ones a Clusterfile's IP or range selects by.
+	VerifiedIPs []netip.Addr
+	Arch        string
 	Labels map[string]string
 	Online bool
 }
