@@ -33,8 +33,8 @@ type Agent struct {
 	// admin pinned: the only ones a Clusterfile's IP or range selects by.
 	VerifiedIPs []netip.Addr
 	Arch        string
-	Labels map[string]string
-	Online bool
+	Labels      map[string]string
+	Online      bool
 }
 
 // Applied is what one node reports it has applied for one cluster.
