@@ -190,7 +190,8 @@ type Layer struct {
 type File struct {
 	Path    string `json:"path"`
 	Mode    uint32 `json:"mode"`
-	Content []byte `json:"-"` // rendered; may hold secrets, so never printed
+	ModeWhy string `json:"modeWhy,omitempty"` // why it gets Mode (mode.go)
+	Content []byte `json:"-"`                 // rendered; may hold secrets, so never printed
 	Digest  string `json:"digest"`
 	Seq     int    `json:"seq"`
 	Source  string `json:"source"`         // "template" or "config/<name>"
