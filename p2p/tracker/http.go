@@ -103,7 +103,11 @@ func (t *Tracker) HandlerWith(acc Access) http.Handler {
 		}
 		node, ok := acc.Identify(r)
 		if !ok {
-			refused.Warn("remote", r.RemoteAddr, "report-anonymous", "tracker: refused a failure report without a peer certificate")
+			host, _, _ := strings.Cut(r.RemoteAddr, ":")
+			if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+				host = ap.Addr().String() // one key per host, not per connection
+			}
+			refused.Warn("remote", host, "report-anonymous", "tracker: refused a failure report without a peer certificate")
 			http.Error(w, "a failure report needs the reporter's peer certificate", http.StatusForbidden)
 			return
 		}

@@ -3,6 +3,8 @@ package tracker
 import (
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -190,4 +192,50 @@ func TestReportBoundsHold(t *testing.T) {
 			t.Fatalf("the newest ban: %v, want ErrBanned", err)
 		}
 	})
+}
+
+// TestReportHandler: POST /v1/tracker/report names the reporter by its
+// identity, never by a field; without an identity there are no reports.
+func TestReportHandler(t *testing.T) {
+	tr := New(time.Minute, WithLimits(Limits{ReportsPerReporter: 1}))
+	for _, id := range []string{"liar", "n1", "n2"} {
+		if err := tr.Announce(ann(id, blobA, 0)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	identified := httptest.NewServer(tr.HandlerWith(Access{Identify: func(r *http.Request) (string, bool) {
+		n := r.Header.Get("X-Test-Node")
+		return n, n != ""
+	}}))
+	defer identified.Close()
+	open := httptest.NewServer(tr.Handler())
+	defer open.Close()
+	body := `{"peer":"liar","digest":"` + blobA.String() + `","reason":"not-held"}`
+	for _, tc := range []struct {
+		name, url, from, body string
+		want                  int
+	}{
+		{"a tracker without identities", open.URL, "n1", body, http.StatusNotFound},
+		{"no identity", identified.URL, "", body, http.StatusForbidden},
+		{"a reporter field", identified.URL, "n1", strings.Replace(body, `"peer"`, `"reporter":"n2","peer"`, 1), http.StatusBadRequest},
+		{"a report", identified.URL, "n1", body, http.StatusNoContent},
+		{"past the reporter's limit", identified.URL, "n1", strings.Replace(body, "liar", "n2", 1), http.StatusTooManyRequests},
+		{"from no peer of the blob", identified.URL, "outsider", body, http.StatusForbidden},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, _ := http.NewRequest("POST", tc.url+"/v1/tracker/report", strings.NewReader(tc.body))
+			req.Header.Set("X-Test-Node", tc.from)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != tc.want {
+				t.Fatalf("%d, want %d", resp.StatusCode, tc.want)
+			}
+		})
+	}
+	if got := ids(tr.Peers(blobA)); got != "n1,n2" {
+		t.Fatalf("peers %s, want n1,n2 (the liar dropped by n1's report)", got)
+	}
 }
