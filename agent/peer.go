@@ -448,6 +448,18 @@ func savePeerCert(dataDir string, certPEM []byte) error {
 	return atomicfile.Write(filepath.Join(dataDir, filePeerCert), certPEM, 0o644)
 }
 
+// PeerCertificate is the peer certificate of the agent whose data dir is
+// dataDir (StepContext.DataDir), as its join or its last renewal left it:
+// executors present it to the controller's blob server, which serves a blob
+// only to the node its token was made for.
+func PeerCertificate(dataDir string) (*tls.Certificate, error) {
+	cert, err := loadPeerCert(dataDir)
+	if err != nil {
+		return nil, fmt.Errorf("peer certificate of the agent in %s: %w (the agent asks the controller for one when it starts; see its log)", dataDir, err)
+	}
+	return cert, nil
+}
+
 func loadPeerCert(dataDir string) (*tls.Certificate, error) {
 	cert, err := tls.LoadX509KeyPair(filepath.Join(dataDir, filePeerCert), filepath.Join(dataDir, filePeerKey))
 	if err != nil {

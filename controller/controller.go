@@ -154,7 +154,11 @@ func New(opts Options) (*Controller, error) {
 		log.Error("rollout engine", "err", c.storeErr)
 	} else {
 		var err error
-		if c.blobs, err = blobserver.New(opts.DataDir, c.store, log); err != nil {
+		// Like the tracker and the seed: the node's peer certificate and the
+		// node in the inventory now, on every fetch, besides the token.
+		// c.Controller is set below, before anything listens.
+		if c.blobs, err = blobserver.New(opts.DataDir, c.store, blobserver.Options{
+			Member: func(node string) bool { return c.Controller.IsMember(node) }, Logger: log}); err != nil {
 			return nil, err
 		}
 		handlers["GET "+blobserver.Path+"{digest}"] = c.blobs
