@@ -54,5 +54,5 @@ func (a *Agent) serveRegistry(ctx context.Context, h *mirror.Server) error {
 	a.registryAddr = l.Addr().String()
 	a.mu.Unlock()
 	a.writeStatus()
-	return mirror.Serve(ctx, l, h, 0)
+	return mirror.Serve(ctx, l, h, mirror.ServeOptions{Logger: a.log.With("component", "registry-mirror")})
 }

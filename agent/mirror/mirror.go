@@ -25,7 +25,8 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"golang.org/x/net/netutil"
+
+	"github.com/flotilla-dev/flotilla/internal/httpserve"
 )
 
 // DefaultListen is the agent's default --registry-listen.
@@ -67,31 +68,38 @@ func New(o Options) *Server {
 	return &Server{c: o.Content, log: o.Logger}
 }
 
-// Bounds of a served mirror.
+// Bounds of a served mirror, beside httpserve's read, write (per write: a
+// 1 GiB layer streams for as long as the runtime keeps reading) and header bounds.
 const (
-	// DefaultMaxConns bounds concurrent connections; more wait to be accepted.
-	DefaultMaxConns   = 128
-	readHeaderTimeout = 10 * time.Second
-	idleTimeout       = 60 * time.Second
-	// writeTimeout bounds one response: a 1 GiB layer over loopback takes seconds.
-	writeTimeout   = 30 * time.Minute
-	maxHeaderBytes = 64 << 10
+	// DefaultMaxConns bounds open connections. At the cap a new client closes
+	// the connection idle longest (httpserve.Server), so idle connections,
+	// however many a local process opens, never lock a runtime out.
+	DefaultMaxConns = 128
+	idleTimeout     = 60 * time.Second
 )
 
-// Serve serves h on l until ctx ends, with at most maxConns connections at once
-// (0: DefaultMaxConns) and timeouts on reading requests and idle connections.
-func Serve(ctx context.Context, l net.Listener, h http.Handler, maxConns int) error {
-	if maxConns <= 0 {
-		maxConns = DefaultMaxConns
+// ServeOptions bound a served mirror.
+type ServeOptions struct {
+	// MaxConns caps open connections (0: DefaultMaxConns).
+	MaxConns int
+	// Logger gets the server's lines: the connection cap reached (rate-limited)
+	// and connection errors (nil: slog.Default()).
+	Logger *slog.Logger
+}
+
+// Serve serves h on l until ctx ends, through httpserve's hardened server: read,
+// write and idle timeouts, and a connection cap that closes idle connections for
+// new clients.
+func Serve(ctx context.Context, l net.Listener, h http.Handler, o ServeOptions) error {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
 	}
-	srv := &http.Server{
-		Handler:           h,
-		ReadHeaderTimeout: readHeaderTimeout,
-		ReadTimeout:       readHeaderTimeout,
-		WriteTimeout:      writeTimeout,
-		IdleTimeout:       idleTimeout,
-		MaxHeaderBytes:    maxHeaderBytes,
+	srv := httpserve.New(httpserve.Streaming(h), nil, slog.NewLogLogger(o.Logger.Handler(), slog.LevelDebug))
+	srv.MaxConns, srv.Logger = o.MaxConns, o.Logger
+	if srv.MaxConns <= 0 {
+		srv.MaxConns = DefaultMaxConns
 	}
+	srv.IdleTimeout = idleTimeout
 	done := make(chan struct{})
 	defer close(done)
 	go func() {
@@ -103,7 +111,7 @@ func Serve(ctx context.Context, l net.Listener, h http.Handler, maxConns int) er
 		case <-done:
 		}
 	}()
-	err := srv.Serve(netutil.LimitListener(l, maxConns))
+	err := srv.Serve(l)
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}

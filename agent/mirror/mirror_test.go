@@ -1,6 +1,7 @@
 package mirror_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -14,8 +15,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/google/go-containerregistry/pkg/v1/validate"
 
 	"github.com/flotilla-dev/flotilla/agent/imagecache"
 	"github.com/flotilla-dev/flotilla/agent/imagecache/imagecachetest"
@@ -187,7 +191,7 @@ func trim(b []byte) string {
 }
 
 // serve runs the real mirror server on a loopback port.
-func serve(t *testing.T, h http.Handler, maxConns int) string {
+func serve(t *testing.T, h http.Handler, o mirror.ServeOptions) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -195,7 +199,7 @@ func serve(t *testing.T, h http.Handler, maxConns int) string {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- mirror.Serve(ctx, l, h, maxConns) }()
+	go func() { done <- mirror.Serve(ctx, l, h, o) }()
 	t.Cleanup(func() {
 		cancel()
 		select {
@@ -230,7 +234,7 @@ func TestHostileMirrorRequests(t *testing.T) {
 	c := newContent(t)
 	logs := &syncbuf.Buffer{}
 	h := mirror.New(mirror.Options{Content: c.cache, Logger: slog.New(slog.NewTextHandler(logs, nil))})
-	addr := serve(t, h, 0)
+	addr := serve(t, h, mirror.ServeOptions{})
 	before, _ := c.cache.Images()
 	attacks := []string{
 		"GET /v2/../../../../etc/passwd HTTP/1.1",
@@ -301,35 +305,81 @@ func TestMirrorLogsServedManifests(t *testing.T) {
 
 func firstLine(s string) string { l, _, _ := strings.Cut(s, "\r\n"); return l }
 
-// TestConnectionLimit: with two connections held open, a third request waits until
-// one is closed.
-func TestConnectionLimit(t *testing.T) {
+// mirrorVia sends a registry client's requests to the mirror at addr, naming
+// the registry they were meant for in containerd's ns parameter.
+type mirrorVia struct{ addr string }
+
+func (m mirrorVia) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	q := r.URL.Query()
+	q.Set("ns", r.URL.Host)
+	r.URL.RawQuery = q.Encode()
+	r.URL.Scheme, r.URL.Host = "http", m.addr
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+// TestHostileIdleConnectionsHoldTheMirror (issue 23, finding 7): a local
+// process holds every one of the mirror's connections idle, most as keep-alive
+// connections that asked once, some never asking. A runtime's pull (a
+// go-containerregistry client: /v2/, the index, the platform manifest, config
+// and layer, as containerd asks) is served at once: idle connections are
+// closed for it, and the server says so in its log.
+func TestHostileIdleConnectionsHoldTheMirror(t *testing.T) {
 	c := newContent(t)
-	addr := serve(t, mirror.New(mirror.Options{Content: c.cache}), 2)
+	logs := &syncbuf.Buffer{}
+	lg := slog.New(slog.NewTextHandler(logs, nil))
+	addr := serve(t, mirror.New(mirror.Options{Content: c.cache, Logger: lg}), mirror.ServeOptions{Logger: lg})
+	const silent = 16
 	var held []net.Conn
-	for range 2 {
-		conn, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		held = append(held, conn)
-	}
 	defer func() {
 		for _, c := range held {
 			c.Close()
 		}
 	}()
-	client := &http.Client{Timeout: 500 * time.Millisecond}
-	if resp, err := client.Get("http://" + addr + "/v2/"); err == nil {
+	for i := range mirror.DefaultMaxConns {
+		conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, conn)
+		if i < silent {
+			continue
+		}
+		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.WriteString(conn, "GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"); err != nil {
+			t.Fatalf("idle connection %d: %v", i, err)
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatalf("idle connection %d: %v", i, err)
+		}
 		resp.Body.Close()
-		t.Fatal("a third connection was served while two were held")
 	}
-	held[0].Close()
-	held = held[1:]
-	client.Timeout = 5 * time.Second
-	resp, err := client.Get("http://" + addr + "/v2/")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
+	defer cancel()
+	start := time.Now()
+	ref, err := name.ParseReference("registry.local:5000/team/app:v1")
 	if err != nil {
-		t.Fatalf("after a slot freed: %v", err)
+		t.Fatal(err)
 	}
-	resp.Body.Close()
+	img, err := remote.Image(ref, remote.WithContext(ctx), remote.WithTransport(mirrorVia{addr}),
+		remote.WithPlatform(v1.Platform{OS: "linux", Architecture: "amd64"}))
+	if err != nil {
+		t.Fatalf("pull while %d idle connections hold the mirror: %v", mirror.DefaultMaxConns, err)
+	}
+	if err := validate.Image(img); err != nil { // every blob fetched and checked
+		t.Fatalf("pull while %d idle connections hold the mirror: %v", mirror.DefaultMaxConns, err)
+	}
+	if d, _ := img.Digest(); d != c.appAMD {
+		t.Errorf("pulled %s, want %s", d, c.appAMD)
+	}
+	took := time.Since(start)
+	t.Logf("pull with the mirror's %d connections held idle: %s", mirror.DefaultMaxConns, took.Round(time.Millisecond))
+	if took > 5*time.Second {
+		t.Errorf("the pull waited %s for the idle connections", took.Round(time.Millisecond))
+	}
+	if !strings.Contains(logs.String(), "connection cap reached") {
+		t.Errorf("the cap is not logged:\n%s", logs.String())
+	}
 }
