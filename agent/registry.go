@@ -27,7 +27,7 @@ func (a *Agent) runRegistry(ctx context.Context) {
 		a.log.Error("registry mirror disabled: no image cache", "err", err)
 		return
 	}
-	h := mirror.New(mirror.Options{Content: cache, Logger: a.log.With("component", "registry-mirror")})
+	h := mirror.New(mirror.Options{Content: cache, Logger: a.log.With("component", "registry-mirror"), Listen: a.opts.RegistryListen})
 	for attempt := 1; ; attempt++ {
 		err := a.serveRegistry(ctx, h)
 		if ctx.Err() != nil {

@@ -18,13 +18,16 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"golang.org/x/time/rate"
 
 	"github.com/flotilla-dev/flotilla/internal/httpserve"
 )
@@ -52,20 +55,74 @@ type Content interface {
 type Options struct {
 	Content Content
 	Logger  *slog.Logger // nil: slog.Default()
+	// Listen is the address the mirror listens on (host:port). Requests are
+	// answered only when their Host names a loopback name (127.0.0.1, [::1],
+	// localhost) or this host, with or without a port: a web page that
+	// rebinds its own name to 127.0.0.1 gets 421. With an unspecified host
+	// (0.0.0.0, [::]) any IP address is accepted too: a rebinding page
+	// always sends a name.
+	Listen string
 }
 
 // Server is the mirror's http.Handler.
 type Server struct {
 	c   Content
 	log *slog.Logger
+	// listenHost is Options.Listen's host, lower-case ("" when none);
+	// anyIP is true when it is unspecified.
+	listenHost string
+	anyIP      bool
+	// Refusals are logged at most refusalLogRate a second; suppressed counts
+	// the others, reported with the next line.
+	refusals   *rate.Limiter
+	suppressed atomic.Int64
 }
+
+// Refusal lines a second the mirror logs at most (a local process can send
+// thousands of bad requests a second).
+const (
+	refusalLogRate  = 10
+	refusalLogBurst = 50
+)
 
 // New returns the mirror's handler.
 func New(o Options) *Server {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	return &Server{c: o.Content, log: o.Logger}
+	s := &Server{c: o.Content, log: o.Logger, refusals: rate.NewLimiter(refusalLogRate, refusalLogBurst)}
+	if h, _, err := net.SplitHostPort(o.Listen); err == nil {
+		s.listenHost = strings.ToLower(h)
+		if ip, err := netip.ParseAddr(h); h == "" || (err == nil && ip.IsUnspecified()) {
+			s.listenHost, s.anyIP = "", true
+		}
+	}
+	return s
+}
+
+// hostAllowed reports whether a request's Host names this mirror: loopback
+// by name or address, or the listen host, with or without a port.
+func (s *Server) hostAllowed(hostport string) bool {
+	host := hostport
+	if h, port, err := net.SplitHostPort(hostport); err == nil {
+		if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+			return false
+		}
+		host = h
+	} else if strings.HasPrefix(host, "[") && strings.HasSuffix(host, "]") {
+		host = host[1 : len(host)-1]
+	}
+	host = strings.ToLower(host)
+	switch {
+	case host == "":
+		return false
+	case host == "localhost" || host == "127.0.0.1" || host == "::1" || host == s.listenHost:
+		return true
+	}
+	if ip, err := netip.ParseAddr(host); err == nil {
+		return s.anyIP && ip.Zone() == ""
+	}
+	return false
 }
 
 // Bounds of a served mirror, beside httpserve's read, write (per write: a
@@ -144,9 +201,16 @@ type errorEntry struct {
 }
 
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, status int, code, msg string) {
-	if status == http.StatusBadRequest || status == http.StatusMethodNotAllowed {
-		// Refusals name who asked: the mirror listens on loopback, so a local process.
-		s.log.Warn("registry mirror refused a request", "from", r.RemoteAddr, "method", r.Method, "path", r.URL.Path, "ns", r.URL.Query().Get("ns"), "code", code, "why", msg)
+	if status == http.StatusBadRequest || status == http.StatusMethodNotAllowed || status == http.StatusMisdirectedRequest {
+		// Refusals name who asked: the mirror listens on loopback, so a local
+		// process or a browser on the node. Rate-limited: a flood gives one
+		// line per refusal up to the limit, then a count.
+		if s.refusals.Allow() {
+			s.log.Warn("registry mirror refused a request", "from", r.RemoteAddr, "host", r.Host, "method", r.Method, "path", r.URL.Path,
+				"ns", r.URL.Query().Get("ns"), "code", code, "why", msg, "refusals_not_logged", s.suppressed.Swap(0))
+		} else {
+			s.suppressed.Add(1)
+		}
 	}
 	b, _ := json.Marshal(errorBody{Errors: []errorEntry{{Code: code, Message: msg}}})
 	w.Header().Set("Content-Type", "application/json")
@@ -160,6 +224,13 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, status int, code, 
 // ServeHTTP implements the pull API.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+	if !s.hostAllowed(r.Host) {
+		// DNS rebinding: a page on evil.example, rebound to 127.0.0.1, would
+		// reach the mirror with its own name as Host.
+		s.fail(w, r, http.StatusMisdirectedRequest, "DENIED",
+			fmt.Sprintf("the registry mirror answers requests for 127.0.0.1, [::1], localhost or its listen address, not Host %q", r.Host))
+		return
+	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
 		s.fail(w, r, http.StatusMethodNotAllowed, "UNSUPPORTED", "the registry mirror is read-only: only GET and HEAD")

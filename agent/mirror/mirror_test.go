@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -25,6 +26,7 @@ import (
 	"github.com/flotilla-dev/flotilla/agent/imagecache/imagecachetest"
 	"github.com/flotilla-dev/flotilla/agent/mirror"
 	"github.com/flotilla-dev/flotilla/bundle/recipe"
+	"github.com/flotilla-dev/flotilla/internal/poll"
 	"github.com/flotilla-dev/flotilla/internal/syncbuf"
 )
 
@@ -214,13 +216,19 @@ func serve(t *testing.T, h http.Handler, o mirror.ServeOptions) string {
 // rawRequest sends a request line as written (no client-side path cleaning).
 func rawRequest(t *testing.T, addr, line string) string {
 	t.Helper()
+	return rawRequestHost(t, addr, "Host: 127.0.0.1\r\n", line)
+}
+
+// rawRequestHost is rawRequest with hostHeader ("Host: x\r\n", or none) as written.
+func rawRequestHost(t *testing.T, addr, hostHeader, line string) string {
+	t.Helper()
 	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := io.WriteString(conn, line+"\r\nHost: mirror\r\nConnection: close\r\n\r\n"); err != nil {
+	if _, err := io.WriteString(conn, line+"\r\n"+hostHeader+"Connection: close\r\n\r\n"); err != nil {
 		t.Fatal(err)
 	}
 	b, _ := io.ReadAll(conn)
@@ -269,6 +277,94 @@ func TestHostileMirrorRequests(t *testing.T) {
 	}
 }
 
+// TestHostileMirrorHostHeader (issue 23, finding 11b): a web page on the node
+// that rebinds its own name to 127.0.0.1 reaches the mirror with that name as
+// Host. The real server answers only Host values naming loopback or its listen
+// address (with or without a port): anything else gets 421 and nothing of the
+// cache, and each refusal is logged with the requester and the Host.
+func TestHostileMirrorHostHeader(t *testing.T) {
+	c := newContent(t)
+	manifest := "GET /v2/library/nginx/manifests/1.27 HTTP/1.1"
+	cases := []struct {
+		listen, host string // host: the Host header as sent ("": none, HTTP/1.0)
+		want         int
+	}{
+		{"127.0.0.1:505", "127.0.0.1", 200},
+		{"127.0.0.1:505", "127.0.0.1:505", 200},
+		{"127.0.0.1:505", "localhost", 200},
+		{"127.0.0.1:505", "LocalHost:505", 200},
+		{"127.0.0.1:505", "[::1]", 200},
+		{"127.0.0.1:505", "[::1]:505", 200},
+		{"10.1.2.3:505", "10.1.2.3:505", 200},
+		{"mirror.node.internal:505", "mirror.node.internal", 200},
+		{"0.0.0.0:505", "10.9.8.7:505", 200},
+		{"127.0.0.1:505", "evil.example", 421},
+		{"127.0.0.1:505", "evil.example:505", 421},
+		{"127.0.0.1:505", "127.0.0.1.nip.io:505", 421},
+		{"127.0.0.1:505", "localhost.evil.example", 421},
+		{"127.0.0.1:505", "10.1.2.3:505", 421},
+		{"127.0.0.1:505", "127.0.0.1:http", 421},
+		{"127.0.0.1:505", "", 421},
+		{"0.0.0.0:505", "evil.example:505", 421},
+		{"[::]:505", "rebind.evil.example", 421},
+	}
+	for _, tc := range cases {
+		t.Run(tc.listen+" Host "+tc.host, func(t *testing.T) {
+			logs := &syncbuf.Buffer{}
+			h := mirror.New(mirror.Options{Content: c.cache, Logger: slog.New(slog.NewTextHandler(logs, nil)), Listen: tc.listen})
+			addr := serve(t, h, mirror.ServeOptions{})
+			line, header := manifest, "Host: "+tc.host+"\r\n"
+			if tc.host == "" {
+				line, header = strings.Replace(manifest, "HTTP/1.1", "HTTP/1.0", 1), ""
+			}
+			resp := rawRequestHost(t, addr, header, line)
+			if got := strings.SplitN(resp, " ", 3); len(got) < 2 || got[1] != strconv.Itoa(tc.want) {
+				t.Fatalf("answered %q, want %d", firstLine(resp), tc.want)
+			}
+			if tc.want == 200 {
+				return
+			}
+			if strings.Contains(resp, c.nginx.String()) || strings.Contains(resp, "schemaVersion") {
+				t.Errorf("a refused request got the manifest: %q", trim([]byte(resp)))
+			}
+			l := logs.String()
+			if !strings.Contains(l, "registry mirror refused a request") || !strings.Contains(l, "from=127.0.0.1:") || !strings.Contains(l, "code=DENIED") {
+				t.Errorf("refusal not logged with the requester:\n%s", l)
+			}
+		})
+	}
+}
+
+// TestMirrorRefusalLogIsRateLimited: a flood of refused requests gives a
+// bounded number of log lines, and the next line counts the ones left out.
+func TestMirrorRefusalLogIsRateLimited(t *testing.T) {
+	c := newContent(t)
+	logs := &syncbuf.Buffer{}
+	srv := httptest.NewServer(mirror.New(mirror.Options{Content: c.cache, Logger: slog.New(slog.NewTextHandler(logs, nil))}))
+	defer srv.Close()
+	const flood = 500
+	for range flood {
+		resp, err := http.Post(srv.URL+"/v2/library/nginx/blobs/uploads/", "text/plain", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	if n := strings.Count(logs.String(), "registry mirror refused a request"); n < 1 || n > flood/4 {
+		t.Errorf("%d refusal lines for %d refused requests, want at least 1 and at most %d", n, flood, flood/4)
+	}
+	// The limiter allows a line again within 1/refusalLogRate: it carries the count.
+	counted := func() bool {
+		if resp, err := http.Post(srv.URL+"/v2/x/blobs/uploads/", "text/plain", nil); err == nil {
+			resp.Body.Close()
+		}
+		return regexp.MustCompile(`refusals_not_logged=[1-9]`).MatchString(logs.String())
+	}
+	if err := poll.Until(context.Background(), 5*time.Second, 50*time.Millisecond, counted); err != nil {
+		t.Errorf("no line counts the refusals left out (%v):\n%s", err, logs.String())
+	}
+}
+
 // TestMirrorLogsServedManifests: every manifest served (GET or HEAD, by tag or
 // digest) is one Info line naming the image and digest; blobs and misses are not.
 func TestMirrorLogsServedManifests(t *testing.T) {
@@ -314,7 +410,7 @@ func (m mirrorVia) RoundTrip(r *http.Request) (*http.Response, error) {
 	q := r.URL.Query()
 	q.Set("ns", r.URL.Host)
 	r.URL.RawQuery = q.Encode()
-	r.URL.Scheme, r.URL.Host = "http", m.addr
+	r.URL.Scheme, r.URL.Host, r.Host = "http", m.addr, m.addr
 	return http.DefaultTransport.RoundTrip(r)
 }
 
