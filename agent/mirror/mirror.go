@@ -3,7 +3,8 @@
 // digest with Range, tags/list) from a Content store, for every upstream registry at
 // once. containerd names the upstream registry in the ns query parameter
 // (/v2/library/nginx/manifests/1.27?ns=docker.io) when
-// /etc/containerd/certs.d/_default/hosts.toml points at the mirror (see HostsTOML);
+// /etc/containerd/certs.d/_default/hosts.toml points at the mirror (see HostsTOML),
+// over HTTPS with a certificate of the agent's own CA (Identity);
 // a request without ns means docker.io, as Docker's registry-mirrors sends them.
 // Anything the store does not hold is a plain 404 with the OCI error body, so a runtime
 // that is online falls back to the upstream registry.
@@ -11,6 +12,7 @@ package mirror
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -32,8 +34,13 @@ import (
 	"github.com/flotilla-dev/flotilla/internal/httpserve"
 )
 
-// DefaultListen is the agent's default --registry-listen.
-const DefaultListen = "127.0.0.1:5050"
+// DefaultListen is the agent's default --registry-listen: a port below 1024,
+// which only root (or CAP_NET_BIND_SERVICE) can bind where
+// net.ipv4.ip_unprivileged_port_start has its default, so an unprivileged
+// process cannot take it while the agent restarts; and the mirror serves TLS
+// with a certificate of the agent's own CA, which containerd alone trusts for
+// it (HostsTOML), for hosts where that does not hold.
+const DefaultListen = "127.0.0.1:505"
 
 // ErrNotFound is what Content returns (wrapped) for anything it does not hold.
 var ErrNotFound = errors.New("not in the node's image cache")
@@ -142,6 +149,10 @@ type ServeOptions struct {
 	// Logger gets the server's lines: the connection cap reached (rate-limited)
 	// and connection errors (nil: slog.Default()).
 	Logger *slog.Logger
+	// TLS serves HTTPS (Identity.TLSConfig: the agent always does, so that
+	// containerd can tell the mirror from a process that took its address);
+	// nil serves plain HTTP (tests of the handler).
+	TLS *tls.Config
 }
 
 // Serve serves h on l until ctx ends, through httpserve's hardened server: read,
@@ -168,7 +179,13 @@ func Serve(ctx context.Context, l net.Listener, h http.Handler, o ServeOptions) 
 		case <-done:
 		}
 	}()
-	err := srv.Serve(l)
+	var err error
+	if o.TLS != nil {
+		srv.TLSConfig = o.TLS
+		err = srv.ServeTLS(l, "", "")
+	} else {
+		err = srv.Serve(l)
+	}
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}
