@@ -109,10 +109,15 @@ type Agent struct {
 	lastHB     time.Time
 	connErr    string // why the last attempt to reach NATS failed; "" once connected
 	connErrAt  time.Time
-	// registryAddr is where the registry mirror listens ("" while it does not).
-	registryAddr string
-	seqMu        sync.Mutex
-	wg           sync.WaitGroup // running tasks
+	// registryAddr is where the registry mirror listens ("" while it does
+	// not), registryErr why it does not, registryCA the file of the CA its
+	// certificate chains to. registryFirst closes after its first attempt to
+	// listen (registryTried).
+	registryAddr, registryErr, registryCA string
+	registryFirst                         chan struct{}
+	registryOnce                          sync.Once
+	seqMu                                 sync.Mutex
+	wg                                    sync.WaitGroup // running tasks
 	// bg are the goroutines Run started besides tasks (peer, registry
 	// mirror): Run returns once they ended, so nothing writes to the data
 	// dir after it.
@@ -173,7 +178,7 @@ func New(ctx context.Context, opts Options) (*Agent, error) {
 		return nil, optionErr("DataDir", fmt.Errorf("data dir %s: %w", opts.DataDir, err))
 	}
 	a := &Agent{opts: opts, log: opts.Logger.With("node", opts.Name), running: map[string]context.CancelFunc{}, regKick: make(chan struct{}, 1),
-		clusterTail: map[string]chan struct{}{}}
+		clusterTail: map[string]chan struct{}{}, registryFirst: make(chan struct{})}
 	reg := opts.Metrics
 	if reg == nil {
 		reg = prometheus.NewRegistry()
@@ -452,7 +457,8 @@ func (a *Agent) writeStatus() {
 	a.mu.Lock()
 	st := Status{Name: a.opts.Name, Registered: a.registered, Controller: strings.Join(a.creds.NATSURLs, ","),
 		LastHeartbeat: a.lastHB, Running: len(a.running), HeartbeatInterval: a.opts.HeartbeatInterval, PID: os.Getpid(), Updated: time.Now().UTC(),
-		LastError: a.connErr, LastErrorAt: a.connErrAt, Registry: a.registryAddr}
+		LastError: a.connErr, LastErrorAt: a.connErrAt,
+		RegistryListen: a.opts.RegistryListen, Registry: a.registryAddr, RegistryError: a.registryErr, RegistryCA: a.registryCA}
 	a.mu.Unlock()
 	st.Connected = a.nc != nil && a.nc.IsConnected()
 	st.Registered = st.Registered && st.Connected

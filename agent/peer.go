@@ -71,7 +71,7 @@ type Peer struct {
 	capMu          sync.Mutex
 	stepCaps       map[*StepCaps]struct{}
 
-	srv *http.Server
+	srv *httpserve.Server
 
 	progMu   sync.Mutex
 	progress map[v1.Hash]func(fetch.Progress) // per blob being fetched
@@ -314,6 +314,7 @@ func (p *Peer) listen(addr, advertise, controllerURL string) (pieces.Peer, error
 	// Pieces are long answers under an upload cap: each write is bounded, not the whole answer.
 	p.srv = httpserve.New(p.metrics.countServed(httpserve.Streaming(pieces.NewHandler(p.store, pieces.WithUploadLimit(p.up), pieces.WithLogger(p.log), pieces.WithAuthorize(p.authorize)))),
 		p.serverTLS(), slog.NewLogLogger(p.log.Handler(), slog.LevelDebug)) // the error log: refused strangers
+	p.srv.Logger = p.log
 	go func() {
 		if err := p.srv.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			p.log.Error("piece server stopped", "err", err)

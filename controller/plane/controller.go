@@ -34,6 +34,7 @@ import (
 	"time"
 
 	"github.com/flotilla-dev/flotilla/controller/natsauth"
+	"github.com/flotilla-dev/flotilla/internal/httpserve"
 	"github.com/flotilla-dev/flotilla/protocol"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
@@ -123,7 +124,7 @@ type Controller struct {
 	issuer   *natsauth.Issuer
 	natsCA   []byte
 	replicas int
-	http     *http.Server
+	http     *httpserve.Server
 
 	natsAddr, httpAddr net.Addr
 	internalPass       string
@@ -163,7 +164,7 @@ type Controller struct {
 	reg         *prometheus.Registry
 	metrics     *Metrics
 	metricsAddr net.Addr
-	metricsSrv  *http.Server
+	metricsSrv  *httpserve.Server
 }
 
 // New prepares a controller: it creates the data dir, the CA, the server

@@ -53,6 +53,7 @@ func (c *Controller) startHTTP() error {
 	c.http = httpserve.New(mux, &tls.Config{Certificates: []tls.Certificate{c.pki.server}, MinVersion: tls.VersionTLS12,
 		ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: c.pki.certPool()},
 		slog.NewLogLogger(c.log.With("component", "https").Handler(), slog.LevelDebug))
+	c.http.Logger = c.log.With("component", "https")
 	if c.opts.HTTPReadHeaderTimeout > 0 {
 		c.http.ReadHeaderTimeout = c.opts.HTTPReadHeaderTimeout
 	}
