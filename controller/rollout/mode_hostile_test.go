@@ -21,8 +21,6 @@ COPY --chmod=0644 public.conf.tmpl /etc/flotilla-secret/
 COPY facts.conf.tmpl /etc/flotilla-secret/
 `
 
-// nobody is the unprivileged local user that tries to read the node's files.
-const nobody = 65534
 
 // readAs reads path as uid/gid nobody (no supplementary groups) in a child process.
 func readAs(ctx context.Context, path string) (string, error) {
