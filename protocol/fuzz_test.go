@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"strings"
 	"testing"
 	"time"
 )
@@ -81,6 +82,8 @@ func FuzzRegisterNameSubject(f *testing.F) {
 		Labels: map[string]string{"rack": "r7"}}, HeartbeatInterval: time.Second, PeerURL: "https://10.0.0.1:9444"})
 	f.Add(data)
 	f.Add([]byte(`{"name":"../x","facts":{"ips":["fe80::1%x;touch${IFS}/PWNED;#"]}}`))
+	f.Add([]byte(`{"name":"web1.example.com","heartbeatInterval":1000000000}`))
+	f.Add([]byte(`{"name":"web1..example.com.","heartbeatInterval":1000000000}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var reg Register
 		if err := Decode(data, &reg); err != nil {
@@ -94,6 +97,9 @@ func FuzzRegisterNameSubject(f *testing.F) {
 		}
 		if got, ok := NodeFromSubject(RegisterSubject(reg.Name)); !ok || got != reg.Name {
 			t.Fatalf("name %q does not survive its subject: %q, %t", reg.Name, got, ok)
+		}
+		if strings.Contains(NodeToken(reg.Name), ".") || !kvKeyValid(reg.Name) {
+			t.Fatalf("name %q is not one subject token and a KV key", reg.Name)
 		}
 	})
 }

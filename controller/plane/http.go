@@ -146,9 +146,12 @@ func (c *Controller) handleJoin(w http.ResponseWriter, r *http.Request) {
 var errNodeExists = errors.New("already in the inventory")
 
 // joinNode admits a node for a join request whose token checked out: a new
-// name, or an existing one only with a token created --for it. The token's
-// use is counted here, under joinMu, so that two joins of one name cannot both
-// pass the check.
+// name, or an existing one only with a token created --for it. It runs under
+// joinMu, so that two joins of one name cannot both pass the check. The
+// token's use is counted before the admission (compare-and-set on the token's
+// record: joins on any controller never get more uses than --uses allows) and
+// given back when the admission fails, so only a join that admitted the node
+// spends a use.
 func (c *Controller) joinNode(ctx context.Context, req *protocol.JoinRequest) (*protocol.Credentials, error) {
 	c.joinMu.Lock()
 	defer c.joinMu.Unlock()
@@ -173,17 +176,67 @@ func (c *Controller) joinNode(ctx context.Context, req *protocol.JoinRequest) (*
 		maps.Copy(labels, req.Facts.Labels)
 	}
 	maps.Copy(labels, tok.Labels)
-	return c.admitNode(ctx, req.Name, req.Facts, labels)
+	cr, err := c.admitNode(ctx, req.Name, req.Facts, labels)
+	if err != nil {
+		c.giveBackUse(ctx, tok.ID, req.Name)
+		return nil, err
+	}
+	return cr, nil
 }
 
-// admitNode creates or replaces a node's record with fresh credentials.
+// giveBackUse returns the use a failed join counted. It runs on a context of
+// its own: the join's may be what expired.
+func (c *Controller) giveBackUse(ctx context.Context, tokenID, node string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := c.tokens.giveBack(ctx, tokenID); err != nil {
+		c.log.Error("a join failed after its token was checked, and the token's use could not be given back: "+
+			"the token counts one use more than it admitted (see `flotilla token list`; create another token if it runs out)",
+			"node", node, "token", tokenID, "err", err)
+		return
+	}
+	c.log.Info("join failed after its token was checked: the token's use was given back", "node", node, "token", tokenID)
+}
+
+// admitNode creates or replaces a node's record with fresh credentials. All
+// that can fail comes before the record is stored, and nothing after it: a
+// failed admission leaves the inventory and the old credentials as they were.
 func (c *Controller) admitNode(ctx context.Context, name string, facts protocol.Facts, labels map[string]string) (*protocol.Credentials, error) {
 	secret := randomSecret()
+	var cr *protocol.Credentials
+	if c.issuer != nil {
+		pub, sub := protocol.AgentPermissions(name)
+		tok, seed, key, err := c.issuer.UserJWT(AgentUser(name), pub, sub, true)
+		if err != nil {
+			return nil, fmt.Errorf("node %s: NATS user: %w", name, err)
+		}
+		// nats-server names a user by its key (e.g. in permission violations).
+		c.log.Info("issued the node a NATS user", "node", name, "natsUser", key)
+		cr = &protocol.Credentials{
+			Node:       name,
+			NATSURLs:   c.opts.NATSURLs,
+			User:       AgentUser(name),
+			JWT:        tok,
+			NKeySeed:   seed,
+			NATSCAPEM:  c.natsCA,
+			CAPEM:      c.pki.caPEM,
+			SigningKey: c.SigningKey(),
+			HTTPURL:    c.HTTPURL(),
+		}
+	} else {
+		cr = &protocol.Credentials{
+			Node:       name,
+			NATSURLs:   []string{c.NATSURL()},
+			User:       AgentUser(name),
+			Password:   secret,
+			CAPEM:      c.pki.caPEM,
+			SigningKey: c.SigningKey(),
+			HTTPURL:    c.HTTPURL(),
+		}
+	}
 	rec, ok := c.inv.get(name)
 	if !ok {
 		rec = NodeRecord{Name: name, JoinedAt: time.Now().UTC()}
-	} else {
-		c.log.Info("node re-joined: its old credentials no longer work", "node", name)
 	}
 	if len(labels) == 0 {
 		labels = nil
@@ -194,37 +247,10 @@ func (c *Controller) admitNode(ctx context.Context, name string, facts protocol.
 	}
 	c.auth.setAgent(name, rec.SecretHash)
 	if ok {
+		c.log.Info("node re-joined: its old credentials no longer work", "node", name)
 		c.disconnectNode(name)
 	}
-	if c.issuer != nil {
-		pub, sub := protocol.AgentPermissions(name)
-		tok, seed, key, err := c.issuer.UserJWT(AgentUser(name), pub, sub, true)
-		if err != nil {
-			return nil, fmt.Errorf("node %s: NATS user: %w", name, err)
-		}
-		// nats-server names a user by its key (e.g. in permission violations).
-		c.log.Info("issued the node a NATS user", "node", name, "natsUser", key)
-		return &protocol.Credentials{
-			Node:       name,
-			NATSURLs:   c.opts.NATSURLs,
-			User:       AgentUser(name),
-			JWT:        tok,
-			NKeySeed:   seed,
-			NATSCAPEM:  c.natsCA,
-			CAPEM:      c.pki.caPEM,
-			SigningKey: c.SigningKey(),
-			HTTPURL:    c.HTTPURL(),
-		}, nil
-	}
-	return &protocol.Credentials{
-		Node:       name,
-		NATSURLs:   []string{c.NATSURL()},
-		User:       AgentUser(name),
-		Password:   secret,
-		CAPEM:      c.pki.caPEM,
-		SigningKey: c.SigningKey(),
-		HTTPURL:    c.HTTPURL(),
-	}, nil
+	return cr, nil
 }
 
 // LocalAgentCredentials admits a node without a token, for an agent running in

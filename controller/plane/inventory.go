@@ -16,8 +16,15 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// NodesBucket is the JetStream KV bucket holding one NodeRecord per node (key: NodeToken).
+// NodesBucket is the JetStream KV bucket holding one NodeRecord per node (key: nodeKey).
 const NodesBucket = "flotilla_nodes"
+
+// nodeKey is the KV key of a node's record: its name as it is. A valid node
+// name (protocol.ValidateNodeName) is a valid KV key ([-/_=.a-zA-Z0-9], dots
+// only between non-empty tokens), the identity is injective, and the key of a
+// dot-free name is what it always was (the former key, NodeToken(name), maps
+// dots to '~', which KV keys refuse: a node with a dot could never be stored).
+func nodeKey(name string) string { return name }
 
 // NodeRecord is what the controller keeps about a node across restarts.
 type NodeRecord struct {
@@ -106,7 +113,7 @@ func (inv *inventory) putLocked(ctx context.Context, rec *NodeRecord) error {
 	if err != nil {
 		return err
 	}
-	if _, err := inv.kv.Put(ctx, protocol.NodeToken(rec.Name), data); err != nil {
+	if _, err := inv.kv.Put(ctx, nodeKey(rec.Name), data); err != nil {
 		return fmt.Errorf("store node %s: %w", rec.Name, err)
 	}
 	inv.mu.Lock()
@@ -121,7 +128,7 @@ func (inv *inventory) putLocked(ctx context.Context, rec *NodeRecord) error {
 func (inv *inventory) remove(ctx context.Context, name string) error {
 	inv.writeMu.Lock()
 	defer inv.writeMu.Unlock()
-	if err := inv.kv.Purge(ctx, protocol.NodeToken(name)); err != nil {
+	if err := inv.kv.Purge(ctx, nodeKey(name)); err != nil {
 		return fmt.Errorf("remove node %s: %w", name, err)
 	}
 	inv.mu.Lock()

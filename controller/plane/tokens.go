@@ -184,6 +184,34 @@ func (s *tokenStore) use(ctx context.Context, token, node string) (*tokenRecord,
 	return nil, errors.New("join token: too many concurrent uses, retry")
 }
 
+// giveBack returns a use that use counted for a join that then failed, with
+// the same compare-and-set: it never overwrites a concurrent join's count or
+// brings back a revoked token.
+func (s *tokenStore) giveBack(ctx context.Context, id string) error {
+	for range 8 {
+		rec, rev, err := s.get(ctx, id)
+		if errors.Is(err, ErrTokenUnknown) {
+			return nil // revoked meanwhile: nothing to give back
+		}
+		if err != nil {
+			return err
+		}
+		if rec.Uses == 0 {
+			return nil
+		}
+		rec.Uses--
+		data, _ := json.Marshal(rec)
+		_, err = s.kv.Update(ctx, id, data, rev)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) && !errors.Is(err, jetstream.ErrKeyExists) {
+			return fmt.Errorf("give back a use of token %s: %w", id, err)
+		}
+	}
+	return fmt.Errorf("give back a use of token %s: the record kept changing under concurrent joins", id)
+}
+
 func (s *tokenStore) list(ctx context.Context) ([]protocol.TokenInfo, error) {
 	lister, err := s.kv.ListKeys(ctx)
 	if err != nil {
