@@ -167,21 +167,48 @@ func (c *Controller) joinNode(ctx context.Context, req *protocol.JoinRequest) (*
 	if tok, err = c.tokens.use(ctx, req.Token, req.Name); err != nil {
 		return nil, err
 	}
-	// Labels: the node's proposal is accepted at its first join only; the
-	// token's (admin-chosen) win; a re-join keeps what the admin approved.
-	labels := map[string]string{}
-	if exists {
-		maps.Copy(labels, old.Labels)
-	} else {
-		maps.Copy(labels, req.Facts.Labels)
-	}
-	maps.Copy(labels, tok.Labels)
+	labels := joinLabels(tok.Labels, req.Facts.Labels, old.Labels, exists)
 	cr, err := c.admitNode(ctx, req.Name, req.Facts, labels)
 	if err != nil {
 		c.giveBackUse(ctx, tok.ID, req.Name)
 		return nil, err
 	}
+	if refused := notApplied(req.Facts.Labels, labels); len(refused) > 0 {
+		c.log.Warn("labels the join asked for are not applied: a token's --labels are all the labels of a node joining with it, "+
+			"a re-join keeps the approved ones; an admin adds others with `flotilla nodes label`",
+			"node", req.Name, "notApplied", formatLabels(refused), "labels", formatLabels(labels), "token", tok.ID)
+	}
 	return cr, nil
+}
+
+// joinLabels are the labels a joining node gets. Labels select roles, so:
+//   - a token with --labels (admin-chosen) fixes the whole set of a new node;
+//   - a token without takes the first join's proposal (whoever holds such a
+//     token chooses them: give --labels to tokens for untrusted hands);
+//   - a re-join keeps the approved labels, with the token's over them;
+//
+// and after that only the admin changes them (`flotilla nodes label`).
+func joinLabels(token, proposed, approved map[string]string, rejoin bool) map[string]string {
+	labels := map[string]string{}
+	switch {
+	case rejoin:
+		maps.Copy(labels, approved)
+	case len(token) == 0:
+		maps.Copy(labels, proposed)
+	}
+	maps.Copy(labels, token)
+	return labels
+}
+
+// notApplied lists the labels of proposed that labels does not have as asked.
+func notApplied(proposed, labels map[string]string) map[string]string {
+	out := map[string]string{}
+	for k, v := range proposed {
+		if got, ok := labels[k]; !ok || got != v {
+			out[k] = v
+		}
+	}
+	return out
 }
 
 // giveBackUse returns the use a failed join counted. It runs on a context of

@@ -31,8 +31,8 @@ type tokenRecord struct {
 	// For is the one node name the token joins; only such a token may re-join
 	// (replace) a node that is already in the inventory.
 	For string `json:"for,omitempty"`
-	// Labels are given to every node that joins with the token (admin-chosen;
-	// they win over labels the node proposes).
+	// Labels are all the labels of a node that joins with the token
+	// (admin-chosen; labels the node asks for are not applied, see joinLabels).
 	Labels map[string]string `json:"labels,omitempty"`
 }
 
