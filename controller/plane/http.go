@@ -329,12 +329,14 @@ func (c *Controller) disconnectNode(name string) {
 func (c *Controller) onPeerCert(m *nats.Msg) {
 	var rep protocol.PeerCertReply
 	node, ok := protocol.NodeFromSubject(m.Subject)
-	var req protocol.PeerCertRequest
-	switch {
-	case !ok:
+	if !ok {
 		return
-	case protocol.Decode(m.Data, &req) != nil:
-		rep.Error = "peer certificate request: bad message"
+	}
+	req, err := protocol.DecodePeerCertRequest(m.Data)
+	switch {
+	case err != nil:
+		c.offenses.warn(node, "bad peer certificate request", "refusing an invalid peer certificate request", "err", err)
+		rep.Error = "peer certificate request: " + err.Error()
 	default:
 		if _, known := c.inv.get(node); !known {
 			rep.Error = fmt.Sprintf("node %s is not in the inventory: join again with a token", node)
