@@ -136,7 +136,8 @@ type TokenCreate struct {
 	// For makes the token join only this node name; it is the only way to
 	// re-join a node that is still in the inventory.
 	For string `json:"for,omitempty"`
-	// Labels go to every node that joins with the token.
+	// Labels are all the labels of every node that joins with the token
+	// (labels the node asks for are not applied).
 	Labels map[string]string `json:"labels,omitempty"`
 }
 

@@ -69,6 +69,11 @@ type Options struct {
 	// into the event history (default DefaultNodeEventRate, DefaultNodeEventBurst);
 	// NodeEventHistory is how many events per node it keeps (default DefaultNodeEventHistory).
 	NodeEventRate, NodeEventBurst, NodeEventHistory int
+	// NodeRegisterRate and NodeRegisterBurst bound the registrations per second
+	// each node gets handled (default DefaultNodeRegisterRate,
+	// DefaultNodeRegisterBurst); more are refused without being decoded.
+	NodeRegisterRate  float64
+	NodeRegisterBurst int
 	// JoinRate and JoinBurst limit joins per source address (IPv6: per /64)
 	// (default 5 per second, bursts of 20); MaxJoinSources bounds how many
 	// source addresses are tracked (default 10000, least recently seen dropped).
@@ -138,6 +143,7 @@ type Controller struct {
 	offenses *offenses
 	clockLog *offenses // clock-skew warnings, rarer
 	events   *eventLog
+	regRates *nodeRates // registrations per node
 	runsMu   sync.Mutex
 	runs     map[string]*TaskRun // in flight, by events subject
 	joins    *joinGuard
@@ -202,6 +208,12 @@ func New(opts Options) (*Controller, error) {
 	if opts.NodeEventHistory <= 0 {
 		opts.NodeEventHistory = DefaultNodeEventHistory
 	}
+	if opts.NodeRegisterRate <= 0 {
+		opts.NodeRegisterRate = DefaultNodeRegisterRate
+	}
+	if opts.NodeRegisterBurst <= 0 {
+		opts.NodeRegisterBurst = DefaultNodeRegisterBurst
+	}
 	if err := prepareDataDir(opts.DataDir, opts.Logger); err != nil {
 		return nil, err
 	}
@@ -213,6 +225,7 @@ func New(opts Options) (*Controller, error) {
 		offenses: newOffenses(opts.Logger, 10*time.Second), clockLog: newOffenses(opts.Logger, 10*time.Minute), runs: map[string]*TaskRun{},
 		joins: newJoinGuard(opts.JoinRate, opts.JoinBurst, opts.MaxJoinSources, opts.MaxConcurrentJoins)}
 	c.events = newEventLog(c)
+	c.regRates = newNodeRates(opts.NodeRegisterRate, opts.NodeRegisterBurst)
 	c.reg = opts.Metrics
 	if c.reg == nil {
 		c.reg = prometheus.NewRegistry()

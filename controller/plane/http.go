@@ -147,9 +147,12 @@ func (c *Controller) handleJoin(w http.ResponseWriter, r *http.Request) {
 var errNodeExists = errors.New("already in the inventory")
 
 // joinNode admits a node for a join request whose token checked out: a new
-// name, or an existing one only with a token created --for it. The token's
-// use is counted here, under joinMu, so that two joins of one name cannot both
-// pass the check.
+// name, or an existing one only with a token created --for it. It runs under
+// joinMu, so that two joins of one name cannot both pass the check. The
+// token's use is counted before the admission (compare-and-set on the token's
+// record: joins on any controller never get more uses than --uses allows) and
+// given back when the admission fails, so only a join that admitted the node
+// spends a use.
 // joinIP is the join's source address, which selects the node from now on.
 func (c *Controller) joinNode(ctx context.Context, req *protocol.JoinRequest, joinIP string) (*protocol.Credentials, error) {
 	c.joinMu.Lock()
@@ -166,26 +169,103 @@ func (c *Controller) joinNode(ctx context.Context, req *protocol.JoinRequest, jo
 	if tok, err = c.tokens.use(ctx, req.Token, req.Name); err != nil {
 		return nil, err
 	}
-	// Labels: the node's proposal is accepted at its first join only; the
-	// token's (admin-chosen) win; a re-join keeps what the admin approved.
-	labels := map[string]string{}
-	if exists {
-		maps.Copy(labels, old.Labels)
-	} else {
-		maps.Copy(labels, req.Facts.Labels)
+	labels := joinLabels(tok.Labels, req.Facts.Labels, old.Labels, exists)
+	cr, err := c.admitNode(ctx, req.Name, req.Facts, labels, joinIP)
+	if err != nil {
+		c.giveBackUse(ctx, tok.ID, req.Name)
+		return nil, err
 	}
-	maps.Copy(labels, tok.Labels)
-	return c.admitNode(ctx, req.Name, req.Facts, labels, joinIP)
+	if refused := notApplied(req.Facts.Labels, labels); len(refused) > 0 {
+		c.log.Warn("labels the join asked for are not applied: a token's --labels are all the labels of a node joining with it, "+
+			"a re-join keeps the approved ones; an admin adds others with `flotilla nodes label`",
+			"node", req.Name, "notApplied", formatLabels(refused), "labels", formatLabels(labels), "token", tok.ID)
+	}
+	return cr, nil
 }
 
-// admitNode creates or replaces a node's record with fresh credentials.
+// joinLabels are the labels a joining node gets. Labels select roles, so:
+//   - a token with --labels (admin-chosen) fixes the whole set of a new node;
+//   - a token without takes the first join's proposal (whoever holds such a
+//     token chooses them: give --labels to tokens for untrusted hands);
+//   - a re-join keeps the approved labels, with the token's over them;
+//
+// and after that only the admin changes them (`flotilla nodes label`).
+func joinLabels(token, proposed, approved map[string]string, rejoin bool) map[string]string {
+	labels := map[string]string{}
+	switch {
+	case rejoin:
+		maps.Copy(labels, approved)
+	case len(token) == 0:
+		maps.Copy(labels, proposed)
+	}
+	maps.Copy(labels, token)
+	return labels
+}
+
+// notApplied lists the labels of proposed that labels does not have as asked.
+func notApplied(proposed, labels map[string]string) map[string]string {
+	out := map[string]string{}
+	for k, v := range proposed {
+		if got, ok := labels[k]; !ok || got != v {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// giveBackUse returns the use a failed join counted. It runs on a context of
+// its own: the join's may be what expired.
+func (c *Controller) giveBackUse(ctx context.Context, tokenID, node string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := c.tokens.giveBack(ctx, tokenID); err != nil {
+		c.log.Error("a join failed after its token was checked, and the token's use could not be given back: "+
+			"the token counts one use more than it admitted (see `flotilla token list`; create another token if it runs out)",
+			"node", node, "token", tokenID, "err", err)
+		return
+	}
+	c.log.Info("join failed after its token was checked: the token's use was given back", "node", node, "token", tokenID)
+}
+
+// admitNode creates or replaces a node's record with fresh credentials. All
+// that can fail comes before the record is stored, and nothing after it: a
+// failed admission leaves the inventory and the old credentials as they were.
 func (c *Controller) admitNode(ctx context.Context, name string, facts protocol.Facts, labels map[string]string, joinIP string) (*protocol.Credentials, error) {
 	secret := randomSecret()
+	var cr *protocol.Credentials
+	if c.issuer != nil {
+		pub, sub := protocol.AgentPermissions(name)
+		tok, seed, key, err := c.issuer.UserJWT(AgentUser(name), pub, sub, true)
+		if err != nil {
+			return nil, fmt.Errorf("node %s: NATS user: %w", name, err)
+		}
+		// nats-server names a user by its key (e.g. in permission violations).
+		c.log.Info("issued the node a NATS user", "node", name, "natsUser", key)
+		cr = &protocol.Credentials{
+			Node:       name,
+			NATSURLs:   c.opts.NATSURLs,
+			User:       AgentUser(name),
+			JWT:        tok,
+			NKeySeed:   seed,
+			NATSCAPEM:  c.natsCA,
+			CAPEM:      c.pki.caPEM,
+			SigningKey: c.SigningKey(),
+			HTTPURL:    c.HTTPURL(),
+		}
+	} else {
+		cr = &protocol.Credentials{
+			Node:       name,
+			NATSURLs:   []string{c.NATSURL()},
+			User:       AgentUser(name),
+			Password:   secret,
+			CAPEM:      c.pki.caPEM,
+			SigningKey: c.SigningKey(),
+			HTTPURL:    c.HTTPURL(),
+		}
+	}
 	rec, ok := c.inv.get(name)
 	if !ok {
 		rec = NodeRecord{Name: name, JoinedAt: time.Now().UTC()}
-	} else {
-		c.log.Info("node re-joined: its old credentials no longer work", "node", name)
 	}
 	if len(labels) == 0 {
 		labels = nil
@@ -196,37 +276,10 @@ func (c *Controller) admitNode(ctx context.Context, name string, facts protocol.
 	}
 	c.auth.setAgent(name, rec.SecretHash)
 	if ok {
+		c.log.Info("node re-joined: its old credentials no longer work", "node", name)
 		c.disconnectNode(name)
 	}
-	if c.issuer != nil {
-		pub, sub := protocol.AgentPermissions(name)
-		tok, seed, key, err := c.issuer.UserJWT(AgentUser(name), pub, sub, true)
-		if err != nil {
-			return nil, fmt.Errorf("node %s: NATS user: %w", name, err)
-		}
-		// nats-server names a user by its key (e.g. in permission violations).
-		c.log.Info("issued the node a NATS user", "node", name, "natsUser", key)
-		return &protocol.Credentials{
-			Node:       name,
-			NATSURLs:   c.opts.NATSURLs,
-			User:       AgentUser(name),
-			JWT:        tok,
-			NKeySeed:   seed,
-			NATSCAPEM:  c.natsCA,
-			CAPEM:      c.pki.caPEM,
-			SigningKey: c.SigningKey(),
-			HTTPURL:    c.HTTPURL(),
-		}, nil
-	}
-	return &protocol.Credentials{
-		Node:       name,
-		NATSURLs:   []string{c.NATSURL()},
-		User:       AgentUser(name),
-		Password:   secret,
-		CAPEM:      c.pki.caPEM,
-		SigningKey: c.SigningKey(),
-		HTTPURL:    c.HTTPURL(),
-	}, nil
+	return cr, nil
 }
 
 // LocalAgentCredentials admits a node without a token, for an agent running in
@@ -279,12 +332,14 @@ func (c *Controller) disconnectNode(name string) {
 func (c *Controller) onPeerCert(m *nats.Msg) {
 	var rep protocol.PeerCertReply
 	node, ok := protocol.NodeFromSubject(m.Subject)
-	var req protocol.PeerCertRequest
-	switch {
-	case !ok:
+	if !ok {
 		return
-	case protocol.Decode(m.Data, &req) != nil:
-		rep.Error = "peer certificate request: bad message"
+	}
+	req, err := protocol.DecodePeerCertRequest(m.Data)
+	switch {
+	case err != nil:
+		c.offenses.warn(node, "bad peer certificate request", "refusing an invalid peer certificate request", "err", err)
+		rep.Error = "peer certificate request: " + err.Error()
 	default:
 		if _, known := c.inv.get(node); !known {
 			rep.Error = fmt.Sprintf("node %s is not in the inventory: join again with a token", node)
