@@ -70,6 +70,9 @@ func startNATSServers(t *testing.T, n int, extra func(i int) string) *natsCluste
 		"--nats-url", strings.Join(c.URLs(), ","),
 		"--nats-creds", creds,
 		"--nats-account-key", filepath.Join(authDir, natsauth.FileAccountKey),
+		"--nats-operator-key", filepath.Join(authDir, natsauth.FileOperatorSigningKey),
+		"--nats-account-jwt", filepath.Join(authDir, natsauth.FileAccountJWT),
+		"--nats-sys-creds", filepath.Join(authDir, natsauth.FileSysCreds),
 	}}
 }
 
