@@ -1,9 +1,12 @@
 package clustertest
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,6 +20,7 @@ import (
 	"github.com/flotilla-dev/flotilla/protocol"
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
 )
 
 // revokeBound is how long after `nodes remove` or a re-join a node's previous
@@ -180,6 +184,8 @@ func TestHostileStolenNodeCreds(t *testing.T) {
 		}
 	}
 
+	t.Run("renewal", func(t *testing.T) { hostileRenewal(t, ctx, f, stolen) })
+
 	t.Run("re-join without removal", func(t *testing.T) {
 		stolen2 := f.AgentCredentials("v1")
 		taps2 := tapAll(t, nc, stolen2)
@@ -200,14 +206,17 @@ func TestHostileStolenNodeCreds(t *testing.T) {
 		err := poll.Until(ctx, 2*revokeBound, 100*time.Millisecond, func() bool {
 			closed := make(chan struct{})
 			var once sync.Once
+			tried := time.Now()
 			conn, err := connectTo(victim.URL, stolen, nats.ClosedHandler(func(*nats.Conn) { once.Do(func() { close(closed) }) }))
 			if err != nil {
+				t.Logf("%.2fs after the restart: %v", tried.Sub(up).Seconds(), err)
 				return authRefused(err)
 			}
 			// Logged in on the freshly started server: the controller must
 			// push the revocations to it and the server close this at once.
 			select {
 			case <-closed:
+				t.Logf("%.2fs after the restart: logged in, closed by the server %.2fs later", tried.Sub(up).Seconds(), time.Since(tried).Seconds())
 			case <-time.After(2 * time.Second):
 				late = append(late, time.Since(up).Round(time.Millisecond).String())
 			}
@@ -235,11 +244,23 @@ func TestHostileStolenNodeCreds(t *testing.T) {
 func TestHostileExpiredNodeJWT(t *testing.T) {
 	const ttl = 6 * time.Second
 	nc := startNATSCluster(t, nil)
-	f := controllertest.StartExternal(t, append(append([]string{}, nc.args...), "--nats-user-ttl", ttl.String(), "--nats-admin-ttl", ttl.String())...)
+	// --join-rate 1 --join-burst 2: renewals get ten times that per source.
+	f := controllertest.StartExternal(t, append(append([]string{}, nc.args...), "--nats-user-ttl", ttl.String(), "--nats-admin-ttl", ttl.String(),
+		"--join-rate", "1", "--join-burst", "2")...)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	f.StartAgent("e1")
 	f.WaitOnline(60*time.Second, true, "e1")
+	// A flood of renewal requests from one address is cut at the burst (20).
+	limited := 0
+	for range 40 {
+		if code, _ := postRenewal(t, ctx, f, protocol.PathNATSNonce, nil); code == http.StatusTooManyRequests {
+			limited++
+		}
+	}
+	if limited == 0 {
+		t.Errorf("40 renewal requests from one address at once: none refused with 429, want the burst of 20 enforced")
+	}
 	first := f.AgentCredentials("e1")
 	uc, err := jwt.DecodeUserClaims(first.JWT)
 	if err != nil {
@@ -313,4 +334,99 @@ func adminClaims(t *testing.T, f *controllertest.Fleet) *jwt.UserClaims {
 		t.Fatalf("admin.creds JWT: %v", err)
 	}
 	return uc
+}
+
+// natsNonce gets a renewal nonce from the controller.
+func natsNonce(t *testing.T, ctx context.Context, f *controllertest.Fleet) string {
+	t.Helper()
+	code, body := postRenewal(t, ctx, f, protocol.PathNATSNonce, nil)
+	var n protocol.NATSNonce
+	if code != http.StatusOK || json.Unmarshal(body, &n) != nil || n.Nonce == "" {
+		t.Fatalf("nonce: HTTP %d %s", code, body)
+	}
+	return n.Nonce
+}
+
+func postRenewal(t *testing.T, ctx context.Context, f *controllertest.Fleet, path string, body []byte) (int, []byte) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, f.HTTPURL()+path, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := f.HTTPClient().Do(req)
+	if err != nil {
+		t.Fatalf("POST %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	return resp.StatusCode, data
+}
+
+// hostileRenewal asks the controller to renew NATS user JWTs the way a thief
+// can: the removed node's key (its seed stolen), the current key signed by
+// another, a forged nonce, an oversized body. Only the node's own current
+// key, signed by it, gets a JWT.
+func hostileRenewal(t *testing.T, ctx context.Context, f *controllertest.Fleet, stolen *protocol.Credentials) {
+	seedKey := func(cr *protocol.Credentials) (nkeys.KeyPair, string) {
+		kp, err := nkeys.FromSeed([]byte(cr.NKeySeed))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pub, _ := kp.PublicKey()
+		return kp, pub
+	}
+	thief, thiefKey := seedKey(stolen)
+	owner, ownerKey := seedKey(f.AgentCredentials("v1"))
+	if thiefKey == ownerKey {
+		t.Fatal("the re-joined v1 has the key it had before its removal")
+	}
+	for _, tc := range []struct {
+		name   string
+		key    string
+		signer nkeys.KeyPair
+		nonce  string // "": a fresh one
+		want   int
+	}{
+		{"the removed key, signed with its stolen seed", thiefKey, thief, "", http.StatusForbidden},
+		{"the node's current key, signed by the thief", ownerKey, thief, "", http.StatusForbidden},
+		{"a forged nonce", ownerKey, owner, strings.Repeat("A", protocol.NATSNonceLen), http.StatusUnauthorized},
+		{"the node's current key, signed by it", ownerKey, owner, "", http.StatusOK},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			nonce := tc.nonce
+			if nonce == "" {
+				nonce = natsNonce(t, ctx, f)
+			}
+			sig, err := tc.signer.Sign(protocol.NATSRenewMessage("v1", tc.key, nonce))
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := json.Marshal(protocol.NATSRenewRequest{Node: "v1", UserKey: tc.key, Nonce: nonce, Sig: sig})
+			code, data := postRenewal(t, ctx, f, protocol.PathNATSRenew, body)
+			if code != tc.want {
+				t.Fatalf("HTTP %d %s, want %d", code, data, tc.want)
+			}
+			var rep protocol.NATSRenewReply
+			if err := json.Unmarshal(data, &rep); err != nil {
+				t.Fatal(err)
+			}
+			if code != http.StatusOK {
+				if rep.JWT != "" {
+					t.Errorf("a refusal carries a JWT")
+				}
+				return
+			}
+			uc, err := jwt.DecodeUserClaims(rep.JWT)
+			if err != nil || uc.Subject != ownerKey || uc.Expires == 0 {
+				t.Errorf("renewed JWT: %v %+v, want one for %s with an expiry", err, uc, ownerKey)
+			}
+		})
+	}
+	code, _ := postRenewal(t, ctx, f, protocol.PathNATSRenew, bytes.Repeat([]byte(" "), protocol.MaxNATSRenewBytes+1))
+	if code != http.StatusRequestEntityTooLarge {
+		t.Errorf("a renewal request of %d bytes: HTTP %d, want 413", protocol.MaxNATSRenewBytes+1, code)
+	}
+	if !f.Controller.WaitLog(5*time.Second, "NATS user renewal refused", "node=v1") {
+		t.Errorf("refused renewals are not logged naming the node")
+	}
 }

@@ -88,13 +88,17 @@ type natsUsers struct {
 	adminTTL time.Duration
 	nonces   *nonceMinter
 
-	mu       sync.Mutex // one read-modify-write of the bucket at a time in this process
-	pushMu   sync.Mutex // one push at a time
-	kick     chan struct{}
-	cacheMu  sync.RWMutex
-	revoked  natsauth.Revocations // as last read or written
-	loginLog *offenses
+	mu      sync.Mutex // one read-modify-write of the bucket at a time in this process
+	pushMu  sync.Mutex // one push at a time
+	kick    chan struct{}
+	cacheMu sync.RWMutex
+	revoked natsauth.Revocations // as last read or written
+	// loginWarned: a revoked login is logged at most every loginWarnEvery.
+	loginWarned time.Time
 }
+
+// loginWarnEvery bounds the warnings about revoked logins (a thief may retry fast).
+const loginWarnEvery = 10 * time.Second
 
 // nodeSpec is a node's user: exactly the embedded server's permissions.
 func (u *natsUsers) nodeSpec(node string, ttl time.Duration) natsauth.UserSpec {
@@ -193,8 +197,7 @@ func (c *Controller) openNATSUsers(ctx context.Context) error {
 
 func newNATSUsers(c *Controller) *natsUsers {
 	return &natsUsers{c: c, log: c.log, issuer: c.issuer, ttl: c.opts.NATSUserTTL, adminTTL: c.opts.NATSAdminTTL,
-		nonces: newNonceMinter(), kick: make(chan struct{}, 1), revoked: natsauth.Revocations{},
-		loginLog: newOffenses(c.log, 10*time.Second)}
+		nonces: newNonceMinter(), kick: make(chan struct{}, 1), revoked: natsauth.Revocations{}}
 }
 
 // issueNode makes a new user key for node (at its join or re-join) and
@@ -399,7 +402,15 @@ func (u *natsUsers) onLogin(key, server string) {
 	if !u.isRevoked(key) {
 		return
 	}
-	u.loginLog.warn(server, "revoked login", "a revoked NATS user logged in: pushing the revocations again", "natsUser", key, "server", server)
+	u.cacheMu.Lock()
+	warn := time.Since(u.loginWarned) >= loginWarnEvery
+	if warn {
+		u.loginWarned = time.Now()
+	}
+	u.cacheMu.Unlock()
+	if warn {
+		u.log.Warn("a revoked NATS user logged in (the server restarted or missed a push): pushing the revocations again", "natsUser", key, "server", server)
+	}
 	u.kickPush()
 }
 
