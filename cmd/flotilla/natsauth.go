@@ -25,7 +25,9 @@ func newNATSAuthCmd() *cobra.Command {
   account.nk           flotilla's account key: the controller issues node users with it (--nats-account-key), mode 0600
   controller.creds     the controller's own NATS user (--nats-creds), mode 0600
   sys.creds            the controller's system account user: pushes the account JWT to every server (--nats-sys-creds), mode 0600
-  leaf.creds           a site's leaf node dials the hub as this user, mode 0600
+  leaf.creds           a site's leaf node dials the hub as this user (remote bound to flotilla's account), mode 0600
+  leaf-sys.creds       ... and as this system account user (a second remote, bound to the system account),
+                       so that revocations reach the site's server too, mode 0600
   auth.conf            include it in every nats-server config: operator, system account, resolver MEMORY with both accounts preloaded
 
 The controller and leaf users never expire; node users expire (--nats-user-ttl) and are renewed

@@ -34,6 +34,10 @@ const (
 	FileOperatorSigningKey = "operator-signing.nk" // --nats-operator-key, mode 0600
 	FileAccountJWT         = "account.jwt"         // --nats-account-jwt
 	FileSysCreds           = "sys.creds"           // --nats-sys-creds, mode 0600
+	// FileLeafSysCreds: a site's leaf node dials the hub as this system
+	// account user too (a second remote, account: the system account), so
+	// that the revocations the controller pushes reach the site's server.
+	FileLeafSysCreds = "leaf-sys.creds"
 )
 
 // Setup is what Init made.
@@ -120,6 +124,11 @@ func Init(dir string) (*Setup, error) {
 	if s.SysCreds, err = sysIss.User("flotilla-controller-sys", pub, sub, false); err != nil {
 		return nil, err
 	}
+	pub, sub = LeafSysPermissions(s.Account)
+	leafSys, err := sysIss.User("flotilla-leaf-sys", pub, sub, false)
+	if err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -135,6 +144,7 @@ func Init(dir string) (*Setup, error) {
 		FileOperatorSigningKey: {s.OperatorSigningSeed, 0o600},
 		FileAccountJWT:         {[]byte(s.AccountJWT), 0o644},
 		FileSysCreds:           {s.SysCreds, 0o600},
+		FileLeafSysCreds:       {leafSys, 0o600},
 	} {
 		if err := os.WriteFile(filepath.Join(dir, name), f.data, f.mode); err != nil {
 			return nil, fmt.Errorf("write %s: %w", name, err)

@@ -94,6 +94,16 @@ func SysUserPermissions(account string) (pub, sub []string) {
 		[]string{"_INBOX.>", "$SYS.SERVER.*.STATSZ", connectEventSubject(account)}
 }
 
+// LeafSysPermissions are those of a site leaf node's system account remote,
+// as the hub sees it: the hub passes it flotilla's account JWT pushes, and
+// takes from it the site server's answers, start announcements and logins in
+// flotilla's account (what the controller's system user reads). A site
+// cannot send any other system request into the hub.
+func LeafSysPermissions(account string) (pub, sub []string) {
+	return []string{"_INBOX.>", "$SYS.SERVER.*.STATSZ", connectEventSubject(account)},
+		[]string{claimsUpdateSubject(account)}
+}
+
 func claimsUpdateSubject(account string) string {
 	return "$SYS.REQ.ACCOUNT." + account + ".CLAIMS.UPDATE"
 }

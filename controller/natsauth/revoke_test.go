@@ -74,7 +74,7 @@ func TestRevokerAccountJWT(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for name, mode := range map[string]os.FileMode{FileOperatorSigningKey: 0o600, FileSysCreds: 0o600, FileAccountJWT: 0o644} {
+	for name, mode := range map[string]os.FileMode{FileOperatorSigningKey: 0o600, FileSysCreds: 0o600, FileLeafSysCreds: 0o600, FileAccountJWT: 0o644} {
 		st, err := os.Stat(filepath.Join(dir, name))
 		if err != nil {
 			t.Fatal(err)
