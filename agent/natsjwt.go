@@ -18,11 +18,12 @@ import (
 )
 
 // On an existing NATS cluster the agent's user JWT expires (the controller's
-// --nats-user-ttl): the agent renews it over HTTPS at half its lifetime,
-// keeping its key, writes it to its credentials file and reconnects with it
-// (NATS cannot log a live connection in again). An agent whose JWT expired
-// while it was off renews first thing; one the controller refuses (the node
-// was removed or joined again elsewhere) says so and keeps asking slowly.
+// --nats-user-ttl): the agent renews it at half its lifetime, over NATS while
+// the JWT logs in, else over HTTPS, keeping its key; it writes the JWT to its
+// credentials file and reconnects with it (NATS cannot log a live connection
+// in again). An agent whose JWT expired while it was off renews first thing
+// (over HTTPS); one the controller refuses (the node was removed or joined
+// again elsewhere) says so and keeps asking slowly.
 
 // errRenewRefused: the controller will not renew this key.
 var errRenewRefused = errors.New("controller refused to renew this node's NATS user")
@@ -72,7 +73,7 @@ func (a *Agent) runNATSRenewal(ctx context.Context) {
 		case <-time.After(max(wait, 0)):
 		}
 		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		tok, err := renewNATSJWT(rctx, a.creds, a.opts.Name)
+		tok, err := a.renewJWT(rctx)
 		cancel()
 		if err != nil {
 			failures++
@@ -135,14 +136,86 @@ func (a *Agent) runningTasks() int {
 	return len(a.running)
 }
 
-// renewNATSJWT asks the controller for a new JWT of cr's user key: a nonce,
-// then the nonce signed with the key.
-func renewNATSJWT(ctx context.Context, cr *protocol.Credentials, node string) (string, error) {
-	kp, err := nkeys.FromSeed([]byte(cr.NKeySeed))
+// renewJWT asks the controller for a new JWT of the agent's user key: a
+// nonce, then the nonce signed with the key. Over NATS first, while the JWT
+// still logs in (that reaches whichever controller leads), else over HTTPS
+// (that works once it expired).
+func (a *Agent) renewJWT(ctx context.Context) (string, error) {
+	kp, err := nkeys.FromSeed([]byte(a.creds.NKeySeed))
 	if err != nil {
 		return "", fmt.Errorf("NATS user seed in the credentials: %w", err)
 	}
 	pub, _ := kp.PublicKey()
+	var tok string
+	if a.nc != nil && a.nc.IsConnected() {
+		if tok, err = a.renewOverNATS(ctx, kp, pub); err == nil || errors.Is(err, errRenewRefused) {
+			return checkRenewed(tok, pub, err)
+		}
+		a.log.Debug("renew the NATS user JWT over NATS failed; trying HTTPS", "err", err)
+	}
+	tok, err = renewOverHTTPS(ctx, a.creds, a.opts.Name, kp, pub)
+	return checkRenewed(tok, pub, err)
+}
+
+// checkRenewed accepts a renewed JWT only for this node's key and unexpired.
+func checkRenewed(tok, pub string, err error) (string, error) {
+	if err != nil {
+		return "", err
+	}
+	uc, err := jwt.DecodeUserClaims(tok)
+	if err != nil {
+		return "", fmt.Errorf("renewed NATS user JWT: %w", err)
+	}
+	if uc.Subject != pub {
+		return "", fmt.Errorf("renewed NATS user JWT is for %s, not this node's key %s", uc.Subject, pub)
+	}
+	if uc.Expires != 0 && time.Unix(uc.Expires, 0).Before(time.Now()) {
+		return "", fmt.Errorf("renewed NATS user JWT expired at %s already (is this host's clock right?)", time.Unix(uc.Expires, 0).UTC().Format(time.RFC3339))
+	}
+	return tok, nil
+}
+
+// statusErr turns a refusal's status into an error (403: errRenewRefused).
+func statusErr(what string, status int, reason string) error {
+	switch {
+	case status == 0 || status == http.StatusOK:
+		return nil
+	case status == http.StatusForbidden:
+		return fmt.Errorf("%w: %s", errRenewRefused, reason)
+	}
+	return fmt.Errorf("%s: status %d %s", what, status, reason)
+}
+
+func (a *Agent) renewOverNATS(ctx context.Context, kp nkeys.KeyPair, pub string) (string, error) {
+	request := func(name string, data []byte, out any) error {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		m, err := a.nc.RequestWithContext(rctx, protocol.NodeRequestSubject(a.opts.Name, name), data)
+		if err != nil {
+			return fmt.Errorf("%s request: %w", name, err)
+		}
+		return protocol.Decode(m.Data, out)
+	}
+	var n protocol.NATSNonce
+	if err := request(protocol.RequestNATSNonce, nil, &n); err != nil {
+		return "", err
+	}
+	if err := statusErr("nonce", n.Status, n.Error); err != nil {
+		return "", err
+	}
+	sig, err := kp.Sign(protocol.NATSRenewMessage(a.opts.Name, pub, n.Nonce))
+	if err != nil {
+		return "", err
+	}
+	data, _ := protocol.Encode(protocol.NATSRenewRequest{Node: a.opts.Name, UserKey: pub, Nonce: n.Nonce, Sig: sig})
+	var rep protocol.NATSRenewReply
+	if err := request(protocol.RequestNATSRenew, data, &rep); err != nil {
+		return "", err
+	}
+	return rep.JWT, statusErr("renewal", rep.Status, rep.Error)
+}
+
+func renewOverHTTPS(ctx context.Context, cr *protocol.Credentials, node string, kp nkeys.KeyPair, pub string) (string, error) {
 	if cr.HTTPURL == "" {
 		return "", errors.New("the credentials name no controller HTTPS address (httpURL): join again with a token")
 	}
@@ -163,16 +236,6 @@ func renewNATSJWT(ctx context.Context, cr *protocol.Credentials, node string) (s
 	var rep protocol.NATSRenewReply
 	if err := postJSON(ctx, cl, cr.HTTPURL+protocol.PathNATSRenew, protocol.NATSRenewRequest{Node: node, UserKey: pub, Nonce: n.Nonce, Sig: sig}, &rep); err != nil {
 		return "", err
-	}
-	uc, err := jwt.DecodeUserClaims(rep.JWT)
-	if err != nil {
-		return "", fmt.Errorf("renewed NATS user JWT: %w", err)
-	}
-	if uc.Subject != pub {
-		return "", fmt.Errorf("renewed NATS user JWT is for %s, not this node's key %s", uc.Subject, pub)
-	}
-	if uc.Expires != 0 && time.Unix(uc.Expires, 0).Before(time.Now()) {
-		return "", fmt.Errorf("renewed NATS user JWT expired at %s already (is this host's clock right?)", time.Unix(uc.Expires, 0).UTC().Format(time.RFC3339))
 	}
 	return rep.JWT, nil
 }

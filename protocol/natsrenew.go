@@ -15,6 +15,15 @@ const (
 	PathNATSRenew = "/v1/nats/renew"
 )
 
+// The same two requests as node requests (NodeRequestSubject), while the JWT
+// still logs in: they reach whichever controller leads an HA group, also one
+// whose HTTPS address the node never learnt. Answers carry Status, the HTTP
+// status the HTTPS path would give.
+const (
+	RequestNATSNonce = "nats-nonce"
+	RequestNATSRenew = "nats-renew"
+)
+
 // Sizes of a renewal.
 const (
 	// MaxNATSRenewBytes bounds a renewal request body.
@@ -29,7 +38,9 @@ const (
 
 // NATSNonce is the answer to POST PathNATSNonce.
 type NATSNonce struct {
-	Nonce string `json:"nonce"`
+	Nonce  string `json:"nonce,omitempty"`
+	Error  string `json:"error,omitempty"`
+	Status int    `json:"status,omitempty"`
 }
 
 // NATSRenewRequest is POSTed to PathNATSRenew.
@@ -43,8 +54,9 @@ type NATSRenewRequest struct {
 
 // NATSRenewReply carries the new user JWT (or, with a 4xx/5xx status, Error).
 type NATSRenewReply struct {
-	JWT   string `json:"jwt,omitempty"`
-	Error string `json:"error,omitempty"`
+	JWT    string `json:"jwt,omitempty"`
+	Error  string `json:"error,omitempty"`
+	Status int    `json:"status,omitempty"`
 }
 
 // NATSRenewMessage is what the agent signs: a context string, so that the

@@ -316,6 +316,31 @@ func TestHostileExpiredNodeJWT(t *testing.T) {
 	if !strings.Contains(f.Agents["e1"].Output(), "renewed its NATS user JWT") {
 		t.Errorf("the agent did not log its renewals")
 	}
+	if !f.Controller.WaitLog(time.Second, "renewed a node's NATS user JWT", "node=e1", "from=nats") {
+		t.Errorf("the connected agent did not renew over NATS")
+	}
+
+	// The agent is off until its JWT expired: at its restart it renews over
+	// HTTPS (its JWT no longer logs in) and comes back online.
+	f.Agents["e1"].Kill()
+	off := f.AgentCredentials("e1")
+	if err := poll.Until(ctx, 3*ttl, 200*time.Millisecond, func() bool {
+		conn, err := connectTo(nc.Servers[0].URL, off)
+		if err == nil {
+			conn.Close()
+		}
+		return authRefused(err)
+	}); err != nil {
+		t.Fatalf("e1's last JWT still logs in %s after the agent stopped: %v", 3*ttl, err)
+	}
+	p := f.RestartAgent("e1")
+	f.WaitOnline(60*time.Second, true, "e1")
+	if !p.WaitLog(5*time.Second, "renewed its NATS user JWT") {
+		t.Errorf("the restarted agent came online without renewing its expired JWT?\n%s", p.Tail())
+	}
+	if !f.Controller.WaitLog(time.Second, "renewed a node's NATS user JWT", "node=e1", "from=127.0.0.1:") {
+		t.Errorf("the agent with an expired JWT did not renew over HTTPS")
+	}
 }
 
 // adminClaims decodes the admin user JWT from the controller's admin.creds.
@@ -421,6 +446,45 @@ func hostileRenewal(t *testing.T, ctx context.Context, f *controllertest.Fleet, 
 				t.Errorf("renewed JWT: %v %+v, want one for %s with an expiry", err, uc, ownerKey)
 			}
 		})
+	}
+	// Over NATS, the node's own connection: another node's renewal is
+	// refused, and a flood is cut at the per-node burst.
+	conn, err := f.ConnectNode(f.AgentCredentials("v1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	natsNonce := func() protocol.NATSNonce {
+		m, err := controllertest.NodeRequest(ctx, conn, "v1", protocol.RequestNATSNonce, nil)
+		if err != nil {
+			t.Fatalf("nonce over NATS: %v", err)
+		}
+		var n protocol.NATSNonce
+		if err := protocol.Decode(m.Data, &n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	n := natsNonce()
+	sig, _ := owner.Sign(protocol.NATSRenewMessage("v2", ownerKey, n.Nonce))
+	data, _ := protocol.Encode(protocol.NATSRenewRequest{Node: "v2", UserKey: ownerKey, Nonce: n.Nonce, Sig: sig})
+	m, err := controllertest.NodeRequest(ctx, conn, "v1", protocol.RequestNATSRenew, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep protocol.NATSRenewReply
+	if err := protocol.Decode(m.Data, &rep); err != nil || rep.Status != http.StatusForbidden || rep.JWT != "" {
+		t.Errorf("v1 renewing v2's user over NATS: %+v %v, want 403", rep, err)
+	}
+	limited := false
+	for range 20 {
+		if natsNonce().Status == http.StatusTooManyRequests {
+			limited = true
+			break
+		}
+	}
+	if !limited {
+		t.Errorf("20 renewal requests over NATS at once: none refused, want the per-node burst enforced")
 	}
 	code, _ := postRenewal(t, ctx, f, protocol.PathNATSRenew, bytes.Repeat([]byte(" "), protocol.MaxNATSRenewBytes+1))
 	if code != http.StatusRequestEntityTooLarge {

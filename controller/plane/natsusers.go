@@ -87,6 +87,7 @@ type natsUsers struct {
 	ttl      time.Duration
 	adminTTL time.Duration
 	nonces   *nonceMinter
+	limit    *nodeLimiter // renewals over NATS, per node
 
 	mu      sync.Mutex // one read-modify-write of the bucket at a time in this process
 	pushMu  sync.Mutex // one push at a time
@@ -176,6 +177,9 @@ func (c *Controller) openNATSUsers(ctx context.Context) error {
 		return err
 	}
 	u.setCache(revs)
+	if err := c.subscribeNATSRenewal(); err != nil {
+		return err
+	}
 	if u.revoker == nil {
 		c.log.Warn("NATS user revocation is off (no --nats-operator-key, --nats-account-jwt and --nats-sys-creds): "+
 			"a removed or re-joined node's previous NATS user keeps working until its JWT expires", "userTTL", u.ttl)
@@ -197,7 +201,7 @@ func (c *Controller) openNATSUsers(ctx context.Context) error {
 
 func newNATSUsers(c *Controller) *natsUsers {
 	return &natsUsers{c: c, log: c.log, issuer: c.issuer, ttl: c.opts.NATSUserTTL, adminTTL: c.opts.NATSAdminTTL,
-		nonces: newNonceMinter(), kick: make(chan struct{}, 1), revoked: natsauth.Revocations{}}
+		nonces: newNonceMinter(), limit: newNodeLimiter(), kick: make(chan struct{}, 1), revoked: natsauth.Revocations{}}
 }
 
 // issueNode makes a new user key for node (at its join or re-join) and
