@@ -316,13 +316,23 @@ func (u *natsUsers) reconcile(ctx context.Context) error {
 		return err
 	}
 	var gone []string
+	have := map[string]bool{}
 	for k := range lister.Keys() {
 		if !strings.HasPrefix(k, "node.") {
 			continue
 		}
 		node := strings.ReplaceAll(strings.TrimPrefix(k, "node."), "~", ".")
+		have[node] = true
 		if _, ok := u.c.inv.get(node); !ok {
 			gone = append(gone, node)
+		}
+	}
+	// Nodes that joined before user JWTs expired: their user never expires
+	// and its key is nowhere on record, so their removal cannot revoke it.
+	for _, n := range u.c.inv.list() {
+		if !have[n.Name] {
+			u.log.Warn("node's NATS user was issued by an older controller: it never expires and its removal cannot revoke it; "+
+				"re-join the node to give it an expiring, revocable user", "node", n.Name, "how", "flotilla token create --for "+n.Name)
 		}
 	}
 	for _, node := range gone {
