@@ -299,6 +299,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if a.creds.JWT != "" {
+		// An expired JWT is refused until the renewal gives a good one: keep
+		// trying instead of giving up after two refusals.
+		auth = append(auth, nats.IgnoreAuthErrorAbort())
+	}
 	urls := a.creds.NATSURLs
 	if len(a.opts.NATSURLs) > 0 {
 		urls = a.opts.NATSURLs
@@ -308,9 +313,6 @@ func (a *Agent) Run(ctx context.Context) error {
 		nats.CustomInboxPrefix(protocol.InboxPrefix(a.opts.Name)),
 		nats.RetryOnFailedConnect(true),
 		nats.MaxReconnects(-1),
-		// An expired or revoked JWT is refused until the renewal (or a
-		// re-join) gives a good one: keep trying instead of giving up.
-		nats.IgnoreAuthErrorAbort(),
 		nats.CustomReconnectDelay(backoff),
 		nats.ReconnectBufSize(8<<20),
 		nats.PingInterval(5*time.Second),
