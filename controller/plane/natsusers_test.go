@@ -2,6 +2,7 @@ package plane
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -68,5 +69,29 @@ func TestCheckNATSUsers(t *testing.T) {
 				t.Errorf("no default lifetimes: %v %v", o.NATSUserTTL, o.NATSAdminTTL)
 			}
 		})
+	}
+}
+
+// TestNodeLimiterBounds hits the per-node burst and the map's size bound.
+func TestNodeLimiterBounds(t *testing.T) {
+	l := newNodeLimiter()
+	now := time.Unix(1_800_000_000, 0)
+	allowed := 0
+	for range nodeRenewBurst + 5 {
+		if l.allow("n1", now) {
+			allowed++
+		}
+	}
+	if allowed != nodeRenewBurst {
+		t.Errorf("%d requests allowed at once, want the burst %d", allowed, nodeRenewBurst)
+	}
+	if !l.allow("n1", now.Add(time.Second/nodeRenewRate)) {
+		t.Errorf("no request allowed a period later")
+	}
+	for i := range maxOffenseKeys {
+		l.allow(fmt.Sprintf("m%d", i), now)
+	}
+	if len(l.nodes) > maxOffenseKeys {
+		t.Errorf("%d nodes tracked, at most %d", len(l.nodes), maxOffenseKeys)
 	}
 }
