@@ -128,6 +128,16 @@ type RevokerConfig struct {
 	OnLogin func(userKey, server string)
 }
 
+// FileError says which of the revoker's files (RevokerConfig) is wrong:
+// "OperatorKey", "AccountJWT" or "SysCreds".
+type FileError struct {
+	Which string
+	Err   error
+}
+
+func (e *FileError) Error() string { return e.Err.Error() }
+func (e *FileError) Unwrap() error { return e.Err }
+
 // Revoker pushes flotilla's account JWT, re-signed with a revocation list, to
 // every server of the cluster over a system account connection.
 type Revoker struct {
@@ -142,27 +152,36 @@ type Revoker struct {
 
 // OpenRevoker checks the files of cfg and connects as the system user.
 func OpenRevoker(cfg RevokerConfig) (*Revoker, error) {
+	opErr := func(format string, a ...any) error {
+		return &FileError{Which: "OperatorKey", Err: fmt.Errorf(format, a...)}
+	}
+	accErr := func(format string, a ...any) error {
+		return &FileError{Which: "AccountJWT", Err: fmt.Errorf(format, a...)}
+	}
+	sysErr := func(format string, a ...any) error {
+		return &FileError{Which: "SysCreds", Err: fmt.Errorf(format, a...)}
+	}
 	seed, err := os.ReadFile(cfg.OperatorKeyFile)
 	if err != nil {
-		return nil, fmt.Errorf("operator signing key: %w", err)
+		return nil, opErr("operator signing key: %w", err)
 	}
 	kp, err := nkeys.FromSeed([]byte(strings.TrimSpace(string(seed))))
 	if err != nil {
-		return nil, fmt.Errorf("operator signing key %s: %w", cfg.OperatorKeyFile, err)
+		return nil, opErr("operator signing key %s: %w", cfg.OperatorKeyFile, err)
 	}
 	if pub, _ := kp.PublicKey(); !nkeys.IsValidPublicOperatorKey(pub) {
-		return nil, fmt.Errorf("operator signing key %s: not an operator key (its seed starts with SO)", cfg.OperatorKeyFile)
+		return nil, opErr("operator signing key %s: not an operator key (its seed starts with SO)", cfg.OperatorKeyFile)
 	}
 	base, err := os.ReadFile(cfg.AccountJWTFile)
 	if err != nil {
-		return nil, fmt.Errorf("account JWT: %w", err)
+		return nil, accErr("account JWT: %w", err)
 	}
 	ac, err := jwt.DecodeAccountClaims(strings.TrimSpace(string(base)))
 	if err != nil {
-		return nil, fmt.Errorf("account JWT %s: %w", cfg.AccountJWTFile, err)
+		return nil, accErr("account JWT %s: %w", cfg.AccountJWTFile, err)
 	}
 	if ac.Subject != cfg.Account {
-		return nil, fmt.Errorf("account JWT %s is of account %s, but the controller issues users in %s: give flotilla's account JWT", cfg.AccountJWTFile, ac.Subject, cfg.Account)
+		return nil, accErr("account JWT %s is of account %s, but the controller issues users in %s: give flotilla's account JWT", cfg.AccountJWTFile, ac.Subject, cfg.Account)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -179,20 +198,20 @@ func OpenRevoker(cfg RevokerConfig) (*Revoker, error) {
 	}
 	nc, err := nats.Connect(strings.Join(cfg.URLs, ","), opts...)
 	if err != nil {
-		return nil, fmt.Errorf("connect to NATS as the system account user of %s: %w", cfg.SysCredsFile, err)
+		return nil, sysErr("connect to NATS as the system account user of %s: %w", cfg.SysCredsFile, err)
 	}
 	r.nc = nc
 	if _, err := nc.Subscribe("$SYS.SERVER.*.STATSZ", r.onStatsz); err != nil {
 		nc.Close()
-		return nil, fmt.Errorf("subscribe to server announcements: %w", err)
+		return nil, sysErr("subscribe to server announcements: %w", err)
 	}
 	if _, err := nc.Subscribe(connectEventSubject(cfg.Account), r.onConnect); err != nil {
 		nc.Close()
-		return nil, fmt.Errorf("subscribe to logins: %w", err)
+		return nil, sysErr("subscribe to logins: %w", err)
 	}
 	if err := nc.Flush(); err != nil {
 		nc.Close()
-		return nil, fmt.Errorf("system account user %s: %w (is it allowed to subscribe to $SYS.SERVER.*.STATSZ?)", cfg.SysCredsFile, err)
+		return nil, sysErr("system account user %s: %w (may it subscribe to $SYS.SERVER.*.STATSZ and the account's CONNECT events? see natsauth.SysUserPermissions)", cfg.SysCredsFile, err)
 	}
 	return r, nil
 }
@@ -339,7 +358,7 @@ func (r *Revoker) Push(ctx context.Context, accountJWT string, wait time.Duratio
 			return res, fmt.Errorf("no server took the account JWT: %s (is the operator signing key %s in the operator JWT's signing keys?)",
 				strings.Join(res.Failed, "; "), r.cfg.OperatorKeyFile)
 		}
-		return res, fmt.Errorf("no server answered the account JWT push within %s", wait)
+		return res, fmt.Errorf("no server answered the account JWT push within %s (may the system user of %s publish on %s?)", wait, r.cfg.SysCredsFile, claimsUpdateSubject(r.cfg.Account))
 	}
 	return res, nil
 }

@@ -182,3 +182,43 @@ func TestSignUserLifetime(t *testing.T) {
 		t.Error("a JWT for a malformed key")
 	}
 }
+
+// TestOpenRevokerNamesTheBadFile gives the revoker a wrong file each: the
+// error says which (the controller names its flag).
+func TestOpenRevokerNamesTheBadFile(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "auth")
+	s, err := Init(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := Init(filepath.Join(t.TempDir(), "other"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherAccountJWT := filepath.Join(t.TempDir(), "other.jwt")
+	if err := os.WriteFile(otherAccountJWT, []byte(other.AccountJWT), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	good := RevokerConfig{OperatorKeyFile: filepath.Join(dir, FileOperatorSigningKey), AccountJWTFile: filepath.Join(dir, FileAccountJWT),
+		SysCredsFile: filepath.Join(dir, FileSysCreds), Account: s.Account, URLs: []string{"nats://127.0.0.1:1"}}
+	for _, tc := range []struct {
+		name   string
+		mutate func(*RevokerConfig)
+		which  string
+	}{
+		{"an account key as the operator key", func(c *RevokerConfig) { c.OperatorKeyFile = filepath.Join(dir, FileAccountKey) }, "OperatorKey"},
+		{"no operator key file", func(c *RevokerConfig) { c.OperatorKeyFile = filepath.Join(dir, "none") }, "OperatorKey"},
+		{"another account's JWT", func(c *RevokerConfig) { c.AccountJWTFile = otherAccountJWT }, "AccountJWT"},
+		{"nothing listens", func(*RevokerConfig) {}, "SysCreds"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := good
+			tc.mutate(&cfg)
+			_, err := OpenRevoker(cfg)
+			var fe *FileError
+			if !errors.As(err, &fe) || fe.Which != tc.which {
+				t.Fatalf("error %v, want one about %s", err, tc.which)
+			}
+		})
+	}
+}

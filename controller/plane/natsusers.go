@@ -158,10 +158,11 @@ func (c *Controller) openRevoker() (*natsauth.Revoker, error) {
 		},
 		OnLogin: func(key, server string) { c.nu.onLogin(key, server) },
 	})
-	if err != nil {
-		return nil, &OptionError{Option: "NATSOperatorKey", Err: err}
+	var fe *natsauth.FileError
+	if errors.As(err, &fe) {
+		return nil, &OptionError{Option: "NATS" + fe.Which, Err: err}
 	}
-	return r, nil
+	return r, err
 }
 
 // openNATSUsers opens the bucket and starts pushing revocations.
