@@ -251,6 +251,24 @@ func (r *Revoker) onStatsz(m *nats.Msg) {
 	}
 }
 
+// serverSeenFor is how long a server counts as up after its last
+// announcement (servers announce themselves every 10 s or more often).
+const serverSeenFor = time.Minute
+
+// liveServers counts the servers that announced themselves lately: a push
+// waits for that many answers (or pushWait).
+func (r *Revoker) liveServers(now time.Time) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, t := range r.servers {
+		if now.Sub(t) < serverSeenFor {
+			n++
+		}
+	}
+	return n
+}
+
 func (r *Revoker) serverStarted(name string) {
 	if r.cfg.OnServerStart != nil {
 		r.cfg.OnServerStart(name)
@@ -321,7 +339,7 @@ func (r *Revoker) Push(ctx context.Context, accountJWT string, wait time.Duratio
 	if err := r.nc.FlushWithContext(ctx); err != nil {
 		return res, fmt.Errorf("push the account JWT: %w", err)
 	}
-	want := len(r.nc.Servers())
+	want := max(len(r.nc.Servers()), r.liveServers(time.Now()))
 	ctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	for len(res.Applied)+len(res.Skipped)+len(res.Failed) < want {
