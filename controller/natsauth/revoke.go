@@ -323,27 +323,41 @@ func (p PushResult) String() string {
 	return fmt.Sprintf("applied on %d server(s) %v, skipped on %v, failed on %v", len(p.Applied), p.Applied, p.Skipped, p.Failed)
 }
 
-// Push publishes accountJWT to every server and collects their answers for
-// up to wait (less once as many servers answered as the connection knows).
-func (r *Revoker) Push(ctx context.Context, accountJWT string, wait time.Duration) (PushResult, error) {
-	var res PushResult
+// Pending is a published account JWT whose answers are still coming.
+type Pending struct {
+	r    *Revoker
+	sub  *nats.Subscription
+	want int
+}
+
+// Publish sends accountJWT to every server (in the order of the calls);
+// Wait collects their answers.
+func (r *Revoker) Publish(ctx context.Context, accountJWT string) (*Pending, error) {
 	inbox := r.nc.NewRespInbox()
 	sub, err := r.nc.SubscribeSync(inbox)
 	if err != nil {
-		return res, fmt.Errorf("push the account JWT: %w", err)
+		return nil, fmt.Errorf("push the account JWT: %w", err)
 	}
-	defer sub.Unsubscribe()
 	if err := r.nc.PublishRequest(claimsUpdateSubject(r.cfg.Account), inbox, []byte(accountJWT)); err != nil {
-		return res, fmt.Errorf("push the account JWT: %w", err)
+		_ = sub.Unsubscribe()
+		return nil, fmt.Errorf("push the account JWT: %w", err)
 	}
 	if err := r.nc.FlushWithContext(ctx); err != nil {
-		return res, fmt.Errorf("push the account JWT: %w", err)
+		_ = sub.Unsubscribe()
+		return nil, fmt.Errorf("push the account JWT: %w", err)
 	}
-	want := max(len(r.nc.Servers()), r.liveServers(time.Now()))
+	return &Pending{r: r, sub: sub, want: max(len(r.nc.Servers()), r.liveServers(time.Now()))}, nil
+}
+
+// Wait collects the servers' answers for up to wait (less once as many
+// servers answered as announced themselves lately).
+func (p *Pending) Wait(ctx context.Context, wait time.Duration) (PushResult, error) {
+	var res PushResult
+	defer func() { _ = p.sub.Unsubscribe() }()
 	ctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
-	for len(res.Applied)+len(res.Skipped)+len(res.Failed) < want {
-		m, err := sub.NextMsgWithContext(ctx)
+	for len(res.Applied)+len(res.Skipped)+len(res.Failed) < p.want {
+		m, err := p.sub.NextMsgWithContext(ctx)
 		if err != nil {
 			break
 		}
@@ -374,9 +388,10 @@ func (r *Revoker) Push(ctx context.Context, accountJWT string, wait time.Duratio
 	if len(res.Applied) == 0 && len(res.Skipped) == 0 {
 		if len(res.Failed) > 0 {
 			return res, fmt.Errorf("no server took the account JWT: %s (is the operator signing key %s in the operator JWT's signing keys?)",
-				strings.Join(res.Failed, "; "), r.cfg.OperatorKeyFile)
+				strings.Join(res.Failed, "; "), p.r.cfg.OperatorKeyFile)
 		}
-		return res, fmt.Errorf("no server answered the account JWT push within %s (may the system user of %s publish on %s?)", wait, r.cfg.SysCredsFile, claimsUpdateSubject(r.cfg.Account))
+		return res, fmt.Errorf("no server answered the account JWT push within %s (may the system user of %s publish on %s?)",
+			wait, p.r.cfg.SysCredsFile, claimsUpdateSubject(p.r.cfg.Account))
 	}
 	return res, nil
 }

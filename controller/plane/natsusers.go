@@ -89,11 +89,13 @@ type natsUsers struct {
 	nonces   *nonceMinter
 	limit    *nodeLimiter // renewals over NATS, per node
 
-	mu      sync.Mutex // one read-modify-write of the bucket at a time in this process
-	pushMu  sync.Mutex // one push at a time
-	kick    chan struct{}
-	cacheMu sync.RWMutex
-	revoked natsauth.Revocations // as last read or written
+	mu       sync.Mutex // one read-modify-write of the bucket at a time in this process
+	pushMu   sync.Mutex // signs and publishes one push at a time, in order
+	lastJWT  string     // the account JWT last signed, for lastList
+	lastList jwt.RevocationList
+	kick     chan struct{}
+	cacheMu  sync.RWMutex
+	revoked  natsauth.Revocations // as last read or written
 	// loginWarned: a revoked login is logged at most every loginWarnEvery.
 	loginWarned time.Time
 }
@@ -192,7 +194,7 @@ func (c *Controller) openNATSUsers(ctx context.Context) error {
 	c.wg.Add(1)
 	go func() { defer c.wg.Done(); c.renewAdmin() }()
 	if u.revoker != nil {
-		u.push(ctx)
+		u.push(ctx, "")
 		c.wg.Add(2)
 		go func() { defer c.wg.Done(); u.pushLoop() }()
 		go func() { defer c.wg.Done(); u.watchRevoked() }()
@@ -223,7 +225,7 @@ func (u *natsUsers) issueNode(ctx context.Context, node string) (token, seed, us
 		return "", "", "", fmt.Errorf("node %s: store its NATS user: %w", node, err)
 	}
 	if old != "" {
-		u.pushNow(ctx, "re-join of "+node)
+		u.push(ctx, "re-join of "+node)
 	}
 	return token, seed, userKey, nil
 }
@@ -242,7 +244,7 @@ func (u *natsUsers) revokeNode(ctx context.Context, node string) error {
 		return fmt.Errorf("node %s: forget its NATS user: %w", node, err)
 	}
 	if old != "" {
-		u.pushNow(ctx, "removal of "+node)
+		u.push(ctx, "removal of "+node)
 	}
 	return nil
 }
@@ -429,6 +431,11 @@ func (u *natsUsers) onLogin(key, server string) {
 	u.kickPush()
 }
 
+// pushGap is the least time between two pushes of the loop: a thief
+// logging in again and again with a revoked key does not make the servers
+// re-read the account JWT more often than that.
+const pushGap = 200 * time.Millisecond
+
 func (u *natsUsers) pushLoop() {
 	tick := time.NewTicker(pushEvery)
 	defer tick.Stop()
@@ -445,7 +452,18 @@ func (u *natsUsers) pushLoop() {
 			cancel()
 		case <-u.kick:
 		}
-		u.push(u.c.ctx)
+		// The answers are collected beside the loop (at most
+		// pushWait/pushGap pushes wait at once), so that a push waiting for
+		// a server that went away never delays the next one.
+		if wait := u.publish(u.c.ctx, ""); wait != nil {
+			u.c.wg.Add(1)
+			go func() { defer u.c.wg.Done(); wait() }()
+		}
+		select {
+		case <-u.c.ctx.Done():
+			return
+		case <-time.After(pushGap):
+		}
 	}
 }
 
@@ -477,20 +495,15 @@ func (u *natsUsers) watchRevoked() {
 	}
 }
 
-// push pushes the revocations as this controller knows them: its own
-// writes and, through watchRevoked, the other controllers'. It reads no KV:
-// a push is most needed when a server restarted, when JetStream may be
-// electing leaders and answer nothing for seconds.
-func (u *natsUsers) push(ctx context.Context) {
-	u.pushRevocations(ctx, u.cached(), "")
-}
-
-// pushNow pushes what this controller just stored (under u.mu).
-func (u *natsUsers) pushNow(ctx context.Context, why string) {
-	if u.revoker == nil {
-		return
+// push pushes the revocations as this controller knows them (its own
+// writes and, through watchRevoked, the other controllers') and waits for
+// the answers. It reads no KV: a push is most needed when a server
+// restarted, when JetStream may be electing leaders and answer nothing for
+// seconds.
+func (u *natsUsers) push(ctx context.Context, why string) {
+	if wait := u.publish(ctx, why); wait != nil {
+		wait()
 	}
-	u.pushRevocations(ctx, u.cached(), why)
 }
 
 // cached is a copy of the known revocations, pruned.
@@ -505,27 +518,57 @@ func (u *natsUsers) cached() natsauth.Revocations {
 	return revs
 }
 
-func (u *natsUsers) pushRevocations(ctx context.Context, revs natsauth.Revocations, why string) {
+// publish signs the account JWT with the known revocations (again only when
+// they changed: servers skip a JWT they have) and publishes it; the function
+// it returns collects and logs the answers (nil: nothing was published).
+func (u *natsUsers) publish(ctx context.Context, why string) func() {
+	if u.revoker == nil {
+		return nil
+	}
+	revs := u.cached()
 	u.pushMu.Lock()
-	defer u.pushMu.Unlock()
-	ctx, cancel := context.WithTimeout(ctx, pushWait+time.Second)
-	defer cancel()
+	tok, err := u.signedLocked(revs)
+	if err != nil {
+		u.pushMu.Unlock()
+		u.log.Error("sign flotilla's account JWT: revocations cannot be pushed", "err", err)
+		return nil
+	}
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	p, err := u.revoker.Publish(pctx, tok)
+	cancel()
+	u.pushMu.Unlock()
+	if err != nil {
+		u.log.Error("push the NATS user revocations: retried every minute and at each server start", "err", err, "revoked", len(revs))
+		return nil
+	}
+	return func() {
+		res, err := p.Wait(u.c.ctx, pushWait)
+		switch {
+		case err != nil:
+			u.log.Error("push the NATS user revocations: retried every minute and at each server start", "err", err, "revoked", len(revs))
+		case len(res.Failed) > 0:
+			u.log.Warn("NATS servers refused flotilla's account JWT", "result", res.String(), "revoked", len(revs))
+		case why != "":
+			u.log.Info("pushed the NATS user revocations", "why", why, "result", res.String(), "revoked", len(revs))
+		default:
+			u.log.Debug("pushed the NATS user revocations", "result", res.String(), "revoked", len(revs))
+		}
+	}
+}
+
+// signedLocked is the account JWT for revs, signed again only when the list
+// differs from the last one signed (under pushMu).
+func (u *natsUsers) signedLocked(revs natsauth.Revocations) (string, error) {
+	list := revs.List()
+	if u.lastJWT != "" && maps.Equal(list, u.lastList) {
+		return u.lastJWT, nil
+	}
 	tok, err := u.revoker.AccountJWT(revs)
 	if err != nil {
-		u.log.Error("sign flotilla's account JWT: revocations cannot be pushed", "err", err)
-		return
+		return "", err
 	}
-	res, err := u.revoker.Push(ctx, tok, pushWait)
-	switch {
-	case err != nil:
-		u.log.Error("push the NATS user revocations: retried every minute and at each server start", "err", err, "revoked", len(revs))
-	case len(res.Failed) > 0:
-		u.log.Warn("NATS servers refused flotilla's account JWT", "result", res.String(), "revoked", len(revs))
-	case why != "":
-		u.log.Info("pushed the NATS user revocations", "why", why, "result", res.String(), "revoked", len(revs))
-	default:
-		u.log.Debug("pushed the NATS user revocations", "result", res.String(), "revoked", len(revs))
-	}
+	u.lastJWT, u.lastList = tok, list
+	return tok, nil
 }
 
 // adminUser issues admin.creds' JWT for the admin key kept in the data dir
