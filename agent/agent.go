@@ -99,6 +99,10 @@ type Agent struct {
 	metrics *metrics
 
 	nc *nats.Conn
+	// jwt is the NATS user JWT logins use (existing NATS cluster): the
+	// credentials' one, then each renewal's (natsjwt.go).
+	jwtMu sync.Mutex
+	jwt   string
 	// peer is the running peer-to-peer part (nil until runPeer started it,
 	// and again once ctx ended); steps get it in StepContext.Peer.
 	peer atomic.Pointer[Peer]
@@ -193,6 +197,7 @@ func New(ctx context.Context, opts Options) (*Agent, error) {
 	if err := a.loadOrJoin(ctx); err != nil {
 		return nil, err
 	}
+	a.jwt = a.creds.JWT
 	a.verify = protocol.NewVerifier(ed25519.PublicKey(a.creds.SigningKey), opts.Name, a.loadSeq())
 	a.verify.MaxClockSkew, a.verify.Now = opts.MaxClockSkew, opts.Now
 	return a, nil
@@ -295,9 +300,14 @@ func (a *Agent) Peer() *Peer { return a.peer.Load() }
 // Run connects to NATS (retrying with jittered backoff), registers, heartbeats
 // and runs tasks until ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
-	auth, err := natsconn.Options(a.creds)
+	auth, err := natsconn.OptionsRenewed(a.creds, a.natsJWT)
 	if err != nil {
 		return err
+	}
+	if a.creds.JWT != "" {
+		// An expired JWT is refused until the renewal gives a good one: keep
+		// trying instead of giving up after two refusals.
+		auth = append(auth, nats.IgnoreAuthErrorAbort())
 	}
 	urls := a.creds.NATSURLs
 	if len(a.opts.NATSURLs) > 0 {
@@ -352,6 +362,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	if err := a.serveMetrics(ctx); err != nil {
 		return err
+	}
+	if a.creds.JWT != "" {
+		a.bg.Go(func() { a.runNATSRenewal(ctx) })
 	}
 	a.bg.Go(func() { a.runPeer(ctx) })
 	a.bg.Go(func() { a.runRegistry(ctx) })

@@ -143,3 +143,24 @@ func FuzzDecodePeerCertRequest(f *testing.F) {
 		sameAsEncodingJSON(t, data, r)
 	})
 }
+
+func FuzzDecodeNATSRenewRequest(f *testing.F) {
+	ok := &NATSRenewRequest{Node: "n1", UserKey: "UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4",
+		Nonce: strings.Repeat("A", NATSNonceLen), Sig: make([]byte, NATSSigLen)}
+	data, _ := Encode(ok)
+	if _, err := DecodeNATSRenewRequest(data); err != nil {
+		f.Fatalf("the seed request is refused: %v", err)
+	}
+	f.Add(data)
+	f.Add([]byte(`{"node":"n1","userKey":"U","nonce":"","sig":""}`))
+	f.Add([]byte(`{"node":"n1;x","userKey":"UDXU","nonce":"x","sig":"AA=="} trailing`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r, err := DecodeNATSRenewRequest(data)
+		if err != nil {
+			return
+		}
+		if ValidateNodeName(r.Node) != nil || ValidateNATSUserKey(r.UserKey) != nil || len(r.Nonce) != NATSNonceLen || len(r.Sig) != NATSSigLen {
+			t.Fatalf("accepted a renewal request outside the rules: %+v", r)
+		}
+	})
+}

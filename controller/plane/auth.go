@@ -131,27 +131,3 @@ func (c *Controller) writeAdminCreds() error {
 func localNATSHostPort(c *Controller) string {
 	return fmt.Sprintf("127.0.0.1:%d", addrPort(c.natsAddr))
 }
-
-// writeExternalAdminCreds issues the CLI a user of the NATS cluster's account
-// that may only send admin requests (as in the embedded server).
-func (c *Controller) writeExternalAdminCreds() error {
-	tok, seed, _, err := c.issuer.UserJWT(UserAdmin, []string{protocol.AllAdmin}, []string{"_INBOX.>"}, false)
-	if err != nil {
-		return err
-	}
-	cr := protocol.Credentials{
-		NATSURLs:   c.opts.NATSURLs,
-		User:       UserAdmin,
-		JWT:        tok,
-		NKeySeed:   seed,
-		NATSCAPEM:  c.natsCA,
-		CAPEM:      c.pki.caPEM,
-		SigningKey: c.SigningKey(),
-		HTTPURL:    c.HTTPURL(),
-	}
-	data, err := json.MarshalIndent(cr, "", "  ")
-	if err != nil {
-		return err
-	}
-	return atomicfile.Write(filepath.Join(c.opts.DataDir, FileAdminCreds), data, 0o600)
-}

@@ -106,6 +106,16 @@ type Options struct {
 	// NATSCA is a PEM file with the CA of the cluster's TLS certificates, for
 	// tls:// URLs (default: the system's roots).
 	NATSCA string
+	// NATSOperatorKey (an operator signing key's seed file), NATSAccountJWT
+	// (flotilla's account JWT the servers preload) and NATSSysCreds (a
+	// system account user) let the controller revoke a removed or re-joined
+	// node's NATS user on every server at once (see natsusers.go); all three
+	// or none. Without them a previous user works until its JWT expires.
+	NATSOperatorKey, NATSAccountJWT, NATSSysCreds string
+	// NATSUserTTL is the lifetime of node user JWTs, which agents renew at
+	// half-life (default DefaultNATSUserTTL); NATSAdminTTL that of
+	// admin.creds' JWT, which the controller renews (default DefaultNATSAdminTTL).
+	NATSUserTTL, NATSAdminTTL time.Duration
 	// Replicas is the JetStream replica count of every stream and KV bucket
 	// the controller creates (0: 3 when the cluster has 3 or more servers, else 1).
 	Replicas int
@@ -128,6 +138,9 @@ type Controller struct {
 	// issuer signs the users of an existing NATS cluster; natsCA is its CA (or nil).
 	issuer   *natsauth.Issuer
 	natsCA   []byte
+	natsTLS  *tls.Config // for the cluster's tls:// URLs, nil: system roots
+	nu       *natsUsers  // node and admin users of an existing cluster
+	revoker  *natsauth.Revoker
 	replicas int
 	http     *httpserve.Server
 
@@ -274,10 +287,16 @@ func checkExternal(opts *Options) error {
 		return &OptionError{Option: "Replicas", Err: fmt.Errorf("JetStream replicas %d: want 0 (automatic) to 5", opts.Replicas)}
 	}
 	if len(opts.NATSURLs) == 0 {
-		if opts.NATSCreds != "" || opts.NATSAccountKey != "" || opts.NATSCA != "" {
-			return &OptionError{Option: "NATSURLs", Err: errors.New("NATS credentials, account key or CA given without the URLs of the NATS cluster")}
+		if opts.NATSCreds != "" || opts.NATSAccountKey != "" || opts.NATSCA != "" || opts.NATSOperatorKey != "" || opts.NATSAccountJWT != "" || opts.NATSSysCreds != "" {
+			return &OptionError{Option: "NATSURLs", Err: errors.New("NATS credentials, keys or CA given without the URLs of the NATS cluster")}
+		}
+		if opts.NATSUserTTL != 0 || opts.NATSAdminTTL != 0 {
+			return &OptionError{Option: "NATSUserTTL", Err: errors.New("NATS user lifetimes apply to an existing NATS cluster only (give its URLs)")}
 		}
 		return nil
+	}
+	if err := checkNATSUsers(opts); err != nil {
+		return err
 	}
 	for _, u := range opts.NATSURLs {
 		pu, err := url.Parse(u)
@@ -318,7 +337,8 @@ func (c *Controller) connectExternal() error {
 		if !pool.AppendCertsFromPEM(c.natsCA) {
 			return &OptionError{Option: "NATSCA", Err: fmt.Errorf("%s: no PEM certificate", c.opts.NATSCA)}
 		}
-		nopts = append(nopts, nats.Secure(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}))
+		c.natsTLS = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+		nopts = append(nopts, nats.Secure(c.natsTLS))
 	}
 	nc, err := nats.Connect(strings.Join(c.opts.NATSURLs, ","), nopts...)
 	if err != nil {
@@ -340,7 +360,13 @@ func (c *Controller) connectExternal() error {
 	if c.replicas > 1 {
 		c.js = replicated{JetStream: js, n: c.replicas}
 	}
-	c.log.Info("using an existing NATS cluster", "url", nc.ConnectedUrlRedacted(), "servers", len(nc.Servers()), "replicas", c.replicas, "account", iss.Account())
+	c.nu = newNATSUsers(c)
+	if c.revoker, err = c.openRevoker(); err != nil {
+		return err
+	}
+	c.nu.revoker = c.revoker
+	c.log.Info("using an existing NATS cluster", "url", nc.ConnectedUrlRedacted(), "servers", len(nc.Servers()), "replicas", c.replicas,
+		"account", iss.Account(), "userTTL", c.nu.ttl, "adminTTL", c.nu.adminTTL, "revocation", c.revoker != nil)
 	return nil
 }
 
@@ -430,6 +456,9 @@ func (c *Controller) openState(ctx context.Context) error {
 	}
 	if _, err = c.js.CreateOrUpdateStream(ctx, c.eventsStreamConfig()); err != nil {
 		return fmt.Errorf("events stream: %w", err)
+	}
+	if c.nu != nil {
+		return c.openNATSUsers(ctx)
 	}
 	return nil
 }
@@ -536,6 +565,9 @@ func (c *Controller) Close() error {
 		c.nc.Close()
 	}
 	c.wg.Wait()
+	if c.revoker != nil {
+		c.revoker.Close()
+	}
 	if c.ns != nil {
 		c.ns.Shutdown()
 		c.ns.WaitForShutdown()

@@ -33,6 +33,7 @@ func (c *Controller) startHTTP() error {
 	for pattern, h := range c.opts.AgentHandlers {
 		mux.Handle(pattern, c.RequireMember(h))
 	}
+	c.mountNATSRenewal(mux)
 	ln, err := net.Listen("tcp", c.opts.HTTPListen)
 	if err != nil {
 		return &OptionError{Option: "HTTPListen", Err: fmt.Errorf("HTTPS listen address %s: %w", c.opts.HTTPListen, err)}
@@ -234,10 +235,10 @@ func (c *Controller) admitNode(ctx context.Context, name string, facts protocol.
 	secret := randomSecret()
 	var cr *protocol.Credentials
 	if c.issuer != nil {
-		pub, sub := protocol.AgentPermissions(name)
-		tok, seed, key, err := c.issuer.UserJWT(AgentUser(name), pub, sub, true)
+		// A new key; the node's previous one is revoked (natsusers.go).
+		tok, seed, key, err := c.nu.issueNode(ctx, name)
 		if err != nil {
-			return nil, fmt.Errorf("node %s: NATS user: %w", name, err)
+			return nil, err
 		}
 		// nats-server names a user by its key (e.g. in permission violations).
 		c.log.Info("issued the node a NATS user", "node", name, "natsUser", key)
@@ -309,10 +310,8 @@ func (c *Controller) LocalAgentCredentials(ctx context.Context, name string, fac
 // replaced, so that an old agent of the same name stops receiving its tasks.
 func (c *Controller) disconnectNode(name string) {
 	if c.ns == nil {
-		// An existing NATS cluster: the controller cannot close the node's
-		// connections; its messages are refused once it is out of the
-		// inventory, and its old user JWT is revoked by the cluster's admin.
-		c.log.Warn("node credentials replaced or removed on an external NATS cluster: its previous NATS user stays valid there until revoked in the account", "node", name)
+		// An existing NATS cluster: the servers close the connections of the
+		// node's previous user when its revocation reaches them (natsusers.go).
 		return
 	}
 	cz, err := c.ns.Connz(&server.ConnzOptions{User: AgentUser(name), Limit: 1024})

@@ -48,6 +48,11 @@ func (c *Controller) RemoveNode(ctx context.Context, name string) error {
 	}
 	// Credentials first: from here on the node cannot reconnect or register.
 	c.auth.removeAgent(name)
+	if c.nu != nil {
+		if err := c.nu.revokeNode(ctx, name); err != nil {
+			return err
+		}
+	}
 	if err := c.inv.remove(ctx, name); err != nil {
 		return err
 	}
