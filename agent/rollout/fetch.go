@@ -14,8 +14,13 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/flotilla-dev/flotilla/agent"
+	"github.com/flotilla-dev/flotilla/internal/poll"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
+
+// peerCertWait is how long a fetch from the controller waits for the agent's
+// peer certificate to be there.
+const peerCertWait = 30 * time.Second
 
 // HTTPClient returns an HTTPS client that trusts only the controller CA of the
 // agent whose data dir is dataDir and presents the agent's peer certificate:
@@ -30,13 +35,25 @@ func HTTPClient(dataDir string) (*http.Client, error) {
 	if !pool.AppendCertsFromPEM(caPEM) {
 		return nil, fmt.Errorf("controller CA of the agent in %s: no certificate in its PEM", dataDir)
 	}
-	cert, err := agent.PeerCertificate(dataDir)
-	if err != nil {
-		return nil, fmt.Errorf("the controller serves blobs only to a node presenting its peer certificate: %w", err)
+	// Read at each handshake: the certificate is renewed at half-life, and an
+	// agent that joined without one (the controller's local agent) asks for
+	// it when it starts, so a first task may come before it is there.
+	clientCert := func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+		var cert *tls.Certificate
+		err := poll.Until(context.Background(), peerCertWait, 100*time.Millisecond, func() bool {
+			c, err := agent.PeerCertificate(dataDir)
+			cert = c
+			return err == nil
+		})
+		if err != nil {
+			_, err = agent.PeerCertificate(dataDir)
+			return nil, fmt.Errorf("the controller serves blobs only to a node presenting its peer certificate, and none came within %s: %w", peerCertWait, err)
+		}
+		return cert, nil
 	}
 	return &http.Client{Transport: &http.Transport{
 		Proxy:                 nil, // the controller is reached directly, never through a proxy
-		TLSClientConfig:       &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{*cert}},
+		TLSClientConfig:       &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12, GetClientCertificate: clientCert},
 		DisableCompression:    true, // blobs are served as stored
 		ResponseHeaderTimeout: 30 * time.Second,
 		TLSHandshakeTimeout:   15 * time.Second,
