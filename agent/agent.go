@@ -99,6 +99,10 @@ type Agent struct {
 	metrics *metrics
 
 	nc *nats.Conn
+	// jwt is the NATS user JWT logins use (existing NATS cluster): the
+	// credentials' one, then each renewal's (natsjwt.go).
+	jwtMu sync.Mutex
+	jwt   string
 	// peer is the running peer-to-peer part (nil until runPeer started it,
 	// and again once ctx ended); steps get it in StepContext.Peer.
 	peer atomic.Pointer[Peer]
@@ -109,10 +113,15 @@ type Agent struct {
 	lastHB     time.Time
 	connErr    string // why the last attempt to reach NATS failed; "" once connected
 	connErrAt  time.Time
-	// registryAddr is where the registry mirror listens ("" while it does not).
-	registryAddr string
-	seqMu        sync.Mutex
-	wg           sync.WaitGroup // running tasks
+	// registryAddr is where the registry mirror listens ("" while it does
+	// not), registryErr why it does not, registryCA the file of the CA its
+	// certificate chains to. registryFirst closes after its first attempt to
+	// listen (registryTried).
+	registryAddr, registryErr, registryCA string
+	registryFirst                         chan struct{}
+	registryOnce                          sync.Once
+	seqMu                                 sync.Mutex
+	wg                                    sync.WaitGroup // running tasks
 	// bg are the goroutines Run started besides tasks (peer, registry
 	// mirror): Run returns once they ended, so nothing writes to the data
 	// dir after it.
@@ -173,7 +182,7 @@ func New(ctx context.Context, opts Options) (*Agent, error) {
 		return nil, optionErr("DataDir", fmt.Errorf("data dir %s: %w", opts.DataDir, err))
 	}
 	a := &Agent{opts: opts, log: opts.Logger.With("node", opts.Name), running: map[string]context.CancelFunc{}, regKick: make(chan struct{}, 1),
-		clusterTail: map[string]chan struct{}{}}
+		clusterTail: map[string]chan struct{}{}, registryFirst: make(chan struct{})}
 	reg := opts.Metrics
 	if reg == nil {
 		reg = prometheus.NewRegistry()
@@ -188,6 +197,7 @@ func New(ctx context.Context, opts Options) (*Agent, error) {
 	if err := a.loadOrJoin(ctx); err != nil {
 		return nil, err
 	}
+	a.jwt = a.creds.JWT
 	a.verify = protocol.NewVerifier(ed25519.PublicKey(a.creds.SigningKey), opts.Name, a.loadSeq())
 	a.verify.MaxClockSkew, a.verify.Now = opts.MaxClockSkew, opts.Now
 	return a, nil
@@ -290,9 +300,14 @@ func (a *Agent) Peer() *Peer { return a.peer.Load() }
 // Run connects to NATS (retrying with jittered backoff), registers, heartbeats
 // and runs tasks until ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
-	auth, err := natsconn.Options(a.creds)
+	auth, err := natsconn.OptionsRenewed(a.creds, a.natsJWT)
 	if err != nil {
 		return err
+	}
+	if a.creds.JWT != "" {
+		// An expired JWT is refused until the renewal gives a good one: keep
+		// trying instead of giving up after two refusals.
+		auth = append(auth, nats.IgnoreAuthErrorAbort())
 	}
 	urls := a.creds.NATSURLs
 	if len(a.opts.NATSURLs) > 0 {
@@ -347,6 +362,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	if err := a.serveMetrics(ctx); err != nil {
 		return err
+	}
+	if a.creds.JWT != "" {
+		a.bg.Go(func() { a.runNATSRenewal(ctx) })
 	}
 	a.bg.Go(func() { a.runPeer(ctx) })
 	a.bg.Go(func() { a.runRegistry(ctx) })
@@ -452,7 +470,8 @@ func (a *Agent) writeStatus() {
 	a.mu.Lock()
 	st := Status{Name: a.opts.Name, Registered: a.registered, Controller: strings.Join(a.creds.NATSURLs, ","),
 		LastHeartbeat: a.lastHB, Running: len(a.running), HeartbeatInterval: a.opts.HeartbeatInterval, PID: os.Getpid(), Updated: time.Now().UTC(),
-		LastError: a.connErr, LastErrorAt: a.connErrAt, Registry: a.registryAddr}
+		LastError: a.connErr, LastErrorAt: a.connErrAt,
+		RegistryListen: a.opts.RegistryListen, Registry: a.registryAddr, RegistryError: a.registryErr, RegistryCA: a.registryCA}
 	a.mu.Unlock()
 	st.Connected = a.nc != nil && a.nc.IsConnected()
 	st.Registered = st.Registered && st.Connected

@@ -194,3 +194,20 @@ func TestReadStatus(t *testing.T) {
 		t.Errorf("ReadStatus = %+v, %v", got, err)
 	}
 }
+
+func TestStatusMirrorProblem(t *testing.T) {
+	for _, tc := range []struct {
+		st   Status
+		want string // substring; "" for none
+	}{
+		{Status{}, ""},
+		{Status{RegistryListen: "127.0.0.1:505", Registry: "127.0.0.1:505"}, ""},
+		{Status{RegistryListen: "127.0.0.1:505"}, "has not started on 127.0.0.1:505"},
+		{Status{RegistryListen: "127.0.0.1:505", RegistryError: "the address is taken"}, "does not serve on 127.0.0.1:505: the address is taken"},
+	} {
+		got := tc.st.MirrorProblem()
+		if (tc.want == "") != (got == "") || !strings.Contains(got, tc.want) {
+			t.Errorf("%+v: MirrorProblem() = %q, want %q", tc.st, got, tc.want)
+		}
+	}
+}

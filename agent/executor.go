@@ -65,6 +65,18 @@ type StepContext struct {
 	emit    func(protocol.Event)
 	request func(ctx context.Context, name string, data []byte) ([]byte, error)
 	forget  func(digests ...string) error
+	mirror  func(ctx context.Context) (addr string, enabled bool, err error)
+}
+
+// RegistryMirror says where the agent's node-local registry mirror serves
+// (host:port, HTTPS). enabled is false when the agent runs none (and outside
+// an agent); err says why it does not serve. It waits, within ctx, for the
+// mirror's first attempt to listen after the agent started.
+func (sc *StepContext) RegistryMirror(ctx context.Context) (addr string, enabled bool, err error) {
+	if sc.mirror == nil {
+		return "", false, nil
+	}
+	return sc.mirror(ctx)
 }
 
 // ForgetSteps drops step digests from the agent's applied-steps state, so

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/internal/httpserve"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -96,7 +97,10 @@ func (a *Agent) serveMetrics(ctx context.Context) error {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{Timeout: 10 * time.Second}))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	// Idle scrapers' connections are closed at the cap: they cannot pile up
+	// file descriptors or lock the real scraper out.
+	srv := httpserve.New(mux, nil, nil)
+	srv.MaxConns, srv.Logger = httpserve.MetricsMaxConns, a.log.With("component", "metrics")
 	a.bg.Go(func() {
 		<-ctx.Done()
 		_ = srv.Close()

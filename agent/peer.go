@@ -71,7 +71,7 @@ type Peer struct {
 	capMu          sync.Mutex
 	stepCaps       map[*StepCaps]struct{}
 
-	srv *http.Server
+	srv *httpserve.Server
 
 	progMu   sync.Mutex
 	progress map[v1.Hash]func(fetch.Progress) // per blob being fetched
@@ -314,6 +314,7 @@ func (p *Peer) listen(addr, advertise, controllerURL string) (pieces.Peer, error
 	// Pieces are long answers under an upload cap: each write is bounded, not the whole answer.
 	p.srv = httpserve.New(p.metrics.countServed(httpserve.Streaming(pieces.NewHandler(p.store, pieces.WithUploadLimit(p.up), pieces.WithLogger(p.log), pieces.WithAuthorize(p.authorize)))),
 		p.serverTLS(), slog.NewLogLogger(p.log.Handler(), slog.LevelDebug)) // the error log: refused strangers
+	p.srv.Logger = p.log
 	go func() {
 		if err := p.srv.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			p.log.Error("piece server stopped", "err", err)
@@ -446,6 +447,18 @@ func peerCSR(dataDir, node string) ([]byte, error) {
 
 func savePeerCert(dataDir string, certPEM []byte) error {
 	return atomicfile.Write(filepath.Join(dataDir, filePeerCert), certPEM, 0o644)
+}
+
+// PeerCertificate is the peer certificate of the agent whose data dir is
+// dataDir (StepContext.DataDir), as its join or its last renewal left it:
+// executors present it to the controller's blob server, which serves a blob
+// only to the node its token was made for.
+func PeerCertificate(dataDir string) (*tls.Certificate, error) {
+	cert, err := loadPeerCert(dataDir)
+	if err != nil {
+		return nil, fmt.Errorf("peer certificate of the agent in %s: %w (the agent asks the controller for one when it starts; see its log)", dataDir, err)
+	}
+	return cert, nil
 }
 
 func loadPeerCert(dataDir string) (*tls.Certificate, error) {

@@ -227,7 +227,8 @@ func (a *Agent) runStep(ctx context.Context, em *emitter, t *protocol.Task, i in
 			em.emit(ev)
 		},
 		request: a.request,
-		forget:  a.applied.forget}
+		forget:  a.applied.forget,
+		mirror:  a.registryMirror}
 	err := a.execute(sctx, sc)
 	var ee *ExitError
 	switch {

@@ -36,8 +36,32 @@ type Status struct {
 	// (empty once connected), and LastErrorAt when.
 	LastError   string    `json:"lastError,omitempty"`
 	LastErrorAt time.Time `json:"lastErrorAt,omitzero"`
-	// Registry is the address the node-local registry mirror listens on ("": not serving).
-	Registry string `json:"registry,omitempty"`
+	// RegistryListen is where the node-local registry mirror is to serve
+	// (--registry-listen; "": the agent runs none). Registry is the address it
+	// listens on, over HTTPS ("": not serving; RegistryError says why), and
+	// RegistryCA the file of the CA its certificate chains to.
+	RegistryListen string `json:"registryListen,omitempty"`
+	Registry       string `json:"registry,omitempty"`
+	RegistryError  string `json:"registryError,omitempty"`
+	RegistryCA     string `json:"registryCA,omitempty"`
+}
+
+// Stale reports whether the status is older than a running agent lets it get
+// (a killed agent leaves its last status behind).
+func (st *Status) Stale(now time.Time) bool {
+	return now.Sub(st.Updated) > max(3*st.HeartbeatInterval, 15*time.Second)
+}
+
+// MirrorProblem says why the registry mirror the agent is to run does not
+// serve ("" when it serves or the agent runs none).
+func (st *Status) MirrorProblem() string {
+	switch {
+	case st.RegistryListen == "" || st.Registry != "":
+		return ""
+	case st.RegistryError != "":
+		return "the registry mirror does not serve on " + st.RegistryListen + ": " + st.RegistryError
+	}
+	return "the registry mirror has not started on " + st.RegistryListen + " yet"
 }
 
 // ReadStatus reads <dataDir>/status.json.

@@ -372,6 +372,15 @@ func (c *Client) LabelNode(ctx context.Context, req protocol.NodesLabel) (protoc
 	return n, err
 }
 
+// PinAddresses pins addresses an admin verified on a node (or unpins them):
+// with the source addresses of its join and connection, they are the only
+// addresses a Clusterfile selects the node by.
+func (c *Client) PinAddresses(ctx context.Context, req protocol.NodesAddress) (protocol.NodeInfo, error) {
+	var n protocol.NodeInfo
+	err := c.call(ctx, protocol.AdminNodesAddr, req, &n, callOpts{timeout: DefaultTimeout, resend: true})
+	return n, err
+}
+
 // Exec runs req.Command on the selected nodes at once. onOutput, if set, gets
 // every output event (protocol.EventOutput: Node, Stream, Line) as it arrives;
 // the reply has each node's exit code. The call waits req.Timeout plus 30s

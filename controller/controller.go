@@ -90,6 +90,10 @@ type Options struct {
 	NATSCreds, NATSAccountKey string
 	NATSCA                    string
 	Replicas                  int
+	// NATSOperatorKey, NATSAccountJWT, NATSSysCreds, NATSUserTTL and
+	// NATSAdminTTL: user lifetimes and revocation there (see plane.Options).
+	NATSOperatorKey, NATSAccountJWT, NATSSysCreds string
+	NATSUserTTL, NATSAdminTTL                     time.Duration
 	// HA (with NATSURLs) makes this controller one of two or three against
 	// the same NATS cluster: it waits in Start until it holds the leader lease
 	// (a KV key with LeaseTTL, default DefaultLeaseTTL, renewed with
@@ -154,7 +158,11 @@ func New(opts Options) (*Controller, error) {
 		log.Error("rollout engine", "err", c.storeErr)
 	} else {
 		var err error
-		if c.blobs, err = blobserver.New(opts.DataDir, c.store, log); err != nil {
+		// Like the tracker and the seed: the node's peer certificate and the
+		// node in the inventory now, on every fetch, besides the token.
+		// c.Controller is set below, before anything listens.
+		if c.blobs, err = blobserver.New(opts.DataDir, c.store, blobserver.Options{
+			Member: func(node string) bool { return c.Controller.IsMember(node) }, Logger: log}); err != nil {
 			return nil, err
 		}
 		handlers["GET "+blobserver.Path+"{digest}"] = c.blobs
@@ -181,6 +189,8 @@ func New(opts Options) (*Controller, error) {
 		MaxConcurrentJoins: opts.MaxConcurrentJoins, HTTPReadHeaderTimeout: opts.HTTPReadHeaderTimeout,
 		Metrics: opts.Metrics, MetricsListen: opts.MetricsListen, MetricsPprof: opts.MetricsPprof,
 		NATSURLs: opts.NATSURLs, NATSCreds: opts.NATSCreds, NATSAccountKey: opts.NATSAccountKey, NATSCA: opts.NATSCA, Replicas: opts.Replicas,
+		NATSOperatorKey: opts.NATSOperatorKey, NATSAccountJWT: opts.NATSAccountJWT, NATSSysCreds: opts.NATSSysCreds,
+		NATSUserTTL: opts.NATSUserTTL, NATSAdminTTL: opts.NATSAdminTTL,
 		// Admin requests are served once the rollout engine is ready (Start).
 		ServeAdminLater: true})
 	if err != nil {

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/agent"
+	"github.com/flotilla-dev/flotilla/agent/mirror"
 	"github.com/flotilla-dev/flotilla/e2e/busyboximage"
 	"github.com/flotilla-dev/flotilla/e2e/e2etest"
 	"github.com/flotilla-dev/flotilla/e2e/fleet"
@@ -118,9 +120,11 @@ func TestContainers(t *testing.T) {
 	if out, errOut, err := c.CLI(ctx, "delete", "-f", cf, "--yes"); err != nil {
 		t.Fatalf("delete: %v\n%s\n%s", err, out, errOut)
 	}
-	url := "http://127.0.0.1:5050/v2/flotilla-examples/hello/manifests/1?ns=" + reg.Host
+	// The mirror answers over HTTPS with a certificate of the agent's own CA.
+	url := "https://" + mirror.DefaultListen + "/v2/flotilla-examples/hello/manifests/1?ns=" + reg.Host
+	ca := filepath.Join(agent.MirrorDir("/var/lib/flotilla-agent"), mirror.CAFile)
 	for _, n := range nodes {
-		if code, err := run(n, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", url); err != nil || code != "404" {
+		if code, err := run(n, "curl", "-s", "--cacert", ca, "-o", "/dev/null", "-w", "%{http_code}", url); err != nil || code != "404" {
 			t.Errorf("%s: the mirror answers %q (%v) after delete, want 404", n, code, err)
 		}
 	}

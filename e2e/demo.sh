@@ -276,7 +276,7 @@ fi
 ex() { "$FLEET" -name "$FLEET_NAME" exec "$@"; }
 if [ "$MODE" = containers ]; then
 	say "Proving it: every node pulls $APP_IMAGE by its original name from its own agent's mirror"
-	note "(the upstream registry is stopped; /etc/containerd/certs.d/_default/hosts.toml points containerd at 127.0.0.1:5050)"
+	note "(the upstream registry is stopped; /etc/containerd/certs.d/_default/hosts.toml points containerd at https://127.0.0.1:505, trusting only the agent's mirror CA)"
 	ex node1 cat /etc/containerd/certs.d/_default/hosts.toml | sed 's/^/    node1: hosts.toml: /'
 	ctr=(/usr/local/bin/ctr --namespace k8s.io)
 	for n in node1 node2 node3; do

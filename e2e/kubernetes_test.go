@@ -335,6 +335,7 @@ spec:
 ip link show cni0 >/dev/null 2>&1 && left="$left cni0"
 ip -4 route | grep -q '^10\.244\.' && left="$left pod-routes"
 [ -e /etc/containerd/certs.d/_default/hosts.toml ] && left="$left mirror-hosts.toml"
+[ -e /etc/containerd/certs.d/_default/flotilla-mirror-ca.crt ] && left="$left mirror-ca"
 [ -e /etc/kubernetes/kubelet.conf ] && left="$left kubelet.conf"
 [ -e /var/lib/kubelet/pods ] && left="$left kubelet-pods"
 [ -n "$(ls -A /var/lib/containerd 2>/dev/null)" ] && left="$left containerd-state"

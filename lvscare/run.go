@@ -174,6 +174,7 @@ func (r *Runner) serveMetrics(ctx context.Context) (stop func(), err error) {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", r.metrics)
 	srv := httpserve.New(mux, nil, nil)
+	srv.MaxConns, srv.Logger = httpserve.MetricsMaxConns, r.log
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			r.log.Error("metrics server", "err", err)

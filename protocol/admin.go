@@ -48,6 +48,7 @@ const (
 	AdminNodesRemove = "nodes.remove"
 	AdminNodesLabel  = "nodes.label"
 	AdminController  = "controller"
+	AdminNodesAddr   = "nodes.address"
 )
 
 // ControllerInfo says which controller answers admin requests (the leader,
@@ -92,6 +93,38 @@ type NodeInfo struct {
 	LastSeen          time.Time         `json:"lastSeen,omitempty"`
 	HeartbeatInterval time.Duration     `json:"heartbeatInterval,omitempty"`
 	PeerURL           string            `json:"peerURL,omitempty"`
+	// VerifiedIPs are the addresses the controller knows the node has: the
+	// only ones a Clusterfile's IP or range selects it by. Facts.IPs are
+	// what the node reports, shown but never trusted.
+	VerifiedIPs []VerifiedIP `json:"verifiedIPs,omitempty"`
+}
+
+// VerifiedIP is an address of a node and how the controller knows it.
+type VerifiedIP struct {
+	IP string `json:"ip"`
+	By string `json:"by"` // one of the VerifiedBy… constants
+}
+
+// How a node's address was verified.
+const (
+	// VerifiedByAdmin: pinned with `flotilla nodes address NODE --pin IP`.
+	VerifiedByAdmin = "admin"
+	// VerifiedByJoin: the source address of the node's join (HTTPS).
+	VerifiedByJoin = "join"
+	// VerifiedByConnection: the source address of its NATS connection
+	// (the embedded server; an external cluster does not tell).
+	VerifiedByConnection = "connection"
+)
+
+// MaxPinnedIPs bounds the addresses an admin pins on one node.
+const MaxPinnedIPs = 16
+
+// NodesAddress pins addresses on a node (what an admin checked: a NAT or a
+// second network the controller cannot see) or unpins them.
+type NodesAddress struct {
+	Name  string   `json:"name"`
+	Pin   []string `json:"pin,omitempty"`
+	Unpin []string `json:"unpin,omitempty"`
 }
 
 // TokenCreate asks for a new join token.
@@ -103,7 +136,8 @@ type TokenCreate struct {
 	// For makes the token join only this node name; it is the only way to
 	// re-join a node that is still in the inventory.
 	For string `json:"for,omitempty"`
-	// Labels go to every node that joins with the token.
+	// Labels are all the labels of every node that joins with the token
+	// (labels the node asks for are not applied).
 	Labels map[string]string `json:"labels,omitempty"`
 }
 

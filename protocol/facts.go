@@ -1,11 +1,8 @@
 package protocol
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/netip"
 	"net/url"
 	"slices"
@@ -144,10 +141,17 @@ func ValidateLabels(field string, l map[string]string) error {
 	if len(l) > MaxLabels {
 		return fieldErr(field, "", "%d labels, at most %d", len(l), MaxLabels)
 	}
+	folded := make(map[string]string, len(l))
 	for _, k := range sortedKeys(l) {
 		if err := ValidateLabelKey(k); err != nil {
 			return fieldErr(field+" key", k, "%v", err)
 		}
+		// A node's labels travel in JSON objects whose keys DecodeStrict
+		// compares regardless of letter case: keys must differ in more than that.
+		if other, ok := folded[foldKey(k)]; ok {
+			return fieldErr(field+" key", k, "the same key as %q but for letter case", other)
+		}
+		folded[foldKey(k)] = k
 		if err := ValidateLabelValue(l[k]); err != nil {
 			return fieldErr(fmt.Sprintf("%s[%q]", field, k), l[k], "%v", err)
 		}
@@ -262,28 +266,13 @@ func (r *JoinRequest) Validate() error {
 	return ValidateFacts(&r.Facts)
 }
 
-// DecodeStrict unmarshals exactly one JSON value into v: unknown fields and
-// trailing data are refused, so that two readers of the same bytes cannot
-// disagree on what they say.
-func DecodeStrict(data []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return fmt.Errorf("decode %T: %w", v, err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return fmt.Errorf("decode %T: trailing data after the JSON value", v)
-	}
-	return nil
-}
-
-// DecodeJoinRequest decodes and validates a join request body.
+// DecodeJoinRequest decodes (DecodeStrict) and validates a join request body.
 func DecodeJoinRequest(data []byte) (*JoinRequest, error) {
 	if len(data) > MaxJoinRequestBytes {
 		return nil, fmt.Errorf("join request: %d bytes, at most %d", len(data), MaxJoinRequestBytes)
 	}
 	var r JoinRequest
-	if err := DecodeStrict(data, &r); err != nil {
+	if err := DecodeStrict(data, MaxJoinRequestBytes, &r); err != nil {
 		return nil, err
 	}
 	if err := r.Validate(); err != nil {
@@ -292,10 +281,10 @@ func DecodeJoinRequest(data []byte) (*JoinRequest, error) {
 	return &r, nil
 }
 
-// DecodeRegister decodes and validates a registration.
+// DecodeRegister decodes (DecodeStrict) and validates a registration.
 func DecodeRegister(data []byte) (*Register, error) {
 	var r Register
-	if err := DecodeStrict(data, &r); err != nil {
+	if err := DecodeStrict(data, MaxRegisterBytes, &r); err != nil {
 		return nil, err
 	}
 	if err := r.Validate(); err != nil {

@@ -183,11 +183,13 @@ func FuzzDecodeJoinRequest(f *testing.F) {
 	f.Add(good)
 	f.Add([]byte(`{"token":"a.b","name":"n","facts":{"ips":["fe80::1%x;touch${IFS}/PWNED;#"],"labels":{"role":"$(id)"}}}`))
 	f.Add([]byte(`{"name":"10.0.0.11","facts":{"ips":["::ffff:1.2.3.4"]}} {}`))
+	f.Add([]byte(`{"token":"a.b","name":"n1","Name":"n2","facts":{}}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		r, err := DecodeJoinRequest(data)
 		if err != nil {
 			return
 		}
+		sameAsEncodingJSON(t, data, r)
 		checkAccepted(t, r.Name, &r.Facts)
 	})
 }
@@ -197,11 +199,14 @@ func FuzzDecodeRegister(f *testing.F) {
 	good, _ := json.Marshal(Register{Name: "node1", Facts: goodFacts(), HeartbeatInterval: time.Second, PeerURL: "https://10.0.0.11:9444"})
 	f.Add(good)
 	f.Add([]byte(`{"name":"n","facts":{"hostname":"h\u2028x","os":"\u202e"},"peerURL":"http://[fe80::1%25x]:1"}`))
+	f.Add([]byte(`{"name":"n1","facts":{"labels":{"role":"worker","role":"master"}},"heartbeatInterval":1000000000}`))
+	f.Add([]byte(`{"name":"n1","facts":{"kernel":"a","\u212aernel":"b"},"facts":{},"heartbeatInterval":1000000000}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		r, err := DecodeRegister(data)
 		if err != nil {
 			return
 		}
+		sameAsEncodingJSON(t, data, r)
 		checkAccepted(t, r.Name, &r.Facts)
 		if r.PeerURL != "" && strings.ContainsAny(r.PeerURL, " \n\r\t\"'`;$") {
 			t.Fatalf("accepted peer URL %q", r.PeerURL)

@@ -1,6 +1,9 @@
 package protocol
 
-import "strings"
+import (
+	"errors"
+	"strings"
+)
 
 // Peer-to-peer distribution: every agent holds a TLS certificate signed by the
 // cluster CA, used both to serve its blob pieces to other agents and to prove
@@ -14,6 +17,18 @@ const RequestPeerCert = "peer-cert"
 // takes only the public key from it and names the certificate itself.
 type PeerCertRequest struct {
 	CSR []byte `json:"csr"`
+}
+
+// DecodePeerCertRequest decodes (DecodeStrict) a node's peer certificate request.
+func DecodePeerCertRequest(data []byte) (*PeerCertRequest, error) {
+	var r PeerCertRequest
+	if err := DecodeStrict(data, MaxPeerCertRequestBytes, &r); err != nil {
+		return nil, err
+	}
+	if len(r.CSR) == 0 {
+		return nil, errors.New("peer certificate request without a CSR")
+	}
+	return &r, nil
 }
 
 // PeerCertReply is the signed certificate (PEM), or why not.

@@ -172,11 +172,30 @@ func TestValidateNodeName(t *testing.T) {
 	for name, ok := range map[string]bool{
 		"web-1": true, "10.0.0.11": true, "a_b": true, "": false, "-x": false, ".x": false,
 		"a b": false, "a*": false, "a>": false, "a~b": false, strings.Repeat("a", 129): false,
+		"web1.example.com": true, "web1..example.com": false, "web1.example.com.": false, "a.": false, "a/b": false, "a=b": false,
 	} {
-		if err := ValidateNodeName(name); (err == nil) != ok {
+		err := ValidateNodeName(name)
+		if (err == nil) != ok {
 			t.Errorf("ValidateNodeName(%q) = %v, want ok=%t", name, err, ok)
 		}
+		if err == nil && !kvKeyValid(name) {
+			t.Errorf("node name %q is not a valid JetStream KV key", name)
+		}
 	}
+}
+
+// kvKeyValid is JetStream KV's key rule (nats.go jetstream keyValid): the
+// controller stores each node under its name.
+func kvKeyValid(key string) bool {
+	if key == "" || key[0] == '.' || key[len(key)-1] == '.' || strings.Contains(key, "..") {
+		return false
+	}
+	for _, r := range key {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-/_=.", r)) {
+			return false
+		}
+	}
+	return true
 }
 
 func TestCAHash(t *testing.T) {

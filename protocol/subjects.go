@@ -32,20 +32,30 @@ const Version = "v1"
 const Prefix = "flotilla." + Version
 
 // NodeToken turns a node name into one NATS subject token. Names may contain
-// dots (host names, IPs); dots become '~', which ValidateNodeName forbids in names.
+// dots (FQDNs, IPs), and a dot in a subject splits it into tokens: node "a"
+// would then hold the permission flotilla.v1.from.a.> over every subject of
+// node "a.b". Dots become '~', which ValidateNodeName forbids in names, so the
+// mapping is injective and every node's subjects are exactly its own.
 func NodeToken(name string) string { return strings.ReplaceAll(name, ".", "~") }
 
-// ValidateNodeName accepts 1–128 characters of [A-Za-z0-9._-], not starting with '.' or '-'.
+// ValidateNodeName accepts 1–128 characters of [A-Za-z0-9._-], not starting
+// with '.' or '-', where a dot only separates two parts of a host name (no
+// "..", none at the end). Such a name is a valid JetStream KV key as it is
+// (keys are [-/_=.a-zA-Z0-9], dots separating non-empty tokens), which is how
+// the controller stores its inventory.
 func ValidateNodeName(name string) error {
-	if name == "" || len(name) > 128 {
-		return fmt.Errorf("node name %q: want 1 to 128 characters", name)
+	if name == "" || len(name) > MaxNodeNameLen {
+		return fmt.Errorf("node name %q: want 1 to %d characters", name, MaxNodeNameLen)
 	}
 	for i, r := range name {
 		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' ||
 			(i > 0 && (r == '.' || r == '-'))
 		if !ok {
-			return fmt.Errorf("node name %q: character %q at %d not allowed (use letters, digits, '.', '-', '_')", name, r, i)
+			return fmt.Errorf("node name %q: character %q at %d not allowed (use letters, digits, '.', '-', '_'; not '.' or '-' first)", name, r, i)
 		}
+	}
+	if strings.HasSuffix(name, ".") || strings.Contains(name, "..") {
+		return fmt.Errorf("node name %q: a dot only separates two parts of a host name (no \"..\", none at the end): use e.g. web1.example.com", name)
 	}
 	return nil
 }

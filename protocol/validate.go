@@ -103,10 +103,10 @@ func (e *Event) Validate(node, task string) error {
 	return nil
 }
 
-// DecodeEvent decodes and validates an event that arrived on node's events subject of task.
+// DecodeEvent decodes (DecodeStrict) and validates an event that arrived on node's events subject of task.
 func DecodeEvent(data []byte, node, task string) (*Event, error) {
 	var ev Event
-	if err := Decode(data, &ev); err != nil {
+	if err := DecodeStrict(data, MaxEventBytes, &ev); err != nil {
 		return nil, err
 	}
 	if err := ev.Validate(node, task); err != nil {
@@ -129,10 +129,10 @@ func (h *Heartbeat) Validate(node string) error {
 	return nil
 }
 
-// DecodeHeartbeat decodes and validates a heartbeat that arrived on node's heartbeat subject.
+// DecodeHeartbeat decodes (DecodeStrict) and validates a heartbeat that arrived on node's heartbeat subject.
 func DecodeHeartbeat(data []byte, node string) (*Heartbeat, error) {
 	var hb Heartbeat
-	if err := Decode(data, &hb); err != nil {
+	if err := DecodeStrict(data, MaxHeartbeatBytes, &hb); err != nil {
 		return nil, err
 	}
 	if err := hb.Validate(node); err != nil {
@@ -158,10 +158,10 @@ func (a *TaskAck) Validate() error {
 	return nil
 }
 
-// DecodeTaskAck decodes and validates an agent's acknowledgement.
+// DecodeTaskAck decodes (DecodeStrict) and validates an agent's acknowledgement.
 func DecodeTaskAck(data []byte) (*TaskAck, error) {
 	var a TaskAck
-	if err := Decode(data, &a); err != nil {
+	if err := DecodeStrict(data, MaxTaskAckBytes, &a); err != nil {
 		return nil, err
 	}
 	if err := a.Validate(); err != nil {

@@ -61,7 +61,7 @@ func TestDistributionSpecConformance(t *testing.T) {
 		d, _ := l.Digest()
 		blobs = append(blobs, d.String())
 	}
-	addr := serve(t, mirror.New(mirror.Options{Content: cache}), 0)
+	addr := serve(t, mirror.New(mirror.Options{Content: cache}), mirror.ServeOptions{})
 
 	results := t.TempDir()
 	run := exec.Command(bin)

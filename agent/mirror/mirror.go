@@ -3,7 +3,8 @@
 // digest with Range, tags/list) from a Content store, for every upstream registry at
 // once. containerd names the upstream registry in the ns query parameter
 // (/v2/library/nginx/manifests/1.27?ns=docker.io) when
-// /etc/containerd/certs.d/_default/hosts.toml points at the mirror (see HostsTOML);
+// /etc/containerd/certs.d/_default/hosts.toml points at the mirror (see HostsTOML),
+// over HTTPS with a certificate of the agent's own CA (Identity);
 // a request without ns means docker.io, as Docker's registry-mirrors sends them.
 // Anything the store does not hold is a plain 404 with the OCI error body, so a runtime
 // that is online falls back to the upstream registry.
@@ -11,6 +12,7 @@ package mirror
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,18 +20,27 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"golang.org/x/net/netutil"
+	"golang.org/x/time/rate"
+
+	"github.com/flotilla-dev/flotilla/internal/httpserve"
 )
 
-// DefaultListen is the agent's default --registry-listen.
-const DefaultListen = "127.0.0.1:5050"
+// DefaultListen is the agent's default --registry-listen: a port below 1024,
+// which only root (or CAP_NET_BIND_SERVICE) can bind where
+// net.ipv4.ip_unprivileged_port_start has its default, so an unprivileged
+// process cannot take it while the agent restarts; and the mirror serves TLS
+// with a certificate of the agent's own CA, which containerd alone trusts for
+// it (HostsTOML), for hosts where that does not hold.
+const DefaultListen = "127.0.0.1:505"
 
 // ErrNotFound is what Content returns (wrapped) for anything it does not hold.
 var ErrNotFound = errors.New("not in the node's image cache")
@@ -51,47 +62,112 @@ type Content interface {
 type Options struct {
 	Content Content
 	Logger  *slog.Logger // nil: slog.Default()
+	// Listen is the address the mirror listens on (host:port). Requests are
+	// answered only when their Host names a loopback name (127.0.0.1, [::1],
+	// localhost) or this host, with or without a port: a web page that
+	// rebinds its own name to 127.0.0.1 gets 421. With an unspecified host
+	// (0.0.0.0, [::]) any IP address is accepted too: a rebinding page
+	// always sends a name.
+	Listen string
 }
 
 // Server is the mirror's http.Handler.
 type Server struct {
 	c   Content
 	log *slog.Logger
+	// listenHost is Options.Listen's host, lower-case ("" when none);
+	// anyIP is true when it is unspecified.
+	listenHost string
+	anyIP      bool
+	// Refusals are logged at most refusalLogRate a second; suppressed counts
+	// the others, reported with the next line.
+	refusals   *rate.Limiter
+	suppressed atomic.Int64
 }
+
+// Refusal lines a second the mirror logs at most (a local process can send
+// thousands of bad requests a second).
+const (
+	refusalLogRate  = 10
+	refusalLogBurst = 50
+)
 
 // New returns the mirror's handler.
 func New(o Options) *Server {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	return &Server{c: o.Content, log: o.Logger}
+	s := &Server{c: o.Content, log: o.Logger, refusals: rate.NewLimiter(refusalLogRate, refusalLogBurst)}
+	if h, _, err := net.SplitHostPort(o.Listen); err == nil {
+		s.listenHost = strings.ToLower(h)
+		if ip, err := netip.ParseAddr(h); h == "" || (err == nil && ip.IsUnspecified()) {
+			s.listenHost, s.anyIP = "", true
+		}
+	}
+	return s
 }
 
-// Bounds of a served mirror.
+// hostAllowed reports whether a request's Host names this mirror: loopback
+// by name or address, or the listen host, with or without a port.
+func (s *Server) hostAllowed(hostport string) bool {
+	host := hostport
+	if h, port, err := net.SplitHostPort(hostport); err == nil {
+		if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+			return false
+		}
+		host = h
+	} else if strings.HasPrefix(host, "[") && strings.HasSuffix(host, "]") {
+		host = host[1 : len(host)-1]
+	}
+	host = strings.ToLower(host)
+	switch {
+	case host == "":
+		return false
+	case host == "localhost" || host == "127.0.0.1" || host == "::1" || host == s.listenHost:
+		return true
+	}
+	if ip, err := netip.ParseAddr(host); err == nil {
+		return s.anyIP && ip.Zone() == ""
+	}
+	return false
+}
+
+// Bounds of a served mirror, beside httpserve's read, write (per write: a
+// 1 GiB layer streams for as long as the runtime keeps reading) and header bounds.
 const (
-	// DefaultMaxConns bounds concurrent connections; more wait to be accepted.
-	DefaultMaxConns   = 128
-	readHeaderTimeout = 10 * time.Second
-	idleTimeout       = 60 * time.Second
-	// writeTimeout bounds one response: a 1 GiB layer over loopback takes seconds.
-	writeTimeout   = 30 * time.Minute
-	maxHeaderBytes = 64 << 10
+	// DefaultMaxConns bounds open connections. At the cap a new client closes
+	// the connection idle longest (httpserve.Server), so idle connections,
+	// however many a local process opens, never lock a runtime out.
+	DefaultMaxConns = 128
+	idleTimeout     = 60 * time.Second
 )
 
-// Serve serves h on l until ctx ends, with at most maxConns connections at once
-// (0: DefaultMaxConns) and timeouts on reading requests and idle connections.
-func Serve(ctx context.Context, l net.Listener, h http.Handler, maxConns int) error {
-	if maxConns <= 0 {
-		maxConns = DefaultMaxConns
+// ServeOptions bound a served mirror.
+type ServeOptions struct {
+	// MaxConns caps open connections (0: DefaultMaxConns).
+	MaxConns int
+	// Logger gets the server's lines: the connection cap reached (rate-limited)
+	// and connection errors (nil: slog.Default()).
+	Logger *slog.Logger
+	// TLS serves HTTPS (Identity.TLSConfig: the agent always does, so that
+	// containerd can tell the mirror from a process that took its address);
+	// nil serves plain HTTP (tests of the handler).
+	TLS *tls.Config
+}
+
+// Serve serves h on l until ctx ends, through httpserve's hardened server: read,
+// write and idle timeouts, and a connection cap that closes idle connections for
+// new clients.
+func Serve(ctx context.Context, l net.Listener, h http.Handler, o ServeOptions) error {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
 	}
-	srv := &http.Server{
-		Handler:           h,
-		ReadHeaderTimeout: readHeaderTimeout,
-		ReadTimeout:       readHeaderTimeout,
-		WriteTimeout:      writeTimeout,
-		IdleTimeout:       idleTimeout,
-		MaxHeaderBytes:    maxHeaderBytes,
+	srv := httpserve.New(httpserve.Streaming(h), nil, slog.NewLogLogger(o.Logger.Handler(), slog.LevelDebug))
+	srv.MaxConns, srv.Logger = o.MaxConns, o.Logger
+	if srv.MaxConns <= 0 {
+		srv.MaxConns = DefaultMaxConns
 	}
+	srv.IdleTimeout = idleTimeout
 	done := make(chan struct{})
 	defer close(done)
 	go func() {
@@ -103,7 +179,13 @@ func Serve(ctx context.Context, l net.Listener, h http.Handler, maxConns int) er
 		case <-done:
 		}
 	}()
-	err := srv.Serve(netutil.LimitListener(l, maxConns))
+	var err error
+	if o.TLS != nil {
+		srv.TLSConfig = o.TLS
+		err = srv.ServeTLS(l, "", "")
+	} else {
+		err = srv.Serve(l)
+	}
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}
@@ -136,9 +218,16 @@ type errorEntry struct {
 }
 
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, status int, code, msg string) {
-	if status == http.StatusBadRequest || status == http.StatusMethodNotAllowed {
-		// Refusals name who asked: the mirror listens on loopback, so a local process.
-		s.log.Warn("registry mirror refused a request", "from", r.RemoteAddr, "method", r.Method, "path", r.URL.Path, "ns", r.URL.Query().Get("ns"), "code", code, "why", msg)
+	if status == http.StatusBadRequest || status == http.StatusMethodNotAllowed || status == http.StatusMisdirectedRequest {
+		// Refusals name who asked: the mirror listens on loopback, so a local
+		// process or a browser on the node. Rate-limited: a flood gives one
+		// line per refusal up to the limit, then a count.
+		if s.refusals.Allow() {
+			s.log.Warn("registry mirror refused a request", "from", r.RemoteAddr, "host", r.Host, "method", r.Method, "path", r.URL.Path,
+				"ns", r.URL.Query().Get("ns"), "code", code, "why", msg, "refusals_not_logged", s.suppressed.Swap(0))
+		} else {
+			s.suppressed.Add(1)
+		}
 	}
 	b, _ := json.Marshal(errorBody{Errors: []errorEntry{{Code: code, Message: msg}}})
 	w.Header().Set("Content-Type", "application/json")
@@ -152,6 +241,13 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, status int, code, 
 // ServeHTTP implements the pull API.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+	if !s.hostAllowed(r.Host) {
+		// DNS rebinding: a page on evil.example, rebound to 127.0.0.1, would
+		// reach the mirror with its own name as Host.
+		s.fail(w, r, http.StatusMisdirectedRequest, "DENIED",
+			fmt.Sprintf("the registry mirror answers requests for 127.0.0.1, [::1], localhost or its listen address, not Host %q", r.Host))
+		return
+	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
 		s.fail(w, r, http.StatusMethodNotAllowed, "UNSUPPORTED", "the registry mirror is read-only: only GET and HEAD")

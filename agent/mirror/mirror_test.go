@@ -1,6 +1,7 @@
 package mirror_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -9,18 +10,23 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/google/go-containerregistry/pkg/v1/validate"
 
 	"github.com/flotilla-dev/flotilla/agent/imagecache"
 	"github.com/flotilla-dev/flotilla/agent/imagecache/imagecachetest"
 	"github.com/flotilla-dev/flotilla/agent/mirror"
 	"github.com/flotilla-dev/flotilla/bundle/recipe"
+	"github.com/flotilla-dev/flotilla/internal/poll"
 	"github.com/flotilla-dev/flotilla/internal/syncbuf"
 )
 
@@ -187,7 +193,7 @@ func trim(b []byte) string {
 }
 
 // serve runs the real mirror server on a loopback port.
-func serve(t *testing.T, h http.Handler, maxConns int) string {
+func serve(t *testing.T, h http.Handler, o mirror.ServeOptions) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -195,7 +201,7 @@ func serve(t *testing.T, h http.Handler, maxConns int) string {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- mirror.Serve(ctx, l, h, maxConns) }()
+	go func() { done <- mirror.Serve(ctx, l, h, o) }()
 	t.Cleanup(func() {
 		cancel()
 		select {
@@ -210,13 +216,19 @@ func serve(t *testing.T, h http.Handler, maxConns int) string {
 // rawRequest sends a request line as written (no client-side path cleaning).
 func rawRequest(t *testing.T, addr, line string) string {
 	t.Helper()
+	return rawRequestHost(t, addr, "Host: 127.0.0.1\r\n", line)
+}
+
+// rawRequestHost is rawRequest with hostHeader ("Host: x\r\n", or none) as written.
+func rawRequestHost(t *testing.T, addr, hostHeader, line string) string {
+	t.Helper()
 	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := io.WriteString(conn, line+"\r\nHost: mirror\r\nConnection: close\r\n\r\n"); err != nil {
+	if _, err := io.WriteString(conn, line+"\r\n"+hostHeader+"Connection: close\r\n\r\n"); err != nil {
 		t.Fatal(err)
 	}
 	b, _ := io.ReadAll(conn)
@@ -230,7 +242,7 @@ func TestHostileMirrorRequests(t *testing.T) {
 	c := newContent(t)
 	logs := &syncbuf.Buffer{}
 	h := mirror.New(mirror.Options{Content: c.cache, Logger: slog.New(slog.NewTextHandler(logs, nil))})
-	addr := serve(t, h, 0)
+	addr := serve(t, h, mirror.ServeOptions{})
 	before, _ := c.cache.Images()
 	attacks := []string{
 		"GET /v2/../../../../etc/passwd HTTP/1.1",
@@ -262,6 +274,94 @@ func TestHostileMirrorRequests(t *testing.T) {
 	}
 	if !strings.Contains(l, "from=127.0.0.1:") || !strings.Contains(l, "code=NAME_INVALID") || !strings.Contains(l, "code=UNSUPPORTED") {
 		t.Errorf("refusals do not name the requester and the reason:\n%s", l)
+	}
+}
+
+// TestHostileMirrorHostHeader (issue 23, finding 11b): a web page on the node
+// that rebinds its own name to 127.0.0.1 reaches the mirror with that name as
+// Host. The real server answers only Host values naming loopback or its listen
+// address (with or without a port): anything else gets 421 and nothing of the
+// cache, and each refusal is logged with the requester and the Host.
+func TestHostileMirrorHostHeader(t *testing.T) {
+	c := newContent(t)
+	manifest := "GET /v2/library/nginx/manifests/1.27 HTTP/1.1"
+	cases := []struct {
+		listen, host string // host: the Host header as sent ("": none, HTTP/1.0)
+		want         int
+	}{
+		{"127.0.0.1:505", "127.0.0.1", 200},
+		{"127.0.0.1:505", "127.0.0.1:505", 200},
+		{"127.0.0.1:505", "localhost", 200},
+		{"127.0.0.1:505", "LocalHost:505", 200},
+		{"127.0.0.1:505", "[::1]", 200},
+		{"127.0.0.1:505", "[::1]:505", 200},
+		{"10.1.2.3:505", "10.1.2.3:505", 200},
+		{"mirror.node.internal:505", "mirror.node.internal", 200},
+		{"0.0.0.0:505", "10.9.8.7:505", 200},
+		{"127.0.0.1:505", "evil.example", 421},
+		{"127.0.0.1:505", "evil.example:505", 421},
+		{"127.0.0.1:505", "127.0.0.1.nip.io:505", 421},
+		{"127.0.0.1:505", "localhost.evil.example", 421},
+		{"127.0.0.1:505", "10.1.2.3:505", 421},
+		{"127.0.0.1:505", "127.0.0.1:http", 421},
+		{"127.0.0.1:505", "", 421},
+		{"0.0.0.0:505", "evil.example:505", 421},
+		{"[::]:505", "rebind.evil.example", 421},
+	}
+	for _, tc := range cases {
+		t.Run(tc.listen+" Host "+tc.host, func(t *testing.T) {
+			logs := &syncbuf.Buffer{}
+			h := mirror.New(mirror.Options{Content: c.cache, Logger: slog.New(slog.NewTextHandler(logs, nil)), Listen: tc.listen})
+			addr := serve(t, h, mirror.ServeOptions{})
+			line, header := manifest, "Host: "+tc.host+"\r\n"
+			if tc.host == "" {
+				line, header = strings.Replace(manifest, "HTTP/1.1", "HTTP/1.0", 1), ""
+			}
+			resp := rawRequestHost(t, addr, header, line)
+			if got := strings.SplitN(resp, " ", 3); len(got) < 2 || got[1] != strconv.Itoa(tc.want) {
+				t.Fatalf("answered %q, want %d", firstLine(resp), tc.want)
+			}
+			if tc.want == 200 {
+				return
+			}
+			if strings.Contains(resp, c.nginx.String()) || strings.Contains(resp, "schemaVersion") {
+				t.Errorf("a refused request got the manifest: %q", trim([]byte(resp)))
+			}
+			l := logs.String()
+			if !strings.Contains(l, "registry mirror refused a request") || !strings.Contains(l, "from=127.0.0.1:") || !strings.Contains(l, "code=DENIED") {
+				t.Errorf("refusal not logged with the requester:\n%s", l)
+			}
+		})
+	}
+}
+
+// TestMirrorRefusalLogIsRateLimited: a flood of refused requests gives a
+// bounded number of log lines, and the next line counts the ones left out.
+func TestMirrorRefusalLogIsRateLimited(t *testing.T) {
+	c := newContent(t)
+	logs := &syncbuf.Buffer{}
+	srv := httptest.NewServer(mirror.New(mirror.Options{Content: c.cache, Logger: slog.New(slog.NewTextHandler(logs, nil))}))
+	defer srv.Close()
+	const flood = 500
+	for range flood {
+		resp, err := http.Post(srv.URL+"/v2/library/nginx/blobs/uploads/", "text/plain", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	if n := strings.Count(logs.String(), "registry mirror refused a request"); n < 1 || n > flood/4 {
+		t.Errorf("%d refusal lines for %d refused requests, want at least 1 and at most %d", n, flood, flood/4)
+	}
+	// The limiter allows a line again within 1/refusalLogRate: it carries the count.
+	counted := func() bool {
+		if resp, err := http.Post(srv.URL+"/v2/x/blobs/uploads/", "text/plain", nil); err == nil {
+			resp.Body.Close()
+		}
+		return regexp.MustCompile(`refusals_not_logged=[1-9]`).MatchString(logs.String())
+	}
+	if err := poll.Until(context.Background(), 5*time.Second, 50*time.Millisecond, counted); err != nil {
+		t.Errorf("no line counts the refusals left out (%v):\n%s", err, logs.String())
 	}
 }
 
@@ -301,35 +401,81 @@ func TestMirrorLogsServedManifests(t *testing.T) {
 
 func firstLine(s string) string { l, _, _ := strings.Cut(s, "\r\n"); return l }
 
-// TestConnectionLimit: with two connections held open, a third request waits until
-// one is closed.
-func TestConnectionLimit(t *testing.T) {
+// mirrorVia sends a registry client's requests to the mirror at addr, naming
+// the registry they were meant for in containerd's ns parameter.
+type mirrorVia struct{ addr string }
+
+func (m mirrorVia) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	q := r.URL.Query()
+	q.Set("ns", r.URL.Host)
+	r.URL.RawQuery = q.Encode()
+	r.URL.Scheme, r.URL.Host, r.Host = "http", m.addr, m.addr
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+// TestHostileIdleConnectionsHoldTheMirror (issue 23, finding 7): a local
+// process holds every one of the mirror's connections idle, most as keep-alive
+// connections that asked once, some never asking. A runtime's pull (a
+// go-containerregistry client: /v2/, the index, the platform manifest, config
+// and layer, as containerd asks) is served at once: idle connections are
+// closed for it, and the server says so in its log.
+func TestHostileIdleConnectionsHoldTheMirror(t *testing.T) {
 	c := newContent(t)
-	addr := serve(t, mirror.New(mirror.Options{Content: c.cache}), 2)
+	logs := &syncbuf.Buffer{}
+	lg := slog.New(slog.NewTextHandler(logs, nil))
+	addr := serve(t, mirror.New(mirror.Options{Content: c.cache, Logger: lg}), mirror.ServeOptions{Logger: lg})
+	const silent = 16
 	var held []net.Conn
-	for range 2 {
-		conn, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		held = append(held, conn)
-	}
 	defer func() {
 		for _, c := range held {
 			c.Close()
 		}
 	}()
-	client := &http.Client{Timeout: 500 * time.Millisecond}
-	if resp, err := client.Get("http://" + addr + "/v2/"); err == nil {
+	for i := range mirror.DefaultMaxConns {
+		conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, conn)
+		if i < silent {
+			continue
+		}
+		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.WriteString(conn, "GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"); err != nil {
+			t.Fatalf("idle connection %d: %v", i, err)
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatalf("idle connection %d: %v", i, err)
+		}
 		resp.Body.Close()
-		t.Fatal("a third connection was served while two were held")
 	}
-	held[0].Close()
-	held = held[1:]
-	client.Timeout = 5 * time.Second
-	resp, err := client.Get("http://" + addr + "/v2/")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
+	defer cancel()
+	start := time.Now()
+	ref, err := name.ParseReference("registry.local:5000/team/app:v1")
 	if err != nil {
-		t.Fatalf("after a slot freed: %v", err)
+		t.Fatal(err)
 	}
-	resp.Body.Close()
+	img, err := remote.Image(ref, remote.WithContext(ctx), remote.WithTransport(mirrorVia{addr}),
+		remote.WithPlatform(v1.Platform{OS: "linux", Architecture: "amd64"}))
+	if err != nil {
+		t.Fatalf("pull while %d idle connections hold the mirror: %v", mirror.DefaultMaxConns, err)
+	}
+	if err := validate.Image(img); err != nil { // every blob fetched and checked
+		t.Fatalf("pull while %d idle connections hold the mirror: %v", mirror.DefaultMaxConns, err)
+	}
+	if d, _ := img.Digest(); d != c.appAMD {
+		t.Errorf("pulled %s, want %s", d, c.appAMD)
+	}
+	took := time.Since(start)
+	t.Logf("pull with the mirror's %d connections held idle: %s", mirror.DefaultMaxConns, took.Round(time.Millisecond))
+	if took > 5*time.Second {
+		t.Errorf("the pull waited %s for the idle connections", took.Round(time.Millisecond))
+	}
+	if !strings.Contains(logs.String(), "connection cap reached") {
+		t.Errorf("the cap is not logged:\n%s", logs.String())
+	}
 }

@@ -4,7 +4,7 @@ import "testing"
 
 func TestTOMLQuote(t *testing.T) {
 	cases := map[string]string{
-		`http://127.0.0.1:5050`: `"http://127.0.0.1:5050"`,
+		`https://127.0.0.1:505`: `"https://127.0.0.1:505"`,
 		"a\"b\\c\n\x7f":         `"a\"b\\c\u000A\u007F"`,
 		"]\n[host.\"evil\"]":    `"]\u000A[host.\"evil\"]"`,
 	}

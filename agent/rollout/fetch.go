@@ -14,11 +14,18 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/flotilla-dev/flotilla/agent"
+	"github.com/flotilla-dev/flotilla/internal/poll"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
 
+// peerCertWait is how long a fetch from the controller waits for the agent's
+// peer certificate to be there.
+const peerCertWait = 30 * time.Second
+
 // HTTPClient returns an HTTPS client that trusts only the controller CA of the
-// agent whose data dir is dataDir.
+// agent whose data dir is dataDir and presents the agent's peer certificate:
+// the controller's blob server serves a blob only to the node its token was
+// made for, identified by that certificate (mutual TLS).
 func HTTPClient(dataDir string) (*http.Client, error) {
 	caPEM, err := agent.CAPEM(dataDir)
 	if err != nil {
@@ -28,9 +35,25 @@ func HTTPClient(dataDir string) (*http.Client, error) {
 	if !pool.AppendCertsFromPEM(caPEM) {
 		return nil, fmt.Errorf("controller CA of the agent in %s: no certificate in its PEM", dataDir)
 	}
+	// Read at each handshake: the certificate is renewed at half-life, and an
+	// agent that joined without one (the controller's local agent) asks for
+	// it when it starts, so a first task may come before it is there.
+	clientCert := func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+		var cert *tls.Certificate
+		err := poll.Until(context.Background(), peerCertWait, 100*time.Millisecond, func() bool {
+			c, err := agent.PeerCertificate(dataDir)
+			cert = c
+			return err == nil
+		})
+		if err != nil {
+			_, err = agent.PeerCertificate(dataDir)
+			return nil, fmt.Errorf("the controller serves blobs only to a node presenting its peer certificate, and none came within %s: %w", peerCertWait, err)
+		}
+		return cert, nil
+	}
 	return &http.Client{Transport: &http.Transport{
 		Proxy:                 nil, // the controller is reached directly, never through a proxy
-		TLSClientConfig:       &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
+		TLSClientConfig:       &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12, GetClientCertificate: clientCert},
 		DisableCompression:    true, // blobs are served as stored
 		ResponseHeaderTimeout: 30 * time.Second,
 		TLSHandshakeTimeout:   15 * time.Second,
@@ -120,8 +143,10 @@ func explainFetch(err error) error {
 	code := int(sce)
 	what := fmt.Sprintf("HTTP %d %s", code, http.StatusText(code))
 	switch code {
-	case http.StatusUnauthorized, http.StatusForbidden:
-		return fmt.Errorf("%s: the controller refused the layer token (it expires with the rollout: apply again)", what)
+	case http.StatusUnauthorized:
+		return fmt.Errorf("%s: the controller refused the layer token (it lasts as long as the task: apply again)", what)
+	case http.StatusForbidden:
+		return fmt.Errorf("%s: the controller refused this node (is it still in the inventory? `flotilla nodes`), or its peer certificate; see the controller's log", what)
 	case http.StatusNotFound:
 		return fmt.Errorf("%s: the controller does not have this blob (was the image removed from its store?)", what)
 	}

@@ -6,6 +6,7 @@ import (
 	"compress/gzip"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
@@ -20,6 +21,7 @@ import (
 	"time"
 
 	"github.com/flotilla-dev/flotilla/agent"
+	"github.com/flotilla-dev/flotilla/p2p/pieces/piecestest"
 	"github.com/flotilla-dev/flotilla/protocol"
 )
 
@@ -90,8 +92,31 @@ func newNodeIn(t testing.TB, dir string, caPEM []byte) *node {
 		if err := os.WriteFile(filepath.Join(n.dataDir, "credentials.json"), data, 0o600); err != nil {
 			t.Fatal(err)
 		}
+		// The agent's peer certificate, as its join leaves it: the blob
+		// server serves only the node presenting it.
+		certPEM, keyPEM := testPeerCert(t, "n1")
+		if err := os.WriteFile(filepath.Join(n.dataDir, "peer.crt"), certPEM, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(n.dataDir, "peer.key"), keyPEM, 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return n
+}
+
+// testPeerCert is a peer certificate of node from a throwaway CA.
+func testPeerCert(t testing.TB, node string) (certPEM, keyPEM []byte) {
+	t.Helper()
+	ca, err := piecestest.NewCA("test agents")
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM, keyPEM, err = ca.Issue(node, protocol.PeerCertName(node))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return certPEM, keyPEM
 }
 
 // run executes one step of kind with payload through the node's executor of that kind.
@@ -211,7 +236,14 @@ func newBlobServer(t testing.TB, layers ...layer) *blobServer {
 	for _, l := range layers {
 		b.blobs[l.digest] = l.blob
 	}
-	b.srv = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	b.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Like the controller's: the node's peer certificate (here any
+		// issuer's: the CA is checked in controller/blobserver) and its token.
+		if cs := r.TLS; cs == nil || len(cs.PeerCertificates) == 0 || len(cs.PeerCertificates[0].DNSNames) != 1 ||
+			cs.PeerCertificates[0].DNSNames[0] != protocol.PeerCertName("n1") {
+			http.Error(w, "no peer certificate of n1", http.StatusForbidden)
+			return
+		}
 		if r.Header.Get("Authorization") != "Bearer good" {
 			http.Error(w, "bad token", http.StatusUnauthorized)
 			return
@@ -232,6 +264,8 @@ func newBlobServer(t testing.TB, layers ...layer) *blobServer {
 		}
 		http.ServeContent(w, r, "blob", time.Unix(1, 0), bytes.NewReader(data))
 	}))
+	b.srv.TLS = &tls.Config{ClientAuth: tls.RequestClientCert}
+	b.srv.StartTLS()
 	t.Cleanup(b.srv.Close)
 	return b
 }

@@ -132,6 +132,11 @@ func (x *steps) images(ctx context.Context, sc *agent.StepContext) error {
 	if pruned.Blobs > 0 {
 		sc.Output("stdout", fmt.Sprintf("deleted %d blobs (%s) no container image uses any more", pruned.Blobs, human.Bytes(pruned.Bytes)))
 	}
+	// The images are for the node's registry mirror: a node whose mirror does
+	// not serve (its address taken, say) must not pass for ready.
+	if _, enabled, err := sc.RegistryMirror(ctx); enabled && err != nil {
+		return fmt.Errorf("images of %s are in the node's cache, but %w; container runtimes cannot pull them from this node until it serves (`flotilla agent status` on the node says why; the next apply runs this step again)", p.Cluster, err)
+	}
 	return nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/base64"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -255,4 +256,134 @@ func TestHostileFakeTracker(t *testing.T) {
 		}
 		t.Logf("the impostor got %d requests before it was dropped (none of its bytes read)", fake.requests.Load())
 	})
+}
+
+// TestHostileTrackerForeignAddress: a node with its own valid peer
+// certificate announces itself at addresses that are not its own (the cloud
+// metadata service, another host, loopback of another kind, a host name,
+// multicast, unspecified) through the controller's real tracker, to send
+// other agents there. Every one is refused (403), nothing is recorded, and
+// the refusal is logged naming the node and the address. Its own address
+// (the one it connects from) is accepted.
+func TestHostileTrackerForeignAddress(t *testing.T) {
+	e := newP2PEnv(t, 300<<10)
+	evil := e.hostileClient(e.peerCert("evil"))
+	d := e.list.Digest.String()
+	url := e.c.HTTPURL() + "/v1/tracker/announce"
+	body := func(addr string) []byte {
+		return []byte(`{"peer":{"id":"evil","addr":"` + addr + `"},"digest":"` + d + `","have":"/w==","complete":true}`)
+	}
+	foreign := []string{
+		"https://169.254.169.254:443",          // the cloud metadata service
+		"https://10.1.2.3:9444",                // another host
+		"https://[::1]:9444",                   // loopback, but not the one it connects from
+		"https://metadata.google.internal:443", // a host name
+		"https://224.0.0.1:9444",               // multicast
+		"https://0.0.0.0:9444",                 // unspecified
+		"https://[fe80::1%25lo]:9444",          // link-local with a zone
+	}
+	for _, addr := range foreign {
+		t.Run(addr, func(t *testing.T) {
+			if code, msg := do(t, evil, "POST", url, body(addr)); code != http.StatusForbidden {
+				t.Fatalf("announce at %s: %d %s, want 403", addr, code, msg)
+			}
+		})
+	}
+	for _, p := range e.tr.Peers(e.list.Digest) {
+		if p.ID == "evil" {
+			t.Fatalf("the tracker recorded the hostile node at %s", p.Addr)
+		}
+	}
+	if !e.logs.has("refused an announced address", "node=evil", "169.254.169.254") {
+		t.Fatalf("no refusal naming node evil and the metadata address was logged:\n%s", e.logs.buf.String())
+	}
+	// Its own address, the one it connects from, is fine.
+	if code, msg := do(t, evil, "POST", url, body("https://127.0.0.1:6666")); code != http.StatusNoContent {
+		t.Fatalf("announcing its own address: %d %s", code, msg)
+	}
+}
+
+// liarServer is a hostile node's piece server with its real peer
+// certificate: it answers every piece request 404, whatever its node
+// announced.
+type liarServer struct {
+	srv      *httptest.Server
+	requests atomic.Int64
+}
+
+func (e *p2pEnv) startLiarServer(cert tls.Certificate) *liarServer {
+	ls := &liarServer{}
+	ls.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ls.requests.Add(1)
+		http.NotFound(w, r)
+	}))
+	ls.srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	ls.srv.StartTLS()
+	e.t.Cleanup(ls.srv.Close)
+	return ls
+}
+
+// TestHostileLyingPeer: a node announces, at its own address, that it holds
+// the whole blob, and serves none of it; it announces again as soon as it
+// disappears from the tracker. Real agents fetching the layer ask it first
+// (it is upstream in their pipeline), get 404, and report it to the
+// controller's tracker: the first report drops its record, the second
+// (another agent) refuses its announcements of that blob. Both agents still
+// get the layer, and the refusal is logged naming the liar and its reporters.
+func TestHostileLyingPeer(t *testing.T) {
+	e := newP2PEnv(t, 2<<20)
+	evilCert := e.peerCert("evil")
+	liar := e.startLiarServer(evilCert)
+	evil := e.hostileClient(evilCert)
+	lie := []byte(`{"peer":{"id":"evil","addr":"` + liar.srv.URL + `"},"digest":"` + e.list.Digest.String() + `","have":"` +
+		base64.StdEncoding.EncodeToString(pieces.FullBitfield(e.list.Count())) + `","complete":true}`)
+	announce := func() int {
+		code, _ := do(t, evil, "POST", e.c.HTTPURL()+"/v1/tracker/announce", lie)
+		return code
+	}
+	listed := func() bool {
+		for _, p := range e.tr.Peers(e.list.Digest) {
+			if p.ID == "evil" {
+				return true
+			}
+		}
+		return false
+	}
+	// The liar keeps announcing, as a hostile node would.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var lastCode atomic.Int64
+	go func() {
+		for ctx.Err() == nil {
+			lastCode.Store(int64(announce()))
+			select {
+			case <-ctx.Done():
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}()
+	waitFor(t, 10*time.Second, "the liar listed by the tracker", listed)
+
+	for _, name := range []string{"n1", "n2"} {
+		// Each agent comes after the liar in the blob's order: the liar is its upstream.
+		waitFor(t, 10*time.Second, "the liar listed again before "+name, listed)
+		a := e.startAgent(name, "")
+		e.dispatch(name, e.payload).wait(t, name)
+		e.checkPlaced(a)
+	}
+	if liar.requests.Load() == 0 {
+		t.Fatal("no agent asked the liar for a piece: the test proves nothing")
+	}
+	waitFor(t, 10*time.Second, "the liar's announcements refused", func() bool { return lastCode.Load() == http.StatusForbidden })
+	if listed() {
+		t.Fatalf("the tracker still lists the liar: %+v", e.tr.Peers(e.list.Digest))
+	}
+	code, body := do(t, e.hostileClient(e.peerCert("n3")), "GET", e.c.HTTPURL()+"/v1/tracker/peers/"+e.list.Digest.String(), nil)
+	if code != http.StatusOK || strings.Contains(body, `"evil"`) {
+		t.Fatalf("peers as n3: %d %s, want a list without the liar", code, body)
+	}
+	if !e.logs.has("refusing a peer's announcements", "peer=evil", "reporters=n1,n2") {
+		t.Fatalf("no log of the liar's refusal naming it and its reporters:\n%s", e.logs.buf.String())
+	}
+	t.Logf("the liar got %d piece requests before it was refused", liar.requests.Load())
 }

@@ -200,8 +200,8 @@ func TestBuildPlanSemantics(t *testing.T) {
 	}
 	wantT := []recipe.Template{
 		{Role: "master", Path: "/etc/systemd/system/app.service", Mode: 0o644, Content: "[Service]\nExecStart=/usr/local/bin/app --name {{ .Node.Name }}\n", Seq: 6},
-		{Role: "node", Path: "/etc/app/app.service", Mode: 0o600, Content: "[Service]\nExecStart=/usr/local/bin/app --name {{ .Node.Name }}\n", Seq: 7},
-		{Role: "node", Path: "/etc/app/peer.conf", Mode: 0o600, Content: "peers={{ .Cluster.Masters }}\n", Seq: 7},
+		{Role: "node", Path: "/etc/app/app.service", Mode: 0o600, ExplicitMode: true, Content: "[Service]\nExecStart=/usr/local/bin/app --name {{ .Node.Name }}\n", Seq: 7},
+		{Role: "node", Path: "/etc/app/peer.conf", Mode: 0o600, ExplicitMode: true, Content: "peers={{ .Cluster.Masters }}\n", Seq: 7},
 	}
 	if !reflect.DeepEqual(p.Templates, wantT) {
 		t.Errorf("templates = %+v\nwant %+v", p.Templates, wantT)

@@ -61,7 +61,7 @@ func (b *builder) collectCopy(in kubefile.Instruction, srcs []string, dest strin
 			if role == "" {
 				role = recipe.RoleAll
 			}
-			res.templates = append(res.templates, recipe.Template{Role: role, Path: p, Mode: mode, Content: string(content), Seq: b.seq})
+			res.templates = append(res.templates, recipe.Template{Role: role, Path: p, Mode: mode, ExplicitMode: in.HasChmod, Content: string(content), Seq: b.seq})
 			return nil
 		}
 		p := target

@@ -88,11 +88,16 @@ type Layer struct {
 
 // Template is a file rendered with Go templates over node, cluster and env facts.
 type Template struct {
-	Role    string `json:"role"`
-	Path    string `json:"path"` // absolute destination path on the node
-	Mode    uint32 `json:"mode"` // permission bits, e.g. 0644
-	Content string `json:"content"`
-	Seq     int    `json:"seq"` // position in the instruction sequence (base image first)
+	Role string `json:"role"`
+	Path string `json:"path"` // absolute destination path on the node
+	Mode uint32 `json:"mode"` // permission bits, e.g. 0644
+	// ExplicitMode is set when the Kubefile chose Mode (COPY --chmod); otherwise Mode is
+	// the template file's mode in the build context, and the planner drops its group
+	// and other bits when the template reads env (see controller/planner's mode.go).
+	// Images built before it was recorded read as false.
+	ExplicitMode bool   `json:"explicitMode,omitempty"`
+	Content      string `json:"content"`
+	Seq          int    `json:"seq"` // position in the instruction sequence (base image first)
 }
 
 // Step is one run-time action.

@@ -65,7 +65,7 @@ Steps place files under --root (exported to steps as FLOTILLA_ROOT).`,
 	f.StringVar(&opts.PeerAdvertise, "peer-advertise", "", "host other agents reach the piece server at (default: the address this host reaches the controller from)")
 	f.Var(newRateValue(&opts.MaxUpload), "max-upload", "cap on layer bytes sent to other agents, e.g. 100mbit or 20MB/s (default none; a Clusterfile's spec.bandwidth can only lower it)")
 	f.Var(newRateValue(&opts.MaxDownload), "max-download", "cap on layer bytes fetched, e.g. 1gbit or 50MB/s (default none; a Clusterfile's spec.bandwidth can only lower it)")
-	f.StringVar(&opts.RegistryListen, "registry-listen", mirror.DefaultListen, "address of the node-local registry mirror serving the carried container images (read-only OCI pull API; plain HTTP, keep it on loopback); \"\" disables it")
+	f.StringVar(&opts.RegistryListen, "registry-listen", mirror.DefaultListen, "address of the node-local registry mirror serving the carried container images (read-only OCI pull API over HTTPS with the agent's own CA, see `flotilla agent containerd-mirror`; keep it on loopback and below port 1024, which only root can bind); \"\" disables it")
 	f.StringVar(&opts.MetricsListen, "metrics-listen", "", "serve Prometheus metrics at http://ADDR/metrics, plain HTTP (e.g. "+agent.DefaultMetricsListen+"; \"\": off)")
 	cmd.AddCommand(newAgentStatusCmd(), newAgentUninstallCmd(), newAgentContainerdMirrorCmd())
 	return cmd
@@ -75,7 +75,7 @@ func newAgentStatusCmd() *cobra.Command {
 	var dataDir, output string
 	cmd := &cobra.Command{
 		Use:   "status",
-		Short: "Print the local agent's status; exit 0 only when registered and connected",
+		Short: "Print the local agent's status; exit 0 only when registered, connected and its registry mirror serves",
 		Example: `  flotilla agent status
   flotilla agent status --data-dir /var/lib/flotilla-agent -o json
   until flotilla agent status >/dev/null 2>&1; do sleep 1; done   # wait until joined`,
@@ -86,7 +86,8 @@ func newAgentStatusCmd() *cobra.Command {
 				return &exitError{code: 2, err: err}
 			}
 			// A killed agent leaves its last status behind: trust it only while fresh.
-			stale := time.Since(st.Updated) > max(3*st.HeartbeatInterval, 15*time.Second)
+			stale := st.Stale(time.Now())
+			mirrorProblem := st.MirrorProblem()
 			switch output {
 			case "json":
 				if err := cliWriteJSON(cmd, st); err != nil {
@@ -102,10 +103,21 @@ func newAgentStatusCmd() *cobra.Command {
 				if st.LastError != "" && !st.Connected {
 					fmt.Fprintf(cmd.OutOrStdout(), "last error:     %s (%s ago)\n", st.LastError, time.Since(st.LastErrorAt).Round(time.Second))
 				}
+				switch {
+				case mirrorProblem != "":
+					fmt.Fprintf(cmd.OutOrStdout(), "registry mirror: NOT SERVING: %s\n", mirrorProblem)
+				case st.Registry != "":
+					fmt.Fprintf(cmd.OutOrStdout(), "registry mirror: https://%s (CA %s)\n", st.Registry, st.RegistryCA)
+				}
 			default:
 				return fmt.Errorf("-o %q: want table or json", output)
 			}
-			if !st.Registered || !st.Connected || stale {
+			if mirrorProblem != "" && !stale {
+				// Said loudly: containerd pulls from upstream meanwhile, and
+				// images steps fail.
+				fmt.Fprintf(cmd.ErrOrStderr(), "flotilla agent status: %s\n", mirrorProblem)
+			}
+			if !st.Registered || !st.Connected || stale || mirrorProblem != "" {
 				return &exitError{code: 1}
 			}
 			return nil

@@ -102,7 +102,7 @@ type blobPeer struct {
 	store  *pieces.Store
 	client *http.Client
 	self   pieces.Peer
-	srv    *http.Server
+	srv    *httpserve.Server
 	errC   chan error
 }
 

@@ -62,6 +62,16 @@ func controllerFlag(option string) string {
 		return "--nats-account-key"
 	case "NATSCA":
 		return "--nats-ca"
+	case "NATSOperatorKey":
+		return "--nats-operator-key"
+	case "NATSAccountJWT":
+		return "--nats-account-jwt"
+	case "NATSSysCreds":
+		return "--nats-sys-creds"
+	case "NATSUserTTL":
+		return "--nats-user-ttl"
+	case "NATSAdminTTL":
+		return "--nats-admin-ttl"
 	case "Replicas":
 		return "--replicas"
 	case "HA":

@@ -18,27 +18,52 @@ import (
 
 // inspectOutput is `flotilla inspect -o json`.
 type inspectOutput struct {
-	Name      string          `json:"name,omitempty"`
-	Digest    string          `json:"digest"`    // what the name points at
-	Manifest  string          `json:"manifest"`  // the platform image shown
-	Platform  string          `json:"platform"`  // of the image shown
-	Platforms []string        `json:"platforms"` // all platforms of the image
-	Created   string          `json:"created,omitempty"`
-	Plan      *recipe.Recipe  `json:"plan"`
+	Name      string         `json:"name,omitempty"`
+	Digest    string         `json:"digest"`    // what the name points at
+	Manifest  string         `json:"manifest"`  // the platform image shown
+	Platform  string         `json:"platform"`  // of the image shown
+	Platforms []string       `json:"platforms"` // all platforms of the image
+	Created   string         `json:"created,omitempty"`
+	Plan      *recipe.Recipe `json:"plan"`
+	// Files are the files the image places with the mode a node gets them with: every
+	// template, and with --files every layer entry.
+	Files     []inspectFile   `json:"files"`
 	Config    *v1.ConfigFile  `json:"config,omitempty"`
 	Manifests []v1.Descriptor `json:"manifests,omitempty"`
 }
 
+// inspectFile is one file the image places on its role's nodes.
+type inspectFile struct {
+	Path string `json:"path"` // absolute on the node
+	Role string `json:"role"`
+	Kind string `json:"kind"` // template, file, dir, symlink, hardlink
+	// Mode is the mode a node gets it with (octal): for a template the planner's
+	// choice (controller/planner's mode.go), for a layer entry the tar's mode less
+	// what the agent drops (setuid and setgid unless the image keeps them).
+	Mode string `json:"mode"`
+	Why  string `json:"why,omitempty"` // why it gets Mode, where that is not simply the image's
+	// ImageMode is the mode the image records, when a node gets another one.
+	ImageMode string `json:"imageMode,omitempty"`
+	Layer     string `json:"layer,omitempty"` // a layer entry's layer digest
+	Size      int64  `json:"size,omitempty"`
+	Target    string `json:"target,omitempty"` // of a symlink or hardlink
+}
+
 func newInspectCmd() *cobra.Command {
 	var storeDir, output, platform string
+	var files bool
 	cmd := &cobra.Command{
 		Use:   "inspect IMAGE|DIR",
 		Short: "Show a cluster image's plan: roles, steps, layers per role, templates, carried images",
 		Long: `inspect shows what a cluster image does at rollout: its roles, the steps of each role,
 the layers each role fetches (with sizes), the templates rendered per node and the
 container images it carries. IMAGE is a name or digest; DIR is a build context, meaning
-the image last built from it.`,
-		Example: "  flotilla inspect examples/hello\n  flotilla inspect registry.local/etcd-cluster:3.4 -o json\n  flotilla inspect app:1 --platform linux/arm64",
+the image last built from it.
+
+Each template shows the mode nodes get its file with and why: a template that reads
+env (which may hold secrets) is readable by its owner only unless the Kubefile chose
+a mode (COPY --chmod). --files also lists every file of every layer with its mode.`,
+		Example: "  flotilla inspect examples/hello\n  flotilla inspect registry.local/etcd-cluster:3.4 -o json\n  flotilla inspect app:1 --platform linux/arm64\n  flotilla inspect app:1 --files",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := imgCheckOutput(output); err != nil {
@@ -72,6 +97,16 @@ the image last built from it.`,
 			}
 			out := inspectOutput{Name: imgNamesOf(st, args[0], d), Digest: d.Digest.String(), Manifest: mdigest.String(), Platform: cf.OS + "/" + cf.Architecture + imgVariant(cf.Variant), Plan: p, Created: cf.Created.UTC().Format("2006-01-02T15:04:05Z")}
 			out.Platforms = describeImage(st, store.Entry{Descriptor: d}).Platforms
+			if out.Files, err = templateFiles(p); err != nil {
+				return err
+			}
+			if files {
+				lf, err := layerFiles(img, p)
+				if err != nil {
+					return err
+				}
+				out.Files = append(out.Files, lf...)
+			}
 			if output == "json" {
 				out.Config = cf
 				return imgWriteJSON(cmd.OutOrStdout(), out)
@@ -81,6 +116,7 @@ the image last built from it.`,
 	}
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
 	cmd.Flags().StringVar(&platform, "platform", "", "platform of a multi-arch image to show (default: this machine's)")
+	cmd.Flags().BoolVar(&files, "files", false, "also list every file of every layer with the mode nodes get it with")
 	addImageStoreFlag(cmd, &storeDir)
 	return cmd
 }
@@ -146,9 +182,15 @@ func printImageInspect(w io.Writer, o inspectOutput) error {
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		for _, l := range layers {
 			fmt.Fprintf(tw, "  layer\t%s\t%s\t%s\n", protocol.ShortDigest(l.Digest), imgSize(l.Size), l.Instruction)
+			for _, f := range o.Files {
+				if f.Layer == l.Digest && f.Role == r {
+					fmt.Fprintf(tw, "    %s\t%s\t%s\t%s\t%s\n", f.Kind, fileName(f), f.Mode, fileSize(f), f.Why)
+				}
+			}
 		}
 		for _, t := range tmpls {
-			fmt.Fprintf(tw, "  template\t%s\t%04o\t%d bytes\n", t.Path, t.Mode, len(t.Content))
+			f := findTemplateFile(o.Files, t)
+			fmt.Fprintf(tw, "  template\t%s\t%s\t%d bytes\t%s\n", t.Path, f.Mode, len(t.Content), f.Why)
 		}
 		for _, s := range steps {
 			fmt.Fprintf(tw, "  %s\t%s\t(line %d)\t\n", s.Kind, s.Command, s.Line)

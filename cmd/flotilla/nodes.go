@@ -53,9 +53,12 @@ func newNodesCmd() *cobra.Command {
 				if !n.LastSeen.IsZero() {
 					seen = time.Since(n.LastSeen).Round(time.Second).String() + " ago"
 				}
+				// A verified address, else what the node reports, marked.
 				addr := "-"
-				if len(n.Facts.IPs) > 0 {
-					addr = n.Facts.IPs[0]
+				if len(n.VerifiedIPs) > 0 {
+					addr = n.VerifiedIPs[0].IP
+				} else if len(n.Facts.IPs) > 0 {
+					addr = n.Facts.IPs[0] + " (unverified)"
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, status, addr, n.Facts.Arch, n.Facts.AgentVersion, seen, labelString(n.Labels))
 			}
@@ -68,7 +71,7 @@ func newNodesCmd() *cobra.Command {
 	}
 	conn.register(cmd)
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "output: table or json")
-	cmd.AddCommand(newNodesRemoveCmd(), newNodesLabelCmd())
+	cmd.AddCommand(newNodesRemoveCmd(), newNodesLabelCmd(), newNodesAddressCmd())
 	return cmd
 }
 

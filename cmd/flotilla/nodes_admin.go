@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/flotilla-dev/flotilla/protocol"
@@ -76,4 +77,66 @@ later are shown in its facts (flotilla nodes -o json) but select nothing until a
 	}
 	conn.register(cmd)
 	return cmd
+}
+
+func newNodesAddressCmd() *cobra.Command {
+	var (
+		conn       cliConnFlags
+		pin, unpin []string
+	)
+	cmd := &cobra.Command{
+		Use:   "address NAME [--pin IP]… [--unpin IP]…",
+		Short: "Show or pin the addresses a Clusterfile may select a node by",
+		Long: `A Clusterfile that names a host by IP or range selects only nodes whose address the
+controller verified: the source address of the node's join and of its NATS connection
+(the embedded server), and the addresses pinned here. What a node reports about itself
+(its facts) selects nothing: a worker that says it has a master's address does not become
+that master. Pin an address that the controller cannot see (a node behind NAT, a second
+network) once you checked it is the node's; unpin it when it moves.`,
+		Example: `  flotilla nodes address web-1
+  flotilla nodes address web-1 --pin 10.0.0.11
+  flotilla nodes address web-1 --unpin 10.0.0.11`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := conn.connect()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			var n protocol.NodeInfo
+			if len(pin) == 0 && len(unpin) == 0 {
+				nodes, err := c.Nodes(cmd.Context())
+				if err != nil {
+					return err
+				}
+				i := slices.IndexFunc(nodes, func(n protocol.NodeInfo) bool { return n.Name == args[0] })
+				if i < 0 {
+					return fmt.Errorf("no node named %q: see `flotilla nodes`", args[0])
+				}
+				n = nodes[i]
+			} else if n, err = c.PinAddresses(cmd.Context(), protocol.NodesAddress{Name: args[0], Pin: pin, Unpin: unpin}); err != nil {
+				return err
+			}
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "%s verified: %s\n", n.Name, verifiedString(n.VerifiedIPs))
+			fmt.Fprintf(w, "%s reports: %s\n", n.Name, strings.Join(n.Facts.IPs, ", "))
+			return nil
+		},
+	}
+	conn.register(cmd)
+	cmd.Flags().StringSliceVar(&pin, "pin", nil, "address to pin (repeat or comma-separate)")
+	cmd.Flags().StringSliceVar(&unpin, "unpin", nil, "address to unpin")
+	return cmd
+}
+
+// verifiedString shows verified addresses as "IP (how), …".
+func verifiedString(v []protocol.VerifiedIP) string {
+	if len(v) == 0 {
+		return "none"
+	}
+	parts := make([]string, len(v))
+	for i, a := range v {
+		parts[i] = a.IP + " (" + a.By + ")"
+	}
+	return strings.Join(parts, ", ")
 }

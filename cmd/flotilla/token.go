@@ -84,7 +84,7 @@ or removing it first with ` + "`flotilla nodes remove NAME`" + `.`,
 	cmd.Flags().StringVar(&req.Description, "description", "", "a note shown by `token list`")
 	cmd.Flags().IntVar(&req.Uses, "uses", 0, "how many nodes may join with the token (0: any number until --ttl)")
 	cmd.Flags().StringVar(&req.For, "for", "", "the one node name the token joins; the only way to re-join a node still in the inventory")
-	cmd.Flags().StringVar(&labels, "labels", "", "labels every node joining with the token gets, k=v,k2=v2 (they win over labels the node proposes)")
+	cmd.Flags().StringVar(&labels, "labels", "", "the labels of every node joining with the token, k=v,k2=v2: all its labels (those the node asks for are not applied; without --labels its first join chooses them)")
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output: text or json")
 	return cmd
 }

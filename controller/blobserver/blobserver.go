@@ -1,9 +1,12 @@
 // Package blobserver serves image blobs (layers, container image blobs) to
 // agents over the controller's HTTPS: GET /v1/blobs/{digest}, with Range so a
-// download resumes, each fetch authorized by a bearer token (an HMAC over the
-// node, the digest and an expiry) that the rollout engine puts into the node's
-// signed step. It is the fallback when the peer-to-peer fetch is not possible.
-// It must not import the rollout engine or the agent.
+// download resumes. A fetch needs three things, checked on every request: the
+// node's peer certificate (mutual TLS, as for the tracker and the seed), a
+// bearer token made for that node and that blob (an HMAC over the node, the
+// digest and an expiry, which the rollout engine puts into the node's signed
+// step and which lasts as long as the task may run), and the node in the
+// inventory now. It is the fallback when the peer-to-peer fetch is not
+// possible. It must not import the rollout engine or the agent.
 package blobserver
 
 import (
@@ -15,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -24,6 +28,7 @@ import (
 
 	"github.com/flotilla-dev/flotilla/bundle/store"
 	"github.com/flotilla-dev/flotilla/internal/atomicfile"
+	"github.com/flotilla-dev/flotilla/internal/ratelog"
 	"github.com/flotilla-dev/flotilla/protocol"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
@@ -109,8 +114,20 @@ func (t *blobTokens) check(token, digest string, now time.Time) (string, error) 
 // engine (rollout.Options.Blobs).
 type Server struct{ blobHandler }
 
+// Options configure New.
+type Options struct {
+	// Member says whether node is in the controller's inventory now. It is
+	// asked on every fetch, as the tracker and the seed do, so a removed
+	// node's token (and its still valid peer certificate) stop fetching at
+	// once. Nil refuses every fetch: a blob server must know the inventory.
+	Member func(node string) bool
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
 // New loads the token key from dataDir (creating it once) and serves blobs from st.
-func New(dataDir string, st *store.Store, log *slog.Logger) (*Server, error) {
+func New(dataDir string, st *store.Store, opts Options) (*Server, error) {
+	log := opts.Logger
 	if log == nil {
 		log = slog.Default()
 	}
@@ -118,16 +135,48 @@ func New(dataDir string, st *store.Store, log *slog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Server{blobHandler{tokens: t, store: st, log: log.With("component", "blobs"), now: time.Now}}, nil
+	log = log.With("component", "blobs")
+	return &Server{blobHandler{tokens: t, store: st, member: opts.Member, log: log,
+		refusals: ratelog.New(log, ratelog.DefaultEvery), now: time.Now}}, nil
 }
 
 // blobHandler serves GET /v1/blobs/{digest} from the store, with Range support so
 // agents resume interrupted downloads.
 type blobHandler struct {
-	tokens *blobTokens
-	store  *store.Store
-	log    *slog.Logger
-	now    func() time.Time
+	tokens   *blobTokens
+	store    *store.Store
+	member   func(node string) bool
+	log      *slog.Logger
+	refusals *ratelog.Logger // refusals name the sender; a flood of them logs a line per interval
+	now      func() time.Time
+}
+
+// authorize returns the node a fetch of digest is for, or the HTTP status
+// and reason of a refusal (logged). A fetch needs all of: the peer
+// certificate of a node of this cluster (mutual TLS), a valid token for this
+// blob made for that same node, and that node in the inventory now.
+func (h *blobHandler) authorize(r *http.Request, digest string) (string, int, error) {
+	certNode, hasCert := peerCertNode(r)
+	token, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	tokenNode, tokenErr := h.tokens.check(strings.TrimSpace(token), digest, h.now())
+	switch {
+	case !hasCert:
+		h.refusals.Warn("remote", remoteHost(r), "no-cert", "blob fetch refused: no peer certificate of this cluster",
+			"tokenNode", tokenNode, "digest", digest)
+		return "", http.StatusForbidden, errors.New("forbidden: the blob server serves a node presenting its peer certificate (mutual TLS with the cluster CA); " +
+			"the agent keeps it in its data dir (peer.crt) and renews it itself")
+	case tokenErr != nil:
+		h.refusals.Warn("node", certNode, "token", "blob fetch refused: bad token", "remote", r.RemoteAddr, "digest", digest, "err", tokenErr)
+		return "", http.StatusUnauthorized, fmt.Errorf("unauthorized: %w", tokenErr)
+	case tokenNode != certNode:
+		h.refusals.Warn("node", certNode, "other-token", "blob fetch refused: another node's token",
+			"certNode", certNode, "tokenNode", tokenNode, "remote", r.RemoteAddr, "digest", digest)
+		return "", http.StatusForbidden, fmt.Errorf("forbidden: the token was made for node %s, the client certificate is node %s's", tokenNode, certNode)
+	case h.member == nil || !h.member(certNode):
+		h.refusals.Warn("node", certNode, "not-member", "blob fetch refused: node not in the inventory", "remote", r.RemoteAddr, "digest", digest)
+		return "", http.StatusForbidden, fmt.Errorf("forbidden: node %s is not in the inventory: join it again with a token", certNode)
+	}
+	return certNode, 0, nil
 }
 
 func (h *blobHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -142,17 +191,12 @@ func (h *blobHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, fmt.Sprintf("bad blob digest %q: want sha256:<64 hex>", digest), http.StatusBadRequest)
 		return
 	}
-	token, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	node, err := h.tokens.check(strings.TrimSpace(token), digest, h.now())
+	node, code, err := h.authorize(r, digest)
 	if err != nil {
-		h.log.Warn("blob fetch refused", "remote", r.RemoteAddr, "digest", digest, "err", err)
-		w.Header().Set("WWW-Authenticate", `Bearer realm="flotilla-blobs"`)
-		http.Error(w, "unauthorized: "+err.Error(), http.StatusUnauthorized)
-		return
-	}
-	if certNode, ok := peerCertNode(r); ok && certNode != node {
-		h.log.Warn("blob fetch refused", "remote", r.RemoteAddr, "digest", digest, "certNode", certNode, "tokenNode", node)
-		http.Error(w, fmt.Sprintf("unauthorized: the token was made for node %s, the client certificate is node %s's", node, certNode), http.StatusUnauthorized)
+		if code == http.StatusUnauthorized {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="flotilla-blobs"`)
+		}
+		http.Error(w, err.Error(), code)
 		return
 	}
 	path, err := h.store.BlobPath(h2)
@@ -180,6 +224,15 @@ func (h *blobHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Docker-Content-Digest", digest)
 	w.Header().Set("ETag", `"`+digest+`"`)
 	http.ServeContent(w, r, "", st.ModTime(), f)
+}
+
+// remoteHost is the client's IP address, without the port (one key per host
+// for the refusal log).
+func remoteHost(r *http.Request) string {
+	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		return host
+	}
+	return r.RemoteAddr
 }
 
 // peerCertNode returns the node named by a verified client (peer) certificate, if the

@@ -38,7 +38,7 @@
 //	  content: |                      # the whole new content
 //	    heartbeat-interval: 200
 //	  role: master                    # optional: only hosts with this role (default: every host)
-//	  mode: "0600"                    # optional: octal permission bits (default: the template's, else 0644)
+//	  mode: "0600"                    # optional: octal permission bits (default: the template's, else 0644; without group and other bits when a template reads env)
 //	  template: true                  # optional: render content like a *.tmpl file (default: false)
 //
 // If the image has a template at that path, the Config replaces it (keeping its place in

@@ -70,6 +70,9 @@ func startNATSServers(t *testing.T, n int, extra func(i int) string) *natsCluste
 		"--nats-url", strings.Join(c.URLs(), ","),
 		"--nats-creds", creds,
 		"--nats-account-key", filepath.Join(authDir, natsauth.FileAccountKey),
+		"--nats-operator-key", filepath.Join(authDir, natsauth.FileOperatorSigningKey),
+		"--nats-account-jwt", filepath.Join(authDir, natsauth.FileAccountJWT),
+		"--nats-sys-creds", filepath.Join(authDir, natsauth.FileSysCreds),
 	}}
 }
 
@@ -470,7 +473,8 @@ func waitLog(t *testing.T, p *controllertest.Proc, want string, timeout time.Dur
 
 // TestSiteLeafNode runs agents at a "site" whose nats-server is a leaf node
 // dialing out to the hub (the controller's NATS): they join, exec and apply
-// across the leaf connection.
+// across the leaf connection; a removed node's stolen credentials stop
+// working at the site too.
 func TestSiteLeafNode(t *testing.T) {
 	store := t.TempDir()
 	t.Setenv("FLOTILLA_STORE", store)
@@ -482,8 +486,16 @@ func TestSiteLeafNode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	site := natstest.StartServer(t, "site", fmt.Sprintf("leafnodes { remotes: [ { urls: [%q], credentials: %q, account: %q } ] }\n",
-		fmt.Sprintf("nats-leaf://127.0.0.1:%d", leafPort), filepath.Join(hub.authDir, natsauth.FileLeafCreds), iss.Account())+hub.authConf)
+	// Two remotes: flotilla's account, and the system account that carries
+	// the controller's revocations to the site's server.
+	sysAccount := ""
+	if _, err := fmt.Sscanf(hub.authConf[strings.Index(hub.authConf, "system_account:"):], "system_account: %s", &sysAccount); err != nil {
+		t.Fatalf("system account in auth.conf: %v", err)
+	}
+	hubLeaf := fmt.Sprintf("nats-leaf://127.0.0.1:%d", leafPort)
+	site := natstest.StartServer(t, "site", fmt.Sprintf("leafnodes { remotes: [ { urls: [%q], credentials: %q, account: %q }, { urls: [%q], credentials: %q, account: %q } ] }\n",
+		hubLeaf, filepath.Join(hub.authDir, natsauth.FileLeafCreds), iss.Account(),
+		hubLeaf, filepath.Join(hub.authDir, natsauth.FileLeafSysCreds), sysAccount)+hub.authConf)
 	f := controllertest.StartExternal(t, hub.args...)
 	slowImage(t, f.Bin, store, 1)
 	names := []string{"s1", "s2"}
@@ -508,4 +520,17 @@ func TestSiteLeafNode(t *testing.T) {
 	}
 	waitDone(t, f, 60*time.Second)
 	checkRanOnce(t, f, names)
+
+	// A thief with s1's credentials at the site: `nodes remove s1` reaches
+	// the site's server too (its system account remote), which closes the
+	// thief's connection and refuses the credentials from then on.
+	stolen := f.AgentCredentials("s1")
+	siteOnly := &natsCluster{Cluster: &natstest.Cluster{Servers: []*natstest.Server{site}}}
+	taps := tapAll(t, siteOnly, stolen)
+	removing := time.Now()
+	if out, errOut, code := f.CLI(ctx, "nodes", "remove", "s1"); code != 0 {
+		t.Fatalf("nodes remove s1: exit %d\n%s%s", code, out, errOut)
+	}
+	waitClosed(t, taps, removing, "nodes remove s1")
+	refusedEverywhere(t, ctx, siteOnly, stolen, "after nodes remove s1, at the site")
 }

@@ -210,12 +210,18 @@ func (f *Fleet) Client() (*client.Client, error) {
 // AgentDataDir is the --data-dir of agent name.
 func (f *Fleet) AgentDataDir(name string) string { return filepath.Join(f.Dir, "agents", name) }
 
+// TestRegistryListen is the --registry-listen of the agents StartAgent and
+// RestartAgent start (extra arguments may name another): a free loopback
+// port each (the agent's status says which), never the host's real mirror
+// port, which the host's own agent or another test may hold.
+const TestRegistryListen = "127.0.0.1:0"
+
 // AgentArgs are the arguments StartAgent uses for name with a token.
 func (f *Fleet) AgentArgs(name string, extra ...string) []string {
 	tok, hash := f.Token()
 	args := []string{"agent", "--controller", f.HTTPURL(), "--token", tok, "--ca-hash", hash, "--name", name,
 		"--data-dir", f.AgentDataDir(name), "--root", filepath.Join(f.Dir, "roots", name),
-		"--heartbeat-interval", HeartbeatInterval.String(), "--log-level", "debug"}
+		"--heartbeat-interval", HeartbeatInterval.String(), "--log-level", "debug", "--registry-listen", TestRegistryListen}
 	return append(args, extra...)
 }
 
@@ -233,7 +239,8 @@ func (f *Fleet) StartAgent(name string, extra ...string) *Proc {
 func (f *Fleet) RestartAgent(name string) *Proc {
 	f.T.Helper()
 	p := f.start("agent-"+name, "agent", "--name", name, "--data-dir", f.AgentDataDir(name),
-		"--root", filepath.Join(f.Dir, "roots", name), "--heartbeat-interval", HeartbeatInterval.String(), "--log-level", "debug")
+		"--root", filepath.Join(f.Dir, "roots", name), "--heartbeat-interval", HeartbeatInterval.String(), "--log-level", "debug",
+		"--registry-listen", TestRegistryListen)
 	f.mu.Lock()
 	f.Agents[name] = p
 	f.mu.Unlock()

@@ -8,7 +8,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -37,6 +39,48 @@ func (f *Fleet) HTTPClient() *http.Client {
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(f.CAPEM())
 	return &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+}
+
+// HTTPClientFrom is HTTPClient with its connections made from src, an
+// address of this host (on loopback: any of 127.0.0.0/8), so that a test
+// can join nodes from distinct source addresses.
+func (f *Fleet) HTTPClientFrom(src netip.Addr) *http.Client {
+	c := f.HTTPClient()
+	tr := c.Transport.(*http.Transport)
+	tr.DialContext = (&net.Dialer{LocalAddr: &net.TCPAddr{IP: src.AsSlice()}, Timeout: 10 * time.Second}).DialContext
+	return c
+}
+
+// JoinFrom joins name like Join, its connection made from src.
+func (f *Fleet) JoinFrom(ctx context.Context, src netip.Addr, token, name string, facts protocol.Facts) (*protocol.Credentials, error) {
+	body, err := json.Marshal(protocol.JoinRequest{Token: token, Name: name, Facts: facts})
+	if err != nil {
+		return nil, err
+	}
+	r, err := http.NewRequestWithContext(ctx, http.MethodPost, f.HTTPURL()+protocol.PathJoin, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	r.Header.Set("Content-Type", "application/json")
+	resp, err := f.HTTPClientFrom(src).Do(r)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil || resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("join %s from %s: HTTP %d: %s (%v)", name, src, resp.StatusCode, data, err)
+	}
+	var cr protocol.Credentials
+	if err := json.Unmarshal(data, &cr); err != nil {
+		return nil, fmt.Errorf("join %s reply: %w", name, err)
+	}
+	return &cr, nil
+}
+
+// DialFrom is a NATS option that makes the connection from src.
+func DialFrom(src netip.Addr) nats.Option {
+	return nats.SetCustomDialer(&net.Dialer{LocalAddr: &net.TCPAddr{IP: src.AsSlice()}, Timeout: 10 * time.Second})
 }
 
 // PostJoin sends a join request as a node would and returns the HTTP status and body.

@@ -76,6 +76,9 @@ func (a *authenticator) Check(ca server.ClientAuthentication) bool {
 			a.c.log.Warn("agent connection refused: unknown node or wrong credentials", "node", node, "remote", ca.RemoteAddress())
 			return false
 		}
+		if ip := sourceIP(ca.RemoteAddress().String()); ip != "" {
+			a.c.conns.set(node, ip)
+		}
 		pub, sub := protocol.AgentPermissions(node)
 		ca.RegisterUser(&server.User{Username: o.Username, Account: a.global, Permissions: &server.Permissions{
 			Publish:   &server.SubjectPermission{Allow: pub},
@@ -127,28 +130,4 @@ func (c *Controller) writeAdminCreds() error {
 
 func localNATSHostPort(c *Controller) string {
 	return fmt.Sprintf("127.0.0.1:%d", addrPort(c.natsAddr))
-}
-
-// writeExternalAdminCreds issues the CLI a user of the NATS cluster's account
-// that may only send admin requests (as in the embedded server).
-func (c *Controller) writeExternalAdminCreds() error {
-	tok, seed, _, err := c.issuer.UserJWT(UserAdmin, []string{protocol.AllAdmin}, []string{"_INBOX.>"}, false)
-	if err != nil {
-		return err
-	}
-	cr := protocol.Credentials{
-		NATSURLs:   c.opts.NATSURLs,
-		User:       UserAdmin,
-		JWT:        tok,
-		NKeySeed:   seed,
-		NATSCAPEM:  c.natsCA,
-		CAPEM:      c.pki.caPEM,
-		SigningKey: c.SigningKey(),
-		HTTPURL:    c.HTTPURL(),
-	}
-	data, err := json.MarshalIndent(cr, "", "  ")
-	if err != nil {
-		return err
-	}
-	return atomicfile.Write(filepath.Join(c.opts.DataDir, FileAdminCreds), data, 0o600)
 }

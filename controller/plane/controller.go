@@ -34,6 +34,7 @@ import (
 	"time"
 
 	"github.com/flotilla-dev/flotilla/controller/natsauth"
+	"github.com/flotilla-dev/flotilla/internal/httpserve"
 	"github.com/flotilla-dev/flotilla/protocol"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
@@ -68,6 +69,11 @@ type Options struct {
 	// into the event history (default DefaultNodeEventRate, DefaultNodeEventBurst);
 	// NodeEventHistory is how many events per node it keeps (default DefaultNodeEventHistory).
 	NodeEventRate, NodeEventBurst, NodeEventHistory int
+	// NodeRegisterRate and NodeRegisterBurst bound the registrations per second
+	// each node gets handled (default DefaultNodeRegisterRate,
+	// DefaultNodeRegisterBurst); more are refused without being decoded.
+	NodeRegisterRate  float64
+	NodeRegisterBurst int
 	// JoinRate and JoinBurst limit joins per source address (IPv6: per /64)
 	// (default 5 per second, bursts of 20); MaxJoinSources bounds how many
 	// source addresses are tracked (default 10000, least recently seen dropped).
@@ -100,6 +106,16 @@ type Options struct {
 	// NATSCA is a PEM file with the CA of the cluster's TLS certificates, for
 	// tls:// URLs (default: the system's roots).
 	NATSCA string
+	// NATSOperatorKey (an operator signing key's seed file), NATSAccountJWT
+	// (flotilla's account JWT the servers preload) and NATSSysCreds (a
+	// system account user) let the controller revoke a removed or re-joined
+	// node's NATS user on every server at once (see natsusers.go); all three
+	// or none. Without them a previous user works until its JWT expires.
+	NATSOperatorKey, NATSAccountJWT, NATSSysCreds string
+	// NATSUserTTL is the lifetime of node user JWTs, which agents renew at
+	// half-life (default DefaultNATSUserTTL); NATSAdminTTL that of
+	// admin.creds' JWT, which the controller renews (default DefaultNATSAdminTTL).
+	NATSUserTTL, NATSAdminTTL time.Duration
 	// Replicas is the JetStream replica count of every stream and KV bucket
 	// the controller creates (0: 3 when the cluster has 3 or more servers, else 1).
 	Replicas int
@@ -122,8 +138,11 @@ type Controller struct {
 	// issuer signs the users of an existing NATS cluster; natsCA is its CA (or nil).
 	issuer   *natsauth.Issuer
 	natsCA   []byte
+	natsTLS  *tls.Config // for the cluster's tls:// URLs, nil: system roots
+	nu       *natsUsers  // node and admin users of an existing cluster
+	revoker  *natsauth.Revoker
 	replicas int
-	http     *http.Server
+	http     *httpserve.Server
 
 	natsAddr, httpAddr net.Addr
 	internalPass       string
@@ -133,9 +152,11 @@ type Controller struct {
 	tokens   *tokenStore
 	seq      *sequencer
 	auth     *authenticator
+	conns    connAddrs // source address of each node's NATS connection
 	offenses *offenses
 	clockLog *offenses // clock-skew warnings, rarer
 	events   *eventLog
+	regRates *nodeRates // registrations per node
 	runsMu   sync.Mutex
 	runs     map[string]*TaskRun // in flight, by events subject
 	joins    *joinGuard
@@ -162,7 +183,7 @@ type Controller struct {
 	reg         *prometheus.Registry
 	metrics     *Metrics
 	metricsAddr net.Addr
-	metricsSrv  *http.Server
+	metricsSrv  *httpserve.Server
 }
 
 // New prepares a controller: it creates the data dir, the CA, the server
@@ -200,6 +221,12 @@ func New(opts Options) (*Controller, error) {
 	if opts.NodeEventHistory <= 0 {
 		opts.NodeEventHistory = DefaultNodeEventHistory
 	}
+	if opts.NodeRegisterRate <= 0 {
+		opts.NodeRegisterRate = DefaultNodeRegisterRate
+	}
+	if opts.NodeRegisterBurst <= 0 {
+		opts.NodeRegisterBurst = DefaultNodeRegisterBurst
+	}
 	if err := prepareDataDir(opts.DataDir, opts.Logger); err != nil {
 		return nil, err
 	}
@@ -211,6 +238,7 @@ func New(opts Options) (*Controller, error) {
 		offenses: newOffenses(opts.Logger, 10*time.Second), clockLog: newOffenses(opts.Logger, 10*time.Minute), runs: map[string]*TaskRun{},
 		joins: newJoinGuard(opts.JoinRate, opts.JoinBurst, opts.MaxJoinSources, opts.MaxConcurrentJoins)}
 	c.events = newEventLog(c)
+	c.regRates = newNodeRates(opts.NodeRegisterRate, opts.NodeRegisterBurst)
 	c.reg = opts.Metrics
 	if c.reg == nil {
 		c.reg = prometheus.NewRegistry()
@@ -259,10 +287,16 @@ func checkExternal(opts *Options) error {
 		return &OptionError{Option: "Replicas", Err: fmt.Errorf("JetStream replicas %d: want 0 (automatic) to 5", opts.Replicas)}
 	}
 	if len(opts.NATSURLs) == 0 {
-		if opts.NATSCreds != "" || opts.NATSAccountKey != "" || opts.NATSCA != "" {
-			return &OptionError{Option: "NATSURLs", Err: errors.New("NATS credentials, account key or CA given without the URLs of the NATS cluster")}
+		if opts.NATSCreds != "" || opts.NATSAccountKey != "" || opts.NATSCA != "" || opts.NATSOperatorKey != "" || opts.NATSAccountJWT != "" || opts.NATSSysCreds != "" {
+			return &OptionError{Option: "NATSURLs", Err: errors.New("NATS credentials, keys or CA given without the URLs of the NATS cluster")}
+		}
+		if opts.NATSUserTTL != 0 || opts.NATSAdminTTL != 0 {
+			return &OptionError{Option: "NATSUserTTL", Err: errors.New("NATS user lifetimes apply to an existing NATS cluster only (give its URLs)")}
 		}
 		return nil
+	}
+	if err := checkNATSUsers(opts); err != nil {
+		return err
 	}
 	for _, u := range opts.NATSURLs {
 		pu, err := url.Parse(u)
@@ -303,7 +337,8 @@ func (c *Controller) connectExternal() error {
 		if !pool.AppendCertsFromPEM(c.natsCA) {
 			return &OptionError{Option: "NATSCA", Err: fmt.Errorf("%s: no PEM certificate", c.opts.NATSCA)}
 		}
-		nopts = append(nopts, nats.Secure(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}))
+		c.natsTLS = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+		nopts = append(nopts, nats.Secure(c.natsTLS))
 	}
 	nc, err := nats.Connect(strings.Join(c.opts.NATSURLs, ","), nopts...)
 	if err != nil {
@@ -325,7 +360,13 @@ func (c *Controller) connectExternal() error {
 	if c.replicas > 1 {
 		c.js = replicated{JetStream: js, n: c.replicas}
 	}
-	c.log.Info("using an existing NATS cluster", "url", nc.ConnectedUrlRedacted(), "servers", len(nc.Servers()), "replicas", c.replicas, "account", iss.Account())
+	c.nu = newNATSUsers(c)
+	if c.revoker, err = c.openRevoker(); err != nil {
+		return err
+	}
+	c.nu.revoker = c.revoker
+	c.log.Info("using an existing NATS cluster", "url", nc.ConnectedUrlRedacted(), "servers", len(nc.Servers()), "replicas", c.replicas,
+		"account", iss.Account(), "userTTL", c.nu.ttl, "adminTTL", c.nu.adminTTL, "revocation", c.revoker != nil)
 	return nil
 }
 
@@ -416,6 +457,9 @@ func (c *Controller) openState(ctx context.Context) error {
 	}
 	if _, err = c.js.CreateOrUpdateStream(ctx, c.eventsStreamConfig()); err != nil {
 		return fmt.Errorf("events stream: %w", err)
+	}
+	if c.nu != nil {
+		return c.openNATSUsers(ctx)
 	}
 	return nil
 }
@@ -522,6 +566,9 @@ func (c *Controller) Close() error {
 		c.nc.Close()
 	}
 	c.wg.Wait()
+	if c.revoker != nil {
+		c.revoker.Close()
+	}
 	if c.ns != nil {
 		c.ns.Shutdown()
 		c.ns.WaitForShutdown()

@@ -3,6 +3,7 @@ package plane
 import (
 	"errors"
 	"testing"
+	"time"
 )
 
 func TestCheckExternalOptions(t *testing.T) {
@@ -19,6 +20,8 @@ func TestCheckExternalOptions(t *testing.T) {
 		{"no host", Options{NATSURLs: []string{"nats://"}, NATSCreds: "c", NATSAccountKey: "k"}, "NATSURLs"},
 		{"no creds", Options{NATSURLs: []string{"nats://a:4222"}, NATSAccountKey: "k"}, "NATSCreds"},
 		{"no account key", Options{NATSURLs: []string{"nats://a:4222"}, NATSCreds: "c"}, "NATSAccountKey"},
+		{"revocation files without URLs", Options{NATSOperatorKey: "o"}, "NATSURLs"},
+		{"user lifetime without URLs", Options{NATSUserTTL: time.Hour}, "NATSUserTTL"},
 		{"replicas too many", Options{Replicas: 6}, "Replicas"},
 		{"replicas negative", Options{Replicas: -1}, "Replicas"},
 	} {

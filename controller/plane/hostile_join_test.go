@@ -285,8 +285,8 @@ func TestTokenUsesForAndRevoke(t *testing.T) {
 		}
 	}
 	n, _ := f.Node(ctx, "u1")
-	if n.Labels["rack"] != "r9" || n.Labels["zone"] != "z1" {
-		t.Errorf("labels at first join: %v, want the token's rack=r9 over the node's and its zone=z1", n.Labels)
+	if !maps.Equal(n.Labels, map[string]string{"rack": "r9"}) {
+		t.Errorf("labels at first join: %v, want only the token's rack=r9", n.Labels)
 	}
 	code, body, _ := f.PostJoin(ctx, protocol.JoinRequest{Token: ti.Token, Name: "u3", Facts: honestFacts()})
 	if code != http.StatusForbidden || !strings.Contains(string(body), "invalid join token") {
@@ -313,6 +313,59 @@ func TestTokenUsesForAndRevoke(t *testing.T) {
 	}
 	if _, errOut, code := f.CLI(ctx, "token", "create", "--for", "a;b"); code == 0 || !strings.Contains(errOut, "--for") {
 		t.Errorf("token create --for with a hostile name: exit %d %s", code, errOut)
+	}
+}
+
+// TestHostileTokenLabels: a token created with --labels fixes the whole
+// label set of the node that joins with it. A joiner that asks for more keys
+// (a control-plane role, a tier a Clusterfile selects on) or another value of
+// the token's keys gets exactly the token's labels, no selector picks it by
+// what it added, and the controller logs what it did not apply, naming the
+// node. A token without --labels keeps the first join's labels (the
+// documented default: whoever holds such a token chooses them).
+func TestHostileTokenLabels(t *testing.T) {
+	skipShort(t)
+	ctx := context.Background()
+	f := controllertest.Start(t)
+	ti := createToken(t, f, "--ttl", "1h", "--labels", "rack=r1")
+	f.StartAgent("l1", "--token", ti.Token, "--labels", "rack=r1,tier=control,node-role.kubernetes.io/control-plane=true")
+	code, body, err := f.PostJoin(ctx, protocol.JoinRequest{Token: ti.Token, Name: "l2", Facts: protocol.Facts{Arch: "amd64", OS: "linux",
+		Labels: map[string]string{"rack": "r2", "tier": "control"}}})
+	if err != nil || code != http.StatusOK {
+		t.Fatalf("join l2: HTTP %d %s %v", code, body, err)
+	}
+	f.WaitOnline(30*time.Second, true, "l1")
+	for _, name := range []string{"l1", "l2"} {
+		n, _ := f.Node(ctx, name)
+		if !maps.Equal(n.Labels, map[string]string{"rack": "r1"}) {
+			t.Errorf("%s: labels %v, want only the token's rack=r1", name, n.Labels)
+		}
+	}
+	if !f.Controller.WaitLog(5*time.Second, "labels the join asked for", "node=l1", `notApplied="node-role.kubernetes.io/control-plane=true,tier=control"`) {
+		t.Error("the refused labels of l1 are not logged with its name")
+	}
+	if !f.Controller.WaitLog(5*time.Second, "labels the join asked for", "node=l2", `notApplied="rack=r2,tier=control"`) {
+		t.Error("the refused labels of l2 are not logged with its name")
+	}
+	for _, sel := range []string{"tier=control", "node-role.kubernetes.io/control-plane=true", "rack=r2"} {
+		if out, errOut, code := f.CLI(ctx, "exec", "--selector", sel, "--", "true"); code == 0 || !strings.Contains(errOut, "no node") {
+			t.Errorf("exec --selector %s picks a node by a label the joiner chose: exit %d\n%s\n%s", sel, code, out, errOut)
+		}
+	}
+	// The admin may add the label afterwards; that is the one way in.
+	if out, errOut, code := f.CLI(ctx, "nodes", "label", "l1", "tier=control"); code != 0 {
+		t.Fatalf("nodes label: exit %d %s %s", code, out, errOut)
+	}
+	if n, _ := f.Node(ctx, "l1"); !maps.Equal(n.Labels, map[string]string{"rack": "r1", "tier": "control"}) {
+		t.Errorf("after nodes label: %v", n.Labels)
+	}
+	// Without --labels on the token, the first join's labels are the node's.
+	free, _ := f.Token()
+	if _, err := f.Join(ctx, free, "l3", protocol.Facts{Arch: "amd64", OS: "linux", Labels: map[string]string{"tier": "edge"}}); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := f.Node(ctx, "l3"); !maps.Equal(n.Labels, map[string]string{"tier": "edge"}) {
+		t.Errorf("join with a token without labels: %v, want the first join's tier=edge", n.Labels)
 	}
 }
 

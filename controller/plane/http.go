@@ -33,6 +33,7 @@ func (c *Controller) startHTTP() error {
 	for pattern, h := range c.opts.AgentHandlers {
 		mux.Handle(pattern, c.RequireMember(h))
 	}
+	c.mountNATSRenewal(mux)
 	ln, err := net.Listen("tcp", c.opts.HTTPListen)
 	if err != nil {
 		return &OptionError{Option: "HTTPListen", Err: fmt.Errorf("HTTPS listen address %s: %w", c.opts.HTTPListen, err)}
@@ -53,6 +54,7 @@ func (c *Controller) startHTTP() error {
 	c.http = httpserve.New(mux, &tls.Config{Certificates: []tls.Certificate{c.pki.server}, MinVersion: tls.VersionTLS12,
 		ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: c.pki.certPool()},
 		slog.NewLogLogger(c.log.With("component", "https").Handler(), slog.LevelDebug))
+	c.http.Logger = c.log.With("component", "https")
 	if c.opts.HTTPReadHeaderTimeout > 0 {
 		c.http.ReadHeaderTimeout = c.opts.HTTPReadHeaderTimeout
 	}
@@ -118,7 +120,7 @@ func (c *Controller) handleJoin(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	cr, err := c.joinNode(ctx, req)
+	cr, err := c.joinNode(ctx, req, sourceIP(r.RemoteAddr))
 	switch {
 	case errors.Is(err, errNodeExists):
 		fail(http.StatusConflict, err.Error(), err)
@@ -146,10 +148,14 @@ func (c *Controller) handleJoin(w http.ResponseWriter, r *http.Request) {
 var errNodeExists = errors.New("already in the inventory")
 
 // joinNode admits a node for a join request whose token checked out: a new
-// name, or an existing one only with a token created --for it. The token's
-// use is counted here, under joinMu, so that two joins of one name cannot both
-// pass the check.
-func (c *Controller) joinNode(ctx context.Context, req *protocol.JoinRequest) (*protocol.Credentials, error) {
+// name, or an existing one only with a token created --for it. It runs under
+// joinMu, so that two joins of one name cannot both pass the check. The
+// token's use is counted before the admission (compare-and-set on the token's
+// record: joins on any controller never get more uses than --uses allows) and
+// given back when the admission fails, so only a join that admitted the node
+// spends a use.
+// joinIP is the join's source address, which selects the node from now on.
+func (c *Controller) joinNode(ctx context.Context, req *protocol.JoinRequest, joinIP string) (*protocol.Credentials, error) {
 	c.joinMu.Lock()
 	defer c.joinMu.Unlock()
 	old, exists := c.inv.get(req.Name)
@@ -164,47 +170,79 @@ func (c *Controller) joinNode(ctx context.Context, req *protocol.JoinRequest) (*
 	if tok, err = c.tokens.use(ctx, req.Token, req.Name); err != nil {
 		return nil, err
 	}
-	// Labels: the node's proposal is accepted at its first join only; the
-	// token's (admin-chosen) win; a re-join keeps what the admin approved.
-	labels := map[string]string{}
-	if exists {
-		maps.Copy(labels, old.Labels)
-	} else {
-		maps.Copy(labels, req.Facts.Labels)
-	}
-	maps.Copy(labels, tok.Labels)
-	return c.admitNode(ctx, req.Name, req.Facts, labels)
-}
-
-// admitNode creates or replaces a node's record with fresh credentials.
-func (c *Controller) admitNode(ctx context.Context, name string, facts protocol.Facts, labels map[string]string) (*protocol.Credentials, error) {
-	secret := randomSecret()
-	rec, ok := c.inv.get(name)
-	if !ok {
-		rec = NodeRecord{Name: name, JoinedAt: time.Now().UTC()}
-	} else {
-		c.log.Info("node re-joined: its old credentials no longer work", "node", name)
-	}
-	if len(labels) == 0 {
-		labels = nil
-	}
-	rec.Facts, rec.Labels, rec.SecretHash = facts, labels, hashSecret(secret)
-	if err := c.inv.put(ctx, &rec); err != nil {
+	labels := joinLabels(tok.Labels, req.Facts.Labels, old.Labels, exists)
+	cr, err := c.admitNode(ctx, req.Name, req.Facts, labels, joinIP)
+	if err != nil {
+		c.giveBackUse(ctx, tok.ID, req.Name)
 		return nil, err
 	}
-	c.auth.setAgent(name, rec.SecretHash)
-	if ok {
-		c.disconnectNode(name)
+	if refused := notApplied(req.Facts.Labels, labels); len(refused) > 0 {
+		c.log.Warn("labels the join asked for are not applied: a token's --labels are all the labels of a node joining with it, "+
+			"a re-join keeps the approved ones; an admin adds others with `flotilla nodes label`",
+			"node", req.Name, "notApplied", formatLabels(refused), "labels", formatLabels(labels), "token", tok.ID)
 	}
+	return cr, nil
+}
+
+// joinLabels are the labels a joining node gets. Labels select roles, so:
+//   - a token with --labels (admin-chosen) fixes the whole set of a new node;
+//   - a token without takes the first join's proposal (whoever holds such a
+//     token chooses them: give --labels to tokens for untrusted hands);
+//   - a re-join keeps the approved labels, with the token's over them;
+//
+// and after that only the admin changes them (`flotilla nodes label`).
+func joinLabels(token, proposed, approved map[string]string, rejoin bool) map[string]string {
+	labels := map[string]string{}
+	switch {
+	case rejoin:
+		maps.Copy(labels, approved)
+	case len(token) == 0:
+		maps.Copy(labels, proposed)
+	}
+	maps.Copy(labels, token)
+	return labels
+}
+
+// notApplied lists the labels of proposed that labels does not have as asked.
+func notApplied(proposed, labels map[string]string) map[string]string {
+	out := map[string]string{}
+	for k, v := range proposed {
+		if got, ok := labels[k]; !ok || got != v {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// giveBackUse returns the use a failed join counted. It runs on a context of
+// its own: the join's may be what expired.
+func (c *Controller) giveBackUse(ctx context.Context, tokenID, node string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := c.tokens.giveBack(ctx, tokenID); err != nil {
+		c.log.Error("a join failed after its token was checked, and the token's use could not be given back: "+
+			"the token counts one use more than it admitted (see `flotilla token list`; create another token if it runs out)",
+			"node", node, "token", tokenID, "err", err)
+		return
+	}
+	c.log.Info("join failed after its token was checked: the token's use was given back", "node", node, "token", tokenID)
+}
+
+// admitNode creates or replaces a node's record with fresh credentials. All
+// that can fail comes before the record is stored, and nothing after it: a
+// failed admission leaves the inventory and the old credentials as they were.
+func (c *Controller) admitNode(ctx context.Context, name string, facts protocol.Facts, labels map[string]string, joinIP string) (*protocol.Credentials, error) {
+	secret := randomSecret()
+	var cr *protocol.Credentials
 	if c.issuer != nil {
-		pub, sub := protocol.AgentPermissions(name)
-		tok, seed, key, err := c.issuer.UserJWT(AgentUser(name), pub, sub, true)
+		// A new key; the node's previous one is revoked (natsusers.go).
+		tok, seed, key, err := c.nu.issueNode(ctx, name)
 		if err != nil {
-			return nil, fmt.Errorf("node %s: NATS user: %w", name, err)
+			return nil, err
 		}
 		// nats-server names a user by its key (e.g. in permission violations).
 		c.log.Info("issued the node a NATS user", "node", name, "natsUser", key)
-		return &protocol.Credentials{
+		cr = &protocol.Credentials{
 			Node:       name,
 			NATSURLs:   c.opts.NATSURLs,
 			User:       AgentUser(name),
@@ -214,17 +252,35 @@ func (c *Controller) admitNode(ctx context.Context, name string, facts protocol.
 			CAPEM:      c.pki.caPEM,
 			SigningKey: c.SigningKey(),
 			HTTPURL:    c.HTTPURL(),
-		}, nil
+		}
+	} else {
+		cr = &protocol.Credentials{
+			Node:       name,
+			NATSURLs:   []string{c.NATSURL()},
+			User:       AgentUser(name),
+			Password:   secret,
+			CAPEM:      c.pki.caPEM,
+			SigningKey: c.SigningKey(),
+			HTTPURL:    c.HTTPURL(),
+		}
 	}
-	return &protocol.Credentials{
-		Node:       name,
-		NATSURLs:   []string{c.NATSURL()},
-		User:       AgentUser(name),
-		Password:   secret,
-		CAPEM:      c.pki.caPEM,
-		SigningKey: c.SigningKey(),
-		HTTPURL:    c.HTTPURL(),
-	}, nil
+	rec, ok := c.inv.get(name)
+	if !ok {
+		rec = NodeRecord{Name: name, JoinedAt: time.Now().UTC()}
+	}
+	if len(labels) == 0 {
+		labels = nil
+	}
+	rec.Facts, rec.Labels, rec.SecretHash, rec.JoinIP = facts, labels, hashSecret(secret), joinIP
+	if err := c.inv.put(ctx, &rec); err != nil {
+		return nil, err
+	}
+	c.auth.setAgent(name, rec.SecretHash)
+	if ok {
+		c.log.Info("node re-joined: its old credentials no longer work", "node", name)
+		c.disconnectNode(name)
+	}
+	return cr, nil
 }
 
 // LocalAgentCredentials admits a node without a token, for an agent running in
@@ -239,7 +295,8 @@ func (c *Controller) LocalAgentCredentials(ctx context.Context, name string, fac
 	// The local agent's labels are the controller's own flags: admin-chosen.
 	c.joinMu.Lock()
 	defer c.joinMu.Unlock()
-	cr, err := c.admitNode(ctx, name, facts, maps.Clone(facts.Labels))
+	// In this process: no join, no source address (an admin may pin one).
+	cr, err := c.admitNode(ctx, name, facts, maps.Clone(facts.Labels), "")
 	if err != nil {
 		return nil, err
 	}
@@ -253,10 +310,8 @@ func (c *Controller) LocalAgentCredentials(ctx context.Context, name string, fac
 // replaced, so that an old agent of the same name stops receiving its tasks.
 func (c *Controller) disconnectNode(name string) {
 	if c.ns == nil {
-		// An existing NATS cluster: the controller cannot close the node's
-		// connections; its messages are refused once it is out of the
-		// inventory, and its old user JWT is revoked by the cluster's admin.
-		c.log.Warn("node credentials replaced or removed on an external NATS cluster: its previous NATS user stays valid there until revoked in the account", "node", name)
+		// An existing NATS cluster: the servers close the connections of the
+		// node's previous user when its revocation reaches them (natsusers.go).
 		return
 	}
 	cz, err := c.ns.Connz(&server.ConnzOptions{User: AgentUser(name), Limit: 1024})
@@ -276,12 +331,14 @@ func (c *Controller) disconnectNode(name string) {
 func (c *Controller) onPeerCert(m *nats.Msg) {
 	var rep protocol.PeerCertReply
 	node, ok := protocol.NodeFromSubject(m.Subject)
-	var req protocol.PeerCertRequest
-	switch {
-	case !ok:
+	if !ok {
 		return
-	case protocol.Decode(m.Data, &req) != nil:
-		rep.Error = "peer certificate request: bad message"
+	}
+	req, err := protocol.DecodePeerCertRequest(m.Data)
+	switch {
+	case err != nil:
+		c.offenses.warn(node, "bad peer certificate request", "refusing an invalid peer certificate request", "err", err)
+		rep.Error = "peer certificate request: " + err.Error()
 	default:
 		if _, known := c.inv.get(node); !known {
 			rep.Error = fmt.Sprintf("node %s is not in the inventory: join again with a token", node)

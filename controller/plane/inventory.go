@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"reflect"
 	"sort"
 	"sync"
 	"time"
@@ -16,8 +17,15 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// NodesBucket is the JetStream KV bucket holding one NodeRecord per node (key: NodeToken).
+// NodesBucket is the JetStream KV bucket holding one NodeRecord per node (key: nodeKey).
 const NodesBucket = "flotilla_nodes"
+
+// nodeKey is the KV key of a node's record: its name as it is. A valid node
+// name (protocol.ValidateNodeName) is a valid KV key ([-/_=.a-zA-Z0-9], dots
+// only between non-empty tokens), the identity is injective, and the key of a
+// dot-free name is what it always was (the former key, NodeToken(name), maps
+// dots to '~', which KV keys refuse: a node with a dot could never be stored).
+func nodeKey(name string) string { return name }
 
 // NodeRecord is what the controller keeps about a node across restarts.
 type NodeRecord struct {
@@ -29,6 +37,10 @@ type NodeRecord struct {
 	HeartbeatInterval time.Duration     `json:"heartbeatInterval,omitempty"`
 	PeerURL           string            `json:"peerURL,omitempty"`
 	LastSeen          time.Time         `json:"lastSeen,omitempty"`
+	// JoinIP is the source address of the node's last join; PinnedIPs the
+	// addresses an admin pinned (see addresses.go).
+	JoinIP    string   `json:"joinIP,omitempty"`
+	PinnedIPs []string `json:"pinnedIPs,omitempty"`
 }
 
 // inventory is the node list: KV for persistence, memory for liveness.
@@ -106,7 +118,7 @@ func (inv *inventory) putLocked(ctx context.Context, rec *NodeRecord) error {
 	if err != nil {
 		return err
 	}
-	if _, err := inv.kv.Put(ctx, protocol.NodeToken(rec.Name), data); err != nil {
+	if _, err := inv.kv.Put(ctx, nodeKey(rec.Name), data); err != nil {
 		return fmt.Errorf("store node %s: %w", rec.Name, err)
 	}
 	inv.mu.Lock()
@@ -121,7 +133,7 @@ func (inv *inventory) putLocked(ctx context.Context, rec *NodeRecord) error {
 func (inv *inventory) remove(ctx context.Context, name string) error {
 	inv.writeMu.Lock()
 	defer inv.writeMu.Unlock()
-	if err := inv.kv.Purge(ctx, protocol.NodeToken(name)); err != nil {
+	if err := inv.kv.Purge(ctx, nodeKey(name)); err != nil {
 		return fmt.Errorf("remove node %s: %w", name, err)
 	}
 	inv.mu.Lock()
@@ -238,27 +250,58 @@ func (c *Controller) Nodes(ctx context.Context) ([]protocol.NodeInfo, error) {
 	if c.inv == nil {
 		return nil, errors.New("controller not started")
 	}
-	return c.inv.list(), ctx.Err()
+	list := c.inv.list()
+	for i := range list {
+		list[i] = c.withAddresses(list[i])
+	}
+	return list, ctx.Err()
 }
 
 // Node returns one node's record (without listing the inventory: the
 // rollout engine asks it for every node it dispatches to).
 func (c *Controller) Node(name string) (protocol.NodeInfo, bool) {
-	return c.inv.info(name)
+	n, ok := c.inv.info(name)
+	if ok {
+		n = c.withAddresses(n)
+	}
+	return n, ok
 }
 
+// Defaults of the registration limits (Options). An agent registers when it
+// connects, reconnects or gets its peer certificate: a handful a minute at most.
+const (
+	DefaultNodeRegisterRate  = 1.0
+	DefaultNodeRegisterBurst = 20
+)
+
+// errUnchanged: a registration identical to the stored record, which is
+// neither written nor logged again.
+var errUnchanged = errors.New("registration unchanged")
+
+// onRegister handles every node's registrations, on one goroutine: the
+// node's rate is checked before anything else, and a registration that says
+// what the inventory already holds writes no KV revision and logs nothing.
 func (c *Controller) onRegister(m *nats.Msg) {
+	node, ok := protocol.NodeFromSubject(m.Subject)
+	if !ok {
+		return
+	}
 	reply := func(err error) {
 		r := protocol.RegisterReply{OK: err == nil}
 		if err != nil {
 			r.Error = err.Error()
-			c.log.Warn("registration refused", "subject", m.Subject, "err", err)
+			c.log.Warn("registration refused", "node", node, "err", err)
 		}
 		data, _ := protocol.Encode(r)
 		c.respondToNode(m, data)
 	}
-	node, ok := protocol.NodeFromSubject(m.Subject)
-	if !ok {
+	if !c.regRates.allow(node) {
+		// Dropped unanswered, as events over the rate are: an answer would cost
+		// the controller (and its NATS server) a message per flooded one. An
+		// agent never gets here (it registers a handful of times a minute); one
+		// that did would time out and register again at its next heartbeat.
+		c.offenses.warn(node, "registration flood", "node registers faster than its limit: registrations dropped unread and unanswered",
+			"limitPerSecond", c.opts.NodeRegisterRate, "burst", c.opts.NodeRegisterBurst)
 		return
 	}
 	reg, err := protocol.DecodeRegister(m.Data)
@@ -279,6 +322,9 @@ func (c *Controller) onRegister(m *nats.Msg) {
 	ctx, cancel := context.WithTimeout(c.ctx, 10*time.Second)
 	defer cancel()
 	_, err = c.inv.update(ctx, node, func(rec *NodeRecord) error {
+		if sameRegistration(rec, reg) {
+			return errUnchanged
+		}
 		// Labels select roles, so only the admin changes them (token, `nodes
 		// label`); what the node reports is kept as a fact and shown, not applied.
 		if !maps.Equal(reg.Facts.Labels, rec.Labels) && !maps.Equal(reg.Facts.Labels, rec.Facts.Labels) {
@@ -291,18 +337,40 @@ func (c *Controller) onRegister(m *nats.Msg) {
 		rec.LastSeen = time.Now()
 		return nil
 	})
-	if errors.Is(err, errNoNode) {
+	unchanged := errors.Is(err, errUnchanged)
+	switch {
+	case unchanged:
+	case errors.Is(err, errNoNode):
 		reply(fmt.Errorf("node %s is not in the inventory: join again with a token", node))
 		return
-	}
-	if err != nil {
+	case err != nil:
 		reply(err)
 		return
 	}
 	c.inv.seen(node, reg.HeartbeatInterval, time.Now())
-	c.log.Info("node registered", "node", node, "hostname", reg.Facts.Hostname, "arch", reg.Facts.Arch, "version", reg.Facts.AgentVersion)
+	if !unchanged {
+		c.log.Info("node registered", "node", node, "hostname", reg.Facts.Hostname, "arch", reg.Facts.Arch, "version", reg.Facts.AgentVersion)
+	}
 	reply(nil)
+	// Watchers (the rollout engine waiting for a rebooted node) hear of every
+	// accepted registration, identical or not: at most the node's rate.
 	c.registered.notify(node)
+}
+
+// sameRegistration says whether reg reports exactly what rec holds (empty
+// and absent lists and maps count as equal).
+func sameRegistration(rec *NodeRecord, reg *protocol.Register) bool {
+	norm := func(f protocol.Facts) protocol.Facts {
+		if len(f.IPs) == 0 {
+			f.IPs = nil
+		}
+		if len(f.Labels) == 0 {
+			f.Labels = nil
+		}
+		return f
+	}
+	return rec.HeartbeatInterval == reg.HeartbeatInterval && rec.PeerURL == reg.PeerURL &&
+		reflect.DeepEqual(norm(rec.Facts), norm(reg.Facts))
 }
 
 func (c *Controller) onHeartbeat(m *nats.Msg) {

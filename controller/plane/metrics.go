@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/internal/httpserve"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -196,7 +197,14 @@ func (c *Controller) startMetrics() error {
 		return fmt.Errorf("--metrics-listen %s: %w", c.opts.MetricsListen, err)
 	}
 	c.metricsAddr = ln.Addr()
-	srv := &http.Server{Handler: metricsMux(c.MetricsHandler(), c.opts.MetricsPprof), ReadHeaderTimeout: 10 * time.Second}
+	// Every bound of the HTTPS listener, and a small connection cap: idle
+	// connections are closed when a new scraper arrives at it.
+	srv := httpserve.New(metricsMux(c.MetricsHandler(), c.opts.MetricsPprof), nil, nil)
+	srv.MaxConns, srv.Logger = httpserve.MetricsMaxConns, c.log.With("component", "metrics")
+	if c.opts.MetricsPprof {
+		// pprof refuses a CPU profile or trace longer than the write timeout.
+		srv.WriteTimeout = pprofWriteTimeout
+	}
 	c.metricsSrv = srv
 	c.wg.Add(1)
 	go func() {
@@ -208,6 +216,10 @@ func (c *Controller) startMetrics() error {
 	c.log.Info("serving metrics", "url", "http://"+ln.Addr().String()+"/metrics", "pprof", c.opts.MetricsPprof)
 	return nil
 }
+
+// pprofWriteTimeout bounds answers of a metrics listener with pprof: CPU
+// profiles and traces up to about 10 minutes (?seconds=).
+const pprofWriteTimeout = 10*time.Minute + 30*time.Second
 
 // MetricsAddr is where --metrics-listen listens (nil: off).
 func (c *Controller) MetricsAddr() net.Addr { return c.metricsAddr }

@@ -26,6 +26,13 @@ func (c *Controller) registerNodeAdmin() {
 		}
 		return c.LabelNode(ctx, req)
 	})
+	c.HandleAdmin(protocol.AdminNodesAddr, func(ctx context.Context, a *AdminCall) (any, error) {
+		var req protocol.NodesAddress
+		if err := a.Decode(&req); err != nil {
+			return nil, err
+		}
+		return c.PinAddresses(ctx, req)
+	})
 }
 
 // RemoveNode deletes a node from the inventory, revokes its NATS credentials
@@ -41,10 +48,16 @@ func (c *Controller) RemoveNode(ctx context.Context, name string) error {
 	}
 	// Credentials first: from here on the node cannot reconnect or register.
 	c.auth.removeAgent(name)
+	if c.nu != nil {
+		if err := c.nu.revokeNode(ctx, name); err != nil {
+			return err
+		}
+	}
 	if err := c.inv.remove(ctx, name); err != nil {
 		return err
 	}
 	c.disconnectNode(name)
+	c.conns.forget(name)
 	c.log.Info("node removed by the admin: its credentials no longer work", "node", name)
 	return nil
 }

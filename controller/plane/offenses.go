@@ -4,6 +4,8 @@ import (
 	"log/slog"
 	"sync"
 	"time"
+
+	"golang.org/x/time/rate"
 )
 
 // offenses logs refused node messages, naming the node: the first of a kind
@@ -58,4 +60,35 @@ func (o *offenses) warn(node, kind, msg string, args ...any) {
 		args = append(args, "alsoDroppedSinceLastWarning", suppressed)
 	}
 	o.log.Warn(msg, args...)
+}
+
+// nodeRates is a token bucket per node, for messages every node sends on one
+// subscription: checked before any decoding, so that a flooding node costs
+// the others a map lookup per message. Node names come from authenticated
+// subjects; the map is bounded like offenses.
+type nodeRates struct {
+	rate  rate.Limit
+	burst int
+
+	mu  sync.Mutex
+	lim map[string]*rate.Limiter
+}
+
+func newNodeRates(perSecond float64, burst int) *nodeRates {
+	return &nodeRates{rate: rate.Limit(perSecond), burst: burst, lim: map[string]*rate.Limiter{}}
+}
+
+// allow takes one token from node's bucket.
+func (r *nodeRates) allow(node string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	l := r.lim[node]
+	if l == nil {
+		if len(r.lim) >= maxOffenseKeys {
+			clear(r.lim)
+		}
+		l = rate.NewLimiter(r.rate, r.burst)
+		r.lim[node] = l
+	}
+	return l.Allow()
 }

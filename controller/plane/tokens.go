@@ -31,8 +31,8 @@ type tokenRecord struct {
 	// For is the one node name the token joins; only such a token may re-join
 	// (replace) a node that is already in the inventory.
 	For string `json:"for,omitempty"`
-	// Labels are given to every node that joins with the token (admin-chosen;
-	// they win over labels the node proposes).
+	// Labels are all the labels of a node that joins with the token
+	// (admin-chosen; labels the node asks for are not applied, see joinLabels).
 	Labels map[string]string `json:"labels,omitempty"`
 }
 
@@ -182,6 +182,34 @@ func (s *tokenStore) use(ctx context.Context, token, node string) (*tokenRecord,
 		// Another join (or a revoke) changed the record: read it again.
 	}
 	return nil, errors.New("join token: too many concurrent uses, retry")
+}
+
+// giveBack returns a use that use counted for a join that then failed, with
+// the same compare-and-set: it never overwrites a concurrent join's count or
+// brings back a revoked token.
+func (s *tokenStore) giveBack(ctx context.Context, id string) error {
+	for range 8 {
+		rec, rev, err := s.get(ctx, id)
+		if errors.Is(err, ErrTokenUnknown) {
+			return nil // revoked meanwhile: nothing to give back
+		}
+		if err != nil {
+			return err
+		}
+		if rec.Uses == 0 {
+			return nil
+		}
+		rec.Uses--
+		data, _ := json.Marshal(rec)
+		_, err = s.kv.Update(ctx, id, data, rev)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) && !errors.Is(err, jetstream.ErrKeyExists) {
+			return fmt.Errorf("give back a use of token %s: %w", id, err)
+		}
+	}
+	return fmt.Errorf("give back a use of token %s: the record kept changing under concurrent joins", id)
 }
 
 func (s *tokenStore) list(ctx context.Context) ([]protocol.TokenInfo, error) {

@@ -194,27 +194,32 @@ func nodePlan(in Input, c *clusterfile.Cluster, m member, facts ClusterFacts, is
 		}
 	}
 	for _, t := range img.TemplatesFor(roles, isMaster0) {
-		f := File{Path: t.Path, Mode: t.Mode, Seq: t.Seq, Source: "template"}
-		src, tmpl := t.Content, true
+		f := File{Path: t.Path, Seq: t.Seq, Source: "template"}
+		src, mode := t.Content, modeInputFor(t.Path, t.Mode)
+		if t.ExplicitMode {
+			mode.explicit = "COPY --chmod"
+		}
 		if cfg, ok := overrides[t.Path]; ok {
 			delete(overrides, t.Path)
-			src, tmpl, f.Source = cfg.Content, cfg.Template, "config/"+cfg.Name
+			src, mode.template, f.Source = cfg.Content, cfg.Template, "config/"+cfg.Name
 			if cfg.Mode != 0 {
-				f.Mode = cfg.Mode
+				mode.mode, mode.explicit = cfg.Mode, "spec.mode of Config "+cfg.Name
 			}
 		}
-		if err := fill(&f, src, tmpl, data); err != nil {
+		if err := fill(&f, src, mode, data); err != nil {
 			return nil, err
 		}
 		np.Files = append(np.Files, f)
 	}
 	for _, path := range slices.Sorted(maps.Keys(overrides)) {
 		cfg := overrides[path]
-		f := File{Path: path, Mode: cfg.Mode, Seq: maxLayerSeq, Source: "config/" + cfg.Name}
-		if f.Mode == 0 {
-			f.Mode = 0o644
+		f := File{Path: path, Seq: maxLayerSeq, Source: "config/" + cfg.Name}
+		mode := modeInputFor(path, 0o644)
+		mode.template = cfg.Template
+		if cfg.Mode != 0 {
+			mode.mode, mode.explicit = cfg.Mode, "spec.mode of Config "+cfg.Name
 		}
-		if err := fill(&f, cfg.Content, cfg.Template, data); err != nil {
+		if err := fill(&f, cfg.Content, mode, data); err != nil {
 			return nil, err
 		}
 		np.Files = append(np.Files, f)
@@ -309,15 +314,22 @@ func (n *NodePlan) hasWork() bool {
 	return n.Images != nil && !n.Images.Skip
 }
 
-func fill(f *File, src string, tmpl bool, data *Data) error {
+// fill renders f's content from src (a template when mode.template) and decides its
+// mode from what the template reads (mode.go).
+func fill(f *File, src string, mode modeInput, data *Data) error {
 	b := []byte(src)
-	if tmpl {
-		var err error
-		if b, err = render(f.Path, src, data, escaperForFile(f.Path)); err != nil {
+	if mode.template {
+		t, err := parseTemplate(f.Path, src)
+		if err != nil {
+			return err
+		}
+		mode.env = envOf(t)
+		if b, err = execute(t, data, escaperForFile(f.Path)); err != nil {
 			return err
 		}
 	}
-	f.Content, f.Digest = b, sha(b)
+	choice := decideMode(mode)
+	f.Content, f.Digest, f.Mode, f.ModeWhy = b, sha(b), choice.Mode, choice.Why
 	return nil
 }
 

@@ -25,11 +25,16 @@ import (
 
 // Agent is what the inventory knows of one agent.
 type Agent struct {
-	Name   string
-	IPs    []netip.Addr
-	Arch   string
-	Labels map[string]string
-	Online bool
+	Name string
+	// IPs are the addresses the agent reports (claims): rendered into
+	// templates, never used to select it.
+	IPs []netip.Addr
+	// VerifiedIPs are the addresses the controller saw it come from or an
+	// admin pinned: the only ones a Clusterfile's IP or range selects by.
+	VerifiedIPs []netip.Addr
+	Arch        string
+	Labels      map[string]string
+	Online      bool
 }
 
 // Applied is what one node reports it has applied for one cluster.
@@ -185,7 +190,8 @@ type Layer struct {
 type File struct {
 	Path    string `json:"path"`
 	Mode    uint32 `json:"mode"`
-	Content []byte `json:"-"` // rendered; may hold secrets, so never printed
+	ModeWhy string `json:"modeWhy,omitempty"` // why it gets Mode (mode.go)
+	Content []byte `json:"-"`                 // rendered; may hold secrets, so never printed
 	Digest  string `json:"digest"`
 	Seq     int    `json:"seq"`
 	Source  string `json:"source"`         // "template" or "config/<name>"

@@ -53,7 +53,18 @@ func testImage() *recipe.Recipe {
 	}
 }
 
+// agents are n masters and n workers whose addresses the controller verified.
 func agents(n int) []Agent {
+	out := claimingAgents(n)
+	for i := range out {
+		out[i].VerifiedIPs = out[i].IPs
+	}
+	return out
+}
+
+// claimingAgents are agents(n) whose addresses nobody verified: they only
+// report them.
+func claimingAgents(n int) []Agent {
 	var out []Agent
 	for i := 1; i <= n; i++ {
 		out = append(out, Agent{Name: fmt.Sprintf("m%d", i), IPs: []netip.Addr{netip.MustParseAddr(fmt.Sprintf("10.0.0.%d", 10+i))}, Arch: "amd64", Online: true})
@@ -373,7 +384,13 @@ func TestBadInput(t *testing.T) {
 	badTmpl := testImage()
 	badTmpl.Templates[0].Content = "name: x\nmembers: 1\ntoken: {{ .Env.TOKN }}\n"
 	twoIPs := agents(3)
-	twoIPs[4].IPs = twoIPs[0].IPs
+	twoIPs[4].IPs, twoIPs[4].VerifiedIPs = twoIPs[0].IPs, twoIPs[0].VerifiedIPs
+	// n2 claims m1's address: that selects nothing and changes nothing for m1.
+	impostor := agents(3)
+	impostor[4].IPs = append(impostor[4].IPs, impostor[0].IPs...)
+	// n1 claims 10.0.5.5, which nobody verified.
+	claimOnly := agents(3)
+	claimOnly[3].IPs = append(claimOnly[3].IPs, netip.MustParseAddr("10.0.5.5"))
 	tests := []struct {
 		name   string
 		hosts  string
@@ -394,6 +411,12 @@ func TestBadInput(t *testing.T) {
 			want: "spec.hosts[1].selector: agent n1 is already selected by spec.hosts[0].names[1]"},
 		{name: "shared IP", hosts: "    - {names: [10.0.0.11], roles: [master]}\n", agents: twoIPs,
 			want: "spec.hosts[0].names[0]: 10.0.0.11 is the address of several agents (m1, n2): name the agent instead"},
+		{name: "claimed address", hosts: "    - {names: [10.0.5.5], roles: [master]}\n", agents: claimOnly,
+			want: "spec.hosts[0].names[0]: 10.0.5.5: agent n1 reports this address but the controller has not verified it"},
+		{name: "claimed range", hosts: "    - {names: [10.0.5.1-9], roles: [master]}\n", agents: claimOnly,
+			want: "spec.hosts[0].names[0]: range 10.0.5.1-9: agent n1 reports this address but the controller has not verified it"},
+		{name: "unverified agents", hosts: threeTwo, agents: claimingAgents(3),
+			want: "spec.hosts[0].names[1]: 10.0.0.12: agent m2 reports this address but the controller has not verified it"},
 		{name: "unknown template key", hosts: threeTwo, image: badTmpl,
 			want: `node m1: /etc/etcd/etcd.conf (line 3): map has no entry for key "TOKN" (at .Env.TOKN)`},
 		{name: "bad step timeout", hosts: "    - {names: [m1], roles: [master]}\n    - {names: [n1], roles: [ingress]}\n",
@@ -422,5 +445,28 @@ func TestBadInput(t *testing.T) {
 				t.Fatalf("error %v\nwant it to contain %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// TestClaimedAddressSelectsNothing: n2 reports m1's address (and m3's) on
+// top of its own. The Clusterfile's masters by address are still exactly m1
+// and m3, and n2 gets no master role (nor the masters' env): a node does not
+// pick its role by stating an IP.
+func TestClaimedAddressSelectsNothing(t *testing.T) {
+	ag := agents(3)
+	ag[4].IPs = append(ag[4].IPs, ag[0].IPs[0], ag[2].IPs[0])
+	p, err := Plan(Input{File: cf(t, "    - {names: [10.0.0.11, m2, 10.0.0.13], roles: [master], env: {MASTER_SECRET: s}}\n    - {names: [n2], roles: [node]}\n"),
+		Image: testImage(), Agents: ag})
+	if err != nil {
+		t.Fatal(err)
+	}
+	roles := map[string][]string{}
+	for _, ph := range p.Phases {
+		for _, n := range ph.Nodes {
+			roles[n.Node] = append(roles[n.Node], n.Roles...)
+		}
+	}
+	if !slices.Contains(roles["m1"], "master") || !slices.Contains(roles["m3"], "master") || slices.Contains(roles["n2"], "master") {
+		t.Errorf("roles = %v; want m1 and m3 masters by their verified addresses, n2 not", roles)
 	}
 }

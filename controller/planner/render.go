@@ -14,8 +14,10 @@ import (
 type Data struct {
 	Node    NodeFacts
 	Cluster ClusterFacts
-	Env     map[string]string
-	VIP     string // Cluster.VIP, short for Kubefile CMD lines such as `{{ .VIP }}:2379`
+	// Env is the only field that may hold secrets: mode.go decides a rendered file's
+	// mode by whether its template reads it.
+	Env map[string]string
+	VIP string // Cluster.VIP, short for Kubefile CMD lines such as `{{ .VIP }}:2379`
 }
 
 // NodeFacts are the facts of the node a file is rendered for.
@@ -45,14 +47,29 @@ var parseErrRe = regexp.MustCompile(`^template: .*?:(\d+): (.*)$`)
 // render executes src (named name in errors) over data with missingkey=error,
 // every printed value escaped with esc (see escape.go).
 func render(name, src string, data *Data, esc escaper) ([]byte, error) {
+	t, err := parseTemplate(name, src)
+	if err != nil {
+		return nil, err
+	}
+	return execute(t, data, esc)
+}
+
+// parseTemplate parses src as every template and command is parsed (errors name
+// name and the line).
+func parseTemplate(name, src string) (*template.Template, error) {
 	t, err := template.New(name).Option("missingkey=error").Funcs(templateFuncs).Parse(src)
 	if err != nil {
 		return nil, tidyTemplateError(name, err)
 	}
+	return t, nil
+}
+
+// execute escapes every printed value of t with esc and executes it over data.
+func execute(t *template.Template, data *Data, esc escaper) ([]byte, error) {
 	autoEscape(t, esc)
 	var b bytes.Buffer
 	if err := t.Execute(&b, data); err != nil {
-		return nil, tidyTemplateError(name, err)
+		return nil, tidyTemplateError(t.Name(), err)
 	}
 	return b.Bytes(), nil
 }

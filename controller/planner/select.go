@@ -79,15 +79,25 @@ func selectHosts(c *clusterfile.Cluster, agents []Agent) ([]member, error) {
 					ip netip.Addr
 				}
 				var hit []hitIP
+				var claimed []string
 				for _, a := range agents {
-					for _, ip := range a.IPs {
+					for _, ip := range a.VerifiedIPs {
 						if n.Matches("", []netip.Addr{ip}) {
 							hit = append(hit, hitIP{a, ip})
 							break
 						}
 					}
+					if !slices.ContainsFunc(hit, func(x hitIP) bool { return x.a.Name == a.Name }) &&
+						slices.ContainsFunc(a.IPs, func(ip netip.Addr) bool { return n.Matches("", []netip.Addr{ip}) }) {
+						claimed = append(claimed, a.Name)
+					}
 				}
-				if len(hit) == 0 {
+				// A claim alone selects nothing; it is worth an error only
+				// where it would explain an empty range.
+				switch {
+				case len(hit) == 0 && len(claimed) > 0:
+					fail(h.Line, nf, "range %s: %s", n.Raw, unverified(claimed))
+				case len(hit) == 0:
 					fail(h.Line, nf, "range %s matches no agent (%s)", n.Raw, known())
 				}
 				sort.Slice(hit, func(x, y int) bool { return hit[x].ip.Less(hit[y].ip) })
@@ -96,11 +106,15 @@ func selectHosts(c *clusterfile.Cluster, agents []Agent) ([]member, error) {
 				}
 			default:
 				var byName, byIP []Agent
+				var claimed []string
 				for _, a := range agents {
-					if a.Name == n.Raw {
+					switch {
+					case a.Name == n.Raw:
 						byName = append(byName, a)
-					} else if n.Addr.IsValid() && slices.Contains(a.IPs, n.Addr) {
+					case n.Addr.IsValid() && slices.Contains(a.VerifiedIPs, n.Addr):
 						byIP = append(byIP, a)
+					case n.Addr.IsValid() && slices.Contains(a.IPs, n.Addr):
+						claimed = append(claimed, a.Name)
 					}
 				}
 				ip := ""
@@ -110,6 +124,8 @@ func selectHosts(c *clusterfile.Cluster, agents []Agent) ([]member, error) {
 				switch {
 				case len(byName) == 1:
 					add(byName[0], ip, nf, h)
+				case len(byIP) == 0 && len(claimed) > 0:
+					fail(h.Line, nf, "%s: %s", n.Raw, unverified(claimed))
 				case len(byIP) == 1:
 					add(byIP[0], ip, nf, h)
 				case len(byIP) > 1:
@@ -128,4 +144,17 @@ func selectHosts(c *clusterfile.Cluster, agents []Agent) ([]member, error) {
 		return nil, errors.Join(errs...)
 	}
 	return out, nil
+}
+
+// unverified says that agents claim an address the controller has not
+// verified, and how to make it select them.
+func unverified(names []string) string {
+	sort.Strings(names)
+	what := "agent " + names[0] + " reports this address"
+	if len(names) > 1 {
+		what = "agents " + strings.Join(names, ", ") + " report this address"
+	}
+	return what + " but the controller has not verified it (an address selects a host only when the node's join or NATS connection came from it, " +
+		"or an admin pinned it): check the node, then `flotilla nodes address " + names[0] + " --pin ADDRESS`, or name the agent instead; " +
+		"`flotilla nodes -o json` shows each node's verified addresses"
 }

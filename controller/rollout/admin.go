@@ -104,6 +104,12 @@ func (e *Engine) agents(ctx context.Context) ([]planner.Agent, error) {
 			}
 			a.IPs = append(a.IPs, netip.MustParseAddr(s))
 		}
+		// Only these select the node by address: what it reports does not.
+		for _, v := range n.VerifiedIPs {
+			if protocol.ValidateIP(v.IP) == nil {
+				a.VerifiedIPs = append(a.VerifiedIPs, netip.MustParseAddr(v.IP))
+			}
+		}
 		out = append(out, a)
 	}
 	return out, nil

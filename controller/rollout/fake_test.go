@@ -92,7 +92,8 @@ func (f *fakeFleet) Nodes(context.Context) ([]protocol.NodeInfo, error) {
 	for _, name := range f.order {
 		n := f.nodes[name]
 		out = append(out, protocol.NodeInfo{Name: n.name, Online: f.isOnline(n), Labels: n.labels,
-			Facts: protocol.Facts{Hostname: n.name, IPs: []string{n.ip}, Arch: "amd64", OS: "linux"}})
+			Facts:       protocol.Facts{Hostname: n.name, IPs: []string{n.ip}, Arch: "amd64", OS: "linux"},
+			VerifiedIPs: []protocol.VerifiedIP{{IP: n.ip, By: protocol.VerifiedByJoin}}})
 	}
 	return out, nil
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"time"
 
 	"github.com/flotilla-dev/flotilla/bundle/carry"
 	"github.com/flotilla-dev/flotilla/bundle/recipe"
@@ -32,8 +31,8 @@ func (r *rolloutRun) imagesStep(ctx context.Context, node string, im *planner.Im
 	}
 	budget, unseeded := r.e.opts.MaxImagePieceBytes, 0
 	for _, b := range im.Blobs {
-		lp := protocol.LayerPayload{Cluster: cluster, Digest: b.Digest, Size: b.Size, URL: r.e.blobURL(b.Digest),
-			Token: r.e.blobs.Token(node, b.Digest, time.Now().Add(r.e.opts.BlobTokenTTL))}
+		// The token is minted for each attempt (mintTokens).
+		lp := protocol.LayerPayload{Cluster: cluster, Digest: b.Digest, Size: b.Size, URL: r.e.blobURL(b.Digest)}
 		if d := r.e.opts.DecorateLayer; d != nil {
 			if err := d(ctx, LayerRequest{Cluster: &r.cf.Cluster, Node: node, Payload: &lp}); err != nil {
 				return protocol.Step{}, fmt.Errorf("node %s: container image blob %s: %w", node, b.Digest, err)

@@ -27,6 +27,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/validate"
 
 	"github.com/flotilla-dev/flotilla/agent/imagecache"
+	"github.com/flotilla-dev/flotilla/agent/mirror"
 	"github.com/flotilla-dev/flotilla/bundle/build"
 	"github.com/flotilla-dev/flotilla/bundle/store"
 	"github.com/flotilla-dev/flotilla/controller/controllertest"
@@ -35,16 +36,20 @@ import (
 )
 
 // mirrorVia sends registry requests to an agent's mirror with containerd's ns
-// parameter naming the registry they were meant for (what hosts.toml makes containerd do).
-type mirrorVia struct{ mirror string }
+// parameter naming the registry they were meant for, over HTTPS trusting the
+// agent's mirror CA alone (what hosts.toml makes containerd do).
+type mirrorVia struct {
+	mirror string
+	tr     http.RoundTripper
+}
 
 func (m mirrorVia) RoundTrip(r *http.Request) (*http.Response, error) {
 	r = r.Clone(r.Context())
 	q := r.URL.Query()
 	q.Set("ns", r.URL.Host)
 	r.URL.RawQuery = q.Encode()
-	r.URL.Scheme, r.URL.Host, r.Host = "http", m.mirror, m.mirror
-	return http.DefaultTransport.RoundTrip(r)
+	r.URL.Scheme, r.URL.Host, r.Host = "https", m.mirror, m.mirror
+	return m.tr.RoundTrip(r)
 }
 
 // platformImage is an OCI image for one platform with the given layers.
@@ -166,12 +171,13 @@ func TestContainerImagesThreeAgents(t *testing.T) {
 	}
 	f.WaitOnline(60*time.Second, true, names...)
 	ports := map[string]int{}
+	transports := map[string]http.RoundTripper{}
 	for _, n := range names {
-		var addr string
+		var addr, caFile string
 		serving := func() bool {
 			st, err := agent.ReadStatus(f.AgentDataDir(n))
 			if err == nil {
-				addr = st.Registry
+				addr, caFile = st.Registry, st.RegistryCA
 			}
 			return addr != ""
 		}
@@ -183,9 +189,18 @@ func TestContainerImagesThreeAgents(t *testing.T) {
 			t.Fatal(err)
 		}
 		ports[n] = int(ap.Port())
+		caPEM, err := os.ReadFile(caFile)
+		if err != nil {
+			t.Fatalf("%s: registry mirror CA: %v", n, err)
+		}
+		conf, err := mirror.ClientTLS(caPEM)
+		if err != nil {
+			t.Fatal(err)
+		}
+		transports[n] = &http.Transport{TLSClientConfig: conf}
 	}
 	via := func(node string) remote.Option {
-		return remote.WithTransport(mirrorVia{mirror: fmt.Sprintf("127.0.0.1:%d", ports[node])})
+		return remote.WithTransport(mirrorVia{mirror: fmt.Sprintf("127.0.0.1:%d", ports[node]), tr: transports[node]})
 	}
 	ref := func(s string) name.Reference {
 		r, err := name.ParseReference(s)

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/flotilla-dev/flotilla/controller/blobserver"
 
@@ -26,7 +27,7 @@ func TestImagesStepPieceBudget(t *testing.T) {
 		req.Payload.Pieces = json.RawMessage(`{"pad":"` + strings.Repeat("x", 90) + `"}`) // 100 bytes
 		return nil
 	}
-	blobs, err := blobserver.New(t.TempDir(), nil, nil)
+	blobs, err := blobserver.New(t.TempDir(), nil, blobserver.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,6 +46,12 @@ func TestImagesStepPieceBudget(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Each attempt mints the tokens.
+	minted, err := r.e.mintTokens("n1", []protocol.Step{s}, time.Now().Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s = minted[0]
 	var p protocol.ImagesPayload
 	if err := json.Unmarshal(s.Payload, &p); err != nil {
 		t.Fatal(err)

@@ -2,17 +2,10 @@ package rollout
 
 import (
 	"context"
-	"io"
-	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
-	"time"
-
-	"github.com/flotilla-dev/flotilla/controller/blobserver"
 
 	"github.com/flotilla-dev/flotilla/protocol"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
 // TestScaleUpgradeDelete: scale down undoes the removed node and forgets it, scale up
@@ -179,72 +172,6 @@ func TestBadInputsFailBeforeAnything(t *testing.T) {
 	}
 	if names, _ := e.eng.state.clusterNames(context.Background()); len(names) != 0 {
 		t.Errorf("bad inputs stored clusters %v", names)
-	}
-}
-
-// TestBlobHandler: a token fetches its blob (with ranges, for resumed downloads);
-// a missing, malformed, foreign or expired token gets 401 with a reason.
-func TestBlobHandler(t *testing.T) {
-	e := newEnv(t, newFakeFleet())
-	img, _, err := e.store.Resolve("test:1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	layers, err := img.Layers()
-	if err != nil || len(layers) < 2 {
-		t.Fatalf("layers of test:1: %d, %v", len(layers), err)
-	}
-	d0, _ := layers[0].Digest()
-	d1, _ := layers[1].Digest()
-	rc, err := layers[0].Compressed()
-	if err != nil {
-		t.Fatal(err)
-	}
-	blob, _ := io.ReadAll(rc)
-	rc.Close()
-	srv := httptest.NewServer(e.eng.BlobHandler())
-	defer srv.Close()
-	tok := func(node string, d v1.Hash, exp time.Duration) string {
-		return e.eng.blobs.Token(node, d.String(), time.Now().Add(exp))
-	}
-	missing := v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("ab", 32)}
-	for _, tc := range []struct {
-		name   string
-		digest v1.Hash
-		auth   string
-		rng    string
-		code   int
-		body   string // expected body (prefix for errors)
-	}{
-		{"valid", d0, "Bearer " + tok("n1", d0, time.Hour), "", 200, string(blob)},
-		{"range", d0, "Bearer " + tok("n1", d0, time.Hour), "bytes=2-5", 206, string(blob[2:6])},
-		{"missing token", d0, "", "", 401, "unauthorized: missing bearer token"},
-		{"malformed", d0, "Bearer xyz", "", 401, "unauthorized: malformed token"},
-		{"other blob's token", d0, "Bearer " + tok("n1", d1, time.Hour), "", 401, "unauthorized: token of node n1 is not valid for blob"},
-		{"expired", d0, "Bearer " + tok("n1", d0, -time.Minute), "", 401, "unauthorized: token of node n1 expired"},
-		{"not in store", missing, "Bearer " + tok("n1", missing, time.Hour), "", 404, "blob sha256:abab"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			req, _ := http.NewRequest("GET", srv.URL+blobserver.Path+tc.digest.String(), nil)
-			if tc.auth != "" {
-				req.Header.Set("Authorization", tc.auth)
-			}
-			if tc.rng != "" {
-				req.Header.Set("Range", tc.rng)
-			}
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer resp.Body.Close()
-			b, _ := io.ReadAll(resp.Body)
-			if resp.StatusCode != tc.code {
-				t.Fatalf("status %d, want %d: %s", resp.StatusCode, tc.code, b)
-			}
-			if tc.code < 300 && string(b) != tc.body || tc.code >= 300 && !strings.HasPrefix(string(b), tc.body) {
-				t.Errorf("body %q, want %q", b, tc.body)
-			}
-		})
 	}
 }
 

@@ -120,7 +120,14 @@ func (r *rolloutRun) retries() int {
 // attempt dispatches the node's task once and waits for its result. dispatched tells
 // whether the node accepted it (an error after that means the task was lost).
 func (r *rolloutRun) attempt(ctx context.Context, phase string, np *planner.NodePlan, nt *nodeTask, ns *nodeState) (*protocol.TaskResult, bool, error) {
-	task := &protocol.Task{Node: np.Node, Cluster: r.plan.Cluster, Image: r.plan.ImageDigest, Steps: nt.steps}
+	// Blob tokens are minted for this attempt, to last as long as the node may
+	// run it (a retry gets its own).
+	expires := time.Now().Add(r.e.opts.TaskTTL)
+	steps, err := r.e.mintTokens(np.Node, nt.steps, blobTokenExpiry(expires, nt.steps))
+	if err != nil {
+		return nil, false, err
+	}
+	task := &protocol.Task{Node: np.Node, Cluster: r.plan.Cluster, Image: r.plan.ImageDigest, Steps: steps, Expires: expires}
 	n := len(nt.steps)
 	onEvent := func(ev protocol.Event) {
 		base := protocol.RolloutEvent{Phase: phase, Node: np.Node, Step: ev.Step + 1, Steps: n, StepName: ev.StepName}

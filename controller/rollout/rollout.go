@@ -48,6 +48,10 @@ type LayerRequest struct {
 	Payload *protocol.LayerPayload
 }
 
+// DefaultTaskTTL is Options.TaskTTL's default, the control plane's default
+// task expiry: the time a node has to accept a task it was sent.
+const DefaultTaskTTL = 5 * time.Minute
+
 // Options tune an Engine. Zero values take the documented defaults.
 type Options struct {
 	// DataDir holds the blob token key (default: the controller's data dir); unused
@@ -67,8 +71,11 @@ type Options struct {
 	// TaskSlack is added to the sum of a task's step timeouts to bound the wait for its
 	// result (default 2m).
 	TaskSlack time.Duration
-	// BlobTokenTTL is how long a layer step's fetch token stays valid (default 24h).
-	BlobTokenTTL time.Duration
+	// TaskTTL is how long a node has to accept a rollout task: the task's
+	// signed expiry (default DefaultTaskTTL). The blob tokens in a task are
+	// minted for each attempt and last only as long as the node may run it
+	// (see blobTokenExpiry).
+	TaskTTL time.Duration
 	// BaseURL is the controller's HTTPS address in blob URLs (default ctrl.HTTPURL()).
 	BaseURL string
 	// DecorateLayer, if set, completes each layer step's payload before dispatch (for
@@ -133,8 +140,8 @@ func New(ctrl *plane.Controller, st *store.Store, opts Options) (*Engine, error)
 	if opts.TaskSlack <= 0 {
 		opts.TaskSlack = 2 * time.Minute
 	}
-	if opts.BlobTokenTTL <= 0 {
-		opts.BlobTokenTTL = 24 * time.Hour
+	if opts.TaskTTL <= 0 {
+		opts.TaskTTL = DefaultTaskTTL
 	}
 	if opts.MaxImagePieceBytes <= 0 {
 		opts.MaxImagePieceBytes = DefaultMaxImagePieceBytes
@@ -150,7 +157,7 @@ func New(ctrl *plane.Controller, st *store.Store, opts Options) (*Engine, error)
 		active: map[string]*active{}, watchers: map[string]map[int]chan struct{}{}}
 	var err error
 	if e.blobs = opts.Blobs; e.blobs == nil {
-		if e.blobs, err = blobserver.New(opts.DataDir, st, opts.Logger); err != nil {
+		if e.blobs, err = blobserver.New(opts.DataDir, st, blobserver.Options{Member: ctrl.IsMember, Logger: opts.Logger}); err != nil {
 			return nil, err
 		}
 	}

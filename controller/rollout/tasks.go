@@ -91,8 +91,8 @@ func (r *rolloutRun) buildTask(ctx context.Context, np *planner.NodePlan, applie
 			if l.Skip {
 				continue
 			}
-			p := protocol.LayerPayload{Cluster: cluster, Digest: l.Digest, DiffID: l.DiffID, Size: l.Size,
-				URL: r.e.blobURL(l.Digest), Token: r.e.blobs.Token(np.Node, l.Digest, time.Now().Add(r.e.opts.BlobTokenTTL))}
+			// The token is minted for each attempt (mintTokens).
+			p := protocol.LayerPayload{Cluster: cluster, Digest: l.Digest, DiffID: l.DiffID, Size: l.Size, URL: r.e.blobURL(l.Digest)}
 			if u := l.Unpack; u != nil {
 				p.MaxUnpackBytes, p.MaxUnpackEntries, p.KeepSetuid = u.MaxBytes, u.MaxEntries, u.KeepSetuid
 			}
@@ -191,6 +191,54 @@ func (r *rolloutRun) buildTask(ctx context.Context, np *planner.NodePlan, applie
 			})
 	}
 	return nt, nil
+}
+
+// blobTokenExpiry is when the blob tokens of a task signed to expire at
+// taskExpires end, on the controller's clock. The node may accept the task
+// until taskExpires (plus the clock skew agents allow); it may then wait
+// behind at most one earlier task of the same cluster (an attempt the engine
+// gave up on while the node still ran it, or the task of an engine that
+// stopped and resumed: the same steps, bounded by the same timeouts), then
+// runs the steps one after another, each within its timeout, and every
+// fetch of a blob (or the resumption of one) happens inside its step. With
+// the default 10-minute steps a task of 6 steps gets about 2 hours, not the
+// day a token used to last; a token that leaks, or whose node was removed,
+// is worth nothing past the task it came in (the inventory check refuses a
+// removed node at once anyway).
+func blobTokenExpiry(taskExpires time.Time, steps []protocol.Step) time.Time {
+	var run time.Duration
+	for _, s := range steps {
+		run += s.Timeout
+	}
+	return taskExpires.Add(protocol.DefaultMaxClockSkew + 2*run)
+}
+
+// mintTokens returns steps with fresh blob tokens for node, valid until
+// expires: every layer step's and every blob of an images step. The other
+// steps are shared with the input, which is left as it is.
+func (e *Engine) mintTokens(node string, steps []protocol.Step, expires time.Time) ([]protocol.Step, error) {
+	out := slices.Clone(steps)
+	for i, s := range out {
+		switch s.Kind {
+		case protocol.KindLayer:
+			var p protocol.LayerPayload
+			if err := json.Unmarshal(s.Payload, &p); err != nil {
+				return nil, fmt.Errorf("node %s: step %q: %w", node, s.Name, err)
+			}
+			p.Token = e.blobs.Token(node, p.Digest, expires)
+			out[i].Payload = mustJSON(p)
+		case protocol.KindImages:
+			var p protocol.ImagesPayload
+			if err := json.Unmarshal(s.Payload, &p); err != nil {
+				return nil, fmt.Errorf("node %s: step %q: %w", node, s.Name, err)
+			}
+			for j := range p.Blobs {
+				p.Blobs[j].Token = e.blobs.Token(node, p.Blobs[j].Digest, expires)
+			}
+			out[i].Payload = mustJSON(p)
+		}
+	}
+	return out, nil
 }
 
 func (r *rolloutRun) stepTimeout() time.Duration {

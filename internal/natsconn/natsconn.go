@@ -7,18 +7,34 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 
 	"github.com/flotilla-dev/flotilla/protocol"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
 )
 
 // Options are the auth and TLS options of cr.
 func Options(cr *protocol.Credentials) ([]nats.Option, error) {
+	return OptionsRenewed(cr, nil)
+}
+
+// OptionsRenewed is Options with the user JWT read from currentJWT at every
+// connect and reconnect (nil: cr.JWT), so that an agent that renewed its
+// JWT logs in with the new one from its next connection on.
+func OptionsRenewed(cr *protocol.Credentials, currentJWT func() string) ([]nats.Option, error) {
 	if cr.JWT != "" {
 		if cr.NKeySeed == "" {
 			return nil, errors.New("credentials: a NATS user JWT without its seed")
 		}
-		opts := []nats.Option{nats.UserJWTAndSeed(cr.JWT, cr.NKeySeed)}
+		kp, err := nkeys.FromSeed([]byte(cr.NKeySeed))
+		if err != nil {
+			return nil, fmt.Errorf("credentials: NATS user seed: %w", err)
+		}
+		if currentJWT == nil {
+			currentJWT = func() string { return cr.JWT }
+		}
+		opts := []nats.Option{nats.UserJWT(func() (string, error) { return currentJWT(), nil }, kp.Sign)}
 		if len(cr.NATSCAPEM) > 0 {
 			pool := x509.NewCertPool()
 			if !pool.AppendCertsFromPEM(cr.NATSCAPEM) {

@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/internal/poll"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -88,6 +89,7 @@ type Server struct {
 	URL      string
 	Conf     string
 	Log      string
+	bin      string
 	cmd      *exec.Cmd
 	done     chan struct{}
 	killOnce sync.Once
@@ -193,26 +195,64 @@ func startServer(t testing.TB, bin, dir, name string, port int, conf string) *Se
 		t.Fatal(err)
 	}
 	s := &Server{Name: name, Port: port, URL: fmt.Sprintf("nats://127.0.0.1:%d", port),
-		Conf: filepath.Join(dir, "server.conf"), Log: filepath.Join(dir, "server.log"), done: make(chan struct{})}
+		Conf: filepath.Join(dir, "server.conf"), Log: filepath.Join(dir, "server.log"), bin: bin}
 	if err := os.WriteFile(s.Conf, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	lf, err := os.Create(s.Log)
+	s.run(t)
+	return s
+}
+
+// run starts the process of s, appending to its log.
+func (s *Server) run(t testing.TB) {
+	t.Helper()
+	lf, err := os.OpenFile(s.Log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.cmd = exec.Command(bin, "-c", s.Conf)
+	s.done = make(chan struct{})
+	s.killOnce = sync.Once{}
+	s.cmd = exec.Command(s.bin, "-c", s.Conf)
 	s.cmd.Stdout, s.cmd.Stderr = lf, lf
 	if err := s.cmd.Start(); err != nil {
 		lf.Close()
-		t.Fatalf("start nats-server %s: %v", name, err)
+		t.Fatalf("start nats-server %s: %v", s.Name, err)
 	}
+	done := s.done
 	go func() {
 		_ = s.cmd.Wait()
 		lf.Close()
-		close(s.done)
+		close(done)
 	}()
-	return s
+}
+
+// Restart kills the server (SIGKILL) and starts it again with the same
+// config, port and store, as after a crash; it returns once the new process
+// accepts TCP connections on its client port (or fails the test after 30s).
+func (s *Server) Restart(t testing.TB) {
+	t.Helper()
+	s.Kill()
+	s.run(t)
+	exited := false
+	err := poll.Until(context.Background(), 30*time.Second, 50*time.Millisecond, func() bool {
+		select {
+		case <-s.done:
+			exited = true
+			return true
+		default:
+		}
+		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", s.Port), time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	if exited {
+		t.Fatalf("nats-server %s exited after its restart; see %s", s.Name, s.Log)
+	}
+	if err != nil {
+		t.Fatalf("nats-server %s does not listen on %d after its restart: %v", s.Name, s.Port, err)
+	}
 }
 
 // Kill sends SIGKILL to the server (the process this package started) and

@@ -165,6 +165,24 @@ func (f *Fetcher) announce(ctx context.Context, p *pieces.Partial) error {
 	return f.tracker.Announce(ctx, pieces.Announcement{Peer: f.opts.Self, Digest: p.List().Digest, Have: p.Have(), Complete: p.Complete()})
 }
 
+// report tells the tracker, if it takes reports (Reporter), that peer did
+// not serve a piece of d it announced. It does not wait: the fetch goes on
+// with other peers, and a report happens at most once per peer and fetch.
+func (f *Fetcher) report(ctx context.Context, peer pieces.Peer, d v1.Hash, reason string, cause error) {
+	rep, ok := f.tracker.(Reporter)
+	if !ok {
+		return
+	}
+	f.log.Info("reporting a peer that did not serve what it announced", "digest", d, "peer", peer.ID, "addr", peer.Addr, "reason", reason, "err", cause)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := rep.Report(ctx, pieces.FailureReport{Peer: peer.ID, Digest: d, Reason: reason}); err != nil {
+			f.log.Debug("failure report", "digest", d, "peer", peer.ID, "err", err)
+		}
+	}()
+}
+
 // Fetch gets the blob described by list into the store and returns its
 // path. Pieces already in the store (a restart) are kept; a complete blob
 // is not fetched again. Every piece is checked against the list before it is

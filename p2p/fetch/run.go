@@ -70,7 +70,7 @@ func (r *run) worker(ctx context.Context, cancel context.CancelCauseFunc) {
 		}
 		now := time.Now()
 		r.mu.Lock()
-		dropped := r.sw.result(j, err, now)
+		dropped, report := r.sw.result(j, err, now)
 		if err == nil {
 			r.lastLanded = now
 			r.held += r.list.Len(j.piece)
@@ -78,6 +78,9 @@ func (r *run) worker(ctx context.Context, cancel context.CancelCauseFunc) {
 		}
 		r.wakeLocked()
 		r.mu.Unlock()
+		if report != "" {
+			r.f.report(ctx, j.from, r.list.Digest, report, err)
+		}
 		switch {
 		case dropped:
 			r.f.log.Warn("dropped peer for this blob: a wrong piece, or not the peer the tracker named", "digest", r.list.Digest, "peer", j.from.ID, "addr", j.from.Addr, "err", err)

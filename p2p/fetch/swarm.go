@@ -2,6 +2,7 @@ package fetch
 
 import (
 	"errors"
+	"net"
 	"time"
 
 	"github.com/flotilla-dev/flotilla/p2p/pieces"
@@ -35,6 +36,7 @@ type peer struct {
 	failures   int
 	suspended  time.Time // unusable until then
 	dropped    bool      // served a wrong piece, or is not who the tracker named: never again for this blob
+	reported   bool      // the tracker was told it did not serve what it announced (once per fetch)
 	lastReason string
 }
 
@@ -131,8 +133,10 @@ func (s *swarm) source(i, self int, now time.Time) (job, bool) {
 	return job{piece: i, peer: best}, true
 }
 
-// result records how a job went and says whether the peer was dropped.
-func (s *swarm) result(j job, err error, now time.Time) (dropped bool) {
+// result records how a job went and says whether the peer was dropped, and
+// why the tracker should hear that the peer did not serve what it announced
+// ("": it should not; at most once per peer and fetch, never the seed).
+func (s *swarm) result(j job, err error, now time.Time) (dropped bool, report string) {
 	j.peer.inflight--
 	s.fetching[j.piece] = false
 	switch {
@@ -140,19 +144,40 @@ func (s *swarm) result(j job, err error, now time.Time) (dropped bool) {
 		s.have.Set(j.piece)
 		j.peer.failures = 0
 	case errors.Is(err, pieces.ErrPieceMismatch), errors.Is(err, errImpostor):
-		first := !j.peer.dropped
+		dropped = !j.peer.dropped
 		j.peer.dropped = true
 		j.peer.lastReason = err.Error()
-		return first
+		report = pieces.FailBadPiece
+		if errors.Is(err, errImpostor) {
+			report = pieces.FailImpostor
+		}
 	case errors.Is(err, errNotHeld) && !j.ahead:
-		j.peer.Have.Clear(j.piece) // our view was stale; the tracker will tell us when it lands
+		// It announced the piece and does not have it: a stale view, or a
+		// peer announcing what it does not hold. Either way the tracker
+		// hears it; it will tell us when the piece lands there.
+		j.peer.Have.Clear(j.piece)
 		j.peer.Complete = false
+		report = pieces.FailNotHeld
 	default:
 		// Dead, stalled, or (asked ahead) not getting the piece itself: rest
 		// it, longer each time, so the next request goes to another peer.
 		j.peer.failures++
 		j.peer.lastReason = err.Error()
 		j.peer.suspended = now.Add(min(time.Duration(j.peer.failures)*time.Second, 10*time.Second))
+		if isDialError(err) {
+			report = pieces.FailUnreachable // nothing serves at the address it announced
+		}
 	}
-	return false
+	if report == "" || j.peer.reported || j.peer.ID == pieces.SeedID {
+		return dropped, ""
+	}
+	j.peer.reported = true
+	return dropped, report
+}
+
+// isDialError says the connection to a peer could not be made (refused, no
+// route): not a slow peer, an address where nothing serves.
+func isDialError(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
 }

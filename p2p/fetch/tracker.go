@@ -24,6 +24,13 @@ type Tracker interface {
 	Peers(ctx context.Context, d v1.Hash) ([]pieces.PeerState, error)
 }
 
+// Reporter is a Tracker that takes failure reports (HTTPTracker does): a
+// peer that did not serve a piece it announced is reported, once per fetch,
+// and the tracker drops its record (p2p/tracker's Tracker.Report).
+type Reporter interface {
+	Report(ctx context.Context, f pieces.FailureReport) error
+}
+
 // ErrNotTracker says the server at the tracker's address is not the
 // controller (its certificate is another's): a fetch stops at once.
 var ErrNotTracker = errors.New("not the tracker")
@@ -59,6 +66,29 @@ func (t *HTTPTracker) Announce(ctx context.Context, a pieces.Announcement) error
 	if resp.StatusCode != http.StatusNoContent {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		return fmt.Errorf("announce %s to tracker %s: %s: %s", a.Digest, t.base, resp.Status, bytes.TrimSpace(msg))
+	}
+	return nil
+}
+
+// Report implements Reporter.
+func (t *HTTPTracker) Report(ctx context.Context, f pieces.FailureReport) error {
+	body, err := json.Marshal(f)
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.base+"/v1/tracker/report", bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := t.client.Do(req)
+	if err != nil {
+		return fmt.Errorf("report %s to tracker %s: %w", f.Peer, t.base, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return fmt.Errorf("report %s to tracker %s: %s: %s", f.Peer, t.base, resp.Status, bytes.TrimSpace(msg))
 	}
 	return nil
 }

@@ -50,6 +50,38 @@ func DecodeAnnouncement(r io.Reader) (Announcement, error) {
 	return a, nil
 }
 
+// MaxFailureReportSize bounds a failure report's JSON.
+const MaxFailureReportSize = 4 << 10
+
+// DecodeFailureReport is the one decoder of failure reports, as strict as
+// DecodeAnnouncement (size, unknown fields, duplicate keys, trailing data),
+// and it checks the report's fields (FailureReport.Validate).
+func DecodeFailureReport(r io.Reader) (FailureReport, error) {
+	var f FailureReport
+	data, err := io.ReadAll(io.LimitReader(r, MaxFailureReportSize+1))
+	if err != nil {
+		return f, fmt.Errorf("failure report: read: %w", err)
+	}
+	if len(data) > MaxFailureReportSize {
+		return f, fmt.Errorf("failure report: more than %d bytes", MaxFailureReportSize)
+	}
+	if err := checkJSONKeys(data); err != nil {
+		return f, fmt.Errorf("failure report: %w", err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&f); err != nil {
+		return FailureReport{}, fmt.Errorf("failure report: %w", err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return FailureReport{}, errors.New("failure report: data after the JSON object")
+	}
+	if err := f.Validate(); err != nil {
+		return FailureReport{}, err
+	}
+	return f, nil
+}
+
 // checkJSONKeys walks one JSON value and refuses a key repeated in an
 // object (compared case-insensitively, as encoding/json matches fields) and
 // nesting deeper than an announcement has.

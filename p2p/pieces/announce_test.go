@@ -80,3 +80,65 @@ func FuzzDecodeAnnouncement(f *testing.F) {
 		}
 	})
 }
+
+const goodFailureReport = `{"peer":"liar","digest":"sha256:` +
+	"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" + `","reason":"not-held"}`
+
+func TestDecodeFailureReportIsStrict(t *testing.T) {
+	for _, tc := range []struct {
+		name, body, err string
+	}{
+		{"good", goodFailureReport, ""},
+		{"a second object after", goodFailureReport + goodFailureReport, "after the JSON"},
+		{"a key twice", `{"peer":"liar","peer":"n2"}`, "twice"},
+		{"a key twice in another case", `{"peer":"liar","Peer":"n2"}`, "twice"},
+		{"unknown field", strings.Replace(goodFailureReport, `"reason"`, `"by":"n3","reason"`, 1), "unknown field"},
+		{"a reporter field", strings.Replace(goodFailureReport, `"peer"`, `"reporter":"n3","peer"`, 1), "unknown field"},
+		{"no peer", strings.Replace(goodFailureReport, `"liar"`, `""`, 1), "peer"},
+		{"a reason of its own", strings.Replace(goodFailureReport, "not-held", "slow", 1), "reason"},
+		{"a bad digest", `{"peer":"liar","digest":"sha256:00","reason":"not-held"}`, "sha256"},
+		{"no digest", `{"peer":"liar","reason":"not-held"}`, "digest"},
+		{"too big", `{"peer":"` + strings.Repeat("x", MaxFailureReportSize) + `"}`, "more than"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f, err := DecodeFailureReport(strings.NewReader(tc.body))
+			if tc.err == "" {
+				if err != nil || f.Peer != "liar" || f.Reason != FailNotHeld {
+					t.Fatalf("got %+v, %v", f, err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Fatalf("err = %v, want one saying %q", err, tc.err)
+			}
+			if !reflect.DeepEqual(f, FailureReport{}) {
+				t.Fatalf("a refused report came back filled: %+v", f)
+			}
+		})
+	}
+}
+
+// FuzzDecodeFailureReport: whatever the decoder accepts, encoding/json reads
+// the same way and it is a valid report.
+func FuzzDecodeFailureReport(f *testing.F) {
+	f.Add([]byte(goodFailureReport))
+	f.Add([]byte(goodFailureReport + goodFailureReport))
+	f.Add([]byte(`{"peer":"a","Peer":"b"}`))
+	f.Add([]byte(`{"peer":"a","reason":"unreachable","digest":"sha256:00"}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r, err := DecodeFailureReport(bytes.NewReader(data))
+		if err != nil {
+			return
+		}
+		var b FailureReport
+		if err := json.Unmarshal(data, &b); err != nil {
+			t.Fatalf("accepted %q that encoding/json refuses: %v", data, err)
+		}
+		if r != b {
+			t.Fatalf("%q: strict decoder %+v, encoding/json %+v", data, r, b)
+		}
+		if err := r.Validate(); err != nil {
+			t.Fatalf("accepted an invalid report %q: %v", data, err)
+		}
+	})
+}

@@ -1,6 +1,7 @@
 package pieces
 
 import (
+	"fmt"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -30,4 +31,40 @@ type PeerState struct {
 	Have     Bitfield  `json:"have"`
 	Complete bool      `json:"complete"`
 	Seen     time.Time `json:"seen"`
+}
+
+// Why a peer did not serve what it announced (FailureReport.Reason).
+const (
+	// FailNotHeld: the peer answered 404 for a piece it announced it holds.
+	FailNotHeld = "not-held"
+	// FailBadPiece: the peer served bytes that do not match the piece list.
+	FailBadPiece = "bad-piece"
+	// FailImpostor: the server at the peer's address is not that peer.
+	FailImpostor = "impostor"
+	// FailUnreachable: nothing answered at the peer's address.
+	FailUnreachable = "unreachable"
+)
+
+// FailureReport tells the tracker that a peer did not serve a piece of a
+// blob it announced. It is the body of POST /v1/tracker/report; the
+// reporter is the node of the request's peer certificate, never a field.
+type FailureReport struct {
+	Peer   string  `json:"peer"` // the peer's ID, as the tracker listed it
+	Digest v1.Hash `json:"digest"`
+	Reason string  `json:"reason"` // one of the Fail… constants
+}
+
+// Validate checks the report's fields.
+func (f FailureReport) Validate() error {
+	if f.Peer == "" || len(f.Peer) > 253 {
+		return fmt.Errorf("failure report: peer %q: want 1 to 253 characters", f.Peer)
+	}
+	if f.Digest.Algorithm != "sha256" || len(f.Digest.Hex) != 64 {
+		return fmt.Errorf("failure report: digest %q: want sha256:<64 hex>", f.Digest)
+	}
+	switch f.Reason {
+	case FailNotHeld, FailBadPiece, FailImpostor, FailUnreachable:
+		return nil
+	}
+	return fmt.Errorf("failure report: reason %q: want %s, %s, %s or %s", f.Reason, FailNotHeld, FailBadPiece, FailImpostor, FailUnreachable)
 }

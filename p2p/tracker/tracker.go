@@ -3,6 +3,7 @@
 package tracker
 
 import (
+	"errors"
 	"fmt"
 	"net/url"
 	"sort"
@@ -29,6 +30,23 @@ const (
 	DefaultMaxHaveBytes    = 256 << 20
 )
 
+// Defaults of the failure reports (Tracker.Report). A peer that does not
+// serve what it announced loses that record at the first report of a peer
+// of the same blob; it may announce again (an honest peer that restarted
+// does), but once ReportsToBan distinct peers reported it within
+// ReportWindow, its announcements of that blob are refused for BanTTL. One
+// hostile node alone can thus only move an honest peer to the end of a
+// blob's order, ReportsPerReporter times per window.
+const (
+	DefaultReportsToBan       = 2
+	DefaultReportWindow       = 10 * time.Minute
+	DefaultBanTTL             = 10 * time.Minute
+	DefaultReportsPerReporter = 32
+	// DefaultMaxReportKeys bounds the (peer, blob) pairs with reports, the
+	// bans, and the reporters counted, each.
+	DefaultMaxReportKeys = 1 << 14
+)
+
 // Limits bound the tracker's records; zero fields take the defaults.
 type Limits struct {
 	MaxBlobsPerPeer int
@@ -36,6 +54,14 @@ type Limits struct {
 	MaxEntries      int
 	// MaxHaveBytes bounds the bitfields held in all (a bitfield is up to 128 KiB).
 	MaxHaveBytes int
+
+	// ReportsToBan, ReportWindow, BanTTL, ReportsPerReporter and
+	// MaxReportKeys bound failure reports (see DefaultReportsToBan).
+	ReportsToBan       int
+	ReportWindow       time.Duration
+	BanTTL             time.Duration
+	ReportsPerReporter int
+	MaxReportKeys      int
 }
 
 // Tracker is an in-memory, expiring, bounded record of announcements. It is
@@ -53,6 +79,25 @@ type Tracker struct {
 	seq       uint64
 	swept     time.Time
 	evicted   uint64
+
+	reports   map[peerBlob]*reportSet // distinct reporters of a peer for a blob, within the window
+	bans      map[peerBlob]time.Time  // until when a peer's announcements of a blob are refused
+	reporters map[string]*reporterCount
+}
+
+type peerBlob struct {
+	peer string
+	d    v1.Hash
+}
+
+type reportSet struct {
+	first time.Time
+	by    map[string]bool
+}
+
+type reporterCount struct {
+	since time.Time
+	n     int
 }
 
 type entry struct {
@@ -74,7 +119,8 @@ func New(ttl time.Duration, opts ...Option) *Tracker {
 	if ttl <= 0 {
 		ttl = DefaultTTL
 	}
-	t := &Tracker{ttl: ttl, now: time.Now, blobs: map[v1.Hash]map[string]*entry{}, byPeer: map[string]map[v1.Hash]*entry{}}
+	t := &Tracker{ttl: ttl, now: time.Now, blobs: map[v1.Hash]map[string]*entry{}, byPeer: map[string]map[v1.Hash]*entry{},
+		reports: map[peerBlob]*reportSet{}, bans: map[peerBlob]time.Time{}, reporters: map[string]*reporterCount{}}
 	for _, o := range opts {
 		o(t)
 	}
@@ -87,8 +133,21 @@ func New(ttl time.Duration, opts ...Option) *Tracker {
 	def(&t.limits.MaxPeersPerBlob, DefaultMaxPeersPerBlob)
 	def(&t.limits.MaxEntries, DefaultMaxEntries)
 	def(&t.limits.MaxHaveBytes, DefaultMaxHaveBytes)
+	def(&t.limits.ReportsToBan, DefaultReportsToBan)
+	def(&t.limits.ReportsPerReporter, DefaultReportsPerReporter)
+	def(&t.limits.MaxReportKeys, DefaultMaxReportKeys)
+	if t.limits.ReportWindow <= 0 {
+		t.limits.ReportWindow = DefaultReportWindow
+	}
+	if t.limits.BanTTL <= 0 {
+		t.limits.BanTTL = DefaultBanTTL
+	}
 	return t
 }
+
+// ErrBanned is the error of an announcement by a peer that distinct peers
+// reported for not serving that blob (Report).
+var ErrBanned = errors.New("peers reported this node for not serving what it announced")
 
 // Announce records that a.Peer holds a.Have of blob a.Digest. A peer keeps
 // its place in the blob's order as long as it re-announces within the TTL,
@@ -108,6 +167,9 @@ func (t *Tracker) Announce(a pieces.Announcement) error {
 	if now.Sub(t.swept) > t.ttl/10 {
 		t.expireLocked(now)
 		t.swept = now
+	}
+	if until, ok := t.bans[peerBlob{a.Peer.ID, a.Digest}]; ok && now.Before(until) {
+		return fmt.Errorf("announcement from %s of %s refused until %s: %w", a.Peer.ID, a.Digest, until.UTC().Format(time.RFC3339), ErrBanned)
 	}
 	e := t.blobs[a.Digest][a.Peer.ID]
 	if e == nil {
@@ -286,6 +348,145 @@ func (t *Tracker) expireLocked(now time.Time) {
 			}
 		}
 	}
+	t.expireReportsLocked(now)
+}
+
+func (t *Tracker) expireReportsLocked(now time.Time) {
+	for k, rs := range t.reports {
+		if now.Sub(rs.first) > t.limits.ReportWindow {
+			delete(t.reports, k)
+		}
+	}
+	for k, until := range t.bans {
+		if !now.Before(until) {
+			delete(t.bans, k)
+		}
+	}
+	for id, c := range t.reporters {
+		if now.Sub(c.since) > t.limits.ReportWindow {
+			delete(t.reporters, id)
+		}
+	}
+}
+
+// ReportOutcome says what a failure report did.
+type ReportOutcome int
+
+const (
+	// ReportIgnored: the peer had no record of the blob (gone already).
+	ReportIgnored ReportOutcome = iota
+	// ReportDropped: the peer's record of the blob is gone; it may announce again.
+	ReportDropped
+	// ReportBanned: the record is gone and, ReportsToBan distinct peers
+	// having reported it, the peer's announcements of the blob are refused
+	// until the time Report returns.
+	ReportBanned
+)
+
+// Errors of Report, for the HTTP status.
+var (
+	// ErrNotAPeer: the reporter has no record of the blob; only a node
+	// fetching (or serving) a blob reports its peers.
+	ErrNotAPeer = errors.New("the reporter is not a peer of this blob")
+	// ErrTooManyReports: the reporter reached ReportsPerReporter in the window.
+	ErrTooManyReports = errors.New("too many failure reports from this node")
+)
+
+// Report records that reporter failed to get from peer a piece of f.Digest
+// that peer announced (f.Reason). See DefaultReportsToBan for what follows;
+// the seed is never reported (the controller serves what it announces). It
+// returns what the report did, the distinct reporters so far and, for
+// ReportBanned, until when.
+func (t *Tracker) Report(reporter string, f pieces.FailureReport) (ReportOutcome, []string, time.Time, error) {
+	if err := f.Validate(); err != nil {
+		return ReportIgnored, nil, time.Time{}, err
+	}
+	if f.Peer == reporter {
+		return ReportIgnored, nil, time.Time{}, fmt.Errorf("failure report from %s: about itself", reporter)
+	}
+	if f.Peer == pieces.SeedID {
+		return ReportIgnored, nil, time.Time{}, fmt.Errorf("failure report from %s: the seed is not reported (the controller serves what it announces)", reporter)
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	now := t.now()
+	t.expireReportsLocked(now)
+	if t.blobs[f.Digest][reporter] == nil {
+		return ReportIgnored, nil, time.Time{}, fmt.Errorf("failure report from %s about %s: %w %s", reporter, f.Peer, ErrNotAPeer, f.Digest)
+	}
+	c := t.reporters[reporter]
+	if c == nil {
+		if len(t.reporters) >= t.limits.MaxReportKeys {
+			clear(t.reporters) // authenticated names only: a fleet this large starts counting afresh
+		}
+		c = &reporterCount{since: now}
+		t.reporters[reporter] = c
+	}
+	if c.n >= t.limits.ReportsPerReporter {
+		return ReportIgnored, nil, time.Time{}, fmt.Errorf("failure report from %s about %s: %w (%d in %v)", reporter, f.Peer, ErrTooManyReports, c.n, t.limits.ReportWindow)
+	}
+	if t.blobs[f.Digest][f.Peer] == nil {
+		return ReportIgnored, nil, time.Time{}, nil
+	}
+	c.n++
+	k := peerBlob{f.Peer, f.Digest}
+	rs := t.reports[k]
+	if rs == nil {
+		if len(t.reports) >= t.limits.MaxReportKeys {
+			t.dropOldestReportLocked()
+		}
+		rs = &reportSet{first: now, by: map[string]bool{}}
+		t.reports[k] = rs
+	}
+	rs.by[reporter] = true
+	by := make([]string, 0, len(rs.by))
+	for id := range rs.by {
+		by = append(by, id)
+	}
+	sort.Strings(by)
+	t.removeLocked(f.Peer, f.Digest)
+	if len(rs.by) < t.limits.ReportsToBan {
+		return ReportDropped, by, time.Time{}, nil
+	}
+	delete(t.reports, k)
+	if _, ok := t.bans[k]; !ok && len(t.bans) >= t.limits.MaxReportKeys {
+		t.dropEarliestBanLocked()
+	}
+	until := now.Add(t.limits.BanTTL)
+	t.bans[k] = until
+	return ReportBanned, by, until, nil
+}
+
+func (t *Tracker) dropOldestReportLocked() {
+	var oldest peerBlob
+	var at time.Time
+	for k, rs := range t.reports {
+		if at.IsZero() || rs.first.Before(at) {
+			oldest, at = k, rs.first
+		}
+	}
+	delete(t.reports, oldest)
+}
+
+func (t *Tracker) dropEarliestBanLocked() {
+	var first peerBlob
+	var at time.Time
+	for k, until := range t.bans {
+		if at.IsZero() || until.Before(at) {
+			first, at = k, until
+		}
+	}
+	delete(t.bans, first)
+}
+
+// ReportStats says how much the failure reports hold (tests of the bounds).
+type ReportStats struct{ Reports, Bans, Reporters int }
+
+// ReportStats returns the sizes of the failure-report maps.
+func (t *Tracker) ReportStats() ReportStats {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return ReportStats{Reports: len(t.reports), Bans: len(t.bans), Reporters: len(t.reporters)}
 }
 
 func validate(a pieces.Announcement) error {
