@@ -21,7 +21,6 @@ COPY --chmod=0644 public.conf.tmpl /etc/flotilla-secret/
 COPY facts.conf.tmpl /etc/flotilla-secret/
 `
 
-
 // readAs reads path as uid/gid nobody (no supplementary groups) in a child process.
 func readAs(ctx context.Context, path string) (string, error) {
 	cmd := exec.CommandContext(ctx, "cat", path)
