@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/internal/kvkeys"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -86,14 +87,14 @@ func (s *store) delete(ctx context.Context, cluster, name string) error {
 
 // list returns the cluster's records by name ("" lists every cluster's).
 func (s *store) list(ctx context.Context, cluster string) ([]*Record, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 3*kvkeys.Try)
 	defer cancel()
-	l, err := s.kv.ListKeys(ctx)
+	all, err := kvkeys.List(ctx, s.kv)
 	if err != nil {
 		return nil, fmt.Errorf("list %s: %w", Bucket, err)
 	}
 	var keys []string
-	for k := range l.Keys() {
+	for _, k := range all {
 		if cluster == "" || strings.HasPrefix(k, cluster+".") {
 			keys = append(keys, k)
 		}

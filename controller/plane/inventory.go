@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/internal/kvkeys"
 	"github.com/flotilla-dev/flotilla/protocol"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -61,11 +62,11 @@ func openInventory(ctx context.Context, js jetstream.JetStream, log *slog.Logger
 		return nil, fmt.Errorf("open KV %s: %w", NodesBucket, err)
 	}
 	inv := &inventory{kv: kv, log: log, nodes: map[string]*NodeRecord{}, lastSeen: map[string]time.Time{}, saved: map[string]time.Time{}}
-	lister, err := kv.ListKeys(ctx)
+	keys, err := kvkeys.List(ctx, kv)
 	if err != nil {
 		return nil, fmt.Errorf("list %s: %w", NodesBucket, err)
 	}
-	for key := range lister.Keys() {
+	for _, key := range keys {
 		e, err := kv.Get(ctx, key)
 		if err != nil {
 			return nil, fmt.Errorf("read %s/%s: %w", NodesBucket, key, err)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/flotilla-dev/flotilla/controller/natsauth"
 	"github.com/flotilla-dev/flotilla/internal/atomicfile"
+	"github.com/flotilla-dev/flotilla/internal/kvkeys"
 	"github.com/flotilla-dev/flotilla/protocol"
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats.go/jetstream"
@@ -314,13 +315,13 @@ var errNotCurrentUser = errors.New("not the node's current NATS user: the node w
 
 // reconcile revokes the users of nodes that are not in the inventory.
 func (u *natsUsers) reconcile(ctx context.Context) error {
-	lister, err := u.kv.ListKeys(ctx)
+	keys, err := kvkeys.List(ctx, u.kv)
 	if err != nil {
 		return err
 	}
 	var gone []string
 	have := map[string]bool{}
-	for k := range lister.Keys() {
+	for _, k := range keys {
 		if !strings.HasPrefix(k, "node.") {
 			continue
 		}

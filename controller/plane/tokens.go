@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/flotilla-dev/flotilla/internal/kvkeys"
 	"github.com/flotilla-dev/flotilla/protocol"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -213,12 +214,14 @@ func (s *tokenStore) giveBack(ctx context.Context, id string) error {
 }
 
 func (s *tokenStore) list(ctx context.Context) ([]protocol.TokenInfo, error) {
-	lister, err := s.kv.ListKeys(ctx)
+	ctx, cancel := context.WithTimeout(ctx, 3*kvkeys.Try)
+	defer cancel()
+	ids, err := kvkeys.List(ctx, s.kv)
 	if err != nil {
 		return nil, fmt.Errorf("list tokens: %w", err)
 	}
 	var out []protocol.TokenInfo
-	for id := range lister.Keys() {
+	for _, id := range ids {
 		rec, _, err := s.get(ctx, id)
 		if err != nil {
 			continue

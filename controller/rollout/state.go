@@ -11,6 +11,7 @@ import (
 
 	"github.com/flotilla-dev/flotilla/bundle/recipe"
 	"github.com/flotilla-dev/flotilla/controller/planner"
+	"github.com/flotilla-dev/flotilla/internal/kvkeys"
 	"github.com/flotilla-dev/flotilla/protocol"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -187,15 +188,11 @@ func deleteKey(ctx context.Context, kv jetstream.KeyValue, key string) error {
 }
 
 func keys(ctx context.Context, kv jetstream.KeyValue) ([]string, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 3*kvkeys.Try)
 	defer cancel()
-	l, err := kv.ListKeys(ctx)
+	out, err := kvkeys.List(ctx, kv)
 	if err != nil {
 		return nil, fmt.Errorf("list %s: %w", kv.Bucket(), err)
-	}
-	var out []string
-	for k := range l.Keys() {
-		out = append(out, k)
 	}
 	sort.Strings(out)
 	return out, nil
