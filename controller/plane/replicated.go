@@ -74,25 +74,8 @@ func unsettled(err error) bool {
 // settle runs op until it succeeds, fails for a reason of its own, ctx ends or
 // settleFor passed.
 func settle[T any](ctx context.Context, what string, op func(context.Context) (T, error)) (T, error) {
-	deadline := time.Now().Add(settleFor)
-	wait := 250 * time.Millisecond
-	for {
-		actx, cancel := context.WithTimeout(ctx, settleTry)
-		v, err := op(actx)
-		cancel()
-		if err == nil || !unsettled(err) || ctx.Err() != nil || time.Now().After(deadline) {
-			if err != nil && unsettled(err) {
-				err = fmt.Errorf("%s: the NATS cluster did not settle within %s: %w", what, settleFor, err)
-			}
-			return v, err
-		}
-		select {
-		case <-ctx.Done():
-			return v, err
-		case <-time.After(wait):
-		}
-		wait = min(2*wait, 2*time.Second)
-	}
+	return retryFor(ctx, retryPolicy{total: settleFor, try: settleTry, wait: 250 * time.Millisecond,
+		gaveUp: "the NATS cluster did not settle within"}, what, unsettled, op)
 }
 
 // consistent turns off direct gets on the bucket's stream and binds to it
@@ -160,15 +143,29 @@ func lost(err error) bool {
 // retry runs op until it succeeds, fails for another reason, ctx ends or
 // kvRetryFor passed.
 func retry[T any](ctx context.Context, what string, again func(error) bool, op func(context.Context) (T, error)) (T, error) {
-	deadline := time.Now().Add(kvRetryFor)
-	wait := 100 * time.Millisecond
+	return retryFor(ctx, retryPolicy{total: kvRetryFor, try: 5 * time.Second, wait: 100 * time.Millisecond,
+		gaveUp: "gave up retrying for"}, what, again, op)
+}
+
+// retryPolicy bounds retryFor: total time, each try, the first wait
+// (doubled up to 2 s), and the words of the error when it gives up.
+type retryPolicy struct {
+	total, try, wait time.Duration
+	gaveUp           string
+}
+
+// retryFor runs op until it succeeds, fails with an error again does not
+// accept, ctx ends or p.total passed.
+func retryFor[T any](ctx context.Context, p retryPolicy, what string, again func(error) bool, op func(context.Context) (T, error)) (T, error) {
+	deadline := time.Now().Add(p.total)
+	wait := p.wait
 	for {
-		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		actx, cancel := context.WithTimeout(ctx, p.try)
 		v, err := op(actx)
 		cancel()
 		if err == nil || !again(err) || ctx.Err() != nil || time.Now().After(deadline) {
 			if err != nil && again(err) {
-				err = fmt.Errorf("%s: gave up retrying for %s: %w", what, kvRetryFor, err)
+				err = fmt.Errorf("%s: %s %s: %w", what, p.gaveUp, p.total, err)
 			}
 			return v, err
 		}
