@@ -3,7 +3,6 @@ GO        ?= go
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 BIN       := bin/flotilla
-FUZZTIME  ?= 15s
 export CGO_ENABLED=0
 
 .PHONY: deps build build-all test test-unit fuzz lint bench bench-distribution bench-mirror bench-scale demo demo-containers demo-k8s demo-down package clean
@@ -42,12 +41,7 @@ test-unit:
 	$(GO) test -count=1 -short ./...
 
 fuzz:
-	@for t in $$(grep -rl --include='*_test.go' '^func Fuzz' . | xargs -r -n1 dirname | sort -u); do \
-	  for f in $$(grep -h '^func Fuzz' $$t/*_test.go | sed 's/func \(Fuzz[A-Za-z0-9_]*\).*/\1/'); do \
-	    echo "fuzz $$t $$f ($(FUZZTIME))"; \
-	    $(GO) test -run='^$$' -fuzz="^$$f$$" -fuzztime=$(FUZZTIME) $$t || exit 1; \
-	  done; \
-	done
+	GO=$(GO) ./.ci/fuzz.sh
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null; find . -name '*.go' -newer go.mod -not -path './.git/*' 2>/dev/null) | sort -u); \
