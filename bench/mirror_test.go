@@ -15,9 +15,9 @@ import (
 
 	"github.com/flotilla-dev/flotilla/e2e/busyboximage"
 	"github.com/flotilla-dev/flotilla/e2e/e2etest"
-	"github.com/flotilla-dev/flotilla/e2e/fleet"
-	"github.com/flotilla-dev/flotilla/e2e/fleet/fleettest"
+	"github.com/flotilla-dev/flotilla/e2e/fleettest"
 	"github.com/flotilla-dev/flotilla/internal/registrytest"
+	"github.com/flotilla-dev/flotilla/sandbox"
 )
 
 // The mirror pull benchmark's fleet: 5 nspawn nodes with containerd (fleet fltbm,
@@ -54,7 +54,7 @@ func TestMirrorPullBenchmark(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 
-	env := e2etest.Start(t, fleet.Options{Name: mirrorFleet, Subnet: mirrorSubnet, N: mirrorNodes})
+	env := e2etest.Start(t, sandbox.Options{Name: mirrorFleet, Subnet: mirrorSubnet, N: mirrorNodes})
 	f, c := env.Fleet, env.Controller
 	var nodes []string
 	for _, n := range f.Nodes() {

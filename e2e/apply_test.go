@@ -14,9 +14,9 @@ import (
 	"github.com/flotilla-dev/flotilla/internal/poll"
 
 	"github.com/flotilla-dev/flotilla/e2e/e2etest"
-	"github.com/flotilla-dev/flotilla/e2e/fleet"
-	"github.com/flotilla-dev/flotilla/e2e/fleet/fleettest"
+	"github.com/flotilla-dev/flotilla/e2e/fleettest"
 	"github.com/flotilla-dev/flotilla/protocol"
+	"github.com/flotilla-dev/flotilla/sandbox"
 )
 
 // The apply scenarios share one fleet of 5 nodes and one controller (fleet fltea,
@@ -93,7 +93,7 @@ func TestApply(t *testing.T) {
 	e2etest.BuildImage(t, e2etest.WriteContext(t, map[string]string{"Kubefile": crashloopKubefile, "flotilla-e2e-crashloop.service": crashloopUnit}), "e2e/crashloop:1")
 
 	start := time.Now()
-	env := e2etest.Start(t, fleet.Options{Name: applyFleet, Subnet: applySubnet, N: 5})
+	env := e2etest.Start(t, sandbox.Options{Name: applyFleet, Subnet: applySubnet, N: 5})
 	t.Logf("fleet of 5 booted and joined in %s", time.Since(start).Round(time.Millisecond))
 	f, c := env.Fleet, env.Controller
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)

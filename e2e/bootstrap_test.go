@@ -14,13 +14,13 @@ import (
 	"github.com/flotilla-dev/flotilla/internal/poll"
 
 	"github.com/flotilla-dev/flotilla/e2e/e2etest"
-	"github.com/flotilla-dev/flotilla/e2e/fleet"
-	"github.com/flotilla-dev/flotilla/e2e/fleet/fleettest"
+	"github.com/flotilla-dev/flotilla/e2e/fleettest"
 	"github.com/flotilla-dev/flotilla/packaging"
+	"github.com/flotilla-dev/flotilla/sandbox"
 )
 
 func TestBootstrapOneLiner(t *testing.T) {
-	f := fleettest.New(t, fleet.Options{Name: "flteb", Subnet: "10.77.10.192/27", N: 6})
+	f := fleettest.New(t, sandbox.Options{Name: "flteb", Subnet: "10.77.10.192/27", N: 6})
 	c := e2etest.StartController(t, f)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
@@ -102,7 +102,7 @@ func TestBootstrapOneLiner(t *testing.T) {
 }
 
 // assertClean checks that nothing of the agent is left on a node.
-func assertClean(t *testing.T, f *fleet.Fleet, node string) {
+func assertClean(t *testing.T, f *sandbox.Fleet, node string) {
 	t.Helper()
 	for _, p := range []string{packaging.BinPath, packaging.ConfigDir, packaging.UnitPath, packaging.DefaultDataDir,
 		"/etc/systemd/system/multi-user.target.wants/" + packaging.UnitName} {
@@ -121,7 +121,7 @@ func assertClean(t *testing.T, f *fleet.Fleet, node string) {
 // The harness the other e2e scenarios build on: fleet, controller, every node
 // joined; a command then runs on every node through the controller.
 func TestEnvExecOnNodes(t *testing.T) {
-	env := e2etest.Start(t, fleet.Options{Name: "fltee", Subnet: "10.77.10.224/28", N: 2})
+	env := e2etest.Start(t, sandbox.Options{Name: "fltee", Subnet: "10.77.10.224/28", N: 2})
 	out, _, err := env.Controller.CLI(context.Background(), "exec", "--all", "--", "cat", "/etc/machine-id")
 	if err != nil {
 		t.Fatal(err)

@@ -14,11 +14,11 @@ import (
 	"github.com/flotilla-dev/flotilla/agent/mirror"
 	"github.com/flotilla-dev/flotilla/e2e/busyboximage"
 	"github.com/flotilla-dev/flotilla/e2e/e2etest"
-	"github.com/flotilla-dev/flotilla/e2e/fleet"
-	"github.com/flotilla-dev/flotilla/e2e/fleet/fleettest"
+	"github.com/flotilla-dev/flotilla/e2e/fleettest"
 	"github.com/flotilla-dev/flotilla/internal/registrytest"
 	"github.com/flotilla-dev/flotilla/internal/testbin"
 	"github.com/flotilla-dev/flotilla/protocol"
+	"github.com/flotilla-dev/flotilla/sandbox"
 )
 
 // The containers scenario's fleet: 3 nodes (fleet fltec, 10.77.10.160/28: host .161,
@@ -57,7 +57,7 @@ func TestContainers(t *testing.T) {
 	t.Logf("container image and examples/containers built in %s", time.Since(start).Round(time.Millisecond))
 
 	boot := time.Now()
-	env := e2etest.Start(t, fleet.Options{Name: containersFleet, Subnet: containersSubnet, N: 3})
+	env := e2etest.Start(t, sandbox.Options{Name: containersFleet, Subnet: containersSubnet, N: 3})
 	f, c := env.Fleet, env.Controller
 	nodes := []string{"node1", "node2", "node3"}
 	t.Logf("fleet of 3 booted and joined in %s", time.Since(boot).Round(time.Millisecond))

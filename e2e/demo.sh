@@ -1,6 +1,6 @@
 #!/bin/bash
 # demo.sh: flotilla's main job on one machine (make demo). Brings up the sandbox
-# network (e2e/fleet: a bridge, no nodes), starts a controller on it with the sandbox
+# network (sandbox/: a bridge, no nodes), starts a controller on it with the sandbox
 # infrastructure provider, builds examples/etcd and applies examples/etcd/Clusterfile,
 # which asks for machines by count (3 etcd masters, 3 workers behind lvscare's VIP) and
 # lists no host: apply makes the 6 systemd-nspawn machines, each joins with the

@@ -14,11 +14,11 @@ import (
 	"time"
 
 	"github.com/flotilla-dev/flotilla/e2e/e2etest"
-	"github.com/flotilla-dev/flotilla/e2e/fleet"
-	"github.com/flotilla-dev/flotilla/e2e/fleet/fleettest"
+	"github.com/flotilla-dev/flotilla/e2e/fleettest"
 	"github.com/flotilla-dev/flotilla/infra"
 	"github.com/flotilla-dev/flotilla/internal/poll"
 	"github.com/flotilla-dev/flotilla/protocol"
+	"github.com/flotilla-dev/flotilla/sandbox"
 	"github.com/vishvananda/netlink"
 )
 
@@ -67,7 +67,7 @@ func machineNames(masters, nodes int) []string {
 // taggedNodes reads fleet.json as the controller left it: the cluster's nodes.
 func taggedNodes(t *testing.T) []string {
 	t.Helper()
-	f, err := fleet.Open(infraFleet)
+	f, err := sandbox.Open(infraFleet)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +84,7 @@ func taggedNodes(t *testing.T) []string {
 var joinedRE = regexp.MustCompile(`(\d+) machine\(s\) of \S+ created and joined in ([0-9.]+m?s)`)
 
 func TestInfraSandbox(t *testing.T) {
-	f := fleettest.New(t, fleet.Options{Name: infraFleet, Subnet: infraSubnet, N: 0})
+	f := fleettest.New(t, sandbox.Options{Name: infraFleet, Subnet: infraSubnet, N: 0})
 	e2etest.UseStore(t)
 	e2etest.BuildImage(t, "../examples/hello", "hello:1.0")
 	c := e2etest.StartControllerArgs(t, f, "--infra-sandbox", infraFleet, "--infra-join-timeout", "3m")
@@ -123,7 +123,7 @@ func TestInfraSandbox(t *testing.T) {
 			if _, err := os.Stat(f.Root(n)); err == nil {
 				t.Errorf("%s: its root %s is still there", n, f.Root(n))
 			}
-			if m, _ := filepath.Glob(filepath.Join(fleet.NetnsRoot, infraFleet, "*", n)); len(m) > 0 {
+			if m, _ := filepath.Glob(filepath.Join(sandbox.NetnsRoot, infraFleet, "*", n)); len(m) > 0 {
 				t.Errorf("%s: netns file left: %v", n, m)
 			}
 			if m, _ := filepath.Glob("/sys/fs/cgroup/*/" + infraFleet + "-" + n); len(m) > 0 {
@@ -169,7 +169,7 @@ func TestInfraSandbox(t *testing.T) {
 				t.Log(l)
 			}
 		}
-		g, err := fleet.Open(infraFleet) // the controller added the nodes: read fleet.json again
+		g, err := sandbox.Open(infraFleet) // the controller added the nodes: read fleet.json again
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -226,8 +226,8 @@ func TestInfraSandbox(t *testing.T) {
 		// before its agent can join.
 		target := infraCluster + "-node-4"
 		if err := poll.Until(ctx, 2*time.Minute, 50*time.Millisecond, func() bool {
-			g, err := fleet.Open(infraFleet)
-			return err == nil && slices.ContainsFunc(g.Nodes(), func(n fleet.Node) bool { return n.Name == target }) && g.Running(target)
+			g, err := sandbox.Open(infraFleet)
+			return err == nil && slices.ContainsFunc(g.Nodes(), func(n sandbox.Node) bool { return n.Name == target }) && g.Running(target)
 		}); err != nil {
 			t.Fatalf("%s never booted: %v", target, err)
 		}
@@ -283,7 +283,7 @@ func TestInfraSandbox(t *testing.T) {
 			t.Errorf("machines left: %v", got)
 		}
 		gone(t, machineNames(3, 4)...)
-		if g, _ := fleet.Open(infraFleet); g != nil && len(g.Nodes()) != 0 {
+		if g, _ := sandbox.Open(infraFleet); g != nil && len(g.Nodes()) != 0 {
 			t.Errorf("fleet.json still lists %v", g.Nodes())
 		}
 		links, _ := netlink.LinkList()

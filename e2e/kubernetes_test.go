@@ -16,11 +16,11 @@ import (
 	"time"
 
 	"github.com/flotilla-dev/flotilla/e2e/e2etest"
-	"github.com/flotilla-dev/flotilla/e2e/fleet"
-	"github.com/flotilla-dev/flotilla/e2e/fleet/fleettest"
+	"github.com/flotilla-dev/flotilla/e2e/fleettest"
 	"github.com/flotilla-dev/flotilla/internal/poll"
 	"github.com/flotilla-dev/flotilla/internal/testbin"
 	"github.com/flotilla-dev/flotilla/protocol"
+	"github.com/flotilla-dev/flotilla/sandbox"
 )
 
 // The Kubernetes scenario has a fleet of its own (fltk, 10.77.11.0/27: host .1,
@@ -136,7 +136,7 @@ func TestKubernetes(t *testing.T) {
 	stage("flotilla build (cluster image)", start)
 
 	start = time.Now()
-	env := e2etest.Start(t, fleet.Options{Name: k8sFleet, Subnet: k8sSubnet, N: 5, Kubernetes: true})
+	env := e2etest.Start(t, sandbox.Options{Name: k8sFleet, Subnet: k8sSubnet, N: 5, Kubernetes: true})
 	stage("boot and join 5 nodes", start)
 	f, c := env.Fleet, env.Controller
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
@@ -418,7 +418,7 @@ echo "$left"`
 // (containerd labels pulled content with its distribution source, an import does
 // not), the agent's journal has the mirror serving those manifests, and the old
 // import directory does not exist.
-func k8sImagesFromMirror(ctx context.Context, t *testing.T, f *fleet.Fleet, node string) {
+func k8sImagesFromMirror(ctx context.Context, t *testing.T, f *sandbox.Fleet, node string) {
 	t.Helper()
 	journal, err := f.Exec(ctx, node, "journalctl", "-u", "flotilla-agent", "--no-pager", "-q", "-o", "cat")
 	if err != nil {

@@ -39,7 +39,7 @@
 // and the Driver's records are the state.
 //
 // The first provider is infra/sandbox: systemd-nspawn nodes on the
-// controller's host (e2e/fleet). No cloud provider ships yet, because none can
+// controller's host (sandbox/). No cloud provider ships yet, because none can
 // be tested against a real API here.
 package infra
 

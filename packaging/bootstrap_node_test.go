@@ -24,9 +24,9 @@ import (
 
 	"github.com/flotilla-dev/flotilla/internal/poll"
 
-	"github.com/flotilla-dev/flotilla/e2e/fleet"
-	"github.com/flotilla-dev/flotilla/e2e/fleet/fleettest"
+	"github.com/flotilla-dev/flotilla/e2e/fleettest"
 	"github.com/flotilla-dev/flotilla/packaging"
+	"github.com/flotilla-dev/flotilla/sandbox"
 )
 
 // fakeAgent stands in for the flotilla binary where no controller runs: it
@@ -102,7 +102,7 @@ func oneLiner(url, token, hash string) string {
 }
 
 // assertClean checks that a failed bootstrap left nothing on the node.
-func assertClean(t *testing.T, f *fleet.Fleet, node string) {
+func assertClean(t *testing.T, f *sandbox.Fleet, node string) {
 	t.Helper()
 	for _, p := range []string{packaging.BinPath, packaging.ConfigDir, packaging.UnitPath, packaging.DefaultDataDir,
 		"/etc/systemd/system/multi-user.target.wants/" + packaging.UnitName} {
@@ -122,7 +122,7 @@ func assertClean(t *testing.T, f *fleet.Fleet, node string) {
 }
 
 func TestBootstrapScriptOnNodes(t *testing.T) {
-	f := fleettest.New(t, fleet.Options{Name: "fltep", Subnet: "10.77.10.80/28", N: 2})
+	f := fleettest.New(t, sandbox.Options{Name: "fltep", Subnet: "10.77.10.80/28", N: 2})
 	bin := t.TempDir()
 	if err := os.WriteFile(filepath.Join(bin, "flotilla-linux-amd64"), []byte(fakeAgent), 0o755); err != nil {
 		t.Fatal(err)

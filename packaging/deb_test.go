@@ -9,9 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flotilla-dev/flotilla/e2e/fleet"
-	"github.com/flotilla-dev/flotilla/e2e/fleet/fleettest"
+	"github.com/flotilla-dev/flotilla/e2e/fleettest"
 	"github.com/flotilla-dev/flotilla/packaging"
+	"github.com/flotilla-dev/flotilla/sandbox"
 )
 
 func TestDebVersion(t *testing.T) {
@@ -85,7 +85,7 @@ func TestBuildDeb(t *testing.T) {
 
 // The .deb installs, starts once configured, and purges cleanly on a real node.
 func TestDebOnNode(t *testing.T) {
-	f := fleettest.New(t, fleet.Options{Name: "fltek", Subnet: "10.77.10.96/28", N: 1})
+	f := fleettest.New(t, sandbox.Options{Name: "fltek", Subnet: "10.77.10.96/28", N: 1})
 	deb := buildDeb(t, "amd64")
 	b, err := os.ReadFile(deb)
 	if err != nil {

@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flotilla-dev/flotilla/e2e/fleet"
-	"github.com/flotilla-dev/flotilla/e2e/fleet/fleettest"
+	"github.com/flotilla-dev/flotilla/e2e/fleettest"
+	"github.com/flotilla-dev/flotilla/sandbox"
 	"github.com/flotilla-dev/flotilla/systemd"
 )
 
@@ -36,8 +36,8 @@ func TestUnitErrorMessage(t *testing.T) {
 }
 
 // node boots one sandbox node and connects a Manager to its systemd from the host.
-func node(t *testing.T) (*fleet.Fleet, *systemd.Manager) {
-	f := fleettest.New(t, fleet.Options{Name: "fltes", Subnet: "10.77.10.64/28", N: 1})
+func node(t *testing.T) (*sandbox.Fleet, *systemd.Manager) {
+	f := fleettest.New(t, sandbox.Options{Name: "fltes", Subnet: "10.77.10.64/28", N: 1})
 	pid, err := f.PID("node1")
 	if err != nil {
 		t.Fatal(err)

@@ -21,7 +21,7 @@ type infraFlags struct {
 
 func (f *infraFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.sandbox, "infra-sandbox", "",
-		"make the machines of spec.infra {provider: sandbox} as systemd-nspawn nodes of this sandbox fleet (e2e/fleet; its network must be up, e.g. `go run ./e2e/cmd/fleet -name NAME -subnet CIDR -n 0 up`)")
+		"make the machines of spec.infra {provider: sandbox} as systemd-nspawn nodes of this sandbox fleet (sandbox/; its network must be up, e.g. `go run ./e2e/cmd/fleet -name NAME -subnet CIDR -n 0 up`)")
 	fs.IntVar(&f.opts.MaxConcurrent, "infra-max-concurrent", infra.DefaultMaxConcurrent, "provider calls (create, destroy) in flight at most")
 	fs.DurationVar(&f.opts.JoinTimeout, "infra-join-timeout", infra.DefaultJoinTimeout, "how long an apply waits for new machines' agents to come online")
 	fs.DurationVar(&f.opts.TokenTTL, "infra-token-ttl", infra.DefaultTokenTTL, "life of a new machine's join token (one use, for its name only)")

@@ -18,10 +18,10 @@ import (
 	"time"
 
 	"github.com/flotilla-dev/flotilla/client"
-	"github.com/flotilla-dev/flotilla/e2e/fleet"
-	"github.com/flotilla-dev/flotilla/e2e/fleet/fleettest"
+	"github.com/flotilla-dev/flotilla/e2e/fleettest"
 	"github.com/flotilla-dev/flotilla/internal/testbin"
 	"github.com/flotilla-dev/flotilla/protocol"
+	"github.com/flotilla-dev/flotilla/sandbox"
 )
 
 // Controller is a `flotilla controller` process listening on the fleet's
@@ -43,13 +43,13 @@ const UnreachableTimeout = 20 * time.Second
 
 // StartController starts a controller for the fleet, waits until it answers
 // admin requests, and kills it in t.Cleanup (printing its log tail if the test failed).
-func StartController(t testing.TB, f *fleet.Fleet) *Controller {
+func StartController(t testing.TB, f *sandbox.Fleet) *Controller {
 	t.Helper()
 	return StartControllerArgs(t, f)
 }
 
 // StartControllerArgs is StartController with more `flotilla controller` flags.
-func StartControllerArgs(t testing.TB, f *fleet.Fleet, extra ...string) *Controller {
+func StartControllerArgs(t testing.TB, f *sandbox.Fleet, extra ...string) *Controller {
 	t.Helper()
 	bin, err := testbin.Path()
 	if err != nil {
@@ -214,7 +214,7 @@ func (c *Controller) WaitOnline(timeout time.Duration, names ...string) {
 
 // Bootstrap runs the one-liner inside the given nodes in parallel and returns
 // each node's output; the error names every node where it failed.
-func Bootstrap(ctx context.Context, f *fleet.Fleet, oneLiner string, nodes ...string) (map[string]string, error) {
+func Bootstrap(ctx context.Context, f *sandbox.Fleet, oneLiner string, nodes ...string) (map[string]string, error) {
 	var (
 		mu   sync.Mutex
 		wg   sync.WaitGroup
@@ -243,14 +243,14 @@ func Bootstrap(ctx context.Context, f *fleet.Fleet, oneLiner string, nodes ...st
 
 // Env is a booted fleet with a controller and every node joined.
 type Env struct {
-	Fleet      *fleet.Fleet
+	Fleet      *sandbox.Fleet
 	Controller *Controller
 	Token      protocol.TokenInfo
 }
 
 // Start boots a fleet, starts a controller on its bridge, bootstraps every
 // node with the one-liner and waits until all are online.
-func Start(t testing.TB, o fleet.Options) *Env {
+func Start(t testing.TB, o sandbox.Options) *Env {
 	t.Helper()
 	f := fleettest.New(t, o)
 	c := StartController(t, f)

@@ -1,5 +1,5 @@
 // Package sandbox is the infra provider whose machines are systemd-nspawn nodes
-// of a sandbox fleet (e2e/fleet) on the controller's own host: each machine is a
+// of a sandbox fleet (sandbox/) on the controller's own host: each machine is a
 // booted Debian system in its own network namespace on the fleet's bridge, with
 // its cluster and role as tags in the fleet's fleet.json, its user data run at
 // first boot by a systemd unit, and its cpus/memory as cgroup v1 limits (CFS
@@ -18,8 +18,8 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/flotilla-dev/flotilla/e2e/fleet"
 	"github.com/flotilla-dev/flotilla/infra"
+	fleet "github.com/flotilla-dev/flotilla/sandbox"
 )
 
 // Provider makes machines as nodes of one sandbox fleet.

@@ -1,5 +1,5 @@
 // Command fleet drives the sandbox fleet by hand: boot nodes, run commands in
-// them, kill, reboot, partition and tear them down (see package e2e/fleet).
+// them, kill, reboot, partition and tear them down (see package sandbox).
 package main
 
 import (
@@ -19,7 +19,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/flotilla-dev/flotilla/e2e/fleet"
+	"github.com/flotilla-dev/flotilla/sandbox"
 )
 
 const usage = `usage: go run ./e2e/cmd/fleet [flags] COMMAND [ARGS]
@@ -60,7 +60,7 @@ func (b binds) Set(v string) error {
 
 func main() {
 	var (
-		o      = fleet.Options{BindRO: binds{}}
+		o      = sandbox.Options{BindRO: binds{}}
 		output string
 	)
 	flag.StringVar(&o.Name, "name", "flotilla", "fleet name: prefixes bridge, netns and state dir")
@@ -79,7 +79,7 @@ func main() {
 	}
 }
 
-func run(ctx context.Context, o fleet.Options, output string, args []string) error {
+func run(ctx context.Context, o sandbox.Options, output string, args []string) error {
 	if len(args) == 0 {
 		flag.Usage()
 		return errors.New("no command given")
@@ -91,15 +91,15 @@ func run(ctx context.Context, o fleet.Options, output string, args []string) err
 		if err := ensureRootFS(ctx); err != nil {
 			return err
 		}
-		f, err := fleet.New(ctx, o)
+		f, err := sandbox.New(ctx, o)
 		if err != nil {
 			return err
 		}
 		return status(f, output)
 	case "down":
-		return fleet.Cleanup(o.Name)
+		return sandbox.Cleanup(o.Name)
 	}
-	f, err := fleet.Open(o.Name)
+	f, err := sandbox.Open(o.Name)
 	if err != nil {
 		return err
 	}
@@ -154,7 +154,7 @@ func run(ctx context.Context, o fleet.Options, output string, args []string) err
 
 // execAll runs argv in every node at once and prefixes each output line with
 // the node's name.
-func execAll(ctx context.Context, f *fleet.Fleet, argv []string) error {
+func execAll(ctx context.Context, f *sandbox.Fleet, argv []string) error {
 	var (
 		mu     sync.Mutex
 		wg     sync.WaitGroup
@@ -202,12 +202,12 @@ func execAll(ctx context.Context, f *fleet.Fleet, argv []string) error {
 // ensureRootFS builds the cached rootfs with e2e/rootfs.sh (once, about a
 // minute) when it is missing and the script is at hand.
 func ensureRootFS(ctx context.Context) error {
-	if fleet.CheckHost("") == nil {
+	if sandbox.CheckHost("") == nil {
 		return nil
 	}
 	script := "e2e/rootfs.sh"
 	if _, err := os.Stat(script); err != nil {
-		return fleet.CheckHost("")
+		return sandbox.CheckHost("")
 	}
 	cmd := exec.CommandContext(ctx, script, "ensure")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
@@ -224,7 +224,7 @@ type nodeStatus struct {
 	State string `json:"state"`
 }
 
-func status(f *fleet.Fleet, output string) error {
+func status(f *sandbox.Fleet, output string) error {
 	var rows []nodeStatus
 	for _, n := range f.Nodes() {
 		s := nodeStatus{Name: n.Name, IP: n.IP.String(), State: "stopped"}

@@ -1,4 +1,4 @@
-// Package fleet boots a sandbox fleet of real systemd hosts on one machine:
+// Package sandbox boots a sandbox fleet of real systemd hosts on one machine:
 // systemd-nspawn containers, each in its own network namespace on a bridge,
 // booted from a cached Debian rootfs (e2e/rootfs.sh) through a per-node overlay.
 //
@@ -8,7 +8,7 @@
 // (the restart loop that turns nspawn's reboot exit code 133 into a new boot)
 // runs in a detached shell, so a fleet outlives the process that booted it
 // (the people CLI relies on that) and Open can pick it up again by name.
-package fleet
+package sandbox
 
 import (
 	"context"

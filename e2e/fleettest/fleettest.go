@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flotilla-dev/flotilla/e2e/fleet"
+	"github.com/flotilla-dev/flotilla/sandbox"
 )
 
 // Require skips the test when the machine cannot run a fleet, or fails it in
@@ -17,7 +17,7 @@ func Require(t testing.TB) {
 	if testing.Short() {
 		t.Skip("sandbox fleet tests do not run with -short")
 	}
-	if err := fleet.CheckHost(""); err != nil {
+	if err := sandbox.CheckHost(""); err != nil {
 		if os.Getenv("CI") == "true" {
 			t.Fatalf("sandbox fleet prerequisite missing: %v", err)
 		}
@@ -27,12 +27,12 @@ func Require(t testing.TB) {
 
 // New boots a fleet for the test (after Require) and closes it in t.Cleanup,
 // also when the test fails.
-func New(t testing.TB, o fleet.Options) *fleet.Fleet {
+func New(t testing.TB, o sandbox.Options) *sandbox.Fleet {
 	t.Helper()
 	Require(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	f, err := fleet.New(ctx, o)
+	f, err := sandbox.New(ctx, o)
 	if err != nil {
 		t.Fatalf("boot fleet %s: %v", o.Name, err)
 	}

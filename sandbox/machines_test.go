@@ -1,4 +1,4 @@
-package fleet_test
+package sandbox_test
 
 import (
 	"context"
@@ -8,9 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flotilla-dev/flotilla/e2e/fleet"
-	"github.com/flotilla-dev/flotilla/e2e/fleet/fleettest"
+	"github.com/flotilla-dev/flotilla/e2e/fleettest"
 	"github.com/flotilla-dev/flotilla/internal/poll"
+	"github.com/flotilla-dev/flotilla/sandbox"
 	"github.com/vishvananda/netlink"
 )
 
@@ -18,10 +18,10 @@ import (
 // boot, limits are on the node's cgroups, AddNode is idempotent, RemoveNode
 // leaves nothing of the node, and another process sees the same nodes.
 func TestAddAndRemoveNodes(t *testing.T) {
-	f := fleettest.New(t, fleet.Options{Name: "flti2", Subnet: "10.77.12.64/28", N: 0})
+	f := fleettest.New(t, sandbox.Options{Name: "flti2", Subnet: "10.77.12.64/28", N: 0})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	spec := fleet.NodeSpec{Name: "web-1", UserData: []byte("#!/bin/sh\necho ran > /root/user-data-ran\n"),
+	spec := sandbox.NodeSpec{Name: "web-1", UserData: []byte("#!/bin/sh\necho ran > /root/user-data-ran\n"),
 		Tags: map[string]string{"cluster": "c1"}, CPUs: 0.5, MemoryBytes: 256 << 20}
 	n, err := f.AddNode(ctx, spec)
 	if err != nil {
@@ -30,11 +30,11 @@ func TestAddAndRemoveNodes(t *testing.T) {
 	if n.IP.String() != "10.77.12.66" {
 		t.Errorf("first node's IP %s, want 10.77.12.66", n.IP)
 	}
-	again, err := f.AddNode(ctx, fleet.NodeSpec{Name: "web-1", Tags: map[string]string{"cluster": "other"}})
+	again, err := f.AddNode(ctx, sandbox.NodeSpec{Name: "web-1", Tags: map[string]string{"cluster": "other"}})
 	if err != nil || again.IP != n.IP || again.Tags["cluster"] != "c1" {
 		t.Fatalf("AddNode again: %+v %v (want the same node, first spec kept)", again, err)
 	}
-	if _, err := f.AddNode(ctx, fleet.NodeSpec{Name: "web-2", NoWait: true}); err != nil {
+	if _, err := f.AddNode(ctx, sandbox.NodeSpec{Name: "web-2", NoWait: true}); err != nil {
 		t.Fatal(err)
 	}
 	if err := f.WaitRunning(ctx, "web-2"); err != nil {
@@ -55,7 +55,7 @@ func TestAddAndRemoveNodes(t *testing.T) {
 		t.Errorf("limits: %v %d %v", cpus, mem, err)
 	}
 	// Another process (Open) sees both nodes with their tags.
-	g, err := fleet.Open("flti2")
+	g, err := sandbox.Open("flti2")
 	if err != nil || len(g.Nodes()) != 2 || g.Nodes()[0].Tags["cluster"] != "c1" {
 		t.Fatalf("Open: %+v %v", g.Nodes(), err)
 	}
@@ -78,11 +78,11 @@ func TestAddAndRemoveNodes(t *testing.T) {
 		t.Errorf("cgroups left: %v", m)
 	}
 	// Its index and address are free again.
-	n3, err := f.AddNode(ctx, fleet.NodeSpec{Name: "web-3"})
+	n3, err := f.AddNode(ctx, sandbox.NodeSpec{Name: "web-3"})
 	if err != nil || n3.IP.String() != "10.77.12.66" {
 		t.Fatalf("web-3: %+v %v (want web-1's freed address)", n3, err)
 	}
-	if _, err := f.AddNode(ctx, fleet.NodeSpec{Name: "Bad_Name"}); err == nil {
+	if _, err := f.AddNode(ctx, sandbox.NodeSpec{Name: "Bad_Name"}); err == nil {
 		t.Error("a bad node name was accepted")
 	}
 }

@@ -1,4 +1,4 @@
-package fleet_test
+package sandbox_test
 
 import (
 	"context"
@@ -15,8 +15,8 @@ import (
 
 	"github.com/flotilla-dev/flotilla/internal/poll"
 
-	"github.com/flotilla-dev/flotilla/e2e/fleet"
-	"github.com/flotilla-dev/flotilla/e2e/fleet/fleettest"
+	"github.com/flotilla-dev/flotilla/e2e/fleettest"
+	"github.com/flotilla-dev/flotilla/sandbox"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -31,7 +31,7 @@ func TestFleetLifecycle(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(share, "hello"), []byte("from the host"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	f := fleettest.New(t, fleet.Options{Name: "fltef", Subnet: testSubnet, N: 3, BindRO: map[string]string{share: "/opt/share"}})
+	f := fleettest.New(t, sandbox.Options{Name: "fltef", Subnet: testSubnet, N: 3, BindRO: map[string]string{share: "/opt/share"}})
 	nodes := f.Nodes()
 	if len(nodes) != 3 || nodes[0].IP != netip.MustParseAddr("10.77.10.2") || f.HostIP() != netip.MustParseAddr("10.77.10.1") {
 		t.Fatalf("unexpected layout: host %s nodes %+v", f.HostIP(), nodes)
@@ -173,7 +173,7 @@ func TestCleanupLeftovers(t *testing.T) {
 	fleettest.Require(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	f, err := fleet.New(ctx, fleet.Options{Name: "fltefc", Subnet: "10.77.10.32/28", N: 1})
+	f, err := sandbox.New(ctx, sandbox.Options{Name: "fltefc", Subnet: "10.77.10.32/28", N: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,7 +182,7 @@ func TestCleanupLeftovers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := fleet.Cleanup("fltefc"); err != nil {
+	if err := sandbox.Cleanup("fltefc"); err != nil {
 		t.Fatal(err)
 	}
 	assertGone(t, "fltefc", "fltefc0", pid)
@@ -192,10 +192,10 @@ func assertGone(t *testing.T, name, bridge string, pid int) {
 	t.Helper()
 	for _, pattern := range []string{
 		"/run/netns/" + name + "-*",
-		filepath.Join(fleet.NetnsRoot, name),
+		filepath.Join(sandbox.NetnsRoot, name),
 		"/sys/fs/cgroup/*/" + name + "-*",
 		"/run/systemd/nspawn/propagate/" + name + "-*",
-		filepath.Join(fleet.DefaultStateRoot, name),
+		filepath.Join(sandbox.DefaultStateRoot, name),
 	} {
 		if m, _ := filepath.Glob(pattern); len(m) > 0 {
 			t.Errorf("left behind: %v", m)
@@ -211,7 +211,7 @@ func assertGone(t *testing.T, name, bridge string, pid int) {
 		}
 	}
 	mounts, _ := os.ReadFile("/proc/self/mountinfo")
-	for _, dir := range []string{filepath.Join(fleet.DefaultStateRoot, name), filepath.Join(fleet.NetnsRoot, name)} {
+	for _, dir := range []string{filepath.Join(sandbox.DefaultStateRoot, name), filepath.Join(sandbox.NetnsRoot, name)} {
 		if strings.Contains(string(mounts), dir+"/") {
 			t.Errorf("mounts left behind under %s", dir)
 		}
@@ -239,8 +239,8 @@ func TestTeardownAfterForeignBindMounts(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	boot := func() *fleet.Fleet {
-		f, err := fleet.New(ctx, fleet.Options{Name: "fltefr", Subnet: "10.77.13.0/28", N: 1})
+	boot := func() *sandbox.Fleet {
+		f, err := sandbox.New(ctx, sandbox.Options{Name: "fltefr", Subnet: "10.77.13.0/28", N: 1})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -301,7 +301,7 @@ func isMountPoint(path string) bool {
 // network namespace (lvscare, kube-proxy and CNI plugins need it), and run
 // containers (cgroups of its own, writable).
 func TestNodeIsARealHost(t *testing.T) {
-	f := fleettest.New(t, fleet.Options{Name: "fltefn", Subnet: "10.77.13.16/28", N: 1})
+	f := fleettest.New(t, sandbox.Options{Name: "fltefn", Subnet: "10.77.13.16/28", N: 1})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	out, err := f.Exec(ctx, "node1", "sh", "-c", "grep CapEff /proc/self/status")
@@ -341,17 +341,17 @@ func TestNodeIsARealHost(t *testing.T) {
 func TestOptionsValidation(t *testing.T) {
 	for _, tc := range []struct {
 		name string
-		o    fleet.Options
+		o    sandbox.Options
 		want string
 	}{
-		{"bad name", fleet.Options{Name: "Bad-Name", Subnet: testSubnet, N: 1}, "want 1 to 10"},
-		{"long name", fleet.Options{Name: "abcdefghijk", Subnet: testSubnet, N: 1}, "want 1 to 10"},
-		{"bad subnet", fleet.Options{Name: "x", Subnet: "10.77.10.0", N: 1}, "subnet"},
-		{"too many nodes", fleet.Options{Name: "x", Subnet: "10.77.10.0/29", N: 6}, "no room for 6 nodes"},
-		{"ipv6", fleet.Options{Name: "x", Subnet: "fd00::/64", N: 1}, "IPv4"},
+		{"bad name", sandbox.Options{Name: "Bad-Name", Subnet: testSubnet, N: 1}, "want 1 to 10"},
+		{"long name", sandbox.Options{Name: "abcdefghijk", Subnet: testSubnet, N: 1}, "want 1 to 10"},
+		{"bad subnet", sandbox.Options{Name: "x", Subnet: "10.77.10.0", N: 1}, "subnet"},
+		{"too many nodes", sandbox.Options{Name: "x", Subnet: "10.77.10.0/29", N: 6}, "no room for 6 nodes"},
+		{"ipv6", sandbox.Options{Name: "x", Subnet: "fd00::/64", N: 1}, "IPv4"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := fleet.New(context.Background(), tc.o)
+			_, err := sandbox.New(context.Background(), tc.o)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("got %v, want error containing %q", err, tc.want)
 			}
@@ -372,7 +372,7 @@ func TestManyNodes(t *testing.T) {
 		return n
 	}
 	before := read()
-	f := fleettest.New(t, fleet.Options{Name: "fltefm", Subnet: "10.77.10.32/27", N: 25})
+	f := fleettest.New(t, sandbox.Options{Name: "fltefm", Subnet: "10.77.10.32/27", N: 25})
 	if got := read(); got < 8192 {
 		t.Errorf("max_user_instances = %d while 25 nodes run", got)
 	}
@@ -394,7 +394,7 @@ func TestManyNodes(t *testing.T) {
 func BenchmarkBoot5(b *testing.B) {
 	fleettest.Require(b)
 	for b.Loop() {
-		f, err := fleet.New(context.Background(), fleet.Options{Name: "fltefb", Subnet: "10.77.10.48/28", N: 5})
+		f, err := sandbox.New(context.Background(), sandbox.Options{Name: "fltefb", Subnet: "10.77.10.48/28", N: 5})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -412,7 +412,7 @@ func TestCloseRemovesNestedCgroups(t *testing.T) {
 	fleettest.Require(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	f, err := fleet.New(ctx, fleet.Options{Name: "fltefk", Subnet: "10.77.13.32/28", N: 2})
+	f, err := sandbox.New(ctx, sandbox.Options{Name: "fltefk", Subnet: "10.77.13.32/28", N: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
