@@ -338,6 +338,26 @@ func (b *builder) step(ctx context.Context, in kubefile.Instruction) error {
 		}
 		b.plan.Cleanup = append(b.plan.Cleanup, recipe.Step{Role: role, Kind: recipe.KindRun, Command: in.Args[0], Line: in.Line, Seq: b.seq})
 		b.record(in, "")
+	case kubefile.Quorum:
+		b.addRole(in.Args[0])
+		if !contains(b.plan.Quorum, in.Args[0]) {
+			b.plan.Quorum = append(b.plan.Quorum, in.Args[0])
+		}
+		b.record(in, "")
+	case kubefile.Join, kubefile.Leave, kubefile.Backup, kubefile.Restore:
+		b.addRole(in.Role)
+		st := recipe.Step{Role: in.Role, Kind: recipe.KindRun, Command: in.Args[0], Line: in.Line, Seq: b.seq}
+		switch in.Command {
+		case kubefile.Join:
+			b.plan.Join = append(b.plan.Join, st)
+		case kubefile.Leave:
+			b.plan.Leave = append(b.plan.Leave, st)
+		case kubefile.Backup:
+			b.plan.Backup = &st
+		case kubefile.Restore:
+			b.plan.Restore = append(b.plan.Restore, st)
+		}
+		b.record(in, "")
 	case kubefile.Image:
 		return b.images(ctx, in)
 	default:
@@ -500,6 +520,11 @@ func (b *builder) from(ctx context.Context, in kubefile.Instruction, ref string)
 	b.plan.Steps = append(b.plan.Steps, base.Steps...)
 	b.plan.Cmd = base.Cmd
 	b.plan.Cleanup = append(b.plan.Cleanup, base.Cleanup...)
+	b.plan.Quorum = append(b.plan.Quorum, base.Quorum...)
+	b.plan.Join = append(b.plan.Join, base.Join...)
+	b.plan.Leave = append(b.plan.Leave, base.Leave...)
+	b.plan.Backup = base.Backup
+	b.plan.Restore = append(b.plan.Restore, base.Restore...)
 	if err := b.checkInherited(in, ref, base.Images); err != nil {
 		return err
 	}

@@ -458,3 +458,41 @@ func tarContents(t *testing.T, st *store.Store, digest string) protocol.LayerCon
 	}
 	return c
 }
+
+// TestMembershipDirectives: QUORUM, JOIN, LEAVE, BACKUP and RESTORE land in the
+// recipe with their roles and lines, and an image FROM it inherits them.
+func TestMembershipDirectives(t *testing.T) {
+	st := newStore(t)
+	dir := t.TempDir()
+	writeTree(t, dir, map[string]string{"Kubefile": "FROM scratch\nQUORUM master\nQUORUM master\n" +
+		"ON master JOIN add {{ .Node.IP }}\nON master LEAVE remove {{ .Node.IP }}\n" +
+		"ON master BACKUP save \"$FLOTILLA_BACKUP\"\nON master RESTORE stop\nON master RESTORE restore \"$FLOTILLA_BACKUP\"\n"})
+	_, _, p := build(t, st, dir, Options{Tags: []string{"m:1"}})
+	if !reflect.DeepEqual(p.Quorum, []string{"master"}) || !p.IsQuorum("master") || p.IsQuorum("node") {
+		t.Errorf("quorum = %v, want [master] once", p.Quorum)
+	}
+	if len(p.Join) != 1 || p.Join[0].Role != "master" || p.Join[0].Command != "add {{ .Node.IP }}" || p.Join[0].Line != 4 {
+		t.Errorf("join = %+v", p.Join)
+	}
+	if len(p.Leave) != 1 || p.Leave[0].Command != "remove {{ .Node.IP }}" || p.Leave[0].Line != 5 {
+		t.Errorf("leave = %+v", p.Leave)
+	}
+	if p.Backup == nil || p.Backup.Role != "master" || p.Backup.Line != 6 {
+		t.Errorf("backup = %+v", p.Backup)
+	}
+	if len(p.Restore) != 2 || p.Restore[0].Command != "stop" || p.Restore[1].Line != 8 {
+		t.Errorf("restore = %+v", p.Restore)
+	}
+	if got := p.MemberRole([]string{"master"}); got != "master" {
+		t.Errorf("MemberRole(master) = %q", got)
+	}
+	if got := p.MemberRole([]string{"node"}); got != "" {
+		t.Errorf("MemberRole(node) = %q, want none", got)
+	}
+	dir2 := t.TempDir()
+	writeTree(t, dir2, map[string]string{"Kubefile": "FROM m:1\nON master RESTORE start\n"})
+	_, _, p2 := build(t, st, dir2, Options{Tags: []string{"m:2"}})
+	if !p2.IsQuorum("master") || len(p2.Join) != 1 || len(p2.Leave) != 1 || p2.Backup == nil || len(p2.Restore) != 3 || p2.Restore[2].Command != "start" {
+		t.Errorf("derived: quorum %v join %d leave %d backup %v restore %+v", p2.Quorum, len(p2.Join), len(p2.Leave), p2.Backup, p2.Restore)
+	}
+}

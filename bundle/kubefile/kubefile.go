@@ -29,7 +29,14 @@ const (
 	Cmd     = "CMD"
 	Cleanup = "CLEANUP"
 	On      = "ON"
+	// Membership and backup (see bundle/README.md, "Members, backup and restore").
+	Quorum  = "QUORUM"  // QUORUM <role>: the role's members form a quorum
+	Join    = "JOIN"    // ON <role> JOIN cmd: on an existing member, before a new member's steps
+	Leave   = "LEAVE"   // ON <role> LEAVE cmd: on a remaining member, after a member left
+	Backup  = "BACKUP"  // ON <role> BACKUP cmd: on one healthy member, writes $FLOTILLA_BACKUP
+	Restore = "RESTORE" // ON <role> RESTORE cmd: one restore stage on every member of the role
 )
+
 
 // Kubefile is a parsed Kubefile.
 type Kubefile struct {
@@ -51,7 +58,7 @@ type Instruction struct {
 	Command  string // upper-case keyword (From, Copy, Run, …); for ON, the inner keyword
 	Original string // the instruction as written, continuations joined, comment stripped
 	// Args depends on Command: FROM [image]; COPY/ADD sources… then destination;
-	// RUN/CMD/CLEANUP [shell command]; SERVICE [unit]; IMAGE references… and "-f", file
+	// RUN/CMD/CLEANUP/JOIN/LEAVE/BACKUP/RESTORE [shell command]; QUORUM [role]; SERVICE [unit]; IMAGE references… and "-f", file
 	// pairs (with --from, the one reference).
 	Args []string
 	// ImageFrom is the PATH of `IMAGE --from PATH REF`: an OCI image layout (directory
@@ -66,7 +73,11 @@ type Instruction struct {
 
 // RunTime reports whether the instruction runs on the nodes at rollout time.
 func (in Instruction) RunTime() bool {
-	return in.Command == Service || in.Command == Cmd || in.Command == Cleanup || (in.Role != "" && in.Command == Run)
+	switch in.Command {
+	case Service, Cmd, Cleanup, Join, Leave, Backup, Restore:
+		return true
+	}
+	return in.Role != "" && in.Command == Run
 }
 
 // Error is a syntax error at a Kubefile line.
@@ -104,7 +115,7 @@ func Parse(file string, r io.Reader) (*Kubefile, error) {
 			errs = append(errs, &Error{File: file, Line: line, Msg: fmt.Sprintf(format, a...)})
 		}
 	}
-	fromLine, cmdLine := 0, 0
+	fromLine, cmdLine, backupLine := 0, 0, 0
 	for _, l := range lines {
 		in, msg := parseInstruction(l)
 		if msg != "" {
@@ -124,6 +135,11 @@ func Parse(file string, r io.Reader) (*Kubefile, error) {
 			continue
 		case in.Command == Cmd:
 			cmdLine = l.num
+		case in.Command == Backup && backupLine != 0:
+			fail(l.num, "second BACKUP (first at line %d): a Kubefile has at most one BACKUP", backupLine)
+			continue
+		case in.Command == Backup:
+			backupLine = l.num
 		}
 		kf.Instructions = append(kf.Instructions, in)
 	}
@@ -213,7 +229,7 @@ func parseInstruction(l line) (Instruction, string) {
 	if kwU == On {
 		role, inner := splitWord(rest)
 		if role == "" {
-			return in, "ON needs a role and an instruction: ON <role> COPY|ADD|RUN|SERVICE|IMAGE|CLEANUP …"
+			return in, "ON needs a role and an instruction: ON <role> COPY|ADD|RUN|SERVICE|IMAGE|CLEANUP|JOIN|LEAVE|BACKUP|RESTORE …"
 		}
 		if !ValidRole(role) {
 			return in, fmt.Sprintf("invalid role %q: use master0, master, node, all or a lower-case name ([a-z][a-z0-9_-]*)", role)
@@ -223,10 +239,14 @@ func parseInstruction(l line) (Instruction, string) {
 		kwU = strings.ToUpper(kw)
 		switch kwU {
 		case Copy, Add, Run, Service, Image, Cleanup:
+		case Join, Leave, Backup, Restore:
+			if role == "master0" || role == "all" {
+				return in, fmt.Sprintf("ON %s %s: %s runs on the members of a role with several hosts (master, node or a custom role), not %s", role, kwU, kwU, role)
+			}
 		case "":
-			return in, fmt.Sprintf("ON %s needs an instruction: COPY, ADD, RUN, SERVICE, IMAGE or CLEANUP", role)
+			return in, fmt.Sprintf("ON %s needs an instruction: COPY, ADD, RUN, SERVICE, IMAGE, CLEANUP, JOIN, LEAVE, BACKUP or RESTORE", role)
 		default:
-			return in, fmt.Sprintf("ON %s %s: only COPY, ADD, RUN, SERVICE, IMAGE and CLEANUP can be scoped to a role", role, kw)
+			return in, fmt.Sprintf("ON %s %s: only COPY, ADD, RUN, SERVICE, IMAGE, CLEANUP, JOIN, LEAVE, BACKUP and RESTORE can be scoped to a role", role, kw)
 		}
 	}
 	in.Command = kwU
@@ -265,6 +285,27 @@ func parseInstruction(l line) (Instruction, string) {
 		in.Pairs = pairs
 	case Copy, Add:
 		return parseCopy(in, kwU, rest)
+	case Join, Leave, Backup, Restore:
+		if in.Role == "" {
+			return in, fmt.Sprintf("%s needs a role: ON <role> %s <command>", kwU, kwU)
+		}
+		cmd, msg := shellCommand(rest)
+		if msg != "" {
+			return in, kwU + ": " + msg
+		}
+		if cmd == "" {
+			return in, kwU + " needs a command"
+		}
+		in.Args = []string{cmd}
+	case Quorum:
+		args := strings.Fields(rest)
+		if len(args) != 1 {
+			return in, fmt.Sprintf("QUORUM takes one role, got %d words: QUORUM master", len(args))
+		}
+		if !ValidRole(args[0]) || args[0] == "master0" || args[0] == "all" {
+			return in, fmt.Sprintf("QUORUM %s: a quorum role is master, node or a custom lower-case role ([a-z][a-z0-9_-]*), not master0 or all", args[0])
+		}
+		in.Args = args
 	case Run, Cmd, Cleanup:
 		cmd, msg := shellCommand(rest)
 		if msg != "" {
@@ -325,7 +366,7 @@ func parseInstruction(l line) (Instruction, string) {
 	case "WORKDIR", "USER", "EXPOSE", "VOLUME", "ENTRYPOINT", "HEALTHCHECK", "SHELL", "STOPSIGNAL", "ONBUILD", "MAINTAINER":
 		return in, fmt.Sprintf("%s is a Dockerfile instruction a Kubefile does not support", kwU)
 	default:
-		return in, fmt.Sprintf("unknown instruction %q: want FROM, ARG, ENV, LABEL, COPY, ADD, RUN, IMAGE, CMD, CLEANUP or ON <role> …", kw)
+		return in, fmt.Sprintf("unknown instruction %q: want FROM, ARG, ENV, LABEL, COPY, ADD, RUN, IMAGE, CMD, CLEANUP, QUORUM or ON <role> …", kw)
 	}
 	return in, ""
 }

@@ -31,6 +31,12 @@ ON all IMAGE --from=img/dns k8s-dns:v1
 CMD ["etcdctl", "--endpoints={{ .VIP }}:2379", "endpoint health"]
 ON node CLEANUP kubectl drain {{ .Node.Name }}
 CLEANUP rm -rf /var/lib/x
+QUORUM master
+ON master JOIN flotilla-etcd-member add {{ .Node.IP }}
+ON master LEAVE flotilla-etcd-member remove {{ .Node.IP }}
+ON master BACKUP etcdctl snapshot save "$FLOTILLA_BACKUP"
+ON master RESTORE systemctl stop etcd
+ON master RESTORE flotilla-etcd-restore "$FLOTILLA_BACKUP"
 `
 
 func TestParseGood(t *testing.T) {
@@ -64,6 +70,12 @@ func TestParseGood(t *testing.T) {
 		{22, "", Cmd, []string{`etcdctl '--endpoints={{ .VIP }}:2379' 'endpoint health'`}},
 		{23, "node", Cleanup, []string{"kubectl drain {{ .Node.Name }}"}},
 		{24, "", Cleanup, []string{"rm -rf /var/lib/x"}},
+		{25, "", Quorum, []string{"master"}},
+		{26, "master", Join, []string{"flotilla-etcd-member add {{ .Node.IP }}"}},
+		{27, "master", Leave, []string{"flotilla-etcd-member remove {{ .Node.IP }}"}},
+		{28, "master", Backup, []string{`etcdctl snapshot save "$FLOTILLA_BACKUP"`}},
+		{29, "master", Restore, []string{"systemctl stop etcd"}},
+		{30, "master", Restore, []string{`flotilla-etcd-restore "$FLOTILLA_BACKUP"`}},
 	}
 	if len(kf.Instructions) != len(want) {
 		t.Fatalf("got %d instructions, want %d: %+v", len(kf.Instructions), len(want), kf.Instructions)
@@ -114,7 +126,16 @@ func TestParseErrors(t *testing.T) {
 		{"ON no role", "FROM scratch\nON\n", "Kubefile:2: ON needs a role"},
 		{"ON bad role", "FROM scratch\nON Master RUN x\n", "Kubefile:2: invalid role \"Master\""},
 		{"ON no instruction", "FROM scratch\nON node\n", "Kubefile:2: ON node needs an instruction"},
-		{"ON FROM", "FROM scratch\nON node FROM x\n", "Kubefile:2: ON node FROM: only COPY, ADD, RUN, SERVICE, IMAGE and CLEANUP"},
+		{"ON FROM", "FROM scratch\nON node FROM x\n", "Kubefile:2: ON node FROM: only COPY, ADD, RUN, SERVICE, IMAGE, CLEANUP, JOIN, LEAVE, BACKUP and RESTORE"},
+		{"JOIN without role", "FROM scratch\nJOIN etcdctl member add x\n", "Kubefile:2: JOIN needs a role: ON <role> JOIN <command>"},
+		{"JOIN on master0", "FROM scratch\nON master0 JOIN x\n", "Kubefile:2: ON master0 JOIN: JOIN runs on the members of a role with several hosts"},
+		{"LEAVE on all", "FROM scratch\nON all LEAVE x\n", "Kubefile:2: ON all LEAVE: LEAVE runs on the members"},
+		{"RESTORE empty", "FROM scratch\nON master RESTORE\n", "Kubefile:2: RESTORE needs a command"},
+		{"BACKUP twice", "FROM scratch\nON master BACKUP a\nON master BACKUP b\n", "Kubefile:3: second BACKUP (first at line 2)"},
+		{"QUORUM no role", "FROM scratch\nQUORUM\n", "Kubefile:2: QUORUM takes one role, got 0 words"},
+		{"QUORUM two roles", "FROM scratch\nQUORUM master node\n", "Kubefile:2: QUORUM takes one role, got 2 words"},
+		{"QUORUM master0", "FROM scratch\nQUORUM master0\n", "Kubefile:2: QUORUM master0: a quorum role is master, node or a custom"},
+		{"QUORUM bad role", "FROM scratch\nQUORUM Master\n", "Kubefile:2: QUORUM Master: a quorum role"},
 		{"SERVICE without role", "FROM scratch\nSERVICE a.service\n", "Kubefile:2: SERVICE needs a role"},
 		{"SERVICE two units", "FROM scratch\nON node SERVICE a b\n", "Kubefile:2: ON node SERVICE takes one unit name, got 2"},
 		{"ENV no value", "FROM scratch\nENV FOO\n", "Kubefile:2: ENV FOO has no value"},

@@ -60,6 +60,25 @@ type Recipe struct {
 	// or the cluster deleted), last first, before its services are stopped and its
 	// files removed. Kind is KindRun.
 	Cleanup []Step `json:"cleanup,omitempty"`
+	// Quorum lists the roles whose members form a quorum (QUORUM <role>): their
+	// membership changes one member at a time, each followed by the health check,
+	// and an apply that would remove a majority of them is refused.
+	Quorum []string `json:"quorum,omitempty"`
+	// Join are the JOIN commands (Kubefile order): run on one healthy existing member
+	// of their role before a new member of that role runs its own steps, rendered for
+	// the new member (.Node is the member joining). Kind is KindRun.
+	Join []Step `json:"join,omitempty"`
+	// Leave are the LEAVE commands: run on one healthy remaining member of their role
+	// after a member left (after its CLEANUP, or instead of it when its machine is
+	// gone), rendered for the member leaving. Kind is KindRun.
+	Leave []Step `json:"leave,omitempty"`
+	// Backup is the BACKUP command (at most one): run on one healthy member of its role
+	// by `flotilla backup`, it writes the backup to the file $FLOTILLA_BACKUP names.
+	Backup *Step `json:"backup,omitempty"`
+	// Restore are the RESTORE commands in order: each is a stage run on every member of
+	// its role (all of a stage's members done before the next stage starts) by
+	// `flotilla restore`, with $FLOTILLA_BACKUP naming the backup file on the node.
+	Restore []Step `json:"restore,omitempty"`
 	// Images are the container images carried for the node-local registry mirror, in
 	// Kubefile order (a base image's first). Their manifests and blobs travel inside the
 	// cluster image (see bundle/carry); the planner ships each node those of its roles.
@@ -208,6 +227,51 @@ func (p *Recipe) CleanupFor(hostRoles []string, isMaster0 bool) []Step {
 	var out []Step
 	for _, s := range p.Cleanup {
 		if RoleMatches(s.Role, hostRoles, isMaster0) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// IsQuorum reports whether the image declares role a quorum role.
+func (p *Recipe) IsQuorum(role string) bool {
+	for _, r := range p.Quorum {
+		if r == role {
+			return true
+		}
+	}
+	return false
+}
+
+// MemberRole is the role of hostRoles whose membership the image manages (a quorum
+// role, or one with JOIN or LEAVE commands), or "" when there is none. A host with
+// several such roles is a member of the first in the image's role order.
+func (p *Recipe) MemberRole(hostRoles []string) string {
+	for _, r := range p.Roles {
+		if !RoleMatches(r, hostRoles, false) || r == RoleAll || r == RoleMaster0 {
+			continue
+		}
+		if p.IsQuorum(r) || stepsOfRole(p.Join, r) || stepsOfRole(p.Leave, r) {
+			return r
+		}
+	}
+	return ""
+}
+
+func stepsOfRole(steps []Step, role string) bool {
+	for _, s := range steps {
+		if s.Role == role {
+			return true
+		}
+	}
+	return false
+}
+
+// StepsOfRole returns the steps of steps whose role is exactly role.
+func StepsOfRole(steps []Step, role string) []Step {
+	var out []Step
+	for _, s := range steps {
+		if s.Role == role {
 			out = append(out, s)
 		}
 	}
