@@ -37,7 +37,6 @@ const (
 	Restore = "RESTORE" // ON <role> RESTORE cmd: one restore stage on every member of the role
 )
 
-
 // Kubefile is a parsed Kubefile.
 type Kubefile struct {
 	File         string        // name used in error messages
