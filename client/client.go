@@ -501,3 +501,29 @@ func (c *Client) Controller(ctx context.Context) (protocol.ControllerInfo, error
 	err := c.call(ctx, protocol.AdminController, nil, &info, callOpts{timeout: DefaultTimeout, resend: true})
 	return info, err
 }
+
+// Backup runs the cluster image's BACKUP command on one healthy member and
+// stores the result in the controller's image store as an OCI artifact.
+func (c *Client) Backup(ctx context.Context, req protocol.BackupRequest) (*protocol.BackupResult, error) {
+	var res protocol.BackupResult
+	timeout := DefaultRolloutTimeout
+	if err := c.call(ctx, protocol.AdminBackup, req, &res, callOpts{timeout: timeout}); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+// Backups lists the backups the controller holds (of one cluster, or all when cluster is "").
+func (c *Client) Backups(ctx context.Context, cluster string) (*protocol.BackupList, error) {
+	var res protocol.BackupList
+	if err := c.call(ctx, protocol.AdminBackups, protocol.BackupsRequest{Cluster: cluster}, &res, callOpts{timeout: DefaultQueryTimeout, resend: true}); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+// Restore runs the cluster image's RESTORE stages with a backup on every member,
+// with progress like Apply; the result is the restore's rollout.
+func (c *Client) Restore(ctx context.Context, req protocol.RestoreRequest, onEvent func(protocol.RolloutEvent)) (*protocol.ApplyResult, error) {
+	return c.rollout(ctx, protocol.AdminRestore, req, onEvent)
+}

@@ -54,7 +54,7 @@ func DefaultUnitDirs() []string {
 }
 
 // Executors returns the executors of the rollout step kinds (layer, file,
-// run, service, undo, images), for agent.Options.Executors. They share one
+// run, service, undo, images, backup, restore), for agent.Options.Executors. They share one
 // value holding the options and the locks that keep two steps from fetching
 // one blob or rewriting one cluster's records at once: give each agent one
 // set (a second set on the same data dir would not see the first one's locks).
@@ -67,6 +67,8 @@ func Executors(o Options) map[string]agent.Executor {
 		protocol.KindService: agent.ExecutorFunc(x.service),
 		protocol.KindUndo:    agent.ExecutorFunc(x.undo),
 		protocol.KindImages:  agent.ExecutorFunc(x.images),
+		protocol.KindBackup:  agent.ExecutorFunc(x.backup),
+		protocol.KindRestore: agent.ExecutorFunc(x.restore),
 	}
 }
 
