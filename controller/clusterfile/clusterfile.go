@@ -90,6 +90,7 @@ type Cluster struct {
 	Infra     *Infra            // spec.infra, nil if absent
 	Rollout   Rollout
 	Bandwidth Bandwidth
+	Backup    *Backup // spec.backup, nil if absent
 
 	file string // for errors raised after loading (ValidateRoles)
 }

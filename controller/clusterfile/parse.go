@@ -245,6 +245,7 @@ func (p *parser) cluster(n *yaml.Node) Cluster {
 			"infra":     func(v *yaml.Node, f string) { c.Infra = p.infra(v, f) },
 			"rollout":   func(v *yaml.Node, f string) { c.Rollout = p.rollout(v, f) },
 			"bandwidth": func(v *yaml.Node, f string) { c.Bandwidth = p.bandwidth(v, f) },
+			"backup":    func(v *yaml.Node, f string) { c.Backup = p.backup(v, f) },
 		})
 	}))
 	if c.Name == "" {
