@@ -260,6 +260,9 @@ func nodePlan(in Input, c *clusterfile.Cluster, m member, facts ClusterFacts, is
 		st.Reason = "runs when the node leaves the cluster"
 		np.Cleanup = append(np.Cleanup, *st)
 	}
+	if err := renderBackup(img, c, np, data, isMaster0); err != nil {
+		return nil, err
+	}
 
 	np.Undo = undoFor(applied, services, np.Files, np.Layers, img, np.Images != nil, c.Name)
 	np.Action = ActionNoop

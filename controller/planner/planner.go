@@ -151,6 +151,11 @@ type NodePlan struct {
 	// in its applied state; a removed node (ActionRemove) runs its recorded ones,
 	// last first, before its Undo.
 	Cleanup []Step `json:"cleanup,omitempty"`
+	// Backup is the image's BACKUP command rendered for the node (nil: the node
+	// does not have its role); Restore has one entry per RESTORE stage of the
+	// image, nil where the node does not have the stage's role (backup.go).
+	Backup  *Step   `json:"-"`
+	Restore []*Step `json:"-"`
 }
 
 // Images is the container images a node gets, imported by one step placed after the
