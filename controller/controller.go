@@ -166,6 +166,7 @@ func New(opts Options) (*Controller, error) {
 			return nil, err
 		}
 		handlers["GET "+blobserver.Path+"{digest}"] = c.blobs
+		handlers["PUT "+blobserver.UploadPath+"{id}"] = c.blobs.UploadHandler()
 	}
 	var agentHandlers map[string]http.Handler
 	seedLog := log.With("component", "seed")

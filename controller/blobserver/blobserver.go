@@ -112,7 +112,10 @@ func (t *blobTokens) check(token, digest string, now time.Time) (string, error) 
 // engine put in the step. It exists before the engine (which needs a started
 // controller): mount it on the controller's HTTPS server, then pass it to the
 // engine (rollout.Options.Blobs).
-type Server struct{ blobHandler }
+type Server struct {
+	blobHandler
+	up uploads // backups being uploaded (upload.go)
+}
 
 // Options configure New.
 type Options struct {
@@ -136,7 +139,7 @@ func New(dataDir string, st *store.Store, opts Options) (*Server, error) {
 		return nil, err
 	}
 	log = log.With("component", "blobs")
-	return &Server{blobHandler{tokens: t, store: st, member: opts.Member, log: log,
+	return &Server{blobHandler: blobHandler{tokens: t, store: st, member: opts.Member, log: log,
 		refusals: ratelog.New(log, ratelog.DefaultEvery), now: time.Now}}, nil
 }
 
