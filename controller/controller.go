@@ -243,7 +243,8 @@ func (c *Controller) Start(ctx context.Context) error {
 // without an image store, the rollout requests answer why.
 func (c *Controller) startEngine(ctx context.Context) error {
 	if c.store == nil {
-		for _, name := range []string{protocol.AdminPlan, protocol.AdminApply, protocol.AdminStatus, protocol.AdminDelete, protocol.AdminAttach} {
+		for _, name := range []string{protocol.AdminPlan, protocol.AdminApply, protocol.AdminStatus, protocol.AdminDelete, protocol.AdminAttach,
+			protocol.AdminBackup, protocol.AdminBackups, protocol.AdminRestore} {
 			c.HandleAdmin(name, func(context.Context, *plane.AdminCall) (any, error) { return nil, c.storeErr })
 		}
 		return nil
@@ -275,6 +276,7 @@ func (c *Controller) startEngine(ctx context.Context) error {
 	if err := e.Resume(ctx); err != nil {
 		c.log.Error("resume interrupted rollouts", "err", err)
 	}
+	e.StartBackupSchedule()
 	return nil
 }
 

@@ -87,6 +87,12 @@ type Options struct {
 	// Infra, if set, makes the machines of spec.infra before an apply is planned
 	// and destroys those no longer wanted after a rollout (see Infra).
 	Infra  Infra
+	// MaxBackupBytes bounds a backup's size (default protocol.DefaultMaxBackupBytes).
+	MaxBackupBytes int64
+	// BackupTick is how often scheduled backups (spec.backup) are checked (default 1m);
+	// Now is the clock of their schedule and of backup times (default time.Now).
+	BackupTick time.Duration
+	Now        func() time.Time
 	Logger *slog.Logger
 }
 
@@ -114,6 +120,10 @@ type Engine struct {
 	watchers     map[string]map[int]chan struct{}
 	watchNext    int
 	stopRegWatch func()
+
+	// schedMu guards failures: the last failed scheduled backup per cluster (schedule.go).
+	schedMu  sync.Mutex
+	failures map[string]protocol.BackupFailure
 }
 
 // New opens the engine's state in the controller's JetStream and its blob token key.
@@ -146,6 +156,12 @@ func New(ctrl *plane.Controller, st *store.Store, opts Options) (*Engine, error)
 	if opts.MaxImagePieceBytes <= 0 {
 		opts.MaxImagePieceBytes = DefaultMaxImagePieceBytes
 	}
+	if opts.MaxBackupBytes <= 0 {
+		opts.MaxBackupBytes = protocol.DefaultMaxBackupBytes
+	}
+	if opts.BackupTick <= 0 {
+		opts.BackupTick = time.Minute
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
@@ -154,7 +170,7 @@ func New(ctrl *plane.Controller, st *store.Store, opts Options) (*Engine, error)
 		return nil, errors.New("rollout engine: the controller is not started")
 	}
 	e := &Engine{ctrl: ctrl, store: st, opts: opts, fleet: opts.Fleet, log: opts.Logger.With("component", "rollout"),
-		active: map[string]*active{}, watchers: map[string]map[int]chan struct{}{}}
+		active: map[string]*active{}, watchers: map[string]map[int]chan struct{}{}, failures: map[string]protocol.BackupFailure{}}
 	var err error
 	if e.blobs = opts.Blobs; e.blobs == nil {
 		if e.blobs, err = blobserver.New(opts.DataDir, st, blobserver.Options{Member: ctrl.IsMember, Logger: opts.Logger}); err != nil {
@@ -206,6 +222,9 @@ func (e *Engine) Register() {
 	e.ctrl.HandleAdmin(protocol.AdminStatus, e.adminStatus)
 	e.ctrl.HandleAdmin(protocol.AdminDelete, e.adminDelete)
 	e.ctrl.HandleAdmin(protocol.AdminAttach, e.adminAttach)
+	e.ctrl.HandleAdmin(protocol.AdminBackup, e.adminBackup)
+	e.ctrl.HandleAdmin(protocol.AdminBackups, e.adminBackups)
+	e.ctrl.HandleAdmin(protocol.AdminRestore, e.adminRestore)
 }
 
 // BlobHandler serves GET /v1/blobs/{digest}: Options.Blobs, or the server New made.
@@ -245,6 +264,13 @@ func (e *Engine) Resume(ctx context.Context) error {
 			continue
 		}
 		if rec == nil || rec.State != StateRunning {
+			continue
+		}
+		if rec.Kind == KindRestore {
+			if err := e.resumeRestore(ctx, rec); err != nil {
+				e.log.Error("resume restore", "cluster", name, "rollout", rec.ID, "err", err)
+				errs = append(errs, fmt.Errorf("resume restore %s of cluster %s: %w", rec.ID, name, err))
+			}
 			continue
 		}
 		if _, err := e.resume(ctx, rec); err != nil {

@@ -40,6 +40,8 @@ const (
 const (
 	KindApply  = "apply"
 	KindDelete = "delete"
+	// KindRestore is `flotilla restore` (restore.go): Record.Restore says from what and how far.
+	KindRestore = "restore"
 )
 
 // ClusterRecord is the desired state of one cluster: the Clusterfile last applied.
@@ -68,6 +70,8 @@ type Record struct {
 	Health      string                 `json:"health,omitempty"`
 	// KeepInfra: a delete that leaves the cluster's machines running.
 	KeepInfra bool `json:"keepInfra,omitempty"`
+	// Restore is set on a restore's record.
+	Restore *RestoreRecord `json:"restore,omitempty"`
 }
 
 // appliedRecord is planner.Applied as stored (the planner's type has no JSON tags).
