@@ -86,14 +86,14 @@ type Options struct {
 	MaxImagePieceBytes int
 	// Infra, if set, makes the machines of spec.infra before an apply is planned
 	// and destroys those no longer wanted after a rollout (see Infra).
-	Infra  Infra
+	Infra Infra
 	// MaxBackupBytes bounds a backup's size (default protocol.DefaultMaxBackupBytes).
 	MaxBackupBytes int64
 	// BackupTick is how often scheduled backups (spec.backup) are checked (default 1m);
 	// Now is the clock of their schedule and of backup times (default time.Now).
 	BackupTick time.Duration
 	Now        func() time.Time
-	Logger *slog.Logger
+	Logger     *slog.Logger
 }
 
 // Engine runs rollouts. Create it after the controller started.
