@@ -504,10 +504,15 @@ func (c *Client) Controller(ctx context.Context) (protocol.ControllerInfo, error
 
 // Backup runs the cluster image's BACKUP command on one healthy member and
 // stores the result in the controller's image store as an OCI artifact.
-func (c *Client) Backup(ctx context.Context, req protocol.BackupRequest) (*protocol.BackupResult, error) {
+// onEvent, if set, gets the BACKUP command's output and the upload's progress.
+func (c *Client) Backup(ctx context.Context, req protocol.BackupRequest, onEvent func(protocol.RolloutEvent)) (*protocol.BackupResult, error) {
 	var res protocol.BackupResult
-	timeout := DefaultRolloutTimeout
-	if err := c.call(ctx, protocol.AdminBackup, req, &res, callOpts{timeout: timeout}); err != nil {
+	on := func(ev protocol.RolloutEvent) {
+		if onEvent != nil {
+			onEvent(ev)
+		}
+	}
+	if err := c.call(ctx, protocol.AdminBackup, req, &res, callOpts{timeout: DefaultRolloutTimeout, onStream: streamOf(protocol.AdminBackup, on)}); err != nil {
 		return nil, err
 	}
 	return &res, nil

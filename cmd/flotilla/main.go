@@ -59,7 +59,7 @@ onto a fleet of hosts through agents that take orders from a controller over NAT
 		newControllerCmd(), newAgentCmd(), newLvscareCmd(), newBlobCmd(), newNATSAuthCmd(),
 		// admin actions, through the client package
 		newNodesCmd(), newExecCmd(), newTokenCmd(), newPlanCmd(), newApplyCmd(),
-		newStatusCmd(), newDeleteCmd(), newLogsCmd(),
+		newStatusCmd(), newDeleteCmd(), newLogsCmd(), newBackupCmd(), newBackupsCmd(), newRestoreCmd(),
 		// cluster images
 		newBuildCmd(), newImagesCmd(), newInspectCmd(), newTagCmd(), newRmiCmd(),
 		newPushCmd(), newPullCmd(), newLoginCmd(), newLogoutCmd(), newSaveCmd(), newLoadCmd(),
