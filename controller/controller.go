@@ -62,6 +62,8 @@ type Options struct {
 	// UnreachableTimeout is how long a rollout retries an offline node before it
 	// reports it unreachable and goes on (default 2m).
 	UnreachableTimeout time.Duration
+	// MaxBackupBytes bounds an uploaded backup (0: protocol.DefaultMaxBackupBytes).
+	MaxBackupBytes int64
 	// Handlers are more HTTPS handlers (pattern -> handler), such as the
 	// bootstrap script and the agent binaries.
 	Handlers map[string]http.Handler
@@ -266,7 +268,7 @@ func (c *Controller) startEngine(ctx context.Context) error {
 		inf = d
 	}
 	e, err := rollout.New(c.Controller, c.store, rollout.Options{Blobs: c.blobs, Logger: c.log,
-		UnreachableTimeout: c.opts.UnreachableTimeout, DecorateLayer: decorate, Infra: inf})
+		UnreachableTimeout: c.opts.UnreachableTimeout, DecorateLayer: decorate, Infra: inf, MaxBackupBytes: c.opts.MaxBackupBytes})
 	if err != nil {
 		return err
 	}

@@ -14,6 +14,7 @@ import (
 	agentrollout "github.com/flotilla-dev/flotilla/agent/rollout"
 	"github.com/flotilla-dev/flotilla/controller"
 	"github.com/flotilla-dev/flotilla/packaging"
+	"github.com/flotilla-dev/flotilla/protocol"
 	"github.com/spf13/cobra"
 )
 
@@ -75,6 +76,8 @@ Agents join over HTTPS (--http-listen) with a token and then talk NATS over TLS 
 	f := cmd.Flags()
 	f.DurationVar(&opts.UnreachableTimeout, "unreachable-timeout", 2*time.Minute,
 		"how long a rollout retries a node that is offline before it reports it unreachable and goes on")
+	f.Int64Var(&opts.MaxBackupBytes, "max-backup-bytes", protocol.DefaultMaxBackupBytes,
+		"the largest backup (flotilla backup) an agent may upload, in bytes")
 	f.StringVar(&opts.DataDir, "data-dir", envOr("FLOTILLA_DATA_DIR", "/var/lib/flotilla"), "state: CA, keys, admin.creds, JetStream")
 	f.StringVar(&opts.Listen, "listen", "0.0.0.0:4222", "NATS (TLS) listen address")
 	f.StringVar(&opts.HTTPListen, "http-listen", "0.0.0.0:9443", "HTTPS listen address (join, CA, bootstrap)")

@@ -56,7 +56,8 @@ type pendingUpload struct {
 	node    string
 	max     int64
 	expires time.Time
-	used    bool
+	busy    bool // an upload is arriving
+	used    bool // one arrived whole and verified
 	ch      chan *UploadResult
 }
 
@@ -153,17 +154,24 @@ func (s *Server) serveUpload(w http.ResponseWriter, r *http.Request) {
 		s.up.mu.Unlock()
 		refuse(http.StatusForbidden, fmt.Sprintf("this upload is for node %s", p.node))
 		return
-	case p.used:
+	case p.used || p.busy:
 		s.up.mu.Unlock()
-		refuse(http.StatusConflict, "this upload was made already")
+		refuse(http.StatusConflict, "this upload was made already, or is arriving")
 		return
 	case s.now().After(p.expires):
 		s.up.mu.Unlock()
 		refuse(http.StatusGone, "this upload expired")
 		return
 	}
-	p.used = true
+	// One upload at a time; a refused one leaves the upload open for the node's own.
+	p.busy = true
 	s.up.mu.Unlock()
+	ok := false
+	defer func() {
+		s.up.mu.Lock()
+		p.busy, p.used = false, p.used || ok
+		s.up.mu.Unlock()
+	}()
 
 	want, err := protocol.ParseDigest(r.Header.Get(protocol.HeaderBackupDigest))
 	if err != nil {
@@ -214,7 +222,8 @@ func (s *Server) serveUpload(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	res := &UploadResult{Node: node, Txn: tx, Digest: got, Size: size, done: make(chan error, 1)}
-	p.ch <- res // buffered 1, and p.used admits one upload
+	ok = true
+	p.ch <- res // buffered 1, and used admits one upload
 	s.log.Info("backup uploaded", "node", node, "upload", id, "digest", got, "bytes", size)
 	select {
 	case err = <-res.done:
