@@ -187,6 +187,7 @@ func (e *Engine) startRestore(ctx context.Context, in *restoreInput, rr *Restore
 		r.outcomes[o.Node] = o
 	}
 	e.active[cluster] = act
+	e.log.Info("restore started", "cluster", cluster, "rollout", rec.ID, "backup", rr.Backup, "resumed", resumed != nil, "fromStage", rr.Done+1)
 	e.wg.Add(1)
 	go func() {
 		defer e.wg.Done()
@@ -203,7 +204,6 @@ func (e *Engine) startRestore(ctx context.Context, in *restoreInput, rr *Restore
 		act.result = res
 		close(act.done)
 	}()
-	e.log.Info("restore started", "cluster", cluster, "rollout", rec.ID, "backup", rr.Backup, "resumed", resumed != nil, "fromStage", rr.Done+1)
 	return act, stop, nil
 }
 

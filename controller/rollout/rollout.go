@@ -124,6 +124,8 @@ type Engine struct {
 	// schedMu guards failures: the last failed scheduled backup per cluster (schedule.go).
 	schedMu  sync.Mutex
 	failures map[string]protocol.BackupFailure
+	// backupFn makes a scheduled backup (nil: Backup); unit tests set it.
+	backupFn func(ctx context.Context, req protocol.BackupRequest, send func(protocol.RolloutEvent)) (*protocol.BackupResult, error)
 }
 
 // New opens the engine's state in the controller's JetStream and its blob token key.

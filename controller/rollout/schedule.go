@@ -60,7 +60,11 @@ func (e *Engine) backupTick(ctx context.Context) []string {
 			continue
 		}
 		e.log.Info("scheduled backup", "cluster", name, "every", sched.Every, "keep", sched.Keep)
-		res, err := e.Backup(ctx, protocol.BackupRequest{Cluster: name}, nil)
+		run := e.Backup
+		if e.backupFn != nil {
+			run = e.backupFn
+		}
+		res, err := run(ctx, protocol.BackupRequest{Cluster: name}, nil)
 		if err != nil {
 			e.log.Error("scheduled backup failed; tried again at the next tick", "cluster", name, "err", err)
 			e.schedMu.Lock()
