@@ -23,7 +23,8 @@ func TestExecutorsKinds(t *testing.T) {
 		got = append(got, k)
 	}
 	slices.Sort(got)
-	want := []string{protocol.KindFile, protocol.KindImages, protocol.KindLayer, protocol.KindRun, protocol.KindService, protocol.KindUndo}
+	want := []string{protocol.KindFile, protocol.KindImages, protocol.KindLayer, protocol.KindRun, protocol.KindService, protocol.KindUndo,
+		protocol.KindBackup, protocol.KindRestore}
 	slices.Sort(want)
 	if !slices.Equal(got, want) {
 		t.Errorf("kinds %v, want %v", got, want)
