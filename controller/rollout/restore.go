@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"sync"
 	"time"
 
@@ -27,6 +28,9 @@ type RestoreRecord struct {
 	Done     int    `json:"done"` // stages completed
 	Force    bool   `json:"force,omitempty"`
 }
+
+// EnvRestore is set for RESTORE commands to the restore's id.
+const EnvRestore = "FLOTILLA_RESTORE"
 
 // restoreInput is a checked restore request.
 type restoreInput struct {
@@ -412,12 +416,19 @@ func (r *restoreRun) runNode(ctx context.Context, phase string, np *planner.Node
 		}
 		r.emit(base)
 	}
+	// FLOTILLA_RESTORE names this restore: the same on every member and in a
+	// repeated stage, another for the next restore (etcd: a new cluster token).
+	env := maps.Clone(st.Env)
+	if env == nil {
+		env = map[string]string{}
+	}
+	env[EnvRestore] = r.rec.ID
 	backoff := r.e.opts.RetryBackoff
 	var offlineSince time.Time
 	lost := 0
 	for attempt := 1; ; attempt++ {
 		expires := time.Now().Add(r.e.opts.TaskTTL)
-		step := protocol.Step{Name: name, Kind: protocol.KindRestore, Shell: st.Command, Env: st.Env, Timeout: timeout}
+		step := protocol.Step{Name: name, Kind: protocol.KindRestore, Shell: st.Command, Env: env, Timeout: timeout}
 		p := protocol.RestorePayload{Cluster: r.rec.Cluster, Blob: blob}
 		p.Blob.Token = r.e.blobs.Token(np.Node, rr.Blob, blobTokenExpiry(expires, []protocol.Step{step}))
 		step.Payload = mustJSON(p)
