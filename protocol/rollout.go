@@ -272,7 +272,8 @@ type ClusterStatus struct {
 	Image       string       `json:"image"`       // desired, from the last applied Clusterfile
 	ImageDigest string       `json:"imageDigest"` // desired
 	Rollout     string       `json:"rollout,omitempty"`
-	State       string       `json:"state"` // one of the Rollout* states
+	Kind        string       `json:"kind,omitempty"` // of the last rollout: apply, delete or restore
+	State       string       `json:"state"`          // one of the Rollout* states
 	Started     time.Time    `json:"started,omitempty"`
 	Finished    time.Time    `json:"finished,omitempty"`
 	Nodes       []NodeStatus `json:"nodes"`

@@ -450,6 +450,7 @@ func (e *Engine) clusterStatus(ctx context.Context, cr *ClusterRecord, online ma
 	lastErr := map[string]string{}
 	if rec != nil {
 		st.Rollout, st.State, st.Started, st.Finished = rec.ID, rec.State, rec.Started, rec.Finished
+		st.Kind = rec.Kind
 		e.mu.Lock()
 		a := e.active[cr.Cluster]
 		e.mu.Unlock()

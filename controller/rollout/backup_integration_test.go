@@ -140,7 +140,7 @@ func TestBackupRestoreAgents(t *testing.T) {
 	if len(stage4) == 0 || maxOf(stage1) >= minOf(stage2) || maxOf(stage2) >= minOf(stage3) || maxOf(stage3) >= minOf(stage4) {
 		t.Fatalf("stages overlap (no barrier): %v, %v, %v, %v", stage1, stage2, stage3, stage4)
 	}
-	if s := f.status("bk"); s.Rollout != res.Rollout || s.State != protocol.RolloutDone {
+	if s := f.status("bk"); s.Rollout != res.Rollout || s.State != protocol.RolloutDone || s.Kind != "restore" {
 		t.Errorf("status = rollout %s %s, want the restore %s done", s.Rollout, s.State, res.Rollout)
 	}
 

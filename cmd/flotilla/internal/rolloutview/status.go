@@ -54,6 +54,9 @@ func statusHeader(c protocol.ClusterStatus) string {
 	}
 	if c.Rollout != "" {
 		h += ", rollout " + c.Rollout
+		if c.Kind == "restore" {
+			h += " (restore)"
+		}
 	}
 	if c.State != "" {
 		h += " " + c.State
