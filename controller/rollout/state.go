@@ -84,7 +84,7 @@ type appliedRecord struct {
 	// Cleanup: the rendered CLEANUP commands the node runs when it leaves.
 	Cleanup []cleanupRecord `json:"cleanup,omitempty"`
 	// Member: the node's membership in a managed role, with its LEAVE commands.
-	Member *memberRecord `json:"member,omitempty"`
+	Member  *memberRecord `json:"member,omitempty"`
 	Updated time.Time     `json:"updated"`
 }
 
