@@ -133,6 +133,13 @@ func leavers(in Input, removed []NodePlan, memberships map[string]*roleMembers, 
 				rm = r
 			}
 		}
+		if a := in.Applied[np.Node]; rm == nil && a.Member != nil && a.Member.Left && !np.Online {
+			// Left its membership while offline (an earlier evict): still gone, so
+			// nothing to wait for; its removal runs once it is back.
+			np.Membership = &Membership{Role: a.Member.Role}
+			evict = append(evict, np)
+			continue
+		}
 		if rm == nil {
 			remove = append(remove, np)
 			continue

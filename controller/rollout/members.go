@@ -106,7 +106,7 @@ func (r *rolloutRun) runMember(ctx context.Context, phase string, np *planner.No
 	} else if out, interrupted = r.runNodeTask(ctx, phase, np, base); interrupted {
 		return out, true
 	}
-	if len(ms.Leave) == 0 || (out.Status != protocol.NodeOK && out.Status != protocol.NodeUnreachable && phase != planner.PhaseEvict) {
+	if (len(ms.Leave) == 0 && phase != planner.PhaseEvict) || (out.Status != protocol.NodeOK && out.Status != protocol.NodeUnreachable && phase != planner.PhaseEvict) {
 		return out, false // a failed removal keeps its membership: the operator looks first
 	}
 	via, err := r.leave(ctx, phase, np)
@@ -119,6 +119,9 @@ func (r *rolloutRun) runMember(ctx context.Context, phase string, np *planner.No
 		return out, false
 	}
 	switch {
+	case phase == planner.PhaseEvict && via == "":
+		out.Status = protocol.NodeUnreachable
+		out.Error = fmt.Sprintf("offline and out of the %s membership; its CLEANUP and undo run once it is back online", ms.Role)
 	case phase == planner.PhaseEvict:
 		out.Status = protocol.NodeUnreachable
 		out.Error = fmt.Sprintf("offline: left the %s membership (LEAVE on %s); its CLEANUP and undo run once it is back online", ms.Role, via)

@@ -265,7 +265,10 @@ func (r *rolloutRun) finish(ctx context.Context, d time.Duration) *protocol.Appl
 	res := &protocol.ApplyResult{Rollout: r.rec.ID, Cluster: r.rec.Cluster, Image: r.plan.Image, ImageDigest: r.plan.ImageDigest,
 		Halted: r.halted, Resumed: r.rec.Resumes > 0, Duration: d, Nodes: r.ordered(), Health: r.health, OK: true}
 	for _, o := range res.Nodes {
-		if o.Status != protocol.NodeOK && o.Status != protocol.NodeNoop {
+		// A member evicted while its machine is offline left the membership as asked:
+		// only its own cleanup waits for the machine, and that does not fail the apply.
+		evicted := o.Phase == planner.PhaseEvict && o.Status == protocol.NodeUnreachable
+		if o.Status != protocol.NodeOK && o.Status != protocol.NodeNoop && !evicted {
 			res.OK = false
 		}
 	}
