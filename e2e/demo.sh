@@ -360,6 +360,27 @@ t=$(now)
 REAPPLY_S=$(since "$t")
 tail -12 "$LOGS/apply-again.log" | sed 's/^/    /'
 
+say "Membership: a fourth master joins (count 3 -> 4), then leaves (4 -> 3)"
+M4=demo-etcd-master-4
+sed -i 's/^\(      master: {count: \)3}/\14}/' "$CLUSTERFILE"
+grep -q 'master: {count: 4}' "$CLUSTERFILE" || die "could not raise the masters' count in $CLUSTERFILE"
+t=$(now)
+"$BIN" apply "${CTL[@]}" -f "$CLUSTERFILE" >"$LOGS/apply-join.log" 2>&1 || die "the apply adding $M4 failed; see $LOGS/apply-join.log"
+JOIN_S=$(since "$t")
+grep -E "join|health check|$M4: ok" "$LOGS/apply-join.log" | grep -v '^ *http' | head -8 | sed 's/^/    /'
+MEMBERS=$(ex "$M1" /usr/local/bin/etcdctl --endpoints http://127.0.0.1:2379 member list | grep -c ', started, ')
+[ "$MEMBERS" -eq 4 ] || die "etcd lists $MEMBERS started members after $M4 joined, want 4"
+GOT=$(ex "$M4" /usr/local/bin/etcdctl --endpoints http://127.0.0.1:2379 get --print-value-only flotilla-demo | tr -d '\r')
+[ "$GOT" = "$VALUE" ] || die "$M4 read '$GOT', want '$VALUE'"
+note "$M4 joined: 4 started members; it reads flotilla-demo: $GOT"
+sed -i 's/^\(      master: {count: \)4}/\13}/' "$CLUSTERFILE"
+t=$(now)
+"$BIN" apply "${CTL[@]}" -f "$CLUSTERFILE" >"$LOGS/apply-leave.log" 2>&1 || die "the apply removing $M4 failed; see $LOGS/apply-leave.log"
+LEAVE_S=$(since "$t")
+MEMBERS=$(ex "$M1" /usr/local/bin/etcdctl --endpoints http://127.0.0.1:2379 member list | grep -c ', started, ')
+[ "$MEMBERS" -eq 3 ] || die "etcd lists $MEMBERS started members after $M4 left, want 3"
+note "$M4 left: 3 started members, its machine destroyed"
+
 cp "$DIR/controller.log" "$LOGS/controller.log"
 trap - EXIT
 cat <<EOF
@@ -370,6 +391,8 @@ $(printf '\033[1m')flotilla demo: done in $(since "$T0")s$(printf '\033[0m')
   apply again            ${REAPPLY_S}s   (nothing to do)
   etcd: written on $M1, read back on $M3 and through the VIP on $N1
   failover               ${FAILOVER_S}s   ($M1's etcd stopped until lvscare dropped it; then 10 of 10 reads via the VIP)
+  a master joins         ${JOIN_S}s   (count 3 -> 4: machine made, etcd member add on a member, started, healthy)
+  a master leaves        ${LEAVE_S}s   (count 4 -> 3: etcd member remove, machine destroyed)
 
 The cluster keeps running. Try:
   $BIN status ${CTL[*]}

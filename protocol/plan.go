@@ -20,10 +20,18 @@ type ClusterPlan struct {
 
 // PlanPhase is a group of nodes run with a barrier after it.
 type PlanPhase struct {
-	Name        string     `json:"name"` // master0, master, node, a custom role, or PhaseRemove
+	Name        string     `json:"name"` // PhaseEvict, master0, master, node, a custom role, or PhaseRemove
 	Parallelism int        `json:"parallelism"`
 	Nodes       []NodePlan `json:"nodes"`
+	// Quorum: members of a quorum role, changed one at a time with the health
+	// check after each.
+	Quorum bool `json:"quorum,omitempty"`
 }
+
+// PhaseEvict is the first phase when there is one: members whose machine is
+// offline leave their role's membership (LEAVE on a member that stays) before any
+// member joins.
+const PhaseEvict = "evict"
 
 // PhaseRemove is the name of the last phase, holding the nodes that left the cluster.
 const PhaseRemove = "remove"
@@ -63,6 +71,22 @@ type NodePlan struct {
 	// stays only records them; a node that leaves the cluster (Action remove)
 	// runs them, last first, before its Undo.
 	Cleanup []PlannedStep `json:"cleanup,omitempty"`
+	// Membership is the node's part in a membership the image manages (QUORUM,
+	// JOIN, LEAVE): nil when it has none.
+	Membership *PlannedMembership `json:"membership,omitempty"`
+}
+
+// PlannedMembership is a node's membership in a role: its state and peers as its
+// templates see them, and the JOIN it needs before its work or the LEAVE after its
+// removal, each run on the first member of Via that is online.
+type PlannedMembership struct {
+	Role   string        `json:"role"`
+	Quorum bool          `json:"quorum,omitempty"`
+	State  string        `json:"state,omitempty"` // "new" (founding member) or "existing" (joined a running one)
+	Peers  []string      `json:"peers,omitempty"`
+	Join   []PlannedStep `json:"join,omitempty"`
+	Leave  []PlannedStep `json:"leave,omitempty"`
+	Via    []string      `json:"via,omitempty"`
 }
 
 // PlannedImages is a node's images step: the container images it imports

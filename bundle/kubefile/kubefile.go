@@ -284,18 +284,6 @@ func parseInstruction(l line) (Instruction, string) {
 		in.Pairs = pairs
 	case Copy, Add:
 		return parseCopy(in, kwU, rest)
-	case Join, Leave, Backup, Restore:
-		if in.Role == "" {
-			return in, fmt.Sprintf("%s needs a role: ON <role> %s <command>", kwU, kwU)
-		}
-		cmd, msg := shellCommand(rest)
-		if msg != "" {
-			return in, kwU + ": " + msg
-		}
-		if cmd == "" {
-			return in, kwU + " needs a command"
-		}
-		in.Args = []string{cmd}
 	case Quorum:
 		args := strings.Fields(rest)
 		if len(args) != 1 {
@@ -305,7 +293,10 @@ func parseInstruction(l line) (Instruction, string) {
 			return in, fmt.Sprintf("QUORUM %s: a quorum role is master, node or a custom lower-case role ([a-z][a-z0-9_-]*), not master0 or all", args[0])
 		}
 		in.Args = args
-	case Run, Cmd, Cleanup:
+	case Run, Cmd, Cleanup, Join, Leave, Backup, Restore:
+		if in.Role == "" && (kwU == Join || kwU == Leave || kwU == Backup || kwU == Restore) {
+			return in, fmt.Sprintf("%s needs a role: ON <role> %s <command>", kwU, kwU)
+		}
 		cmd, msg := shellCommand(rest)
 		if msg != "" {
 			return in, kwU + ": " + msg

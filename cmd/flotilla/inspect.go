@@ -196,9 +196,16 @@ func printImageInspect(w io.Writer, o inspectOutput) error {
 			fmt.Fprintf(tw, "  %s\t%s\t(line %d)\t\n", s.Kind, s.Command, s.Line)
 		}
 		tw.Flush()
+		writeLifecycle(w, p, r)
 	}
 	if p.Cmd != nil {
 		fmt.Fprintf(w, "\nCmd (on %s after every phase): %s\n", p.Cmd.Role, p.Cmd.Command)
+	}
+	if p.Backup != nil {
+		fmt.Fprintf(w, "Backup (on one member of %s, writes $FLOTILLA_BACKUP): %s\n", p.Backup.Role, p.Backup.Command)
+	}
+	for i, s := range p.Restore {
+		fmt.Fprintf(w, "Restore stage %d (on every member of %s): %s\n", i+1, s.Role, s.Command)
 	}
 	if len(p.Images) > 0 {
 		fmt.Fprintln(w, "\nCarried container images (served by every node's registry mirror):")
@@ -224,4 +231,21 @@ func imgSortedKeys(m map[string]string) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// writeLifecycle prints what a role's hosts do when they join, leave or are a
+// quorum (QUORUM, JOIN, LEAVE, CLEANUP).
+func writeLifecycle(w io.Writer, p *recipe.Recipe, role string) {
+	if p.IsQuorum(role) {
+		fmt.Fprintf(w, "  quorum: members join and leave one at a time, the health check after each; removing a majority at once is refused\n")
+	}
+	for _, s := range recipe.StepsOfRole(p.Join, role) {
+		fmt.Fprintf(w, "  join    %s  (line %d; on a member, before a new one starts)\n", s.Command, s.Line)
+	}
+	for _, s := range recipe.StepsOfRole(p.Leave, role) {
+		fmt.Fprintf(w, "  leave   %s  (line %d; on a member, after one left)\n", s.Command, s.Line)
+	}
+	for _, s := range recipe.StepsOfRole(p.Cleanup, role) {
+		fmt.Fprintf(w, "  cleanup %s  (line %d; on a host that leaves)\n", s.Command, s.Line)
+	}
 }

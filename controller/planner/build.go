@@ -38,6 +38,10 @@ func Plan(in Input) (*ClusterPlan, error) {
 	if err != nil {
 		return nil, err
 	}
+	memberships, err := planMembership(in, members)
+	if err != nil {
+		return nil, err
+	}
 
 	out := &ClusterPlan{Cluster: c.Name, Image: c.Image, ImageDigest: in.ImageDigest, VIP: c.VIP, Rollout: c.Rollout}
 	facts := ClusterFacts{Name: c.Name, VIP: c.VIP, Image: c.Image}
@@ -66,7 +70,11 @@ func Plan(in Input) (*ClusterPlan, error) {
 		if phase == recipe.RoleMaster {
 			index += len(byPhase[recipe.RoleMaster0])
 		}
-		np, err := nodePlan(in, c, m, facts, i == master0, index)
+		var ms *Membership
+		if rm := memberships[in.Image.MemberRole(m.host.Roles)]; rm != nil {
+			ms = rm.facts[m.agent.Name]
+		}
+		np, err := nodePlan(in, c, m, facts, i == master0, index, ms)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("node %s: %w", m.agent.Name, err))
 			continue
@@ -88,13 +96,80 @@ func Plan(in Input) (*ClusterPlan, error) {
 	total := len(members)
 	for _, ph := range order {
 		if nodes := byPhase[ph]; len(nodes) > 0 {
-			out.Phases = append(out.Phases, Phase{Name: ph, Parallelism: c.Rollout.ParallelismFor(ph, total), Nodes: nodes})
+			p := Phase{Name: ph, Parallelism: c.Rollout.ParallelismFor(ph, total), Nodes: nodes}
+			role := ph
+			if ph == recipe.RoleMaster0 {
+				role = recipe.RoleMaster
+			}
+			if rm := memberships[role]; rm != nil && rm.quorum {
+				p.Quorum, p.Parallelism = true, 1 // one member at a time
+			}
+			out.Phases = append(out.Phases, p)
 		}
 	}
-	if removed := removals(in, selected, order); len(removed) > 0 {
+	evict, removed, err := leavers(in, removals(in, selected, order), memberships, facts)
+	if err != nil {
+		return nil, err
+	}
+	if len(evict) > 0 {
+		out.Phases = append([]Phase{{Name: PhaseEvict, Parallelism: 1, Nodes: evict, Quorum: true}}, out.Phases...)
+	}
+	if len(removed) > 0 {
 		out.Phases = append(out.Phases, Phase{Name: PhaseRemove, Parallelism: c.Rollout.ParallelismFor(PhaseRemove, total), Nodes: removed})
 	}
 	return out, nil
+}
+
+// leavers gives each removed node that leaves a managed role's membership its LEAVE
+// commands (recorded when it was applied, else rendered from what is known of it),
+// and moves those whose machine is offline to the evict phase: they cannot run their
+// CLEANUP, and a dead member must leave the membership before another joins.
+func leavers(in Input, removed []NodePlan, memberships map[string]*roleMembers, facts ClusterFacts) (evict, remove []NodePlan, err error) {
+	c := &in.File.Cluster
+	for _, np := range removed {
+		var rm *roleMembers
+		for _, r := range memberships {
+			if slices.Contains(r.leaving, np.Node) {
+				rm = r
+			}
+		}
+		if a := in.Applied[np.Node]; rm == nil && a.Member != nil && a.Member.Left && !np.Online {
+			// Left its membership while offline (an earlier evict): still gone, so
+			// nothing to wait for; its removal runs once it is back.
+			np.Membership = &Membership{Role: a.Member.Role}
+			evict = append(evict, np)
+			continue
+		}
+		if rm == nil {
+			remove = append(remove, np)
+			continue
+		}
+		ms := &Membership{Role: rm.role, Quorum: rm.quorum, Via: rm.via}
+		a := in.Applied[np.Node]
+		if a.Member != nil && a.Member.Leave != nil {
+			ms.Leave = slices.Clone(a.Member.Leave)
+		} else {
+			ip := np.IP
+			if a.Member != nil && a.Member.IP != "" {
+				ip = a.Member.IP
+			}
+			data := &Data{Node: NodeFacts{Name: np.Node, IP: ip, Roles: np.Roles, Labels: map[string]string{}}, Cluster: facts,
+				Env: mergeEnv(in.Image.Env, c.Env), VIP: facts.VIP, Member: MemberFacts{Role: rm.role}}
+			if ms.Leave, err = renderMemberSteps(in.Image.Leave, rm.role, c, data.Env, data); err != nil {
+				return nil, nil, fmt.Errorf("node %s (leaving): LEAVE: %w", np.Node, err)
+			}
+		}
+		for i := range ms.Leave {
+			ms.Leave[i].Reason = "the node leaves the " + rm.role + " membership"
+		}
+		np.Membership = ms
+		if !np.Online {
+			evict = append(evict, np)
+			continue
+		}
+		remove = append(remove, np)
+	}
+	return evict, remove, nil
 }
 
 // phaseOrder is master0, master, node, then the image's custom roles in its order.
@@ -160,7 +235,7 @@ func nonNil(m map[string]string) map[string]string {
 
 // nodePlan renders one selected node's layers, files and steps and compares them with
 // what the node applied.
-func nodePlan(in Input, c *clusterfile.Cluster, m member, facts ClusterFacts, isMaster0 bool, index int) (*NodePlan, error) {
+func nodePlan(in Input, c *clusterfile.Cluster, m member, facts ClusterFacts, isMaster0 bool, index int, ms *Membership) (*NodePlan, error) {
 	img := in.Image
 	if p, ok := in.ImageByArch[m.agent.Arch]; ok && p != nil {
 		img = p
@@ -168,9 +243,17 @@ func nodePlan(in Input, c *clusterfile.Cluster, m member, facts ClusterFacts, is
 	roles := slices.Clone(m.host.Roles)
 	np := &NodePlan{Node: m.agent.Name, IP: m.ip, Online: m.agent.Online, Roles: roles, Master0: isMaster0, Index: index,
 		Env: mergeEnv(img.Env, c.Env, m.host.Env)}
-	applied, known := in.Applied[m.agent.Name]
+	applied, ok := in.Applied[m.agent.Name]
+	// A record holding only a membership (written before the node's first step) is
+	// not an applied node yet.
+	known := ok && (applied.Image != "" || len(applied.Steps)+len(applied.Layers)+len(applied.Files) > 0)
 	np.FromImage = applied.Image
 	data := dataFor(np, m, facts)
+	if ms != nil {
+		if err := planMember(img, c, np, ms, data); err != nil {
+			return nil, err
+		}
+	}
 
 	unpack, err := img.Unpack()
 	if err != nil {
@@ -275,6 +358,32 @@ func nodePlan(in Input, c *clusterfile.Cluster, m member, facts ClusterFacts, is
 	return np, nil
 }
 
+// planMember gives a member of a managed role its template facts, the LEAVE commands
+// its applied state keeps and, when it joins, the JOIN commands a member runs first.
+func planMember(img *recipe.Recipe, c *clusterfile.Cluster, np *NodePlan, ms *Membership, data *Data) error {
+	data.Member = MemberFacts{Role: ms.Role, State: ms.State, Peers: slices.Clone(ms.Peers)}
+	np.Membership = ms
+	leave, err := renderMemberSteps(img.Leave, ms.Role, c, np.Env, data)
+	if err != nil {
+		return fmt.Errorf("LEAVE: %w", err)
+	}
+	ms.Record.Leave = leave
+	if ms.Record.Joined {
+		ms.Via = nil
+		return nil
+	}
+	if len(ms.Via) == 0 {
+		return fmt.Errorf("joins the %s membership, but no member of it stays to run its JOIN: keep at least one member in this apply", ms.Role)
+	}
+	if ms.Join, err = renderMemberSteps(img.Join, ms.Role, c, np.Env, data); err != nil {
+		return fmt.Errorf("JOIN: %w", err)
+	}
+	for i := range ms.Join {
+		ms.Join[i].Reason = "runs on a member before " + np.Node + " joins"
+	}
+	return nil
+}
+
 // changedBefore explains why a known node runs a step again: the last changed input
 // before it, or the step itself (command, env or role) changed.
 func changedBefore(seq int, layers []Layer, files []File, images *Images) string {
@@ -296,7 +405,7 @@ func changedBefore(seq int, layers []Layer, files []File, images *Images) string
 }
 
 func (n *NodePlan) hasWork() bool {
-	if len(n.Undo) > 0 {
+	if len(n.Undo) > 0 || (n.Membership != nil && len(n.Membership.Join) > 0) {
 		return true
 	}
 	for _, l := range n.Layers {

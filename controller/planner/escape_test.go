@@ -176,7 +176,8 @@ func TestExamplesRenderUnchanged(t *testing.T) {
 			"ETCD_ELECTION_MS": "1000", "GREETING": "hello", "LVSCARE_PORT": "2379", "LVSCARE_BACKEND_PORT": "2379", "LVSCARE_HEALTH": "http",
 			"LVSCARE_HEALTH_PATH": "/health", "LVSCARE_INTERVAL": "1s", "LVSCARE_TIMEOUT": "1s", "LVSCARE_FALL": "2", "LVSCARE_RISE": "2",
 			"LVSCARE_DATAPLANE": "auto", "LVSCARE_METRICS": "127.0.0.1:9273"},
-		VIP: "10.103.97.2",
+		VIP:    "10.103.97.2",
+		Member: MemberFacts{Role: "master", State: MemberNew, Peers: []string{"10.0.0.11", "10.0.0.12", "10.0.0.13"}},
 	}
 	files, _ := filepath.Glob("../../examples/*/*.tmpl")
 	if len(files) == 0 {

@@ -54,6 +54,9 @@ type Applied struct {
 	// here, not rendered again at removal, because a leaving node's facts (its
 	// host entry, env, the masters it saw) may be gone from the Clusterfile.
 	Cleanup []Step
+	// Member is the node's membership in a role whose membership the image
+	// manages (nil: none).
+	Member *MemberRecord
 }
 
 // AppliedImage is one container image a node imported.
@@ -121,9 +124,12 @@ type ClusterPlan struct {
 
 // Phase is a group of nodes run with a barrier after it.
 type Phase struct {
-	Name        string     `json:"name"` // master0, master, node, a custom role, or remove
+	Name        string     `json:"name"` // evict, master0, master, node, a custom role, or remove
 	Parallelism int        `json:"parallelism"`
 	Nodes       []NodePlan `json:"nodes"`
+	// Quorum: the phase's nodes are members of a quorum role: one at a time, each
+	// that changed followed by the health check.
+	Quorum bool `json:"quorum,omitempty"`
 }
 
 // NodePlan is one node's work.
@@ -156,6 +162,9 @@ type NodePlan struct {
 	// image, nil where the node does not have the stage's role (backup.go).
 	Backup  *Step   `json:"-"`
 	Restore []*Step `json:"-"`
+	// Membership is the node's part in a managed role's membership (nil: none):
+	// the JOIN to run for it before its work, or the LEAVE after its removal.
+	Membership *Membership `json:"membership,omitempty"`
 }
 
 // Images is the container images a node gets, imported by one step placed after the

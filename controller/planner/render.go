@@ -18,6 +18,11 @@ type Data struct {
 	// mode by whether its template reads it.
 	Env map[string]string
 	VIP string // Cluster.VIP, short for Kubefile CMD lines such as `{{ .VIP }}:2379`
+	// Member is the node's membership in a managed role (zero: none): a founding
+	// member's State is "new", a joining one's "existing"; Peers are the members it
+	// starts with, itself included. Kept from the node's first apply, so a member's
+	// files do not change when others join or leave.
+	Member MemberFacts
 }
 
 // NodeFacts are the facts of the node a file is rendered for.

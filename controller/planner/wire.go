@@ -12,7 +12,7 @@ func (p *ClusterPlan) Wire() *protocol.ClusterPlan {
 		out.HealthCheck = &s
 	}
 	for _, ph := range p.Phases {
-		wp := protocol.PlanPhase{Name: ph.Name, Parallelism: ph.Parallelism, Nodes: make([]protocol.NodePlan, 0, len(ph.Nodes))}
+		wp := protocol.PlanPhase{Name: ph.Name, Parallelism: ph.Parallelism, Quorum: ph.Quorum, Nodes: make([]protocol.NodePlan, 0, len(ph.Nodes))}
 		for _, n := range ph.Nodes {
 			wp.Nodes = append(wp.Nodes, n.wire())
 		}
@@ -40,6 +40,16 @@ func (n *NodePlan) wire() protocol.NodePlan {
 		out.Cleanup = append(out.Cleanup, s.wire())
 	}
 	out.DropImages = n.DropImages
+	if ms := n.Membership; ms != nil {
+		w := &protocol.PlannedMembership{Role: ms.Role, Quorum: ms.Quorum, State: ms.State, Peers: ms.Peers, Via: ms.Via}
+		for _, s := range ms.Join {
+			w.Join = append(w.Join, s.wire())
+		}
+		for _, s := range ms.Leave {
+			w.Leave = append(w.Leave, s.wire())
+		}
+		out.Membership = w
+	}
 	if im := n.Images; im != nil {
 		w := &protocol.PlannedImages{Platform: im.Platform, Size: im.Size, Seq: im.Seq, Digest: im.Digest, Skip: im.Skip,
 			Images: make([]protocol.PlannedContainerImage, 0, len(im.Images)), Blobs: make([]protocol.PlannedBlob, 0, len(im.Blobs))}

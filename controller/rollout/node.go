@@ -31,10 +31,18 @@ type nodeState struct {
 // up to the Clusterfile's retries). A failing step is not retried. interrupted is
 // true when the engine stopped before the node ended.
 func (r *rolloutRun) runNode(ctx context.Context, phase string, np *planner.NodePlan) (out protocol.NodeOutcome, interrupted bool) {
+	if np.Membership != nil {
+		return r.runMember(ctx, phase, np)
+	}
+	return r.runNodeTask(ctx, phase, np, r.applied[np.Node])
+}
+
+// runNodeTask runs the node's own task from its applied state base.
+func (r *rolloutRun) runNodeTask(ctx context.Context, phase string, np *planner.NodePlan, base planner.Applied) (out protocol.NodeOutcome, interrupted bool) {
 	start := time.Now()
 	out = protocol.NodeOutcome{Node: np.Node, Phase: phase, Action: string(np.Action)}
 	defer func() { out.Duration = time.Since(start) }()
-	ns := &nodeState{applied: cloneApplied(r.applied[np.Node]), out: &out}
+	ns := &nodeState{applied: cloneApplied(base), out: &out}
 	if np.Action != planner.ActionRemove {
 		ns.applied.Roles = append([]string(nil), np.Roles...)
 	}
@@ -194,6 +202,9 @@ func (r *rolloutRun) stepDone(ctx context.Context, np *planner.NodePlan, nt *nod
 	if np.Action != planner.ActionRemove {
 		// Some of this image's work is on the node now: so is its way out.
 		ns.applied.Cleanup = np.Cleanup
+		if ms := np.Membership; ms != nil && ms.Record != nil {
+			ns.applied.Member = ms.Record
+		}
 	}
 	if err := r.e.state.putApplied(ctx, r.plan.Cluster, np.Node, ns.applied); err != nil {
 		r.e.log.Warn("record applied step", "cluster", r.plan.Cluster, "node", np.Node, "step", nt.steps[i].Name, "err", err)
@@ -233,6 +244,9 @@ func (r *rolloutRun) completeNode(ctx context.Context, np *planner.NodePlan, ns 
 		}
 	}
 	if np.Action == planner.ActionRemove {
+		if ms := np.Membership; ms != nil && len(ms.Leave) > 0 {
+			return // forgotten once it left the membership (runMember)
+		}
 		if err := r.e.state.deleteApplied(ctx, r.plan.Cluster, np.Node); err != nil {
 			r.e.log.Warn("forget removed node", "cluster", r.plan.Cluster, "node", np.Node, "err", err)
 		}
@@ -249,7 +263,11 @@ func (r *rolloutRun) completeNode(ctx context.Context, np *planner.NodePlan, ns 
 	}
 	a.Steps = keep
 	a.Cleanup = np.Cleanup
-	if np.Action == planner.ActionNoop && known && prev.Image == a.Image && equalStrings(prev.Roles, a.Roles) && sameCleanup(prev.Cleanup, a.Cleanup) {
+	if ms := np.Membership; ms != nil && ms.Record != nil {
+		a.Member = ms.Record
+	}
+	if np.Action == planner.ActionNoop && known && prev.Image == a.Image && equalStrings(prev.Roles, a.Roles) && sameCleanup(prev.Cleanup, a.Cleanup) &&
+		sameMember(prev.Member, a.Member) {
 		return // nothing changed: no write, so a no-op apply stays fast
 	}
 	if err := r.e.state.putApplied(ctx, r.plan.Cluster, np.Node, *a); err != nil {
@@ -319,7 +337,26 @@ func cloneApplied(a planner.Applied) planner.Applied {
 	return planner.Applied{Image: a.Image, Roles: append([]string(nil), a.Roles...), Layers: append([]string(nil), a.Layers...),
 		Steps: append([]string(nil), a.Steps...), Files: append([]planner.AppliedFile(nil), a.Files...),
 		Services: append([]string(nil), a.Services...), Images: append([]planner.AppliedImage(nil), a.Images...), ImagesDigest: a.ImagesDigest,
-		Cleanup: append([]planner.Step(nil), a.Cleanup...)}
+		Cleanup: append([]planner.Step(nil), a.Cleanup...), Member: cloneMember(a.Member)}
+}
+
+func cloneMember(m *planner.MemberRecord) *planner.MemberRecord {
+	if m == nil {
+		return nil
+	}
+	c := *m
+	c.Peers = slices.Clone(m.Peers)
+	c.Leave = slices.Clone(m.Leave)
+	return &c
+}
+
+// sameMember tells whether two membership records say the same.
+func sameMember(a, b *planner.MemberRecord) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.Role == b.Role && a.IP == b.IP && a.State == b.State && slices.Equal(a.Peers, b.Peers) &&
+		a.Joined == b.Joined && a.Left == b.Left && sameCleanup(a.Leave, b.Leave)
 }
 
 // sameCleanup tells whether two recorded CLEANUP lists run the same commands

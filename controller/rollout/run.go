@@ -55,6 +55,10 @@ type rolloutRun struct {
 	applied map[string]planner.Applied // at plan time
 	prev    map[string]protocol.NodeOutcome
 
+	// memberMu makes membership changes of quorum roles, and members leaving, one
+	// at a time (members.go).
+	memberMu sync.Mutex
+
 	mu        sync.Mutex
 	halted    bool
 	outcomes  map[string]protocol.NodeOutcome
@@ -68,6 +72,13 @@ type rolloutRun struct {
 func (r *rolloutRun) run(ctx context.Context) *protocol.ApplyResult {
 	start := time.Now()
 	r.emit(protocol.RolloutEvent{Type: protocol.RolloutEventStart, Line: r.rec.Kind + " " + r.plan.Image})
+	if err := r.recordFounders(ctx); err != nil {
+		r.mu.Lock()
+		r.halted, r.unhealthy = true, true
+		r.health = err.Error()
+		r.rec.Health = r.health
+		r.mu.Unlock()
+	}
 	for _, ph := range r.plan.Phases {
 		if r.isHalted() {
 			r.notStarted(ph)
@@ -140,7 +151,7 @@ func (r *rolloutRun) haltsOn(phase string, out protocol.NodeOutcome) bool {
 	case protocol.NodeFailed:
 		return true
 	case protocol.NodeUnreachable:
-		return phase != planner.PhaseRemove
+		return phase != planner.PhaseRemove && phase != planner.PhaseEvict
 	}
 	return false
 }
@@ -191,26 +202,33 @@ func (r *rolloutRun) emit(ev protocol.RolloutEvent) {
 	r.act.emit(ev)
 }
 
-// healthCheck runs the image's CMD on master0 after a phase that changed something.
+// healthCheck runs the image's CMD after a phase that changed something (a quorum
+// phase checked after each member already).
 func (r *rolloutRun) healthCheck(ctx context.Context, ph planner.Phase) {
-	hc := r.plan.HealthCheck
-	if hc == nil || ph.Name == planner.PhaseRemove || r.isHalted() {
+	if ph.Name == planner.PhaseRemove || ph.Name == planner.PhaseEvict || ph.Quorum {
 		return
 	}
 	changed := false
 	for _, np := range ph.Nodes {
 		changed = changed || np.Action != planner.ActionNoop
 	}
-	var master0 string
-	for _, np := range r.plan.Nodes() {
-		if np.Master0 {
-			master0 = np.Node
-		}
+	if changed {
+		r.checkHealth(ctx, ph.Name)
 	}
-	if !changed || master0 == "" {
+}
+
+// checkHealth runs the image's CMD on master0 (healthNode) now; a failure halts the
+// rollout under onFailure halt.
+func (r *rolloutRun) checkHealth(ctx context.Context, phase string) {
+	hc := r.plan.HealthCheck
+	if hc == nil || r.isHalted() {
 		return
 	}
-	task := &protocol.Task{Node: master0, Cluster: r.plan.Cluster, Image: r.plan.ImageDigest, Steps: []protocol.Step{{
+	node := r.healthNode()
+	if node == "" {
+		return
+	}
+	task := &protocol.Task{Node: node, Cluster: r.plan.Cluster, Image: r.plan.ImageDigest, Steps: []protocol.Step{{
 		Name: "health: " + oneLine(hc.Command, 60), Kind: protocol.KindRun, Shell: hc.Command, Env: hc.Env, Timeout: min(hc.Timeout, 5*time.Minute)}}}
 	if task.Steps[0].Timeout <= 0 {
 		task.Steps[0].Timeout = time.Minute
@@ -224,9 +242,9 @@ func (r *rolloutRun) healthCheck(ctx context.Context, ph planner.Phase) {
 	msg := lines.String()
 	switch {
 	case err != nil:
-		msg = "health check on " + master0 + " did not run: " + err.Error()
+		msg = "health check on " + node + " did not run: " + err.Error()
 	case !res.OK:
-		msg = "health check on " + master0 + " failed (exit " + itoa(res.ExitCode) + "): " + msg
+		msg = "health check on " + node + " failed (exit " + itoa(res.ExitCode) + "): " + msg
 	}
 	failed := err != nil || !res.OK
 	r.mu.Lock()
@@ -237,7 +255,7 @@ func (r *rolloutRun) healthCheck(ctx context.Context, ph planner.Phase) {
 		r.halted = true
 	}
 	r.mu.Unlock()
-	r.emit(protocol.RolloutEvent{Type: protocol.RolloutEventHealth, Phase: ph.Name, Node: master0, Line: msg})
+	r.emit(protocol.RolloutEvent{Type: protocol.RolloutEventHealth, Phase: phase, Node: node, Line: msg})
 }
 
 // finish stores the final record and builds the result.
@@ -247,7 +265,10 @@ func (r *rolloutRun) finish(ctx context.Context, d time.Duration) *protocol.Appl
 	res := &protocol.ApplyResult{Rollout: r.rec.ID, Cluster: r.rec.Cluster, Image: r.plan.Image, ImageDigest: r.plan.ImageDigest,
 		Halted: r.halted, Resumed: r.rec.Resumes > 0, Duration: d, Nodes: r.ordered(), Health: r.health, OK: true}
 	for _, o := range res.Nodes {
-		if o.Status != protocol.NodeOK && o.Status != protocol.NodeNoop {
+		// A member evicted while its machine is offline left the membership as asked:
+		// only its own cleanup waits for the machine, and that does not fail the apply.
+		evicted := o.Phase == planner.PhaseEvict && o.Status == protocol.NodeUnreachable
+		if o.Status != protocol.NodeOK && o.Status != protocol.NodeNoop && !evicted {
 			res.OK = false
 		}
 	}

@@ -87,7 +87,15 @@ type appliedRecord struct {
 	ImagesDigest string                 `json:"imagesDigest,omitempty"`
 	// Cleanup: the rendered CLEANUP commands the node runs when it leaves.
 	Cleanup []cleanupRecord `json:"cleanup,omitempty"`
-	Updated time.Time       `json:"updated"`
+	// Member: the node's membership in a managed role, with its LEAVE commands.
+	Member  *memberRecord `json:"member,omitempty"`
+	Updated time.Time     `json:"updated"`
+}
+
+// memberRecord is a planner.MemberRecord as stored, its LEAVE commands with their env.
+type memberRecord struct {
+	planner.MemberRecord
+	Leave []cleanupRecord `json:"leave,omitempty"`
 }
 
 // cleanupRecord is a planner.Step of Applied.Cleanup as stored: with its env,
@@ -103,8 +111,9 @@ type cleanupRecord struct {
 func toRecord(a planner.Applied) appliedRecord {
 	r := appliedRecord{Image: a.Image, Roles: a.Roles, Layers: a.Layers, Steps: a.Steps, Files: a.Files, Services: a.Services,
 		Images: a.Images, ImagesDigest: a.ImagesDigest}
-	for _, c := range a.Cleanup {
-		r.Cleanup = append(r.Cleanup, cleanupRecord{Command: c.Command, Role: c.Role, Line: c.Line, Timeout: c.Timeout, Env: c.Env})
+	r.Cleanup = toStepRecords(a.Cleanup)
+	if a.Member != nil {
+		r.Member = &memberRecord{MemberRecord: *a.Member, Leave: toStepRecords(a.Member.Leave)}
 	}
 	return r
 }
@@ -112,10 +121,29 @@ func toRecord(a planner.Applied) appliedRecord {
 func (r appliedRecord) applied() planner.Applied {
 	a := planner.Applied{Image: r.Image, Roles: r.Roles, Layers: r.Layers, Steps: r.Steps, Files: r.Files, Services: r.Services,
 		Images: r.Images, ImagesDigest: r.ImagesDigest}
-	for _, c := range r.Cleanup {
-		a.Cleanup = append(a.Cleanup, planner.Step{Kind: recipe.KindRun, Command: c.Command, Role: c.Role, Line: c.Line, Timeout: c.Timeout, Env: c.Env})
+	a.Cleanup = fromStepRecords(r.Cleanup)
+	if r.Member != nil {
+		m := r.Member.MemberRecord
+		m.Leave = fromStepRecords(r.Member.Leave)
+		a.Member = &m
 	}
 	return a
+}
+
+func toStepRecords(steps []planner.Step) []cleanupRecord {
+	var out []cleanupRecord
+	for _, c := range steps {
+		out = append(out, cleanupRecord{Command: c.Command, Role: c.Role, Line: c.Line, Timeout: c.Timeout, Env: c.Env})
+	}
+	return out
+}
+
+func fromStepRecords(recs []cleanupRecord) []planner.Step {
+	var out []planner.Step
+	for _, c := range recs {
+		out = append(out, planner.Step{Kind: recipe.KindRun, Command: c.Command, Role: c.Role, Line: c.Line, Timeout: c.Timeout, Env: c.Env})
+	}
+	return out
 }
 
 // state is the engine's view of its KV buckets.

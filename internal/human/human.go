@@ -64,6 +64,16 @@ func TermSafe(s string) string {
 	return b.String()
 }
 
+// TermSafeLines is TermSafe for text of several lines (a health check's
+// output): each line made safe, the line breaks kept.
+func TermSafeLines(s string) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	for i, l := range lines {
+		lines[i] = TermSafe(strings.TrimSuffix(l, "\r"))
+	}
+	return strings.Join(lines, "\n")
+}
+
 func isControl(r rune) bool {
 	return r < 0x20 && r != '\t' || r == 0x7f || r >= 0x80 && r <= 0x9f
 }

@@ -74,7 +74,7 @@ func (b *Bars) Event(ev protocol.RolloutEvent) {
 	case protocol.RolloutEventPhase:
 		above = append(above, "phase "+ev.Phase+suffix(ev.Line))
 	case protocol.RolloutEventHealth:
-		above = append(above, "health check: "+ev.Line)
+		above = append(above, healthLines(ev.Line)...)
 	case protocol.RolloutEventInfra:
 		above = append(above, "infra: "+ev.Line)
 	case protocol.RolloutEventOutput:

@@ -83,7 +83,9 @@ func (p *Plain) Event(ev protocol.RolloutEvent) {
 	case protocol.RolloutEventPhaseDone:
 		p.line(ev, "phase "+ev.Phase+" done"+suffix(ev.Line))
 	case protocol.RolloutEventHealth:
-		p.line(ev, "health check: "+ev.Line)
+		for _, l := range healthLines(ev.Line) {
+			p.line(ev, l)
+		}
 	case protocol.RolloutEventInfra:
 		p.line(ev, "infra: "+ev.Line)
 	case protocol.RolloutEventDone:

@@ -75,6 +75,15 @@ func WritePlan(w io.Writer, p *protocol.ClusterPlan) error {
 			continue
 		}
 		fmt.Fprintf(w, "\n%s (%s):\n", n.Node, n.Action)
+		if ms := n.Membership; ms != nil && len(ms.Join) > 0 {
+			fmt.Fprintf(w, "  joins the %s membership (%s, peers %s); first, on member %s:\n", ms.Role, ms.State, strings.Join(ms.Peers, " "), viaList(ms.Via))
+			for _, s := range ms.Join {
+				fmt.Fprintf(w, "  > join %s (Kubefile line %d)\n", s.Command, s.Line)
+			}
+		}
+		if n.Action == protocol.ActionRemove && !n.Online {
+			fmt.Fprintf(w, "  offline: its cleanup and undo wait until it is back\n")
+		}
 		if n.Action == protocol.ActionRemove {
 			for i := len(n.Cleanup) - 1; i >= 0; i-- {
 				fmt.Fprintf(w, "  > cleanup %s (Kubefile line %d)\n", n.Cleanup[i].Command, n.Cleanup[i].Line)
@@ -117,11 +126,28 @@ func WritePlan(w io.Writer, p *protocol.ClusterPlan) error {
 		for _, name := range n.DropImages {
 			fmt.Fprintf(w, "  - image %s (no longer carried for this node: garbage-collected from its cache)\n", name)
 		}
+		if ms := n.Membership; ms != nil && len(ms.Leave) > 0 {
+			fmt.Fprintf(w, "  then it leaves the %s membership, on member %s:\n", ms.Role, viaList(ms.Via))
+			for _, s := range ms.Leave {
+				fmt.Fprintf(w, "  > leave %s (Kubefile line %d)\n", s.Command, s.Line)
+			}
+		}
+		if ms := n.Membership; ms != nil && ms.Quorum && n.Action != protocol.ActionNoop && p.HealthCheck != nil {
+			fmt.Fprintf(w, "  then the health check (quorum role %s: one member at a time)\n", ms.Role)
+		}
 	}
 	if p.HealthCheck != nil {
 		fmt.Fprintf(w, "\nhealth check on master0 after every phase: %s\n", p.HealthCheck.Command)
 	}
 	return nil
+}
+
+// viaList names the members that may run a JOIN or LEAVE: the first online one does.
+func viaList(via []string) string {
+	if len(via) <= 1 {
+		return strings.Join(via, "")
+	}
+	return via[0] + " (else " + strings.Join(via[1:], ", ") + ")"
 }
 
 // writeImages lists the container images of a node's images step.

@@ -5,6 +5,7 @@ package rolloutview
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/flotilla-dev/flotilla/internal/human"
@@ -149,10 +150,28 @@ func plural(n int, word string) string {
 	return fmt.Sprintf("%d %ss", n, word)
 }
 
+// healthLines is a health check's output as printed: its first line after the
+// label, the others indented under it.
+func healthLines(out string) []string {
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	for i := range lines {
+		if i == 0 {
+			lines[i] = "health check: " + lines[i]
+		} else {
+			lines[i] = "  " + lines[i]
+		}
+	}
+	return lines
+}
+
 // safeEvent makes the text a node put into ev terminal-safe (human.TermSafe):
 // output lines, step names and the outcome's error and last lines.
 func safeEvent(ev protocol.RolloutEvent) protocol.RolloutEvent {
-	ev.Line, ev.StepName, ev.Node = human.TermSafe(ev.Line), human.TermSafe(ev.StepName), human.TermSafe(ev.Node)
+	line := human.TermSafe(ev.Line)
+	if ev.Type == protocol.RolloutEventHealth {
+		line = human.TermSafeLines(ev.Line) // several lines: each printed as one
+	}
+	ev.Line, ev.StepName, ev.Node = line, human.TermSafe(ev.StepName), human.TermSafe(ev.Node)
 	if ev.Outcome != nil {
 		o := safeOutcome(*ev.Outcome)
 		ev.Outcome = &o

@@ -405,3 +405,23 @@ func (c *fakeConsole) String() string {
 	defer c.mu.Unlock()
 	return c.rendered.String()
 }
+
+// TestHealthOutputAsLines: a health check's several lines print as lines (they
+// printed as one with literal \n), each still terminal-safe.
+func TestHealthOutputAsLines(t *testing.T) {
+	out := "http://10.0.0.7:2379 is healthy\nhttp://10.0.0.3:2379 is \x1b[2Jhealthy\netcd cluster healthy\n"
+	var buf bytes.Buffer
+	r := NewPlain(&buf, Options{})
+	r.Event(protocol.RolloutEvent{Type: protocol.RolloutEventHealth, Line: out})
+	r.Close()
+	res := protocol.ApplyResult{OK: true, Health: out}
+	if err := WriteSummary(&buf, &res); err != nil {
+		t.Fatal(err)
+	}
+	got := buf.String()
+	if strings.Contains(got, `\n`) || strings.Contains(got, "\x1b") {
+		t.Fatalf("health output not printed as safe lines:\n%s", got)
+	}
+	assertInOrder(t, got, []string{"health check: http://10.0.0.7:2379 is healthy\n", "  http://10.0.0.3:2379 is \\x1b[2Jhealthy\n", "  etcd cluster healthy\n",
+		"health check: http://10.0.0.7:2379 is healthy\n", "  etcd cluster healthy\n"})
+}

@@ -15,7 +15,10 @@ import (
 func Problems(res *protocol.ApplyResult) []protocol.NodeOutcome {
 	var out []protocol.NodeOutcome
 	for _, o := range res.Nodes {
-		if Problem(o.Status) {
+		// A member evicted while offline left its membership as asked (its own cleanup
+		// waits for the machine): reported in the table, not a failure.
+		evicted := o.Phase == protocol.PhaseEvict && o.Status == protocol.NodeUnreachable
+		if Problem(o.Status) && !evicted {
 			out = append(out, o)
 		}
 	}
@@ -43,7 +46,7 @@ func Err(res *protocol.ApplyResult) error {
 // node, its failing step, exit code and last output lines.
 func WriteSummary(w io.Writer, res *protocol.ApplyResult) error {
 	safe := *res
-	safe.Health = human.TermSafe(res.Health)
+	safe.Health = human.TermSafeLines(res.Health)
 	safe.Nodes = make([]protocol.NodeOutcome, len(res.Nodes))
 	for i, o := range res.Nodes {
 		safe.Nodes[i] = safeOutcome(o)
@@ -102,7 +105,9 @@ func WriteSummary(w io.Writer, res *protocol.ApplyResult) error {
 		fmt.Fprintln(w, "the rollout halted after a failure (onFailure: halt): nodes not started were left as they were")
 	}
 	if res.Health != "" {
-		fmt.Fprintf(w, "health check: %s\n", strings.TrimSpace(res.Health))
+		for _, l := range healthLines(res.Health) {
+			fmt.Fprintln(w, l)
+		}
 	}
 
 	for _, o := range res.Nodes {
