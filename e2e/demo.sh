@@ -381,6 +381,27 @@ MEMBERS=$(ex "$M1" /usr/local/bin/etcdctl --endpoints http://127.0.0.1:2379 memb
 [ "$MEMBERS" -eq 3 ] || die "etcd lists $MEMBERS started members after $M4 left, want 3"
 note "$M4 left: 3 started members, its machine destroyed"
 
+say "Backup and restore: back up, write more, restore; what came after the backup is gone"
+etcdm() { n=$1; shift; ex "$n" /usr/local/bin/etcdctl --endpoints http://127.0.0.1:2379 "$@" | tr -d '\r'; }
+etcdm "$M1" put flotilla-before "written before the backup" >/dev/null
+t=$(now)
+"$BIN" backup "${CTL[@]}" demo-etcd -o json >"$LOGS/backup.json" 2>"$LOGS/backup.log" || die "flotilla backup failed; see $LOGS/backup.log"
+BACKUP_S=$(since "$t")
+REF=$(sed -n 's/.*"ref": *"\([^"]*\)".*/\1/p' "$LOGS/backup.json" | head -1)
+[ -n "$REF" ] || die "flotilla backup printed no reference; see $LOGS/backup.json"
+"$BIN" backups "${CTL[@]}" demo-etcd | sed 's/^/    /'
+etcdm "$M2" put flotilla-after "written after the backup" >/dev/null
+t=$(now)
+"$BIN" restore "${CTL[@]}" demo-etcd --from "$REF" >"$LOGS/restore.log" 2>&1 || die "flotilla restore failed; see $LOGS/restore.log"
+RESTORE_S=$(since "$t")
+BEFORE=$(etcdm "$M3" get --print-value-only flotilla-before)
+AFTER=$(etcdm "$M1" get --print-value-only flotilla-after)
+[ "$BEFORE" = "written before the backup" ] || die "after the restore $M3 reads flotilla-before as '$BEFORE'"
+[ -z "$AFTER" ] || die "after the restore $M1 still has flotilla-after ('$AFTER'): the restore did not take"
+MEMBERS=$(etcdm "$M1" member list | grep -c ', started, ')
+[ "$MEMBERS" -eq 3 ] || die "etcd lists $MEMBERS started members after the restore, want 3"
+note "restored $REF: flotilla-before is there, flotilla-after is gone, 3 started members"
+
 cp "$DIR/controller.log" "$LOGS/controller.log"
 trap - EXIT
 cat <<EOF
@@ -393,9 +414,12 @@ $(printf '\033[1m')flotilla demo: done in $(since "$T0")s$(printf '\033[0m')
   failover               ${FAILOVER_S}s   ($M1's etcd stopped until lvscare dropped it; then 10 of 10 reads via the VIP)
   a master joins         ${JOIN_S}s   (count 3 -> 4: machine made, etcd member add on a member, started, healthy)
   a master leaves        ${LEAVE_S}s   (count 4 -> 3: etcd member remove, machine destroyed)
+  backup                 ${BACKUP_S}s   (etcd snapshot on one master, stored as an OCI artifact: $REF)
+  restore                ${RESTORE_S}s   (on 3 masters: stop, snapshot restore as a new cluster, start, healthy)
 
 The cluster keeps running. Try:
   $BIN status ${CTL[*]}
+  $BIN backups ${CTL[*]}
   $FLEET -name $FLEET_NAME exec $M2 etcdctl member list
   $FLEET -name $FLEET_NAME exec $N1 etcdctl --endpoints http://$VIP:2379 get flotilla-demo
   edit the counts in $CLUSTERFILE and apply it again: $BIN apply ${CTL[*]} -f $CLUSTERFILE

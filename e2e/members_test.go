@@ -17,11 +17,11 @@ import (
 	"github.com/flotilla-dev/flotilla/sandbox"
 )
 
-// The membership scenarios of issue 24 on examples/etcd (fleet fltem, 10.77.14.0/28:
-// host .1, node1..node6 = .2-.7).
+// The membership scenarios of issue 24 on examples/etcd (fleet fltem, 10.77.14.16/28:
+// host .17, node1..node6 = .18-.23).
 const (
 	memberFleet  = "fltem"
-	memberSubnet = "10.77.14.0/28"
+	memberSubnet = "10.77.14.16/28"
 )
 
 // TestEtcdMembership grows and shrinks examples/etcd's masters one apply at a time

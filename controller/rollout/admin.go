@@ -249,8 +249,12 @@ func (e *Engine) start(ctx context.Context, kind string, cr *ClusterRecord, p *p
 			}
 			return a, stop, nil // attach: same request, already running
 		}
-		return nil, nil, fmt.Errorf("cluster %s: %s rollout %s is running since %s with another Clusterfile: wait for it to end (flotilla status %s) and apply again",
-			cr.Cluster, a.rec.Kind, a.rec.ID, a.rec.Started.Format(time.RFC3339), cr.Cluster)
+		why := "with another Clusterfile"
+		if a.rec.Kind != kind {
+			why = "(a " + a.rec.Kind + ", not a " + kind + ")"
+		}
+		return nil, nil, fmt.Errorf("cluster %s: %s rollout %s is running since %s %s: wait for it to end (flotilla status %s) and %s again",
+			cr.Cluster, a.rec.Kind, a.rec.ID, a.rec.Started.Format(time.RFC3339), why, cr.Cluster, kind)
 	}
 	now := time.Now().UTC()
 	rec := &Record{ID: plane.NewTaskID(), Cluster: cr.Cluster, Kind: kind, State: StateRunning, Image: cr.Image,
