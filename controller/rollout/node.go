@@ -59,9 +59,7 @@ func (r *rolloutRun) runNodeTask(ctx context.Context, phase string, np *planner.
 	out.Steps = len(nt.steps)
 	r.emit(protocol.RolloutEvent{Type: protocol.RolloutEventNodeStart, Phase: phase, Node: np.Node, Steps: len(nt.steps)})
 
-	backoff := r.e.opts.RetryBackoff
-	var offlineSince time.Time
-	lost := 0
+	rt := r.e.newRetry(np.Node, r.retries())
 	for attempt := 1; ; attempt++ {
 		res, dispatched, err := r.attempt(ctx, phase, np, nt, ns)
 		if dispatched {
@@ -79,8 +77,7 @@ func (r *rolloutRun) runNodeTask(ctx context.Context, phase string, np *planner.
 		case err == nil && res.Canceled && !res.TimedOut:
 			// Not canceled by us (ctx is live): the agent stopped the task itself, as it
 			// does when its node shuts down or reboots. Retry it like a lost attempt.
-			offlineSince = time.Time{}
-			if lost++; lost > r.retries() {
+			if !rt.lostAttempt() {
 				r.stepFailed(&out, nt, ns, res)
 				return out, false
 			}
@@ -89,32 +86,24 @@ func (r *rolloutRun) runNodeTask(ctx context.Context, phase string, np *planner.
 			r.stepFailed(&out, nt, ns, res)
 			return out, false
 		case !dispatched && errors.Is(err, plane.ErrNodeOffline):
-			if offlineSince.IsZero() {
-				offlineSince = time.Now()
-			}
-			if waited := time.Since(offlineSince); waited >= r.e.opts.UnreachableTimeout {
-				out.Status = protocol.NodeUnreachable
-				out.Error = fmt.Sprintf("node %s offline for %s (unreachable timeout %s): %v", np.Node, waited.Round(time.Second), r.e.opts.UnreachableTimeout, err)
+			var gaveUp error
+			if why, gaveUp = rt.offline(err); gaveUp != nil {
+				out.Status, out.Error = protocol.NodeUnreachable, gaveUp.Error()
 				return out, false
 			}
-			why = fmt.Sprintf("node %s is offline; retrying (reported unreachable after %s)", np.Node, r.e.opts.UnreachableTimeout)
 		default:
-			offlineSince = time.Time{}
-			if lost++; lost > r.retries() {
+			if !rt.lostAttempt() {
 				out.Status = protocol.NodeFailed
 				out.Error = fmt.Sprintf("gave up after %d attempts: %v", out.Attempts, err)
 				return out, false
 			}
 			why = fmt.Sprintf("attempt %d lost: %v; retrying", attempt, err)
 		}
-		r.e.log.Info("node retry", "cluster", r.plan.Cluster, "node", np.Node, "attempt", attempt, "backoff", backoff, "why", why)
+		r.e.log.Info("node retry", "cluster", r.plan.Cluster, "node", np.Node, "attempt", attempt, "why", why)
 		r.emit(protocol.RolloutEvent{Type: protocol.RolloutEventRetry, Phase: phase, Node: np.Node, Line: why})
-		select {
-		case <-ctx.Done():
+		if !rt.wait(ctx) {
 			return out, true
-		case <-time.After(backoff):
 		}
-		backoff = min(2*backoff, r.e.opts.MaxBackoff)
 	}
 }
 

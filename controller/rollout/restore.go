@@ -423,9 +423,7 @@ func (r *restoreRun) runNode(ctx context.Context, phase string, np *planner.Node
 		env = map[string]string{}
 	}
 	env[EnvRestore] = r.rec.ID
-	backoff := r.e.opts.RetryBackoff
-	var offlineSince time.Time
-	lost := 0
+	rt := r.e.newRetry(np.Node, r.in.plan.Rollout.Retries)
 	for attempt := 1; ; attempt++ {
 		expires := time.Now().Add(r.e.opts.TaskTTL)
 		step := protocol.Step{Name: name, Kind: protocol.KindRestore, Shell: st.Command, Env: env, Timeout: timeout}
@@ -451,29 +449,21 @@ func (r *restoreRun) runNode(ctx context.Context, phase string, np *planner.Node
 			out.LastOutput = append([]string(nil), lines.lines...)
 			return out, false
 		case errors.Is(err, plane.ErrNodeOffline):
-			if offlineSince.IsZero() {
-				offlineSince = time.Now()
-			}
-			if waited := time.Since(offlineSince); waited >= r.e.opts.UnreachableTimeout {
-				out.Status = protocol.NodeUnreachable
-				out.Error = fmt.Sprintf("node %s offline for %s (unreachable timeout %s): %v", np.Node, waited.Round(time.Second), r.e.opts.UnreachableTimeout, err)
+			var gaveUp error
+			if why, gaveUp = rt.offline(err); gaveUp != nil {
+				out.Status, out.Error = protocol.NodeUnreachable, gaveUp.Error()
 				return out, false
 			}
-			why = fmt.Sprintf("node %s is offline; retrying (reported unreachable after %s)", np.Node, r.e.opts.UnreachableTimeout)
 		default:
-			offlineSince = time.Time{}
-			if lost++; lost > r.in.plan.Rollout.Retries {
+			if !rt.lostAttempt() {
 				out.Status, out.Error = protocol.NodeFailed, fmt.Sprintf("gave up after %d attempts: %v", attempt, err)
 				return out, false
 			}
 			why = fmt.Sprintf("attempt %d lost: %v; retrying", attempt, err)
 		}
 		r.emit(protocol.RolloutEvent{Type: protocol.RolloutEventRetry, Phase: phase, Node: np.Node, Line: why})
-		select {
-		case <-ctx.Done():
+		if !rt.wait(ctx) {
 			return out, true
-		case <-time.After(backoff):
 		}
-		backoff = min(2*backoff, r.e.opts.MaxBackoff)
 	}
 }

@@ -80,3 +80,26 @@ func TestWritePlanImages(t *testing.T) {
 		t.Errorf("re-apply plan does not show n1's 2 images as present:\n%s", text.String())
 	}
 }
+
+// TestWritePlanMembership: a joining member's JOIN shows before its work with
+// the member it runs on, a leaving one's LEAVE after its undo, in their order.
+func TestWritePlanMembership(t *testing.T) {
+	join := &protocol.PlannedMembership{Role: "master", Quorum: true, State: "existing", Peers: []string{"10.0.0.1", "10.0.0.4"}, Via: []string{"m1", "m2"},
+		Join: []protocol.PlannedStep{{Kind: protocol.KindRun, Command: "member add 10.0.0.4", Line: 7}}}
+	leave := &protocol.PlannedMembership{Role: "master", Quorum: true, Via: []string{"m1"},
+		Leave: []protocol.PlannedStep{{Kind: protocol.KindRun, Command: "member remove 10.0.0.3", Line: 8}}}
+	p := &protocol.ClusterPlan{Cluster: "demo", Image: "reg/etcd:1", HealthCheck: &protocol.PlannedStep{Command: "health"},
+		Phases: []protocol.PlanPhase{
+			{Name: protocol.PhaseEvict, Parallelism: 1, Quorum: true, Nodes: []protocol.NodePlan{{Node: "m3", Action: protocol.ActionRemove, Membership: leave}}},
+			{Name: "master", Parallelism: 1, Quorum: true, Nodes: []protocol.NodePlan{{Node: "m4", IP: "10.0.0.4", Online: true, Roles: []string{"master"}, Action: protocol.ActionCreate, Membership: join,
+				Steps: []protocol.PlannedStep{{Kind: protocol.KindService, Command: "etcd.service", Role: "master", Seq: 3, Reason: "new node"}}}}},
+		}}
+	var text bytes.Buffer
+	if err := WritePlan(&text, p); err != nil {
+		t.Fatal(err)
+	}
+	assertInOrder(t, text.String(), []string{"evict", "m3", "master", "m4",
+		"m3 (remove):", "offline: its cleanup and undo wait until it is back", "then it leaves the master membership, on member m1:", "> leave member remove 10.0.0.3 (Kubefile line 8)",
+		"m4 (create):", "joins the master membership (existing, peers 10.0.0.1 10.0.0.4); first, on member m1 (else m2):", "> join member add 10.0.0.4 (Kubefile line 7)",
+		"> service etcd.service", "then the health check (quorum role master: one member at a time)"})
+}
